@@ -1,0 +1,22 @@
+//! kmx: build out-of-tree Linux kernel modules for many targets and kernels at once, and
+//! prove every produced `.ko` will load on the kernel it was built for.
+//!
+//! Where things live:
+//! - [`cli`]: the command line (clap derive, no I/O).
+//! - [`config`]: the configuration model: target and toolchain profiles, module manifests
+//!   (`dkms.conf`, `kmx.toml`).
+//! - [`kernel`]: kernel build trees: inspection, vermagic, provisioning from Debian.
+//! - [`build`]: planning and the parallel scheduler that runs kbuild.
+//! - [`verify`]: the module reader (ELF, `.modinfo`, `__versions`) and the load checks.
+//! - [`state`]: kmx's home and the on-disk stores.
+//! - [`error`]: the one error type and the exit codes.
+
+pub mod build;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod kernel;
+pub mod state;
+pub mod verify;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! kmx's home directory and the stores kept in it.

@@ -1,0 +1,2 @@
+//! Verification: the one module reader (ELF header, `.modinfo`, `__versions`, signature) and
+//! the checks that say whether a module will load on a kernel.
