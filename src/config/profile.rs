@@ -1,0 +1,229 @@
+//! Target and toolchain profiles: the TOML the user writes (`targets/*.toml`,
+//! `toolchains/*.toml`) and the resolved, typed values the rest of kmx uses.
+//!
+//! Parsing is strict: unknown keys are errors naming the file, line and column, so a typo in
+//! a build matrix never passes silently. Nothing here touches the file system; loading and
+//! layering of directories is `config::load`.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use target_lexicon::Triple;
+
+use crate::config::arch::ElfIdentity;
+use crate::error::{Error, Result};
+
+/// `toolchains/NAME.toml` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolchainFile {
+    triple: toml::Spanned<String>,
+    cross_compile: Option<String>,
+    debian_package: Option<String>,
+    #[serde(default)]
+    launcher: Vec<String>,
+    cc: Option<String>,
+}
+
+/// A cross toolchain: how to call the compiler for one GNU triple.
+#[derive(Debug, Clone, Serialize)]
+pub struct Toolchain {
+    pub name: String,
+    /// The GNU triple exactly as written (target-lexicon's Display adds a vendor).
+    pub triple: String,
+    /// The `CROSS_COMPILE` prefix, e.g. `aarch64-linux-gnu-`.
+    pub cross_compile: String,
+    /// The Debian package that provides the compiler, for hints.
+    pub debian_package: Option<String>,
+    /// Words put before the compiler (`ccache`, `distcc`).
+    pub launcher: Vec<String>,
+    /// A compiler to call instead of the one the kernel tree names.
+    pub cc: Option<String>,
+    /// What modules built by this toolchain must say in their ELF header.
+    pub identity: ElfIdentity,
+    pub file: PathBuf,
+}
+
+impl Toolchain {
+    pub fn parse(name: &str, text: &str, file: &Path) -> Result<Toolchain> {
+        let raw: ToolchainFile = parse_toml(text, file)?;
+        let triple_text = raw.triple.get_ref().clone();
+        let span = raw.triple.span();
+        let bad_triple = |why: String| {
+            let (line, col) = line_col(text, span.start);
+            Error::config(file, format!("invalid GNU triple `{triple_text}`: {why}"))
+                .line(line, col)
+                .hint("write a triple such as `aarch64-linux-gnu` or `arm-linux-gnueabihf`")
+        };
+        let triple = Triple::from_str(&triple_text).map_err(|e| bad_triple(e.to_string()))?;
+        let identity = ElfIdentity::from_triple(&triple).ok_or_else(|| {
+            bad_triple(format!(
+                "kmx knows no ELF machine for architecture `{}`",
+                triple.architecture
+            ))
+        })?;
+        Ok(Toolchain {
+            name: name.to_string(),
+            cross_compile: raw
+                .cross_compile
+                .unwrap_or_else(|| format!("{triple_text}-")),
+            triple: triple_text,
+            debian_package: raw.debian_package,
+            launcher: raw.launcher,
+            cc: raw.cc,
+            identity,
+            file: file.to_path_buf(),
+        })
+    }
+}
+
+/// `targets/NAME.toml` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFile {
+    description: Option<String>,
+    kernel_arch: String,
+    toolchain: toml::Spanned<String>,
+    dkms_arch: Option<String>,
+    debian: Option<DebianKernel>,
+    #[serde(default)]
+    kernels: KernelsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KernelsFile {
+    #[serde(default)]
+    fetched: bool,
+    #[serde(default)]
+    paths: Vec<String>,
+}
+
+/// Where Debian publishes this target's kernels: the dpkg architecture and flavour, as in
+/// `linux-headers-<ABI>-<flavour>:<arch>`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianKernel {
+    pub arch: String,
+    pub flavour: String,
+}
+
+/// A target profile: one kind of machine modules are built for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub description: String,
+    /// The kernel's `ARCH=` (x86, arm, arm64, ...).
+    pub kernel_arch: String,
+    /// The name of the toolchain profile.
+    pub toolchain: String,
+    /// What `$arch` is in a dkms.conf evaluated for this target (`uname -m` of the target).
+    pub dkms_arch: String,
+    pub debian: Option<DebianKernel>,
+    /// Use the trees `kmx kernels fetch` registered for this target.
+    pub fetched_kernels: bool,
+    /// Explicit kernel build directories or globs (`~` expanded).
+    pub kernel_paths: Vec<String>,
+    pub file: PathBuf,
+    /// Line and column of the `toolchain` value, for errors about it.
+    #[serde(skip)]
+    pub toolchain_at: (usize, usize),
+}
+
+impl Target {
+    pub fn parse(name: &str, text: &str, file: &Path) -> Result<Target> {
+        let raw: TargetFile = parse_toml(text, file)?;
+        let toolchain_at = line_col(text, raw.toolchain.span().start);
+        Ok(Target {
+            name: name.to_string(),
+            description: raw.description.unwrap_or_default(),
+            dkms_arch: raw
+                .dkms_arch
+                .unwrap_or_else(|| default_dkms_arch(&raw.kernel_arch).to_string()),
+            kernel_arch: raw.kernel_arch,
+            toolchain: raw.toolchain.into_inner(),
+            debian: raw.debian,
+            fetched_kernels: raw.kernels.fetched,
+            kernel_paths: raw.kernels.paths,
+            file: file.to_path_buf(),
+            toolchain_at,
+        })
+    }
+}
+
+fn default_dkms_arch(kernel_arch: &str) -> &str {
+    match kernel_arch {
+        "x86" => "x86_64",
+        "arm64" => "aarch64",
+        "arm" => "armv7l",
+        other => other,
+    }
+}
+
+/// Parse TOML into `T`, turning toml's error into a kmx error with file:line:column.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let mut err = Error::config(file, e.message().trim().to_string());
+        if let Some(span) = e.span() {
+            let (line, col) = line_col(text, span.start);
+            err = err.line(line, col);
+        }
+        err
+    })
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::render;
+
+    #[test]
+    fn toolchain_identity_comes_from_the_triple() {
+        let t = Toolchain::parse(
+            "arm",
+            "triple = \"arm-linux-gnueabihf\"\n",
+            Path::new("toolchains/arm.toml"),
+        )
+        .unwrap();
+        assert_eq!(t.identity.to_string(), "ELF32 LSB ARM (40)");
+        assert_eq!(t.cross_compile, "arm-linux-gnueabihf-");
+    }
+
+    #[test]
+    fn bad_triple_names_file_and_line() {
+        let err = Toolchain::parse(
+            "x",
+            "# a comment\ntriple = \"nonsense-cpu-linux-gnu\"\n",
+            Path::new("toolchains/x.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            render(&err),
+            "error: toolchains/x.toml:2:10: invalid GNU triple `nonsense-cpu-linux-gnu`: Unrecognized architecture: nonsense\n  hint: write a triple such as `aarch64-linux-gnu` or `arm-linux-gnueabihf`"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_target_names_file_and_line() {
+        let err = Target::parse(
+            "t",
+            "kernel_arch = \"arm64\"\ntoolchain = \"aarch64-linux-gnu\"\nkernal_arch = \"x\"\n",
+            Path::new("targets/t.toml"),
+        )
+        .unwrap_err();
+        let text = render(&err);
+        assert!(
+            text.starts_with("error: targets/t.toml:3:1: unknown field `kernal_arch`, expected one of"),
+            "{text}"
+        );
+    }
+}
