@@ -13,9 +13,11 @@
 
 pub mod build;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod kernel;
+pub mod process;
 pub mod state;
 pub mod verify;
 

@@ -1,3 +1,16 @@
+//! The kmx binary: parse the command line, run, print errors, exit with the right code.
+//! Everything else lives in the library.
+
+use clap::Parser;
+
 fn main() {
-    std::process::exit(0);
+    let cli = kmx::cli::Cli::parse();
+    let code = match kmx::commands::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("{}", kmx::error::render(&err));
+            err.code()
+        }
+    };
+    std::process::exit(code);
 }

@@ -4,6 +4,7 @@
 
 pub mod arch;
 pub mod load;
+pub mod probe;
 pub mod profile;
 
 pub use load::{Profiles, Sources};

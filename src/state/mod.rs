@@ -1,1 +1,6 @@
-//! kmx's home directory and the stores kept in it.
+//! kmx's home directory and the stores kept in it. Every write is atomic
+//! ([`home::write_atomic`]).
+
+pub mod home;
+
+pub use home::{Home, write_atomic};

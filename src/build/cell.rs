@@ -1,0 +1,352 @@
+//! Running one cell: copy the source into the cell's own work directory, apply patches, run
+//! PRE_BUILD, make, POST_BUILD, collect and strip every expected module, check each `.ko`
+//! (ELF identity and vermagic), then move the work directory into place in one rename.
+//!
+//! A cell never prints: everything its commands say goes to its log file, and its outcome is
+//! returned to the scheduler. Every child runs under [`process::run_supervised`], so a
+//! timeout or Ctrl-C kills the whole process group.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::build::plan::Cell;
+use crate::error::{Error, Result};
+use crate::process::{self, Ended};
+
+/// Everything a cell needs from the run, the same for every cell.
+pub struct RunEnv<'a> {
+    pub jobserver: &'a jobserver::Client,
+    pub timeout: Duration,
+    pub stop: &'a AtomicBool,
+    /// Environment passed through to builds (PATH, HOME, CCACHE_*, DISTCC_*, ...), read once.
+    pub passthrough: Vec<(String, String)>,
+    /// Compiler launcher from `--launcher`, overriding the toolchain's.
+    pub launcher: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Artifact {
+    pub file: PathBuf,
+    pub sha256: String,
+}
+
+/// How a cell ended.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Built { artifacts: Vec<Artifact> },
+    Skipped { reason: String },
+    Failed { stage: String, message: String, errors: Vec<String>, exit_code: Option<i32> },
+    /// Not attempted because a dependency did not build.
+    DependencyFailed { dependency: String },
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn word(&self) -> &'static str {
+        match self {
+            Outcome::Built { .. } => "built",
+            Outcome::Skipped { .. } => "skipped",
+            Outcome::Failed { .. } => "FAILED",
+            Outcome::DependencyFailed { .. } => "dep-failed",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Failed { .. } | Outcome::DependencyFailed { .. } | Outcome::Interrupted)
+    }
+}
+
+/// A failed stage: what failed, and whether the log holds compiler errors worth showing.
+struct StageError {
+    stage: &'static str,
+    message: String,
+    exit_code: Option<i32>,
+    interrupted: bool,
+}
+
+fn stage_err(stage: &'static str, e: Error) -> StageError {
+    StageError { stage, message: crate::error::render(&e).trim_start_matches("error: ").to_string(), exit_code: None, interrupted: false }
+}
+
+/// The compiler command for a cell: launcher words + compiler name.
+pub fn cc_words(cell: &Cell, env: &RunEnv) -> Vec<String> {
+    let launcher = env.launcher.clone().unwrap_or_else(|| cell.target.toolchain.launcher.clone());
+    let mut words = launcher;
+    words.push(cell.target.compiler.name.clone());
+    words
+}
+
+/// Command-line variables every make of the cell must see. They travel in MAKEFLAGS, which
+/// GNU make treats as command-line definitions and hands to every sub-make, so they reach
+/// the makes inside a dkms.conf MAKE line too.
+pub fn make_vars(cell: &Cell, cc: &[String]) -> Vec<(String, String)> {
+    vec![
+        ("ARCH".into(), cell.target.target.kernel_arch.clone()),
+        ("CROSS_COMPILE".into(), cell.target.toolchain.cross_compile.clone()),
+        ("CC".into(), cc.join(" ")),
+        ("KERNELRELEASE".into(), cell.tree.release.clone()),
+        // Debian trees have no vmlinux: silence "Skipping BTF generation".
+        ("CONFIG_DEBUG_INFO_BTF_MODULES".into(), String::new()),
+    ]
+}
+
+/// The make invocation (a shell command line) for a cell.
+pub fn make_line(cell: &Cell) -> String {
+    match &cell.spec.make {
+        Some(line) => line.clone(),
+        None => format!(
+            "make -C {} M={} modules",
+            process::quote(&cell.tree.kdir.to_string_lossy()),
+            process::quote(&cell.build_dir().to_string_lossy())
+        ),
+    }
+}
+
+/// `VAR=value` words for MAKEFLAGS, spaces escaped as make expects.
+fn makeflags_vars(vars: &[(String, String)]) -> String {
+    vars.iter()
+        .map(|(k, v)| format!("{k}={}", v.replace('\\', "\\\\").replace(' ', "\\ ")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A command run by bash in the build directory with the cell's environment.
+fn shell(cell: &Cell, env: &RunEnv, line: &str, makeflags: Option<&str>, extra_symbols: &str) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c").arg(line).current_dir(cell.build_dir()).env_clear();
+    for (k, v) in &env.passthrough {
+        cmd.env(k, v);
+    }
+    cmd.env("LC_ALL", "C")
+        .env("kernelver", &cell.tree.release)
+        .env("kernel_source_dir", &cell.tree.kdir)
+        .env("arch", &cell.target.target.dkms_arch)
+        .env("ARCH", &cell.target.target.kernel_arch)
+        .env("CROSS_COMPILE", &cell.target.toolchain.cross_compile)
+        .env("KERNELRELEASE", &cell.tree.release);
+    if !extra_symbols.is_empty() {
+        cmd.env("KBUILD_EXTRA_SYMBOLS", extra_symbols);
+    }
+    if let Some(flags) = makeflags {
+        cmd.env("MAKEFLAGS", flags);
+    }
+    cmd
+}
+
+/// Run one cell to completion. `deps_symvers`: Module.symvers files of built dependencies.
+pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, String) {
+    let command = make_line(cell);
+    let outcome = match run_stages(cell, env, deps_symvers, &command) {
+        Ok(artifacts) => Outcome::Built { artifacts },
+        Err(e) if e.interrupted => Outcome::Interrupted,
+        Err(e) => Outcome::Failed {
+            stage: e.stage.to_string(),
+            message: e.message,
+            errors: first_errors(&cell.log, 5),
+            exit_code: e.exit_code,
+        },
+    };
+    (outcome, command)
+}
+
+fn run_stages(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf], command: &str) -> Result<Vec<Artifact>, StageError> {
+    let started = Instant::now();
+    // Fresh work dir and log.
+    let _ = std::fs::remove_dir_all(&cell.work_dir);
+    let mk = |p: &Path| std::fs::create_dir_all(p).map_err(|e| stage_err("prepare", Error::io("create directory", p, e)));
+    mk(&cell.work_dir)?;
+    if let Some(parent) = cell.log.parent() {
+        mk(parent)?;
+    }
+    let mut log = File::create(&cell.log).map_err(|e| stage_err("prepare", Error::io("create", &cell.log, e)))?;
+    copy_tree(&cell.source, &cell.build_dir()).map_err(|e| stage_err("prepare", e))?;
+    // dkms.conf files may name $dkms_tree/<module>/<version>/build: make it the build dir.
+    let link_dir = cell.work_dir.join("dkms_tree").join(&cell.spec.name).join(&cell.spec.version);
+    mk(&link_dir)?;
+    let _ = std::os::unix::fs::symlink(cell.build_dir(), link_dir.join("build"));
+
+    let cc = cc_words(cell, env);
+    let vars = make_vars(cell, &cc);
+    let extra_symbols: String = deps_symvers.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
+    let _ = writeln!(log, "# kmx build of {}", cell.label());
+    let _ = writeln!(log, "# kernel tree: {}", cell.tree.kdir.display());
+    let _ = writeln!(log, "# compiler: {} ({})", cc.join(" "), cell.target.compiler.version_line);
+    if !cell.spec.log.trim().is_empty() {
+        let _ = writeln!(log, "# manifest evaluation said:\n{}", cell.spec.log.trim_end());
+    }
+    for w in &cell.spec.warnings {
+        let _ = writeln!(log, "# warning: {w}");
+    }
+
+    for patch in &cell.spec.patches {
+        let file = cell.build_dir().join("patches").join(patch);
+        let line = format!("patch -p1 --forward --batch < {}", process::quote(&file.to_string_lossy()));
+        step(cell, env, &mut log, "patch", &line, None, "")?;
+    }
+    if let Some(pre) = &cell.spec.pre_build {
+        step(cell, env, &mut log, "PRE_BUILD", pre, None, "")?;
+    }
+    // make: one jobserver token stands for make's own implicit slot.
+    let token = env.jobserver.acquire().map_err(|e| stage_err("make", Error::env(format!("jobserver: {e}"))))?;
+    let mut probe = Command::new("make");
+    env.jobserver.configure_make(&mut probe);
+    let js_flags = probe
+        .get_envs()
+        .find(|(k, _)| *k == "MAKEFLAGS")
+        .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let makeflags = format!("{js_flags} -- {}", makeflags_vars(&vars));
+    let make_result = {
+        let mut cmd = shell(cell, env, command, Some(&makeflags), &extra_symbols);
+        env.jobserver.configure_make(&mut cmd);
+        cmd.env("MAKEFLAGS", &makeflags);
+        logged(&mut cmd, &mut log, env, "make")
+    };
+    drop(token);
+    make_result?;
+    if let Some(post) = &cell.spec.post_build {
+        step(cell, env, &mut log, "POST_BUILD", post, None, "")?;
+    }
+
+    // Collect, strip and check every expected module.
+    let mut artifacts = Vec::new();
+    for m in &cell.spec.modules {
+        let rel = m.built_location.join(format!("{}.ko", m.built_name));
+        let built = cell.build_dir().join(&rel);
+        if !built.is_file() {
+            return Err(StageError {
+                stage: "collect",
+                message: format!("the build did not produce {} (BUILT_MODULE_NAME {}, location `{}`)", rel.display(), m.built_name, m.built_location.display()),
+                exit_code: None,
+                interrupted: false,
+            });
+        }
+        if m.strip {
+            let strip = format!("{}strip", cell.target.toolchain.cross_compile);
+            let line = format!("{} --strip-debug {}", process::quote(&strip), process::quote(&built.to_string_lossy()));
+            step(cell, env, &mut log, "strip", &line, None, "")?;
+        }
+        crate::verify::built::check(&built, &cell.target.toolchain.identity, &cell.tree.vermagic)
+            .map_err(|e| stage_err("check", e))?;
+        let dest = cell.work_dir.join(format!("{}.ko", m.built_name));
+        std::fs::copy(&built, &dest).map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
+        let bytes = std::fs::read(&dest).map_err(|e| stage_err("collect", Error::io("read", &dest, e)))?;
+        artifacts.push(Artifact { file: cell.out_dir.join(format!("{}.ko", m.built_name)), sha256: hex(&Sha256::digest(&bytes)) });
+    }
+    let symvers = cell.build_dir().join("Module.symvers");
+    if symvers.is_file() {
+        let dest = cell.work_dir.join("Module.symvers");
+        std::fs::copy(&symvers, &dest).map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
+    }
+    let _ = writeln!(log, "# built in {:.1}s", started.elapsed().as_secs_f64());
+    drop(log);
+    let _ = std::fs::copy(&cell.log, cell.work_dir.join("make.log"));
+    place(&cell.work_dir, &cell.out_dir).map_err(|e| stage_err("collect", e))?;
+    Ok(artifacts)
+}
+
+/// Run a shell step, logging its command line and outcome.
+fn step(cell: &Cell, env: &RunEnv, log: &mut File, stage: &'static str, line: &str, makeflags: Option<&str>, extra: &str) -> Result<(), StageError> {
+    let mut cmd = shell(cell, env, line, makeflags, extra);
+    logged(&mut cmd, log, env, stage)
+}
+
+fn logged(cmd: &mut Command, log: &mut File, env: &RunEnv, stage: &'static str) -> Result<(), StageError> {
+    let shown = process::display(cmd);
+    let _ = writeln!(log, "\n$ {shown}");
+    let started = Instant::now();
+    let ended = process::run_supervised(cmd, log, env.timeout, env.stop).map_err(|e| stage_err(stage, e))?;
+    let secs = started.elapsed().as_secs_f64();
+    match ended {
+        Ended::Exited(status) if status.success() => {
+            let _ = writeln!(log, "# {stage}: exit status 0 ({secs:.1}s)");
+            Ok(())
+        }
+        Ended::Exited(status) => {
+            let what = process::describe_status(status);
+            let _ = writeln!(log, "# {stage}: {what} ({secs:.1}s)");
+            Err(StageError { stage, message: format!("{stage} failed: {what}"), exit_code: status.code(), interrupted: false })
+        }
+        Ended::TimedOut(limit) => {
+            let _ = writeln!(log, "# {stage}: killed after the {}s time limit", limit.as_secs());
+            Err(StageError { stage, message: format!("{stage} timed out after {}s (raise it with --timeout)", limit.as_secs()), exit_code: None, interrupted: false })
+        }
+        Ended::Interrupted => {
+            let _ = writeln!(log, "# {stage}: interrupted");
+            Err(StageError { stage, message: "interrupted".into(), exit_code: None, interrupted: true })
+        }
+    }
+}
+
+/// Move a finished work dir to its final place: the old result (if any) is moved aside
+/// first, so the final path always holds one complete cell.
+fn place(work: &Path, out: &Path) -> Result<()> {
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+    }
+    let old = out.with_extension("old");
+    if out.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(out, &old).map_err(|e| Error::io("move aside", out, e))?;
+    }
+    std::fs::rename(work, out).map_err(|e| Error::io("move into place", out, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Copy a source tree (regular files, directories, symlinks), skipping VCS metadata.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io("create directory", to, e))?;
+    let entries = std::fs::read_dir(from).map_err(|e| Error::io("read directory", from, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read directory", from, e))?;
+        let name = entry.file_name();
+        if name == ".git" || name == ".hg" || name == ".svn" {
+            continue;
+        }
+        let src = entry.path();
+        let dst = to.join(&name);
+        let ft = entry.file_type().map_err(|e| Error::io("stat", &src, e))?;
+        if ft.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(|e| Error::io("read link", &src, e))?;
+            std::os::unix::fs::symlink(target, &dst).map_err(|e| Error::io("create link", &dst, e))?;
+        } else {
+            std::fs::copy(&src, &dst).map_err(|e| Error::io("copy", &src, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The first compiler-error-looking lines of a log: what the summary shows.
+pub fn first_errors(log: &Path, n: usize) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return Vec::new();
+    };
+    let is_error = |l: &str| {
+        l.contains("error:") || l.contains("Error ") || l.contains("undefined!") || l.contains(": not found") || l.contains("fatal:")
+    };
+    text.lines().filter(|l| !l.starts_with('#') && is_error(l)).take(n).map(|l| l.trim().to_string()).collect()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[allow(dead_code)]
+fn flush(log: &mut File) {
+    let _ = log.flush();
+}

@@ -1,0 +1,244 @@
+//! The build plan: module sources x targets x kernel trees, one [`Cell`] each, with every
+//! per-cell decision taken up front (manifest evaluated for that kernel, BUILD_EXCLUSIVE
+//! rules applied, dependencies resolved into a DAG). Planning runs no compiler and writes
+//! only the per-cell `dkms_tree` link dkms.conf files may refer to.
+//!
+//! A cell excluded by a rule stays in the plan as skipped, with the rule that excluded it:
+//! nothing is dropped silently. A missing dependency or a cycle is an error before anything
+//! builds.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::dkms::CellVars;
+use crate::config::manifest::{ModuleSpec, load_spec};
+use crate::config::probe::Compiler;
+use crate::config::{Target, Toolchain};
+use crate::error::{Error, Result};
+use crate::kernel::tree::KernelTree;
+
+/// One target ready to build for: its profile, toolchain, compiler and kernel trees.
+#[derive(Debug, Clone)]
+pub struct TargetSetup {
+    pub target: Target,
+    pub toolchain: Toolchain,
+    pub compiler: Compiler,
+    pub trees: Vec<Arc<KernelTree>>,
+}
+
+/// What a cell is to do.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Build,
+    /// Excluded by a rule, which is the reason.
+    Skip(String),
+}
+
+/// One module source built for one target and one kernel tree.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub index: usize,
+    pub source: PathBuf,
+    pub spec: ModuleSpec,
+    pub target: Arc<TargetSetup>,
+    pub tree: Arc<KernelTree>,
+    pub action: Action,
+    /// Indexes of the cells (same target and kernel) this one needs built first.
+    pub deps: Vec<usize>,
+    /// Where the cell works while building (replaced on every run).
+    pub work_dir: PathBuf,
+    /// Where the finished cell lives: `<out>/<module>/<version>/<release>/<target>`.
+    pub out_dir: PathBuf,
+    /// The build log, kept even when the cell fails.
+    pub log: PathBuf,
+}
+
+impl Cell {
+    /// `hello 1.0 arm64 6.1.0-50-arm64`
+    pub fn label(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.spec.name, self.spec.version, self.target.target.name, self.tree.release
+        )
+    }
+    pub fn build_dir(&self) -> PathBuf {
+        self.work_dir.join("build")
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanSummary {
+    pub cells: usize,
+    pub to_build: usize,
+    pub skipped: usize,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub cells: Vec<Cell>,
+    pub out: PathBuf,
+}
+
+/// Keep only trees whose release is one of `kernels` (all when empty).
+pub fn filter_trees(trees: Vec<Arc<KernelTree>>, kernels: &[String]) -> Vec<Arc<KernelTree>> {
+    if kernels.is_empty() {
+        return trees;
+    }
+    trees
+        .into_iter()
+        .filter(|t| kernels.iter().any(|k| *k == t.release))
+        .collect()
+}
+
+pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Result<Plan> {
+    let out = std::path::absolute(out).map_err(|e| Error::io("resolve", out, e))?;
+    let mut cells: Vec<Cell> = Vec::new();
+    for source in sources {
+        let source = source
+            .canonicalize()
+            .map_err(|e| Error::io("open module source", source, e))?;
+        for ts in targets {
+            for tree in &ts.trees {
+                // The work dir must be known before the manifest is evaluated: dkms.conf files
+                // refer to $dkms_tree/<module>/<version>/build. Name it by source, target and
+                // kernel; the spec may rename the module.
+                let slot = format!(
+                    "{}-{}-{}",
+                    source.file_name().and_then(|n| n.to_str()).unwrap_or("module"),
+                    ts.target.name,
+                    tree.release
+                );
+                let work_dir = out.join(".work").join(&slot);
+                let vars = CellVars {
+                    kernelver: tree.release.clone(),
+                    kernel_source_dir: tree.kdir.clone(),
+                    arch: ts.target.dkms_arch.clone(),
+                    source_tree: source.clone(),
+                    dkms_tree: work_dir.join("dkms_tree"),
+                    build_dir: work_dir.join("build"),
+                    module_hint: None,
+                };
+                let spec = load_spec(&source, &vars)?;
+                let arch_names = [
+                    ts.target.dkms_arch.as_str(),
+                    ts.target.name.as_str(),
+                    ts.target.kernel_arch.as_str(),
+                ];
+                let action = match spec.exclusion(&tree.release, &arch_names, &|c| {
+                    tree.config.enabled(c)
+                }) {
+                    Some(reason) => Action::Skip(reason),
+                    None => Action::Build,
+                };
+                let out_dir = out
+                    .join(&spec.name)
+                    .join(&spec.version)
+                    .join(&tree.release)
+                    .join(&ts.target.name);
+                let log = out.join("logs").join(format!(
+                    "{}-{}-{}-{}.log",
+                    spec.name, spec.version, tree.release, ts.target.name
+                ));
+                cells.push(Cell {
+                    index: cells.len(),
+                    source: source.clone(),
+                    spec,
+                    target: ts.clone(),
+                    tree: tree.clone(),
+                    action,
+                    deps: Vec::new(),
+                    work_dir,
+                    out_dir,
+                    log,
+                });
+            }
+        }
+    }
+    resolve_dependencies(&mut cells)?;
+    Ok(Plan { cells, out })
+}
+
+/// Link each cell to the cells of its BUILD_DEPENDS for the same target and kernel, and
+/// refuse missing dependencies and cycles.
+fn resolve_dependencies(cells: &mut [Cell]) -> Result<()> {
+    let mut by_key: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    for c in cells.iter() {
+        by_key.insert(
+            (c.spec.name.clone(), c.target.target.name.clone(), c.tree.release.clone()),
+            c.index,
+        );
+    }
+    for i in 0..cells.len() {
+        let mut deps = Vec::new();
+        for dep in &cells[i].spec.build_depends {
+            let key = (
+                dep.clone(),
+                cells[i].target.target.name.clone(),
+                cells[i].tree.release.clone(),
+            );
+            match by_key.get(&key) {
+                Some(&j) => deps.push(j),
+                None => {
+                    return Err(Error::usage(format!(
+                        "{} depends on module `{dep}`, which is not part of this build",
+                        cells[i].label()
+                    ))
+                    .at(&cells[i].source)
+                    .hint(format!("pass the source directory of `{dep}` to the same `kmx build`")));
+                }
+            }
+        }
+        cells[i].deps = deps;
+    }
+    // Cycle check: depth-first search with colours.
+    fn visit(i: usize, cells: &[Cell], colour: &mut [u8], stack: &mut Vec<usize>) -> Result<()> {
+        match colour[i] {
+            2 => return Ok(()),
+            1 => {
+                let start = stack.iter().position(|&s| s == i).unwrap_or(0);
+                let names: Vec<&str> = stack[start..]
+                    .iter()
+                    .chain(std::iter::once(&i))
+                    .map(|&c| cells[c].spec.name.as_str())
+                    .collect();
+                return Err(Error::usage(format!(
+                    "BUILD_DEPENDS form a cycle: {}",
+                    names.join(" -> ")
+                ))
+                .hint("remove one of these dependencies"));
+            }
+            _ => {}
+        }
+        colour[i] = 1;
+        stack.push(i);
+        for &d in &cells[i].deps {
+            visit(d, cells, colour, stack)?;
+        }
+        stack.pop();
+        colour[i] = 2;
+        Ok(())
+    }
+    let mut colour = vec![0u8; cells.len()];
+    for i in 0..cells.len() {
+        visit(i, cells, &mut colour, &mut Vec::new())?;
+    }
+    Ok(())
+}
+
+impl Plan {
+    pub fn summary(&self) -> PlanSummary {
+        let skipped = self
+            .cells
+            .iter()
+            .filter(|c| matches!(c.action, Action::Skip(_)))
+            .count();
+        PlanSummary {
+            cells: self.cells.len(),
+            to_build: self.cells.len() - skipped,
+            skipped,
+        }
+    }
+}

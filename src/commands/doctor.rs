@@ -1,0 +1,149 @@
+//! `kmx targets` and `kmx doctor`: is each target usable, and if not, what to do.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::commands::{Context, print_json};
+use crate::config::Target;
+use crate::config::probe::Compiler;
+use crate::error::{Result, exit, render};
+use crate::kernel::registry::{Registry, trees_of};
+use crate::kernel::tree::KernelTree;
+
+#[derive(Debug, Serialize)]
+pub struct TargetHealth {
+    pub target: String,
+    pub description: String,
+    pub kernel_arch: String,
+    pub toolchain: String,
+    pub identity: String,
+    pub compiler: Option<Compiler>,
+    /// Why the compiler is unusable, with the hint.
+    pub compiler_error: Option<String>,
+    pub trees: Vec<TreeHealth>,
+    pub usable: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TreeHealth {
+    pub kdir: PathBuf,
+    pub origin: String,
+    pub release: Option<String>,
+    pub vermagic: Option<String>,
+    pub module_symvers: bool,
+    pub error: Option<String>,
+}
+
+/// Assess one target: toolchain, trees. Never fails: problems become part of the report.
+pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHealth {
+    let mut trees = Vec::new();
+    let mut tree_cc: Option<String> = None;
+    for r in trees_of(target, registry) {
+        let checked = KernelTree::inspect(&r.kdir).and_then(|t| t.check_host_tools().map(|_| t));
+        trees.push(match checked {
+            Ok(t) => {
+                tree_cc = tree_cc.or(t.compiler.clone());
+                TreeHealth {
+                    kdir: r.kdir,
+                    origin: r.origin,
+                    release: Some(t.release.clone()),
+                    vermagic: Some(t.vermagic.to_string()),
+                    module_symvers: t.symvers.is_some(),
+                    error: None,
+                }
+            }
+            Err(e) => TreeHealth {
+                kdir: r.kdir,
+                origin: r.origin,
+                release: None,
+                vermagic: None,
+                module_symvers: false,
+                error: Some(render(&e).trim_start_matches("error: ").to_string()),
+            },
+        });
+    }
+    let (toolchain, compiler) = match ctx.profiles.toolchain_of(target) {
+        Ok(tc) => (tc.name.clone(), tc.probe(tree_cc.as_deref()).map(|c| (tc.identity.to_string(), c))),
+        Err(e) => (target.toolchain.clone(), Err(e)),
+    };
+    let (identity, compiler, compiler_error) = match compiler {
+        Ok((id, c)) => (id, Some(c), None),
+        Err(e) => (String::new(), None, Some(render(&e).trim_start_matches("error: ").to_string())),
+    };
+    let usable = compiler.is_some() && trees.iter().any(|t| t.error.is_none());
+    TargetHealth {
+        target: target.name.clone(),
+        description: target.description.clone(),
+        kernel_arch: target.kernel_arch.clone(),
+        toolchain,
+        identity,
+        compiler,
+        compiler_error,
+        trees,
+        usable,
+    }
+}
+
+pub fn targets(ctx: &Context, json: bool) -> Result<i32> {
+    let registry = Registry::load(&ctx.home)?;
+    let all: Vec<TargetHealth> = ctx.profiles.targets.values().map(|t| assess(ctx, t, &registry)).collect();
+    if json {
+        print_json(&all)?;
+        return Ok(exit::OK);
+    }
+    println!("{:<10} {:<6} {:<22} {:<34} {:<6} TREES", "TARGET", "ARCH", "TOOLCHAIN", "COMPILER", "STATUS");
+    for h in &all {
+        let compiler = match &h.compiler {
+            Some(c) => format!("{} {}", c.name, c.version),
+            None => "not found".to_string(),
+        };
+        let releases: Vec<&str> = h.trees.iter().filter_map(|t| t.release.as_deref()).collect();
+        println!(
+            "{:<10} {:<6} {:<22} {:<34} {:<6} {}",
+            h.target,
+            h.kernel_arch,
+            h.toolchain,
+            compiler,
+            if h.usable { "ok" } else { "BROKEN" },
+            if releases.is_empty() { "none".to_string() } else { releases.join(", ") }
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub fn doctor(ctx: &Context, names: &[String], json: bool) -> Result<i32> {
+    let registry = Registry::load(&ctx.home)?;
+    let selected = ctx.profiles.select(names)?;
+    let all: Vec<TargetHealth> = selected.iter().map(|t| assess(ctx, t, &registry)).collect();
+    let broken = all.iter().filter(|h| !h.usable).count();
+    if json {
+        print_json(&all)?;
+    } else {
+        for h in &all {
+            println!("{} ({}): {}", h.target, h.description, if h.usable { "ok" } else { "UNUSABLE" });
+            match (&h.compiler, &h.compiler_error) {
+                (Some(c), _) => println!("  compiler  {} ({}), builds {}", c.path.display(), c.version, h.identity),
+                (None, Some(e)) => println!("  compiler  {e}"),
+                _ => {}
+            }
+            if h.trees.is_empty() {
+                println!("  trees     none: run `kmx kernels fetch --target {}`, or list trees under [kernels] paths", h.target);
+            }
+            for t in &h.trees {
+                match &t.error {
+                    None => println!(
+                        "  tree      {} vermagic \"{}\" Module.symvers: {}\n            {}",
+                        t.release.as_deref().unwrap_or(""),
+                        t.vermagic.as_deref().unwrap_or(""),
+                        if t.module_symvers { "yes" } else { "no" },
+                        t.kdir.display()
+                    ),
+                    Some(e) => println!("  tree      {e}"),
+                }
+            }
+        }
+        println!("{} of {} targets usable", all.len() - broken, all.len());
+    }
+    Ok(if broken == 0 { exit::OK } else { exit::FAILED })
+}

@@ -1,0 +1,128 @@
+//! `kmx kernels fetch` and `kmx kernels list`.
+
+use serde::Serialize;
+
+use crate::commands::{Context, print_json};
+use crate::error::{Error, Result, exit};
+use crate::kernel::fetch::{self, FetchRequest};
+use crate::kernel::registry::{RegisteredTree, Registry, trees_of};
+use crate::kernel::tree::KernelTree;
+
+pub fn fetch(
+    ctx: &Context,
+    targets: &[String],
+    abi: Option<String>,
+    mirror: String,
+    suite: String,
+    refresh: bool,
+) -> Result<i32> {
+    let mut wanted = Vec::new();
+    for t in ctx.profiles.select(targets)? {
+        let debian = t.debian.clone().ok_or_else(|| {
+            Error::usage(format!(
+                "target `{}` has no [debian] section, so kmx cannot fetch trees for it",
+                t.name
+            ))
+            .hint(format!(
+                "add `[debian] arch = \"...\"` and `flavour = \"...\"` to {}, or list its trees under [kernels] paths",
+                t.file.display()
+            ))
+        })?;
+        wanted.push((t.name.clone(), debian));
+    }
+    let req = FetchRequest {
+        targets: wanted,
+        abi,
+        mirror,
+        suite,
+        refresh,
+    };
+    let trees = fetch::fetch(&ctx.home, &req, &mut |line| eprintln!("{line}"))?;
+    let mut registry = Registry::load(&ctx.home)?;
+    for t in &trees {
+        let tree = KernelTree::inspect(&t.kdir)?;
+        tree.check_host_tools()?;
+        registry.register(RegisteredTree {
+            target: t.target.clone(),
+            release: tree.release.clone(),
+            kdir: t.kdir.clone(),
+            origin: t.origin.clone(),
+        });
+        eprintln!(
+            "{:<8} {} {:<22} vermagic \"{}\"",
+            t.target,
+            if t.new { "fetched" } else { "present" },
+            tree.release,
+            tree.vermagic
+        );
+    }
+    registry.save(&ctx.home)?;
+    Ok(exit::OK)
+}
+
+#[derive(Serialize)]
+struct TreeRow {
+    target: String,
+    release: Option<String>,
+    vermagic: Option<String>,
+    module_symvers: bool,
+    kdir: std::path::PathBuf,
+    origin: String,
+    error: Option<String>,
+}
+
+pub fn list(ctx: &Context, json: bool) -> Result<i32> {
+    let registry = Registry::load(&ctx.home)?;
+    let mut rows = Vec::new();
+    for target in ctx.profiles.targets.values() {
+        for r in trees_of(target, &registry) {
+            let row = match KernelTree::inspect(&r.kdir) {
+                Ok(tree) => TreeRow {
+                    target: target.name.clone(),
+                    release: Some(tree.release.clone()),
+                    vermagic: Some(tree.vermagic.to_string()),
+                    module_symvers: tree.symvers.is_some(),
+                    kdir: r.kdir,
+                    origin: r.origin,
+                    error: None,
+                },
+                Err(e) => TreeRow {
+                    target: target.name.clone(),
+                    release: None,
+                    vermagic: None,
+                    module_symvers: false,
+                    kdir: r.kdir,
+                    origin: r.origin,
+                    error: Some(e.to_string()),
+                },
+            };
+            rows.push(row);
+        }
+    }
+    if json {
+        print_json(&rows)?;
+        return Ok(exit::OK);
+    }
+    if rows.is_empty() {
+        println!("No kernel trees known. Fetch Debian's with `kmx kernels fetch`, or list trees under [kernels] paths in a target profile.");
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:<8} {:<22} {:<52} {:<8} KDIR",
+        "TARGET", "RELEASE", "VERMAGIC", "SYMVERS"
+    );
+    for r in &rows {
+        match &r.error {
+            None => println!(
+                "{:<8} {:<22} {:<52} {:<8} {}",
+                r.target,
+                r.release.as_deref().unwrap_or(""),
+                format!("\"{}\"", r.vermagic.as_deref().unwrap_or("")),
+                if r.module_symvers { "yes" } else { "no" },
+                r.kdir.display()
+            ),
+            Some(e) => println!("{:<8} {:<22} error: {e}", r.target, "?"),
+        }
+    }
+    Ok(exit::OK)
+}

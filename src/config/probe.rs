@@ -1,0 +1,67 @@
+//! Finding a toolchain's compiler on this machine (with `which`) and asking it its version.
+//! The compiler a build calls is decided here and nowhere else.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde::Serialize;
+
+use crate::config::Toolchain;
+use crate::error::{Error, Result};
+
+/// A compiler found on this machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct Compiler {
+    /// The name called (`aarch64-linux-gnu-gcc-12`).
+    pub name: String,
+    pub path: PathBuf,
+    /// First line of `--version`, e.g. `aarch64-linux-gnu-gcc-12 (Debian 12.2.0-14) 12.2.0`.
+    pub version_line: String,
+    /// The version number (`12.2.0`).
+    pub version: String,
+}
+
+impl Toolchain {
+    /// The compiler's name for a kernel tree that calls `tree_cc` (e.g. Debian's `gcc-12`;
+    /// `None` means plain `gcc`). The profile's `cc` overrides both.
+    pub fn compiler_name(&self, tree_cc: Option<&str>) -> String {
+        match &self.cc {
+            Some(cc) => cc.clone(),
+            None => format!("{}{}", self.cross_compile, tree_cc.unwrap_or("gcc")),
+        }
+    }
+
+    /// Find the compiler and read its version. The error says which package to install.
+    pub fn probe(&self, tree_cc: Option<&str>) -> Result<Compiler> {
+        let name = self.compiler_name(tree_cc);
+        let path = which::which(&name).map_err(|_| {
+            let err = Error::env(format!("{name} not found"));
+            match &self.debian_package {
+                Some(pkg) => err.hint(format!("apt-get install {pkg}")),
+                None => err.hint(format!(
+                    "install a compiler for {} or set `cc` in {}",
+                    self.triple,
+                    self.file.display()
+                )),
+            }
+        })?;
+        let out = Command::new(&path)
+            .arg("--version")
+            .output()
+            .map_err(|e| Error::env(format!("cannot run {}: {e}", path.display())))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version_line = text.lines().next().unwrap_or("").trim().to_string();
+        let version = version_line
+            .split_whitespace()
+            .rev()
+            .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()) && w.contains('.'))
+            .unwrap_or("")
+            .to_string();
+        Ok(Compiler {
+            name,
+            path,
+            version_line,
+            version,
+        })
+    }
+}

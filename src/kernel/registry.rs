@@ -1,0 +1,122 @@
+//! The list of kernel trees kmx fetched (`$KMX_HOME/trees/registry.json`): which target each
+//! tree is for and where it came from. Written atomically; an unreadable registry is an
+//! error naming the file, never silently replaced.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::state::{Home, write_atomic};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisteredTree {
+    pub target: String,
+    pub release: String,
+    pub kdir: PathBuf,
+    /// Where the tree came from, e.g. `debian bookworm linux-headers-6.1.0-50-arm64 6.1.176-1`.
+    pub origin: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    pub trees: Vec<RegisteredTree>,
+}
+
+impl Registry {
+    pub fn load(home: &Home) -> Result<Registry> {
+        let path = home.registry();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::config(&path, format!("cannot parse the tree registry: {e}")).hint(
+                    "fix or delete the file, then run `kmx kernels fetch` again to re-register trees",
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::default()),
+            Err(e) => Err(Error::io("read", &path, e)),
+        }
+    }
+
+    pub fn save(&self, home: &Home) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::env(format!("cannot serialize the tree registry: {e}")))?;
+        text.push('\n');
+        write_atomic(&home.registry(), text.as_bytes())
+    }
+
+    /// Add or replace the entry for (target, kdir). Returns false if it was already there
+    /// unchanged.
+    pub fn register(&mut self, tree: RegisteredTree) -> bool {
+        if let Some(existing) = self
+            .trees
+            .iter_mut()
+            .find(|t| t.target == tree.target && t.kdir == tree.kdir)
+        {
+            if *existing == tree {
+                return false;
+            }
+            *existing = tree;
+        } else {
+            self.trees.push(tree);
+        }
+        self.trees
+            .sort_by(|a, b| (&a.target, &a.release).cmp(&(&b.target, &b.release)));
+        true
+    }
+
+    pub fn for_target<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a RegisteredTree> {
+        self.trees.iter().filter(move |t| t.target == target)
+    }
+}
+
+/// A kernel tree a target points at, before inspection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TreeRef {
+    pub kdir: PathBuf,
+    /// `fetched: <origin>`, or the profile file that names the path.
+    pub origin: String,
+}
+
+/// Every tree a target profile points at: the fetched ones (when `[kernels] fetched = true`)
+/// and its `paths` (globs expanded, `~` is the home directory), in that order, without
+/// duplicates. A glob that matches nothing contributes nothing; a plain path is kept even
+/// if it does not exist, so the user is told about it.
+pub fn trees_of(target: &crate::config::Target, registry: &Registry) -> Vec<TreeRef> {
+    let mut out: Vec<TreeRef> = Vec::new();
+    if target.fetched_kernels {
+        for t in registry.for_target(&target.name) {
+            out.push(TreeRef {
+                kdir: t.kdir.clone(),
+                origin: format!("fetched: {}", t.origin),
+            });
+        }
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    for pattern in &target.kernel_paths {
+        let expanded = match (pattern.strip_prefix("~/"), &home) {
+            (Some(rest), Some(h)) => h.join(rest).to_string_lossy().into_owned(),
+            _ => pattern.clone(),
+        };
+        let origin = format!("{}: paths", target.file.display());
+        let is_glob = expanded.contains(['*', '?', '[']);
+        let matches: Vec<PathBuf> = if is_glob {
+            glob::glob(&expanded)
+                .map(|paths| {
+                    let mut v: Vec<PathBuf> = paths.filter_map(|p| p.ok()).collect();
+                    v.sort();
+                    v
+                })
+                .unwrap_or_default()
+        } else {
+            vec![PathBuf::from(&expanded)]
+        };
+        for kdir in matches {
+            if !out.iter().any(|r| r.kdir == kdir) {
+                out.push(TreeRef { kdir, origin: origin.clone() });
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,198 @@
+//! Every child process kmx starts goes through here. Errors carry the command line, the
+//! exit status (a signal is named) and the tail of stderr, so a failure is never just
+//! "bad exit status: 2".
+
+use std::fmt::Write as _;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus, Output, Stdio};
+
+use crate::error::{Error, Kind, Result};
+
+/// The command line as a user could paste it into a shell.
+pub fn display(cmd: &Command) -> String {
+    let mut out = String::new();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            let _ = write!(out, "{}={} ", k.to_string_lossy(), quote(&v.to_string_lossy()));
+        }
+    }
+    out.push_str(&quote(&cmd.get_program().to_string_lossy()));
+    for a in cmd.get_args() {
+        out.push(' ');
+        out.push_str(&quote(&a.to_string_lossy()));
+    }
+    out
+}
+
+/// Quote a word for a POSIX shell when it needs it.
+pub fn quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)
+        });
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// "exit status 2", or "killed by signal 9 (SIGKILL)".
+pub fn describe_status(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    match status.signal() {
+        Some(sig) => format!("killed by signal {sig} ({})", signal_name(sig)),
+        None => "unknown exit status".to_string(),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGBUS => "SIGBUS",
+        _ => "signal",
+    }
+}
+
+/// The last `n` non-empty lines of `bytes`.
+pub fn tail(bytes: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Run to completion capturing stdout and stderr; a non-zero exit is an error of `kind`
+/// carrying the command line, status and stderr tail.
+pub fn output(cmd: &mut Command, kind: Kind) -> Result<Output> {
+    let shown = display(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| spawn_error(cmd, e))?;
+    if !out.status.success() {
+        let mut err = Error::new(kind, format!("`{shown}` failed: {}", describe_status(out.status)));
+        let t = tail(&out.stderr, 8);
+        if !t.is_empty() {
+            err = err.caused_by(format!("--- stderr\n{t}"));
+        }
+        return Err(err);
+    }
+    Ok(out)
+}
+
+/// The error for a program that could not be started (usually: not installed).
+pub fn spawn_error(cmd: &Command, e: std::io::Error) -> Error {
+    let prog = cmd.get_program().to_string_lossy().to_string();
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::env(format!("`{prog}` not found"))
+    } else {
+        Error::env(format!("cannot run `{prog}`: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_names_command_status_and_stderr() {
+        let err = output(
+            Command::new("sh").args(["-c", "echo oops >&2; exit 3"]),
+            Kind::Failed,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "`sh -c 'echo oops >&2; exit 3'` failed: exit status 3");
+        assert_eq!(err.causes, ["--- stderr\noops"]);
+    }
+
+    #[test]
+    fn signals_are_named() {
+        let err = output(Command::new("sh").args(["-c", "kill -9 $$"]), Kind::Failed).unwrap_err();
+        assert!(err.to_string().ends_with("killed by signal 9 (SIGKILL)"), "{err}");
+    }
+
+    #[test]
+    fn missing_program_says_not_found() {
+        let err = output(&mut Command::new("kmx-no-such-tool"), Kind::Failed).unwrap_err();
+        assert_eq!(err.to_string(), "`kmx-no-such-tool` not found");
+    }
+}
+
+/// How a supervised child ended.
+#[derive(Debug)]
+pub enum Ended {
+    Exited(ExitStatus),
+    /// Killed by kmx after the time limit.
+    TimedOut(std::time::Duration),
+    /// Killed by kmx because the user interrupted.
+    Interrupted,
+}
+
+/// Run `cmd` in its own process group with stdout and stderr appended to `log` (never held
+/// in memory), until it exits, `limit` passes, or `stop` becomes true. On timeout or stop the
+/// whole process group (make and every compiler under it) is terminated: SIGTERM, then
+/// SIGKILL after a grace period, so nothing is left behind.
+pub fn run_supervised(
+    cmd: &mut Command,
+    log: &std::fs::File,
+    limit: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<Ended> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    let out = log.try_clone().map_err(|e| Error::env(format!("cannot share the log file: {e}")))?;
+    let err = log.try_clone().map_err(|e| Error::env(format!("cannot share the log file: {e}")))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| spawn_error(cmd, e))?;
+    let pgid = child.id() as libc::pid_t;
+    let start = Instant::now();
+    let kill_group = |child: &mut std::process::Child| {
+        // SAFETY: kill(2) on a process group we created; errors (already gone) are harmless.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        let grace = Instant::now();
+        while grace.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above; SIGKILL whatever of the group ignored SIGTERM.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = child.wait();
+    };
+    let mut sleep = Duration::from_millis(2);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                // The group leader is gone; make sure no straggler of its group lives on.
+                // SAFETY: as above.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                return Ok(Ended::Exited(status));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Error::env(format!("cannot wait for `{}`: {e}", display(cmd)))),
+        }
+        if stop.load(Ordering::Relaxed) {
+            kill_group(&mut child);
+            return Ok(Ended::Interrupted);
+        }
+        if start.elapsed() >= limit {
+            kill_group(&mut child);
+            return Ok(Ended::TimedOut(limit));
+        }
+        std::thread::sleep(sleep);
+        sleep = (sleep * 2).min(Duration::from_millis(50));
+    }
+}

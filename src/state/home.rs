@@ -1,0 +1,79 @@
+//! kmx's home: the directory that holds fetched kernel trees, the apt cache used to fetch
+//! them, build outputs and state. `KMX_HOME` overrides the default
+//! (`$XDG_DATA_HOME/kmx`, i.e. `~/.local/share/kmx`).
+//!
+//! Also the one helper for atomic file writes: every state file kmx writes goes through
+//! [`write_atomic`] (temporary file in the same directory, fsync, rename).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub root: PathBuf,
+}
+
+impl Home {
+    /// `explicit` (from `KMX_HOME`), else the XDG data directory.
+    pub fn resolve(explicit: Option<PathBuf>) -> Result<Home> {
+        let root = match explicit {
+            Some(p) => p,
+            None => directories::BaseDirs::new()
+                .map(|b| b.data_dir().join("kmx"))
+                .ok_or_else(|| {
+                    Error::env("cannot find a home directory for kmx's data")
+                        .hint("set KMX_HOME to a writable directory")
+                })?,
+        };
+        Ok(Home { root })
+    }
+
+    /// Fetched kernel trees, one sysroot per Debian ABI.
+    pub fn trees(&self) -> PathBuf {
+        self.root.join("trees")
+    }
+    /// The list of registered trees.
+    pub fn registry(&self) -> PathBuf {
+        self.root.join("trees").join("registry.json")
+    }
+    /// kmx's private apt state (lists, downloaded .deb files).
+    pub fn apt(&self) -> PathBuf {
+        self.root.join("apt")
+    }
+    /// Default build output directory.
+    pub fn out(&self) -> PathBuf {
+        self.root.join("out")
+    }
+}
+
+/// Write `bytes` to `path` atomically: readers see the old file or the new one, never a
+/// partial one, even if kmx is killed mid-write.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| Error::io("write", tmp.path(), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("rename into place", path, e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_file_and_leaves_no_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/state.json");
+        write_atomic(&p, b"first").unwrap();
+        write_atomic(&p, b"second").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"second");
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+}
