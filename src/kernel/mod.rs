@@ -6,7 +6,9 @@
 #![allow(clippy::result_large_err)]
 
 pub mod kconfig;
+pub mod symvers;
 pub mod vermagic;
 
 pub use kconfig::KConfig;
+pub use symvers::{SymbolExport, Symvers};
 pub use vermagic::Vermagic;
