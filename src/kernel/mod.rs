@@ -7,8 +7,10 @@
 
 pub mod kconfig;
 pub mod symvers;
+pub mod tree;
 pub mod vermagic;
 
 pub use kconfig::KConfig;
 pub use symvers::{SymbolExport, Symvers};
+pub use tree::{Compression, HostTools, KernelTree, SigConfig};
 pub use vermagic::Vermagic;
