@@ -1,1 +1,6 @@
-//! Building: the plan (modules x targets x kernels) and the scheduler that runs kbuild.
+//! Building: the plan (modules x targets x kernels), the scheduler that runs cells in
+//! parallel on one shared make jobserver, and the cell runner that drives kbuild.
+
+pub mod cell;
+pub mod plan;
+pub mod scheduler;

@@ -2,4 +2,13 @@
 //! and how kmx provisions trees from Debian's linux-headers packages.
 
 pub mod fetch;
+pub mod kconfig;
 pub mod registry;
+pub mod symvers;
+pub mod tree;
+pub mod vermagic;
+
+pub use kconfig::KConfig;
+pub use symvers::{SymbolExport, Symvers};
+pub use tree::{Compression, HostTools, KernelTree, SigConfig};
+pub use vermagic::Vermagic;
