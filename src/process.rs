@@ -13,7 +13,12 @@ pub fn display(cmd: &Command) -> String {
     let mut out = String::new();
     for (k, v) in cmd.get_envs() {
         if let Some(v) = v {
-            let _ = write!(out, "{}={} ", k.to_string_lossy(), quote(&v.to_string_lossy()));
+            let _ = write!(
+                out,
+                "{}={} ",
+                k.to_string_lossy(),
+                quote(&v.to_string_lossy())
+            );
         }
     }
     out.push_str(&quote(&cmd.get_program().to_string_lossy()));
@@ -27,9 +32,8 @@ pub fn display(cmd: &Command) -> String {
 /// Quote a word for a POSIX shell when it needs it.
 pub fn quote(s: &str) -> String {
     let plain = !s.is_empty()
-        && s.chars().all(|c| {
-            c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)
-        });
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
     if plain {
         s.to_string()
     } else {
@@ -77,7 +81,10 @@ pub fn output(cmd: &mut Command, kind: Kind) -> Result<Output> {
         .output()
         .map_err(|e| spawn_error(cmd, e))?;
     if !out.status.success() {
-        let mut err = Error::new(kind, format!("`{shown}` failed: {}", describe_status(out.status)));
+        let mut err = Error::new(
+            kind,
+            format!("`{shown}` failed: {}", describe_status(out.status)),
+        );
         let t = tail(&out.stderr, 8);
         if !t.is_empty() {
             err = err.caused_by(format!("--- stderr\n{t}"));
@@ -108,14 +115,20 @@ mod tests {
             Kind::Failed,
         )
         .unwrap_err();
-        assert_eq!(err.to_string(), "`sh -c 'echo oops >&2; exit 3'` failed: exit status 3");
+        assert_eq!(
+            err.to_string(),
+            "`sh -c 'echo oops >&2; exit 3'` failed: exit status 3"
+        );
         assert_eq!(err.causes, ["--- stderr\noops"]);
     }
 
     #[test]
     fn signals_are_named() {
         let err = output(Command::new("sh").args(["-c", "kill -9 $$"]), Kind::Failed).unwrap_err();
-        assert!(err.to_string().ends_with("killed by signal 9 (SIGKILL)"), "{err}");
+        assert!(
+            err.to_string().ends_with("killed by signal 9 (SIGKILL)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -149,8 +162,12 @@ pub fn run_supervised(
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
-    let out = log.try_clone().map_err(|e| Error::env(format!("cannot share the log file: {e}")))?;
-    let err = log.try_clone().map_err(|e| Error::env(format!("cannot share the log file: {e}")))?;
+    let out = log
+        .try_clone()
+        .map_err(|e| Error::env(format!("cannot share the log file: {e}")))?;
+    let err = log
+        .try_clone()
+        .map_err(|e| Error::env(format!("cannot share the log file: {e}")))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
@@ -182,7 +199,12 @@ pub fn run_supervised(
                 return Ok(Ended::Exited(status));
             }
             Ok(None) => {}
-            Err(e) => return Err(Error::env(format!("cannot wait for `{}`: {e}", display(cmd)))),
+            Err(e) => {
+                return Err(Error::env(format!(
+                    "cannot wait for `{}`: {e}",
+                    display(cmd)
+                )));
+            }
         }
         if stop.load(Ordering::Relaxed) {
             kill_group(&mut child);

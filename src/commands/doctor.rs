@@ -64,12 +64,20 @@ pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHeal
         });
     }
     let (toolchain, compiler) = match ctx.profiles.toolchain_of(target) {
-        Ok(tc) => (tc.name.clone(), tc.probe(tree_cc.as_deref()).map(|c| (tc.identity.to_string(), c))),
+        Ok(tc) => (
+            tc.name.clone(),
+            tc.probe(tree_cc.as_deref())
+                .map(|c| (tc.identity.to_string(), c)),
+        ),
         Err(e) => (target.toolchain.clone(), Err(e)),
     };
     let (identity, compiler, compiler_error) = match compiler {
         Ok((id, c)) => (id, Some(c), None),
-        Err(e) => (String::new(), None, Some(render(&e).trim_start_matches("error: ").to_string())),
+        Err(e) => (
+            String::new(),
+            None,
+            Some(render(&e).trim_start_matches("error: ").to_string()),
+        ),
     };
     let usable = compiler.is_some() && trees.iter().any(|t| t.error.is_none());
     TargetHealth {
@@ -87,18 +95,30 @@ pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHeal
 
 pub fn targets(ctx: &Context, json: bool) -> Result<i32> {
     let registry = Registry::load(&ctx.home)?;
-    let all: Vec<TargetHealth> = ctx.profiles.targets.values().map(|t| assess(ctx, t, &registry)).collect();
+    let all: Vec<TargetHealth> = ctx
+        .profiles
+        .targets
+        .values()
+        .map(|t| assess(ctx, t, &registry))
+        .collect();
     if json {
         print_json(&all)?;
         return Ok(exit::OK);
     }
-    println!("{:<10} {:<6} {:<22} {:<34} {:<6} TREES", "TARGET", "ARCH", "TOOLCHAIN", "COMPILER", "STATUS");
+    println!(
+        "{:<10} {:<6} {:<22} {:<34} {:<6} TREES",
+        "TARGET", "ARCH", "TOOLCHAIN", "COMPILER", "STATUS"
+    );
     for h in &all {
         let compiler = match &h.compiler {
             Some(c) => format!("{} {}", c.name, c.version),
             None => "not found".to_string(),
         };
-        let releases: Vec<&str> = h.trees.iter().filter_map(|t| t.release.as_deref()).collect();
+        let releases: Vec<&str> = h
+            .trees
+            .iter()
+            .filter_map(|t| t.release.as_deref())
+            .collect();
         println!(
             "{:<10} {:<6} {:<22} {:<34} {:<6} {}",
             h.target,
@@ -106,7 +126,11 @@ pub fn targets(ctx: &Context, json: bool) -> Result<i32> {
             h.toolchain,
             compiler,
             if h.usable { "ok" } else { "BROKEN" },
-            if releases.is_empty() { "none".to_string() } else { releases.join(", ") }
+            if releases.is_empty() {
+                "none".to_string()
+            } else {
+                releases.join(", ")
+            }
         );
     }
     Ok(exit::OK)
@@ -121,14 +145,27 @@ pub fn doctor(ctx: &Context, names: &[String], json: bool) -> Result<i32> {
         print_json(&all)?;
     } else {
         for h in &all {
-            println!("{} ({}): {}", h.target, h.description, if h.usable { "ok" } else { "UNUSABLE" });
+            println!(
+                "{} ({}): {}",
+                h.target,
+                h.description,
+                if h.usable { "ok" } else { "UNUSABLE" }
+            );
             match (&h.compiler, &h.compiler_error) {
-                (Some(c), _) => println!("  compiler  {} ({}), builds {}", c.path.display(), c.version, h.identity),
+                (Some(c), _) => println!(
+                    "  compiler  {} ({}), builds {}",
+                    c.path.display(),
+                    c.version,
+                    h.identity
+                ),
                 (None, Some(e)) => println!("  compiler  {e}"),
                 _ => {}
             }
             if h.trees.is_empty() {
-                println!("  trees     none: run `kmx kernels fetch --target {}`, or list trees under [kernels] paths", h.target);
+                println!(
+                    "  trees     none: run `kmx kernels fetch --target {}`, or list trees under [kernels] paths",
+                    h.target
+                );
             }
             for t in &h.trees {
                 match &t.error {

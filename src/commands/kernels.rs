@@ -104,7 +104,9 @@ pub fn list(ctx: &Context, json: bool) -> Result<i32> {
         return Ok(exit::OK);
     }
     if rows.is_empty() {
-        println!("No kernel trees known. Fetch Debian's with `kmx kernels fetch`, or list trees under [kernels] paths in a target profile.");
+        println!(
+            "No kernel trees known. Fetch Debian's with `kmx kernels fetch`, or list trees under [kernels] paths in a target profile."
+        );
         return Ok(exit::OK);
     }
     println!(

@@ -18,10 +18,19 @@ use crate::error::{Error, Result};
 
 /// Profiles shipped with kmx: (relative path, contents).
 const BUILTIN: &[(&str, &str)] = &[
-    ("targets/amd64.toml", include_str!("../../targets/amd64.toml")),
+    (
+        "targets/amd64.toml",
+        include_str!("../../targets/amd64.toml"),
+    ),
     ("targets/i386.toml", include_str!("../../targets/i386.toml")),
-    ("targets/arm64.toml", include_str!("../../targets/arm64.toml")),
-    ("targets/armhf.toml", include_str!("../../targets/armhf.toml")),
+    (
+        "targets/arm64.toml",
+        include_str!("../../targets/arm64.toml"),
+    ),
+    (
+        "targets/armhf.toml",
+        include_str!("../../targets/armhf.toml"),
+    ),
     (
         "toolchains/x86_64-linux-gnu.toml",
         include_str!("../../toolchains/x86_64-linux-gnu.toml"),
@@ -97,8 +106,8 @@ impl Profiles {
                     .collect();
                 files.sort();
                 for file in files {
-                    let text = std::fs::read_to_string(&file)
-                        .map_err(|e| Error::io("read", &file, e))?;
+                    let text =
+                        std::fs::read_to_string(&file).map_err(|e| Error::io("read", &file, e))?;
                     profiles.add(&file, &text)?;
                 }
             }
@@ -149,7 +158,10 @@ impl Profiles {
             let known: Vec<&str> = self.toolchains.keys().map(String::as_str).collect();
             Error::config(
                 &target.file,
-                format!("target `{}` names unknown toolchain `{}`", target.name, target.toolchain),
+                format!(
+                    "target `{}` names unknown toolchain `{}`",
+                    target.name, target.toolchain
+                ),
             )
             .line(line, col)
             .hint(format!("known toolchains: {}", known.join(", ")))
@@ -194,13 +206,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
             }
@@ -221,8 +235,17 @@ mod tests {
 
     #[test]
     fn shipped_profiles_give_the_four_targets() {
-        let p = Profiles::load(&Sources { builtin: true, dirs: vec![] }).unwrap();
-        let names: Vec<&str> = p.select(&[]).unwrap().iter().map(|t| t.name.as_str()).collect();
+        let p = Profiles::load(&Sources {
+            builtin: true,
+            dirs: vec![],
+        })
+        .unwrap();
+        let names: Vec<&str> = p
+            .select(&[])
+            .unwrap()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
         assert_eq!(names, ["i386", "amd64", "arm64", "armhf"]);
         for t in p.targets.values() {
             p.toolchain_of(t).unwrap();
@@ -232,7 +255,11 @@ mod tests {
     #[test]
     fn user_dir_overrides_shipped_profile() {
         let user = tempfile::tempdir().unwrap();
-        write(user.path(), "targets/arm64.toml", "kernel_arch = \"arm64\"\ntoolchain = \"aarch64-linux-gnu\"\ndescription = \"mine\"\n");
+        write(
+            user.path(),
+            "targets/arm64.toml",
+            "kernel_arch = \"arm64\"\ntoolchain = \"aarch64-linux-gnu\"\ndescription = \"mine\"\n",
+        );
         let p = Profiles::load(&Sources::standard(Some(user.path().into()), None)).unwrap();
         assert_eq!(p.targets["arm64"].description, "mine");
         assert_eq!(p.targets["amd64"].kernel_arch, "x86");
@@ -242,10 +269,18 @@ mod tests {
     fn config_dir_overrides_user_dir() {
         let user = tempfile::tempdir().unwrap();
         let cli = tempfile::tempdir().unwrap();
-        let t = |d: &str| format!("kernel_arch = \"arm64\"\ntoolchain = \"aarch64-linux-gnu\"\ndescription = \"{d}\"\n");
+        let t = |d: &str| {
+            format!(
+                "kernel_arch = \"arm64\"\ntoolchain = \"aarch64-linux-gnu\"\ndescription = \"{d}\"\n"
+            )
+        };
         write(user.path(), "targets/rpi.toml", &t("user"));
         write(cli.path(), "targets/rpi.toml", &t("cli"));
-        let p = Profiles::load(&Sources::standard(Some(user.path().into()), Some(cli.path().into()))).unwrap();
+        let p = Profiles::load(&Sources::standard(
+            Some(user.path().into()),
+            Some(cli.path().into()),
+        ))
+        .unwrap();
         assert_eq!(p.targets["rpi"].description, "cli");
     }
 
@@ -257,18 +292,33 @@ mod tests {
 
     #[test]
     fn unknown_target_suggests_the_closest() {
-        let p = Profiles::load(&Sources { builtin: true, dirs: vec![] }).unwrap();
+        let p = Profiles::load(&Sources {
+            builtin: true,
+            dirs: vec![],
+        })
+        .unwrap();
         let err = p.target("armfh").unwrap_err();
         assert_eq!(err.to_string(), "unknown target `armfh`");
-        assert_eq!(err.hint.as_deref(), Some("did you mean `armhf`? Known targets: amd64, arm64, armhf, i386"));
+        assert_eq!(
+            err.hint.as_deref(),
+            Some("did you mean `armhf`? Known targets: amd64, arm64, armhf, i386")
+        );
     }
 
     #[test]
     fn unknown_toolchain_points_at_the_target_file() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "targets/x.toml", "kernel_arch = \"arm\"\ntoolchain = \"armel\"\n");
+        write(
+            dir.path(),
+            "targets/x.toml",
+            "kernel_arch = \"arm\"\ntoolchain = \"armel\"\n",
+        );
         let p = Profiles::load(&Sources::standard(None, Some(dir.path().into()))).unwrap();
         let err = p.toolchain_of(&p.targets["x"]).unwrap_err();
-        assert!(err.to_string().ends_with("x.toml:2:13: target `x` names unknown toolchain `armel`"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("x.toml:2:13: target `x` names unknown toolchain `armel`"),
+            "{err}"
+        );
     }
 }

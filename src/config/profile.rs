@@ -177,7 +177,10 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Re
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, col)
 }
 
@@ -222,7 +225,9 @@ mod tests {
         .unwrap_err();
         let text = render(&err);
         assert!(
-            text.starts_with("error: targets/t.toml:3:1: unknown field `kernal_arch`, expected one of"),
+            text.starts_with(
+                "error: targets/t.toml:3:1: unknown field `kernal_arch`, expected one of"
+            ),
             "{text}"
         );
     }

@@ -69,7 +69,13 @@ impl Apt {
                 .hint("run kmx on Debian or a derivative, or point a target at kernel trees with [kernels] paths")
         })?;
         let dir = home.apt();
-        for sub in ["lists/partial", "cache/archives/partial", "etc/apt.conf.d", "etc/preferences.d", "etc/sources.list.d"] {
+        for sub in [
+            "lists/partial",
+            "cache/archives/partial",
+            "etc/apt.conf.d",
+            "etc/preferences.d",
+            "etc/sources.list.d",
+        ] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(|e| Error::io("create directory", &p, e))?;
         }
@@ -83,7 +89,11 @@ impl Apt {
         );
         write_if_changed(&dir.join("etc/sources.list"), &sources)?;
         let user = std::env::var("USER").ok().filter(|u| !u.is_empty());
-        let user = if unsafe_is_root() { "root".to_string() } else { user.unwrap_or_else(|| "root".into()) };
+        let user = if unsafe_is_root() {
+            "root".to_string()
+        } else {
+            user.unwrap_or_else(|| "root".into())
+        };
         let d = dir.display();
         let arch_list: String = archs.iter().map(|a| format!("\"{a}\"; ")).collect();
         let conf = format!(
@@ -132,12 +142,20 @@ impl Apt {
             .args(pkgs)
             .output()
             .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn pkgnames(&self, prefix: &str) -> Result<Vec<String>> {
-        let out = process::output(self.cmd("apt-cache").args(["pkgnames", prefix]), Kind::Environment)?;
-        Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+        let out = process::output(
+            self.cmd("apt-cache").args(["pkgnames", prefix]),
+            Kind::Environment,
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
     }
 }
 
@@ -170,17 +188,23 @@ fn write_if_changed(path: &Path, text: &str) -> Result<()> {
 
 /// Compare Debian kernel ABIs like `6.1.0-50` numerically, component by component.
 fn abi_key(abi: &str) -> Vec<u64> {
-    abi.split(['.', '-']).map(|p| p.parse().unwrap_or(0)).collect()
+    abi.split(['.', '-'])
+        .map(|p| p.parse().unwrap_or(0))
+        .collect()
 }
 
 /// The ABI part of `linux-headers-<ABI>-<flavour>` (ABI = `N.N.N-N`).
 fn abi_of(pkg: &str, flavour: &str) -> Option<String> {
-    let abi = pkg.strip_prefix("linux-headers-")?.strip_suffix(&format!("-{flavour}"))?;
+    let abi = pkg
+        .strip_prefix("linux-headers-")?
+        .strip_suffix(&format!("-{flavour}"))?;
     let (ver, num) = abi.rsplit_once('-')?;
     let ok = num.chars().all(|c| c.is_ascii_digit())
         && !num.is_empty()
         && ver.split('.').count() == 3
-        && ver.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+        && ver
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
     ok.then(|| abi.to_string())
 }
 
@@ -192,7 +216,11 @@ fn field<'a>(stanza: &'a str, name: &str) -> Option<&'a str> {
 
 /// Fetch (or find already fetched) trees for every requested target. `say` receives
 /// progress lines.
-pub fn fetch(home: &Home, req: &FetchRequest, say: &mut dyn FnMut(&str)) -> Result<Vec<FetchedTree>> {
+pub fn fetch(
+    home: &Home,
+    req: &FetchRequest,
+    say: &mut dyn FnMut(&str),
+) -> Result<Vec<FetchedTree>> {
     let host = host_debian_arch().to_string();
     let mut archs: Vec<String> = vec![host.clone()];
     for (_, d) in &req.targets {
@@ -215,7 +243,12 @@ pub fn fetch(home: &Home, req: &FetchRequest, say: &mut dyn FnMut(&str)) -> Resu
     }
     let apt = Apt::prepare(home, req, &archs)?;
     if req.refresh || !apt.lists_fresh() {
-        say(&format!("Updating package lists from {} {} ({})", req.mirror, req.suite, archs.join(", ")));
+        say(&format!(
+            "Updating package lists from {} {} ({})",
+            req.mirror,
+            req.suite,
+            archs.join(", ")
+        ));
         apt.update()?;
     }
     let abi = match &req.abi {
@@ -242,21 +275,38 @@ pub fn fetch(home: &Home, req: &FetchRequest, say: &mut dyn FnMut(&str)) -> Resu
         .map(|(_, d)| format!("linux-headers-{abi}-{}:{}", d.flavour, d.arch))
         .collect();
     let info = apt.show(&flavour_pkgs).ok_or_else(|| {
-        Error::env(format!("Debian {} has no linux-headers packages for ABI {abi} for: {}", req.suite, flavour_pkgs.join(" ")))
-            .hint("pick an ABI that exists (omit --abi to let kmx choose), or run with --refresh")
+        Error::env(format!(
+            "Debian {} has no linux-headers packages for ABI {abi} for: {}",
+            req.suite,
+            flavour_pkgs.join(" ")
+        ))
+        .hint("pick an ABI that exists (omit --abi to let kmx choose), or run with --refresh")
     })?;
     let version = field(&info, "Version").unwrap_or("").to_string();
     let kbuild = field(&info, "Depends")
-        .and_then(|deps| deps.split(',').map(str::trim).find(|d| d.starts_with("linux-kbuild-")))
+        .and_then(|deps| {
+            deps.split(',')
+                .map(str::trim)
+                .find(|d| d.starts_with("linux-kbuild-"))
+        })
         .and_then(|d| d.split_whitespace().next())
-        .ok_or_else(|| Error::env(format!("cannot find the linux-kbuild dependency of {}", flavour_pkgs[0])))?
+        .ok_or_else(|| {
+            Error::env(format!(
+                "cannot find the linux-kbuild dependency of {}",
+                flavour_pkgs[0]
+            ))
+        })?
         .to_string();
     let mut pkgs = flavour_pkgs.clone();
     pkgs.push(format!("linux-headers-{abi}-common"));
     pkgs.push(format!("{kbuild}:{host}"));
     let debs = apt.dir.join("debs").join(&abi);
     std::fs::create_dir_all(&debs).map_err(|e| Error::io("create directory", &debs, e))?;
-    say(&format!("Downloading {} packages: {}", pkgs.len(), pkgs.join(" ")));
+    say(&format!(
+        "Downloading {} packages: {}",
+        pkgs.len(),
+        pkgs.join(" ")
+    ));
     process::output(
         apt.cmd("apt-get").args(["-q", "download"]).args(&pkgs).current_dir(&debs),
         Kind::Environment,
@@ -286,7 +336,10 @@ pub fn fetch(home: &Home, req: &FetchRequest, say: &mut dyn FnMut(&str)) -> Resu
     deb_files.sort();
     for deb in &deb_files {
         process::output(
-            Command::new("dpkg-deb").arg("-x").arg(deb).arg(staging.path()),
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(deb)
+                .arg(staging.path()),
             Kind::Environment,
         )
         .map_err(|e| e.hint("dpkg-deb comes with dpkg: apt-get install dpkg"))?;
@@ -298,7 +351,10 @@ pub fn fetch(home: &Home, req: &FetchRequest, say: &mut dyn FnMut(&str)) -> Resu
     moves.push(PathBuf::from(format!("usr/src/linux-kbuild-{series}")));
     moves.push(PathBuf::from(format!("usr/src/linux-headers-{abi}-common")));
     for (_, d) in &missing {
-        moves.push(PathBuf::from(format!("usr/src/linux-headers-{abi}-{}", d.flavour)));
+        moves.push(PathBuf::from(format!(
+            "usr/src/linux-headers-{abi}-{}",
+            d.flavour
+        )));
     }
     for rel in &moves {
         let from = staging.path().join(rel);
@@ -310,18 +366,25 @@ pub fn fetch(home: &Home, req: &FetchRequest, say: &mut dyn FnMut(&str)) -> Resu
             relocate_makefile(&from)?;
         }
         if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io("create directory", parent, e))?;
         }
         std::fs::rename(&from, &to).map_err(|e| Error::io("move into place", &to, e))?;
     }
     for (target, d) in &missing {
         let kdir = sysroot.join(format!("usr/src/linux-headers-{abi}-{}", d.flavour));
         if !kdir.join("Makefile").exists() {
-            return Err(Error::env(format!("the unpacked package did not provide {}", kdir.display())));
+            return Err(Error::env(format!(
+                "the unpacked package did not provide {}",
+                kdir.display()
+            )));
         }
         result.push(FetchedTree {
             target: target.clone(),
-            origin: format!("debian {} linux-headers-{abi}-{} {version}", req.suite, d.flavour),
+            origin: format!(
+                "debian {} linux-headers-{abi}-{} {version}",
+                req.suite, d.flavour
+            ),
             kdir,
             new: true,
         });
@@ -345,7 +408,10 @@ fn resolve_abi(apt: &Apt, targets: &[(String, DebianKernel)]) -> Result<String> 
     let Some((_, first)) = targets.first() else {
         return Err(Error::usage("no target to fetch kernel trees for"));
     };
-    let mut candidates: Vec<String> = names.iter().filter_map(|n| abi_of(n, &first.flavour)).collect();
+    let mut candidates: Vec<String> = names
+        .iter()
+        .filter_map(|n| abi_of(n, &first.flavour))
+        .collect();
     candidates.sort_by_key(|a| std::cmp::Reverse(abi_key(a)));
     candidates.dedup();
     for abi in &candidates {
@@ -357,7 +423,10 @@ fn resolve_abi(apt: &Apt, targets: &[(String, DebianKernel)]) -> Result<String> 
             return Ok(abi.clone());
         }
     }
-    let wanted: Vec<String> = targets.iter().map(|(t, d)| format!("{t} ({}:{})", d.flavour, d.arch)).collect();
+    let wanted: Vec<String> = targets
+        .iter()
+        .map(|(t, d)| format!("{t} ({}:{})", d.flavour, d.arch))
+        .collect();
     Err(Error::env(format!("no kernel ABI has linux-headers packages for every requested target: {}", wanted.join(", ")))
         .hint("fetch the targets one by one (--target), or run with --refresh to update the package lists"))
 }
@@ -392,11 +461,17 @@ mod tests {
 
     #[test]
     fn abi_is_taken_from_flavour_packages_only() {
-        assert_eq!(abi_of("linux-headers-6.1.0-50-arm64", "arm64").as_deref(), Some("6.1.0-50"));
+        assert_eq!(
+            abi_of("linux-headers-6.1.0-50-arm64", "arm64").as_deref(),
+            Some("6.1.0-50")
+        );
         assert_eq!(abi_of("linux-headers-6.1.0-50-rt-arm64", "arm64"), None);
         assert_eq!(abi_of("linux-headers-6.1.0-50-cloud-arm64", "arm64"), None);
         assert_eq!(abi_of("linux-headers-6.1.0-50-common", "arm64"), None);
-        assert_eq!(abi_of("linux-headers-6.1.0-50-686-pae", "686-pae").as_deref(), Some("6.1.0-50"));
+        assert_eq!(
+            abi_of("linux-headers-6.1.0-50-686-pae", "686-pae").as_deref(),
+            Some("6.1.0-50")
+        );
     }
 
     #[test]
@@ -409,7 +484,11 @@ mod tests {
     #[test]
     fn makefile_include_becomes_relative() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("Makefile"), "include /usr/src/linux-headers-6.1.0-50-common/Makefile\n").unwrap();
+        std::fs::write(
+            dir.path().join("Makefile"),
+            "include /usr/src/linux-headers-6.1.0-50-common/Makefile\n",
+        )
+        .unwrap();
         relocate_makefile(dir.path()).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("Makefile")).unwrap(),

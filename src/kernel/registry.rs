@@ -114,7 +114,10 @@ pub fn trees_of(target: &crate::config::Target, registry: &Registry) -> Vec<Tree
         };
         for kdir in matches {
             if !out.iter().any(|r| r.kdir == kdir) {
-                out.push(TreeRef { kdir, origin: origin.clone() });
+                out.push(TreeRef {
+                    kdir,
+                    origin: origin.clone(),
+                });
             }
         }
     }
