@@ -1,0 +1,213 @@
+//! The foundation: profiles, trees, doctor, and their errors.
+
+use std::process::Command;
+
+use crate::support::*;
+
+#[test]
+fn doctor_finds_four_usable_targets_whose_vermagic_matches_real_modules() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let run = k.run(&["doctor", "--json"]).ok();
+    let report = run.json();
+    let targets = report.as_array().unwrap();
+    assert_eq!(targets.len(), 4);
+    for t in targets {
+        let name = t["target"].as_str().unwrap();
+        assert_eq!(t["usable"], true, "{name}: {t}");
+        assert_eq!(t["compiler"]["version"], "12.2.0", "{name}");
+        let tree = &t["trees"][0];
+        let kdir = tree["kdir"].as_str().unwrap();
+        let vermagic = tree["vermagic"].as_str().unwrap();
+        // Build the example with plain make against that tree and compare.
+        let build = k.dir().join(format!("plain-{name}"));
+        std::fs::create_dir_all(&build).unwrap();
+        for f in ["hello.c", "Kbuild"] {
+            std::fs::copy(repo().join("examples/hello").join(f), build.join(f)).unwrap();
+        }
+        let (arch, prefix) = match name {
+            "i386" => ("x86", "i686-linux-gnu-"),
+            "amd64" => ("x86", "x86_64-linux-gnu-"),
+            "arm64" => ("arm64", "aarch64-linux-gnu-"),
+            _ => ("arm", "arm-linux-gnueabihf-"),
+        };
+        let out = Command::new("make")
+            .arg("-C")
+            .arg(kdir)
+            .arg(format!("M={}", build.display()))
+            .arg(format!("ARCH={arch}"))
+            .arg(format!("CROSS_COMPILE={prefix}"))
+            .arg("CONFIG_DEBUG_INFO_BTF_MODULES=")
+            .arg("modules")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            modinfo("vermagic", &build.join("hello.ko")),
+            vermagic,
+            "{name}"
+        );
+    }
+    let text = k.run(&["doctor"]).ok().stdout();
+    assert!(text.ends_with("4 of 4 targets usable\n"), "{text}");
+}
+
+#[test]
+fn missing_toolchain_is_one_line_with_the_package_to_install() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let cfg = k.dir().join("cfg");
+    write(
+        &cfg.join("toolchains/aarch64-linux-gnu.toml"),
+        "triple = \"aarch64-linux-gnu\"\ncross_compile = \"kmx-missing-\"\ndebian_package = \"gcc-kmx-missing\"\n",
+    );
+    let run = k
+        .run(&[
+            "--config-dir",
+            cfg.to_str().unwrap(),
+            "doctor",
+            "--target",
+            "arm64",
+        ])
+        .expect(1);
+    let text = run.stdout();
+    assert!(
+        text.contains(
+            "  compiler  kmx-missing-gcc-12 not found\n  hint: apt-get install gcc-kmx-missing\n"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_key_in_a_profile_names_file_and_line() {
+    let k = Kmx::empty();
+    let cfg = k.dir().join("cfg");
+    write(
+        &cfg.join("targets/pi.toml"),
+        "kernel_arch = \"arm64\"\ntoolchain = \"aarch64-linux-gnu\"\nflavor = \"v8\"\n",
+    );
+    let run = k
+        .run(&["--config-dir", cfg.to_str().unwrap(), "targets"])
+        .expect(2);
+    let err = run.stderr();
+    let first = err.lines().next().unwrap();
+    assert!(
+        first.starts_with("error: ")
+            && first.contains("cfg/targets/pi.toml:3:1: unknown field `flavor`, expected one of"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_triple_names_file_and_line() {
+    let k = Kmx::empty();
+    let cfg = k.dir().join("cfg");
+    write(
+        &cfg.join("toolchains/bad.toml"),
+        "triple = \"armv99-linux-gnu\"\n",
+    );
+    let run = k
+        .run(&["--config-dir", cfg.to_str().unwrap(), "targets"])
+        .expect(2);
+    let err = run.stderr();
+    assert!(
+        err.contains("cfg/toolchains/bad.toml:1:10: invalid GNU triple `armv99-linux-gnu`"),
+        "{err}"
+    );
+    assert!(err.contains("hint: write a triple such as"), "{err}");
+}
+
+/// A target profile pointing at `kdir`, in a config dir.
+fn target_at(k: &Kmx, kdir: &std::path::Path) -> String {
+    let cfg = k.dir().join("cfg");
+    write(
+        &cfg.join("targets/board.toml"),
+        &format!(
+            "kernel_arch = \"arm64\"\ntoolchain = \"aarch64-linux-gnu\"\n[kernels]\npaths = [\"{}\"]\n",
+            kdir.display()
+        ),
+    );
+    cfg.display().to_string()
+}
+
+#[test]
+fn broken_trees_are_reported_with_what_to_do() {
+    let k = Kmx::empty();
+    let cases = [
+        (
+            "no-utsrelease",
+            vec![(".config", "CONFIG_ARM64=y\n")],
+            "include/generated/utsrelease.h",
+        ),
+        (
+            "no-config",
+            vec![(
+                "include/generated/utsrelease.h",
+                "#define UTS_RELEASE \"6.1.0-50-arm64\"\n",
+            )],
+            ".config",
+        ),
+    ];
+    for (name, files, missing) in cases {
+        let kdir = k.dir().join(name);
+        for (f, text) in files {
+            write(&kdir.join(f), text);
+        }
+        let cfg = target_at(&k, &kdir);
+        let run = k
+            .run(&["--config-dir", &cfg, "doctor", "--target", "board"])
+            .expect(1);
+        let text = run.stdout();
+        assert!(
+            text.contains(missing) && text.contains("hint:"),
+            "{name}: {text}"
+        );
+        assert!(text.contains("board (): UNUSABLE"), "{text}");
+    }
+}
+
+#[test]
+fn tree_with_foreign_host_tools_is_unusable() {
+    let k = Kmx::empty();
+    let kdir = k.dir().join("foreign");
+    write(&kdir.join(".config"), "CONFIG_ARM64=y\nCONFIG_SMP=y\n");
+    write(
+        &kdir.join("include/generated/utsrelease.h"),
+        "#define UTS_RELEASE \"6.1.0-50-arm64\"\n",
+    );
+    // ELF64 LSB header of an AArch64 executable.
+    let mut elf = vec![0u8; 64];
+    elf[..7].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1]);
+    elf[16] = 2; // ET_EXEC
+    elf[18] = 183; // EM_AARCH64
+    for tool in ["scripts/basic/fixdep", "scripts/mod/modpost"] {
+        std::fs::create_dir_all(kdir.join(tool).parent().unwrap()).unwrap();
+        std::fs::write(kdir.join(tool), &elf).unwrap();
+    }
+    let cfg = target_at(&k, &kdir);
+    let text = k
+        .run(&["--config-dir", &cfg, "doctor", "--target", "board"])
+        .expect(1)
+        .stdout();
+    assert!(
+        text.contains("scripts/basic/fixdep: is built for AArch64, this host is x86-64"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hint: the tree's host tools were built for another machine"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_target_suggests_a_name() {
+    let k = Kmx::empty();
+    let run = k.run(&["doctor", "--target", "arm46"]).expect(2);
+    assert_eq!(
+        run.stderr(),
+        "error: unknown target `arm46`\n  hint: did you mean `arm64`? Known targets: amd64, arm64, armhf, i386\n"
+    );
+}
