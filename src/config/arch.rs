@@ -128,7 +128,10 @@ mod tests {
     fn identities_of_the_four_debian_targets() {
         assert_eq!(id("x86_64-linux-gnu").to_string(), "ELF64 LSB x86-64 (62)");
         assert_eq!(id("i686-linux-gnu").to_string(), "ELF32 LSB i386 (3)");
-        assert_eq!(id("aarch64-linux-gnu").to_string(), "ELF64 LSB AArch64 (183)");
+        assert_eq!(
+            id("aarch64-linux-gnu").to_string(),
+            "ELF64 LSB AArch64 (183)"
+        );
         assert_eq!(id("arm-linux-gnueabihf").to_string(), "ELF32 LSB ARM (40)");
         assert_eq!(id("powerpc64-linux-gnu").endian, Endian::Big);
     }

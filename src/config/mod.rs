@@ -3,3 +3,6 @@
 //! directories lives here and nowhere else.
 
 pub mod arch;
+pub mod dkms;
+pub mod kmxtoml;
+pub mod manifest;
