@@ -1,0 +1,1034 @@
+//! `dkms.conf`, read the way DKMS reads it: the file is a bash fragment, so bash evaluates it,
+//! once per cell, with DKMS's variables (`kernelver`, `kernel_source_dir`, `arch`,
+//! `dkms_tree`, `source_tree`, `module`, `module_version`) set for that cell, in a clean
+//! environment (only PATH, HOME and LANG=C), stdin closed, from the source directory, under a
+//! timeout. As in DKMS, the file runs with the privileges of the user running kmx: it is code.
+//! CR before LF is removed first (DKMS strips a trailing CR from every value; removing it from
+//! the file also keeps `then\r` from being a syntax error). After sourcing, a wrapper dumps
+//! every known directive as NUL-separated `name, index, value` records (values with newlines,
+//! quotes and `=` survive) plus the variable names set before and after, so unknown upper-case
+//! directives (`LOAD=no`) become warnings. The checks and defaults then follow DKMS's
+//! `read_conf`/`read_conf_strict`. The file's stdout and stderr are returned in
+//! [`ModuleSpec::log`] for the cell's log. `evaluate` also lays out
+//! `$dkms_tree/<name>/<version>/{build,source}` as symlinks to the cell's build directory and
+//! source tree, so paths a MAKE line computes from `$dkms_tree` resolve at build time.
+
+// crate::Error is 128+ bytes; boxing it is error.rs's call, not this module's.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::manifest::{self, BuiltModule, Format, ModuleSpec};
+use crate::{Error, Result};
+
+/// How long one evaluation of a dkms.conf may take.
+pub const EVAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// PATH for the evaluation: fixed, so a cell does not depend on the caller's environment.
+const EVAL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The variables DKMS defines for a dkms.conf, for one cell.
+#[derive(Debug, Clone)]
+pub struct CellVars {
+    /// The kernel release (`uname -r` of the target kernel).
+    pub kernelver: String,
+    /// The kernel build tree.
+    pub kernel_source_dir: PathBuf,
+    /// DKMS's `$arch`: `uname -m` of the target (x86_64, i686, aarch64, armv7l).
+    pub arch: String,
+    /// The module's source directory (DKMS: /usr/src/<module>-<version>).
+    pub source_tree: PathBuf,
+    /// A per-cell directory standing in for /var/lib/dkms; `evaluate` creates
+    /// `<module>/<version>/build` (-> `build_dir`) and `source` (-> `source_tree`) in it.
+    pub dkms_tree: PathBuf,
+    /// The cell's build directory.
+    pub build_dir: PathBuf,
+    /// The module name the caller expects (`$module` before PACKAGE_NAME is known); None =
+    /// guess from the source directory's `<module>-<version>` name.
+    pub module_hint: Option<String>,
+}
+
+#[cfg(test)]
+impl CellVars {
+    /// Variables for a cell under `dir` (kernel 6.1.0-18-amd64 on x86_64).
+    pub(crate) fn for_tests(dir: &Path) -> CellVars {
+        CellVars {
+            kernelver: "6.1.0-18-amd64".into(),
+            kernel_source_dir: dir.join("kernel"),
+            arch: "x86_64".into(),
+            source_tree: dir.to_path_buf(),
+            dkms_tree: dir.join("dkms"),
+            build_dir: dir.join("build"),
+            module_hint: None,
+        }
+    }
+}
+
+/// Every variable DKMS accepts from a dkms.conf (its `dkms_conf_variables`, upper case).
+const DIRECTIVES: &[&str] = &[
+    "PACKAGE_NAME",
+    "PACKAGE_VERSION",
+    "POST_ADD",
+    "POST_BUILD",
+    "POST_INSTALL",
+    "POST_REMOVE",
+    "PRE_BUILD",
+    "PRE_INSTALL",
+    "BUILD_DEPENDS",
+    "BUILD_DEPENDS_REBUILD",
+    "BUILD_EXCLUSIVE_ARCH",
+    "BUILD_EXCLUSIVE_CONFIG",
+    "BUILD_EXCLUSIVE_KERNEL",
+    "BUILD_EXCLUSIVE_KERNEL_MIN",
+    "BUILD_EXCLUSIVE_KERNEL_MAX",
+    "OBSOLETE_BY",
+    "MAKE",
+    "MAKE_MATCH",
+    "PATCH",
+    "PATCH_MATCH",
+    "BUILT_MODULE_NAME",
+    "BUILT_MODULE_LOCATION",
+    "DEST_MODULE_NAME",
+    "DEST_MODULE_LOCATION",
+    "STRIP",
+    "AUTOINSTALL",
+    "NO_WEAK_MODULES",
+    "CLEAN",
+    "REMAKE_INITRD",
+    "MODULES_CONF",
+    "MODULES_CONF_OBSOLETES",
+    "MODULES_CONF_ALIAS_TYPE",
+    "MODULES_CONF_OBSOLETE_ONLY",
+];
+
+/// Deprecated in DKMS: accepted, warned about, not used.
+const DEPRECATED: &[&str] = &[
+    "CLEAN",
+    "REMAKE_INITRD",
+    "MODULES_CONF",
+    "MODULES_CONF_OBSOLETES",
+    "MODULES_CONF_ALIAS_TYPE",
+    "MODULES_CONF_OBSOLETE_ONLY",
+];
+
+/// The bash that sources the file and dumps the result. `@DIRECTIVES@` is replaced by the
+/// names above (plain identifiers); paths arrive through the environment, never quoted in.
+const WRAPPER: &str = r#"__kmx_conf=$KMX_CONF __kmx_dump=$KMX_DUMP
+unset KMX_CONF KMX_DUMP
+export -n kernelver kernel_source_dir arch dkms_tree source_tree module module_version
+{ for __kmx_n in $(compgen -v); do builtin printf 'B\0%s\0' "$__kmx_n"; done; } >"$__kmx_dump"
+set --
+. "$__kmx_conf"
+set +e +u +o pipefail
+IFS=$' \t\n'
+{
+  for __kmx_n in @DIRECTIVES@; do
+    eval "__kmx_keys=(\"\${!$__kmx_n[@]}\")"
+    for __kmx_k in "${__kmx_keys[@]}"; do
+      eval "__kmx_v=\${$__kmx_n[\$__kmx_k]}"
+      builtin printf 'V\0%s\0%s\0%s\0' "$__kmx_n" "$__kmx_k" "$__kmx_v"
+    done
+  done
+  for __kmx_n in $(compgen -v); do builtin printf 'A\0%s\0' "$__kmx_n"; done
+  builtin printf 'E\0'
+} >>"$__kmx_dump"
+exit 0
+"#;
+
+/// Evaluate `conf` for one cell and check it the way DKMS does.
+pub fn evaluate(conf: &Path, vars: &CellVars) -> Result<ModuleSpec> {
+    evaluate_with_timeout(conf, vars, EVAL_TIMEOUT)
+}
+
+fn evaluate_with_timeout(conf: &Path, vars: &CellVars, timeout: Duration) -> Result<ModuleSpec> {
+    let text = fs::read(conf).map_err(|e| Error::io("read", conf, e))?;
+    let tmp =
+        tempfile::tempdir().map_err(|e| Error::io("create a temporary directory for", conf, e))?;
+    let copy = tmp.path().join("dkms.conf");
+    fs::write(&copy, strip_cr(&text)).map_err(|e| Error::io("write", &copy, e))?;
+    let wrapper = tmp.path().join("evaluate.sh");
+    fs::write(
+        &wrapper,
+        WRAPPER.replace("@DIRECTIVES@", &DIRECTIVES.join(" ")),
+    )
+    .map_err(|e| Error::io("write", &wrapper, e))?;
+    let ctx = Eval {
+        conf,
+        copy: &copy,
+        wrapper: &wrapper,
+        dir: tmp.path(),
+        vars,
+        timeout,
+    };
+
+    let (status, log) = ctx.run(&[OsStr::new("-n"), copy.as_os_str()], &[])?;
+    if !status.success() {
+        let first = ctx.first_line(&log).unwrap_or_else(|| describe(status));
+        return Err(
+            Error::config(conf, format!("bash cannot parse it: {first}"))
+                .hint(format!("check it with `bash -n {}`", conf.display())),
+        );
+    }
+
+    // DKMS learns $module and $module_version from a first read of the file (dkms add),
+    // then reads it again with them set; do the same when the guess was wrong.
+    let (module, version) = guess_identity(vars);
+    let mut dump = ctx.source(&module, &version)?;
+    let (name, ver) = (dump.scalar("PACKAGE_NAME"), dump.scalar("PACKAGE_VERSION"));
+    if !name.is_empty() && !ver.is_empty() && (name != module || ver != version) {
+        let (name, ver) = (name.to_string(), ver.to_string());
+        dump = ctx.source(&name, &ver)?;
+    }
+    let spec = build_spec(conf, vars, dump)?;
+    link_dkms_tree(vars, &spec.name, &spec.version)?;
+    Ok(spec)
+}
+
+/// `$module`/`$module_version` for the first evaluation: the hint, and the rest of a
+/// `<module>-<version>` directory name.
+fn guess_identity(vars: &CellVars) -> (String, String) {
+    let dir = vars
+        .source_tree
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match &vars.module_hint {
+        Some(m) => {
+            let v = dir
+                .strip_prefix(m.as_str())
+                .and_then(|r| r.strip_prefix('-'))
+                .unwrap_or("");
+            (m.clone(), v.to_string())
+        }
+        None => match dir.rsplit_once('-') {
+            Some((m, v)) => (m.to_string(), v.to_string()),
+            None => (dir, String::new()),
+        },
+    }
+}
+
+fn strip_cr(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    for (i, &b) in text.iter().enumerate() {
+        if b == b'\r' && text.get(i + 1).is_none_or(|&n| n == b'\n') {
+            continue;
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+/// One evaluation's fixed inputs.
+struct Eval<'a> {
+    conf: &'a Path,
+    copy: &'a Path,
+    wrapper: &'a Path,
+    dir: &'a Path,
+    vars: &'a CellVars,
+    timeout: Duration,
+}
+
+impl Eval<'_> {
+    /// Source the file with `$module`/`$module_version` set and read back the dump.
+    fn source(&self, module: &str, version: &str) -> Result<Dump> {
+        let v = self.vars;
+        let dump_path = self.dir.join("dump");
+        let env: [(&str, &OsStr); 9] = [
+            ("KMX_CONF", self.copy.as_os_str()),
+            ("KMX_DUMP", dump_path.as_os_str()),
+            ("kernelver", OsStr::new(&v.kernelver)),
+            ("kernel_source_dir", v.kernel_source_dir.as_os_str()),
+            ("arch", OsStr::new(&v.arch)),
+            ("dkms_tree", v.dkms_tree.as_os_str()),
+            ("source_tree", v.source_tree.as_os_str()),
+            ("module", OsStr::new(module)),
+            ("module_version", OsStr::new(version)),
+        ];
+        let (status, log) = self.run(&[self.wrapper.as_os_str()], &env)?;
+        let bytes = fs::read(&dump_path).unwrap_or_default();
+        let dump = Dump::parse(&bytes, log);
+        if !status.success() || !dump.complete {
+            let first = self
+                .first_line(&dump.log)
+                .map(|l| format!(": {l}"))
+                .unwrap_or_default();
+            return Err(Error::config(
+                self.conf,
+                format!(
+                    "bash stopped before the end of the file ({}){first}",
+                    describe(status)
+                ),
+            )
+            .hint("dkms.conf is sourced for every kernel; it must not call `exit` or `exec`"));
+        }
+        Ok(dump)
+    }
+
+    /// Run bash with `args` in the clean environment plus `env`; returns its status and
+    /// everything it printed, with the temporary copy's path replaced by the real one.
+    fn run(&self, args: &[&OsStr], env: &[(&str, &OsStr)]) -> Result<(ExitStatus, String)> {
+        let log_path = self.dir.join("log");
+        let log = fs::File::create(&log_path).map_err(|e| Error::io("create", &log_path, e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| Error::io("open", &log_path, e))?;
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+        let mut child = Command::new("bash")
+            .args(args)
+            .env_clear()
+            .env("PATH", EVAL_PATH)
+            .env("HOME", home)
+            .env("LANG", "C")
+            .envs(env.iter().copied())
+            .current_dir(&self.vars.source_tree)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                Error::env(format!(
+                    "cannot run bash to evaluate {}: {e}",
+                    self.conf.display()
+                ))
+                .hint("kmx evaluates dkms.conf with bash, as DKMS does; install bash")
+            })?;
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(e) => return Err(Error::io("wait for bash evaluating", self.conf, e)),
+            }
+            if start.elapsed() >= self.timeout {
+                // The whole process group: a `sleep` the file started must die too.
+                // SAFETY: kill(2) on the group of a child we spawned and have not reaped.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(Error::config(
+                    self.conf,
+                    format!(
+                        "bash did not finish evaluating it within {} s",
+                        self.timeout.as_secs()
+                    ),
+                )
+                .hint(
+                    "dkms.conf is sourced for every kernel; it must not sleep or wait for input",
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        };
+        let text = fs::read(&log_path).map_err(|e| Error::io("read", &log_path, e))?;
+        let text = String::from_utf8_lossy(&text);
+        let copy = self.copy.to_string_lossy();
+        Ok((
+            status,
+            text.replace(copy.as_ref(), &self.conf.to_string_lossy()),
+        ))
+    }
+
+    /// The first non-empty line of `log`, without the "<dkms.conf>: " prefix bash puts on it.
+    fn first_line(&self, log: &str) -> Option<String> {
+        let prefix = format!("{}: ", self.conf.to_string_lossy());
+        let line = log.lines().find(|l| !l.trim().is_empty())?;
+        Some(line.strip_prefix(&prefix).unwrap_or(line).to_string())
+    }
+}
+
+/// What the wrapper printed: directive values and the variable names set before and after.
+#[derive(Default)]
+struct Dump {
+    values: HashMap<String, BTreeMap<usize, String>>,
+    before: HashSet<String>,
+    after: Vec<String>,
+    /// Keys that are not array indexes (a directive declared `-A`).
+    bad_keys: Vec<String>,
+    complete: bool,
+    log: String,
+}
+
+impl Dump {
+    fn parse(bytes: &[u8], log: String) -> Dump {
+        let mut d = Dump {
+            log,
+            ..Dump::default()
+        };
+        let mut fields = bytes
+            .split(|&b| b == 0)
+            .map(|f| String::from_utf8_lossy(f).into_owned());
+        while let Some(tag) = fields.next() {
+            match tag.as_str() {
+                "B" => d.before.extend(fields.next()),
+                "A" => d.after.extend(fields.next()),
+                "E" => d.complete = true,
+                "V" => {
+                    let (Some(name), Some(key), Some(value)) =
+                        (fields.next(), fields.next(), fields.next())
+                    else {
+                        break;
+                    };
+                    match key.parse::<usize>() {
+                        Ok(i) => {
+                            d.values.entry(name).or_default().insert(i, value);
+                        }
+                        Err(_) => d.bad_keys.push(format!("{name}[{key}]")),
+                    }
+                }
+                _ => break,
+            }
+        }
+        d
+    }
+
+    fn get(&self, name: &str, i: usize) -> &str {
+        self.values
+            .get(name)
+            .and_then(|a| a.get(&i))
+            .map_or("", String::as_str)
+    }
+    fn scalar(&self, name: &str) -> &str {
+        self.get(name, 0)
+    }
+    fn opt(&self, name: &str) -> Option<String> {
+        Some(self.scalar(name).to_string()).filter(|s| !s.is_empty())
+    }
+    /// `${#NAME[@]}`: how many elements are set.
+    fn count(&self, name: &str) -> usize {
+        self.values.get(name).map_or(0, BTreeMap::len)
+    }
+    fn indexes(&self, name: &str) -> Vec<usize> {
+        self.values
+            .get(name)
+            .map(|a| a.keys().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// DKMS's `read_conf` + `read_conf_strict` on the dumped values.
+fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
+    let err = |msg: String| Error::config(conf, msg);
+    let name = d.scalar("PACKAGE_NAME");
+    let version = d.scalar("PACKAGE_VERSION");
+    for (key, value) in [("PACKAGE_NAME", name), ("PACKAGE_VERSION", version)] {
+        if value.is_empty() {
+            return Err(err(format!("{key} is missing or empty")).hint(format!(
+                "set {key}=\"...\" in it; DKMS refuses the file too"
+            )));
+        }
+        if value.contains('/') || value == "." || value == ".." {
+            return Err(err(format!(
+                "{key}={value:?} is not a valid name (it must not contain '/')"
+            )));
+        }
+    }
+    let mut spec = ModuleSpec::new(Format::DkmsConf, name.to_string(), version.to_string());
+    let w = &mut spec.warnings;
+    let at = conf.display();
+
+    // Modules: the arrays may be sparse, so DKMS counts up to the highest index of any.
+    const MODULE_ARRAYS: [&str; 4] = [
+        "BUILT_MODULE_NAME",
+        "BUILT_MODULE_LOCATION",
+        "DEST_MODULE_NAME",
+        "DEST_MODULE_LOCATION",
+    ];
+    let num = MODULE_ARRAYS
+        .iter()
+        .flat_map(|a| d.indexes(a))
+        .max()
+        .map_or(0, |m| m + 1);
+    let mut strip0 = true;
+    for i in 0..num {
+        let mut built = d.get("BUILT_MODULE_NAME", i).to_string();
+        if built.is_empty() && num == 1 {
+            built = name.to_string();
+        }
+        if built.is_empty() {
+            return Err(err(format!(
+                "BUILT_MODULE_NAME[{i}] is missing (the module arrays have records 0 to {})",
+                num - 1
+            ))
+            .hint("DKMS rejects gaps too: give every record its BUILT_MODULE_NAME"));
+        }
+        let dest = Some(d.get("DEST_MODULE_NAME", i))
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&built)
+            .to_string();
+        for (key, value) in [("BUILT_MODULE_NAME", &built), ("DEST_MODULE_NAME", &dest)] {
+            if value.ends_with(".o") || value.ends_with(".ko") {
+                return Err(
+                    err(format!("{key}[{i}]={value:?} must not end in .o or .ko"))
+                        .hint("name the module without its suffix"),
+                );
+            }
+        }
+        let dest_location = manifest::trim_slashes(d.get("DEST_MODULE_LOCATION", i)).to_string();
+        if dest_location.is_empty() {
+            return Err(err(format!("DEST_MODULE_LOCATION[{i}] is missing"))
+                .hint("DKMS requires it too; /updates/dkms is the usual value"));
+        }
+        if !manifest::valid_dest_location(&dest_location) {
+            return Err(err(format!(
+                "DEST_MODULE_LOCATION[{i}]={dest_location:?} does not start with /kernel, /updates or /extra"
+            )));
+        }
+        let strip = match d.get("STRIP", i).chars().next() {
+            Some('n' | 'N') => false,
+            None => strip0,
+            _ => true,
+        };
+        if i == 0 {
+            strip0 = strip;
+        }
+        let location = manifest::trim_slashes(d.get("BUILT_MODULE_LOCATION", i));
+        let dup = spec.modules.iter().find_map(|m: &BuiltModule| {
+            if m.built_name == built && m.built_location == Path::new(location) {
+                Some(format!(
+                    "duplicate module {built:?} in BUILT_MODULE_NAME[{i}]"
+                ))
+            } else if m.dest_name == dest {
+                Some(format!(
+                    "duplicate module {dest:?} in DEST_MODULE_NAME[{i}]"
+                ))
+            } else {
+                None
+            }
+        });
+        if let Some(msg) = dup {
+            return Err(err(msg));
+        }
+        spec.modules.push(BuiltModule {
+            built_name: built,
+            built_location: PathBuf::from(location),
+            dest_name: dest,
+            dest_location,
+            strip,
+        });
+    }
+    if num == 0 {
+        w.push(format!(
+            "{at}: no BUILT_MODULE_NAME: zero modules specified"
+        ));
+    }
+
+    // MAKE / PATCH: DKMS walks indexes below the element count, so elements past a gap are
+    // never looked at; say so instead of silently differing from DKMS.
+    let matches = |key: &str, i: usize, re: &str, text: &str| -> Result<bool> {
+        manifest::ere(re).map(|r| r.is_match(text)).map_err(|e| {
+            err(format!(
+                "{key}[{i}]={re:?} is not a valid regular expression"
+            ))
+            .caused_by(e)
+        })
+    };
+    let kver = vars.kernelver.as_str();
+    let mut make = if d.get("MAKE_MATCH", 0).is_empty() {
+        d.get("MAKE", 0)
+    } else {
+        ""
+    };
+    for i in 0..d.count("MAKE") {
+        let (m, re) = (d.get("MAKE", i), d.get("MAKE_MATCH", i));
+        if !m.is_empty() && !re.is_empty() && matches("MAKE_MATCH", i, re, kver)? {
+            make = m;
+        }
+    }
+    spec.make = Some(make.to_string()).filter(|m| !m.is_empty());
+    for i in 0..d.count("PATCH") {
+        let (p, re) = (d.get("PATCH", i), d.get("PATCH_MATCH", i));
+        if !p.is_empty() && (re.is_empty() || matches("PATCH_MATCH", i, re, kver)?) {
+            if Path::new(p)
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(err(format!(
+                    "PATCH[{i}]={p:?} contains a '..' path component"
+                )));
+            }
+            spec.patches.push(PathBuf::from(p));
+        }
+    }
+    for key in ["MAKE", "PATCH"] {
+        let count = d.count(key);
+        for i in d.indexes(key).into_iter().filter(|&i| i >= count) {
+            w.push(format!(
+                "{at}: {key}[{i}] is ignored: DKMS only reads {key}[0] to {key}[{}] (the array has {count} elements)",
+                count.saturating_sub(1)
+            ));
+        }
+    }
+
+    // Exclusion rules: the global ones; OBSOLETE_BY caps the kernel when no MAX is set.
+    spec.obsolete_by = d.opt("OBSOLETE_BY");
+    let ex = &mut spec.exclusive;
+    ex.kernel = d.opt("BUILD_EXCLUSIVE_KERNEL");
+    ex.kernel_min = d.opt("BUILD_EXCLUSIVE_KERNEL_MIN");
+    ex.kernel_max = d
+        .opt("BUILD_EXCLUSIVE_KERNEL_MAX")
+        .or_else(|| spec.obsolete_by.clone());
+    ex.arch = d.opt("BUILD_EXCLUSIVE_ARCH");
+    ex.config = d
+        .scalar("BUILD_EXCLUSIVE_CONFIG")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    for key in ["BUILD_EXCLUSIVE_KERNEL", "BUILD_EXCLUSIVE_ARCH"] {
+        let re = d.scalar(key);
+        if !re.is_empty() {
+            manifest::ere(re).map_err(|e| {
+                err(format!("{key}={re:?} is not a valid regular expression")).caused_by(e)
+            })?;
+        }
+    }
+    for key in DIRECTIVES
+        .iter()
+        .filter(|k| k.starts_with("BUILD_EXCLUSIVE_"))
+    {
+        for i in d.indexes(key).into_iter().filter(|&i| i > 0) {
+            w.push(format!(
+                "{at}: {key}[{i}] (a per-module rule) is not supported by kmx; ignored"
+            ));
+        }
+    }
+
+    spec.clean = d.opt("CLEAN");
+    spec.pre_build = d.opt("PRE_BUILD");
+    spec.post_build = d.opt("POST_BUILD");
+    spec.post_add = d.opt("POST_ADD");
+    spec.pre_install = d.opt("PRE_INSTALL");
+    spec.post_install = d.opt("POST_INSTALL");
+    spec.post_remove = d.opt("POST_REMOVE");
+    spec.build_depends = d
+        .values
+        .get("BUILD_DEPENDS")
+        .map(|a| a.values().filter(|s| !s.is_empty()).cloned().collect())
+        .unwrap_or_default();
+    let yes_no = |key: &str| -> Result<bool> {
+        match d.scalar(key).to_ascii_lowercase().as_str() {
+            "yes" => Ok(true),
+            "" | "no" => Ok(false),
+            _ => Err(err(format!(
+                "{key}={:?} is not supported: use yes or no",
+                d.scalar(key)
+            ))),
+        }
+    };
+    spec.autoinstall = yes_no("AUTOINSTALL")?;
+    spec.no_weak_modules = yes_no("NO_WEAK_MODULES")?;
+    yes_no("BUILD_DEPENDS_REBUILD")?;
+
+    let w = &mut spec.warnings;
+    for key in DEPRECATED {
+        let value = d.scalar(key);
+        if d.count(key) > 0
+            && !(*key == "CLEAN" && matches!(value, "true" | "/bin/true" | "/usr/bin/true"))
+        {
+            w.push(format!(
+                "{at}: {key} is deprecated in DKMS and ignored by kmx"
+            ));
+        }
+    }
+    for key in &d.bad_keys {
+        w.push(format!(
+            "{at}: {key}: directives are indexed arrays; this element is ignored"
+        ));
+    }
+    let mut unknown: Vec<&String> = d
+        .after
+        .iter()
+        .filter(|n| !d.before.contains(*n) && looks_like_directive(n))
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    for n in unknown {
+        w.push(format!("{at}: {n} is not a DKMS directive; ignored"));
+    }
+    spec.log = d.log;
+    Ok(spec)
+}
+
+/// An upper-case name that is neither a known directive, a kernel config symbol (files
+/// source the kernel's .config), nor one of bash's own variables.
+fn looks_like_directive(n: &str) -> bool {
+    n.starts_with(|c: char| c.is_ascii_uppercase())
+        && n.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && !DIRECTIVES.contains(&n)
+        && !n.starts_with("CONFIG_")
+        && !n.starts_with("BASH")
+        && !matches!(
+            n,
+            "PIPESTATUS" | "REPLY" | "OPTARG" | "OPTIND" | "COPROC" | "MAPFILE" | "FUNCNAME"
+        )
+}
+
+/// Make `$dkms_tree/<name>/<version>/build` and `source` point at the cell's directories.
+/// A real directory already there is the caller's layout and is left alone.
+fn link_dkms_tree(vars: &CellVars, name: &str, version: &str) -> Result<()> {
+    let dir = vars.dkms_tree.join(name).join(version);
+    fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+    for (link, target) in [("build", &vars.build_dir), ("source", &vars.source_tree)] {
+        let path = dir.join(link);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if fs::read_link(&path).is_ok_and(|t| &t == target) {
+                    continue;
+                }
+                fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+            }
+            Ok(_) => continue,
+            Err(_) => {}
+        }
+        std::os::unix::fs::symlink(target, &path)
+            .map_err(|e| Error::io("create symlink", &path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::render;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/dkms")
+            .join(name)
+    }
+
+    /// A cell for fixture `name`: scratch directories in a temp dir, `config` as the kernel's .config.
+    fn cell(
+        name: &str,
+        kernelver: &str,
+        arch: &str,
+        config: &str,
+    ) -> (tempfile::TempDir, CellVars) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let kernel = tmp.path().join("kernel");
+        fs::create_dir_all(&kernel).expect("mkdir");
+        fs::write(kernel.join(".config"), config).expect("write .config");
+        let vars = CellVars {
+            kernelver: kernelver.into(),
+            kernel_source_dir: kernel,
+            arch: arch.into(),
+            source_tree: fixture(name),
+            dkms_tree: tmp.path().join("dkms"),
+            build_dir: tmp.path().join("build"),
+            module_hint: None,
+        };
+        (tmp, vars)
+    }
+
+    fn eval(name: &str, kernelver: &str) -> Result<ModuleSpec> {
+        let (_tmp, vars) = cell(name, kernelver, "x86_64", "");
+        evaluate(&fixture(name).join("dkms.conf"), &vars)
+    }
+
+    fn eval_err(name: &str) -> String {
+        render(&eval(name, "6.1.0-18-amd64").expect_err("must fail"))
+    }
+
+    fn conf(name: &str) -> String {
+        fixture(name).join("dkms.conf").display().to_string()
+    }
+
+    #[test]
+    fn simple() {
+        let s = eval("simple", "6.1.0-18-amd64").expect("evaluates");
+        assert_eq!((s.name.as_str(), s.version.as_str()), ("hello", "1.0"));
+        assert_eq!(
+            s.modules,
+            vec![BuiltModule {
+                built_name: "hello".into(),
+                built_location: PathBuf::new(),
+                dest_name: "hello".into(),
+                dest_location: "/updates/dkms".into(),
+                strip: true,
+            }]
+        );
+        assert!(s.autoinstall);
+        assert_eq!((s.make, s.patches.len()), (None, 0));
+        assert_eq!(s.warnings, Vec::<String>::new());
+        assert_eq!(s.log, "");
+    }
+
+    #[test]
+    fn two_modules_in_subdirectories() {
+        let (tmp, vars) = cell("two-modules", "6.1.0-18-amd64", "x86_64", "");
+        let s = evaluate(&fixture("two-modules").join("dkms.conf"), &vars).expect("evaluates");
+        let m = &s.modules;
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0].built_location.to_str(), m[0].dest_location.as_str()),
+            (Some("core"), "/kernel/drivers/net/wireless")
+        );
+        assert_eq!(
+            (m[1].built_location.to_str(), m[1].dest_name.as_str()),
+            (Some("usb"), "wifi-usb")
+        );
+        assert_eq!((m[0].strip, m[1].strip), (true, false));
+        let build = tmp.path().join("dkms/wifi/2.3-1/build");
+        assert_eq!(
+            s.make,
+            Some(format!(
+                "make -C {} M={}",
+                vars.kernel_source_dir.display(),
+                build.display()
+            ))
+        );
+        assert_eq!(fs::read_link(&build).expect("symlink"), vars.build_dir);
+        // Second evaluation with $module/$module_version from PACKAGE_NAME/VERSION, as DKMS.
+        assert_eq!(s.post_build.as_deref(), Some("post.sh wifi 2.3-1"));
+        assert_eq!(s.build_depends, ["cfg", "mac"]);
+        assert!(s.autoinstall);
+    }
+
+    #[test]
+    fn bash_logic_sees_the_cells_kernel_config() {
+        let (_t, vars) = cell(
+            "bash-logic",
+            "6.1.0-18-arm64",
+            "aarch64",
+            "CONFIG_NET=y\nCONFIG_GAMMA=y\n",
+        );
+        let s = evaluate(&fixture("bash-logic").join("dkms.conf"), &vars).expect("evaluates");
+        let names: Vec<&str> = s.modules.iter().map(|m| m.built_name.as_str()).collect();
+        assert_eq!(names, ["alpha", "beta", "gamma"]);
+        assert_eq!(
+            (s.version.as_str(), s.make.as_deref()),
+            ("0.9", Some("make KVER=6.1.0-18-arm64 ARCH_HINT=aarch64"))
+        );
+        assert_eq!(
+            s.log,
+            "logic: evaluated for 6.1.0-18-arm64 with 3 modules\n"
+        );
+        assert_eq!(
+            s.warnings,
+            Vec::<String>::new(),
+            "CONFIG_* from .config are not directives"
+        );
+        assert_eq!(s.exclusion("6.1.0-18-arm64", &["aarch64"], &|_| true), None);
+
+        let (_t, vars) = cell(
+            "bash-logic",
+            "6.1.0-18-arm64",
+            "aarch64",
+            "# CONFIG_NET is not set\n",
+        );
+        let s = evaluate(&fixture("bash-logic").join("dkms.conf"), &vars).expect("evaluates");
+        assert_eq!(s.modules.len(), 2);
+        assert_eq!(
+            s.exclusion("6.1.0-18-arm64", &["aarch64", "arm64"], &|_| true)
+                .as_deref(),
+            Some(r#"BUILD_EXCLUSIVE_ARCH="^do_not_build$" does not match aarch64 (target arm64)"#)
+        );
+    }
+
+    #[test]
+    fn build_exclusive_rules() {
+        let s = eval("exclusive-arch", "6.1.0").expect("evaluates");
+        let pci = |c: &str| c == "CONFIG_PCI";
+        assert_eq!(
+            s.exclusion("6.1.0-18-amd64", &["x86_64", "amd64"], &pci),
+            None
+        );
+        assert_eq!(s.exclusion("6.1.0-18-686", &["i686", "i386"], &pci), None);
+        assert_eq!(
+            s.exclusion("6.1.0-18-arm64", &["aarch64", "arm64"], &pci)
+                .as_deref(),
+            Some(r#"BUILD_EXCLUSIVE_ARCH="^(x86_64|i.86)$" does not match aarch64 (target arm64)"#)
+        );
+        assert_eq!(
+            s.exclusion("4.19.0-20-amd64", &["x86_64"], &pci).as_deref(),
+            Some(r#"BUILD_EXCLUSIVE_KERNEL_MIN="5.10" > 4.19.0-20-amd64"#)
+        );
+        assert_eq!(
+            s.exclusion("6.6.13", &["x86_64"], &pci).as_deref(),
+            Some(r#"BUILD_EXCLUSIVE_KERNEL_MAX="6.5" < 6.6.13"#),
+            "OBSOLETE_BY caps the kernel as in DKMS"
+        );
+        assert_eq!(
+            s.exclusion("6.1.0", &["x86_64"], &|_| true).as_deref(),
+            Some("BUILD_EXCLUSIVE_CONFIG: CONFIG_PREEMPT_RT is set")
+        );
+    }
+
+    #[test]
+    fn make_match_and_patch_match_choose_per_kernel() {
+        let pick = |kver: &str| {
+            let s = eval("match", kver).expect("evaluates");
+            let patches: Vec<String> = s.patches.iter().map(|p| p.display().to_string()).collect();
+            (
+                s.make.unwrap_or_default(),
+                patches.join(" "),
+                s.modules[0].built_name.clone(),
+                s.modules[0].strip,
+            )
+        };
+        assert_eq!(
+            pick("5.10.0-28-amd64"),
+            (
+                "make old".into(),
+                "all.patch five.patch".into(),
+                "matchy".into(),
+                false
+            )
+        );
+        assert_eq!(pick("6.1.0-18-amd64").0, "make six-one");
+        assert_eq!(pick("6.1.0-18-amd64").1, "all.patch six.patch");
+        assert_eq!(pick("6.6.13").0, "make six");
+    }
+
+    #[test]
+    fn sparse_module_arrays_are_rejected_like_dkms() {
+        assert_eq!(
+            eval_err("sparse"),
+            format!(
+                "error: {}: BUILT_MODULE_NAME[1] is missing (the module arrays have records 0 to 2)\n  hint: DKMS rejects gaps too: give every record its BUILT_MODULE_NAME",
+                conf("sparse")
+            )
+        );
+    }
+
+    #[test]
+    fn sparse_make_past_the_count_is_ignored_with_a_warning() {
+        let s = eval("sparse-make", "6.1.0").expect("evaluates");
+        assert_eq!(s.make.as_deref(), Some("make default"));
+        assert_eq!(
+            s.modules[0].built_name, "sparse",
+            "one record defaults to PACKAGE_NAME"
+        );
+        assert_eq!(
+            s.warnings,
+            [format!(
+                "{}: MAKE[3] is ignored: DKMS only reads MAKE[0] to MAKE[1] (the array has 2 elements)",
+                conf("sparse-make")
+            )]
+        );
+    }
+
+    #[test]
+    fn crlf_file() {
+        let s = eval("crlf", "6.1.0").expect("evaluates");
+        assert_eq!(
+            (s.name.as_str(), s.version.as_str(), s.autoinstall),
+            ("crlf", "1.0", true)
+        );
+        assert_eq!(s.modules[0].built_name, "crlf");
+    }
+
+    #[test]
+    fn unknown_and_deprecated_directives_warn_and_values_survive() {
+        let s = eval("unknown", "6.1.0").expect("evaluates");
+        let c = conf("unknown");
+        assert_eq!(
+            s.warnings,
+            [
+                format!("{c}: CLEAN is deprecated in DKMS and ignored by kmx"),
+                format!("{c}: REMAKE_INITRD is deprecated in DKMS and ignored by kmx"),
+                format!("{c}: LOAD is not a DKMS directive; ignored"),
+            ]
+        );
+        assert_eq!(
+            s.make.as_deref(),
+            Some("make 'quoted' \"double\" a=b\nsecond line")
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_line() {
+        assert_eq!(
+            eval_err("syntax-error"),
+            format!(
+                "error: {c}: bash cannot parse it: line 3: syntax error near unexpected token `fi'\n  hint: check it with `bash -n {c}`",
+                c = conf("syntax-error")
+            )
+        );
+    }
+
+    #[test]
+    fn missing_package_name() {
+        assert_eq!(
+            eval_err("missing-name"),
+            format!(
+                "error: {}: PACKAGE_NAME is missing or empty\n  hint: set PACKAGE_NAME=\"...\" in it; DKMS refuses the file too",
+                conf("missing-name")
+            )
+        );
+    }
+
+    #[test]
+    fn bad_dest_location() {
+        assert_eq!(
+            eval_err("bad-dest"),
+            format!(
+                "error: {}: DEST_MODULE_LOCATION[0]=\"/lib/modules/bad\" does not start with /kernel, /updates or /extra",
+                conf("bad-dest")
+            )
+        );
+    }
+
+    #[test]
+    fn exit_in_the_file_is_an_error_with_its_stderr() {
+        assert_eq!(
+            eval_err("exits"),
+            format!(
+                "error: {}: bash stopped before the end of the file (exit status 3): kernel not supported\n  hint: dkms.conf is sourced for every kernel; it must not call `exit` or `exec`",
+                conf("exits")
+            )
+        );
+    }
+
+    #[test]
+    fn a_file_that_sleeps_is_killed() {
+        let (_t, vars) = cell("sleeps", "6.1.0", "x86_64", "");
+        let start = Instant::now();
+        let err = evaluate_with_timeout(
+            &fixture("sleeps").join("dkms.conf"),
+            &vars,
+            Duration::from_secs(1),
+        )
+        .expect_err("must time out");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            render(&err),
+            format!(
+                "error: {}: bash did not finish evaluating it within 1 s\n  hint: dkms.conf is sourced for every kernel; it must not sleep or wait for input",
+                conf("sleeps")
+            )
+        );
+    }
+
+    #[test]
+    fn yes_no_values_are_checked() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("dkms.conf");
+        fs::write(&path, "PACKAGE_NAME=a\nPACKAGE_VERSION=1\nAUTOINSTALL=1\n").expect("write");
+        let vars = CellVars::for_tests(tmp.path());
+        let err = evaluate(&path, &vars).expect_err("must fail");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: AUTOINSTALL=\"1\" is not supported: use yes or no",
+                path.display()
+            )
+        );
+    }
+}

@@ -1,0 +1,335 @@
+//! The module manifest: what one module source directory asks kmx to build for one cell (one
+//! source x one target x one kernel tree). Both input formats, `dkms.conf` ([`super::dkms`])
+//! and the native `kmx.toml` ([`super::kmxtoml`]), produce the same [`ModuleSpec`], with every
+//! per-kernel choice (MAKE_MATCH, PATCH_MATCH) already resolved for the cell. The
+//! BUILD_EXCLUSIVE rules stay rules: [`ModuleSpec::exclusion`] decides whether the cell builds
+//! and says which rule skipped it. Matching follows DKMS: regexes are POSIX ERE searched
+//! anywhere in the string (bash `[[ =~ ]]`; the `regex` crate accepts the ERE subset these
+//! files use), versions compare the way DKMS's `VER()` does. This module does no building.
+
+// crate::Error is 128+ bytes; boxing it is error.rs's call, not this module's.
+#![allow(clippy::result_large_err)]
+
+use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+
+use super::dkms::CellVars;
+use crate::{Error, Result};
+
+/// Where modules go under `/lib/modules/<kver>` when `kmx.toml` does not say.
+pub const DEFAULT_DEST_LOCATION: &str = "/updates/kmx";
+
+/// Which file a [`ModuleSpec`] came from; rule names in messages follow its vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    DkmsConf,
+    KmxToml,
+}
+
+/// One `.ko` the build must produce, and where it is installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltModule {
+    /// File name without `.ko` (BUILT_MODULE_NAME).
+    pub built_name: String,
+    /// Directory of the `.ko` relative to the build directory; empty = top.
+    pub built_location: PathBuf,
+    /// Installed file name without `.ko` (DEST_MODULE_NAME, default `built_name`).
+    pub dest_name: String,
+    /// Directory under `/lib/modules/<kver>`: starts with /kernel, /updates or /extra.
+    pub dest_location: String,
+    /// Strip debug info after the build (default yes).
+    pub strip: bool,
+}
+
+/// The BUILD_EXCLUSIVE rules (global ones; DKMS's per-module variants are not modelled).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exclusive {
+    /// Regex the kernel release must match.
+    pub kernel: Option<String>,
+    /// Oldest kernel release to build for.
+    pub kernel_min: Option<String>,
+    /// Newest kernel release to build for (DKMS's OBSOLETE_BY lands here when unset).
+    pub kernel_max: Option<String>,
+    /// Regex one of the arch names must match.
+    pub arch: Option<String>,
+    /// `CONFIG_X` must be set (y or m); `!CONFIG_X` must not be.
+    pub config: Vec<String>,
+}
+
+/// What to build for one cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSpec {
+    pub format: Format,
+    /// PACKAGE_NAME.
+    pub name: String,
+    /// PACKAGE_VERSION.
+    pub version: String,
+    pub modules: Vec<BuiltModule>,
+    /// The shell command line chosen for this kernel; None = kmx's default make.
+    pub make: Option<String>,
+    pub clean: Option<String>,
+    /// Patches for this kernel, relative to the source's `patches/` directory, in order.
+    pub patches: Vec<PathBuf>,
+    pub pre_build: Option<String>,
+    pub post_build: Option<String>,
+    pub post_add: Option<String>,
+    pub pre_install: Option<String>,
+    pub post_install: Option<String>,
+    pub post_remove: Option<String>,
+    pub autoinstall: bool,
+    pub no_weak_modules: bool,
+    /// Other modules (PACKAGE_NAMEs) that must be built first.
+    pub build_depends: Vec<String>,
+    pub obsolete_by: Option<String>,
+    pub exclusive: Exclusive,
+    /// Things that are probably mistakes but do not stop the build.
+    pub warnings: Vec<String>,
+    /// What evaluating the manifest printed (dkms.conf's stdout and stderr).
+    pub log: String,
+}
+
+impl ModuleSpec {
+    /// A spec with only the package identity set; the loaders fill in the rest.
+    pub(crate) fn new(format: Format, name: String, version: String) -> ModuleSpec {
+        ModuleSpec {
+            format,
+            name,
+            version,
+            modules: Vec::new(),
+            make: None,
+            clean: None,
+            patches: Vec::new(),
+            pre_build: None,
+            post_build: None,
+            post_add: None,
+            pre_install: None,
+            post_install: None,
+            post_remove: None,
+            autoinstall: false,
+            no_weak_modules: false,
+            build_depends: Vec::new(),
+            obsolete_by: None,
+            exclusive: Exclusive::default(),
+            warnings: Vec::new(),
+            log: String::new(),
+        }
+    }
+
+    /// None if the cell should build; otherwise the rule that excludes it, in DKMS's order
+    /// (kernel, min, max, arch, config). `arch_names[0]` is DKMS's `$arch` (`uname -m`
+    /// style); further names (kmx's target name) are alternatives the arch regex may match.
+    /// `config` says whether `CONFIG_X` is set (y or m) in the kernel tree.
+    pub fn exclusion(
+        &self,
+        kernelver: &str,
+        arch_names: &[&str],
+        config: &dyn Fn(&str) -> bool,
+    ) -> Option<String> {
+        let ex = &self.exclusive;
+        let rule = |dkms: &str, toml: &str| match self.format {
+            Format::DkmsConf => format!("BUILD_EXCLUSIVE_{dkms}="),
+            Format::KmxToml => format!("[exclusive] {toml} = "),
+        };
+        if let Some(re) = &ex.kernel
+            && !ere_matches(re, kernelver)
+        {
+            let rule = rule("KERNEL", "kernel");
+            return Some(format!("{rule}{re:?} does not match {kernelver}"));
+        }
+        if let Some(min) = &ex.kernel_min
+            && compare_versions(kernelver, min) == Ordering::Less
+        {
+            let rule = rule("KERNEL_MIN", "kernel_min");
+            return Some(format!("{rule}{min:?} > {kernelver}"));
+        }
+        if let Some(max) = &ex.kernel_max
+            && compare_versions(kernelver, max) == Ordering::Greater
+        {
+            let rule = rule("KERNEL_MAX", "kernel_max");
+            return Some(format!("{rule}{max:?} < {kernelver}"));
+        }
+        if let Some(re) = &ex.arch
+            && !arch_names.iter().any(|a| ere_matches(re, a))
+        {
+            let mut names = arch_names.iter();
+            let first = names.next().copied().unwrap_or("");
+            let rest: Vec<&str> = names.copied().filter(|n| *n != first).collect();
+            let mut msg = format!("{}{re:?} does not match {first}", rule("ARCH", "arch"));
+            if !rest.is_empty() {
+                msg.push_str(&format!(" (target {})", rest.join(", ")));
+            }
+            return Some(msg);
+        }
+        let config_rule = match self.format {
+            Format::DkmsConf => "BUILD_EXCLUSIVE_CONFIG",
+            Format::KmxToml => "[exclusive] config",
+        };
+        for item in &ex.config {
+            match item.strip_prefix('!') {
+                Some(name) if config(name) => return Some(format!("{config_rule}: {name} is set")),
+                Some(_) => {}
+                None if !config(item) => return Some(format!("{config_rule}: {item} is not set")),
+                None => {}
+            }
+        }
+        None
+    }
+}
+
+/// Compile a POSIX ERE the way bash's `=~` uses it (unanchored search).
+pub(crate) fn ere(pattern: &str) -> std::result::Result<Regex, regex::Error> {
+    Regex::new(pattern)
+}
+
+/// Whether `pattern` matches `text`; an invalid pattern matches nothing (as in bash, where
+/// `[[ =~ ]]` with a bad regex is false). Loaders reject invalid patterns up front.
+pub(crate) fn ere_matches(pattern: &str, text: &str) -> bool {
+    ere(pattern).is_ok_and(|re| re.is_match(text))
+}
+
+/// DKMS's `VER()`: split digit runs from the rest, pad numbers shorter than three digits
+/// with zeros, and compare the results as byte strings. Faithful to DKMS, including its
+/// quirk that numbers of four or more digits are not padded.
+pub fn version_key(version: &str) -> String {
+    let mut out = String::new();
+    let mut chars = version.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        let is_digit = c.is_ascii_digit();
+        let mut run = String::new();
+        while let Some(&c) = chars.peek() {
+            if c.is_ascii_digit() != is_digit {
+                break;
+            }
+            run.push(c);
+            chars.next();
+        }
+        if is_digit && run.len() < 3 {
+            out.push_str(&"0".repeat(3 - run.len()));
+        }
+        out.push_str(&run);
+    }
+    out
+}
+
+/// Compare two kernel versions as DKMS does (see [`version_key`]).
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    version_key(a).cmp(&version_key(b))
+}
+
+/// DKMS's rule for DEST_MODULE_LOCATION.
+pub(crate) fn valid_dest_location(loc: &str) -> bool {
+    ["/kernel", "/updates", "/extra"]
+        .iter()
+        .any(|p| loc.starts_with(p))
+}
+
+/// Drop trailing slashes (but keep a lone "/").
+pub(crate) fn trim_slashes(s: &str) -> &str {
+    let t = s.trim_end_matches('/');
+    if t.is_empty() && s.starts_with('/') {
+        "/"
+    } else {
+        t
+    }
+}
+
+/// Load the manifest of `source_dir` for one cell: `kmx.toml` wins over `dkms.conf`.
+pub fn load_spec(source_dir: &Path, vars: &CellVars) -> Result<ModuleSpec> {
+    let toml = source_dir.join("kmx.toml");
+    if toml.is_file() {
+        return super::kmxtoml::load(&toml, vars);
+    }
+    let conf = source_dir.join("dkms.conf");
+    if conf.is_file() {
+        return super::dkms::evaluate(&conf, vars);
+    }
+    Err(
+        Error::config(source_dir, "no dkms.conf or kmx.toml in this directory")
+            .hint("add a kmx.toml (kmx's own format) or a dkms.conf (DKMS's format) to it"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_key_pads_like_dkms_ver() {
+        assert_eq!(
+            version_key("2.6.9-1cvs200409091247"),
+            "002.006.009-001cvs200409091247"
+        );
+        assert_eq!(compare_versions("6.1.0-50-arm64", "6.2"), Ordering::Less);
+        assert_eq!(compare_versions("6.10", "6.9"), Ordering::Greater);
+        assert_eq!(compare_versions("5.15.0", "5.15"), Ordering::Greater);
+    }
+
+    fn spec() -> ModuleSpec {
+        ModuleSpec::new(Format::DkmsConf, "m".into(), "1".into())
+    }
+
+    #[test]
+    fn exclusion_names_the_rule() {
+        let none = |_: &str| false;
+        let mut s = spec();
+        assert_eq!(s.exclusion("6.1.0", &["aarch64", "arm64"], &none), None);
+        s.exclusive.arch = Some("^x86_64$".into());
+        assert_eq!(
+            s.exclusion("6.1.0", &["aarch64", "arm64"], &none)
+                .as_deref(),
+            Some(r#"BUILD_EXCLUSIVE_ARCH="^x86_64$" does not match aarch64 (target arm64)"#)
+        );
+        assert_eq!(s.exclusion("6.1.0", &["x86_64", "amd64"], &none), None);
+        s.exclusive.kernel_min = Some("6.2".into());
+        assert_eq!(
+            s.exclusion("6.1.0-50-arm64", &["x86_64"], &none).as_deref(),
+            Some(r#"BUILD_EXCLUSIVE_KERNEL_MIN="6.2" > 6.1.0-50-arm64"#)
+        );
+        let mut s = spec();
+        s.exclusive.kernel_max = Some("6.0".into());
+        assert_eq!(
+            s.exclusion("6.1.0", &["x86_64"], &none).as_deref(),
+            Some(r#"BUILD_EXCLUSIVE_KERNEL_MAX="6.0" < 6.1.0"#)
+        );
+        let mut s = spec();
+        s.exclusive.kernel = Some("REQUIRES CONFIG_X".into());
+        assert_eq!(
+            s.exclusion("6.1.0", &["x86_64"], &none).as_deref(),
+            Some(r#"BUILD_EXCLUSIVE_KERNEL="REQUIRES CONFIG_X" does not match 6.1.0"#)
+        );
+        let mut s = spec();
+        s.exclusive.config = vec!["CONFIG_X".into(), "!CONFIG_Y".into()];
+        let x_only = |c: &str| c == "CONFIG_X";
+        let both = |c: &str| c == "CONFIG_X" || c == "CONFIG_Y";
+        assert_eq!(
+            s.exclusion("6.1", &["x86_64"], &none).as_deref(),
+            Some("BUILD_EXCLUSIVE_CONFIG: CONFIG_X is not set")
+        );
+        assert_eq!(s.exclusion("6.1", &["x86_64"], &x_only), None);
+        assert_eq!(
+            s.exclusion("6.1", &["x86_64"], &both).as_deref(),
+            Some("BUILD_EXCLUSIVE_CONFIG: CONFIG_Y is set")
+        );
+        s.format = Format::KmxToml;
+        assert_eq!(
+            s.exclusion("6.1", &["x86_64"], &both).as_deref(),
+            Some("[exclusive] config: CONFIG_Y is set")
+        );
+    }
+
+    #[test]
+    fn load_spec_names_the_directory_when_nothing_is_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vars = CellVars::for_tests(dir.path());
+        let err = load_spec(dir.path(), &vars).expect_err("must fail");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: no dkms.conf or kmx.toml in this directory",
+                dir.path().display()
+            )
+        );
+    }
+}
