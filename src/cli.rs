@@ -29,6 +29,9 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
+    /// Build module sources for every target and kernel tree, in parallel, and check every
+    /// produced .ko (ELF identity, vermagic) before it counts as built.
+    Build(BuildArgs),
     /// Fetch and list kernel build trees.
     #[command(subcommand)]
     Kernels(KernelsCmd),
@@ -78,4 +81,40 @@ pub enum KernelsCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Module source directories, each with a dkms.conf or a kmx.toml.
+    #[arg(required = true, value_name = "SOURCE")]
+    pub sources: Vec<PathBuf>,
+    /// Targets to build for (repeatable or comma-separated) [default: every usable one of
+    /// i386, amd64, arm64, armhf].
+    #[arg(long, short)]
+    pub target: Vec<String>,
+    /// Only build for these kernel releases (repeatable), e.g. 6.1.0-50-arm64.
+    #[arg(long, short)]
+    pub kernel: Vec<String>,
+    /// Output directory: artifacts go to OUT/<module>/<version>/<kernel>/<target>/.
+    #[arg(long, short, default_value = "kmx-out", value_name = "OUT")]
+    pub out: PathBuf,
+    /// Parallel jobs: the make jobserver's slots, shared by every cell [default: number of
+    /// CPUs]. With a remote launcher (distcc) it may exceed the local cores.
+    #[arg(long, short, env = "KMX_JOBS")]
+    pub jobs: Option<usize>,
+    /// Kill a build step (make, PRE_BUILD, ...) that runs longer than this many seconds.
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub timeout: u64,
+    /// Start no new cell after the first failure (running cells finish).
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Print the plan (cells, commands, directories) and build nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON on stdout (progress and summary still go to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Compiler launcher put before the compiler, overriding the toolchains' (e.g. "ccache").
+    #[arg(long, value_name = "WORDS")]
+    pub launcher: Option<String>,
 }

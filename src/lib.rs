@@ -15,7 +15,7 @@
 // boxing them everywhere would buy nothing measurable.
 #![allow(clippy::result_large_err)]
 
-// pub mod build; (lands with the manifest and verify modules)
+pub mod build;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -8,7 +8,7 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 
 use crate::error::{Error, Kind, Result};
 
-/// The command line as a user could paste it into a shell.
+/// The command line as a user could paste it into a shell, with the environment it sets.
 pub fn display(cmd: &Command) -> String {
     let mut out = String::new();
     for (k, v) in cmd.get_envs() {
@@ -21,7 +21,13 @@ pub fn display(cmd: &Command) -> String {
             );
         }
     }
-    out.push_str(&quote(&cmd.get_program().to_string_lossy()));
+    out.push_str(&display_args(cmd));
+    out
+}
+
+/// The program and its arguments, quoted for a shell, without the environment.
+pub fn display_args(cmd: &Command) -> String {
+    let mut out = quote(&cmd.get_program().to_string_lossy());
     for a in cmd.get_args() {
         out.push(' ');
         out.push_str(&quote(&a.to_string_lossy()));

@@ -32,7 +32,7 @@ pub struct RunEnv<'a> {
     pub launcher: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Artifact {
     pub file: PathBuf,
     pub sha256: String,
@@ -42,11 +42,22 @@ pub struct Artifact {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
-    Built { artifacts: Vec<Artifact> },
-    Skipped { reason: String },
-    Failed { stage: String, message: String, errors: Vec<String>, exit_code: Option<i32> },
+    Built {
+        artifacts: Vec<Artifact>,
+    },
+    Skipped {
+        reason: String,
+    },
+    Failed {
+        stage: String,
+        message: String,
+        errors: Vec<String>,
+        exit_code: Option<i32>,
+    },
     /// Not attempted because a dependency did not build.
-    DependencyFailed { dependency: String },
+    DependencyFailed {
+        dependency: String,
+    },
     Interrupted,
 }
 
@@ -61,7 +72,10 @@ impl Outcome {
         }
     }
     pub fn is_failure(&self) -> bool {
-        matches!(self, Outcome::Failed { .. } | Outcome::DependencyFailed { .. } | Outcome::Interrupted)
+        matches!(
+            self,
+            Outcome::Failed { .. } | Outcome::DependencyFailed { .. } | Outcome::Interrupted
+        )
     }
 }
 
@@ -74,12 +88,22 @@ struct StageError {
 }
 
 fn stage_err(stage: &'static str, e: Error) -> StageError {
-    StageError { stage, message: crate::error::render(&e).trim_start_matches("error: ").to_string(), exit_code: None, interrupted: false }
+    StageError {
+        stage,
+        message: crate::error::render(&e)
+            .trim_start_matches("error: ")
+            .to_string(),
+        exit_code: None,
+        interrupted: false,
+    }
 }
 
 /// The compiler command for a cell: launcher words + compiler name.
 pub fn cc_words(cell: &Cell, env: &RunEnv) -> Vec<String> {
-    let launcher = env.launcher.clone().unwrap_or_else(|| cell.target.toolchain.launcher.clone());
+    let launcher = env
+        .launcher
+        .clone()
+        .unwrap_or_else(|| cell.target.toolchain.launcher.clone());
     let mut words = launcher;
     words.push(cell.target.compiler.name.clone());
     words
@@ -91,7 +115,10 @@ pub fn cc_words(cell: &Cell, env: &RunEnv) -> Vec<String> {
 pub fn make_vars(cell: &Cell, cc: &[String]) -> Vec<(String, String)> {
     vec![
         ("ARCH".into(), cell.target.target.kernel_arch.clone()),
-        ("CROSS_COMPILE".into(), cell.target.toolchain.cross_compile.clone()),
+        (
+            "CROSS_COMPILE".into(),
+            cell.target.toolchain.cross_compile.clone(),
+        ),
         ("CC".into(), cc.join(" ")),
         ("KERNELRELEASE".into(), cell.tree.release.clone()),
         // Debian trees have no vmlinux: silence "Skipping BTF generation".
@@ -120,9 +147,18 @@ fn makeflags_vars(vars: &[(String, String)]) -> String {
 }
 
 /// A command run by bash in the build directory with the cell's environment.
-fn shell(cell: &Cell, env: &RunEnv, line: &str, makeflags: Option<&str>, extra_symbols: &str) -> Command {
+fn shell(
+    cell: &Cell,
+    env: &RunEnv,
+    line: &str,
+    makeflags: Option<&str>,
+    extra_symbols: &str,
+) -> Command {
     let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(line).current_dir(cell.build_dir()).env_clear();
+    cmd.arg("-c")
+        .arg(line)
+        .current_dir(cell.build_dir())
+        .env_clear();
     for (k, v) in &env.passthrough {
         cmd.env(k, v);
     }
@@ -158,30 +194,56 @@ pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, Str
     (outcome, command)
 }
 
-fn run_stages(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf], command: &str) -> Result<Vec<Artifact>, StageError> {
+fn run_stages(
+    cell: &Cell,
+    env: &RunEnv,
+    deps_symvers: &[PathBuf],
+    command: &str,
+) -> Result<Vec<Artifact>, StageError> {
     let started = Instant::now();
     // Fresh work dir and log.
     let _ = std::fs::remove_dir_all(&cell.work_dir);
-    let mk = |p: &Path| std::fs::create_dir_all(p).map_err(|e| stage_err("prepare", Error::io("create directory", p, e)));
+    let mk = |p: &Path| {
+        std::fs::create_dir_all(p)
+            .map_err(|e| stage_err("prepare", Error::io("create directory", p, e)))
+    };
     mk(&cell.work_dir)?;
     if let Some(parent) = cell.log.parent() {
         mk(parent)?;
     }
-    let mut log = File::create(&cell.log).map_err(|e| stage_err("prepare", Error::io("create", &cell.log, e)))?;
+    let mut log = File::create(&cell.log)
+        .map_err(|e| stage_err("prepare", Error::io("create", &cell.log, e)))?;
     copy_tree(&cell.source, &cell.build_dir()).map_err(|e| stage_err("prepare", e))?;
     // dkms.conf files may name $dkms_tree/<module>/<version>/build: make it the build dir.
-    let link_dir = cell.work_dir.join("dkms_tree").join(&cell.spec.name).join(&cell.spec.version);
+    let link_dir = cell
+        .work_dir
+        .join("dkms_tree")
+        .join(&cell.spec.name)
+        .join(&cell.spec.version);
     mk(&link_dir)?;
     let _ = std::os::unix::fs::symlink(cell.build_dir(), link_dir.join("build"));
 
     let cc = cc_words(cell, env);
     let vars = make_vars(cell, &cc);
-    let extra_symbols: String = deps_symvers.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
+    let extra_symbols: String = deps_symvers
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
     let _ = writeln!(log, "# kmx build of {}", cell.label());
     let _ = writeln!(log, "# kernel tree: {}", cell.tree.kdir.display());
-    let _ = writeln!(log, "# compiler: {} ({})", cc.join(" "), cell.target.compiler.version_line);
+    let _ = writeln!(
+        log,
+        "# compiler: {} ({})",
+        cc.join(" "),
+        cell.target.compiler.version_line
+    );
     if !cell.spec.log.trim().is_empty() {
-        let _ = writeln!(log, "# manifest evaluation said:\n{}", cell.spec.log.trim_end());
+        let _ = writeln!(
+            log,
+            "# manifest evaluation said:\n{}",
+            cell.spec.log.trim_end()
+        );
     }
     for w in &cell.spec.warnings {
         let _ = writeln!(log, "# warning: {w}");
@@ -189,14 +251,20 @@ fn run_stages(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf], command: &str
 
     for patch in &cell.spec.patches {
         let file = cell.build_dir().join("patches").join(patch);
-        let line = format!("patch -p1 --forward --batch < {}", process::quote(&file.to_string_lossy()));
-        step(cell, env, &mut log, "patch", &line, None, "")?;
+        let line = format!(
+            "patch -p1 --forward --batch < {}",
+            process::quote(&file.to_string_lossy())
+        );
+        step(cell, env, &mut log, "patch", &line)?;
     }
     if let Some(pre) = &cell.spec.pre_build {
-        step(cell, env, &mut log, "PRE_BUILD", pre, None, "")?;
+        step(cell, env, &mut log, "PRE_BUILD", pre)?;
     }
     // make: one jobserver token stands for make's own implicit slot.
-    let token = env.jobserver.acquire().map_err(|e| stage_err("make", Error::env(format!("jobserver: {e}"))))?;
+    let token = env
+        .jobserver
+        .acquire()
+        .map_err(|e| stage_err("make", Error::env(format!("jobserver: {e}"))))?;
     let mut probe = Command::new("make");
     env.jobserver.configure_make(&mut probe);
     let js_flags = probe
@@ -214,7 +282,7 @@ fn run_stages(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf], command: &str
     drop(token);
     make_result?;
     if let Some(post) = &cell.spec.post_build {
-        step(cell, env, &mut log, "POST_BUILD", post, None, "")?;
+        step(cell, env, &mut log, "POST_BUILD", post)?;
     }
 
     // Collect, strip and check every expected module.
@@ -225,46 +293,85 @@ fn run_stages(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf], command: &str
         if !built.is_file() {
             return Err(StageError {
                 stage: "collect",
-                message: format!("the build did not produce {} (BUILT_MODULE_NAME {}, location `{}`)", rel.display(), m.built_name, m.built_location.display()),
+                message: format!(
+                    "the build did not produce {} (BUILT_MODULE_NAME {}, location `{}`)",
+                    rel.display(),
+                    m.built_name,
+                    m.built_location.display()
+                ),
                 exit_code: None,
                 interrupted: false,
             });
         }
         if m.strip {
             let strip = format!("{}strip", cell.target.toolchain.cross_compile);
-            let line = format!("{} --strip-debug {}", process::quote(&strip), process::quote(&built.to_string_lossy()));
-            step(cell, env, &mut log, "strip", &line, None, "")?;
+            let line = format!(
+                "{} --strip-debug {}",
+                process::quote(&strip),
+                process::quote(&built.to_string_lossy())
+            );
+            step(cell, env, &mut log, "strip", &line)?;
         }
         crate::verify::built::check(&built, &cell.target.toolchain.identity, &cell.tree.vermagic)
             .map_err(|e| stage_err("check", e))?;
         let dest = cell.work_dir.join(format!("{}.ko", m.built_name));
-        std::fs::copy(&built, &dest).map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
-        let bytes = std::fs::read(&dest).map_err(|e| stage_err("collect", Error::io("read", &dest, e)))?;
-        artifacts.push(Artifact { file: cell.out_dir.join(format!("{}.ko", m.built_name)), sha256: hex(&Sha256::digest(&bytes)) });
+        std::fs::copy(&built, &dest)
+            .map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
+        let bytes =
+            std::fs::read(&dest).map_err(|e| stage_err("collect", Error::io("read", &dest, e)))?;
+        artifacts.push(Artifact {
+            file: cell.out_dir.join(format!("{}.ko", m.built_name)),
+            sha256: hex(&Sha256::digest(&bytes)),
+        });
     }
     let symvers = cell.build_dir().join("Module.symvers");
     if symvers.is_file() {
         let dest = cell.work_dir.join("Module.symvers");
-        std::fs::copy(&symvers, &dest).map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
+        std::fs::copy(&symvers, &dest)
+            .map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
     }
     let _ = writeln!(log, "# built in {:.1}s", started.elapsed().as_secs_f64());
     drop(log);
     let _ = std::fs::copy(&cell.log, cell.work_dir.join("make.log"));
+    // The dkms_tree links point into the work dir, which is about to move.
+    let _ = std::fs::remove_dir_all(cell.work_dir.join("dkms_tree"));
     place(&cell.work_dir, &cell.out_dir).map_err(|e| stage_err("collect", e))?;
     Ok(artifacts)
 }
 
 /// Run a shell step, logging its command line and outcome.
-fn step(cell: &Cell, env: &RunEnv, log: &mut File, stage: &'static str, line: &str, makeflags: Option<&str>, extra: &str) -> Result<(), StageError> {
-    let mut cmd = shell(cell, env, line, makeflags, extra);
+fn step(
+    cell: &Cell,
+    env: &RunEnv,
+    log: &mut File,
+    stage: &'static str,
+    line: &str,
+) -> Result<(), StageError> {
+    let mut cmd = shell(cell, env, line, None, "");
     logged(&mut cmd, log, env, stage)
 }
 
-fn logged(cmd: &mut Command, log: &mut File, env: &RunEnv, stage: &'static str) -> Result<(), StageError> {
-    let shown = process::display(cmd);
-    let _ = writeln!(log, "\n$ {shown}");
+fn logged(
+    cmd: &mut Command,
+    log: &mut File,
+    env: &RunEnv,
+    stage: &'static str,
+) -> Result<(), StageError> {
+    let _ = writeln!(log, "\n# environment:");
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            let _ = writeln!(
+                log,
+                "#   {}={}",
+                k.to_string_lossy(),
+                process::quote(&v.to_string_lossy())
+            );
+        }
+    }
+    let _ = writeln!(log, "$ {}", process::display_args(cmd));
     let started = Instant::now();
-    let ended = process::run_supervised(cmd, log, env.timeout, env.stop).map_err(|e| stage_err(stage, e))?;
+    let ended = process::run_supervised(cmd, log, env.timeout, env.stop)
+        .map_err(|e| stage_err(stage, e))?;
     let secs = started.elapsed().as_secs_f64();
     match ended {
         Ended::Exited(status) if status.success() => {
@@ -274,15 +381,37 @@ fn logged(cmd: &mut Command, log: &mut File, env: &RunEnv, stage: &'static str) 
         Ended::Exited(status) => {
             let what = process::describe_status(status);
             let _ = writeln!(log, "# {stage}: {what} ({secs:.1}s)");
-            Err(StageError { stage, message: format!("{stage} failed: {what}"), exit_code: status.code(), interrupted: false })
+            Err(StageError {
+                stage,
+                message: format!("{stage} failed: {what}"),
+                exit_code: status.code(),
+                interrupted: false,
+            })
         }
         Ended::TimedOut(limit) => {
-            let _ = writeln!(log, "# {stage}: killed after the {}s time limit", limit.as_secs());
-            Err(StageError { stage, message: format!("{stage} timed out after {}s (raise it with --timeout)", limit.as_secs()), exit_code: None, interrupted: false })
+            let _ = writeln!(
+                log,
+                "# {stage}: killed after the {}s time limit",
+                limit.as_secs()
+            );
+            Err(StageError {
+                stage,
+                message: format!(
+                    "{stage} timed out after {}s (raise it with --timeout)",
+                    limit.as_secs()
+                ),
+                exit_code: None,
+                interrupted: false,
+            })
         }
         Ended::Interrupted => {
             let _ = writeln!(log, "# {stage}: interrupted");
-            Err(StageError { stage, message: "interrupted".into(), exit_code: None, interrupted: true })
+            Err(StageError {
+                stage,
+                message: "interrupted".into(),
+                exit_code: None,
+                interrupted: true,
+            })
         }
     }
 }
@@ -320,7 +449,8 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
             copy_tree(&src, &dst)?;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&src).map_err(|e| Error::io("read link", &src, e))?;
-            std::os::unix::fs::symlink(target, &dst).map_err(|e| Error::io("create link", &dst, e))?;
+            std::os::unix::fs::symlink(target, &dst)
+                .map_err(|e| Error::io("create link", &dst, e))?;
         } else {
             std::fs::copy(&src, &dst).map_err(|e| Error::io("copy", &src, e))?;
         }
@@ -334,19 +464,24 @@ pub fn first_errors(log: &Path, n: usize) -> Vec<String> {
         return Vec::new();
     };
     let is_error = |l: &str| {
-        l.contains("error:") || l.contains("Error ") || l.contains("undefined!") || l.contains(": not found") || l.contains("fatal:")
+        l.contains("error:")
+            || l.contains("Error ")
+            || l.contains("undefined!")
+            || l.contains(": not found")
+            || l.contains("fatal:")
     };
-    text.lines().filter(|l| !l.starts_with('#') && is_error(l)).take(n).map(|l| l.trim().to_string()).collect()
+    text.lines()
+        .filter(|l| !l.starts_with('#') && is_error(l))
+        .take(n)
+        .map(|l| l.trim().to_string())
+        .collect()
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-#[allow(dead_code)]
-fn flush(log: &mut File) {
-    let _ = log.flush();
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

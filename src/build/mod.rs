@@ -3,4 +3,5 @@
 
 pub mod cell;
 pub mod plan;
+pub mod report;
 pub mod scheduler;

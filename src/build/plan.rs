@@ -96,7 +96,7 @@ pub fn filter_trees(trees: Vec<Arc<KernelTree>>, kernels: &[String]) -> Vec<Arc<
 pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Result<Plan> {
     let out = std::path::absolute(out).map_err(|e| Error::io("resolve", out, e))?;
     let mut cells: Vec<Cell> = Vec::new();
-    for source in sources {
+    for (si, source) in sources.iter().enumerate() {
         let source = source
             .canonicalize()
             .map_err(|e| Error::io("open module source", source, e))?;
@@ -106,8 +106,11 @@ pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Re
                 // refer to $dkms_tree/<module>/<version>/build. Name it by source, target and
                 // kernel; the spec may rename the module.
                 let slot = format!(
-                    "{}-{}-{}",
-                    source.file_name().and_then(|n| n.to_str()).unwrap_or("module"),
+                    "{si}-{}-{}-{}",
+                    source
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("module"),
                     ts.target.name,
                     tree.release
                 );
@@ -127,12 +130,11 @@ pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Re
                     ts.target.name.as_str(),
                     ts.target.kernel_arch.as_str(),
                 ];
-                let action = match spec.exclusion(&tree.release, &arch_names, &|c| {
-                    tree.config.enabled(c)
-                }) {
-                    Some(reason) => Action::Skip(reason),
-                    None => Action::Build,
-                };
+                let action =
+                    match spec.exclusion(&tree.release, &arch_names, &|c| tree.config.enabled(c)) {
+                        Some(reason) => Action::Skip(reason),
+                        None => Action::Build,
+                    };
                 let out_dir = out
                     .join(&spec.name)
                     .join(&spec.version)
@@ -167,31 +169,37 @@ fn resolve_dependencies(cells: &mut [Cell]) -> Result<()> {
     let mut by_key: BTreeMap<(String, String, String), usize> = BTreeMap::new();
     for c in cells.iter() {
         by_key.insert(
-            (c.spec.name.clone(), c.target.target.name.clone(), c.tree.release.clone()),
+            (
+                c.spec.name.clone(),
+                c.target.target.name.clone(),
+                c.tree.release.clone(),
+            ),
             c.index,
         );
     }
-    for i in 0..cells.len() {
+    for cell in cells.iter_mut() {
         let mut deps = Vec::new();
-        for dep in &cells[i].spec.build_depends {
+        for dep in &cell.spec.build_depends {
             let key = (
                 dep.clone(),
-                cells[i].target.target.name.clone(),
-                cells[i].tree.release.clone(),
+                cell.target.target.name.clone(),
+                cell.tree.release.clone(),
             );
             match by_key.get(&key) {
                 Some(&j) => deps.push(j),
                 None => {
                     return Err(Error::usage(format!(
                         "{} depends on module `{dep}`, which is not part of this build",
-                        cells[i].label()
+                        cell.label()
                     ))
-                    .at(&cells[i].source)
-                    .hint(format!("pass the source directory of `{dep}` to the same `kmx build`")));
+                    .at(&cell.source)
+                    .hint(format!(
+                        "pass the source directory of `{dep}` to the same `kmx build`"
+                    )));
                 }
             }
         }
-        cells[i].deps = deps;
+        cell.deps = deps;
     }
     // Cycle check: depth-first search with colours.
     fn visit(i: usize, cells: &[Cell], colour: &mut [u8], stack: &mut Vec<usize>) -> Result<()> {

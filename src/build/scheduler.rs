@@ -32,8 +32,15 @@ pub struct Options {
 
 /// What the scheduler tells its reporter.
 pub enum Event<'a> {
-    Started { cell: usize, running: &'a [usize] },
-    Finished { cell: usize, result: &'a CellResult, running: &'a [usize] },
+    Started {
+        cell: usize,
+        running: &'a [usize],
+    },
+    Finished {
+        cell: usize,
+        result: &'a CellResult,
+        running: &'a [usize],
+    },
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -89,22 +96,37 @@ pub fn execute(
                     }
                     let c = &plan.cells[i];
                     let decided = if let Action::Skip(reason) = &c.action {
-                        Some(Outcome::Skipped { reason: reason.clone() })
+                        Some(Outcome::Skipped {
+                            reason: reason.clone(),
+                        })
                     } else if stop.load(Ordering::Relaxed) || (opts.fail_fast && failed_once) {
                         Some(Outcome::Interrupted)
                     } else if let Some(&d) = c.deps.iter().find(|&&d| {
-                        results[d].as_ref().is_some_and(|r| !matches!(r.outcome, Outcome::Built { .. }))
+                        results[d]
+                            .as_ref()
+                            .is_some_and(|r| !matches!(r.outcome, Outcome::Built { .. }))
                     }) {
-                        Some(Outcome::DependencyFailed { dependency: plan.cells[d].label() })
+                        Some(Outcome::DependencyFailed {
+                            dependency: plan.cells[d].label(),
+                        })
                     } else {
                         None
                     };
                     if let Some(outcome) = decided {
                         started[i] = true;
                         progressed = true;
-                        failed_once |= outcome.is_failure() && !matches!(outcome, Outcome::Interrupted);
-                        let r = CellResult { outcome, command: String::new(), duration: Duration::ZERO };
-                        report(&Event::Finished { cell: i, result: &r, running: &running });
+                        failed_once |=
+                            outcome.is_failure() && !matches!(outcome, Outcome::Interrupted);
+                        let r = CellResult {
+                            outcome,
+                            command: String::new(),
+                            duration: Duration::ZERO,
+                        };
+                        report(&Event::Finished {
+                            cell: i,
+                            result: &r,
+                            running: &running,
+                        });
                         results[i] = Some(r);
                         continue;
                     }
@@ -134,18 +156,38 @@ pub fn execute(
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(Msg::Started(i)) => {
                     running.push(i);
-                    report(&Event::Started { cell: i, running: &running });
+                    report(&Event::Started {
+                        cell: i,
+                        running: &running,
+                    });
                 }
                 Ok(Msg::Done(i, outcome, command, duration)) => {
                     running.retain(|&r| r != i);
                     failed_once |= outcome.is_failure() && !matches!(outcome, Outcome::Interrupted);
-                    let r = CellResult { outcome, command, duration };
-                    report(&Event::Finished { cell: i, result: &r, running: &running });
+                    let r = CellResult {
+                        outcome,
+                        command,
+                        duration,
+                    };
+                    report(&Event::Finished {
+                        cell: i,
+                        result: &r,
+                        running: &running,
+                    });
                     results[i] = Some(r);
                 }
                 Err(_) => {}
             }
         }
     });
-    Ok(results.into_iter().map(|r| r.unwrap_or(CellResult { outcome: Outcome::Interrupted, command: String::new(), duration: Duration::ZERO })).collect())
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or(CellResult {
+                outcome: Outcome::Interrupted,
+                command: String::new(),
+                duration: Duration::ZERO,
+            })
+        })
+        .collect())
 }

@@ -1,6 +1,7 @@
 //! The commands: each turns resolved flags into work and output. Workers elsewhere never
 //! print; commands do.
 
+mod build;
 mod doctor;
 mod kernels;
 
@@ -29,6 +30,7 @@ impl Context {
 pub fn run(cli: Cli) -> Result<i32> {
     let ctx = Context::load(&cli)?;
     match cli.command {
+        Cmd::Build(args) => build::run(&ctx, &args),
         Cmd::Kernels(KernelsCmd::Fetch {
             target,
             abi,

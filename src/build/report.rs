@@ -1,0 +1,213 @@
+//! The build report: one record per cell (what the JSON report holds), the summary table
+//! and the failure details printed at the end, and the exit code they imply.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::build::cell::Outcome;
+use crate::build::plan::Plan;
+use crate::build::scheduler::CellResult;
+use crate::error::exit;
+
+/// One cell in the machine-readable report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellReport {
+    pub module: String,
+    pub version: String,
+    pub target: String,
+    pub kernel: String,
+    /// built, skipped, failed, dependency_failed, interrupted
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    pub duration_secs: f64,
+    pub command: String,
+    pub log: PathBuf,
+    pub out_dir: PathBuf,
+    #[serde(default)]
+    pub artifacts: Vec<crate::build::cell::Artifact>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Totals {
+    pub built: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub interrupted: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub cells: Vec<CellReport>,
+    pub totals: Totals,
+    pub wall_secs: f64,
+}
+
+impl Report {
+    pub fn new(plan: &Plan, results: &[CellResult], wall_secs: f64) -> Report {
+        let mut totals = Totals::default();
+        let cells = plan
+            .cells
+            .iter()
+            .zip(results)
+            .map(|(c, r)| {
+                let mut rep = CellReport {
+                    module: c.spec.name.clone(),
+                    version: c.spec.version.clone(),
+                    target: c.target.target.name.clone(),
+                    kernel: c.tree.release.clone(),
+                    status: String::new(),
+                    reason: None,
+                    stage: None,
+                    exit_code: None,
+                    errors: Vec::new(),
+                    duration_secs: (r.duration.as_secs_f64() * 1000.0).round() / 1000.0,
+                    command: r.command.clone(),
+                    log: c.log.clone(),
+                    out_dir: c.out_dir.clone(),
+                    artifacts: Vec::new(),
+                };
+                match &r.outcome {
+                    Outcome::Built { artifacts } => {
+                        totals.built += 1;
+                        rep.status = "built".into();
+                        rep.artifacts = artifacts.clone();
+                    }
+                    Outcome::Skipped { reason } => {
+                        totals.skipped += 1;
+                        rep.status = "skipped".into();
+                        rep.reason = Some(reason.clone());
+                    }
+                    Outcome::Failed {
+                        stage,
+                        message,
+                        errors,
+                        exit_code,
+                    } => {
+                        totals.failed += 1;
+                        rep.status = "failed".into();
+                        rep.stage = Some(stage.clone());
+                        rep.reason = Some(message.clone());
+                        rep.errors = errors.clone();
+                        rep.exit_code = *exit_code;
+                    }
+                    Outcome::DependencyFailed { dependency } => {
+                        totals.failed += 1;
+                        rep.status = "dependency_failed".into();
+                        rep.reason = Some(format!("dependency {dependency} did not build"));
+                    }
+                    Outcome::Interrupted => {
+                        totals.interrupted += 1;
+                        rep.status = "interrupted".into();
+                    }
+                }
+                rep
+            })
+            .collect();
+        Report {
+            cells,
+            totals,
+            wall_secs: (wall_secs * 1000.0).round() / 1000.0,
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        if self.totals.interrupted > 0 {
+            exit::INTERRUPTED
+        } else if self.totals.failed > 0 {
+            exit::FAILED
+        } else {
+            exit::OK
+        }
+    }
+
+    /// The summary table and failure details, as printed at the end of a build.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let w = |f: fn(&CellReport) -> &str, title: &str| {
+            self.cells
+                .iter()
+                .map(|c| f(c).len())
+                .chain([title.len()])
+                .max()
+                .unwrap_or(0)
+        };
+        let (wm, wv, wt, wk) = (
+            w(|c| &c.module, "MODULE"),
+            w(|c| &c.version, "VERSION"),
+            w(|c| &c.target, "TARGET"),
+            w(|c| &c.kernel, "KERNEL"),
+        );
+        out.push_str(&format!(
+            "{:<wm$}  {:<wv$}  {:<wt$}  {:<wk$}  {:<11}  TIME\n",
+            "MODULE", "VERSION", "TARGET", "KERNEL", "STATUS"
+        ));
+        for c in &self.cells {
+            let time = if c.status == "built" || c.status == "failed" {
+                format!("{:.1}s", c.duration_secs)
+            } else {
+                "-".into()
+            };
+            out.push_str(&format!(
+                "{:<wm$}  {:<wv$}  {:<wt$}  {:<wk$}  {:<11}  {time}\n",
+                c.module, c.version, c.target, c.kernel, c.status
+            ));
+        }
+        for c in self.cells.iter().filter(|c| c.status == "skipped") {
+            out.push_str(&format!(
+                "\nskipped {} {} {} {}: {}",
+                c.module,
+                c.version,
+                c.target,
+                c.kernel,
+                c.reason.as_deref().unwrap_or("")
+            ));
+        }
+        for c in self
+            .cells
+            .iter()
+            .filter(|c| c.status == "failed" || c.status == "dependency_failed")
+        {
+            out.push_str(&format!(
+                "\nfailed {} {} {} {}: {}",
+                c.module,
+                c.version,
+                c.target,
+                c.kernel,
+                c.reason.as_deref().unwrap_or("")
+            ));
+            for e in &c.errors {
+                out.push_str(&format!("\n    {e}"));
+            }
+            out.push_str(&format!("\n    log: {}", c.log.display()));
+        }
+        if self
+            .cells
+            .iter()
+            .any(|c| c.status == "skipped" || c.status.contains("failed"))
+        {
+            out.push('\n');
+        }
+        let t = &self.totals;
+        out.push_str(&format!(
+            "\n{} built, {} skipped, {} failed{} in {:.1}s\n",
+            t.built,
+            t.skipped,
+            t.failed,
+            if t.interrupted > 0 {
+                format!(", {} interrupted", t.interrupted)
+            } else {
+                String::new()
+            },
+            self.wall_secs
+        ));
+        out
+    }
+}

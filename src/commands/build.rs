@@ -1,0 +1,304 @@
+//! `kmx build`: resolve targets, plan, run the scheduler, report.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use crate::build::cell;
+use crate::build::plan::{self, Action, Plan, TargetSetup};
+use crate::build::report::Report;
+use crate::build::scheduler::{self, Event, Options};
+use crate::cli::BuildArgs;
+use crate::commands::{Context, print_json};
+use crate::config::load::DEFAULT_TARGETS;
+use crate::error::{Error, Result, exit, render};
+use crate::kernel::registry::{Registry, trees_of};
+use crate::kernel::tree::KernelTree;
+use crate::state::write_atomic;
+
+/// Environment variables builds see: the basics plus compiler-cache and distcc settings.
+/// Read once here, never inside workers.
+fn passthrough_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "PATH"
+                    | "HOME"
+                    | "USER"
+                    | "TMPDIR"
+                    | "SOURCE_DATE_EPOCH"
+                    | "KBUILD_BUILD_TIMESTAMP"
+                    | "KBUILD_BUILD_USER"
+                    | "KBUILD_BUILD_HOST"
+            ) || k.starts_with("CCACHE_")
+                || k.starts_with("DISTCC_")
+        })
+        .collect()
+}
+
+/// Resolve the targets to build for. Explicitly named targets must be usable; from the
+/// default set, unusable ones are left out with a note saying why.
+pub fn setup_targets(
+    ctx: &Context,
+    names: &[String],
+    kernels: &[String],
+    notes: &mut Vec<String>,
+) -> Result<Vec<Arc<TargetSetup>>> {
+    let explicit = !names.is_empty();
+    let registry = Registry::load(&ctx.home)?;
+    let mut out = Vec::new();
+    for target in ctx.profiles.select(names)? {
+        let mut attempt = || -> Result<TargetSetup> {
+            let toolchain = ctx.profiles.toolchain_of(target)?.clone();
+            let mut trees = Vec::new();
+            let mut broken = Vec::new();
+            for r in trees_of(target, &registry) {
+                match KernelTree::inspect(&r.kdir).and_then(|t| t.check_host_tools().map(|_| t)) {
+                    Ok(t) => trees.push(Arc::new(t)),
+                    Err(e) => broken.push(e),
+                }
+            }
+            let trees = plan::filter_trees(trees, kernels);
+            if trees.is_empty() {
+                let err = match broken.into_iter().next() {
+                    Some(e) => e,
+                    None if !kernels.is_empty() => Error::env(format!("target `{}` has no kernel tree with release {}", target.name, kernels.join(" or "))).hint("`kmx kernels list` shows the releases kmx knows"),
+                    None => Error::env(format!("target `{}` has no kernel tree", target.name)).hint(format!("run `kmx kernels fetch --target {}`, or list trees under [kernels] paths in {}", target.name, target.file.display())),
+                };
+                return Err(err);
+            }
+            for e in broken {
+                notes.push(format!(
+                    "warning: skipping a broken kernel tree of {}: {}",
+                    target.name,
+                    render(&e).trim_start_matches("error: ")
+                ));
+            }
+            let compiler = toolchain.probe(trees[0].compiler.as_deref())?;
+            Ok(TargetSetup {
+                target: target.clone(),
+                toolchain,
+                compiler,
+                trees,
+            })
+        };
+        match attempt() {
+            Ok(t) => out.push(Arc::new(t)),
+            Err(e) if explicit => return Err(e),
+            Err(e) => notes.push(format!(
+                "note: leaving out target {}: {}",
+                target.name,
+                render(&e).trim_start_matches("error: ")
+            )),
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::env(format!(
+            "no usable target among {}",
+            DEFAULT_TARGETS.join(", ")
+        ))
+        .hint("`kmx doctor` says what each target lacks"));
+    }
+    Ok(out)
+}
+
+pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
+    let mut notes = Vec::new();
+    let targets = setup_targets(ctx, &args.target, &args.kernel, &mut notes)?;
+    for n in &notes {
+        eprintln!("{n}");
+    }
+    let plan = plan::plan(&args.sources, &targets, &args.out)?;
+    if args.dry_run {
+        print_plan(&plan, args);
+        return Ok(exit::OK);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Error::env(format!("cannot handle signals: {e}")))?;
+    }
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let opts = Options {
+        jobs,
+        timeout: Duration::from_secs(args.timeout),
+        fail_fast: args.fail_fast,
+        launcher: args
+            .launcher
+            .as_ref()
+            .map(|l| l.split_whitespace().map(str::to_string).collect()),
+        passthrough: passthrough_env(),
+    };
+    let summary = plan.summary();
+    eprintln!(
+        "Building {} cells ({} skipped by rules) with {jobs} jobs into {}",
+        summary.to_build,
+        summary.skipped,
+        plan.out.display()
+    );
+    let started = Instant::now();
+    let mut progress = Progress::new(plan.cells.len());
+    let results = scheduler::execute(&plan, &opts, &stop, &mut |ev| progress.event(&plan, ev))?;
+    progress.finish();
+    let report = Report::new(&plan, &results, started.elapsed().as_secs_f64());
+    let json = serde_json::to_string_pretty(&report)
+        .map_err(|e| Error::env(format!("cannot serialize the report: {e}")))?;
+    write_atomic(
+        &plan.out.join("report.json"),
+        format!("{json}\n").as_bytes(),
+    )?;
+    eprint!("{}", report.render());
+    if args.json {
+        print_json(&report)?;
+    }
+    Ok(report.exit_code())
+}
+
+fn print_plan(plan: &Plan, args: &BuildArgs) {
+    let env = |c: &plan::Cell| {
+        let launcher = args
+            .launcher
+            .as_ref()
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>());
+        let words = launcher.unwrap_or_else(|| c.target.toolchain.launcher.clone());
+        let mut cc = words;
+        cc.push(c.target.compiler.name.clone());
+        cell::make_vars(c, &cc)
+            .iter()
+            .map(|(k, v)| format!("{k}={}", crate::process::quote(v)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for c in &plan.cells {
+        println!("{}", c.label());
+        match &c.action {
+            Action::Skip(reason) => println!("  skip: {reason}"),
+            Action::Build => {
+                println!("  source:  {}", c.source.display());
+                println!("  kdir:    {}", c.tree.kdir.display());
+                println!("  make:    {}", cell::make_line(c));
+                println!("  vars:    {}", env(c));
+                for p in &c.spec.patches {
+                    println!("  patch:   {}", p.display());
+                }
+                let deps: Vec<String> = c.deps.iter().map(|&d| plan.cells[d].label()).collect();
+                if !deps.is_empty() {
+                    println!("  after:   {}", deps.join(", "));
+                }
+                let mods: Vec<String> = c
+                    .spec
+                    .modules
+                    .iter()
+                    .map(|m| {
+                        m.built_location
+                            .join(format!("{}.ko", m.built_name))
+                            .display()
+                            .to_string()
+                    })
+                    .collect();
+                println!("  modules: {}", mods.join(" "));
+                println!("  out:     {}", c.out_dir.display());
+            }
+        }
+    }
+    let s = plan.summary();
+    println!(
+        "{} cells: {} to build, {} skipped",
+        s.cells, s.to_build, s.skipped
+    );
+}
+
+/// Live progress: a bar on a terminal, plain lines otherwise. Failures print at once.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    done: usize,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(total as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{pos}/{len}] {elapsed} {wide_msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
+        Progress {
+            bar,
+            total,
+            done: 0,
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(b) => b.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn event(&mut self, plan: &Plan, ev: &Event) {
+        let running = match ev {
+            Event::Started { running, .. } => running,
+            Event::Finished {
+                cell,
+                result,
+                running,
+            } => {
+                self.done += 1;
+                let c = &plan.cells[*cell];
+                let mut line = format!(
+                    "[{}/{}] {:<11} {} ({:.1}s)",
+                    self.done,
+                    self.total,
+                    result.outcome.word(),
+                    c.label(),
+                    result.duration.as_secs_f64()
+                );
+                if let cell::Outcome::Failed {
+                    message, errors, ..
+                } = &result.outcome
+                {
+                    line.push_str(&format!("\n  {message}"));
+                    for e in errors.iter().take(3) {
+                        line.push_str(&format!("\n    {e}"));
+                    }
+                    line.push_str(&format!("\n  log: {}", c.log.display()));
+                }
+                if let cell::Outcome::Skipped { reason } = &result.outcome {
+                    line.push_str(&format!(": {reason}"));
+                }
+                self.line(&line);
+                running
+            }
+        };
+        if let Some(b) = &self.bar {
+            b.set_position(self.done as u64);
+            let names: Vec<String> = running
+                .iter()
+                .map(|&i| {
+                    format!(
+                        "{}/{}",
+                        plan.cells[i].target.target.name, plan.cells[i].spec.name
+                    )
+                })
+                .collect();
+            b.set_message(format!("running: {}", names.join(", ")));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
