@@ -258,7 +258,7 @@ fn run_stages(
         step(cell, env, &mut log, "patch", &line)?;
     }
     if let Some(pre) = &cell.spec.pre_build {
-        step(cell, env, &mut log, "PRE_BUILD", pre)?;
+        build_script(cell, env, &mut log, "PRE_BUILD", pre)?;
     }
     // make: one jobserver token stands for make's own implicit slot.
     let token = env
@@ -282,7 +282,7 @@ fn run_stages(
     drop(token);
     make_result?;
     if let Some(post) = &cell.spec.post_build {
-        step(cell, env, &mut log, "POST_BUILD", post)?;
+        build_script(cell, env, &mut log, "POST_BUILD", post)?;
     }
 
     // Collect, strip and check every expected module.
@@ -337,6 +337,37 @@ fn run_stages(
     let _ = std::fs::remove_dir_all(cell.work_dir.join("dkms_tree"));
     place(&cell.work_dir, &cell.out_dir).map_err(|e| stage_err("collect", e))?;
     Ok(artifacts)
+}
+
+/// PRE_BUILD / POST_BUILD as DKMS runs them: `script [args]` is a path relative to the build
+/// directory, run from there if it is executable; a script that is not executable is
+/// skipped with a warning in the log, as DKMS does.
+fn build_script(
+    cell: &Cell,
+    env: &RunEnv,
+    log: &mut File,
+    stage: &'static str,
+    script: &str,
+) -> Result<(), StageError> {
+    let program = script.split_whitespace().next().unwrap_or("");
+    let path = cell.build_dir().join(program);
+    let executable = std::fs::metadata(&path).is_ok_and(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.is_file() && m.permissions().mode() & 0o111 != 0
+    });
+    if !executable {
+        let _ = writeln!(
+            log,
+            "# warning: the {stage} script {} is not executable; skipped (as DKMS does)",
+            path.display()
+        );
+        return Ok(());
+    }
+    let line = format!(
+        "exec {}/{script}",
+        process::quote(&cell.build_dir().to_string_lossy())
+    );
+    step(cell, env, log, stage, &line)
 }
 
 /// Run a shell step, logging its command line and outcome.

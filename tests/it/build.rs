@@ -1,1 +1,390 @@
+//! `kmx build` on real trees with real cross compilers.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn cell_dir(out: &Path, module: &str, version: &str, kernel: &str, target: &str) -> PathBuf {
+    out.join(module).join(version).join(kernel).join(target)
+}
+
+#[test]
+fn example_builds_for_the_four_targets_with_each_trees_vermagic() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let hello = repo().join("examples/hello").display().to_string();
+    let run = k.run(&["build", &hello, "--json"]).ok();
+    let report = run.json();
+    assert_eq!(report["totals"]["built"], 4, "{report}");
+    let trees = k.run(&["kernels", "list", "--json"]).ok().json();
+    for target in TARGETS {
+        let tree = trees
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == target)
+            .unwrap();
+        let cell = report["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["target"] == target)
+            .unwrap();
+        assert_eq!(cell["status"], "built");
+        let ko = PathBuf::from(cell["artifacts"][0]["file"].as_str().unwrap());
+        assert_eq!(
+            ko,
+            cell_dir(
+                &k.dir().join("kmx-out"),
+                "hello",
+                "1.0",
+                tree["release"].as_str().unwrap(),
+                target
+            )
+            .join("hello.ko")
+        );
+        assert_eq!(
+            modinfo("vermagic", &ko),
+            tree["vermagic"].as_str().unwrap(),
+            "{target}"
+        );
+        assert_eq!(cell["artifacts"][0]["sha256"].as_str().unwrap().len(), 64);
+        let log = std::fs::read_to_string(cell["log"].as_str().unwrap()).unwrap();
+        assert!(log.contains("$ bash -c 'make -C "), "{log}");
+        assert!(log.contains("# make: exit status 0"), "{log}");
+    }
+    // The JSON report on stdout is also written next to the artifacts.
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(k.dir().join("kmx-out/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["totals"], report["totals"]);
+    assert!(
+        run.stderr().contains("4 built, 0 skipped, 0 failed in "),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn two_modules_in_subdirectories_are_collected() {
+    let Some(k) = Kmx::with_trees() else { return };
+    k.run(&["build", &fixture("twomods"), "--target", "arm64,armhf"])
+        .ok();
+    for (target, tree) in [("arm64", "arm64"), ("armhf", "armmp")] {
+        let dir = cell_dir(
+            &k.dir().join("kmx-out"),
+            "twomods",
+            "0.3",
+            &format!("6.1.0-50-{tree}"),
+            target,
+        );
+        for m in ["alpha", "beta"] {
+            let ko = dir.join(format!("{m}.ko"));
+            assert_eq!(modinfo("name", &ko), m);
+        }
+        assert!(dir.join("Module.symvers").is_file());
+        assert!(dir.join("make.log").is_file());
+    }
+}
+
+#[test]
+fn dkms_conf_bash_logic_is_evaluated_per_cell() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let run = k.run(&["build", &fixture("bashlogic"), "--json"]).ok();
+    let report = run.json();
+    for (target, width, flavour) in [
+        ("i386", "32", "686-pae"),
+        ("amd64", "64", "amd64"),
+        ("arm64", "64", "arm64"),
+        ("armhf", "32", "armmp"),
+    ] {
+        let cell = report["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["target"] == target)
+            .unwrap();
+        let ko = PathBuf::from(cell["artifacts"][0]["file"].as_str().unwrap());
+        assert_eq!(modinfo("kmx_width", &ko), width, "{target}");
+        assert_eq!(modinfo("kmx_flavour", &ko), flavour, "{target}");
+        // What the evaluation printed to stderr is in the cell's log.
+        let log = std::fs::read_to_string(cell["log"].as_str().unwrap()).unwrap();
+        assert!(
+            log.contains(&format!("bashlogic: width {width} flavour {flavour}")),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn build_exclusive_arch_skips_two_targets_with_the_rule_shown() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let run = k.run(&["build", &fixture("x86only"), "--json"]).ok();
+    let report = run.json();
+    assert_eq!(report["totals"]["built"], 2);
+    assert_eq!(report["totals"]["skipped"], 2);
+    for c in report["cells"].as_array().unwrap() {
+        match c["target"].as_str().unwrap() {
+            "arm64" | "armhf" => {
+                assert_eq!(c["status"], "skipped");
+                let reason = c["reason"].as_str().unwrap();
+                assert!(
+                    reason.starts_with("BUILD_EXCLUSIVE_ARCH=\"^(x86_64|i.86)$\" does not match"),
+                    "{reason}"
+                );
+            }
+            _ => assert_eq!(c["status"], "built"),
+        }
+    }
+    let err = run.stderr();
+    assert!(
+        err.contains("skipped x86only 1.0 arm64 6.1.0-50-arm64: BUILD_EXCLUSIVE_ARCH="),
+        "{err}"
+    );
+}
+
+#[test]
+fn make_match_and_patch_match_apply_to_one_kernel_only() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let alt = variant_tree(k.dir(), "arm64", "kmxalt", "");
+    let cfg = config_with_trees(k.dir(), "arm64", &[&alt]);
+    let run = k
+        .run(&[
+            "--config-dir",
+            cfg.to_str().unwrap(),
+            "build",
+            &fixture("matchy"),
+            "--target",
+            "arm64",
+            "--json",
+        ])
+        .ok();
+    let report = run.json();
+    assert_eq!(report["totals"]["built"], 2, "{report}");
+    let out = k.dir().join("kmx-out");
+    let plain = cell_dir(&out, "matchy", "1.1", "6.1.0-50-arm64", "arm64").join("matchy.ko");
+    let matched =
+        cell_dir(&out, "matchy", "1.1", "6.1.0-50-arm64-kmxalt", "arm64").join("matchy.ko");
+    assert_eq!(modinfo("kmx_make", &plain), "default");
+    assert_eq!(modinfo("kmx_patched", &plain), "");
+    assert_eq!(modinfo("kmx_make", &matched), "matched");
+    assert_eq!(modinfo("kmx_patched", &matched), "yes");
+    assert_eq!(
+        modinfo("vermagic", &matched),
+        "6.1.0-50-arm64-kmxalt SMP mod_unload modversions aarch64"
+    );
+}
+
+/// `modprobe --dump-modversions`: (crc, symbol) pairs of a module's __versions.
+fn modversions(ko: &Path) -> Vec<(String, String)> {
+    let out = Command::new("modprobe")
+        .arg("--dump-modversions")
+        .arg(ko)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            l.split_once('\t')
+                .map(|(c, s)| (c.to_string(), s.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn build_depends_passes_the_dependencys_symbols_and_crcs() {
+    let Some(k) = Kmx::with_trees() else { return };
+    // The dependent comes first on the command line: the plan orders them.
+    let run = k
+        .run(&[
+            "build",
+            &fixture("consumer"),
+            &fixture("provider"),
+            "--target",
+            "amd64,armhf",
+            "--json",
+        ])
+        .ok();
+    let report = run.json();
+    assert_eq!(report["totals"]["built"], 4, "{report}");
+    for (target, tree) in [("amd64", "amd64"), ("armhf", "armmp")] {
+        let out = k.dir().join("kmx-out");
+        let kernel = format!("6.1.0-50-{tree}");
+        let symvers = std::fs::read_to_string(
+            cell_dir(&out, "provider", "1.0", &kernel, target).join("Module.symvers"),
+        )
+        .unwrap();
+        let crc = symvers
+            .lines()
+            .find(|l| l.contains("\tkmx_provider_answer\t"))
+            .unwrap()
+            .split('\t')
+            .next()
+            .unwrap()
+            .to_string();
+        let consumer = cell_dir(&out, "consumer", "1.0", &kernel, target).join("consumer.ko");
+        let versions = modversions(&consumer);
+        let found = versions
+            .iter()
+            .find(|(_, s)| s == "kmx_provider_answer")
+            .unwrap_or_else(|| panic!("{target}: {versions:?}"));
+        assert_eq!(
+            u32::from_str_radix(found.0.trim_start_matches("0x"), 16).unwrap(),
+            u32::from_str_radix(crc.trim_start_matches("0x"), 16).unwrap()
+        );
+        let log =
+            std::fs::read_to_string(out.join(format!("logs/consumer-1.0-{kernel}-{target}.log")))
+                .unwrap();
+        assert!(!log.contains("undefined!"), "{log}");
+        assert!(log.contains("KBUILD_EXTRA_SYMBOLS="), "{log}");
+    }
+    assert_eq!(
+        modinfo(
+            "depends",
+            &k.dir()
+                .join("kmx-out/consumer/1.0/6.1.0-50-amd64/amd64/consumer.ko")
+        ),
+        "provider"
+    );
+}
+
+#[test]
+fn missing_dependency_is_an_error_before_anything_builds() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let run = k
+        .run(&["build", &fixture("consumer"), "--target", "amd64"])
+        .expect(2);
+    assert!(run.stderr().contains("consumer 1.0 amd64 6.1.0-50-amd64 depends on module `provider`, which is not part of this build"), "{}", run.stderr());
+    assert!(!k.dir().join("kmx-out/logs").exists());
+}
+
+#[test]
+fn a_target_that_fails_to_compile_does_not_stop_the_others() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let run = k
+        .run(&["build", &fixture("noexclusive"), "--json"])
+        .expect(1);
+    let report = run.json();
+    assert_eq!(report["totals"]["built"], 2);
+    assert_eq!(report["totals"]["failed"], 2);
+    for c in report["cells"].as_array().unwrap() {
+        let target = c["target"].as_str().unwrap();
+        if target.starts_with("arm") {
+            assert_eq!(c["status"], "failed");
+            assert_eq!(c["stage"], "make");
+            assert_eq!(c["exit_code"], 2);
+            let first = c["errors"][0].as_str().unwrap();
+            assert!(
+                first.contains("asm/msr.h: No such file or directory"),
+                "{first}"
+            );
+            assert!(Path::new(c["log"].as_str().unwrap()).is_file());
+            assert!(
+                !Path::new(c["out_dir"].as_str().unwrap()).exists(),
+                "a failed cell leaves no artifact dir"
+            );
+        } else {
+            assert_eq!(c["status"], "built");
+            assert!(Path::new(c["artifacts"][0]["file"].as_str().unwrap()).is_file());
+        }
+    }
+    let err = run.stderr();
+    assert!(
+        err.contains("failed noexclusive 1.0 arm64 6.1.0-50-arm64: make failed: exit status 2"),
+        "{err}"
+    );
+    assert!(
+        err.contains("asm/msr.h: No such file or directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_dkms_conf_is_a_usage_error_naming_the_file() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let run = k
+        .run(&["build", &fixture("malformed"), "--target", "amd64"])
+        .expect(2);
+    let err = run.stderr();
+    assert!(
+        err.starts_with(&format!("error: {}/dkms.conf", fixture("malformed"))),
+        "{err}"
+    );
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_builds_nothing() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let run = k.run(&["build", &fixture("x86only"), "--dry-run"]).ok();
+    let text = run.stdout();
+    assert!(
+        text.contains("x86only 1.0 arm64 6.1.0-50-arm64\n  skip: BUILD_EXCLUSIVE_ARCH="),
+        "{text}"
+    );
+    assert!(text.contains("  vars:    ARCH=x86 CROSS_COMPILE=i686-linux-gnu- CC=i686-linux-gnu-gcc-12 KERNELRELEASE=6.1.0-50-686-pae"), "{text}");
+    assert!(text.ends_with("4 cells: 2 to build, 2 skipped\n"), "{text}");
+    assert!(!k.dir().join("kmx-out/x86only").exists());
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) && !text.contains("cargo") {
+                found.push(text);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn ctrl_c_stops_every_make_and_reports_what_finished() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let out = k.dir().join("kmx-out");
+    let child = Command::new(env!("CARGO_BIN_EXE_kmx"))
+        .args(["build", &fixture("slow"), "--out"])
+        .arg(&out)
+        .current_dir(k.dir())
+        .env("KMX_HOME", &k.home)
+        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the makes run (the slow make's `sleep` has started in a work dir).
+    let started = Instant::now();
+    while processes_mentioning("sleep 120").is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the slow build never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: sending SIGINT to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains(" interrupted in "), "{err}");
+    std::thread::sleep(Duration::from_millis(200));
+    let left: Vec<String> = processes_mentioning(&out.display().to_string())
+        .into_iter()
+        .chain(processes_mentioning("slow.mk"))
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["totals"]["interrupted"], 4, "{report}");
+}

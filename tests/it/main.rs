@@ -5,5 +5,5 @@
 
 mod support;
 
-// mod build;
+mod build;
 mod doctor;

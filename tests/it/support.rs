@@ -153,3 +153,108 @@ pub fn modinfo(field: &str, file: &Path) -> String {
         .trim_end_matches('\n')
         .to_string()
 }
+
+/// The fetched kernel tree of `target` (from the registry of `KMX_TEST_HOME`).
+pub fn fetched_kdir(target: &str) -> PathBuf {
+    let home = fetched_home().expect("fetched trees");
+    let reg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("trees/registry.json")).unwrap()).unwrap();
+    let tree = reg["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == target)
+        .unwrap_or_else(|| panic!("no fetched tree for {target}"));
+    PathBuf::from(tree["kdir"].as_str().unwrap())
+}
+
+/// A second, real kernel tree for `target`: a copy of the fetched flavour directory in a
+/// private sysroot (beside links to the real `-common` and kbuild directories, so its
+/// relative Makefile include and scripts links resolve) with its release renamed to
+/// `<release>-<suffix>` and `config_lines` appended to its .config. Returns the KDIR.
+pub fn variant_tree(under: &Path, target: &str, suffix: &str, config_lines: &str) -> PathBuf {
+    let real = fetched_kdir(target);
+    let src = real.parent().unwrap(); // .../usr/src
+    let usr = src.parent().unwrap();
+    let sysroot = under.join(format!("variant-{target}-{suffix}"));
+    std::fs::create_dir_all(sysroot.join("usr/src")).unwrap();
+    std::fs::create_dir_all(sysroot.join("usr/lib")).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        if name.ends_with("-common") || name.starts_with("linux-kbuild") {
+            std::os::unix::fs::symlink(&p, sysroot.join("usr/src").join(&name)).unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(usr.join("lib")).unwrap() {
+        let p = entry.unwrap().path();
+        std::os::unix::fs::symlink(&p, sysroot.join("usr/lib").join(p.file_name().unwrap()))
+            .unwrap();
+    }
+    let old_release = real
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_start_matches("linux-headers-")
+        .to_string();
+    let release = format!("{old_release}-{suffix}");
+    let kdir = sysroot
+        .join("usr/src")
+        .join(format!("linux-headers-{release}"));
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&real)
+        .arg(&kdir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let edit = |rel: &str, from: &str, to: &str| {
+        let p = kdir.join(rel);
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace(from, to)).unwrap();
+    };
+    edit("include/generated/utsrelease.h", &old_release, &release);
+    edit(
+        ".kernelvariables",
+        &format!("KERNELRELEASE = {old_release}"),
+        &format!("KERNELRELEASE = {release}"),
+    );
+    if kdir.join("include/config/kernel.release").exists() {
+        std::fs::write(
+            kdir.join("include/config/kernel.release"),
+            format!("{release}\n"),
+        )
+        .unwrap();
+    }
+    let mut config = std::fs::read_to_string(kdir.join(".config")).unwrap();
+    config.push_str(config_lines);
+    std::fs::write(kdir.join(".config"), config).unwrap();
+    kdir
+}
+
+/// A config dir whose target `target` builds against its fetched tree AND `extra` trees.
+pub fn config_with_trees(dir: &Path, target: &str, extra: &[&Path]) -> PathBuf {
+    let shipped =
+        std::fs::read_to_string(repo().join("targets").join(format!("{target}.toml"))).unwrap();
+    let paths: Vec<String> = extra
+        .iter()
+        .map(|p| format!("\"{}\"", p.display()))
+        .collect();
+    let text = shipped.replace(
+        "fetched = true",
+        &format!("fetched = true\npaths = [{}]", paths.join(", ")),
+    );
+    let cfg = dir.join("cfg");
+    write(&cfg.join("targets").join(format!("{target}.toml")), &text);
+    cfg
+}
+
+/// A module fixture under tests/fixtures/modules.
+pub fn fixture(name: &str) -> String {
+    repo()
+        .join("tests/fixtures/modules")
+        .join(name)
+        .display()
+        .to_string()
+}
