@@ -388,3 +388,26 @@ fn ctrl_c_stops_every_make_and_reports_what_finished() {
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["totals"]["interrupted"], 4, "{report}");
 }
+
+#[test]
+fn native_kmx_toml_module_builds_with_its_rules() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let run = k.run(&["build", &fixture("native"), "--json"]).ok();
+    let report = run.json();
+    assert_eq!(report["totals"]["built"], 2, "{report}");
+    for c in report["cells"].as_array().unwrap() {
+        match c["target"].as_str().unwrap() {
+            "amd64" | "arm64" => {
+                let ko = PathBuf::from(c["artifacts"][0]["file"].as_str().unwrap());
+                assert_eq!(modinfo("name", &ko), "native");
+            }
+            _ => assert!(
+                c["reason"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("[exclusive] arch = "),
+                "{c}"
+            ),
+        }
+    }
+}
