@@ -557,7 +557,7 @@ fn read_versions(
         return Ok((Vec::new(), VersionsFormat::None));
     };
     let bytes = sections.bytes(sh);
-    if sh.sh_size % VERSION_RECORD_LEN as u64 != 0 {
+    if !sh.sh_size.is_multiple_of(VERSION_RECORD_LEN as u64) {
         return Err(ReadError::VersionsSize(sh.sh_size));
     }
     let crc_len = match class {
@@ -590,7 +590,7 @@ fn read_ext_versions(
     names: &[u8],
     little: bool,
 ) -> Result<Vec<SymbolVersion>, ReadError> {
-    if crcs_size % 4 != 0 {
+    if !crcs_size.is_multiple_of(4) {
         return Err(ReadError::ExtCrcsSize(crcs_size));
     }
     if !names.is_empty() && names.last() != Some(&0) {
@@ -645,7 +645,7 @@ fn read_symbols(sections: &Sections) -> Result<(Vec<String>, Vec<String>), ReadE
         )));
     }
     let bytes = sections.bytes(symtab);
-    if bytes.len() % entsize != 0 {
+    if !bytes.len().is_multiple_of(entsize) {
         return Err(ReadError::Symtab(format!(
             "size {} is not a multiple of the entry size {entsize}",
             bytes.len()
@@ -679,12 +679,11 @@ fn read_symbols(sections: &Sections) -> Result<(Vec<String>, Vec<String>), ReadE
         }
         if sym.st_shndx == SHN_UNDEF as usize {
             undefined.push(lossy(name));
-        } else if sym.st_type() != STT_SECTION {
-            if let Some(export) = name.strip_prefix(KSYMTAB_PREFIX.as_bytes()) {
-                if !export.is_empty() {
-                    exported.push(lossy(export));
-                }
-            }
+        } else if sym.st_type() != STT_SECTION
+            && let Some(export) = name.strip_prefix(KSYMTAB_PREFIX.as_bytes())
+            && !export.is_empty()
+        {
+            exported.push(lossy(export));
         }
     }
     Ok((undefined, exported))
