@@ -187,7 +187,7 @@ pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, Str
         Err(e) => Outcome::Failed {
             stage: e.stage.to_string(),
             message: e.message,
-            errors: first_errors(&cell.log, 5),
+            errors: first_errors(&cell.log, &cell.build_dir(), 5),
             exit_code: e.exit_code,
         },
     };
@@ -489,22 +489,33 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The first compiler-error-looking lines of a log: what the summary shows.
-pub fn first_errors(log: &Path, n: usize) -> Vec<String> {
+/// The first error lines of a log, for the summary: compiler and modpost errors first
+/// (with the cell's build directory cut from paths), make's own "***" lines only when
+/// there is nothing better.
+pub fn first_errors(log: &Path, build_dir: &Path, n: usize) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(log) else {
         return Vec::new();
     };
-    let is_error = |l: &str| {
+    let prefix = format!("{}/", build_dir.display());
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let strong = |l: &&&str| {
         l.contains("error:")
-            || l.contains("Error ")
             || l.contains("undefined!")
             || l.contains(": not found")
             || l.contains("fatal:")
     };
-    text.lines()
-        .filter(|l| !l.starts_with('#') && is_error(l))
-        .take(n)
-        .map(|l| l.trim().to_string())
+    let mut picked: Vec<&str> = lines.iter().filter(strong).take(n).copied().collect();
+    if picked.is_empty() {
+        picked = lines
+            .iter()
+            .filter(|l| l.contains("***") || l.contains("Error"))
+            .take(n)
+            .copied()
+            .collect();
+    }
+    picked
+        .iter()
+        .map(|l| l.trim().replace(&prefix, ""))
         .collect()
 }
 
