@@ -117,4 +117,19 @@ pub struct BuildArgs {
     /// Compiler launcher put before the compiler, overriding the toolchains' (e.g. "ccache").
     #[arg(long, value_name = "WORDS")]
     pub launcher: Option<String>,
+    /// Rebuild every cell, even those whose inputs did not change.
+    #[arg(long)]
+    pub force: bool,
+    /// Neither use nor fill kmx's build cache (cells fresh in OUT are still reused unless
+    /// --force).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Bound on the build cache's size; least recently used cells go first.
+    #[arg(
+        long,
+        env = "KMX_CACHE_SIZE",
+        default_value = "2G",
+        value_name = "SIZE"
+    )]
+    pub cache_size: String,
 }

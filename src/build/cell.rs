@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::build::plan::Cell;
 use crate::error::{Error, Result};
 use crate::process::{self, Ended};
+use crate::state::cache::{Cache, Miss};
 
 /// Everything a cell needs from the run, the same for every cell.
 pub struct RunEnv<'a> {
@@ -30,6 +31,20 @@ pub struct RunEnv<'a> {
     pub passthrough: Vec<(String, String)>,
     /// Compiler launcher from `--launcher`, overriding the toolchain's.
     pub launcher: Option<Vec<String>>,
+    /// Where finished cells are stored by fingerprint; `None` disables it.
+    pub cache: Option<&'a Cache>,
+    /// Rebuild even when the cell is fresh.
+    pub force: bool,
+}
+
+/// `cell.json` in a finished cell's directory: which inputs made it, and its files.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct CellRecord {
+    fingerprint: String,
+    artifacts: Vec<Artifact>,
+    /// Every file of the cell that the cache keeps (the .ko files, Module.symvers, make.log).
+    files: Vec<String>,
+    build_secs: f64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -42,8 +57,10 @@ pub struct Artifact {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
+    /// Built now, or (`fresh`) unchanged since a stored build and reused without running make.
     Built {
         artifacts: Vec<Artifact>,
+        fresh: bool,
     },
     Skipped {
         reason: String,
@@ -64,6 +81,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn word(&self) -> &'static str {
         match self {
+            Outcome::Built { fresh: true, .. } => "fresh",
             Outcome::Built { .. } => "built",
             Outcome::Skipped { .. } => "skipped",
             Outcome::Failed { .. } => "FAILED",
@@ -181,8 +199,31 @@ fn shell(
 /// Run one cell to completion. `deps_symvers`: Module.symvers files of built dependencies.
 pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, String) {
     let command = make_line(cell);
+    if !env.force {
+        if let Some(artifacts) = fresh_in_place(cell) {
+            return (
+                Outcome::Built {
+                    artifacts,
+                    fresh: true,
+                },
+                command,
+            );
+        }
+        if let Some(artifacts) = env.cache.and_then(|c| restore(cell, c)) {
+            return (
+                Outcome::Built {
+                    artifacts,
+                    fresh: true,
+                },
+                command,
+            );
+        }
+    }
     let outcome = match run_stages(cell, env, deps_symvers, &command) {
-        Ok(artifacts) => Outcome::Built { artifacts },
+        Ok(artifacts) => Outcome::Built {
+            artifacts,
+            fresh: false,
+        },
         Err(e) if e.interrupted => Outcome::Interrupted,
         Err(e) => Outcome::Failed {
             stage: e.stage.to_string(),
@@ -330,13 +371,117 @@ fn run_stages(
         std::fs::copy(&symvers, &dest)
             .map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
     }
-    let _ = writeln!(log, "# built in {:.1}s", started.elapsed().as_secs_f64());
+    let build_secs = started.elapsed().as_secs_f64();
+    let _ = writeln!(log, "# built in {build_secs:.1}s");
     drop(log);
     let _ = std::fs::copy(&cell.log, cell.work_dir.join("make.log"));
     // The dkms_tree links point into the work dir, which is about to move.
     let _ = std::fs::remove_dir_all(cell.work_dir.join("dkms_tree"));
+    let mut files: Vec<String> = cell
+        .spec
+        .modules
+        .iter()
+        .map(|m| format!("{}.ko", m.built_name))
+        .collect();
+    files.extend(
+        ["Module.symvers", "make.log"]
+            .iter()
+            .filter(|f| cell.work_dir.join(f).is_file())
+            .map(|f| f.to_string()),
+    );
+    let record = CellRecord {
+        fingerprint: cell.fingerprint.clone(),
+        artifacts: artifacts.clone(),
+        files,
+        build_secs,
+    };
+    write_record(&cell.work_dir, &record).map_err(|e| stage_err("collect", e))?;
+    if let Some(cache) = env.cache {
+        // A cache that cannot be written costs a rebuild later, not this build.
+        if let Err(e) = cache.store(
+            &cell.fingerprint,
+            &cell.label(),
+            &cell.work_dir,
+            &record.files,
+            build_secs,
+        ) {
+            let _ = append_log(&cell.log, &format!("# warning: not cached: {e}"));
+        }
+    }
     place(&cell.work_dir, &cell.out_dir).map_err(|e| stage_err("collect", e))?;
     Ok(artifacts)
+}
+
+fn write_record(dir: &Path, record: &CellRecord) -> Result<()> {
+    let json = serde_json::to_vec_pretty(record)
+        .map_err(|e| Error::env(format!("cannot serialize cell.json: {e}")))?;
+    crate::state::write_atomic(&dir.join("cell.json"), &json)
+}
+
+fn append_log(log: &Path, line: &str) -> std::io::Result<()> {
+    let mut f = File::options().append(true).create(true).open(log)?;
+    writeln!(f, "{line}")
+}
+
+/// The artifacts of the cell's output directory, if it was built from the same inputs and
+/// every artifact is intact.
+fn fresh_in_place(cell: &Cell) -> Option<Vec<Artifact>> {
+    let bytes = std::fs::read(cell.out_dir.join("cell.json")).ok()?;
+    let record: CellRecord = serde_json::from_slice(&bytes).ok()?;
+    if record.fingerprint != cell.fingerprint {
+        return None;
+    }
+    for a in &record.artifacts {
+        if crate::state::cache::sha256_file(&a.file).ok()? != a.sha256 {
+            return None;
+        }
+    }
+    if !cell.log.is_file() {
+        let _ = std::fs::create_dir_all(cell.log.parent()?);
+        let _ = std::fs::copy(cell.out_dir.join("make.log"), &cell.log);
+    }
+    Some(record.artifacts)
+}
+
+/// Restore the cell from the cache into its output directory (atomically, as a build would).
+fn restore(cell: &Cell, cache: &Cache) -> Option<Vec<Artifact>> {
+    let (entry, dir) = match cache.lookup(&cell.fingerprint) {
+        Ok(found) => found,
+        Err(Miss::Absent) => return None,
+        Err(Miss::Corrupt(why)) => {
+            let _ = std::fs::create_dir_all(cell.log.parent()?);
+            let _ = append_log(
+                &cell.log,
+                &format!("# cache entry was damaged and is rebuilt: {why}"),
+            );
+            return None;
+        }
+    };
+    let _ = std::fs::remove_dir_all(&cell.work_dir);
+    std::fs::create_dir_all(&cell.work_dir).ok()?;
+    for f in &entry.files {
+        std::fs::copy(dir.join(&f.name), cell.work_dir.join(&f.name)).ok()?;
+    }
+    let artifacts: Vec<Artifact> = entry
+        .files
+        .iter()
+        .filter(|f| f.name.ends_with(".ko"))
+        .map(|f| Artifact {
+            file: cell.out_dir.join(&f.name),
+            sha256: f.sha256.clone(),
+        })
+        .collect();
+    let record = CellRecord {
+        fingerprint: cell.fingerprint.clone(),
+        artifacts: artifacts.clone(),
+        files: entry.files.iter().map(|f| f.name.clone()).collect(),
+        build_secs: entry.build_secs,
+    };
+    write_record(&cell.work_dir, &record).ok()?;
+    let _ = std::fs::create_dir_all(cell.log.parent()?);
+    let _ = std::fs::copy(cell.work_dir.join("make.log"), &cell.log);
+    place(&cell.work_dir, &cell.out_dir).ok()?;
+    Some(artifacts)
 }
 
 /// PRE_BUILD / POST_BUILD as DKMS runs them: `script [args]` is a path relative to the build

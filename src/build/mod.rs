@@ -2,6 +2,7 @@
 //! parallel on one shared make jobserver, and the cell runner that drives kbuild.
 
 pub mod cell;
+pub mod fingerprint;
 pub mod plan;
 pub mod report;
 pub mod scheduler;

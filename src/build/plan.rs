@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::build::fingerprint;
 use crate::config::dkms::CellVars;
 use crate::config::manifest::{ModuleSpec, load_spec};
 use crate::config::probe::Compiler;
@@ -54,6 +55,8 @@ pub struct Cell {
     pub out_dir: PathBuf,
     /// The build log, kept even when the cell fails.
     pub log: PathBuf,
+    /// Everything that decides the cell's output, hashed ([`fingerprint`]).
+    pub fingerprint: String,
 }
 
 impl Cell {
@@ -94,73 +97,157 @@ pub fn filter_trees(trees: Vec<Arc<KernelTree>>, kernels: &[String]) -> Vec<Arc<
 }
 
 pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Result<Plan> {
+    use rayon::prelude::*;
     let out = std::path::absolute(out).map_err(|e| Error::io("resolve", out, e))?;
-    let mut cells: Vec<Cell> = Vec::new();
+    let mut slots = Vec::new();
     for (si, source) in sources.iter().enumerate() {
         let source = source
             .canonicalize()
             .map_err(|e| Error::io("open module source", source, e))?;
         for ts in targets {
             for tree in &ts.trees {
-                // The work dir must be known before the manifest is evaluated: dkms.conf files
-                // refer to $dkms_tree/<module>/<version>/build. Name it by source, target and
-                // kernel; the spec may rename the module.
-                let slot = format!(
-                    "{si}-{}-{}-{}",
-                    source
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or("module"),
-                    ts.target.name,
-                    tree.release
-                );
-                let work_dir = out.join(".work").join(&slot);
-                let vars = CellVars {
-                    kernelver: tree.release.clone(),
-                    kernel_source_dir: tree.kdir.clone(),
-                    arch: ts.target.dkms_arch.clone(),
-                    source_tree: source.clone(),
-                    dkms_tree: work_dir.join("dkms_tree"),
-                    build_dir: work_dir.join("build"),
-                    module_hint: None,
-                };
-                let spec = load_spec(&source, &vars)?;
-                let arch_names = [
-                    ts.target.dkms_arch.as_str(),
-                    ts.target.name.as_str(),
-                    ts.target.kernel_arch.as_str(),
-                ];
-                let action =
-                    match spec.exclusion(&tree.release, &arch_names, &|c| tree.config.enabled(c)) {
-                        Some(reason) => Action::Skip(reason),
-                        None => Action::Build,
-                    };
-                let out_dir = out
-                    .join(&spec.name)
-                    .join(&spec.version)
-                    .join(&tree.release)
-                    .join(&ts.target.name);
-                let log = out.join("logs").join(format!(
-                    "{}-{}-{}-{}.log",
-                    spec.name, spec.version, tree.release, ts.target.name
-                ));
-                cells.push(Cell {
-                    index: cells.len(),
-                    source: source.clone(),
-                    spec,
-                    target: ts.clone(),
-                    tree: tree.clone(),
-                    action,
-                    deps: Vec::new(),
-                    work_dir,
-                    out_dir,
-                    log,
-                });
+                slots.push((si, source.clone(), ts.clone(), tree.clone()));
             }
         }
     }
+    // Evaluating a dkms.conf runs bash: do the cells in parallel.
+    let mut cells = slots
+        .into_par_iter()
+        .enumerate()
+        .map(|(index, (si, source, ts, tree))| plan_cell(index, si, source, ts, tree, &out))
+        .collect::<Result<Vec<Cell>>>()?;
     resolve_dependencies(&mut cells)?;
+    fingerprint_cells(&mut cells)?;
     Ok(Plan { cells, out })
+}
+
+fn plan_cell(
+    index: usize,
+    si: usize,
+    source: PathBuf,
+    ts: Arc<TargetSetup>,
+    tree: Arc<KernelTree>,
+    out: &Path,
+) -> Result<Cell> {
+    // The work dir must be known before the manifest is evaluated: dkms.conf files refer to
+    // $dkms_tree/<module>/<version>/build. Name it by source, target and kernel; the spec
+    // may rename the module.
+    let slot = format!(
+        "{si}-{}-{}-{}",
+        source
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("module"),
+        ts.target.name,
+        tree.release
+    );
+    let work_dir = out.join(".work").join(&slot);
+    let vars = CellVars {
+        kernelver: tree.release.clone(),
+        kernel_source_dir: tree.kdir.clone(),
+        arch: ts.target.dkms_arch.clone(),
+        source_tree: source.clone(),
+        dkms_tree: work_dir.join("dkms_tree"),
+        build_dir: work_dir.join("build"),
+        module_hint: None,
+    };
+    let spec = load_spec(&source, &vars)?;
+    let arch_names = [
+        ts.target.dkms_arch.as_str(),
+        ts.target.name.as_str(),
+        ts.target.kernel_arch.as_str(),
+    ];
+    let action = match spec.exclusion(&tree.release, &arch_names, &|c| tree.config.enabled(c)) {
+        Some(reason) => Action::Skip(reason),
+        None => Action::Build,
+    };
+    let out_dir = out
+        .join(&spec.name)
+        .join(&spec.version)
+        .join(&tree.release)
+        .join(&ts.target.name);
+    let log = out.join("logs").join(format!(
+        "{}-{}-{}-{}.log",
+        spec.name, spec.version, tree.release, ts.target.name
+    ));
+    Ok(Cell {
+        index,
+        source,
+        spec,
+        target: ts,
+        tree,
+        action,
+        deps: Vec::new(),
+        work_dir,
+        out_dir,
+        log,
+        fingerprint: String::new(),
+    })
+}
+
+/// Give every cell its fingerprint: source contents and tree identities are hashed once
+/// each, dependencies before their dependents. Paths of the work and source directories are
+/// replaced by placeholders, so the same cell in another output directory is the same cell.
+fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
+    let mut sources: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut trees: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for c in cells.iter() {
+        if !sources.contains_key(&c.source) {
+            sources.insert(c.source.clone(), fingerprint::source_tree(&c.source)?);
+        }
+        if !trees.contains_key(&c.tree.kdir) {
+            trees.insert(c.tree.kdir.clone(), fingerprint::kernel_tree(&c.tree)?);
+        }
+    }
+    let mut done: Vec<Option<String>> = vec![None; cells.len()];
+    // Dependencies form a DAG (checked above): repeat until every cell is done.
+    while done.iter().any(Option::is_none) {
+        for i in 0..cells.len() {
+            if done[i].is_some() || cells[i].deps.iter().any(|&d| done[d].is_none()) {
+                continue;
+            }
+            let c = &cells[i];
+            let normalize = |text: String| {
+                text.replace(&c.work_dir.to_string_lossy().into_owned(), "<work>")
+                    .replace(&c.source.to_string_lossy().into_owned(), "<source>")
+            };
+            let mut spec = c.spec.clone();
+            spec.log.clear();
+            spec.warnings.clear();
+            let vars =
+                crate::build::cell::make_vars(c, std::slice::from_ref(&c.target.compiler.name));
+            let mut fp = fingerprint::Fingerprint::new();
+            fp.field("source", sources[&c.source].as_bytes())
+                .field("spec", normalize(format!("{spec:?}")).as_bytes())
+                .field("tree", trees[&c.tree.kdir].as_bytes())
+                .field("target", c.target.target.name.as_bytes())
+                .field(
+                    "identity",
+                    c.target.toolchain.identity.to_string().as_bytes(),
+                )
+                .field(
+                    "compiler",
+                    c.target.compiler.path.to_string_lossy().as_bytes(),
+                )
+                .field(
+                    "compiler-version",
+                    c.target.compiler.version_line.as_bytes(),
+                )
+                .field(
+                    "make",
+                    normalize(crate::build::cell::make_line(c)).as_bytes(),
+                )
+                .field("vars", format!("{vars:?}").as_bytes());
+            for &d in &c.deps {
+                fp.field("dep", done[d].as_deref().unwrap_or("").as_bytes());
+            }
+            done[i] = Some(fp.finish());
+        }
+    }
+    for (c, fp) in cells.iter_mut().zip(done) {
+        c.fingerprint = fp.unwrap_or_default();
+    }
+    Ok(())
 }
 
 /// Link each cell to the cells of its BUILD_DEPENDS for the same target and kernel, and

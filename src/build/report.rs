@@ -38,6 +38,9 @@ pub struct CellReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Totals {
     pub built: usize,
+    /// Unchanged since a stored build: reused without running make.
+    #[serde(default)]
+    pub fresh: usize,
     pub skipped: usize,
     pub failed: usize,
     pub interrupted: usize,
@@ -75,9 +78,13 @@ impl Report {
                     artifacts: Vec::new(),
                 };
                 match &r.outcome {
-                    Outcome::Built { artifacts } => {
-                        totals.built += 1;
-                        rep.status = "built".into();
+                    Outcome::Built { artifacts, fresh } => {
+                        if *fresh {
+                            totals.fresh += 1;
+                        } else {
+                            totals.built += 1;
+                        }
+                        rep.status = r.outcome.word().into();
                         rep.artifacts = artifacts.clone();
                     }
                     Outcome::Skipped { reason } => {
@@ -197,8 +204,13 @@ impl Report {
         }
         let t = &self.totals;
         out.push_str(&format!(
-            "\n{} built, {} skipped, {} failed{} in {:.1}s\n",
+            "\n{} built, {}{} skipped, {} failed{} in {:.1}s\n",
             t.built,
+            if t.fresh > 0 {
+                format!("{} fresh, ", t.fresh)
+            } else {
+                String::new()
+            },
             t.skipped,
             t.failed,
             if t.interrupted > 0 {

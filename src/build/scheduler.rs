@@ -28,6 +28,8 @@ pub struct Options {
     pub fail_fast: bool,
     pub launcher: Option<Vec<String>>,
     pub passthrough: Vec<(String, String)>,
+    pub cache: Option<crate::state::cache::Cache>,
+    pub force: bool,
 }
 
 /// What the scheduler tells its reporter.
@@ -78,6 +80,8 @@ pub fn execute(
         stop,
         passthrough: opts.passthrough.clone(),
         launcher: opts.launcher.clone(),
+        cache: opts.cache.as_ref(),
+        force: opts.force,
     };
     let (tx, rx) = mpsc::channel::<Msg>();
     let mut running: Vec<usize> = Vec::new();

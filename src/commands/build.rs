@@ -15,6 +15,7 @@ use crate::config::load::DEFAULT_TARGETS;
 use crate::error::{Error, Result, exit, render};
 use crate::kernel::registry::{Registry, trees_of};
 use crate::kernel::tree::KernelTree;
+use crate::state::cache::{Cache, parse_size};
 use crate::state::write_atomic;
 
 /// Environment variables builds see: the basics plus compiler-cache and distcc settings.
@@ -115,6 +116,10 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
         print_plan(&plan, args);
         return Ok(exit::OK);
     }
+    let cache_size = parse_size(&args.cache_size).ok_or_else(|| {
+        Error::usage(format!("--cache-size {}: not a size", args.cache_size))
+            .hint("write a size such as 500M or 2G")
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
@@ -132,6 +137,12 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
             .as_ref()
             .map(|l| l.split_whitespace().map(str::to_string).collect()),
         passthrough: passthrough_env(),
+        cache: if args.no_cache {
+            None
+        } else {
+            Some(Cache::new(ctx.home.cell_cache(), cache_size))
+        },
+        force: args.force,
     };
     let summary = plan.summary();
     eprintln!(
@@ -145,6 +156,9 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
     let results = scheduler::execute(&plan, &opts, &stop, &mut |ev| progress.event(&plan, ev))?;
     progress.finish();
     let report = Report::new(&plan, &results, started.elapsed().as_secs_f64());
+    if let Some(cache) = &opts.cache {
+        cache.trim();
+    }
     let json = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::env(format!("cannot serialize the report: {e}")))?;
     write_atomic(

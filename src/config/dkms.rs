@@ -181,7 +181,11 @@ fn evaluate_with_timeout(conf: &Path, vars: &CellVars, timeout: Duration) -> Res
     let (module, version) = guess_identity(vars);
     let mut dump = ctx.source(&module, &version)?;
     let (name, ver) = (dump.scalar("PACKAGE_NAME"), dump.scalar("PACKAGE_VERSION"));
-    if !name.is_empty() && !ver.is_empty() && (name != module || ver != version) {
+    // A file that never reads $module or $module_version cannot depend on the guess.
+    let uses_identity = std::fs::read_to_string(&copy)
+        .map(|t| t.contains("$module") || t.contains("${module"))
+        .unwrap_or(true);
+    if uses_identity && !name.is_empty() && !ver.is_empty() && (name != module || ver != version) {
         let (name, ver) = (name.to_string(), ver.to_string());
         dump = ctx.source(&name, &ver)?;
     }

@@ -42,6 +42,10 @@ impl Home {
     pub fn apt(&self) -> PathBuf {
         self.root.join("apt")
     }
+    /// The build cache of finished cells.
+    pub fn cell_cache(&self) -> PathBuf {
+        self.root.join("cache").join("cells")
+    }
     /// Default build output directory.
     pub fn out(&self) -> PathBuf {
         self.root.join("out")
