@@ -947,7 +947,7 @@ mod pkcs7 {
         }
 
         /// Read an element that must have tag `tag`.
-        fn expect(&mut self, tag: u8, what: &'static str) -> Result<Reader<'a>, DerError> {
+        fn element(&mut self, tag: u8, what: &'static str) -> Result<Reader<'a>, DerError> {
             let (found, contents) = self.any()?;
             if found != tag {
                 return Err(DerError(what));
@@ -957,43 +957,43 @@ mod pkcs7 {
     }
 
     pub fn signer_info(der: &[u8]) -> Result<SignerInfo, DerError> {
-        let mut content_info = Reader(der).expect(SEQUENCE, "ContentInfo is not a SEQUENCE")?;
-        let oid = content_info.expect(OID, "ContentInfo has no content type")?;
+        let mut content_info = Reader(der).element(SEQUENCE, "ContentInfo is not a SEQUENCE")?;
+        let oid = content_info.element(OID, "ContentInfo has no content type")?;
         if oid.0 != OID_SIGNED_DATA {
             return Err(DerError("content type is not signedData"));
         }
-        let mut explicit = content_info.expect(CONTEXT_0, "signedData content is missing")?;
-        let mut signed_data = explicit.expect(SEQUENCE, "SignedData is not a SEQUENCE")?;
-        signed_data.expect(INTEGER, "SignedData has no version")?;
-        signed_data.expect(SET, "SignedData has no digestAlgorithms")?;
-        signed_data.expect(SEQUENCE, "SignedData has no contentInfo")?;
+        let mut explicit = content_info.element(CONTEXT_0, "signedData content is missing")?;
+        let mut signed_data = explicit.element(SEQUENCE, "SignedData is not a SEQUENCE")?;
+        signed_data.element(INTEGER, "SignedData has no version")?;
+        signed_data.element(SET, "SignedData has no digestAlgorithms")?;
+        signed_data.element(SEQUENCE, "SignedData has no contentInfo")?;
         // Optional certificates [0] and crls [1], then signerInfos.
         while matches!(signed_data.peek_tag(), Some(CONTEXT_0 | CONTEXT_1)) {
             signed_data.any()?;
         }
-        let mut signer_infos = signed_data.expect(SET, "SignedData has no signerInfos")?;
-        let mut signer = signer_infos.expect(SEQUENCE, "no SignerInfo")?;
-        signer.expect(INTEGER, "SignerInfo has no version")?;
+        let mut signer_infos = signed_data.element(SET, "SignedData has no signerInfos")?;
+        let mut signer = signer_infos.element(SEQUENCE, "no SignerInfo")?;
+        signer.element(INTEGER, "SignerInfo has no version")?;
         let (sid_tag, sid) = signer.any()?;
         let (name, key_id) = match sid_tag {
             SEQUENCE => {
                 let mut issuer_and_serial = Reader(sid);
-                let issuer = issuer_and_serial.expect(SEQUENCE, "issuer is not a Name")?;
-                let serial = issuer_and_serial.expect(INTEGER, "no serial number")?;
+                let issuer = issuer_and_serial.element(SEQUENCE, "issuer is not a Name")?;
+                let serial = issuer_and_serial.element(INTEGER, "no serial number")?;
                 (common_name(issuer)?, strip_leading_zeros(serial.0))
             }
             // CMS subjectKeyIdentifier [0]: no issuer to name; the identifier is the key id.
             CONTEXT_0_PRIMITIVE => (String::new(), sid.to_vec()),
             _ => return Err(DerError("SignerInfo has no signer identifier")),
         };
-        let mut digest_algorithm = signer.expect(SEQUENCE, "SignerInfo has no digestAlgorithm")?;
-        let oid = digest_algorithm.expect(OID, "digestAlgorithm has no OID")?;
+        let mut digest_algorithm = signer.element(SEQUENCE, "SignerInfo has no digestAlgorithm")?;
+        let oid = digest_algorithm.element(OID, "digestAlgorithm has no OID")?;
         // The encrypted digest must be there too, or this is not a signature.
         while matches!(signer.peek_tag(), Some(CONTEXT_0)) {
             signer.any()?;
         }
-        signer.expect(SEQUENCE, "SignerInfo has no signature algorithm")?;
-        signer.expect(OCTET_STRING, "SignerInfo has no signature")?;
+        signer.element(SEQUENCE, "SignerInfo has no signature algorithm")?;
+        signer.element(OCTET_STRING, "SignerInfo has no signature")?;
         Ok(SignerInfo {
             signer: name,
             key_id,
@@ -1005,10 +1005,10 @@ mod pkcs7 {
     /// like kmod.
     fn common_name(mut name: Reader) -> Result<String, DerError> {
         while !name.is_empty() {
-            let mut rdn = name.expect(SET, "Name entry is not a SET")?;
+            let mut rdn = name.element(SET, "Name entry is not a SET")?;
             while !rdn.is_empty() {
-                let mut attr = rdn.expect(SEQUENCE, "Name attribute is not a SEQUENCE")?;
-                let oid = attr.expect(OID, "Name attribute has no type")?;
+                let mut attr = rdn.element(SEQUENCE, "Name attribute is not a SEQUENCE")?;
+                let oid = attr.element(OID, "Name attribute has no type")?;
                 let (_, value) = attr.any()?;
                 if oid.0 == OID_COMMON_NAME {
                     return Ok(String::from_utf8_lossy(value).into_owned());
