@@ -44,6 +44,8 @@ pub enum ReadError {
         op: &'static str,
         source: std::io::Error,
     },
+    #[error("the input is larger than {limit} bytes")]
+    TooLarge { limit: usize },
     #[error("not an ELF file: the file is empty")]
     Empty,
     #[error("not an ELF file: bad magic bytes")]
@@ -196,11 +198,14 @@ impl Module {
         if !meta.is_file() {
             // A pipe or device cannot be mapped: read it, capped like decompression.
             let mut data = Vec::new();
-            let limit = u64::try_from(decompress::DEFAULT_LIMIT).unwrap_or(u64::MAX);
+            let limit = decompress::DEFAULT_LIMIT;
             (&file)
-                .take(limit)
+                .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
                 .read_to_end(&mut data)
                 .map_err(|source| ReadError::Io { op: "read", source })?;
+            if data.len() > limit {
+                return Err(ReadError::TooLarge { limit });
+            }
             return Module::parse(&data);
         }
         if meta.len() == 0 {
@@ -942,7 +947,7 @@ mod pkcs7 {
         }
 
         /// Read an element that must have tag `tag`.
-        fn expect(&mut self, tag: u8, what: &'static str) -> Result<Reader<'a>, DerError> {
+        fn element(&mut self, tag: u8, what: &'static str) -> Result<Reader<'a>, DerError> {
             let (found, contents) = self.any()?;
             if found != tag {
                 return Err(DerError(what));
@@ -952,43 +957,43 @@ mod pkcs7 {
     }
 
     pub fn signer_info(der: &[u8]) -> Result<SignerInfo, DerError> {
-        let mut content_info = Reader(der).expect(SEQUENCE, "ContentInfo is not a SEQUENCE")?;
-        let oid = content_info.expect(OID, "ContentInfo has no content type")?;
+        let mut content_info = Reader(der).element(SEQUENCE, "ContentInfo is not a SEQUENCE")?;
+        let oid = content_info.element(OID, "ContentInfo has no content type")?;
         if oid.0 != OID_SIGNED_DATA {
             return Err(DerError("content type is not signedData"));
         }
-        let mut explicit = content_info.expect(CONTEXT_0, "signedData content is missing")?;
-        let mut signed_data = explicit.expect(SEQUENCE, "SignedData is not a SEQUENCE")?;
-        signed_data.expect(INTEGER, "SignedData has no version")?;
-        signed_data.expect(SET, "SignedData has no digestAlgorithms")?;
-        signed_data.expect(SEQUENCE, "SignedData has no contentInfo")?;
+        let mut explicit = content_info.element(CONTEXT_0, "signedData content is missing")?;
+        let mut signed_data = explicit.element(SEQUENCE, "SignedData is not a SEQUENCE")?;
+        signed_data.element(INTEGER, "SignedData has no version")?;
+        signed_data.element(SET, "SignedData has no digestAlgorithms")?;
+        signed_data.element(SEQUENCE, "SignedData has no contentInfo")?;
         // Optional certificates [0] and crls [1], then signerInfos.
         while matches!(signed_data.peek_tag(), Some(CONTEXT_0 | CONTEXT_1)) {
             signed_data.any()?;
         }
-        let mut signer_infos = signed_data.expect(SET, "SignedData has no signerInfos")?;
-        let mut signer = signer_infos.expect(SEQUENCE, "no SignerInfo")?;
-        signer.expect(INTEGER, "SignerInfo has no version")?;
+        let mut signer_infos = signed_data.element(SET, "SignedData has no signerInfos")?;
+        let mut signer = signer_infos.element(SEQUENCE, "no SignerInfo")?;
+        signer.element(INTEGER, "SignerInfo has no version")?;
         let (sid_tag, sid) = signer.any()?;
         let (name, key_id) = match sid_tag {
             SEQUENCE => {
                 let mut issuer_and_serial = Reader(sid);
-                let issuer = issuer_and_serial.expect(SEQUENCE, "issuer is not a Name")?;
-                let serial = issuer_and_serial.expect(INTEGER, "no serial number")?;
+                let issuer = issuer_and_serial.element(SEQUENCE, "issuer is not a Name")?;
+                let serial = issuer_and_serial.element(INTEGER, "no serial number")?;
                 (common_name(issuer)?, strip_leading_zeros(serial.0))
             }
             // CMS subjectKeyIdentifier [0]: no issuer to name; the identifier is the key id.
             CONTEXT_0_PRIMITIVE => (String::new(), sid.to_vec()),
             _ => return Err(DerError("SignerInfo has no signer identifier")),
         };
-        let mut digest_algorithm = signer.expect(SEQUENCE, "SignerInfo has no digestAlgorithm")?;
-        let oid = digest_algorithm.expect(OID, "digestAlgorithm has no OID")?;
+        let mut digest_algorithm = signer.element(SEQUENCE, "SignerInfo has no digestAlgorithm")?;
+        let oid = digest_algorithm.element(OID, "digestAlgorithm has no OID")?;
         // The encrypted digest must be there too, or this is not a signature.
         while matches!(signer.peek_tag(), Some(CONTEXT_0)) {
             signer.any()?;
         }
-        signer.expect(SEQUENCE, "SignerInfo has no signature algorithm")?;
-        signer.expect(OCTET_STRING, "SignerInfo has no signature")?;
+        signer.element(SEQUENCE, "SignerInfo has no signature algorithm")?;
+        signer.element(OCTET_STRING, "SignerInfo has no signature")?;
         Ok(SignerInfo {
             signer: name,
             key_id,
@@ -1000,10 +1005,10 @@ mod pkcs7 {
     /// like kmod.
     fn common_name(mut name: Reader) -> Result<String, DerError> {
         while !name.is_empty() {
-            let mut rdn = name.expect(SET, "Name entry is not a SET")?;
+            let mut rdn = name.element(SET, "Name entry is not a SET")?;
             while !rdn.is_empty() {
-                let mut attr = rdn.expect(SEQUENCE, "Name attribute is not a SEQUENCE")?;
-                let oid = attr.expect(OID, "Name attribute has no type")?;
+                let mut attr = rdn.element(SEQUENCE, "Name attribute is not a SEQUENCE")?;
+                let oid = attr.element(OID, "Name attribute has no type")?;
                 let (_, value) = attr.any()?;
                 if oid.0 == OID_COMMON_NAME {
                     return Ok(String::from_utf8_lossy(value).into_owned());
@@ -1097,5 +1102,153 @@ impl fmt::Display for VersionsFormat {
             VersionsFormat::Classic => "__versions",
             VersionsFormat::Extended => "extended (__version_ext_crcs)",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modinfo_skips_padding_and_keeps_order_and_repeats() {
+        let raw = b"\0\0license=GPL\0alias=a\0\0\0alias=b\0flag\0vermagic=6.1 x ";
+        let got = parse_modinfo(raw);
+        let want = [
+            ("license", "GPL"),
+            ("alias", "a"),
+            ("alias", "b"),
+            ("flag", ""),
+            ("vermagic", "6.1 x "),
+        ];
+        assert_eq!(
+            got.iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+            want
+        );
+        assert!(parse_modinfo(b"").is_empty());
+        assert!(parse_modinfo(b"\0\0").is_empty());
+    }
+
+    #[test]
+    fn extended_versions_pair_crcs_with_names() {
+        let crcs = [0x78, 0x56, 0x34, 0x12, 0x01, 0, 0, 0];
+        let got = read_ext_versions(&crcs, 8, b"module_layout\0_printk\0", true).unwrap();
+        assert_eq!(
+            got,
+            [
+                SymbolVersion {
+                    name: "module_layout".into(),
+                    crc: 0x1234_5678
+                },
+                SymbolVersion {
+                    name: "_printk".into(),
+                    crc: 1
+                },
+            ]
+        );
+        let big = read_ext_versions(&crcs, 8, b"a\0b\0", false).unwrap();
+        assert_eq!(big[0].crc, 0x7856_3412);
+        assert!(read_ext_versions(&[], 0, b"", true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn extended_versions_errors() {
+        let crcs = [0u8; 8];
+        let err = |r: Result<Vec<SymbolVersion>, ReadError>| r.unwrap_err().to_string();
+        assert_eq!(
+            err(read_ext_versions(&crcs, 8, b"a\0", true)),
+            "__version_ext_crcs has 2 entries but __version_ext_names has 1 names"
+        );
+        assert_eq!(
+            err(read_ext_versions(&crcs[..6], 6, b"a\0", true)),
+            "__version_ext_crcs size 6 is not a multiple of 4"
+        );
+        assert_eq!(
+            err(read_ext_versions(&crcs, 8, b"a\0b", true)),
+            "__version_ext_names does not end with a NUL byte"
+        );
+    }
+
+    #[test]
+    fn arm_attributes_tag_cpu_arch() {
+        // "A", subsection {len, "aeabi\0", File{tag 1, size, Tag_CPU_name "7-A", Tag_CPU_arch 10}}
+        let attrs: &[u8] = &[5, b'7', b'-', b'A', 0, 6, 10, 7, 0x41];
+        let mut file = vec![1u8];
+        file.extend_from_slice(&(5 + attrs.len() as u32).to_le_bytes());
+        file.extend_from_slice(attrs);
+        let mut sub = Vec::new();
+        sub.extend_from_slice(&(4 + 6 + file.len() as u32).to_le_bytes());
+        sub.extend_from_slice(b"aeabi\0");
+        sub.extend_from_slice(&file);
+        let mut section = vec![b'A'];
+        section.extend_from_slice(&sub);
+        assert_eq!(arm_cpu_arch(&section, Endian::Little), Some(10));
+        // Malformed or foreign: None, never a panic.
+        assert_eq!(
+            arm_cpu_arch(&section[..section.len() - 3], Endian::Little),
+            None
+        );
+        assert_eq!(arm_cpu_arch(b"B", Endian::Little), None);
+        assert_eq!(
+            arm_cpu_arch(&[b'A', 0xFF, 0xFF, 0xFF, 0xFF], Endian::Little),
+            None
+        );
+        assert_eq!(arm_cpu_arch(&[b'A', 0, 0, 0, 0], Endian::Little), None);
+    }
+
+    #[test]
+    fn legacy_x509_signature_uses_the_descriptor_fields() {
+        let mut file = b"ELF...".to_vec();
+        file.extend_from_slice(b"signer");
+        file.extend_from_slice(&[0xAB, 0x01]);
+        file.extend_from_slice(&[0x55; 3]);
+        // algo RSA, hash sha256, id X509, signer_len 6, key_id_len 2, pad, sig_len 3 (BE)
+        file.extend_from_slice(&[1, 4, 1, 6, 2, 0, 0, 0, 0, 0, 0, 3]);
+        file.extend_from_slice(SIGNATURE_MAGIC);
+        let (module, sig) = split_signature(&file).unwrap();
+        assert_eq!(module, b"ELF...");
+        assert_eq!(
+            sig,
+            Some(Signature {
+                signer: "signer".into(),
+                key_id: "AB:01".into(),
+                hash_algo: "sha256".into(),
+                id_type: "X509".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn signature_descriptor_errors() {
+        let with = |info: [u8; 12]| {
+            let mut f = vec![0u8; 32];
+            f.extend_from_slice(&info);
+            f.extend_from_slice(SIGNATURE_MAGIC);
+            split_signature(&f).unwrap_err().to_string()
+        };
+        assert_eq!(
+            with([0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            "malformed module signature: unknown key identifier type 3"
+        );
+        assert_eq!(
+            with([0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            "malformed module signature: signature length is 0"
+        );
+        assert_eq!(
+            with([0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 4]),
+            "malformed module signature: PKCS#7: ContentInfo is not a SEQUENCE"
+        );
+        assert_eq!(
+            with([0, 9, 1, 0, 0, 0, 0, 0, 0, 0, 0, 4]),
+            "malformed module signature: unknown hash algorithm 9"
+        );
+    }
+
+    #[test]
+    fn unsigned_data_is_returned_whole() {
+        let (module, sig) = split_signature(b"\x7fELF").unwrap();
+        assert_eq!(module, b"\x7fELF");
+        assert_eq!(sig, None);
     }
 }
