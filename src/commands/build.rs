@@ -115,6 +115,45 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
         print_plan(&plan, args);
         return Ok(exit::OK);
     }
+    let opts = ExecOptions {
+        jobs: args.jobs,
+        timeout: Duration::from_secs(args.timeout),
+        fail_fast: args.fail_fast,
+        launcher: args.launcher.clone(),
+    };
+    let report = execute_plan(&plan, &opts)?;
+    eprint!("{}", report.render());
+    if args.json {
+        print_json(&report)?;
+    }
+    Ok(report.exit_code())
+}
+
+/// How to run a plan: the knobs `kmx build` exposes, shared by `kmx install` and
+/// `kmx autoinstall`.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    pub jobs: Option<usize>,
+    pub timeout: Duration,
+    pub fail_fast: bool,
+    pub launcher: Option<String>,
+}
+
+impl Default for ExecOptions {
+    fn default() -> ExecOptions {
+        ExecOptions {
+            jobs: None,
+            timeout: Duration::from_secs(1800),
+            fail_fast: false,
+            launcher: None,
+        }
+    }
+}
+
+/// Run every cell of `plan` with live progress on stderr, write `<out>/report.json`, and
+/// return the report. The build pipeline as a library call: `kmx build`, `kmx install` and
+/// `kmx autoinstall` all come through here.
+pub fn execute_plan(plan: &Plan, args: &ExecOptions) -> Result<Report> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
@@ -125,7 +164,7 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let opts = Options {
         jobs,
-        timeout: Duration::from_secs(args.timeout),
+        timeout: args.timeout,
         fail_fast: args.fail_fast,
         launcher: args
             .launcher
@@ -142,20 +181,16 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
     );
     let started = Instant::now();
     let mut progress = Progress::new(plan.cells.len());
-    let results = scheduler::execute(&plan, &opts, &stop, &mut |ev| progress.event(&plan, ev))?;
+    let results = scheduler::execute(plan, &opts, &stop, &mut |ev| progress.event(plan, ev))?;
     progress.finish();
-    let report = Report::new(&plan, &results, started.elapsed().as_secs_f64());
+    let report = Report::new(plan, &results, started.elapsed().as_secs_f64());
     let json = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::env(format!("cannot serialize the report: {e}")))?;
     write_atomic(
         &plan.out.join("report.json"),
         format!("{json}\n").as_bytes(),
     )?;
-    eprint!("{}", report.render());
-    if args.json {
-        print_json(&report)?;
-    }
-    Ok(report.exit_code())
+    Ok(report)
 }
 
 fn print_plan(plan: &Plan, args: &BuildArgs) {
