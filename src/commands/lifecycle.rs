@@ -581,7 +581,7 @@ pub fn uninstall_cmd(store: &Store, args: &UninstallArgs, wait: bool) -> Result<
     if found.is_empty() {
         if args.all {
             eprintln!(
-                "{shown} is installed for {} in {}",
+                "nothing to uninstall: kmx installed nothing matching for {} in {}",
                 args.kernel,
                 root.display()
             );
