@@ -25,6 +25,13 @@ pub struct Global {
     /// [default: ~/.local/share/kmx].
     #[arg(long, global = true, env = "KMX_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
+    /// The lifecycle store: registered sources, built cells, install records
+    /// [default: HOME/state].
+    #[arg(long, global = true, env = "KMX_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Fail at once instead of waiting when another kmx holds the state store's lock.
+    #[arg(long, global = true)]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,6 +47,63 @@ pub enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Register a module source (a directory with a dkms.conf or kmx.toml): it is copied
+    /// into the state store under its PACKAGE_NAME and PACKAGE_VERSION. Adding again
+    /// refreshes the copy; builds of the old copy then show as stale.
+    Add {
+        /// The module source directory.
+        source: PathBuf,
+    },
+    /// Build a registered module for one target and kernel if needed, then install its .ko
+    /// files under ROOT/lib/modules/RELEASE (compressed and signed as that kernel wants)
+    /// and run depmod.
+    Install(InstallArgs),
+    /// Remove an installed module from a root, restoring the kernel modules it displaced.
+    Uninstall(UninstallArgs),
+    /// Unregister a module version: uninstall it from every root, drop its builds and its
+    /// source.
+    Remove {
+        /// The module, as MODULE or MODULE/VERSION.
+        module: String,
+        /// Every version of MODULE (needed when several are registered and none is named).
+        #[arg(long)]
+        all: bool,
+        /// Do not run depmod after uninstalling.
+        #[arg(long)]
+        no_depmod: bool,
+    },
+    /// One line per module, version, kernel and target: added, built, installed (where),
+    /// stale (source changed since the build), broken (files missing).
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build and install every registered AUTOINSTALL module for a kernel release, for
+    /// every target whose trees provide it (what the kernel hooks in contrib/kernel run).
+    /// One module failing does not stop the others; exits 1 if any failed.
+    Autoinstall(AutoinstallArgs),
+    /// Module signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Export built modules and their records as one tar archive, for binary-only
+    /// distribution (like DKMS's mktarball).
+    Tarball {
+        /// Only this module, as MODULE or MODULE/VERSION [default: every built module].
+        module: Option<String>,
+        /// Only these targets (repeatable or comma-separated) [default: all].
+        #[arg(long, short, value_delimiter = ',')]
+        target: Vec<String>,
+        /// The archive to write (gzip-compressed when it ends in .gz or .tgz).
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Import an archive written by `kmx tarball` into the state store as built modules
+    /// (like DKMS's ldtarball); `kmx install` then installs them without building.
+    LoadTarball {
+        /// The archive.
+        file: PathBuf,
     },
     /// Check that targets are usable: toolchain found, kernel trees healthy. Exits 1 when a
     /// selected target is unusable.
@@ -81,6 +145,110 @@ pub enum KernelsCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Make a module signing key pair, MOK style: RSA 2048, codeSigning extended key usage,
+    /// self-signed X.509 certificate (DER, `mok.der`) and PEM private key (`mok.key`), with
+    /// openssl. `kmx install` signs with it when the kernel checks signatures.
+    Generate {
+        /// Where to write mok.key and mok.der [default: HOME/keys].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The certificate's common name (what `modinfo -F signer` shows).
+        #[arg(long, default_value = "kmx module signing key")]
+        common_name: String,
+        /// Replace an existing key pair.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The signing key for installs.
+#[derive(Debug, Clone, Args)]
+pub struct SignArgs {
+    /// PEM private key to sign modules with [default: HOME/keys/mok.key, when present].
+    #[arg(
+        long,
+        env = "KMX_SIGN_KEY",
+        value_name = "FILE",
+        requires = "sign_cert"
+    )]
+    pub sign_key: Option<PathBuf>,
+    /// X.509 certificate of --sign-key (DER or PEM) [default: HOME/keys/mok.der].
+    #[arg(
+        long,
+        env = "KMX_SIGN_CERT",
+        value_name = "FILE",
+        requires = "sign_key"
+    )]
+    pub sign_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The module, as MODULE or MODULE/VERSION (default: its newest registered version).
+    pub module: String,
+    /// The target the module is built for.
+    #[arg(long, short)]
+    pub target: String,
+    /// The kernel release to install for, e.g. 6.1.0-50-arm64 (never the running kernel's
+    /// unless you name it).
+    #[arg(long, short)]
+    pub kernel: String,
+    /// The root to install into: `/`, or an image root being assembled.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Do not run `depmod -b ROOT RELEASE` afterwards.
+    #[arg(long)]
+    pub no_depmod: bool,
+    #[command(flatten)]
+    pub sign: SignArgs,
+    /// Parallel jobs for a build this needs [default: number of CPUs].
+    #[arg(long, short, env = "KMX_JOBS")]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct AutoinstallArgs {
+    /// The kernel release that arrived, e.g. 6.1.0-51-arm64.
+    #[arg(long, short)]
+    pub kernel: String,
+    /// The root to install into.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Do not run depmod afterwards.
+    #[arg(long)]
+    pub no_depmod: bool,
+    #[command(flatten)]
+    pub sign: SignArgs,
+    /// Parallel jobs for the builds [default: number of CPUs].
+    #[arg(long, short, env = "KMX_JOBS")]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// The module, as MODULE or MODULE/VERSION (default: the one installed version).
+    #[arg(required_unless_present = "all")]
+    pub module: Option<String>,
+    /// The target it was installed for.
+    #[arg(long, short, required_unless_present = "all")]
+    pub target: Option<String>,
+    /// Uninstall every module kmx installed for this kernel in ROOT (narrowed by MODULE and
+    /// --target when given): what the kernel's prerm hook runs.
+    #[arg(long)]
+    pub all: bool,
+    /// The kernel release it was installed for.
+    #[arg(long, short)]
+    pub kernel: String,
+    /// The root it was installed into.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Do not run depmod afterwards.
+    #[arg(long)]
+    pub no_depmod: bool,
 }
 
 #[derive(Debug, Args)]

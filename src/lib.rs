@@ -8,7 +8,8 @@
 //! - [`kernel`]: kernel build trees: inspection, vermagic, provisioning from Debian.
 //! - [`build`]: planning and the parallel scheduler that runs kbuild.
 //! - [`verify`]: the module reader (ELF, `.modinfo`, `__versions`) and the load checks.
-//! - [`state`]: kmx's home and the on-disk stores.
+//! - [`state`]: kmx's home and the on-disk stores (the lifecycle store, tarballs).
+//! - [`install`]: installing built modules into a root and uninstalling them.
 //! - [`error`]: the one error type and the exit codes.
 
 // Errors carry a path, line, hint and causes (over 128 bytes); they are rare and cold, so
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod install;
 pub mod kernel;
 pub mod process;
 pub mod state;

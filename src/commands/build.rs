@@ -120,6 +120,53 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
         Error::usage(format!("--cache-size {}: not a size", args.cache_size))
             .hint("write a size such as 500M or 2G")
     })?;
+    let opts = ExecOptions {
+        jobs: args.jobs,
+        timeout: Duration::from_secs(args.timeout),
+        fail_fast: args.fail_fast,
+        launcher: args.launcher.clone(),
+        cache: (!args.no_cache).then(|| Cache::new(ctx.home.cell_cache(), cache_size)),
+        force: args.force,
+    };
+    let report = execute_plan(&plan, &opts)?;
+    eprint!("{}", report.render());
+    if args.json {
+        print_json(&report)?;
+    }
+    Ok(report.exit_code())
+}
+
+/// How to run a plan: the knobs `kmx build` exposes, shared by `kmx install` and
+/// `kmx autoinstall`.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    pub jobs: Option<usize>,
+    pub timeout: Duration,
+    pub fail_fast: bool,
+    pub launcher: Option<String>,
+    /// The build cache to reuse and fill; `None` builds without it.
+    pub cache: Option<Cache>,
+    /// Rebuild cells even when they are fresh.
+    pub force: bool,
+}
+
+impl Default for ExecOptions {
+    fn default() -> ExecOptions {
+        ExecOptions {
+            jobs: None,
+            timeout: Duration::from_secs(1800),
+            fail_fast: false,
+            launcher: None,
+            cache: None,
+            force: false,
+        }
+    }
+}
+
+/// Run every cell of `plan` with live progress on stderr, write `<out>/report.json`, and
+/// return the report. The build pipeline as a library call: `kmx build`, `kmx install` and
+/// `kmx autoinstall` all come through here.
+pub fn execute_plan(plan: &Plan, args: &ExecOptions) -> Result<Report> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
@@ -130,18 +177,14 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let opts = Options {
         jobs,
-        timeout: Duration::from_secs(args.timeout),
+        timeout: args.timeout,
         fail_fast: args.fail_fast,
         launcher: args
             .launcher
             .as_ref()
             .map(|l| l.split_whitespace().map(str::to_string).collect()),
         passthrough: passthrough_env(),
-        cache: if args.no_cache {
-            None
-        } else {
-            Some(Cache::new(ctx.home.cell_cache(), cache_size))
-        },
+        cache: args.cache.clone(),
         force: args.force,
     };
     let summary = plan.summary();
@@ -153,9 +196,9 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
     );
     let started = Instant::now();
     let mut progress = Progress::new(plan.cells.len());
-    let results = scheduler::execute(&plan, &opts, &stop, &mut |ev| progress.event(&plan, ev))?;
+    let results = scheduler::execute(plan, &opts, &stop, &mut |ev| progress.event(plan, ev))?;
     progress.finish();
-    let report = Report::new(&plan, &results, started.elapsed().as_secs_f64());
+    let report = Report::new(plan, &results, started.elapsed().as_secs_f64());
     if let Some(cache) = &opts.cache {
         cache.trim();
     }
@@ -165,11 +208,7 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
         &plan.out.join("report.json"),
         format!("{json}\n").as_bytes(),
     )?;
-    eprint!("{}", report.render());
-    if args.json {
-        print_json(&report)?;
-    }
-    Ok(report.exit_code())
+    Ok(report)
 }
 
 fn print_plan(plan: &Plan, args: &BuildArgs) {

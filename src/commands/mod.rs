@@ -1,27 +1,32 @@
 //! The commands: each turns resolved flags into work and output. Workers elsewhere never
 //! print; commands do.
 
-mod build;
+pub mod build;
 mod doctor;
 mod kernels;
+mod lifecycle;
 
-use crate::cli::{Cli, Cmd, KernelsCmd};
+use crate::cli::{Cli, Cmd, KernelsCmd, KeysCmd};
 use crate::config::{Profiles, Sources, load::user_config_dir};
 use crate::error::Result;
-use crate::state::Home;
+use crate::state::{Home, Store};
 
 /// What every command needs: the profiles and kmx's home.
 pub struct Context {
     pub profiles: Profiles,
     pub home: Home,
+    /// The lifecycle store (`--state-dir`, default HOME/state).
+    pub store: Store,
 }
 
 impl Context {
     pub fn load(cli: &Cli) -> Result<Context> {
         let sources = Sources::standard(user_config_dir(), cli.global.config_dir.clone());
+        let home = Home::resolve(cli.global.home.clone())?;
         Ok(Context {
             profiles: Profiles::load(&sources)?,
-            home: Home::resolve(cli.global.home.clone())?,
+            store: Store::resolve(&home, cli.global.state_dir.clone()),
+            home,
         })
     }
 }
@@ -29,7 +34,30 @@ impl Context {
 /// Run a command; the result is the exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     let ctx = Context::load(&cli)?;
+    let wait = !cli.global.no_wait;
+    let store = &ctx.store;
     match cli.command {
+        Cmd::Add { source } => lifecycle::add(&ctx, store, &source, wait),
+        Cmd::Install(args) => lifecycle::install_cmd(&ctx, store, &args, wait),
+        Cmd::Uninstall(args) => lifecycle::uninstall_cmd(store, &args, wait),
+        Cmd::Remove {
+            module,
+            all,
+            no_depmod,
+        } => lifecycle::remove_cmd(store, &module, all, no_depmod, wait),
+        Cmd::Status { json } => lifecycle::status(store, json),
+        Cmd::Autoinstall(args) => lifecycle::autoinstall(&ctx, store, &args, wait),
+        Cmd::Keys(KeysCmd::Generate {
+            dir,
+            common_name,
+            force,
+        }) => lifecycle::keys_generate(&ctx, dir, &common_name, force),
+        Cmd::Tarball {
+            module,
+            target,
+            output,
+        } => lifecycle::tarball(store, module.as_deref(), &target, &output),
+        Cmd::LoadTarball { file } => lifecycle::load_tarball(store, &file, wait),
         Cmd::Build(args) => build::run(&ctx, &args),
         Cmd::Kernels(KernelsCmd::Fetch {
             target,

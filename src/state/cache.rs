@@ -36,6 +36,7 @@ pub struct Entry {
     pub build_secs: f64,
 }
 
+#[derive(Debug, Clone)]
 pub struct Cache {
     pub dir: PathBuf,
     pub max_bytes: u64,

@@ -55,6 +55,13 @@ impl Home {
 /// Write `bytes` to `path` atomically: readers see the old file or the new one, never a
 /// partial one, even if kmx is killed mid-write.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_mode(path, bytes, None)
+}
+
+/// [`write_atomic`] with the file's permission bits set before it appears (a temporary file
+/// is created 0600; installed modules must be 0644).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     let mut tmp =
@@ -62,6 +69,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(|e| Error::io("write", tmp.path(), e))?;
+    if let Some(mode) = mode {
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("set permissions of", tmp.path(), e))?;
+    }
     tmp.persist(path)
         .map_err(|e| Error::io("rename into place", path, e.error))?;
     Ok(())

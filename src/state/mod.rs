@@ -1,7 +1,11 @@
-//! kmx's home directory and the stores kept in it. Every write is atomic
+//! kmx's home directory and the stores kept in it: the lifecycle store ([`store`]) of
+//! registered sources, built cells and installs. Every write is atomic
 //! ([`home::write_atomic`]).
 
 pub mod cache;
 pub mod home;
+pub mod store;
+pub mod tarball;
 
-pub use home::{Home, write_atomic};
+pub use home::{Home, write_atomic, write_atomic_mode};
+pub use store::Store;

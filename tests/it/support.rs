@@ -154,100 +154,132 @@ pub fn modinfo(field: &str, file: &Path) -> String {
         .to_string()
 }
 
-/// The fetched kernel tree of `target` (from the registry of `KMX_TEST_HOME`).
-pub fn fetched_kdir(target: &str) -> PathBuf {
-    let home = fetched_home().expect("fetched trees");
-    let reg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("trees/registry.json")).unwrap()).unwrap();
-    let tree = reg["trees"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["target"] == target)
-        .unwrap_or_else(|| panic!("no fetched tree for {target}"));
-    PathBuf::from(tree["kdir"].as_str().unwrap())
-}
-
-/// A second, real kernel tree for `target`: a copy of the fetched flavour directory in a
-/// private sysroot (beside links to the real `-common` and kbuild directories, so its
-/// relative Makefile include and scripts links resolve) with its release renamed to
-/// `<release>-<suffix>` and `config_lines` appended to its .config. Returns the KDIR.
-pub fn variant_tree(under: &Path, target: &str, suffix: &str, config_lines: &str) -> PathBuf {
-    let real = fetched_kdir(target);
-    let src = real.parent().unwrap(); // .../usr/src
-    let usr = src.parent().unwrap();
-    let sysroot = under.join(format!("variant-{target}-{suffix}"));
-    std::fs::create_dir_all(sysroot.join("usr/src")).unwrap();
-    std::fs::create_dir_all(sysroot.join("usr/lib")).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let p = entry.unwrap().path();
-        let name = p.file_name().unwrap().to_str().unwrap().to_string();
-        if name.ends_with("-common") || name.starts_with("linux-kbuild") {
-            std::os::unix::fs::symlink(&p, sysroot.join("usr/src").join(&name)).unwrap();
+impl Kmx {
+    /// The command `run` would run, for tests that spawn kmx and watch it.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kmx"));
+        cmd.args(args)
+            .current_dir(&self.cwd)
+            .env("KMX_HOME", &self.home)
+            .env_remove("KMX_CONFIG_DIR");
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
         }
+        cmd
     }
-    for entry in std::fs::read_dir(usr.join("lib")).unwrap() {
-        let p = entry.unwrap().path();
-        std::os::unix::fs::symlink(&p, sysroot.join("usr/lib").join(p.file_name().unwrap()))
+
+    /// (release, vermagic, kdir) of the first tree of `target` this home knows.
+    pub fn tree_of(&self, target: &str) -> (String, String, PathBuf) {
+        let list = self.run(&["kernels", "list", "--json"]).ok().json();
+        let t = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == target)
+            .unwrap_or_else(|| panic!("no tree for {target}: {list}"));
+        (
+            t["release"].as_str().unwrap().to_string(),
+            t["vermagic"].as_str().unwrap().to_string(),
+            PathBuf::from(t["kdir"].as_str().unwrap()),
+        )
+    }
+
+    /// A second kernel tree of `target`, registered in this home: the fetched flavour
+    /// directory copied into a private sysroot next to symlinks to the real `-common` and
+    /// `linux-kbuild-*` directories (so its relative Makefile include and `scripts` links
+    /// resolve), with release `release` (utsrelease.h and .kernelvariables) and the
+    /// `.config` lines `config` set (`("CONFIG_X", "n")` unsets one). Returns its KDIR.
+    pub fn variant_tree(&self, target: &str, release: &str, config: &[(&str, &str)]) -> PathBuf {
+        let (_, _, real) = self.tree_of(target);
+        let usr_src = real.parent().unwrap();
+        let usr = usr_src.parent().unwrap();
+        let sys = self.cwd.join(format!("sysroot-{release}/usr"));
+        std::fs::create_dir_all(sys.join("src")).unwrap();
+        std::fs::create_dir_all(sys.join("lib")).unwrap();
+        for e in std::fs::read_dir(usr_src).unwrap() {
+            let e = e.unwrap();
+            if e.file_name().to_string_lossy().ends_with("-common") {
+                std::os::unix::fs::symlink(e.path(), sys.join("src").join(e.file_name())).unwrap();
+            }
+        }
+        for e in std::fs::read_dir(usr.join("lib")).unwrap() {
+            let e = e.unwrap();
+            if e.file_name().to_string_lossy().starts_with("linux-kbuild-") {
+                std::os::unix::fs::symlink(e.path(), sys.join("lib").join(e.file_name())).unwrap();
+            }
+        }
+        let kdir = sys.join(format!("src/linux-headers-{release}"));
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&real)
+            .arg(&kdir)
+            .status()
             .unwrap();
-    }
-    let old_release = real
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_start_matches("linux-headers-")
-        .to_string();
-    let release = format!("{old_release}-{suffix}");
-    let kdir = sysroot
-        .join("usr/src")
-        .join(format!("linux-headers-{release}"));
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(&real)
-        .arg(&kdir)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let edit = |rel: &str, from: &str, to: &str| {
-        let p = kdir.join(rel);
-        let text = std::fs::read_to_string(&p).unwrap();
-        std::fs::write(&p, text.replace(from, to)).unwrap();
-    };
-    edit("include/generated/utsrelease.h", &old_release, &release);
-    edit(
-        ".kernelvariables",
-        &format!("KERNELRELEASE = {old_release}"),
-        &format!("KERNELRELEASE = {release}"),
-    );
-    if kdir.join("include/config/kernel.release").exists() {
+        assert!(st.success());
+        let cfg = kdir.join(".config");
+        let mut text: String = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                !config.iter().any(|(k, _)| {
+                    l.starts_with(&format!("{k}=")) || *l == format!("# {k} is not set")
+                })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        for (k, v) in config {
+            if *v == "n" {
+                text.push_str(&format!("# {k} is not set\n"));
+            } else {
+                text.push_str(&format!("{k}={v}\n"));
+            }
+        }
+        std::fs::write(&cfg, text).unwrap();
         std::fs::write(
-            kdir.join("include/config/kernel.release"),
-            format!("{release}\n"),
+            kdir.join("include/generated/utsrelease.h"),
+            format!("#define UTS_RELEASE \"{release}\"\n"),
         )
         .unwrap();
+        let kv = kdir.join(".kernelvariables");
+        let vars: String = std::fs::read_to_string(&kv)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                if l.starts_with("override KERNELRELEASE") {
+                    format!("override KERNELRELEASE = {release}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&kv, vars).unwrap();
+        let reg_path = self.home.join("trees/registry.json");
+        let mut reg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&reg_path).unwrap()).unwrap();
+        reg["trees"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "target": target,
+                "release": release,
+                "kdir": kdir,
+                "origin": "test variant",
+            }));
+        std::fs::write(&reg_path, serde_json::to_vec_pretty(&reg).unwrap()).unwrap();
+        kdir
     }
-    let mut config = std::fs::read_to_string(kdir.join(".config")).unwrap();
-    config.push_str(config_lines);
-    std::fs::write(kdir.join(".config"), config).unwrap();
-    kdir
 }
 
-/// A config dir whose target `target` builds against its fetched tree AND `extra` trees.
-pub fn config_with_trees(dir: &Path, target: &str, extra: &[&Path]) -> PathBuf {
-    let shipped =
-        std::fs::read_to_string(repo().join("targets").join(format!("{target}.toml"))).unwrap();
-    let paths: Vec<String> = extra
-        .iter()
-        .map(|p| format!("\"{}\"", p.display()))
-        .collect();
-    let text = shipped.replace(
-        "fetched = true",
-        &format!("fetched = true\npaths = [{}]", paths.join(", ")),
-    );
-    let cfg = dir.join("cfg");
-    write(&cfg.join("targets").join(format!("{target}.toml")), &text);
-    cfg
+/// A copy of examples/hello under `dir` with `extra` appended to its dkms.conf.
+pub fn hello_source(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let src = dir.join(name);
+    std::fs::create_dir_all(&src).unwrap();
+    for f in ["hello.c", "Kbuild"] {
+        std::fs::copy(repo().join("examples/hello").join(f), src.join(f)).unwrap();
+    }
+    let conf = std::fs::read_to_string(repo().join("examples/hello/dkms.conf")).unwrap();
+    std::fs::write(src.join("dkms.conf"), format!("{conf}{extra}")).unwrap();
+    src
 }
 
 /// A module fixture under tests/fixtures/modules.

@@ -1,0 +1,1107 @@
+//! The lifecycle commands, DKMS's words: `add`, `install`, `uninstall`, `remove`, `status`,
+//! `autoinstall`, `keys generate`, `tarball`, `load-tarball`. They resolve what to act on,
+//! take the store's lock, build through [`super::build::execute_plan`] when a cell is
+//! missing or stale, and hand installing to [`crate::install`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::build::{ExecOptions, execute_plan, setup_targets};
+use super::{Context, print_json};
+use crate::build::plan::{self, Action, Cell, Plan, TargetSetup};
+use crate::cli::{AutoinstallArgs, InstallArgs, SignArgs, UninstallArgs};
+use crate::config::dkms::CellVars;
+use crate::config::manifest::{ModuleSpec, load_spec};
+use crate::error::{Error, Kind, Result, exit, render};
+use crate::install::{self, Hook, SignKey};
+use crate::kernel::registry::{Registry, trees_of};
+use crate::kernel::tree::KernelTree;
+use crate::process;
+use crate::state::store::{
+    BuiltFile, BuiltRecord, CellKey, InstallRecord, InstallState, SourceRecord, Store,
+    content_hash, now, valid_component,
+};
+
+/// Read once per command: the test hook that pauses an install at a named step.
+fn pause_at() -> Option<String> {
+    std::env::var("KMX_TEST_PAUSE_AT")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// `MODULE` or `MODULE/VERSION`.
+fn split_module(arg: &str) -> Result<(String, Option<String>)> {
+    let (m, v) = match arg.split_once('/') {
+        Some((m, v)) => (m, Some(v.to_string())),
+        None => (arg, None),
+    };
+    if !valid_component(m) || v.as_deref().is_some_and(|v| !valid_component(v)) {
+        return Err(Error::usage(format!(
+            "`{arg}` is not MODULE or MODULE/VERSION"
+        )));
+    }
+    Ok((m.to_string(), v))
+}
+
+/// The version to act on: the named one, or the newest registered or built.
+fn pick_version(store: &Store, module: &str, version: Option<String>) -> Result<String> {
+    if let Some(v) = version {
+        return Ok(v);
+    }
+    store.versions_of(module)?.pop().ok_or_else(|| {
+        Error::usage(format!("module `{module}` is not registered"))
+            .hint("register its source with `kmx add DIR`, or import a build with `kmx load-tarball FILE`")
+    })
+}
+
+/// Evaluate a source's manifest without a kernel (for its name, version and hooks).
+fn evaluate_generic(src: &Path) -> Result<ModuleSpec> {
+    let tmp = tempfile::tempdir()
+        .map_err(|e| Error::env(format!("cannot create a temporary directory: {e}")))?;
+    let vars = CellVars {
+        kernelver: String::new(),
+        kernel_source_dir: PathBuf::new(),
+        arch: String::new(),
+        source_tree: src.to_path_buf(),
+        dkms_tree: tmp.path().join("dkms"),
+        build_dir: src.to_path_buf(),
+        module_hint: None,
+    };
+    load_spec(src, &vars)
+}
+
+pub fn add(ctx: &Context, store: &Store, source: &Path, wait: bool) -> Result<i32> {
+    let _ = ctx;
+    let src = source
+        .canonicalize()
+        .map_err(|e| Error::io("open module source", source, e))?;
+    let spec = evaluate_generic(&src)?;
+    for (what, v) in [
+        ("PACKAGE_NAME", &spec.name),
+        ("PACKAGE_VERSION", &spec.version),
+    ] {
+        if !valid_component(v) {
+            return Err(Error::config(
+                &src,
+                format!("{what} {v:?} cannot name a directory of the state store"),
+            )
+            .hint("use a name without `/`, not starting with `.`"));
+        }
+    }
+    let _lock = store.lock(wait)?;
+    let dir = store.source_dir(&spec.name, &spec.version);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    let previous = store.load_source(&spec.name, &spec.version)?;
+    let new = dir.join(format!(".src-new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&new);
+    crate::build::cell::copy_tree(&src, &new)?;
+    let hash = content_hash(&new)?;
+    let copy = store.source_copy(&spec.name, &spec.version);
+    if previous.as_ref().is_some_and(|p| p.hash == hash) && copy.is_dir() {
+        let _ = std::fs::remove_dir_all(&new);
+        eprintln!(
+            "{} {} is already registered with the same content",
+            spec.name, spec.version
+        );
+        return Ok(exit::OK);
+    }
+    let old = dir.join(format!(".src-old-{}", std::process::id()));
+    if copy.exists() {
+        std::fs::rename(&copy, &old).map_err(|e| Error::io("move aside", &copy, e))?;
+    }
+    std::fs::rename(&new, &copy).map_err(|e| Error::io("move into place", &copy, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    store.save_source(&SourceRecord {
+        module: spec.name.clone(),
+        version: spec.version.clone(),
+        origin: src.clone(),
+        hash,
+        added_at: now(),
+    })?;
+    if let Some(line) = &spec.post_add {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c").arg(line).current_dir(&copy);
+        if let Err(e) = process::output(&mut cmd, Kind::Failed) {
+            eprintln!(
+                "warning: POST_ADD: {}",
+                render(&e).trim_start_matches("error: ")
+            );
+        }
+    }
+    if previous.is_some() {
+        eprintln!(
+            "refreshed {} {} from {}: its builds are stale until rebuilt (kmx install does)",
+            spec.name,
+            spec.version,
+            src.display()
+        );
+    } else {
+        eprintln!(
+            "added {} {} from {} (copied to {})",
+            spec.name,
+            spec.version,
+            src.display(),
+            copy.display()
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// The key to sign with: the flags, else `HOME/keys/mok.{key,der}` when both exist.
+fn sign_key(ctx: &Context, args: &SignArgs) -> Result<Option<SignKey>> {
+    if let (Some(key), Some(cert)) = (&args.sign_key, &args.sign_cert) {
+        for p in [key, cert] {
+            if !p.is_file() {
+                return Err(Error::usage("no such file")
+                    .at(p)
+                    .hint("pass an existing key and certificate, or run `kmx keys generate`"));
+            }
+        }
+        return Ok(Some(SignKey {
+            key: key.clone(),
+            cert: cert.clone(),
+        }));
+    }
+    let dir = ctx.home.root.join("keys");
+    let (key, cert) = (dir.join("mok.key"), dir.join("mok.der"));
+    Ok((key.is_file() && cert.is_file()).then_some(SignKey { key, cert }))
+}
+
+/// A built cell ready to install, with what installing it needs.
+struct Ready {
+    record: BuiltRecord,
+    cell_dir: PathBuf,
+    pre_install: Option<Hook>,
+    post_install: Option<Hook>,
+    sign_file: Option<PathBuf>,
+}
+
+enum Prep {
+    Ready(Box<Ready>),
+    Skipped(String),
+}
+
+fn sign_file_of(tree: &KernelTree) -> Option<PathBuf> {
+    Some(tree.kdir.join("scripts/sign-file")).filter(|p| p.is_file())
+}
+
+/// A kernel tree of `target` with `release` on this machine, if any (no toolchain needed).
+fn find_tree(ctx: &Context, target: &str, release: &str) -> Option<KernelTree> {
+    let registry = Registry::load(&ctx.home).ok()?;
+    let t = ctx.profiles.target(target).ok()?;
+    trees_of(t, &registry)
+        .into_iter()
+        .filter_map(|r| KernelTree::inspect(&r.kdir).ok())
+        .find(|tree| tree.release == release)
+}
+
+fn record_of(cell: &Cell, artifacts: &[crate::build::cell::Artifact], hash: &str) -> BuiltRecord {
+    let files = cell
+        .spec
+        .modules
+        .iter()
+        .map(|m| {
+            let file = format!("{}.ko", m.built_name);
+            let sha256 = artifacts
+                .iter()
+                .find(|a| {
+                    a.file
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy() == file)
+                })
+                .map(|a| a.sha256.clone())
+                .unwrap_or_default();
+            BuiltFile {
+                file,
+                sha256,
+                dest_name: m.dest_name.clone(),
+                dest_location: m.dest_location.clone(),
+            }
+        })
+        .collect();
+    BuiltRecord {
+        module: cell.spec.name.clone(),
+        version: cell.spec.version.clone(),
+        release: cell.tree.release.clone(),
+        target: cell.target.target.name.clone(),
+        vermagic: cell.tree.vermagic.to_string(),
+        kdir: cell.tree.kdir.clone(),
+        source_hash: Some(hash.to_string()),
+        files,
+        compress: cell.tree.compress.map(|c| c.extension().to_string()),
+        sig_enabled: cell.tree.module_sig.enabled,
+        sig_force: cell.tree.module_sig.force,
+        sig_hash: cell.tree.module_sig.hash.clone(),
+        autoinstall: cell.spec.autoinstall,
+        origin: "build".to_string(),
+        built_at: now(),
+    }
+}
+
+fn cell_key(c: &Cell) -> CellKey {
+    CellKey {
+        module: c.spec.name.clone(),
+        version: c.spec.version.clone(),
+        release: c.tree.release.clone(),
+        target: c.target.target.name.clone(),
+    }
+}
+
+/// Whether a built record is usable for the source with `hash`: same source, files there.
+fn fresh(store: &Store, rec: &BuiltRecord, hash: &str) -> bool {
+    let dir = store.cell_dir(&rec.module, &rec.version, &rec.release, &rec.target);
+    rec.source_hash.as_deref() == Some(hash)
+        && rec.files.iter().all(|f| dir.join(&f.file).is_file())
+}
+
+/// The cells of `plan` at `needed`, plus everything they depend on, as a plan of its own.
+fn subplan(plan: &Plan, needed: &[usize]) -> Plan {
+    let mut keep = vec![false; plan.cells.len()];
+    let mut stack: Vec<usize> = needed.to_vec();
+    while let Some(i) = stack.pop() {
+        if !keep[i] {
+            keep[i] = true;
+            stack.extend(plan.cells[i].deps.iter().copied());
+        }
+    }
+    let mut map = HashMap::new();
+    let mut cells = Vec::new();
+    for (i, c) in plan.cells.iter().enumerate() {
+        if keep[i] {
+            map.insert(i, cells.len());
+            let mut c = c.clone();
+            c.index = cells.len();
+            cells.push(c);
+        }
+    }
+    for c in &mut cells {
+        c.deps = c.deps.iter().filter_map(|d| map.get(d).copied()).collect();
+    }
+    Plan {
+        cells,
+        out: plan.out.clone(),
+    }
+}
+
+/// Plan the registered sources `sources` ((module, version) pairs) for `targets`, pick the
+/// cells `want` accepts, build those that are missing or stale (in one parallel run), and
+/// return each picked cell ready to install, skipped by a rule, or failed.
+fn prepare(
+    store: &Store,
+    sources: &[(String, String)],
+    targets: &[Arc<TargetSetup>],
+    want: &dyn Fn(&Cell) -> bool,
+    exec: &ExecOptions,
+) -> Vec<(CellKey, Result<Prep>)> {
+    let mut out = Vec::new();
+    let mut hashes: HashMap<PathBuf, String> = HashMap::new();
+    let mut dirs = Vec::new();
+    for (m, v) in sources {
+        let dir = store.source_copy(m, v);
+        match content_hash(&dir) {
+            Ok(h) => {
+                hashes.insert(dir.clone(), h);
+                dirs.push((m.clone(), v.clone(), dir));
+            }
+            Err(e) => out.push((
+                CellKey {
+                    module: m.clone(),
+                    version: v.clone(),
+                    release: "-".into(),
+                    target: "-".into(),
+                },
+                Err(e.hint(format!(
+                    "the registered copy is damaged: `kmx add` the source of {m} {v} again"
+                ))),
+            )),
+        }
+    }
+    // One plan for all (so BUILD_DEPENDS resolve); if that fails, one per source so one
+    // broken manifest does not stop the others.
+    let all: Vec<PathBuf> = dirs.iter().map(|(_, _, d)| d.clone()).collect();
+    let plans: Vec<Plan> = match plan::plan(&all, targets, &store.built()) {
+        Ok(p) => vec![p],
+        Err(_) => {
+            let mut plans = Vec::new();
+            for (m, v, d) in &dirs {
+                match plan::plan(std::slice::from_ref(d), targets, &store.built()) {
+                    Ok(p) => plans.push(p),
+                    Err(e) => out.push((
+                        CellKey {
+                            module: m.clone(),
+                            version: v.clone(),
+                            release: "-".into(),
+                            target: "-".into(),
+                        },
+                        Err(e),
+                    )),
+                }
+            }
+            plans
+        }
+    };
+    for plan in plans {
+        let mut needed = Vec::new();
+        let mut picked = Vec::new();
+        for c in &plan.cells {
+            if !want(c) {
+                continue;
+            }
+            let key = cell_key(c);
+            if let Action::Skip(reason) = &c.action {
+                out.push((key, Ok(Prep::Skipped(reason.clone()))));
+                continue;
+            }
+            let hash = hashes.get(&c.source).cloned().unwrap_or_default();
+            let ok = matches!(store.load_built(&key), Ok(Some(rec)) if fresh(store, &rec, &hash));
+            if !ok {
+                needed.push(c.index);
+            }
+            picked.push(c.index);
+        }
+        let mut failures: HashMap<usize, Error> = HashMap::new();
+        if !needed.is_empty() {
+            let sub = subplan(&plan, &needed);
+            match execute_plan(&sub, exec) {
+                Ok(report) => {
+                    for (c, r) in sub.cells.iter().zip(&report.cells) {
+                        let orig = plan
+                            .cells
+                            .iter()
+                            .position(|o| cell_key(o) == cell_key(c))
+                            .unwrap_or(usize::MAX);
+                        if r.status == "built" {
+                            let hash = hashes.get(&c.source).cloned().unwrap_or_default();
+                            if let Err(e) = store.save_built(&record_of(c, &r.artifacts, &hash)) {
+                                failures.insert(orig, e);
+                            }
+                        } else {
+                            let mut e = Error::failed(format!(
+                                "build {}: {}",
+                                r.status,
+                                r.reason.clone().unwrap_or_default()
+                            ));
+                            for line in &r.errors {
+                                e = e.caused_by(line);
+                            }
+                            failures
+                                .insert(orig, e.hint(format!("see the log: {}", r.log.display())));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let msg = render(&e);
+                    for &i in &needed {
+                        failures.insert(
+                            i,
+                            Error::failed(msg.trim_start_matches("error: ").to_string()),
+                        );
+                    }
+                }
+            }
+        }
+        for i in picked {
+            let c = &plan.cells[i];
+            let key = cell_key(c);
+            if let Some(e) = failures.remove(&i) {
+                out.push((key, Err(e)));
+                continue;
+            }
+            let hook = |line: &Option<String>| {
+                line.as_ref().map(|l| Hook {
+                    line: l.clone(),
+                    dir: c.source.clone(),
+                })
+            };
+            let res = match store.load_built(&key) {
+                Ok(Some(record)) => Ok(Prep::Ready(Box::new(Ready {
+                    cell_dir: store.cell_dir(&key.module, &key.version, &key.release, &key.target),
+                    record,
+                    pre_install: hook(&c.spec.pre_install),
+                    post_install: hook(&c.spec.post_install),
+                    sign_file: sign_file_of(&c.tree),
+                }))),
+                Ok(None) => Err(Error::failed(format!("{key}: the build left no record"))),
+                Err(e) => Err(e),
+            };
+            out.push((key, res));
+        }
+    }
+    out
+}
+
+/// A cell known only as a built record (imported from a tarball).
+fn prepare_binary(ctx: &Context, store: &Store, key: &CellKey) -> Result<Prep> {
+    let record = store.load_built(key)?.ok_or_else(|| {
+        Error::usage(format!("{key} is neither registered nor built")).hint(
+            "register its source with `kmx add DIR` or import it with `kmx load-tarball FILE`",
+        )
+    })?;
+    let sign_file = if record.sig_enabled {
+        find_tree(ctx, &key.target, &key.release).and_then(|t| sign_file_of(&t))
+    } else {
+        None
+    };
+    Ok(Prep::Ready(Box::new(Ready {
+        cell_dir: store.cell_dir(&key.module, &key.version, &key.release, &key.target),
+        record,
+        pre_install: None,
+        post_install: None,
+        sign_file,
+    })))
+}
+
+fn do_install(
+    store: &Store,
+    root: &Path,
+    ready: &Ready,
+    depmod: bool,
+    sign: &Option<SignKey>,
+    pause: &Option<String>,
+) -> Result<install::Installed> {
+    let opts = install::Options {
+        depmod,
+        sign: sign.clone(),
+        sign_file: ready.sign_file.clone(),
+        pre_install: ready.pre_install.clone(),
+        post_install: ready.post_install.clone(),
+        pause_at: pause.clone(),
+    };
+    install::install(store, root, &ready.record, &ready.cell_dir, &opts)
+}
+
+fn describe_install(key: &CellKey, inst: &install::Installed) -> String {
+    let mut s = format!("installed {key}:");
+    for f in &inst.record.files {
+        s.push_str(&format!(
+            "\n  {}{}",
+            inst.record.root.join(&f.path).display(),
+            if f.signed { " (signed)" } else { "" }
+        ));
+    }
+    for d in &inst.record.displaced {
+        s.push_str(&format!(
+            "\n  moved aside {} (restored on uninstall)",
+            inst.record.root.join(&d.original).display()
+        ));
+    }
+    for n in &inst.notes {
+        s.push_str(&format!("\n  note: {n}"));
+    }
+    s
+}
+
+pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool) -> Result<i32> {
+    let (module, version) = split_module(&args.module)?;
+    let root = install::resolve_root(&args.root)?;
+    let sign = sign_key(ctx, &args.sign)?;
+    let pause = pause_at();
+    let _lock = store.lock(wait)?;
+    let version = pick_version(store, &module, version)?;
+    let key = CellKey {
+        module: module.clone(),
+        version: version.clone(),
+        release: args.kernel.clone(),
+        target: args.target.clone(),
+    };
+    let prep = if store.load_source(&module, &version)?.is_some() {
+        let mut notes = Vec::new();
+        let targets = setup_targets(
+            ctx,
+            std::slice::from_ref(&args.target),
+            std::slice::from_ref(&args.kernel),
+            &mut notes,
+        )?;
+        for n in &notes {
+            eprintln!("{n}");
+        }
+        let exec = ExecOptions {
+            jobs: args.jobs,
+            ..ExecOptions::default()
+        };
+        let want = |c: &Cell| c.target.target.name == args.target && c.tree.release == args.kernel;
+        let mut res = prepare(
+            store,
+            &[(module.clone(), version.clone())],
+            &targets,
+            &want,
+            &exec,
+        );
+        match res.pop() {
+            Some((_, r)) => r?,
+            None => {
+                return Err(Error::env(format!(
+                    "target {} has no kernel tree with release {}",
+                    args.target, args.kernel
+                )));
+            }
+        }
+    } else {
+        prepare_binary(ctx, store, &key)?
+    };
+    match prep {
+        Prep::Skipped(reason) => {
+            eprintln!("nothing to install: {key} is skipped by a rule: {reason}");
+            Ok(exit::OK)
+        }
+        Prep::Ready(ready) => {
+            let inst = do_install(store, &root, &ready, !args.no_depmod, &sign, &pause)?;
+            eprintln!("{}", describe_install(&key, &inst));
+            Ok(exit::OK)
+        }
+    }
+}
+
+pub fn uninstall_cmd(store: &Store, args: &UninstallArgs, wait: bool) -> Result<i32> {
+    let (module, version) = match &args.module {
+        Some(m) => {
+            let (m, v) = split_module(m)?;
+            (Some(m), v)
+        }
+        None => (None, None),
+    };
+    let root = install::resolve_root(&args.root)?;
+    let pause = pause_at();
+    let _lock = store.lock(wait)?;
+    let mut found: Vec<InstallRecord> = store
+        .installs_in(&root)?
+        .into_iter()
+        .filter(|r| {
+            module.as_ref().is_none_or(|m| *m == r.module)
+                && version.as_ref().is_none_or(|v| *v == r.version)
+                && r.release == args.kernel
+                && args.target.as_ref().is_none_or(|t| *t == r.target)
+        })
+        .collect();
+    let shown = args.module.as_deref().unwrap_or("nothing kmx installed");
+    if found.is_empty() {
+        if args.all {
+            eprintln!(
+                "nothing to uninstall: kmx installed nothing matching for {} in {}",
+                args.kernel,
+                root.display()
+            );
+            return Ok(exit::OK);
+        }
+        return Err(Error::usage(format!(
+            "{shown} is not installed for {} {} in {}",
+            args.target.as_deref().unwrap_or("any target"),
+            args.kernel,
+            root.display()
+        ))
+        .hint("`kmx status` lists what is installed where"));
+    }
+    if found.len() > 1 && !args.all {
+        let versions: Vec<&str> = found.iter().map(|r| r.version.as_str()).collect();
+        return Err(Error::usage(format!(
+            "several versions of {shown} are installed there: {}",
+            versions.join(", ")
+        ))
+        .hint("name one as MODULE/VERSION, or pass --all"));
+    }
+    let last = found.len() - 1;
+    for (i, rec) in found.drain(..).enumerate() {
+        let key = rec.key();
+        let restored = rec.displaced.len();
+        // depmod once, after the last one.
+        install::uninstall(store, rec, !args.no_depmod && i == last, pause.as_deref())?;
+        eprintln!(
+            "uninstalled {key} from {}{}",
+            root.display(),
+            if restored > 0 {
+                format!(" (restored {restored} displaced module(s))")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub fn remove_cmd(
+    store: &Store,
+    module_arg: &str,
+    all: bool,
+    no_depmod: bool,
+    wait: bool,
+) -> Result<i32> {
+    let (module, version) = split_module(module_arg)?;
+    let _lock = store.lock(wait)?;
+    let versions = match version {
+        Some(v) => vec![v],
+        None => {
+            let v = store.versions_of(&module)?;
+            if v.len() > 1 && !all {
+                return Err(Error::usage(format!(
+                    "several versions of {module} are registered: {}",
+                    v.join(", ")
+                ))
+                .hint(format!("name one ({module}/VERSION) or pass --all")));
+            }
+            v
+        }
+    };
+    if versions.is_empty() {
+        return Err(Error::usage(format!("module `{module}` is not registered"))
+            .hint("`kmx status` lists registered modules"));
+    }
+    let installs = store.installs_all()?;
+    for v in &versions {
+        let copy = store.source_copy(&module, v);
+        let known = copy.is_dir() || store.built().join(&module).join(v).is_dir();
+        if !known {
+            return Err(Error::usage(format!("{module} {v} is not registered"))
+                .hint("`kmx status` lists registered modules"));
+        }
+        for rec in installs
+            .iter()
+            .filter(|r| r.module == module && r.version == *v)
+        {
+            let key = rec.key();
+            let root = rec.root.clone();
+            install::uninstall(store, rec.clone(), !no_depmod, None)?;
+            eprintln!("uninstalled {key} from {}", root.display());
+        }
+        if copy.is_dir()
+            && let Ok(spec) = evaluate_generic(&copy)
+            && let Some(line) = &spec.post_remove
+        {
+            let mut cmd = Command::new("bash");
+            cmd.arg("-c").arg(line).current_dir(&copy);
+            if let Err(e) = process::output(&mut cmd, Kind::Failed) {
+                eprintln!(
+                    "warning: POST_REMOVE: {}",
+                    render(&e).trim_start_matches("error: ")
+                );
+            }
+        }
+        for base in [store.built(), store.sources()] {
+            let dir = base.join(&module).join(v);
+            if dir.exists() {
+                // Renamed first so a crash never leaves a half-deleted directory that looks live.
+                let gone = base.join(&module).join(format!(".removing-{v}"));
+                let _ = std::fs::remove_dir_all(&gone);
+                std::fs::rename(&dir, &gone).map_err(|e| Error::io("remove", &dir, e))?;
+                std::fs::remove_dir_all(&gone).map_err(|e| Error::io("remove", &gone, e))?;
+            }
+            let _ = std::fs::remove_dir(base.join(&module));
+        }
+        eprintln!("removed {module} {v}");
+    }
+    Ok(exit::OK)
+}
+
+/// One line of `kmx status`.
+#[derive(Debug, Default, Serialize)]
+struct StatusLine {
+    module: String,
+    version: String,
+    kernel: Option<String>,
+    target: Option<String>,
+    /// added, built, installed
+    state: String,
+    added: bool,
+    built: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    built_from: Option<String>,
+    stale: bool,
+    broken: Vec<String>,
+    installed: Vec<StatusInstall>,
+}
+
+#[derive(Debug, Serialize)]
+struct StatusInstall {
+    root: PathBuf,
+    /// installed, interrupted (re-run the command), in_progress
+    state: String,
+    files: Vec<PathBuf>,
+}
+
+pub fn status(store: &Store, json: bool) -> Result<i32> {
+    let busy = store.is_locked();
+    let mut lines: BTreeMap<(String, String, String, String), StatusLine> = BTreeMap::new();
+    let mut hashes: HashMap<(String, String), Option<String>> = HashMap::new();
+    for s in store.sources_all()? {
+        let h = content_hash(&store.source_copy(&s.module, &s.version)).ok();
+        hashes.insert((s.module.clone(), s.version.clone()), h);
+    }
+    for b in store.built_all()? {
+        let k = b.key();
+        let dir = store.cell_dir(&k.module, &k.version, &k.release, &k.target);
+        let line = lines
+            .entry((
+                k.module.clone(),
+                k.version.clone(),
+                k.release.clone(),
+                k.target.clone(),
+            ))
+            .or_default();
+        line.module = k.module.clone();
+        line.version = k.version.clone();
+        line.kernel = Some(k.release.clone());
+        line.target = Some(k.target.clone());
+        line.built = true;
+        line.built_from = Some(b.origin.clone());
+        if let Some(current) = hashes.get(&(k.module.clone(), k.version.clone())) {
+            line.added = true;
+            line.stale = current.is_some() && b.source_hash != *current;
+        }
+        for f in &b.files {
+            if !dir.join(&f.file).is_file() {
+                line.broken
+                    .push(format!("missing {}", dir.join(&f.file).display()));
+            }
+        }
+    }
+    for r in store.installs_all()? {
+        let k = r.key();
+        let line = lines
+            .entry((
+                k.module.clone(),
+                k.version.clone(),
+                k.release.clone(),
+                k.target.clone(),
+            ))
+            .or_default();
+        line.module = k.module.clone();
+        line.version = k.version.clone();
+        line.kernel = Some(k.release.clone());
+        line.target = Some(k.target.clone());
+        line.added |= hashes.contains_key(&(k.module.clone(), k.version.clone()));
+        let state = match r.state {
+            InstallState::Installed => "installed",
+            _ if busy => "in_progress",
+            _ => "interrupted",
+        };
+        if r.state == InstallState::Installed {
+            for f in &r.files {
+                let p = r.root.join(&f.path);
+                if !p.is_file() {
+                    line.broken.push(format!("missing {}", p.display()));
+                }
+            }
+        }
+        line.installed.push(StatusInstall {
+            root: r.root.clone(),
+            state: state.to_string(),
+            files: r.files.iter().map(|f| f.path.clone()).collect(),
+        });
+    }
+    // Registered sources with nothing built: one line each.
+    let mut with_cells: std::collections::HashSet<(String, String)> =
+        std::collections::HashSet::new();
+    for l in lines.values() {
+        with_cells.insert((l.module.clone(), l.version.clone()));
+    }
+    for (m, v) in hashes.keys() {
+        if !with_cells.contains(&(m.clone(), v.clone())) {
+            lines.insert(
+                (m.clone(), v.clone(), String::new(), String::new()),
+                StatusLine {
+                    module: m.clone(),
+                    version: v.clone(),
+                    added: true,
+                    ..StatusLine::default()
+                },
+            );
+        }
+    }
+    let mut out: Vec<StatusLine> = lines.into_values().collect();
+    for l in &mut out {
+        l.state = if l.installed.iter().any(|i| i.state == "installed") {
+            "installed"
+        } else if l.built {
+            "built"
+        } else if l.installed.is_empty() {
+            "added"
+        } else {
+            "installing"
+        }
+        .to_string();
+    }
+    if json {
+        print_json(&out)?;
+        return Ok(exit::OK);
+    }
+    if out.is_empty() {
+        println!("no modules registered (kmx add DIR registers one)");
+        return Ok(exit::OK);
+    }
+    let rows: Vec<[String; 5]> = out
+        .iter()
+        .map(|l| {
+            let mut st = l.state.clone();
+            let roots: Vec<String> = l
+                .installed
+                .iter()
+                .map(|i| match i.state.as_str() {
+                    "installed" => i.root.display().to_string(),
+                    other => format!(
+                        "{} ({other}: re-run kmx install or uninstall)",
+                        i.root.display()
+                    ),
+                })
+                .collect();
+            if !roots.is_empty() {
+                st.push_str(&format!(" in {}", roots.join(", ")));
+            }
+            if l.built
+                && let Some(from) = &l.built_from
+                && from != "build"
+            {
+                st.push_str(&format!(" (from {from})"));
+            }
+            if l.stale {
+                st.push_str(" [stale: source changed since the build]");
+            }
+            if !l.broken.is_empty() {
+                st.push_str(&format!(" [broken: {}]", l.broken.join("; ")));
+            }
+            [
+                l.module.clone(),
+                l.version.clone(),
+                l.kernel.clone().unwrap_or_else(|| "-".into()),
+                l.target.clone().unwrap_or_else(|| "-".into()),
+                st,
+            ]
+        })
+        .collect();
+    let head = ["MODULE", "VERSION", "KERNEL", "TARGET", "STATUS"];
+    let w: Vec<usize> = (0..4)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([head[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let print = |r: [&str; 5]| {
+        println!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        );
+    };
+    print(head);
+    for r in &rows {
+        print([&r[0], &r[1], &r[2], &r[3], &r[4]]);
+    }
+    Ok(exit::OK)
+}
+
+pub fn autoinstall(
+    ctx: &Context,
+    store: &Store,
+    args: &AutoinstallArgs,
+    wait: bool,
+) -> Result<i32> {
+    let root = install::resolve_root(&args.root)?;
+    let sign = sign_key(ctx, &args.sign)?;
+    let pause = pause_at();
+    let _lock = store.lock(wait)?;
+    // The newest registered version of each module.
+    let mut newest: BTreeMap<String, String> = BTreeMap::new();
+    for s in store.sources_all()? {
+        let keep = newest
+            .get(&s.module)
+            .is_none_or(|v| crate::config::manifest::compare_versions(&s.version, v).is_gt());
+        if keep {
+            newest.insert(s.module.clone(), s.version.clone());
+        }
+    }
+    let mut results: Vec<(CellKey, Result<Prep>)> = Vec::new();
+    if !newest.is_empty() {
+        let mut notes = Vec::new();
+        let targets = setup_targets(ctx, &[], std::slice::from_ref(&args.kernel), &mut notes)?;
+        for n in notes
+            .iter()
+            .filter(|n| !n.contains("has no kernel tree with release"))
+        {
+            eprintln!("{n}");
+        }
+        let exec = ExecOptions {
+            jobs: args.jobs,
+            ..ExecOptions::default()
+        };
+        let want = |c: &Cell| c.spec.autoinstall && c.tree.release == args.kernel;
+        let sources: Vec<(String, String)> = newest.into_iter().collect();
+        results = prepare(store, &sources, &targets, &want, &exec);
+    }
+    // Binary-only modules (from tarballs) built for this kernel.
+    for b in store.built_all()? {
+        if b.release == args.kernel
+            && b.autoinstall
+            && store.load_source(&b.module, &b.version)?.is_none()
+            && !results.iter().any(|(k, _)| k.module == b.module)
+        {
+            results.push((b.key(), prepare_binary(ctx, store, &b.key())));
+        }
+    }
+    if results.is_empty() {
+        eprintln!(
+            "nothing to install for {}: no registered module has AUTOINSTALL=yes",
+            args.kernel
+        );
+        return Ok(exit::OK);
+    }
+    let (mut installed, mut skipped, mut failed) = (0, 0, Vec::new());
+    for (key, prep) in results {
+        let outcome = prep.and_then(|p| match p {
+            Prep::Skipped(reason) => Ok(Err(reason)),
+            Prep::Ready(ready) => {
+                do_install(store, &root, &ready, !args.no_depmod, &sign, &pause).map(Ok)
+            }
+        });
+        match outcome {
+            Ok(Ok(inst)) => {
+                installed += 1;
+                eprintln!("{}", describe_install(&key, &inst));
+            }
+            Ok(Err(reason)) => {
+                skipped += 1;
+                eprintln!("skipped {key}: {reason}");
+            }
+            Err(e) => {
+                eprintln!("FAILED {key}: {}", render(&e).trim_start_matches("error: "));
+                failed.push(key.to_string());
+            }
+        }
+    }
+    eprintln!(
+        "\nautoinstall for {} into {}: {installed} installed, {skipped} skipped, {} failed{}",
+        args.kernel,
+        root.display(),
+        failed.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed.join("; "))
+        }
+    );
+    Ok(if failed.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}
+
+pub fn keys_generate(ctx: &Context, dir: Option<PathBuf>, cn: &str, force: bool) -> Result<i32> {
+    let dir = dir.unwrap_or_else(|| ctx.home.root.join("keys"));
+    let (key, cert) = (dir.join("mok.key"), dir.join("mok.der"));
+    if !force && (key.exists() || cert.exists()) {
+        return Err(Error::usage("a key pair is already there").at(&dir).hint(
+            "pass --force to replace it (modules signed with the old key will need re-signing)",
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".keys-")
+        .tempdir_in(&dir)
+        .map_err(|e| Error::io("create a directory in", &dir, e))?;
+    let (tkey, tcert) = (tmp.path().join("mok.key"), tmp.path().join("mok.der"));
+    if cn.contains(['/', '=']) {
+        return Err(Error::usage("--common-name must not contain `/` or `=`"));
+    }
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "36500",
+        "-outform", "DER",
+    ])
+    .arg("-subj")
+    .arg(format!("/CN={cn}"))
+    .args([
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-addext",
+        "keyUsage=digitalSignature",
+        "-addext",
+        "extendedKeyUsage=codeSigning",
+        "-addext",
+        "subjectKeyIdentifier=hash",
+    ])
+    .arg("-keyout")
+    .arg(&tkey)
+    .arg("-out")
+    .arg(&tcert);
+    process::output(&mut cmd, Kind::Failed).map_err(|e| {
+        if e.kind == Kind::Environment {
+            e.hint("install openssl")
+        } else {
+            e
+        }
+    })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tkey, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io("set permissions of", &tkey, e))?;
+    }
+    std::fs::rename(&tkey, &key).map_err(|e| Error::io("move into place", &key, e))?;
+    std::fs::rename(&tcert, &cert).map_err(|e| Error::io("move into place", &cert, e))?;
+    println!("{}", key.display());
+    println!("{}", cert.display());
+    eprintln!(
+        "generated a signing key pair (RSA 2048, codeSigning) in {}; to load signed modules on a machine with Secure Boot, enroll the certificate: mokutil --import {}",
+        dir.display(),
+        cert.display()
+    );
+    Ok(exit::OK)
+}
+
+pub fn tarball(
+    store: &Store,
+    module: Option<&str>,
+    targets: &[String],
+    output: &Path,
+) -> Result<i32> {
+    let filter = module.map(split_module).transpose()?;
+    let cells: Vec<BuiltRecord> = store
+        .built_all()?
+        .into_iter()
+        .filter(|b| {
+            filter
+                .as_ref()
+                .is_none_or(|(m, v)| b.module == *m && v.as_ref().is_none_or(|v| *v == b.version))
+                && (targets.is_empty() || targets.contains(&b.target))
+        })
+        .collect();
+    if cells.is_empty() {
+        return Err(Error::usage("nothing built matches; nothing to export")
+            .hint("`kmx status` lists what is built; `kmx install` builds"));
+    }
+    let n = tarball_create(store, &cells, output)?;
+    for c in &cells {
+        eprintln!("  {}", c.key());
+    }
+    eprintln!(
+        "wrote {}: {} cells, {n} files",
+        output.display(),
+        cells.len()
+    );
+    Ok(exit::OK)
+}
+
+fn tarball_create(store: &Store, cells: &[BuiltRecord], output: &Path) -> Result<usize> {
+    crate::state::tarball::create(store, cells, output)
+}
+
+pub fn load_tarball(store: &Store, file: &Path, wait: bool) -> Result<i32> {
+    let _lock = store.lock(wait)?;
+    let cells = crate::state::tarball::load(store, file)?;
+    for c in &cells {
+        eprintln!("imported {}", c.key());
+    }
+    eprintln!("loaded {} cells from {}", cells.len(), file.display());
+    Ok(exit::OK)
+}

@@ -1,0 +1,553 @@
+//! Installing built cells into a root (`/`, or an image root being assembled) and
+//! uninstalling them. It owns the paths under `<root>/lib/modules/<release>`, compression,
+//! signing, moving in-tree modules aside, and depmod; records go through
+//! [`crate::state::store`]. It builds nothing and never looks at the running kernel.
+//!
+//! Crash safety: the intent ([`InstallState::Installing`] with every file and every
+//! displaced module) is recorded before the root is touched; files are written under a
+//! temporary name in their destination directory and renamed; every step is idempotent.
+//! So after a `kill -9` the record says what may be half done, and re-running the same
+//! install (or uninstall) completes it.
+//!
+//! Containment: every destination is built from validated components (no `..`, no absolute
+//! parts) and its deepest existing directory must resolve, symlinks followed, inside the
+//! root. A destination that would leave the root is refused before anything is written.
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::build::cell::hex;
+use crate::error::{Error, Kind, Result};
+use crate::process;
+use crate::state::store::{
+    BuiltRecord, Displaced, InstallRecord, InstallState, InstalledFile, Store, now, valid_component,
+};
+use crate::state::write_atomic_mode;
+use crate::verify::module::Module;
+
+/// A signing key pair (PEM private key, X.509 certificate).
+#[derive(Debug, Clone)]
+pub struct SignKey {
+    pub key: PathBuf,
+    pub cert: PathBuf,
+}
+
+/// A shell command from the manifest (PRE_INSTALL, POST_INSTALL, POST_REMOVE) and the
+/// directory it runs in (the registered source).
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub line: String,
+    pub dir: PathBuf,
+}
+
+/// How to install one cell.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub depmod: bool,
+    /// Key to sign with, when the kernel checks signatures.
+    pub sign: Option<SignKey>,
+    /// The kernel tree's `scripts/sign-file`, when the tree is on this machine.
+    pub sign_file: Option<PathBuf>,
+    pub pre_install: Option<Hook>,
+    pub post_install: Option<Hook>,
+    /// Test hook (`KMX_TEST_PAUSE_AT`): stop and wait at this named step.
+    pub pause_at: Option<String>,
+}
+
+/// What an install did.
+#[derive(Debug)]
+pub struct Installed {
+    pub record: InstallRecord,
+    pub notes: Vec<String>,
+}
+
+/// The canonical path of an existing root directory.
+pub fn resolve_root(root: &Path) -> Result<PathBuf> {
+    let canon = root.canonicalize().map_err(|e| {
+        Error::io("open the root directory", root, e)
+            .hint("pass an existing directory with --root (default /)")
+    })?;
+    if !canon.is_dir() {
+        return Err(Error::usage("the root is not a directory").at(root));
+    }
+    Ok(canon)
+}
+
+/// `lib/modules/<release>/<location>/<name>.ko[.<ext>]`, relative to the root, refusing
+/// anything that could leave it.
+pub fn dest_relative(
+    module: &str,
+    release: &str,
+    location: &str,
+    name: &str,
+    ext: Option<&str>,
+) -> Result<PathBuf> {
+    let escape = |what: &str, value: &str| {
+        Error::usage(format!(
+            "module `{module}`: {what} {value:?} would leave /lib/modules/{release}; refusing to install"
+        ))
+        .hint("DEST_MODULE_LOCATION must start with /kernel, /updates or /extra without `..`; DEST_MODULE_NAME must be a plain file name")
+    };
+    if !valid_component(release) {
+        return Err(escape("the kernel release", release));
+    }
+    if !valid_component(name) {
+        return Err(escape("DEST_MODULE_NAME", name));
+    }
+    let mut rel = PathBuf::from("lib/modules").join(release);
+    for (i, c) in Path::new(location).components().enumerate() {
+        match c {
+            Component::RootDir if i == 0 => {}
+            Component::CurDir => {}
+            Component::Normal(part) => rel.push(part),
+            _ => return Err(escape("DEST_MODULE_LOCATION", location)),
+        }
+    }
+    let file = match ext {
+        Some(ext) => format!("{name}.ko.{ext}"),
+        None => format!("{name}.ko"),
+    };
+    rel.push(file);
+    Ok(rel)
+}
+
+/// Fail unless `path` (under `root`) stays inside `root` once symlinks are followed: its
+/// deepest existing ancestor must resolve inside the canonical root.
+pub fn check_inside(root: &Path, path: &Path) -> Result<()> {
+    let mut probe = path.parent().unwrap_or(root).to_path_buf();
+    loop {
+        if std::fs::symlink_metadata(&probe).is_ok() {
+            break;
+        }
+        match probe.parent() {
+            Some(p) => probe = p.to_path_buf(),
+            None => break,
+        }
+    }
+    let resolved = probe
+        .canonicalize()
+        .map_err(|e| Error::io("resolve", &probe, e))?;
+    if !resolved.starts_with(root) {
+        return Err(Error::usage(format!(
+            "resolves to {}, outside the root {}; refusing to install through it",
+            resolved.display(),
+            root.display()
+        ))
+        .at(&probe)
+        .hint("a symlink inside the root points out of it: make it relative to the root, or remove it"));
+    }
+    Ok(())
+}
+
+/// The final bytes of one module: signed (if asked) and compressed as the kernel wants.
+struct Prepared {
+    rel: PathBuf,
+    bytes: Vec<u8>,
+    sha256: String,
+    signed: bool,
+}
+
+/// Install the built cell `built` (files in `cell_dir`) into `root` (canonical).
+pub fn install(
+    store: &Store,
+    root: &Path,
+    built: &BuiltRecord,
+    cell_dir: &Path,
+    opts: &Options,
+) -> Result<Installed> {
+    let key = built.key();
+    let mut notes = Vec::new();
+    let ext = built.compress.as_deref();
+    // 1. Destinations, checked before anything is written.
+    let mut dests = Vec::new();
+    for f in &built.files {
+        let rel = dest_relative(
+            &built.module,
+            &built.release,
+            &f.dest_location,
+            &f.dest_name,
+            ext,
+        )?;
+        check_inside(root, &root.join(&rel))?;
+        dests.push(rel);
+    }
+    // 2. Another version of the module installed for this kernel and target goes first.
+    for other in store.installs_in(root)? {
+        if other.module == built.module
+            && other.version != built.version
+            && other.release == built.release
+            && other.target == built.target
+        {
+            notes.push(format!(
+                "uninstalled {} {} first (another version)",
+                other.module, other.version
+            ));
+            uninstall(store, other, false, None)?;
+        }
+    }
+    // 3. Signed and compressed bytes, prepared off to the side.
+    let sign = match (&opts.sign, built.sig_enabled) {
+        (Some(k), true) => match &opts.sign_file {
+            Some(tool) => Some((k, tool)),
+            None => {
+                notes.push(format!(
+                    "not signed: no kernel tree for {} on this machine to take scripts/sign-file from",
+                    built.release
+                ));
+                None
+            }
+        },
+        (None, true) => {
+            notes.push("not signed: the kernel checks module signatures (CONFIG_MODULE_SIG) but no key is configured; run `kmx keys generate` or pass --sign-key/--sign-cert".to_string());
+            None
+        }
+        _ => None,
+    };
+    if sign.is_none() && built.sig_force {
+        return Err(Error::failed(format!(
+            "kernel {} refuses unsigned modules (CONFIG_MODULE_SIG_FORCE) and kmx cannot sign them",
+            built.release
+        ))
+        .hint("run `kmx keys generate` (or pass --sign-key/--sign-cert) and make sure the kernel tree is fetched"));
+    }
+    let stage = tempfile::Builder::new()
+        .prefix(".stage-")
+        .tempdir_in(&store.dir)
+        .map_err(|e| Error::io("create a directory in", &store.dir, e))?;
+    let mut prepared = Vec::new();
+    for (f, rel) in built.files.iter().zip(&dests) {
+        let src = cell_dir.join(&f.file);
+        let staged = stage.path().join(&f.file);
+        std::fs::copy(&src, &staged).map_err(|e| {
+            Error::io("copy", &src, e).hint(format!(
+                "the built cell is damaged; rebuild it with `kmx install` after `kmx remove {}/{}`",
+                built.module, built.version
+            ))
+        })?;
+        if let Some((k, tool)) = sign {
+            let hash = built.sig_hash.as_deref().unwrap_or("sha256");
+            let mut cmd = Command::new(tool);
+            cmd.arg(hash).arg(&k.key).arg(&k.cert).arg(&staged);
+            process::output(&mut cmd, Kind::Failed)?;
+        }
+        let plain = std::fs::read(&staged).map_err(|e| Error::io("read", &staged, e))?;
+        let bytes = match ext {
+            None => plain,
+            Some(ext) => compress(ext, &staged)?,
+        };
+        // Read back what will be installed with the module reader: right kernel, signed.
+        let module = Module::parse(&bytes).map_err(|e| e.into_error(&src))?;
+        if module.vermagic() != Some(built.vermagic.as_str()) {
+            return Err(Error::failed(format!(
+                "vermagic {:?} differs from the recorded {:?}",
+                module.vermagic().unwrap_or(""),
+                built.vermagic
+            ))
+            .at(&src)
+            .hint("the built cell was changed after it was built; rebuild it"));
+        }
+        let signed = module.signature.is_some();
+        prepared.push(Prepared {
+            rel: rel.clone(),
+            sha256: hex(&Sha256::digest(&bytes)),
+            bytes,
+            signed,
+        });
+    }
+    // 4. In-tree modules of the same name are moved aside (those already recorded stay so).
+    let previous = store.load_install(root, &key)?;
+    let mut displaced: Vec<Displaced> = previous
+        .as_ref()
+        .map(|p| p.displaced.clone())
+        .unwrap_or_default();
+    let mut owned: HashSet<PathBuf> = store
+        .installs_in(root)?
+        .iter()
+        .flat_map(|r| r.files.iter().map(|f| f.path.clone()))
+        .collect();
+    owned.extend(prepared.iter().map(|p| p.rel.clone()));
+    let names: Vec<&str> = built.files.iter().map(|f| f.dest_name.as_str()).collect();
+    for rel in find_in_tree(root, &built.release, &names, &owned)? {
+        if !displaced.iter().any(|d| d.original == rel) {
+            let under = rel
+                .strip_prefix(Path::new("lib/modules").join(&built.release))
+                .unwrap_or(&rel);
+            displaced.push(Displaced {
+                saved: store.displaced_dir(root, &built.release).join(under),
+                original: rel,
+            });
+        }
+    }
+    if let Some(h) = &opts.pre_install {
+        run_hook("PRE_INSTALL", h, built, root)?;
+    }
+    // 5. Intent, then action.
+    let mut record = InstallRecord {
+        root: root.to_path_buf(),
+        module: built.module.clone(),
+        version: built.version.clone(),
+        release: built.release.clone(),
+        target: built.target.clone(),
+        state: InstallState::Installing,
+        files: prepared
+            .iter()
+            .map(|p| InstalledFile {
+                path: p.rel.clone(),
+                sha256: p.sha256.clone(),
+                signed: p.signed,
+            })
+            .collect(),
+        displaced: displaced.clone(),
+        updated_at: now(),
+    };
+    // Files an earlier install of this cell put elsewhere (another compression) go too;
+    // they stay in the intent until removed.
+    let stale: Vec<InstalledFile> = previous
+        .map(|p| p.files)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| !record.files.iter().any(|n| n.path == f.path))
+        .collect();
+    let mut intent = record.clone();
+    intent.files.extend(stale.iter().cloned());
+    store.save_install(&intent)?;
+    for d in &displaced {
+        move_file(&root.join(&d.original), &d.saved)?;
+    }
+    for f in &stale {
+        remove_in_root(root, &f.path)?;
+    }
+    for p in &prepared {
+        let dest = root.join(&p.rel);
+        check_inside(root, &dest)?;
+        write_atomic_mode(&dest, &p.bytes, Some(0o644))?;
+    }
+    pause(opts, "before-depmod");
+    if opts.depmod {
+        depmod(root, &built.release)?;
+    }
+    record.state = InstallState::Installed;
+    record.updated_at = now();
+    store.save_install(&record)?;
+    if let Some(h) = &opts.post_install
+        && let Err(e) = run_hook("POST_INSTALL", h, built, root)
+    {
+        notes.push(format!(
+            "warning: {}",
+            crate::error::render(&e).trim_start_matches("error: ")
+        ));
+    }
+    Ok(Installed { record, notes })
+}
+
+/// Undo an install: remove its files, restore what it moved aside, run depmod, drop the
+/// record. Safe to re-run after a crash.
+pub fn uninstall(
+    store: &Store,
+    mut record: InstallRecord,
+    depmod_after: bool,
+    pause_at: Option<&str>,
+) -> Result<()> {
+    let root = record.root.clone();
+    record.state = InstallState::Removing;
+    record.updated_at = now();
+    store.save_install(&record)?;
+    for f in &record.files {
+        remove_in_root(&root, &f.path)?;
+    }
+    for d in &record.displaced {
+        let original = root.join(&d.original);
+        check_inside(&root, &original)?;
+        move_file(&d.saved, &original)?;
+    }
+    if pause_at == Some("uninstall-before-depmod") {
+        eprintln!("kmx: paused at uninstall-before-depmod (KMX_TEST_PAUSE_AT)");
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+    if depmod_after {
+        depmod(&root, &record.release)?;
+    }
+    store.delete_install(&record)
+}
+
+fn pause(opts: &Options, point: &str) {
+    if opts.pause_at.as_deref() == Some(point) {
+        eprintln!("kmx: paused at {point} (KMX_TEST_PAUSE_AT)");
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+fn remove_in_root(root: &Path, rel: &Path) -> Result<()> {
+    let path = root.join(rel);
+    check_inside(root, &path)?;
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", &path, e)),
+    }
+}
+
+/// Move `from` to `to` (possibly across file systems), idempotently: `to` is written
+/// atomically before `from` is removed, and a missing `from` means it is already done.
+fn move_file(from: &Path, to: &Path) -> Result<()> {
+    let bytes = match std::fs::read(from) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read", from, e)),
+    };
+    write_atomic_mode(to, &bytes, Some(0o644))?;
+    std::fs::remove_file(from).map_err(|e| Error::io("remove", from, e))
+}
+
+/// Modules named like `names` (`.ko`, `.ko.xz`, `.ko.zst`, `.ko.gz`) anywhere under
+/// `<root>/lib/modules/<release>` except the `build`/`source` links and `skip`, relative to
+/// the root. Symlinks are not followed.
+fn find_in_tree(
+    root: &Path,
+    release: &str,
+    names: &[&str],
+    skip: &HashSet<PathBuf>,
+) -> Result<Vec<PathBuf>> {
+    let base = Path::new("lib/modules").join(release);
+    let wanted: HashSet<String> = names
+        .iter()
+        .flat_map(|n| {
+            ["ko", "ko.xz", "ko.zst", "ko.gz"]
+                .into_iter()
+                .map(move |e| format!("{n}.{e}"))
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut stack = vec![base.clone()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("read directory", &dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
+            let name = entry.file_name();
+            let child = rel.join(&name);
+            let ft = entry
+                .file_type()
+                .map_err(|e| Error::io("stat", entry.path(), e))?;
+            if ft.is_dir() {
+                stack.push(child);
+            } else if ft.is_file()
+                && wanted.contains(name.to_string_lossy().as_ref())
+                && !skip.contains(&child)
+            {
+                out.push(child);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Compress `file` as `modules_install` does for CONFIG_MODULE_COMPRESS_*.
+fn compress(ext: &str, file: &Path) -> Result<Vec<u8>> {
+    let (prog, args, package): (&str, &[&str], &str) = match ext {
+        "xz" => (
+            "xz",
+            &["--check=crc32", "--lzma2=dict=1MiB", "-c"],
+            "xz-utils",
+        ),
+        "zst" => ("zstd", &["-q", "-c"], "zstd"),
+        "gz" => ("gzip", &["-n", "-c"], "gzip"),
+        other => {
+            return Err(Error::failed(format!(
+                "unknown module compression `{other}`"
+            )));
+        }
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args).arg(file);
+    let out = process::output(&mut cmd, Kind::Failed).map_err(|e| {
+        if e.kind == Kind::Environment {
+            e.hint(format!(
+                "the kernel wants .ko.{ext} modules: install {package}"
+            ))
+        } else {
+            e
+        }
+    })?;
+    Ok(out.stdout)
+}
+
+/// `depmod -b <root> <release>`: rebuild modules.dep and friends for that kernel.
+pub fn depmod(root: &Path, release: &str) -> Result<()> {
+    if !root.join("lib/modules").join(release).is_dir() {
+        return Ok(());
+    }
+    let mut cmd = Command::new("depmod");
+    cmd.arg("-b").arg(root).arg(release);
+    process::output(&mut cmd, Kind::Failed)
+        .map_err(|e| {
+            if e.kind == Kind::Environment {
+                e.hint("install kmod, or pass --no-depmod")
+            } else {
+                e
+            }
+        })
+        .map(|_| ())
+}
+
+/// Run a manifest hook with bash in the source directory, with DKMS's variables and
+/// `KMX_ROOT`.
+pub fn run_hook(name: &str, hook: &Hook, built: &BuiltRecord, root: &Path) -> Result<()> {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(&hook.line)
+        .current_dir(&hook.dir)
+        .env("kernelver", &built.release)
+        .env("module", &built.module)
+        .env("module_version", &built.version)
+        .env("KMX_TARGET", &built.target)
+        .env("KMX_ROOT", root);
+    process::output(&mut cmd, Kind::Failed)
+        .map_err(|e| e.caused_by(format!("{name} of {} {}", built.module, built.version)))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_stay_under_lib_modules() {
+        assert_eq!(
+            dest_relative("m", "6.1.0-50-arm64", "/updates/dkms", "hello", Some("xz")).unwrap(),
+            PathBuf::from("lib/modules/6.1.0-50-arm64/updates/dkms/hello.ko.xz")
+        );
+        let err = dest_relative("m", "6.1", "/updates/../../../etc", "hello", None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "module `m`: DEST_MODULE_LOCATION \"/updates/../../../etc\" would leave /lib/modules/6.1; refusing to install"
+        );
+        assert!(dest_relative("m", "6.1", "/updates", "../x", None).is_err());
+        assert!(dest_relative("m", "..", "/updates", "x", None).is_err());
+    }
+
+    #[test]
+    fn symlinks_out_of_the_root_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(root.join("lib/modules/r")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let root = root.canonicalize().unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("lib/modules/r/updates")).unwrap();
+        let err = check_inside(&root, &root.join("lib/modules/r/updates/kmx/a.ko")).unwrap_err();
+        assert!(err.to_string().contains("outside the root"), "{err}");
+        // A relative link that stays inside (merged /usr) is fine.
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.join("lib2")).unwrap();
+        check_inside(&root, &root.join("lib2/modules/x.ko")).unwrap();
+    }
+}

@@ -1,0 +1,619 @@
+//! The lifecycle store: what `kmx add`, `install`, `uninstall`, `remove`, `status`,
+//! `autoinstall`, `tarball` and `load-tarball` know about modules over time. It owns the
+//! on-disk layout, the records and the lock; it builds nothing and touches no image root
+//! (that is [`crate::install`]).
+//!
+//! Layout (default `<KMX_HOME>/state`, or `--state-dir` / `KMX_STATE_DIR`):
+//!
+//! ```text
+//! lock                                         flock(2): one mutating kmx at a time
+//! sources/<module>/<version>/source.json       a registered source (SourceRecord)
+//! sources/<module>/<version>/src/              its copy, like /usr/src/<module>-<version>
+//! built/<module>/<version>/<release>/<target>/ a built cell: .ko files, Module.symvers,
+//!                                              make.log, kmx-built.json (BuiltRecord)
+//! installs/<root-key>/<module>/<version>/<release>/<target>.json
+//!                                              one install into one root (InstallRecord)
+//! displaced/<root-key>/<release>/<path>        in-tree modules moved aside by an install
+//! ```
+//!
+//! `<root-key>` is the first 16 hex digits of the SHA-256 of the root's canonical path; the
+//! record holds the path itself. Every record is its own file, written with
+//! [`write_atomic`], so `status` reads each record once (linear) and a crash leaves either
+//! the old or the new record. A record that cannot be parsed is an error naming the file.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::build::cell::hex;
+use crate::error::{Error, Result};
+use crate::state::{Home, write_atomic};
+
+/// File name of a built cell's record inside its directory.
+pub const BUILT_RECORD: &str = "kmx-built.json";
+
+/// A registered module source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRecord {
+    pub module: String,
+    pub version: String,
+    /// Where `kmx add` copied it from.
+    pub origin: PathBuf,
+    /// Content hash of the copy when it was added (see [`content_hash`]).
+    pub hash: String,
+    pub added_at: u64,
+}
+
+/// One `.ko` of a built cell and where it is installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltFile {
+    /// File name in the cell directory, e.g. `hello.ko`.
+    pub file: String,
+    pub sha256: String,
+    /// DEST_MODULE_NAME (without `.ko`).
+    pub dest_name: String,
+    /// DEST_MODULE_LOCATION, e.g. `/updates/dkms`.
+    pub dest_location: String,
+}
+
+/// A built cell (module, version, kernel release, target), from a build or a tarball. It
+/// carries what installing needs, so a binary-only machine needs neither the source nor
+/// the kernel tree (except to sign).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltRecord {
+    pub module: String,
+    pub version: String,
+    pub release: String,
+    pub target: String,
+    pub vermagic: String,
+    /// The kernel tree it was built against (on the machine that built it).
+    pub kdir: PathBuf,
+    /// Content hash of the registered source at build time; None when unknown.
+    pub source_hash: Option<String>,
+    pub files: Vec<BuiltFile>,
+    /// CONFIG_MODULE_COMPRESS_*: `gz`, `xz`, `zst`, or None.
+    pub compress: Option<String>,
+    /// CONFIG_MODULE_SIG of the tree, and its CONFIG_MODULE_SIG_HASH.
+    pub sig_enabled: bool,
+    pub sig_force: bool,
+    pub sig_hash: Option<String>,
+    pub autoinstall: bool,
+    /// `build`, or `tarball <file name>`.
+    pub origin: String,
+    pub built_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallState {
+    /// Intent recorded; the install may be incomplete (a re-run completes it).
+    Installing,
+    Installed,
+    /// Uninstall started; a re-run of uninstall completes it.
+    Removing,
+}
+
+/// A file kmx put into a root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstalledFile {
+    /// Relative to the root, e.g. `lib/modules/6.1.0-50-arm64/updates/kmx/hello.ko.xz`.
+    pub path: PathBuf,
+    pub sha256: String,
+    pub signed: bool,
+}
+
+/// A module of the kernel that an install moved aside (restored on uninstall).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Displaced {
+    /// Where it was, relative to the root.
+    pub original: PathBuf,
+    /// Where it is kept, in the store.
+    pub saved: PathBuf,
+}
+
+/// One install of one built cell into one root.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallRecord {
+    pub root: PathBuf,
+    pub module: String,
+    pub version: String,
+    pub release: String,
+    pub target: String,
+    pub state: InstallState,
+    pub files: Vec<InstalledFile>,
+    pub displaced: Vec<Displaced>,
+    pub updated_at: u64,
+}
+
+/// The store at one directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub dir: PathBuf,
+}
+
+/// Held while a kmx process mutates the store; released on drop (or by the kernel when the
+/// process dies, so a `kill -9` never leaves a stale lock).
+pub struct Lock {
+    _file: File,
+}
+
+impl Store {
+    /// `explicit` (`--state-dir`), else `<home>/state`.
+    pub fn resolve(home: &Home, explicit: Option<PathBuf>) -> Store {
+        Store {
+            dir: explicit.unwrap_or_else(|| home.root.join("state")),
+        }
+    }
+
+    pub fn sources(&self) -> PathBuf {
+        self.dir.join("sources")
+    }
+    pub fn source_dir(&self, module: &str, version: &str) -> PathBuf {
+        self.sources().join(module).join(version)
+    }
+    /// The registered copy of a source.
+    pub fn source_copy(&self, module: &str, version: &str) -> PathBuf {
+        self.source_dir(module, version).join("src")
+    }
+    pub fn built(&self) -> PathBuf {
+        self.dir.join("built")
+    }
+    pub fn cell_dir(&self, module: &str, version: &str, release: &str, target: &str) -> PathBuf {
+        self.built()
+            .join(module)
+            .join(version)
+            .join(release)
+            .join(target)
+    }
+    pub fn installs(&self) -> PathBuf {
+        self.dir.join("installs")
+    }
+    pub fn install_record_path(&self, root: &Path, r: &CellKey) -> PathBuf {
+        self.installs()
+            .join(root_key(root))
+            .join(&r.module)
+            .join(&r.version)
+            .join(&r.release)
+            .join(format!("{}.json", r.target))
+    }
+    pub fn displaced_dir(&self, root: &Path, release: &str) -> PathBuf {
+        self.dir
+            .join("displaced")
+            .join(root_key(root))
+            .join(release)
+    }
+
+    /// Take the store's lock. If another kmx holds it: with `wait`, say so on stderr and
+    /// wait; without, fail at once.
+    pub fn lock(&self, wait: bool) -> Result<Lock> {
+        use fs4::FileExt;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::io("create directory", &self.dir, e))?;
+        let path = self.dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        match FileExt::try_lock(&file) {
+            Ok(()) => {}
+            Err(fs4::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                let who = if holder.is_empty() {
+                    "another kmx".to_string()
+                } else {
+                    format!("kmx process {holder}")
+                };
+                if !wait {
+                    return Err(Error::env(format!("the state store is locked by {who}"))
+                        .at(&path)
+                        .hint("wait for it to finish, or run without --no-wait to wait"));
+                }
+                eprintln!(
+                    "kmx: waiting for {who} to release the state store lock ({})",
+                    path.display()
+                );
+                FileExt::lock(&file).map_err(|e| Error::io("lock", &path, e))?;
+            }
+            Err(fs4::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+        }
+        // Say who holds it, for whoever waits next (best effort: the lock is what counts).
+        let _ = file.set_len(0).and_then(|_| {
+            let mut f = &file;
+            writeln!(f, "{}", std::process::id())
+        });
+        Ok(Lock { _file: file })
+    }
+
+    /// Whether another process holds the lock right now (for status to tell an install in
+    /// progress from an interrupted one).
+    pub fn is_locked(&self) -> bool {
+        use fs4::FileExt;
+        let path = self.dir.join("lock");
+        match File::open(&path) {
+            Ok(f) => matches!(
+                FileExt::try_lock_shared(&f),
+                Err(fs4::TryLockError::WouldBlock)
+            ),
+            Err(_) => false,
+        }
+    }
+
+    pub fn load_source(&self, module: &str, version: &str) -> Result<Option<SourceRecord>> {
+        read_record(&self.source_dir(module, version).join("source.json"))
+    }
+
+    pub fn save_source(&self, rec: &SourceRecord) -> Result<()> {
+        save_record(
+            &self
+                .source_dir(&rec.module, &rec.version)
+                .join("source.json"),
+            rec,
+        )
+    }
+
+    /// Every registered source, sorted by module then version.
+    pub fn sources_all(&self) -> Result<Vec<SourceRecord>> {
+        let mut out = Vec::new();
+        for m in subdirs(&self.sources())? {
+            for v in subdirs(&m)? {
+                if let Some(rec) = read_record::<SourceRecord>(&v.join("source.json"))? {
+                    out.push(rec);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The versions of `module` that are registered or built, sorted oldest first (DKMS
+    /// version order).
+    pub fn versions_of(&self, module: &str) -> Result<Vec<String>> {
+        let mut v: Vec<String> = Vec::new();
+        for base in [self.sources().join(module), self.built().join(module)] {
+            for d in subdirs(&base)? {
+                if let Some(name) = d.file_name().and_then(|n| n.to_str())
+                    && !v.iter().any(|x| x == name)
+                {
+                    v.push(name.to_string());
+                }
+            }
+        }
+        v.sort_by(|a, b| crate::config::manifest::compare_versions(a, b));
+        Ok(v)
+    }
+
+    pub fn load_built(&self, k: &CellKey) -> Result<Option<BuiltRecord>> {
+        read_record(
+            &self
+                .cell_dir(&k.module, &k.version, &k.release, &k.target)
+                .join(BUILT_RECORD),
+        )
+    }
+
+    pub fn save_built(&self, rec: &BuiltRecord) -> Result<()> {
+        save_record(
+            &self
+                .cell_dir(&rec.module, &rec.version, &rec.release, &rec.target)
+                .join(BUILT_RECORD),
+            rec,
+        )
+    }
+
+    /// Every built cell with a record. Directories without one (a build killed before its
+    /// record was written, the build's `.work` and `logs`) are not cells.
+    pub fn built_all(&self) -> Result<Vec<BuiltRecord>> {
+        let mut out = Vec::new();
+        for m in subdirs(&self.built())? {
+            for v in subdirs(&m)? {
+                for r in subdirs(&v)? {
+                    for t in subdirs(&r)? {
+                        if let Some(rec) = read_record::<BuiltRecord>(&t.join(BUILT_RECORD))? {
+                            out.push(rec);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn load_install(&self, root: &Path, k: &CellKey) -> Result<Option<InstallRecord>> {
+        read_record(&self.install_record_path(root, k))
+    }
+
+    pub fn save_install(&self, rec: &InstallRecord) -> Result<()> {
+        save_record(&self.install_record_path(&rec.root, &rec.key()), rec)
+    }
+
+    pub fn delete_install(&self, rec: &InstallRecord) -> Result<()> {
+        let path = self.install_record_path(&rec.root, &rec.key());
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &path, e)),
+        }
+    }
+
+    /// Every install record, of every root.
+    pub fn installs_all(&self) -> Result<Vec<InstallRecord>> {
+        let mut out = Vec::new();
+        for root in subdirs(&self.installs())? {
+            for m in subdirs(&root)? {
+                for v in subdirs(&m)? {
+                    for r in subdirs(&v)? {
+                        for f in files(&r)? {
+                            if f.extension().is_some_and(|e| e == "json")
+                                && let Some(rec) = read_record::<InstallRecord>(&f)?
+                            {
+                                out.push(rec);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The install records of one root.
+    pub fn installs_in(&self, root: &Path) -> Result<Vec<InstallRecord>> {
+        let mut out = Vec::new();
+        let base = self.installs().join(root_key(root));
+        for m in subdirs(&base)? {
+            for v in subdirs(&m)? {
+                for r in subdirs(&v)? {
+                    for f in files(&r)? {
+                        if f.extension().is_some_and(|e| e == "json")
+                            && let Some(rec) = read_record::<InstallRecord>(&f)?
+                        {
+                            out.push(rec);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// (module, version, kernel release, target): what one built cell and one install are of.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CellKey {
+    pub module: String,
+    pub version: String,
+    pub release: String,
+    pub target: String,
+}
+
+impl std::fmt::Display for CellKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {} {}",
+            self.module, self.version, self.target, self.release
+        )
+    }
+}
+
+impl BuiltRecord {
+    pub fn key(&self) -> CellKey {
+        CellKey {
+            module: self.module.clone(),
+            version: self.version.clone(),
+            release: self.release.clone(),
+            target: self.target.clone(),
+        }
+    }
+}
+
+impl InstallRecord {
+    pub fn key(&self) -> CellKey {
+        CellKey {
+            module: self.module.clone(),
+            version: self.version.clone(),
+            release: self.release.clone(),
+            target: self.target.clone(),
+        }
+    }
+}
+
+/// The key of a root in the store: 16 hex digits of the SHA-256 of its path.
+pub fn root_key(root: &Path) -> String {
+    let digest = Sha256::digest(root.as_os_str().as_encoded_bytes());
+    hex(&digest)[..16].to_string()
+}
+
+/// Seconds since the epoch (0 if the clock is before it).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether `name` can be one path component of the store: a module name, version,
+/// kernel release or target. Refuses empty names, `.`/`..`, slashes, NUL, and names
+/// starting with a dot (kept for kmx's own files).
+pub fn valid_component(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\0'])
+        && Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+}
+
+fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::config(path, format!("cannot parse this kmx state record: {e}")).hint(
+                "the file is damaged: restore it, or delete it and re-run the command that wrote it",
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+fn save_record<T: Serialize>(path: &Path, rec: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(rec)
+        .map_err(|e| Error::env(format!("cannot serialize a state record: {e}")))?;
+    text.push('\n');
+    write_atomic(path, text.as_bytes())
+}
+
+/// Subdirectories of `dir` (not following symlinks), sorted; none if `dir` is missing.
+/// Names starting with a dot (temporary and work directories) are left out.
+pub fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    list(dir, true)
+}
+
+fn files(dir: &Path) -> Result<Vec<PathBuf>> {
+    list(dir, false)
+}
+
+fn list(dir: &Path, want_dirs: bool) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let ft = entry
+            .file_type()
+            .map_err(|e| Error::io("stat", entry.path(), e))?;
+        if (want_dirs && ft.is_dir()) || (!want_dirs && ft.is_file()) {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A content hash of a source tree: SHA-256 over every file's relative path, kind and
+/// bytes (symlinks by their target), in sorted order, skipping VCS metadata. Any edit,
+/// added or removed file changes it.
+pub fn content_hash(dir: &Path) -> Result<String> {
+    let mut entries: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, PathBuf>) -> Result<()> {
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+            let name = entry.file_name();
+            if name == ".git" || name == ".hg" || name == ".svn" {
+                continue;
+            }
+            let path = entry.path();
+            let ft = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
+            if ft.is_dir() {
+                walk(base, &path, out)?;
+            } else {
+                let rel = path.strip_prefix(base).unwrap_or(&path).to_path_buf();
+                out.insert(rel, path);
+            }
+        }
+        Ok(())
+    }
+    walk(dir, dir, &mut entries)?;
+    let mut h = Sha256::new();
+    for (rel, path) in &entries {
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(path).map_err(|e| Error::io("read link", path, e))?;
+            h.update(b"L");
+            h.update(target.as_os_str().as_encoded_bytes());
+        } else {
+            let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+            h.update(b"F");
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
+        }
+        h.update([0]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_changes_with_content_names_and_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.c"), "int x;").unwrap();
+        let h1 = content_hash(d.path()).unwrap();
+        assert_eq!(h1, content_hash(d.path()).unwrap());
+        std::fs::write(d.path().join("a.c"), "int y;").unwrap();
+        let h2 = content_hash(d.path()).unwrap();
+        assert_ne!(h1, h2);
+        std::fs::create_dir(d.path().join(".git")).unwrap();
+        std::fs::write(d.path().join(".git/HEAD"), "x").unwrap();
+        assert_eq!(h2, content_hash(d.path()).unwrap());
+        std::fs::write(d.path().join("b.c"), "").unwrap();
+        assert_ne!(h2, content_hash(d.path()).unwrap());
+    }
+
+    #[test]
+    fn components_refuse_traversal() {
+        assert!(valid_component("hello"));
+        assert!(valid_component("1.0-2+deb12"));
+        for bad in ["", ".", "..", "a/b", ".hidden", "/abs"] {
+            assert!(!valid_component(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn damaged_record_is_an_error_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store {
+            dir: d.path().to_path_buf(),
+        };
+        let p = store.source_dir("m", "1").join("source.json");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "{not json").unwrap();
+        let err = store.sources_all().unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "{}: cannot parse this kmx state record",
+                p.display()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn second_lock_fails_without_wait() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store {
+            dir: d.path().to_path_buf(),
+        };
+        let held = store.lock(false).unwrap();
+        assert!(store.is_locked());
+        let err = store.lock(false).err().expect("must be locked");
+        assert!(
+            err.to_string().contains("is locked by kmx process"),
+            "{err}"
+        );
+        drop(held);
+        assert!(store.lock(false).is_ok());
+    }
+}

@@ -1,0 +1,366 @@
+//! Binary-only distribution (DKMS's mktarball / ldtarball): built cells and their records
+//! as one tar archive (`.tar`, or gzip-compressed when the name ends in `.gz`/`.tgz`), and
+//! importing such an archive into the store as built cells.
+//!
+//! Layout inside the archive: `kmx-tarball.json` (what it holds), then
+//! `built/<module>/<version>/<release>/<target>/<file>` for each cell's `.ko` files,
+//! `Module.symvers` and `kmx-built.json`. Import refuses absolute paths, `..`, any link
+//! entry (a link could point outside the store), anything outside that layout, and a cell
+//! whose files do not match its record (SHA-256 and vermagic, read with the module reader).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::build::cell::hex;
+use crate::error::{Error, Result};
+use crate::state::store::{BUILT_RECORD, BuiltRecord, Store, valid_component};
+use crate::verify::module::Module;
+
+const MANIFEST: &str = "kmx-tarball.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    format: u32,
+    created_by: String,
+    cells: Vec<CellKey2>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CellKey2 {
+    module: String,
+    version: String,
+    release: String,
+    target: String,
+}
+
+fn gzipped(path: &Path) -> bool {
+    let name = path.to_string_lossy();
+    name.ends_with(".gz") || name.ends_with(".tgz")
+}
+
+/// Write `cells` (records of cells in the store) to `out`. Returns the number of files.
+pub fn create(store: &Store, cells: &[BuiltRecord], out: &Path) -> Result<usize> {
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    let tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
+    let file = tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?;
+    let writer: Box<dyn Write> = if gzipped(out) {
+        Box::new(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::default(),
+        ))
+    } else {
+        Box::new(file)
+    };
+    let mut tar = tar::Builder::new(writer);
+    let manifest = Manifest {
+        format: 1,
+        created_by: format!("kmx {}", env!("CARGO_PKG_VERSION")),
+        cells: cells
+            .iter()
+            .map(|c| CellKey2 {
+                module: c.module.clone(),
+                version: c.version.clone(),
+                release: c.release.clone(),
+                target: c.target.clone(),
+            })
+            .collect(),
+    };
+    let text = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::env(format!("cannot serialize the tarball manifest: {e}")))?;
+    let mut count = 0;
+    let mut add = |tar: &mut tar::Builder<Box<dyn Write>>, name: &str, bytes: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(crate::state::store::now());
+        h.set_entry_type(tar::EntryType::Regular);
+        count += 1;
+        tar.append_data(&mut h, name, bytes)
+            .map_err(|e| Error::io("write", out, e))
+    };
+    add(&mut tar, MANIFEST, &text)?;
+    for c in cells {
+        let cell_dir = store.cell_dir(&c.module, &c.version, &c.release, &c.target);
+        let prefix = format!(
+            "built/{}/{}/{}/{}",
+            c.module, c.version, c.release, c.target
+        );
+        let mut names: Vec<String> = c.files.iter().map(|f| f.file.clone()).collect();
+        names.push(BUILT_RECORD.to_string());
+        if cell_dir.join("Module.symvers").is_file() {
+            names.push("Module.symvers".to_string());
+        }
+        for name in names {
+            let path = cell_dir.join(&name);
+            let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+            add(&mut tar, &format!("{prefix}/{name}"), &bytes)?;
+        }
+    }
+    let writer = tar.into_inner().map_err(|e| Error::io("write", out, e))?;
+    drop(writer); // finishes the gzip stream
+    tmp.persist(out)
+        .map_err(|e| Error::io("rename into place", out, e.error))?;
+    Ok(count)
+}
+
+/// Validate one entry path: relative, no `..`, in the archive's layout. Returns the path
+/// below `built/` (or None for the manifest).
+fn entry_path(file: &Path, raw: &Path) -> Result<Option<PathBuf>> {
+    let refuse = |why: &str| {
+        Error::failed(format!(
+            "entry {:?} {why}; refusing to import",
+            raw.display().to_string()
+        ))
+        .at(file)
+        .hint("only archives written by `kmx tarball` can be imported")
+    };
+    let mut parts = Vec::new();
+    for c in raw.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(refuse("contains `..`")),
+            Component::RootDir | Component::Prefix(_) => return Err(refuse("is an absolute path")),
+        }
+    }
+    if parts.len() == 1 && parts[0] == MANIFEST {
+        return Ok(None);
+    }
+    if parts.first().map(String::as_str) != Some("built") {
+        return Err(refuse("is outside built/"));
+    }
+    if parts.len() > 1 && !parts[1..].iter().all(|p| valid_component(p)) {
+        return Err(refuse("has a name kmx does not accept"));
+    }
+    if parts.len() > 6 {
+        return Err(refuse(
+            "is nested deeper than built/<module>/<version>/<release>/<target>/<file>",
+        ));
+    }
+    Ok(Some(parts[1..].iter().collect()))
+}
+
+/// Import the archive `file` into the store. Returns the imported cells' records.
+pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
+    let f = File::open(file).map_err(|e| Error::io("open", file, e))?;
+    let reader: Box<dyn Read> = if gzipped(file) {
+        Box::new(flate2::read::GzDecoder::new(f))
+    } else {
+        Box::new(f)
+    };
+    std::fs::create_dir_all(&store.dir)
+        .map_err(|e| Error::io("create directory", &store.dir, e))?;
+    let incoming = tempfile::Builder::new()
+        .prefix(".incoming-")
+        .tempdir_in(&store.dir)
+        .map_err(|e| Error::io("create a directory in", &store.dir, e))?;
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| Error::io("read the archive", file, e))?;
+    let mut saw_manifest = false;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| Error::io("read the archive", file, e))?;
+        let raw = entry
+            .path()
+            .map_err(|e| Error::io("read the archive", file, e))?
+            .into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(Error::failed(format!(
+                "entry {:?} is a link to {target:?}, which could point outside the store; refusing to import",
+                raw.display().to_string()
+            ))
+            .at(file)
+            .hint("only archives written by `kmx tarball` can be imported"));
+        }
+        let rel = entry_path(file, &raw)?;
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(Error::failed(format!(
+                "entry {:?} is not a regular file; refusing to import",
+                raw.display().to_string()
+            ))
+            .at(file));
+        }
+        let mut bytes = Vec::new();
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read the archive", file, e))?;
+        match rel {
+            None => {
+                let m: Manifest = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::failed(format!("cannot parse {MANIFEST}: {e}")).at(file))?;
+                if m.format != 1 {
+                    return Err(Error::failed(format!(
+                        "{MANIFEST} has format {}, this kmx reads format 1",
+                        m.format
+                    ))
+                    .at(file)
+                    .hint("use a kmx as new as the one that wrote the archive"));
+                }
+                saw_manifest = true;
+            }
+            Some(rel) => {
+                if rel.components().count() != 5 {
+                    return Err(Error::failed(format!(
+                        "entry {:?} is not built/<module>/<version>/<release>/<target>/<file>; refusing to import",
+                        raw.display().to_string()
+                    ))
+                    .at(file));
+                }
+                let dest = incoming.path().join(&rel);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| Error::io("create directory", parent, e))?;
+                }
+                std::fs::write(&dest, &bytes).map_err(|e| Error::io("write", &dest, e))?;
+            }
+        }
+    }
+    if !saw_manifest {
+        return Err(Error::failed(format!("no {MANIFEST} in the archive"))
+            .at(file)
+            .hint("only archives written by `kmx tarball` can be imported"));
+    }
+    // Check every cell before moving any into place.
+    let mut cells = Vec::new();
+    for m in crate::state::store::subdirs(incoming.path())? {
+        for v in crate::state::store::subdirs(&m)? {
+            for r in crate::state::store::subdirs(&v)? {
+                for t in crate::state::store::subdirs(&r)? {
+                    cells.push((t.clone(), check_cell(file, incoming.path(), &t)?));
+                }
+            }
+        }
+    }
+    let origin = format!(
+        "tarball {}",
+        file.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    let mut out = Vec::new();
+    for (dir, mut rec) in cells {
+        rec.origin = origin.clone();
+        let text = serde_json::to_vec_pretty(&rec)
+            .map_err(|e| Error::env(format!("cannot serialize a state record: {e}")))?;
+        crate::state::write_atomic(&dir.join(BUILT_RECORD), &text)?;
+        let dest = store.cell_dir(&rec.module, &rec.version, &rec.release, &rec.target);
+        replace_dir(&dir, &dest)?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// Check one extracted cell against its record.
+fn check_cell(file: &Path, base: &Path, dir: &Path) -> Result<BuiltRecord> {
+    let rel = dir.strip_prefix(base).unwrap_or(dir);
+    let rec_path = dir.join(BUILT_RECORD);
+    let bytes = std::fs::read(&rec_path).map_err(|_| {
+        Error::failed(format!("cell {} has no {BUILT_RECORD}", rel.display())).at(file)
+    })?;
+    let rec: BuiltRecord = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::failed(format!(
+            "cannot parse {}/{BUILT_RECORD}: {e}",
+            rel.display()
+        ))
+        .at(file)
+    })?;
+    let expected: PathBuf = [&rec.module, &rec.version, &rec.release, &rec.target]
+        .iter()
+        .collect();
+    if expected != rel {
+        return Err(Error::failed(format!(
+            "{}/{BUILT_RECORD} describes {}, not its own directory",
+            rel.display(),
+            rec.key()
+        ))
+        .at(file));
+    }
+    for f in &rec.files {
+        if !valid_component(&f.file) {
+            return Err(
+                Error::failed(format!("{} names a bad file {:?}", rel.display(), f.file)).at(file),
+            );
+        }
+        let path = dir.join(&f.file);
+        let data = std::fs::read(&path).map_err(|_| {
+            Error::failed(format!("cell {} lacks {}", rel.display(), f.file)).at(file)
+        })?;
+        if hex(&Sha256::digest(&data)) != f.sha256 {
+            return Err(Error::failed(format!(
+                "{}/{} does not match the SHA-256 in its record",
+                rel.display(),
+                f.file
+            ))
+            .at(file)
+            .hint("the archive is damaged; make it again with `kmx tarball`"));
+        }
+        let module = Module::parse(&data).map_err(|e| e.into_error(&path))?;
+        if module.vermagic() != Some(rec.vermagic.as_str()) {
+            return Err(Error::failed(format!(
+                "{}/{} has vermagic {:?}, its record says {:?}",
+                rel.display(),
+                f.file,
+                module.vermagic().unwrap_or(""),
+                rec.vermagic
+            ))
+            .at(file));
+        }
+    }
+    Ok(rec)
+}
+
+/// Put directory `from` at `to`, replacing what is there (moved aside first).
+fn replace_dir(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+    }
+    let old = to.with_extension("old");
+    if to.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(to, &old).map_err(|e| Error::io("move aside", to, e))?;
+    }
+    std::fs::rename(from, to).map_err(|e| Error::io("move into place", to, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_paths_are_confined() {
+        let f = Path::new("x.tar");
+        assert_eq!(entry_path(f, Path::new("kmx-tarball.json")).unwrap(), None);
+        assert_eq!(
+            entry_path(f, Path::new("built/m/1/r/t/m.ko")).unwrap(),
+            Some(PathBuf::from("m/1/r/t/m.ko"))
+        );
+        let err = entry_path(f, Path::new("built/../../etc/passwd")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.tar: entry \"built/../../etc/passwd\" contains `..`; refusing to import"
+        );
+        assert!(entry_path(f, Path::new("/etc/passwd")).is_err());
+        assert!(entry_path(f, Path::new("other/file")).is_err());
+    }
+}
