@@ -39,6 +39,12 @@ pub enum Cmd {
     /// Build module sources for every target and kernel tree, in parallel, and check every
     /// produced .ko (ELF identity, vermagic) before it counts as built.
     Build(BuildArgs),
+    /// Inspect or empty the build cache of finished cells.
+    #[command(subcommand)]
+    Cache(CacheCmd),
+    /// Work with build reports (OUT/report.json).
+    #[command(subcommand)]
+    Report(ReportCmd),
     /// Fetch and list kernel build trees.
     #[command(subcommand)]
     Kernels(KernelsCmd),
@@ -292,6 +298,15 @@ pub struct BuildArgs {
     /// --force).
     #[arg(long)]
     pub no_cache: bool,
+    /// Build only share I of N of the matrix (e.g. 2/3), for fanning a build out over CI
+    /// machines; every machine computes the same split. Combine the reports with
+    /// `kmx report merge`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// A previous report (report.json) whose build times balance the shards [default: the
+    /// size of each module's source].
+    #[arg(long, value_name = "REPORT", requires = "shard")]
+    pub costs: Option<PathBuf>,
     /// Bound on the build cache's size; least recently used cells go first.
     #[arg(
         long,
@@ -300,4 +315,31 @@ pub struct BuildArgs {
         value_name = "SIZE"
     )]
     pub cache_size: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCmd {
+    /// Entries and size of the build cache.
+    Stats,
+    /// Remove cache entries: all of them, or the least recently used until the cache fits
+    /// --max-size.
+    Clean {
+        /// Keep the most recently used entries up to this size (e.g. 500M).
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCmd {
+    /// Combine the reports of the shards of one build (`kmx build --shard I/N`) into one
+    /// summary and one exit status. Fails if the shards do not cover the plan exactly once.
+    Merge {
+        /// The report.json of every shard.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// Print the merged report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -199,27 +199,29 @@ fn shell(
 /// Run one cell to completion. `deps_symvers`: Module.symvers files of built dependencies.
 pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, String) {
     let command = make_line(cell);
+    let mut notes = Vec::new();
     if !env.force {
+        let fresh = |artifacts| {
+            (
+                Outcome::Built {
+                    artifacts,
+                    fresh: true,
+                },
+                command.clone(),
+            )
+        };
         if let Some(artifacts) = fresh_in_place(cell) {
-            return (
-                Outcome::Built {
-                    artifacts,
-                    fresh: true,
-                },
-                command,
-            );
+            return fresh(artifacts);
         }
-        if let Some(artifacts) = env.cache.and_then(|c| restore(cell, c)) {
-            return (
-                Outcome::Built {
-                    artifacts,
-                    fresh: true,
-                },
-                command,
-            );
+        match env.cache.map(|c| restore(cell, c)) {
+            Some(Ok(artifacts)) => return fresh(artifacts),
+            Some(Err(Some(why))) => {
+                notes.push(format!("cache entry was damaged and is rebuilt: {why}"))
+            }
+            _ => {}
         }
     }
-    let outcome = match run_stages(cell, env, deps_symvers, &command) {
+    let outcome = match run_stages(cell, env, deps_symvers, &command, &notes) {
         Ok(artifacts) => Outcome::Built {
             artifacts,
             fresh: false,
@@ -240,6 +242,7 @@ fn run_stages(
     env: &RunEnv,
     deps_symvers: &[PathBuf],
     command: &str,
+    notes: &[String],
 ) -> Result<Vec<Artifact>, StageError> {
     let started = Instant::now();
     // Fresh work dir and log.
@@ -285,6 +288,9 @@ fn run_stages(
             "# manifest evaluation said:\n{}",
             cell.spec.log.trim_end()
         );
+    }
+    for note in notes {
+        let _ = writeln!(log, "# {note}");
     }
     for w in &cell.spec.warnings {
         let _ = writeln!(log, "# warning: {w}");
@@ -444,19 +450,22 @@ fn fresh_in_place(cell: &Cell) -> Option<Vec<Artifact>> {
 }
 
 /// Restore the cell from the cache into its output directory (atomically, as a build would).
-fn restore(cell: &Cell, cache: &Cache) -> Option<Vec<Artifact>> {
+/// `Err(Some(why))` when the entry was damaged (it is deleted), `Err(None)` when there is
+/// none or it could not be restored.
+fn restore(cell: &Cell, cache: &Cache) -> Result<Vec<Artifact>, Option<String>> {
     let (entry, dir) = match cache.lookup(&cell.fingerprint) {
         Ok(found) => found,
-        Err(Miss::Absent) => return None,
-        Err(Miss::Corrupt(why)) => {
-            let _ = std::fs::create_dir_all(cell.log.parent()?);
-            let _ = append_log(
-                &cell.log,
-                &format!("# cache entry was damaged and is rebuilt: {why}"),
-            );
-            return None;
-        }
+        Err(Miss::Absent) => return Err(None),
+        Err(Miss::Corrupt(why)) => return Err(Some(why)),
     };
+    restore_entry(cell, &entry, &dir).ok_or(None)
+}
+
+fn restore_entry(
+    cell: &Cell,
+    entry: &crate::state::cache::Entry,
+    dir: &Path,
+) -> Option<Vec<Artifact>> {
     let _ = std::fs::remove_dir_all(&cell.work_dir);
     std::fs::create_dir_all(&cell.work_dir).ok()?;
     for f in &entry.files {

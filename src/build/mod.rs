@@ -6,3 +6,4 @@ pub mod fingerprint;
 pub mod plan;
 pub mod report;
 pub mod scheduler;
+pub mod shard;

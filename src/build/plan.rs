@@ -83,6 +83,10 @@ pub struct PlanSummary {
 pub struct Plan {
     pub cells: Vec<Cell>,
     pub out: PathBuf,
+    /// How many cells the whole plan has (more than `cells` when sharded).
+    pub total: usize,
+    /// The share of the plan these cells are (`--shard`).
+    pub shard: Option<crate::build::shard::Shard>,
 }
 
 /// Keep only trees whose release is one of `kernels` (all when empty).
@@ -118,7 +122,12 @@ pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Re
         .collect::<Result<Vec<Cell>>>()?;
     resolve_dependencies(&mut cells)?;
     fingerprint_cells(&mut cells)?;
-    Ok(Plan { cells, out })
+    Ok(Plan {
+        total: cells.len(),
+        cells,
+        out,
+        shard: None,
+    })
 }
 
 fn plan_cell(
@@ -324,6 +333,28 @@ fn resolve_dependencies(cells: &mut [Cell]) -> Result<()> {
 }
 
 impl Plan {
+    /// The cells `keep` marks, as a plan of its own: dependencies are remapped to the new
+    /// positions (and dropped if not kept); each cell keeps its index in the whole plan.
+    pub fn subset(&self, keep: &[bool]) -> Plan {
+        let mut pos = vec![None; self.cells.len()];
+        let mut cells = Vec::new();
+        for (i, c) in self.cells.iter().enumerate() {
+            if keep.get(i).copied().unwrap_or(false) {
+                pos[i] = Some(cells.len());
+                cells.push(c.clone());
+            }
+        }
+        for c in &mut cells {
+            c.deps = c.deps.iter().filter_map(|&d| pos[d]).collect();
+        }
+        Plan {
+            cells,
+            out: self.out.clone(),
+            total: self.total,
+            shard: self.shard,
+        }
+    }
+
     pub fn summary(&self) -> PlanSummary {
         let skipped = self
             .cells

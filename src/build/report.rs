@@ -13,6 +13,8 @@ use crate::error::exit;
 /// One cell in the machine-readable report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CellReport {
+    /// Position in the whole plan (the same on every shard).
+    pub index: usize,
     pub module: String,
     pub version: String,
     pub target: String,
@@ -51,6 +53,10 @@ pub struct Report {
     pub cells: Vec<CellReport>,
     pub totals: Totals,
     pub wall_secs: f64,
+    /// Cells in the whole plan; with `shard`, this report holds only its share.
+    pub plan_cells: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 impl Report {
@@ -62,6 +68,7 @@ impl Report {
             .zip(results)
             .map(|(c, r)| {
                 let mut rep = CellReport {
+                    index: c.index,
                     module: c.spec.name.clone(),
                     version: c.spec.version.clone(),
                     target: c.target.target.name.clone(),
@@ -122,6 +129,8 @@ impl Report {
             cells,
             totals,
             wall_secs: (wall_secs * 1000.0).round() / 1000.0,
+            plan_cells: plan.total,
+            shard: plan.shard.map(|s| s.to_string()),
         }
     }
 
@@ -221,5 +230,95 @@ impl Report {
             self.wall_secs
         ));
         out
+    }
+}
+
+impl Report {
+    /// Read a report written by `kmx build`.
+    pub fn load(path: &std::path::Path) -> crate::Result<Report> {
+        let bytes = std::fs::read(path).map_err(|e| crate::Error::io("read", path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            crate::Error::config(path, format!("not a kmx build report: {e}"))
+                .hint("pass the report.json files that `kmx build --shard I/N` wrote")
+        })
+    }
+
+    /// One report from the reports of all shards of a plan: cells in plan order, totals
+    /// recounted, wall time the longest shard's. Every cell of the plan must appear exactly
+    /// once.
+    pub fn merge(parts: &[(std::path::PathBuf, Report)]) -> crate::Result<Report> {
+        let Some((_, first)) = parts.first() else {
+            return Err(crate::Error::usage("no report to merge"));
+        };
+        let total = first.plan_cells;
+        let mut seen: Vec<Option<&std::path::Path>> = vec![None; total];
+        let mut cells = Vec::new();
+        for (path, r) in parts {
+            if r.plan_cells != total {
+                return Err(crate::Error::usage(format!(
+                    "{} is from a plan of {} cells, the first report's has {total}",
+                    path.display(),
+                    r.plan_cells
+                ))
+                .hint("merge the reports of one build only"));
+            }
+            for c in &r.cells {
+                match seen.get_mut(c.index) {
+                    Some(slot @ None) => *slot = Some(path),
+                    Some(Some(other)) => {
+                        return Err(crate::Error::usage(format!(
+                            "cell {} ({} {} {} {}) is in both {} and {}",
+                            c.index,
+                            c.module,
+                            c.version,
+                            c.target,
+                            c.kernel,
+                            other.display(),
+                            path.display()
+                        )));
+                    }
+                    None => {
+                        return Err(crate::Error::usage(format!(
+                            "{}: cell index {} is outside the plan of {total} cells",
+                            path.display(),
+                            c.index
+                        )));
+                    }
+                }
+                cells.push(c.clone());
+            }
+        }
+        let missing: Vec<String> = seen
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_none())
+            .map(|(i, _)| i.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(crate::Error::usage(format!(
+                "the reports do not cover cells {} of the plan",
+                missing.join(", ")
+            ))
+            .hint("pass the report of every shard"));
+        }
+        cells.sort_by_key(|c| c.index);
+        let mut totals = Totals::default();
+        for c in &cells {
+            match c.status.as_str() {
+                "built" => totals.built += 1,
+                "fresh" => totals.fresh += 1,
+                "skipped" => totals.skipped += 1,
+                "interrupted" => totals.interrupted += 1,
+                _ => totals.failed += 1,
+            }
+        }
+        let wall_secs = parts.iter().map(|(_, r)| r.wall_secs).fold(0.0, f64::max);
+        Ok(Report {
+            cells,
+            totals,
+            wall_secs,
+            plan_cells: total,
+            shard: None,
+        })
     }
 }

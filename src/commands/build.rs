@@ -9,7 +9,8 @@ use crate::build::cell;
 use crate::build::plan::{self, Action, Plan, TargetSetup};
 use crate::build::report::Report;
 use crate::build::scheduler::{self, Event, Options};
-use crate::cli::BuildArgs;
+use crate::build::shard::{self, Shard};
+use crate::cli::{BuildArgs, CacheCmd};
 use crate::commands::{Context, print_json};
 use crate::config::load::DEFAULT_TARGETS;
 use crate::error::{Error, Result, exit, render};
@@ -111,7 +112,20 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
     for n in &notes {
         eprintln!("{n}");
     }
-    let plan = plan::plan(&args.sources, &targets, &args.out)?;
+    let mut plan = plan::plan(&args.sources, &targets, &args.out)?;
+    if let Some(spec) = &args.shard {
+        let shard: Shard = spec.parse()?;
+        let costs = match &args.costs {
+            Some(path) => shard::costs_from(&Report::load(path)?),
+            None => Default::default(),
+        };
+        plan = shard::select(&plan, shard, &costs);
+        eprintln!(
+            "Shard {shard}: {} of {} cells",
+            plan.cells.len(),
+            plan.total
+        );
+    }
     if args.dry_run {
         print_plan(&plan, args);
         return Ok(exit::OK);
@@ -354,4 +368,51 @@ impl Progress {
             b.finish_and_clear();
         }
     }
+}
+
+/// `kmx cache stats` / `kmx cache clean`.
+pub fn cache(ctx: &Context, cmd: &CacheCmd) -> Result<i32> {
+    let cache = Cache::new(
+        ctx.home.cell_cache(),
+        crate::state::cache::DEFAULT_MAX_BYTES,
+    );
+    match cmd {
+        CacheCmd::Stats => {
+            let (n, bytes) = cache.stats();
+            println!(
+                "{n} cells, {:.1} MiB in {}",
+                bytes as f64 / (1 << 20) as f64,
+                cache.dir.display()
+            );
+        }
+        CacheCmd::Clean { max_size } => {
+            let max = match max_size {
+                Some(s) => parse_size(s).ok_or_else(|| {
+                    Error::usage(format!("--max-size {s}: not a size"))
+                        .hint("write a size such as 500M or 2G")
+                })?,
+                None => 0,
+            };
+            let (n, bytes) = cache.trim_to(max);
+            println!(
+                "removed {n} cells, {:.1} MiB",
+                bytes as f64 / (1 << 20) as f64
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `kmx report merge`.
+pub fn merge(paths: &[std::path::PathBuf], json: bool) -> Result<i32> {
+    let parts = paths
+        .iter()
+        .map(|p| Report::load(p).map(|r| (p.clone(), r)))
+        .collect::<Result<Vec<_>>>()?;
+    let merged = Report::merge(&parts)?;
+    eprint!("{}", merged.render());
+    if json {
+        print_json(&merged)?;
+    }
+    Ok(merged.exit_code())
 }

@@ -268,23 +268,7 @@ fn subplan(plan: &Plan, needed: &[usize]) -> Plan {
             stack.extend(plan.cells[i].deps.iter().copied());
         }
     }
-    let mut map = HashMap::new();
-    let mut cells = Vec::new();
-    for (i, c) in plan.cells.iter().enumerate() {
-        if keep[i] {
-            map.insert(i, cells.len());
-            let mut c = c.clone();
-            c.index = cells.len();
-            cells.push(c);
-        }
-    }
-    for c in &mut cells {
-        c.deps = c.deps.iter().filter_map(|d| map.get(d).copied()).collect();
-    }
-    Plan {
-        cells,
-        out: plan.out.clone(),
-    }
+    plan.subset(&keep)
 }
 
 /// Plan the registered sources `sources` ((module, version) pairs) for `targets`, pick the

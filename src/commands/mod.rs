@@ -6,7 +6,7 @@ mod doctor;
 mod kernels;
 mod lifecycle;
 
-use crate::cli::{Cli, Cmd, KernelsCmd, KeysCmd};
+use crate::cli::{Cli, Cmd, KernelsCmd, KeysCmd, ReportCmd};
 use crate::config::{Profiles, Sources, load::user_config_dir};
 use crate::error::Result;
 use crate::state::{Home, Store};
@@ -59,6 +59,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         } => lifecycle::tarball(store, module.as_deref(), &target, &output),
         Cmd::LoadTarball { file } => lifecycle::load_tarball(store, &file, wait),
         Cmd::Build(args) => build::run(&ctx, &args),
+        Cmd::Cache(cmd) => build::cache(&ctx, &cmd),
+        Cmd::Report(ReportCmd::Merge { reports, json }) => build::merge(&reports, json),
         Cmd::Kernels(KernelsCmd::Fetch {
             target,
             abi,

@@ -6,5 +6,6 @@
 mod support;
 
 mod build;
+mod cache;
 mod doctor;
 mod lifecycle;

@@ -1,0 +1,168 @@
+//! Sharding: split one plan into N deterministic shares for CI fan-out (`--shard I/N`).
+//!
+//! Every machine of a CI matrix computes the same full plan, so the split must depend on the
+//! plan alone: cells are grouped with their dependencies (a cell and what it depends on must
+//! build on the same machine, which needs the dependency's Module.symvers), groups are
+//! weighed by a cost estimate and dealt out largest first to the least loaded shard
+//! (longest-processing-time scheduling; ties broken by position). The estimate is the
+//! duration recorded for the cell in a previous report given with `--costs`, else the size
+//! of the module's source tree, which is the same on every machine. Each cell lands in
+//! exactly one shard; `kmx report merge` checks that.
+
+use std::collections::HashMap;
+
+use crate::build::plan::{Action, Cell, Plan};
+use crate::build::report::Report;
+use crate::error::{Error, Result};
+
+/// `I/N`, 1-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Shard> {
+        let bad = || {
+            Error::usage(format!(
+                "--shard {s}: expected I/N with 1 <= I <= N, e.g. 2/3"
+            ))
+        };
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Cost estimates from a previous report: (module, version, target, kernel) -> seconds.
+pub fn costs_from(report: &Report) -> HashMap<(String, String, String, String), f64> {
+    report
+        .cells
+        .iter()
+        .map(|c| {
+            (
+                (
+                    c.module.clone(),
+                    c.version.clone(),
+                    c.target.clone(),
+                    c.kernel.clone(),
+                ),
+                c.duration_secs,
+            )
+        })
+        .collect()
+}
+
+fn source_bytes(cell: &Cell) -> f64 {
+    fn walk(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| match e.file_type() {
+                        Ok(t) if t.is_dir() => walk(&e.path()),
+                        _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(&cell.source) as f64
+}
+
+/// The shard (0-based) of every cell of `plan`.
+pub fn assign(
+    plan: &Plan,
+    count: usize,
+    costs: &HashMap<(String, String, String, String), f64>,
+) -> Vec<usize> {
+    let n = plan.cells.len();
+    // Union-find over dependency edges.
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn find(p: &mut [usize], mut i: usize) -> usize {
+        while p[i] != i {
+            p[i] = p[p[i]];
+            i = p[i];
+        }
+        i
+    }
+    for (i, c) in plan.cells.iter().enumerate() {
+        for &d in &c.deps {
+            let (a, b) = (find(&mut parent, i), find(&mut parent, d));
+            if a != b {
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    let mut source_cost: HashMap<&std::path::Path, f64> = HashMap::new();
+    let mut groups: Vec<(f64, usize, Vec<usize>)> = Vec::new(); // (cost, first index, members)
+    let mut group_of: HashMap<usize, usize> = HashMap::new();
+    for (i, c) in plan.cells.iter().enumerate() {
+        let root = find(&mut parent, i);
+        let key = (
+            c.spec.name.clone(),
+            c.spec.version.clone(),
+            c.target.target.name.clone(),
+            c.tree.release.clone(),
+        );
+        let cost = match c.action {
+            Action::Skip(_) => 0.0,
+            Action::Build => match costs.get(&key) {
+                Some(&secs) => secs,
+                None => *source_cost
+                    .entry(&c.source)
+                    .or_insert_with(|| source_bytes(c) / 1e4),
+            },
+        };
+        let g = *group_of.entry(root).or_insert_with(|| {
+            groups.push((0.0, i, Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].0 += cost;
+        groups[g].2.push(i);
+    }
+    groups.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut load = vec![0.0f64; count.max(1)];
+    let mut shard_of = vec![0usize; n];
+    for (cost, _, members) in groups {
+        let mut best = 0;
+        for s in 1..load.len() {
+            if load[s] < load[best] {
+                best = s;
+            }
+        }
+        load[best] += cost;
+        for m in members {
+            shard_of[m] = best;
+        }
+    }
+    shard_of
+}
+
+/// The cells of `plan` that belong to `shard`, as a plan of their own.
+pub fn select(
+    plan: &Plan,
+    shard: Shard,
+    costs: &HashMap<(String, String, String, String), f64>,
+) -> Plan {
+    let keep: Vec<bool> = assign(plan, shard.count, costs)
+        .iter()
+        .map(|&s| s == shard.index - 1)
+        .collect();
+    let mut share = plan.subset(&keep);
+    share.shard = Some(shard);
+    share
+}

@@ -1,0 +1,426 @@
+//! Never build twice, and spread builds: fingerprints, the build cache, ccache and distcc
+//! launchers, shards.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn statuses(report: &serde_json::Value) -> Vec<(String, String, String)> {
+    let mut v: Vec<(String, String, String)> = report["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["module"].as_str().unwrap().to_string(),
+                c["kernel"].as_str().unwrap().to_string(),
+                c["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn a_noop_rebuild_reports_every_cell_fresh_without_running_make() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let hello = repo().join("examples/hello").display().to_string();
+    k.run(&["build", &hello]).ok();
+    let log = k
+        .dir()
+        .join("kmx-out/logs/hello-1.0-6.1.0-50-arm64-arm64.log");
+    let before = std::fs::read_to_string(&log).unwrap();
+    let report = k.run(&["build", &hello, "--json"]).ok().json();
+    assert_eq!(report["totals"]["fresh"], 4, "{report}");
+    assert_eq!(report["totals"]["built"], 0);
+    // make did not run: the log was not rewritten, and every cell took no time.
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), before);
+    for c in report["cells"].as_array().unwrap() {
+        assert!(c["duration_secs"].as_f64().unwrap() < 0.5, "{c}");
+        assert!(Path::new(c["artifacts"][0]["file"].as_str().unwrap()).is_file());
+    }
+    // --force rebuilds.
+    let forced = k.run(&["build", &hello, "--force", "--json"]).ok().json();
+    assert_eq!(forced["totals"]["built"], 4);
+    // Another output directory is restored from the cache, not rebuilt.
+    let other = k
+        .run(&["build", &hello, "--out", "elsewhere", "--json"])
+        .ok()
+        .json();
+    assert_eq!(other["totals"]["fresh"], 4, "{other}");
+    assert!(
+        k.dir()
+            .join("elsewhere/hello/1.0/6.1.0-50-amd64/amd64/hello.ko")
+            .is_file()
+    );
+    let stats = k.run(&["cache", "stats"]).ok().stdout();
+    assert!(stats.starts_with("4 cells, "), "{stats}");
+}
+
+#[test]
+fn changing_one_file_rebuilds_exactly_that_modules_cells() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let src = k.dir().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    copy_dir(&repo().join("examples/hello"), &src.join("hello"));
+    copy_dir(
+        &repo().join("tests/fixtures/modules/twomods"),
+        &src.join("twomods"),
+    );
+    let args = [
+        "build",
+        "src/hello",
+        "src/twomods",
+        "--target",
+        "amd64,armhf",
+        "--json",
+    ];
+    assert_eq!(k.run(&args).ok().json()["totals"]["built"], 4);
+    let beta = src.join("twomods/beta/beta.c");
+    let text = std::fs::read_to_string(&beta).unwrap();
+    std::fs::write(&beta, text.replace("loaded", "loaded again")).unwrap();
+    let report = k.run(&args).ok().json();
+    let got = statuses(&report);
+    assert_eq!(
+        got,
+        [
+            ("hello".into(), "6.1.0-50-amd64".into(), "fresh".into()),
+            ("hello".into(), "6.1.0-50-armmp".into(), "fresh".into()),
+            ("twomods".into(), "6.1.0-50-amd64".into(), "built".into()),
+            ("twomods".into(), "6.1.0-50-armmp".into(), "built".into()),
+        ]
+    );
+}
+
+#[test]
+fn changing_one_targets_tree_rebuilds_only_that_trees_cells() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let alt = k.variant_tree("arm64", "6.1.0-50-arm64-kmxalt", &[]);
+    let hello = repo().join("examples/hello").display().to_string();
+    let args = ["build", hello.as_str(), "--target", "arm64,armhf", "--json"];
+    assert_eq!(k.run(&args).ok().json()["totals"]["built"], 3);
+    // A change in the variant tree's .config (a new, harmless option).
+    let cfg = alt.join(".config");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("CONFIG_KMX_TEST_OPTION=y\n");
+    std::fs::write(&cfg, text).unwrap();
+    let got = statuses(&k.run(&args).ok().json());
+    assert_eq!(
+        got,
+        [
+            ("hello".into(), "6.1.0-50-arm64".into(), "fresh".into()),
+            (
+                "hello".into(),
+                "6.1.0-50-arm64-kmxalt".into(),
+                "built".into()
+            ),
+            ("hello".into(), "6.1.0-50-armmp".into(), "fresh".into()),
+        ]
+    );
+}
+
+#[test]
+fn a_corrupted_cache_entry_is_rebuilt_not_reused() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let hello = repo().join("examples/hello").display().to_string();
+    let args = ["build", hello.as_str(), "--target", "arm64", "--json"];
+    k.run(&args).ok();
+    std::fs::remove_dir_all(k.dir().join("kmx-out")).unwrap();
+    // Damage the one cached cell's module.
+    let cells = k.home.join("cache/cells");
+    let entry = std::fs::read_dir(&cells)
+        .unwrap()
+        .flatten()
+        .find(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .unwrap()
+        .path();
+    let ko = entry.join("hello.ko");
+    let mut bytes = std::fs::read(&ko).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&ko, bytes).unwrap();
+    let report = k.run(&args).ok().json();
+    assert_eq!(report["totals"]["built"], 1, "{report}");
+    let log = std::fs::read_to_string(report["cells"][0]["log"].as_str().unwrap()).unwrap();
+    assert!(
+        log.contains("# cache entry was damaged and is rebuilt: ")
+            && log.contains("hello.ko does not match its checksum"),
+        "{log}"
+    );
+    // The rebuilt cell is a good module and is cached again.
+    let ko = PathBuf::from(report["cells"][0]["artifacts"][0]["file"].as_str().unwrap());
+    assert_eq!(
+        modinfo("vermagic", &ko),
+        "6.1.0-50-arm64 SMP mod_unload modversions aarch64"
+    );
+    std::fs::remove_dir_all(k.dir().join("kmx-out")).unwrap();
+    assert_eq!(k.run(&args).ok().json()["totals"]["fresh"], 1);
+}
+
+#[test]
+fn shards_cover_the_matrix_once_and_merge_like_the_unsharded_build() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let sources = [
+        fixture("consumer"),
+        fixture("provider"),
+        fixture("x86only"),
+        repo().join("examples/hello").display().to_string(),
+    ];
+    let mut base: Vec<&str> = vec!["build"];
+    base.extend(sources.iter().map(String::as_str));
+    let mut whole = base.clone();
+    whole.extend(["--out", "whole", "--no-cache", "--json"]);
+    let unsharded = k.run(&whole).ok().json();
+    assert_eq!(unsharded["plan_cells"], 16);
+    let mut reports = Vec::new();
+    let mut seen = 0;
+    for i in 1..=3 {
+        let shard = format!("{i}/3");
+        let out = format!("shard{i}");
+        let mut args = base.clone();
+        args.extend(["--shard", &shard, "--out", &out, "--no-cache", "--json"]);
+        let r = k.run(&args).ok().json();
+        assert_eq!(r["shard"], shard.as_str());
+        let n = r["cells"].as_array().unwrap().len();
+        assert!(n > 0, "shard {shard} is empty");
+        seen += n;
+        // A dependent and its dependency always land in the same shard.
+        let has = |m: &str| {
+            r["cells"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["module"] == m)
+        };
+        assert_eq!(has("consumer"), has("provider"), "{r}");
+        reports.push(k.dir().join(out).join("report.json").display().to_string());
+    }
+    assert_eq!(seen, 16);
+    let mut merge = vec!["report", "merge"];
+    merge.extend(reports.iter().map(String::as_str));
+    merge.push("--json");
+    let merged = k.run(&merge).ok().json();
+    let strip = |r: &serde_json::Value| -> Vec<serde_json::Value> {
+        r["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                serde_json::json!([
+                    c["index"],
+                    c["module"],
+                    c["version"],
+                    c["target"],
+                    c["kernel"],
+                    c["status"],
+                    c["reason"]
+                ])
+            })
+            .collect()
+    };
+    assert_eq!(strip(&merged), strip(&unsharded));
+    assert_eq!(merged["totals"], unsharded["totals"]);
+    // Two shards only: the merge says what is missing.
+    let err = k
+        .run(&["report", "merge", &reports[0], &reports[1]])
+        .expect(2)
+        .stderr();
+    assert!(err.contains("the reports do not cover cells"), "{err}");
+}
+
+#[test]
+fn ccache_serves_the_compiles_of_a_cleaned_rebuild() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let ccache_dir = k.dir().join("ccache");
+    let k = k.env("CCACHE_DIR", ccache_dir.to_str().unwrap());
+    let hello = repo().join("examples/hello").display().to_string();
+    let args = [
+        "build",
+        hello.as_str(),
+        "--target",
+        "arm64,armhf",
+        "--launcher",
+        "ccache",
+        "--no-cache",
+        "--json",
+    ];
+    let first = k.run(&args).ok().json();
+    let ko = |r: &serde_json::Value, t: &str| {
+        let c = r["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["target"] == t)
+            .unwrap()
+            .clone();
+        PathBuf::from(c["artifacts"][0]["file"].as_str().unwrap())
+    };
+    let before: Vec<String> = ["arm64", "armhf"]
+        .iter()
+        .map(|t| {
+            Command::new("modinfo")
+                .arg(ko(&first, t))
+                .output()
+                .unwrap()
+                .stdout
+        })
+        .map(|o| String::from_utf8(o).unwrap())
+        .collect();
+    std::fs::remove_dir_all(k.dir().join("kmx-out")).unwrap();
+    let second = k.run(&args).ok().json();
+    assert_eq!(second["totals"]["built"], 2);
+    let after: Vec<String> = ["arm64", "armhf"]
+        .iter()
+        .map(|t| {
+            Command::new("modinfo")
+                .arg(ko(&second, t))
+                .output()
+                .unwrap()
+                .stdout
+        })
+        .map(|o| String::from_utf8(o).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    let stats = Command::new("ccache")
+        .arg("--print-stats")
+        .env("CCACHE_DIR", &ccache_dir)
+        .output()
+        .unwrap();
+    let stats = String::from_utf8(stats.stdout).unwrap();
+    let hits: u64 = stats
+        .lines()
+        .filter(|l| {
+            l.starts_with("direct_cache_hit\t") || l.starts_with("preprocessed_cache_hit\t")
+        })
+        .map(|l| l.split('\t').nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    // Two translation units (hello.c, hello.mod.c) per cell.
+    assert!(hits >= 4, "{stats}");
+}
+
+/// A distccd on 127.0.0.1 with a free port, stopped by PID when dropped.
+struct Distccd {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Distccd {
+    fn drop(&mut self) {
+        // SAFETY: signalling the daemon this test started, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn start_distccd(dir: &Path) -> Distccd {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    // distccd drops root privileges: let it write its log here.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cmdlist = dir.join("cmdlist");
+    let compilers: Vec<String> = [
+        "aarch64-linux-gnu-gcc-12",
+        "arm-linux-gnueabihf-gcc-12",
+        "i686-linux-gnu-gcc-12",
+        "x86_64-linux-gnu-gcc-12",
+    ]
+    .iter()
+    .map(|c| format!("/usr/bin/{c}\n"))
+    .collect();
+    std::fs::write(&cmdlist, compilers.concat()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.join("distccd.log");
+    let child = Command::new("distccd")
+        .args([
+            "--daemon",
+            "--no-detach",
+            "--listen",
+            "127.0.0.1",
+            "--allow",
+            "127.0.0.1",
+            "--jobs",
+            "2",
+            "--log-level",
+            "info",
+        ])
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--log-file")
+        .arg(&log)
+        .env("DISTCC_CMDLIST", &cmdlist)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("distccd (package distcc)");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "distccd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Distccd { child, port, log }
+}
+
+#[test]
+fn distcc_on_loopback_compiles_every_translation_unit() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let daemon = start_distccd(&k.dir().join("distcc"));
+    let client_dir = k.dir().join("distcc-client");
+    std::fs::create_dir_all(&client_dir).unwrap();
+    let k = k
+        .env("DISTCC_HOSTS", &format!("127.0.0.1:{}/4", daemon.port))
+        .env("DISTCC_FALLBACK", "0")
+        .env("DISTCC_DIR", client_dir.to_str().unwrap());
+    let hello = repo().join("examples/hello").display().to_string();
+    // With a remote launcher, --jobs may exceed the local cores.
+    let report = k
+        .run(&[
+            "build",
+            &hello,
+            "--launcher",
+            "distcc",
+            "--jobs",
+            "4",
+            "--no-cache",
+            "--timeout",
+            "300",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(report["totals"]["built"], 4, "{report}");
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    for c in report["cells"].as_array().unwrap() {
+        let work = format!(
+            "{}-{}-{}/build/",
+            c["module"].as_str().unwrap(),
+            c["target"].as_str().unwrap(),
+            c["kernel"].as_str().unwrap()
+        );
+        for unit in ["hello.c", "hello.mod.c"] {
+            let served = log.lines().any(|l| {
+                l.contains("COMPILE_OK") && l.contains(&work) && l.ends_with(&format!("/{unit}"))
+            });
+            assert!(served, "{work}{unit} was not compiled by distccd:\n{log}");
+        }
+    }
+}
