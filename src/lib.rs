@@ -8,6 +8,7 @@
 //! - [`kernel`]: kernel build trees: inspection, vermagic, provisioning from Debian.
 //! - [`build`]: planning and the parallel scheduler that runs kbuild.
 //! - [`verify`]: the module reader (ELF, `.modinfo`, `__versions`) and the load checks.
+//! - [`smoke`]: boot-and-load proof: real kernels under QEMU load the modules.
 //! - [`state`]: kmx's home and the on-disk stores.
 //! - [`error`]: the one error type and the exit codes.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod kernel;
 pub mod process;
+pub mod smoke;
 pub mod state;
 pub mod verify;
 

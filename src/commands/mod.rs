@@ -3,6 +3,7 @@
 
 mod doctor;
 mod kernels;
+mod smoke;
 
 use crate::cli::{Cli, Cmd, KernelsCmd};
 use crate::config::{Profiles, Sources, load::user_config_dir};
@@ -35,10 +36,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             mirror,
             suite,
             refresh,
-        }) => kernels::fetch(&ctx, &target, abi, mirror, suite, refresh),
+            with_image,
+        }) => kernels::fetch(&ctx, &target, abi, mirror, suite, refresh, with_image),
         Cmd::Kernels(KernelsCmd::List { json }) => kernels::list(&ctx, json),
         Cmd::Targets { json } => doctor::targets(&ctx, json),
         Cmd::Doctor { target, json } => doctor::doctor(&ctx, &target, json),
+        Cmd::Smoke {
+            paths,
+            target,
+            timeout,
+            json,
+        } => smoke::smoke(&ctx, &paths, &target, timeout, json),
     }
 }
 
