@@ -47,8 +47,10 @@ pub fn strip_timestamp(line: &str) -> Option<&str> {
 
 /// Lines that say the kernel crashed (x86, arm and arm64 wordings).
 pub fn is_crash_line(line: &str) -> bool {
-    const MARKERS: [&str; 8] = [
+    const MARKERS: [&str; 9] = [
         "BUG: ",
+        // arm with software PAN: a NULL access is a "page domain fault".
+        "Unhandled fault:",
         "Oops",
         "Unable to handle kernel",
         "general protection fault",
