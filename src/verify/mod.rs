@@ -1,2 +1,8 @@
 //! Verification: the one module reader (ELF header, `.modinfo`, `__versions`, signature) and
 //! the checks that say whether a module will load on a kernel.
+
+pub mod decompress;
+pub mod module;
+
+pub use decompress::Compression;
+pub use module::{Module, ReadError, Signature, SymbolVersion, VersionsFormat};

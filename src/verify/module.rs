@@ -1,0 +1,1254 @@
+//! The module reader: turns the bytes of a `.ko` (plain, `.xz`, `.zst` or `.gz`; signed or
+//! not) into a [`Module`]: ELF identity, `.modinfo`, modversions, symbols, appended signature.
+//!
+//! It validates the file up front, the way kmod's libkmod-elf.c and the kernel's loader do
+//! (bad magic, bad class or byte order, not ET_REL, section table or a section outside the
+//! file, missing `.modinfo` are each their own [`ReadError`]), then reads only the header, the
+//! section table, the section name table and the few sections it needs. Every offset is
+//! bounds-checked with checked arithmetic: no input makes it panic, hang or allocate more
+//! than the file (or the capped decompressed data) holds. It must not judge whether a module
+//! loads on a kernel (that is the checks' job), print, or know about any other file.
+
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use goblin::container::{Container, Ctx, Endian as GoblinEndian};
+use goblin::elf::Elf;
+use goblin::elf::header::{self, ET_REL};
+use goblin::elf::section_header::{SHN_UNDEF, SHT_NOBITS, SHT_SYMTAB, SectionHeader};
+use goblin::elf::sym::{STT_SECTION, Sym};
+use memmap2::Mmap;
+use serde::Serialize;
+
+pub use super::decompress::Compression;
+use super::decompress::{self, DecompressError};
+use crate::config::arch::{ElfClass, ElfIdentity, Endian, machine};
+
+/// The magic string that ends a module with an appended signature.
+pub const SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
+/// `sizeof(struct module_signature)`.
+const SIGNATURE_INFO_LEN: usize = 12;
+/// Bytes per `__versions` record on every architecture: `{unsigned long crc; char name[..]}`.
+const VERSION_RECORD_LEN: usize = 64;
+/// Prefix of the symbols that EXPORT_SYMBOL leaves in a module's `.symtab`.
+const KSYMTAB_PREFIX: &str = "__ksymtab_";
+
+/// Why a module could not be read. The messages say what is wrong; the caller adds the file
+/// (see [`ReadError::into_error`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot {op}: {source}")]
+    Io {
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the input is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("not an ELF file: the file is empty")]
+    Empty,
+    #[error("not an ELF file: bad magic bytes")]
+    NotElf,
+    #[error("not an ELF file: {len} bytes is shorter than an ELF header ({need} bytes)")]
+    TooShort { len: usize, need: usize },
+    #[error("unsupported ELF class {0} (expected 1 for ELF32 or 2 for ELF64)")]
+    BadClass(u8),
+    #[error("unsupported ELF data encoding {0} (expected 1 for little-endian or 2 for big-endian)")]
+    BadEncoding(u8),
+    #[error("malformed ELF header: {0}")]
+    BadHeader(String),
+    #[error("not a kernel module: ELF type is {0}")]
+    NotRelocatable(String),
+    #[error("not a kernel module: the ELF has no section header table")]
+    NoSections,
+    #[error("section header entry size is {found} bytes, expected {expected}")]
+    BadSectionEntrySize { found: u16, expected: u16 },
+    #[error(
+        "section header table ({count} entries at offset {offset}) extends past the end of the file ({len} bytes)"
+    )]
+    SectionTableOutOfBounds { offset: u64, count: u16, len: usize },
+    #[error("section name table index {index} is out of range ({count} sections)")]
+    BadNameTableIndex { index: u16, count: u16 },
+    #[error("section name table (section {index}) is empty or not NUL-terminated")]
+    BadNameTable { index: u16 },
+    #[error("section {index} has name offset {offset} outside the section name table")]
+    BadSectionName { index: usize, offset: usize },
+    #[error(
+        "section {index} ({name}) at offset {offset} with size {size} extends past the end of the file ({len} bytes)"
+    )]
+    SectionOutOfBounds {
+        index: usize,
+        name: String,
+        offset: u64,
+        size: u64,
+        len: usize,
+    },
+    #[error("not a kernel module: no .modinfo section")]
+    NoModinfo,
+    #[error("__versions size {0} is not a multiple of 64")]
+    VersionsSize(u64),
+    #[error("__versions entry {0} has a name that is not NUL-terminated")]
+    VersionsNameUnterminated(usize),
+    #[error("{present} is present without {missing}")]
+    ExtVersionsIncomplete {
+        present: &'static str,
+        missing: &'static str,
+    },
+    #[error("__version_ext_crcs size {0} is not a multiple of 4")]
+    ExtCrcsSize(u64),
+    #[error("__version_ext_names does not end with a NUL byte")]
+    ExtNamesUnterminated,
+    #[error("__version_ext_crcs has {crcs} entries but __version_ext_names has {names} names")]
+    ExtCountMismatch { crcs: usize, names: usize },
+    #[error("malformed .symtab: {0}")]
+    Symtab(String),
+    #[error(transparent)]
+    Decompress(#[from] DecompressError),
+    #[error("malformed module signature: {0}")]
+    Signature(String),
+}
+
+impl ReadError {
+    /// The crate's error for this failure on `path`.
+    pub fn into_error(self, path: &Path) -> crate::Error {
+        match self {
+            ReadError::Io { .. } => crate::Error::env(self.to_string()).at(path),
+            ReadError::Empty | ReadError::NotElf | ReadError::TooShort { .. } => {
+                crate::Error::failed(self.to_string())
+                    .at(path)
+                    .hint("kernel modules are ELF relocatable files (.ko, .ko.xz, .ko.zst, .ko.gz)")
+            }
+            _ => crate::Error::failed(self.to_string()).at(path),
+        }
+    }
+}
+
+/// One `__versions` (or extended modversions) entry: a symbol the module imports and the CRC
+/// of its prototype the module was built against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct SymbolVersion {
+    pub name: String,
+    pub crc: u32,
+}
+
+/// Where [`Module::versions`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionsFormat {
+    /// No modversions: the module was built without CONFIG_MODVERSIONS.
+    None,
+    /// The classic fixed-size `__versions` records.
+    Classic,
+    /// `__version_ext_crcs` + `__version_ext_names` (CONFIG_EXTENDED_MODVERSIONS, ~6.14+),
+    /// which the loader prefers over `__versions` when present.
+    Extended,
+}
+
+/// The appended signature, described the way `modinfo` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Signature {
+    /// For PKCS#7: the common name of the signer certificate's issuer (`modinfo -F signer`).
+    pub signer: String,
+    /// The key identifier as colon-separated upper-case hex pairs, as `modinfo -F sig_key`
+    /// prints it (for PKCS#7: the signer certificate's serial number).
+    pub key_id: String,
+    /// Digest algorithm, e.g. `sha256` (`modinfo -F sig_hashalgo`).
+    pub hash_algo: String,
+    /// `PKCS#7`, `X509` or `PGP` (`modinfo -F sig_id`).
+    pub id_type: String,
+}
+
+/// Everything kmx needs to know about one kernel module file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Module {
+    pub identity: ElfIdentity,
+    pub e_flags: u32,
+    /// `.modinfo` key/value pairs in file order; keys repeat (`alias`, `parm`).
+    pub modinfo: Vec<(String, String)>,
+    pub versions: Vec<SymbolVersion>,
+    pub versions_format: VersionsFormat,
+    /// `.gnu.linkonce.this_module` is present (the kernel refuses a module without it).
+    pub has_this_module: bool,
+    /// Undefined (imported) symbols from `.symtab`, in table order.
+    pub undefined: Vec<String>,
+    /// Symbols the module exports (EXPORT_SYMBOL*), found like modpost does: the
+    /// `__ksymtab_<name>` symbols in `.symtab`.
+    pub exported: Vec<String>,
+    pub signature: Option<Signature>,
+    /// For EM_ARM: Tag_CPU_arch from the "aeabi" subsection of `.ARM.attributes`
+    /// (10 = ARMv7, 6/7 = ARMv6, 3/4/5 = ARMv4T/v5T/v5TE, ...). `None` elsewhere, or when the
+    /// section is missing or unreadable (the kernel ignores it, so it is not an error).
+    pub arm_cpu_arch: Option<u8>,
+    /// How the file was stored, when it was compressed.
+    pub compression: Option<Compression>,
+}
+
+impl Module {
+    /// Read the module at `path`. Plain files are mapped, not read, so only the pages of the
+    /// header, section table and needed sections are touched; compressed files are
+    /// decompressed into memory, at most [`decompress::DEFAULT_LIMIT`] bytes.
+    ///
+    /// Safe to call from many threads at once: it shares no state.
+    pub fn read(path: &Path) -> Result<Module, ReadError> {
+        let file = File::open(path).map_err(|source| ReadError::Io { op: "open", source })?;
+        let meta = file
+            .metadata()
+            .map_err(|source| ReadError::Io { op: "stat", source })?;
+        if !meta.is_file() {
+            // A pipe or device cannot be mapped: read it, capped like decompression.
+            let mut data = Vec::new();
+            let limit = decompress::DEFAULT_LIMIT;
+            (&file)
+                .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+                .read_to_end(&mut data)
+                .map_err(|source| ReadError::Io { op: "read", source })?;
+            if data.len() > limit {
+                return Err(ReadError::TooLarge { limit });
+            }
+            return Module::parse(&data);
+        }
+        if meta.len() == 0 {
+            return Err(ReadError::Empty);
+        }
+        // SAFETY: the map is read-only and private to this call. Like every mmap reader
+        // (kmod included), a concurrent truncation of the file by another process can raise
+        // SIGBUS; modules are not rewritten in place while kmx verifies them.
+        let map =
+            unsafe { Mmap::map(&file) }.map_err(|source| ReadError::Io { op: "map", source })?;
+        Module::parse(&map)
+    }
+
+    /// Parse a module held in memory (plain or compressed, signed or not).
+    pub fn parse(bytes: &[u8]) -> Result<Module, ReadError> {
+        match Compression::detect(bytes) {
+            Some(format) => {
+                let data = decompress::decompress(bytes, format, decompress::DEFAULT_LIMIT)?;
+                let mut module = parse_uncompressed(&data)?;
+                module.compression = Some(format);
+                Ok(module)
+            }
+            None => parse_uncompressed(bytes),
+        }
+    }
+
+    /// The first value of `key` in `.modinfo`.
+    pub fn modinfo_get(&self, key: &str) -> Option<&str> {
+        self.modinfo
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key` in `.modinfo`, in file order.
+    pub fn modinfo_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.modinfo
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `vermagic` string, exactly (trailing space included).
+    pub fn vermagic(&self) -> Option<&str> {
+        self.modinfo_get("vermagic")
+    }
+
+    /// The module's name (`name=` in `.modinfo`, set by modpost).
+    pub fn name(&self) -> Option<&str> {
+        self.modinfo_get("name")
+    }
+
+    /// The modules this one depends on (`depends=`, comma-separated; empty means none).
+    pub fn depends(&self) -> Vec<String> {
+        self.modinfo_get("depends")
+            .map(|d| {
+                d.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Split off the signature (if any), then parse the ELF before it.
+fn parse_uncompressed(data: &[u8]) -> Result<Module, ReadError> {
+    let (elf, signature) = split_signature(data)?;
+    let mut module = parse_elf(elf)?;
+    module.signature = signature;
+    Ok(module)
+}
+
+// ---------------------------------------------------------------------------------------------
+// ELF
+
+/// The validated section table and the bytes it describes.
+struct Sections<'a> {
+    data: &'a [u8],
+    ctx: Ctx,
+    headers: Vec<SectionHeader>,
+    names: Vec<&'a [u8]>,
+}
+
+impl<'a> Sections<'a> {
+    /// The first section called `name`.
+    fn find(&self, name: &str) -> Option<&SectionHeader> {
+        self.names
+            .iter()
+            .position(|n| *n == name.as_bytes())
+            .and_then(|i| self.headers.get(i))
+    }
+
+    /// The bytes of a section (empty for SHT_NOBITS). Bounds were checked up front; the
+    /// lookup is still checked so that a logic error cannot panic.
+    fn bytes(&self, sh: &SectionHeader) -> &'a [u8] {
+        if sh.sh_type == SHT_NOBITS {
+            return &[];
+        }
+        section_range(sh)
+            .and_then(|(start, end)| self.data.get(start..end))
+            .unwrap_or_default()
+    }
+}
+
+fn section_range(sh: &SectionHeader) -> Option<(usize, usize)> {
+    let start = usize::try_from(sh.sh_offset).ok()?;
+    let size = usize::try_from(sh.sh_size).ok()?;
+    Some((start, start.checked_add(size)?))
+}
+
+/// The NUL-terminated string at `offset` in `table`, without the NUL; `None` if `offset` is
+/// outside the table or the string runs off its end.
+fn cstr_at(table: &[u8], offset: usize) -> Option<&[u8]> {
+    let tail = table.get(offset..)?;
+    let end = tail.iter().position(|&b| b == 0)?;
+    tail.get(..end)
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn parse_elf(data: &[u8]) -> Result<Module, ReadError> {
+    let (identity, ctx) = identify(data)?;
+    let header = Elf::parse_header(data).map_err(|e| ReadError::BadHeader(e.to_string()))?;
+    if header.e_type != ET_REL {
+        let name = match header::et_to_str(header.e_type) {
+            "UNKNOWN_ET" => format!("{:#x}", header.e_type),
+            known => known.to_string(),
+        };
+        return Err(ReadError::NotRelocatable(name));
+    }
+    let identity = ElfIdentity {
+        machine: header.e_machine,
+        ..identity
+    };
+    let sections = read_sections(data, ctx, &header)?;
+
+    let modinfo_sh = sections.find(".modinfo").ok_or(ReadError::NoModinfo)?;
+    let modinfo = parse_modinfo(sections.bytes(modinfo_sh));
+    let (versions, versions_format) = read_versions(&sections, identity.class)?;
+    let (undefined, exported) = read_symbols(&sections)?;
+    let arm_cpu_arch = if identity.machine == machine::EM_ARM {
+        sections
+            .find(".ARM.attributes")
+            .and_then(|sh| arm_cpu_arch(sections.bytes(sh), identity.endian))
+    } else {
+        None
+    };
+
+    Ok(Module {
+        identity,
+        e_flags: header.e_flags,
+        modinfo,
+        versions,
+        versions_format,
+        has_this_module: sections.find(".gnu.linkonce.this_module").is_some(),
+        undefined,
+        exported,
+        signature: None,
+        arm_cpu_arch,
+        compression: None,
+    })
+}
+
+/// Check `e_ident` ourselves, so that each problem gets its own error, before goblin reads
+/// the header.
+fn identify(data: &[u8]) -> Result<(ElfIdentity, Ctx), ReadError> {
+    if data.is_empty() {
+        return Err(ReadError::Empty);
+    }
+    if !data.starts_with(header::ELFMAG) {
+        return Err(ReadError::NotElf);
+    }
+    let (Some(&class), Some(&encoding)) = (data.get(header::EI_CLASS), data.get(header::EI_DATA))
+    else {
+        return Err(ReadError::TooShort {
+            len: data.len(),
+            need: header::SIZEOF_IDENT,
+        });
+    };
+    let (class, container, need) = match class {
+        header::ELFCLASS32 => (
+            ElfClass::Elf32,
+            Container::Little,
+            header::header32::SIZEOF_EHDR,
+        ),
+        header::ELFCLASS64 => (
+            ElfClass::Elf64,
+            Container::Big,
+            header::header64::SIZEOF_EHDR,
+        ),
+        other => return Err(ReadError::BadClass(other)),
+    };
+    let (endian, goblin_endian) = match encoding {
+        header::ELFDATA2LSB => (Endian::Little, GoblinEndian::Little),
+        header::ELFDATA2MSB => (Endian::Big, GoblinEndian::Big),
+        other => return Err(ReadError::BadEncoding(other)),
+    };
+    if data.len() < need {
+        return Err(ReadError::TooShort {
+            len: data.len(),
+            need,
+        });
+    }
+    let identity = ElfIdentity {
+        class,
+        endian,
+        machine: 0,
+    };
+    Ok((identity, Ctx::new(container, goblin_endian)))
+}
+
+fn read_sections<'a>(
+    data: &'a [u8],
+    ctx: Ctx,
+    header: &header::Header,
+) -> Result<Sections<'a>, ReadError> {
+    let expected = u16::try_from(SectionHeader::size(ctx)).unwrap_or(u16::MAX);
+    if header.e_shnum == 0 || header.e_shoff == 0 {
+        // Extended numbering (e_shnum 0, count in section 0) never occurs in modules.
+        return Err(ReadError::NoSections);
+    }
+    if header.e_shentsize != expected {
+        return Err(ReadError::BadSectionEntrySize {
+            found: header.e_shentsize,
+            expected,
+        });
+    }
+    let out_of_bounds = ReadError::SectionTableOutOfBounds {
+        offset: header.e_shoff,
+        count: header.e_shnum,
+        len: data.len(),
+    };
+    let table_end = u64::from(header.e_shnum)
+        .checked_mul(u64::from(expected))
+        .and_then(|size| size.checked_add(header.e_shoff));
+    match table_end {
+        Some(end) if end <= data.len() as u64 => {}
+        _ => return Err(out_of_bounds),
+    }
+    let shoff = usize::try_from(header.e_shoff).map_err(|_| ReadError::NoSections)?;
+    let headers = SectionHeader::parse(data, shoff, usize::from(header.e_shnum), ctx)
+        .map_err(|e| ReadError::BadHeader(e.to_string()))?;
+
+    let in_bounds = |sh: &SectionHeader| {
+        sh.sh_type == SHT_NOBITS || section_range(sh).is_some_and(|(_, end)| end <= data.len())
+    };
+    let out_of_file =
+        |index: usize, name: &[u8], sh: &SectionHeader| ReadError::SectionOutOfBounds {
+            index,
+            name: lossy(name),
+            offset: sh.sh_offset,
+            size: sh.sh_size,
+            len: data.len(),
+        };
+
+    // The section name table first: every other check names the section it is about.
+    let strndx = header.e_shstrndx;
+    let shstrtab_sh = headers
+        .get(usize::from(strndx))
+        .filter(|_| strndx != 0)
+        .ok_or(ReadError::BadNameTableIndex {
+            index: strndx,
+            count: header.e_shnum,
+        })?;
+    if !in_bounds(shstrtab_sh) {
+        return Err(out_of_file(
+            usize::from(strndx),
+            b"section names",
+            shstrtab_sh,
+        ));
+    }
+    let shstrtab = section_range(shstrtab_sh)
+        .and_then(|(start, end)| data.get(start..end))
+        .filter(|_| shstrtab_sh.sh_type != SHT_NOBITS)
+        .unwrap_or_default();
+    if shstrtab.last() != Some(&0) {
+        return Err(ReadError::BadNameTable { index: strndx });
+    }
+
+    let mut names = Vec::with_capacity(headers.len());
+    for (index, sh) in headers.iter().enumerate() {
+        let name = if index == 0 {
+            &[][..]
+        } else {
+            cstr_at(shstrtab, sh.sh_name).ok_or(ReadError::BadSectionName {
+                index,
+                offset: sh.sh_name,
+            })?
+        };
+        if index != 0 && !in_bounds(sh) {
+            return Err(out_of_file(index, name, sh));
+        }
+        names.push(name);
+    }
+    Ok(Sections {
+        data,
+        ctx,
+        headers,
+        names,
+    })
+}
+
+/// `.modinfo` strings, as kmod reads them: NUL-separated, runs of NULs (alignment padding)
+/// skipped, and a last string without its NUL accepted.
+fn parse_modinfo(bytes: &[u8]) -> Vec<(String, String)> {
+    bytes
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            match entry.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (entry.into_owned(), String::new()),
+            }
+        })
+        .collect()
+}
+
+fn read_versions(
+    sections: &Sections,
+    class: ElfClass,
+) -> Result<(Vec<SymbolVersion>, VersionsFormat), ReadError> {
+    let little = sections.ctx.le.is_little();
+    let ext_crcs = sections.find("__version_ext_crcs");
+    let ext_names = sections.find("__version_ext_names");
+    match (ext_crcs, ext_names) {
+        (Some(crcs), Some(names)) => {
+            let versions = read_ext_versions(
+                sections.bytes(crcs),
+                crcs.sh_size,
+                sections.bytes(names),
+                little,
+            )?;
+            return Ok((versions, VersionsFormat::Extended));
+        }
+        (Some(_), None) => {
+            return Err(ReadError::ExtVersionsIncomplete {
+                present: "__version_ext_crcs",
+                missing: "__version_ext_names",
+            });
+        }
+        (None, Some(_)) => {
+            return Err(ReadError::ExtVersionsIncomplete {
+                present: "__version_ext_names",
+                missing: "__version_ext_crcs",
+            });
+        }
+        (None, None) => {}
+    }
+    let Some(sh) = sections.find("__versions") else {
+        return Ok((Vec::new(), VersionsFormat::None));
+    };
+    let bytes = sections.bytes(sh);
+    if !sh.sh_size.is_multiple_of(VERSION_RECORD_LEN as u64) {
+        return Err(ReadError::VersionsSize(sh.sh_size));
+    }
+    let crc_len = match class {
+        ElfClass::Elf32 => 4,
+        ElfClass::Elf64 => 8,
+    };
+    let mut versions = Vec::with_capacity(bytes.len() / VERSION_RECORD_LEN);
+    for (index, record) in bytes.chunks_exact(VERSION_RECORD_LEN).enumerate() {
+        let (crc_bytes, name) = record.split_at(crc_len);
+        // The CRC is an unsigned long holding a 32-bit value: its low 32 bits.
+        let crc = if little {
+            read_u32(crc_bytes, 0, true)
+        } else {
+            read_u32(crc_bytes, crc_len - 4, false)
+        };
+        let name = cstr_at(name, 0).ok_or(ReadError::VersionsNameUnterminated(index))?;
+        // As kmod does: PPC64 ELFv1 dot-symbols are listed without the dot.
+        let name = name.strip_prefix(b".").unwrap_or(name);
+        versions.push(SymbolVersion {
+            name: lossy(name),
+            crc: crc.unwrap_or(0),
+        });
+    }
+    Ok((versions, VersionsFormat::Classic))
+}
+
+fn read_ext_versions(
+    crcs: &[u8],
+    crcs_size: u64,
+    names: &[u8],
+    little: bool,
+) -> Result<Vec<SymbolVersion>, ReadError> {
+    if !crcs_size.is_multiple_of(4) {
+        return Err(ReadError::ExtCrcsSize(crcs_size));
+    }
+    if !names.is_empty() && names.last() != Some(&0) {
+        return Err(ReadError::ExtNamesUnterminated);
+    }
+    let crc_count = crcs.len() / 4;
+    let name_list: Vec<&[u8]> = match names.split_last() {
+        Some((_, body)) => body.split(|&b| b == 0).collect(),
+        None => Vec::new(),
+    };
+    if crc_count != name_list.len() {
+        return Err(ReadError::ExtCountMismatch {
+            crcs: crc_count,
+            names: name_list.len(),
+        });
+    }
+    Ok(crcs
+        .chunks_exact(4)
+        .zip(name_list)
+        .map(|(crc, name)| SymbolVersion {
+            name: lossy(name),
+            crc: read_u32(crc, 0, little).unwrap_or(0),
+        })
+        .collect())
+}
+
+fn read_u32(bytes: &[u8], at: usize, little: bool) -> Option<u32> {
+    let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(if little {
+        u32::from_le_bytes(raw)
+    } else {
+        u32::from_be_bytes(raw)
+    })
+}
+
+/// Undefined and exported symbols from `.symtab` (the first SHT_SYMTAB section) and the
+/// string table its `sh_link` names. A module without `.symtab` has neither.
+fn read_symbols(sections: &Sections) -> Result<(Vec<String>, Vec<String>), ReadError> {
+    let Some((index, symtab)) = sections
+        .headers
+        .iter()
+        .enumerate()
+        .find(|(_, sh)| sh.sh_type == SHT_SYMTAB)
+    else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let entsize = Sym::size(sections.ctx.container);
+    if symtab.sh_entsize != entsize as u64 {
+        return Err(ReadError::Symtab(format!(
+            "entry size is {}, expected {entsize}",
+            symtab.sh_entsize
+        )));
+    }
+    let bytes = sections.bytes(symtab);
+    if !bytes.len().is_multiple_of(entsize) {
+        return Err(ReadError::Symtab(format!(
+            "size {} is not a multiple of the entry size {entsize}",
+            bytes.len()
+        )));
+    }
+    let strtab = usize::try_from(symtab.sh_link)
+        .ok()
+        .filter(|&link| link != 0 && link != index)
+        .and_then(|link| sections.headers.get(link))
+        .ok_or_else(|| {
+            ReadError::Symtab(format!("string table index {} is invalid", symtab.sh_link))
+        })?;
+    let strings = sections.bytes(strtab);
+    let syms = Sym::parse(bytes, 0, bytes.len() / entsize, sections.ctx)
+        .map_err(|e| ReadError::Symtab(e.to_string()))?;
+
+    let mut undefined = Vec::new();
+    let mut exported = Vec::new();
+    for (i, sym) in syms.iter().enumerate() {
+        if sym.st_name == 0 {
+            continue;
+        }
+        let name = cstr_at(strings, sym.st_name).ok_or_else(|| {
+            ReadError::Symtab(format!(
+                "symbol {i} has name offset {} outside its string table",
+                sym.st_name
+            ))
+        })?;
+        if name.is_empty() {
+            continue;
+        }
+        if sym.st_shndx == SHN_UNDEF as usize {
+            undefined.push(lossy(name));
+        } else if sym.st_type() != STT_SECTION
+            && let Some(export) = name.strip_prefix(KSYMTAB_PREFIX.as_bytes())
+            && !export.is_empty()
+        {
+            exported.push(lossy(export));
+        }
+    }
+    Ok((undefined, exported))
+}
+
+/// Tag_CPU_arch (tag 6) from the "aeabi" vendor subsection's file attributes. `None` when
+/// the section is absent, malformed, or does not say.
+fn arm_cpu_arch(section: &[u8], endian: Endian) -> Option<u8> {
+    const FORMAT_VERSION: u8 = b'A';
+    const TAG_FILE: u8 = 1;
+    const TAG_CPU_ARCH: u64 = 6;
+    let little = endian == Endian::Little;
+    let (&version, mut rest) = section.split_first()?;
+    if version != FORMAT_VERSION {
+        return None;
+    }
+    // Subsections: u32 length (including itself), vendor name, then sub-subsections.
+    while rest.len() >= 4 {
+        let len = usize::try_from(read_u32(rest, 0, little)?).ok()?;
+        let sub = rest.get(..len).filter(|_| len >= 4)?;
+        rest = rest.get(len..)?;
+        let body = sub.get(4..)?;
+        let vendor = cstr_at(body, 0)?;
+        if vendor != b"aeabi" {
+            continue;
+        }
+        let mut subs = body.get(vendor.len().checked_add(1)?..)?;
+        // Sub-subsections: tag byte, u32 size (including tag and size), attributes.
+        while subs.len() >= 5 {
+            let tag = *subs.first()?;
+            let size = usize::try_from(read_u32(subs, 1, little)?).ok()?;
+            let attrs = subs.get(5..size).filter(|_| size >= 5)?;
+            subs = subs.get(size..)?;
+            if tag == TAG_FILE {
+                return find_arm_attribute(attrs, TAG_CPU_ARCH).and_then(|v| u8::try_from(v).ok());
+            }
+        }
+    }
+    None
+}
+
+/// Walk `tag value` pairs (ULEB128 tags; values ULEB128 or NUL-terminated strings per the
+/// ARM ABI's rules) until `wanted`.
+fn find_arm_attribute(mut attrs: &[u8], wanted: u64) -> Option<u64> {
+    while !attrs.is_empty() {
+        let tag = read_uleb(&mut attrs)?;
+        // Tag_CPU_raw_name (4), Tag_CPU_name (5), Tag_also_compatible_with (65),
+        // Tag_conformance (67) and unknown odd tags above 32 carry strings;
+        // Tag_compatibility (32) carries a number then a string.
+        let string_only = matches!(tag, 4 | 5 | 65 | 67) || (tag > 32 && tag % 2 == 1);
+        if string_only {
+            let s = cstr_at(attrs, 0)?;
+            attrs = attrs.get(s.len().checked_add(1)?..)?;
+            continue;
+        }
+        let value = read_uleb(&mut attrs)?;
+        if tag == wanted {
+            return Some(value);
+        }
+        if tag == 32 {
+            let s = cstr_at(attrs, 0)?;
+            attrs = attrs.get(s.len().checked_add(1)?..)?;
+        }
+    }
+    None
+}
+
+fn read_uleb(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(b & 0x7f).checked_shl(shift)?;
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// Appended signature (include/linux/module_signature.h, kmod's libkmod-signature.c)
+//
+// [ module ][ signer ][ key id ][ signature ][ struct module_signature ][ SIGNATURE_MAGIC ]
+
+const ID_TYPES: [&str; 3] = ["PGP", "X509", "PKCS#7"];
+const ID_PKCS7: u8 = 2;
+const HASH_ALGOS: [&str; 9] = [
+    "md4", "md5", "sha1", "rmd160", "sha256", "sha384", "sha512", "sha224", "sm3",
+];
+
+/// Split `data` into the ELF and its signature. No magic at the end means "not signed".
+fn split_signature(data: &[u8]) -> Result<(&[u8], Option<Signature>), ReadError> {
+    let Some(before_magic) = data.strip_suffix(SIGNATURE_MAGIC) else {
+        return Ok((data, None));
+    };
+    let bad = |msg: String| ReadError::Signature(msg);
+    let info_start = before_magic
+        .len()
+        .checked_sub(SIGNATURE_INFO_LEN)
+        .ok_or_else(|| {
+            bad(format!(
+                "the file ends with the signature magic but has only {} bytes before it",
+                before_magic.len()
+            ))
+        })?;
+    let (rest, info) = before_magic.split_at(info_start);
+    let [
+        algo,
+        hash,
+        id_type,
+        signer_len,
+        key_id_len,
+        _,
+        _,
+        _,
+        l0,
+        l1,
+        l2,
+        l3,
+    ] = <[u8; SIGNATURE_INFO_LEN]>::try_from(info).map_err(|_| bad("short descriptor".into()))?;
+    let sig_len = u32::from_be_bytes([l0, l1, l2, l3]);
+    let id_name = ID_TYPES
+        .get(usize::from(id_type))
+        .ok_or_else(|| bad(format!("unknown key identifier type {id_type}")))?;
+    if sig_len == 0 {
+        return Err(bad("signature length is 0".into()));
+    }
+    let sig_len = usize::try_from(sig_len).map_err(|_| bad("signature too long".into()))?;
+    let total = sig_len
+        .checked_add(usize::from(signer_len))
+        .and_then(|n| n.checked_add(usize::from(key_id_len)))
+        .filter(|&n| n <= rest.len())
+        .ok_or_else(|| {
+            bad(format!(
+                "signature ({sig_len} bytes), signer ({signer_len}) and key id ({key_id_len}) do not fit in the {} bytes before the descriptor",
+                rest.len()
+            ))
+        })?;
+    let module_len = rest.len() - total;
+    let (module, trailer) = rest.split_at(module_len);
+    let (signer, trailer) = trailer.split_at(usize::from(signer_len));
+    let (key_id, sig) = trailer.split_at(usize::from(key_id_len));
+
+    let signature = if id_type == ID_PKCS7 {
+        let info = pkcs7::signer_info(sig).map_err(|e| bad(format!("PKCS#7: {e}")))?;
+        Signature {
+            signer: info.signer,
+            key_id: hex_colons(&info.key_id),
+            hash_algo: info.hash_algo,
+            id_type: id_name.to_string(),
+        }
+    } else {
+        if usize::from(algo) >= 2 {
+            return Err(bad(format!("unknown public-key algorithm {algo}")));
+        }
+        let hash_algo = HASH_ALGOS
+            .get(usize::from(hash))
+            .ok_or_else(|| bad(format!("unknown hash algorithm {hash}")))?;
+        Signature {
+            signer: lossy(signer),
+            key_id: hex_colons(key_id),
+            hash_algo: hash_algo.to_string(),
+            id_type: id_name.to_string(),
+        }
+    };
+    Ok((module, Some(signature)))
+}
+
+fn hex_colons(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push_str(&format!("{b:02X}"));
+    }
+    out
+}
+
+/// A minimal DER reader for the one thing kmx needs from a module's PKCS#7 signature: the
+/// first SignerInfo's issuer common name, serial number and digest algorithm (what kmod's
+/// `modinfo` shows). Definite lengths only (DER; the kernel's sign-file writes DER).
+mod pkcs7 {
+    use std::fmt;
+
+    pub struct SignerInfo {
+        pub signer: String,
+        pub key_id: Vec<u8>,
+        pub hash_algo: String,
+    }
+
+    #[derive(Debug)]
+    pub struct DerError(pub &'static str);
+
+    impl fmt::Display for DerError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const INTEGER: u8 = 0x02;
+    const OID: u8 = 0x06;
+    const OCTET_STRING: u8 = 0x04;
+    const CONTEXT_0: u8 = 0xA0;
+    const CONTEXT_0_PRIMITIVE: u8 = 0x80;
+    const CONTEXT_1: u8 = 0xA1;
+    /// 1.2.840.113549.1.7.2
+    const OID_SIGNED_DATA: &[u8] = &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x07, 0x02];
+    /// 2.5.4.3
+    const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+
+    /// One TLV read from the front of a buffer.
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
+
+        fn peek_tag(&self) -> Option<u8> {
+            self.0.first().copied()
+        }
+
+        /// Read any element: its tag and contents.
+        fn any(&mut self) -> Result<(u8, &'a [u8]), DerError> {
+            let (&tag, rest) = self.0.split_first().ok_or(DerError("truncated element"))?;
+            if tag & 0x1F == 0x1F {
+                return Err(DerError("high tag numbers are not supported"));
+            }
+            let (&first, mut rest) = rest.split_first().ok_or(DerError("truncated length"))?;
+            let len = if first < 0x80 {
+                usize::from(first)
+            } else if first == 0x80 {
+                return Err(DerError("indefinite length (BER) is not supported"));
+            } else {
+                let n = usize::from(first & 0x7F);
+                if n > 4 {
+                    return Err(DerError("length field too long"));
+                }
+                let (bytes, tail) = rest
+                    .split_at_checked(n)
+                    .ok_or(DerError("truncated length"))?;
+                rest = tail;
+                bytes
+                    .iter()
+                    .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+            };
+            let (contents, tail) = rest
+                .split_at_checked(len)
+                .ok_or(DerError("element extends past its container"))?;
+            self.0 = tail;
+            Ok((tag, contents))
+        }
+
+        /// Read an element that must have tag `tag`.
+        fn element(&mut self, tag: u8, what: &'static str) -> Result<Reader<'a>, DerError> {
+            let (found, contents) = self.any()?;
+            if found != tag {
+                return Err(DerError(what));
+            }
+            Ok(Reader(contents))
+        }
+    }
+
+    pub fn signer_info(der: &[u8]) -> Result<SignerInfo, DerError> {
+        let mut content_info = Reader(der).element(SEQUENCE, "ContentInfo is not a SEQUENCE")?;
+        let oid = content_info.element(OID, "ContentInfo has no content type")?;
+        if oid.0 != OID_SIGNED_DATA {
+            return Err(DerError("content type is not signedData"));
+        }
+        let mut explicit = content_info.element(CONTEXT_0, "signedData content is missing")?;
+        let mut signed_data = explicit.element(SEQUENCE, "SignedData is not a SEQUENCE")?;
+        signed_data.element(INTEGER, "SignedData has no version")?;
+        signed_data.element(SET, "SignedData has no digestAlgorithms")?;
+        signed_data.element(SEQUENCE, "SignedData has no contentInfo")?;
+        // Optional certificates [0] and crls [1], then signerInfos.
+        while matches!(signed_data.peek_tag(), Some(CONTEXT_0 | CONTEXT_1)) {
+            signed_data.any()?;
+        }
+        let mut signer_infos = signed_data.element(SET, "SignedData has no signerInfos")?;
+        let mut signer = signer_infos.element(SEQUENCE, "no SignerInfo")?;
+        signer.element(INTEGER, "SignerInfo has no version")?;
+        let (sid_tag, sid) = signer.any()?;
+        let (name, key_id) = match sid_tag {
+            SEQUENCE => {
+                let mut issuer_and_serial = Reader(sid);
+                let issuer = issuer_and_serial.element(SEQUENCE, "issuer is not a Name")?;
+                let serial = issuer_and_serial.element(INTEGER, "no serial number")?;
+                (common_name(issuer)?, strip_leading_zeros(serial.0))
+            }
+            // CMS subjectKeyIdentifier [0]: no issuer to name; the identifier is the key id.
+            CONTEXT_0_PRIMITIVE => (String::new(), sid.to_vec()),
+            _ => return Err(DerError("SignerInfo has no signer identifier")),
+        };
+        let mut digest_algorithm = signer.element(SEQUENCE, "SignerInfo has no digestAlgorithm")?;
+        let oid = digest_algorithm.element(OID, "digestAlgorithm has no OID")?;
+        // The encrypted digest must be there too, or this is not a signature.
+        while matches!(signer.peek_tag(), Some(CONTEXT_0)) {
+            signer.any()?;
+        }
+        signer.element(SEQUENCE, "SignerInfo has no signature algorithm")?;
+        signer.element(OCTET_STRING, "SignerInfo has no signature")?;
+        Ok(SignerInfo {
+            signer: name,
+            key_id,
+            hash_algo: digest_name(oid.0),
+        })
+    }
+
+    /// The first commonName in a Name (SEQUENCE OF SET OF {OID, value}); empty if none,
+    /// like kmod.
+    fn common_name(mut name: Reader) -> Result<String, DerError> {
+        while !name.is_empty() {
+            let mut rdn = name.element(SET, "Name entry is not a SET")?;
+            while !rdn.is_empty() {
+                let mut attr = rdn.element(SEQUENCE, "Name attribute is not a SEQUENCE")?;
+                let oid = attr.element(OID, "Name attribute has no type")?;
+                let (_, value) = attr.any()?;
+                if oid.0 == OID_COMMON_NAME {
+                    return Ok(String::from_utf8_lossy(value).into_owned());
+                }
+            }
+        }
+        Ok(String::new())
+    }
+
+    /// An INTEGER's magnitude as OpenSSL's BN_bn2bin gives it (what kmod prints).
+    fn strip_leading_zeros(bytes: &[u8]) -> Vec<u8> {
+        let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+        bytes.get(start..).unwrap_or_default().to_vec()
+    }
+
+    /// OpenSSL's short name for the digest OIDs module signing uses, else the dotted OID.
+    fn digest_name(oid: &[u8]) -> String {
+        const NIST_HASH: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02];
+        let name = match oid {
+            [0x2B, 0x0E, 0x03, 0x02, 0x1A] => Some("sha1"),
+            [0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x02, 0x05] => Some("md5"),
+            [0x2A, 0x81, 0x1C, 0xCF, 0x55, 0x01, 0x83, 0x11] => Some("sm3"),
+            _ => match oid.strip_prefix(NIST_HASH) {
+                Some([1]) => Some("sha256"),
+                Some([2]) => Some("sha384"),
+                Some([3]) => Some("sha512"),
+                Some([4]) => Some("sha224"),
+                Some([8]) => Some("sha3-256"),
+                Some([9]) => Some("sha3-384"),
+                Some([10]) => Some("sha3-512"),
+                _ => None,
+            },
+        };
+        name.map(str::to_string).unwrap_or_else(|| dotted(oid))
+    }
+
+    fn dotted(oid: &[u8]) -> String {
+        let mut arcs: Vec<u64> = Vec::new();
+        let mut value: u64 = 0;
+        for &b in oid {
+            value = value
+                .saturating_mul(128)
+                .saturating_add(u64::from(b & 0x7F));
+            if b & 0x80 == 0 {
+                if arcs.is_empty() {
+                    let first = (value / 40).min(2);
+                    arcs.push(first);
+                    arcs.push(value - first * 40);
+                } else {
+                    arcs.push(value);
+                }
+                value = 0;
+            }
+        }
+        arcs.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn names_digests_like_openssl() {
+            assert_eq!(
+                digest_name(&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 1]),
+                "sha256"
+            );
+            assert_eq!(digest_name(&[0x2B, 0x0E, 0x03, 0x02, 0x1A]), "sha1");
+            assert_eq!(digest_name(&[0x2A, 0x03]), "1.2.3");
+        }
+
+        #[test]
+        fn rejects_lengths_past_the_buffer() {
+            let err = signer_info(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF])
+                .err()
+                .unwrap();
+            assert_eq!(err.to_string(), "element extends past its container");
+            let err = signer_info(&[0x30, 0x80]).err().unwrap();
+            assert_eq!(err.to_string(), "indefinite length (BER) is not supported");
+        }
+    }
+}
+
+impl fmt::Display for VersionsFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VersionsFormat::None => "none",
+            VersionsFormat::Classic => "__versions",
+            VersionsFormat::Extended => "extended (__version_ext_crcs)",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modinfo_skips_padding_and_keeps_order_and_repeats() {
+        let raw = b"\0\0license=GPL\0alias=a\0\0\0alias=b\0flag\0vermagic=6.1 x ";
+        let got = parse_modinfo(raw);
+        let want = [
+            ("license", "GPL"),
+            ("alias", "a"),
+            ("alias", "b"),
+            ("flag", ""),
+            ("vermagic", "6.1 x "),
+        ];
+        assert_eq!(
+            got.iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+            want
+        );
+        assert!(parse_modinfo(b"").is_empty());
+        assert!(parse_modinfo(b"\0\0").is_empty());
+    }
+
+    #[test]
+    fn extended_versions_pair_crcs_with_names() {
+        let crcs = [0x78, 0x56, 0x34, 0x12, 0x01, 0, 0, 0];
+        let got = read_ext_versions(&crcs, 8, b"module_layout\0_printk\0", true).unwrap();
+        assert_eq!(
+            got,
+            [
+                SymbolVersion {
+                    name: "module_layout".into(),
+                    crc: 0x1234_5678
+                },
+                SymbolVersion {
+                    name: "_printk".into(),
+                    crc: 1
+                },
+            ]
+        );
+        let big = read_ext_versions(&crcs, 8, b"a\0b\0", false).unwrap();
+        assert_eq!(big[0].crc, 0x7856_3412);
+        assert!(read_ext_versions(&[], 0, b"", true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn extended_versions_errors() {
+        let crcs = [0u8; 8];
+        let err = |r: Result<Vec<SymbolVersion>, ReadError>| r.unwrap_err().to_string();
+        assert_eq!(
+            err(read_ext_versions(&crcs, 8, b"a\0", true)),
+            "__version_ext_crcs has 2 entries but __version_ext_names has 1 names"
+        );
+        assert_eq!(
+            err(read_ext_versions(&crcs[..6], 6, b"a\0", true)),
+            "__version_ext_crcs size 6 is not a multiple of 4"
+        );
+        assert_eq!(
+            err(read_ext_versions(&crcs, 8, b"a\0b", true)),
+            "__version_ext_names does not end with a NUL byte"
+        );
+    }
+
+    #[test]
+    fn arm_attributes_tag_cpu_arch() {
+        // "A", subsection {len, "aeabi\0", File{tag 1, size, Tag_CPU_name "7-A", Tag_CPU_arch 10}}
+        let attrs: &[u8] = &[5, b'7', b'-', b'A', 0, 6, 10, 7, 0x41];
+        let mut file = vec![1u8];
+        file.extend_from_slice(&(5 + attrs.len() as u32).to_le_bytes());
+        file.extend_from_slice(attrs);
+        let mut sub = Vec::new();
+        sub.extend_from_slice(&(4 + 6 + file.len() as u32).to_le_bytes());
+        sub.extend_from_slice(b"aeabi\0");
+        sub.extend_from_slice(&file);
+        let mut section = vec![b'A'];
+        section.extend_from_slice(&sub);
+        assert_eq!(arm_cpu_arch(&section, Endian::Little), Some(10));
+        // Malformed or foreign: None, never a panic.
+        assert_eq!(
+            arm_cpu_arch(&section[..section.len() - 3], Endian::Little),
+            None
+        );
+        assert_eq!(arm_cpu_arch(b"B", Endian::Little), None);
+        assert_eq!(
+            arm_cpu_arch(&[b'A', 0xFF, 0xFF, 0xFF, 0xFF], Endian::Little),
+            None
+        );
+        assert_eq!(arm_cpu_arch(&[b'A', 0, 0, 0, 0], Endian::Little), None);
+    }
+
+    #[test]
+    fn legacy_x509_signature_uses_the_descriptor_fields() {
+        let mut file = b"ELF...".to_vec();
+        file.extend_from_slice(b"signer");
+        file.extend_from_slice(&[0xAB, 0x01]);
+        file.extend_from_slice(&[0x55; 3]);
+        // algo RSA, hash sha256, id X509, signer_len 6, key_id_len 2, pad, sig_len 3 (BE)
+        file.extend_from_slice(&[1, 4, 1, 6, 2, 0, 0, 0, 0, 0, 0, 3]);
+        file.extend_from_slice(SIGNATURE_MAGIC);
+        let (module, sig) = split_signature(&file).unwrap();
+        assert_eq!(module, b"ELF...");
+        assert_eq!(
+            sig,
+            Some(Signature {
+                signer: "signer".into(),
+                key_id: "AB:01".into(),
+                hash_algo: "sha256".into(),
+                id_type: "X509".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn signature_descriptor_errors() {
+        let with = |info: [u8; 12]| {
+            let mut f = vec![0u8; 32];
+            f.extend_from_slice(&info);
+            f.extend_from_slice(SIGNATURE_MAGIC);
+            split_signature(&f).unwrap_err().to_string()
+        };
+        assert_eq!(
+            with([0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            "malformed module signature: unknown key identifier type 3"
+        );
+        assert_eq!(
+            with([0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            "malformed module signature: signature length is 0"
+        );
+        assert_eq!(
+            with([0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 4]),
+            "malformed module signature: PKCS#7: ContentInfo is not a SEQUENCE"
+        );
+        assert_eq!(
+            with([0, 9, 1, 0, 0, 0, 0, 0, 0, 0, 0, 4]),
+            "malformed module signature: unknown hash algorithm 9"
+        );
+    }
+
+    #[test]
+    fn unsigned_data_is_returned_whole() {
+        let (module, sig) = split_signature(b"\x7fELF").unwrap();
+        assert_eq!(module, b"\x7fELF");
+        assert_eq!(sig, None);
+    }
+}
