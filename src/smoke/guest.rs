@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::cpio;
-use super::modinfo;
 use crate::error::{Error, Result};
+use crate::verify::Module;
 
 /// A module to load in the guest.
 #[derive(Debug, Clone)]
@@ -22,6 +22,39 @@ pub struct Load {
     /// An in-tree module from the kernel's own module tree, loaded because a given module
     /// depends on it.
     pub dependency: bool,
+}
+
+/// A module given to smoke, as the load order needs it.
+#[derive(Debug, Clone)]
+pub struct Given {
+    pub path: PathBuf,
+    /// The name the kernel uses (`name=`, else the file name with `-` as `_`).
+    pub name: String,
+    /// `depends=`: module names it needs loaded first.
+    pub depends: Vec<String>,
+}
+
+impl Given {
+    /// Read a `.ko` file with the module reader.
+    pub fn read(path: &Path) -> Result<Given> {
+        let module = Module::read(path).map_err(|e| e.into_error(path))?;
+        Ok(Given::new(path, &module))
+    }
+
+    pub fn new(path: &Path, module: &Module) -> Given {
+        let name = module.name().map(str::to_string).unwrap_or_else(|| {
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            normalize(file.split('.').next().unwrap_or_default())
+        });
+        Given {
+            path: path.to_path_buf(),
+            name,
+            depends: module.depends(),
+        }
+    }
 }
 
 /// Kernel module names treat `-` and `_` alike.
@@ -56,23 +89,20 @@ pub fn read_modules_dep(modules_dir: &Path) -> Result<BTreeMap<String, (PathBuf,
     Ok(map)
 }
 
-/// The load order for `given` (`.ko` path with its modinfo): every module after the ones it
+/// The load order for `given`: every module after the ones it
 /// depends on; in-tree dependencies come from `tree` and are loaded once. A dependency
 /// found nowhere is left to the kernel, which refuses the module with "Unknown symbol".
-pub fn load_order(
-    given: &[(PathBuf, modinfo::ModInfo)],
-    tree: &BTreeMap<String, (PathBuf, Vec<String>)>,
-) -> Vec<Load> {
+pub fn load_order(given: &[Given], tree: &BTreeMap<String, (PathBuf, Vec<String>)>) -> Vec<Load> {
     let by_name: BTreeMap<String, usize> = given
         .iter()
         .enumerate()
-        .map(|(i, (_, m))| (normalize(&m.name), i))
+        .map(|(i, g)| (normalize(&g.name), i))
         .collect();
     let mut order = Vec::new();
     let mut seen = HashSet::new();
     fn visit(
         name: &str,
-        given: &[(PathBuf, modinfo::ModInfo)],
+        given: &[Given],
         by_name: &BTreeMap<String, usize>,
         tree: &BTreeMap<String, (PathBuf, Vec<String>)>,
         seen: &mut HashSet<String>,
@@ -82,13 +112,13 @@ pub fn load_order(
             return;
         }
         if let Some(&i) = by_name.get(name) {
-            let (path, info) = &given[i];
-            for d in &info.depends {
+            let g = &given[i];
+            for d in &g.depends {
                 visit(&normalize(d), given, by_name, tree, seen, order);
             }
             order.push(Load {
-                name: info.name.clone(),
-                path: path.clone(),
+                name: g.name.clone(),
+                path: g.path.clone(),
                 dependency: false,
             });
         } else if let Some((path, deps)) = tree.get(name) {
@@ -103,9 +133,9 @@ pub fn load_order(
             });
         }
     }
-    for (_, info) in given {
+    for g in given {
         visit(
-            &normalize(&info.name),
+            &normalize(&g.name),
             given,
             &by_name,
             tree,
@@ -180,10 +210,10 @@ pub fn write_initramfs(out: &Path, busybox: &Path, order: &[Load]) -> Result<()>
 mod tests {
     use super::*;
 
-    fn info(name: &str, depends: &[&str]) -> modinfo::ModInfo {
-        modinfo::ModInfo {
+    fn given(path: &str, name: &str, depends: &[&str]) -> Given {
+        Given {
+            path: PathBuf::from(path),
             name: name.into(),
-            vermagic: None,
             depends: depends.iter().map(|d| d.to_string()).collect(),
         }
     }
@@ -211,12 +241,9 @@ mod tests {
             (PathBuf::from("/t/rfkill.ko"), vec![]),
         );
         let given = vec![
-            (
-                PathBuf::from("/b/top.ko"),
-                info("top", &["mid", "crc-itu-t"]),
-            ),
-            (PathBuf::from("/b/mid.ko"), info("mid", &["nfc_digital"])),
-            (PathBuf::from("/b/lone.ko"), info("lone", &["nowhere"])),
+            given("/b/top.ko", "top", &["mid", "crc-itu-t"]),
+            given("/b/mid.ko", "mid", &["nfc_digital"]),
+            given("/b/lone.ko", "lone", &["nowhere"]),
         ];
         let order: Vec<(String, bool)> = load_order(&given, &tree)
             .into_iter()

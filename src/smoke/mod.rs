@@ -30,7 +30,6 @@
 pub mod console;
 pub mod cpio;
 pub mod guest;
-pub(crate) mod modinfo;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};
@@ -220,7 +219,7 @@ fn prepare_and_boot(
 ) -> crate::Result<TargetReport> {
     let mut given = Vec::new();
     for ko in &job.modules {
-        given.push((ko.clone(), modinfo::read(ko)?));
+        given.push(guest::Given::read(ko)?);
     }
     let tree = guest::read_modules_dep(&files.modules_dir)?;
     let order = guest::load_order(&given, &tree);
@@ -422,10 +421,10 @@ pub fn find_modules(path: &Path) -> crate::Result<Vec<PathBuf>> {
 /// The kernel release a module was built for (the first word of its vermagic), and its
 /// name. Errors name the file.
 pub fn module_release(ko: &Path) -> crate::Result<(String, String)> {
-    let info = modinfo::read(ko)?;
-    let release = info
-        .vermagic
-        .as_deref()
+    let module = crate::verify::Module::read(ko).map_err(|e| e.into_error(ko))?;
+    let given = guest::Given::new(ko, &module);
+    let release = module
+        .vermagic()
         .and_then(|v| v.split_whitespace().next())
         .map(str::to_string)
         .ok_or_else(|| {
@@ -433,5 +432,5 @@ pub fn module_release(ko: &Path) -> crate::Result<(String, String)> {
                 .at(ko)
                 .hint("build it with kbuild against a prepared kernel tree")
         })?;
-    Ok((release, info.name))
+    Ok((release, given.name))
 }
