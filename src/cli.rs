@@ -51,13 +51,14 @@ pub enum Cmd {
     /// Boot each target's real kernel under QEMU and load modules in it: the kernel's own
     /// verdict (loaded, refused with its message, crashed in init). Needs
     /// `kmx kernels fetch --with-image`. Exits 0 when every module loaded, 1 when one was
-    /// refused or crashed, 4 when a kernel could not be booted.
+    /// refused or crashed, 4 when a kernel could not be booted (and none was refused).
     Smoke {
         /// .ko files, or directories searched recursively for them.
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
-        /// Boot only these targets (repeatable or comma-separated) [default: the target whose
-        /// kernel release matches each module's vermagic].
+        /// Targets to boot (repeatable or comma-separated): each module goes to the one whose
+        /// kernel release matches its vermagic, or to the only one given [default: every
+        /// known target].
         #[arg(long, short)]
         target: Vec<String>,
         /// Give up on a boot after this many seconds.

@@ -87,15 +87,7 @@ pub fn smoke(
     }
     let mut jobs = Vec::new();
     for ((target, _), (tree, modules)) in groups {
-        let profile = ctx.profiles.target(&target)?;
-        jobs.push(Job {
-            target,
-            boot: profile.boot.clone(),
-            profile: profile.file.clone(),
-            release: tree.release.clone(),
-            files: tree.boot.clone(),
-            modules,
-        });
+        jobs.push(Job::new(ctx.profiles.target(&target)?, &tree, modules));
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -59,6 +59,25 @@ pub struct Job {
     pub modules: Vec<PathBuf>,
 }
 
+impl Job {
+    /// The job for modules built against a registered tree of `target` (what a build cell
+    /// knows): boot settings from the profile, boot files from the registry.
+    pub fn new(
+        target: &crate::config::Target,
+        tree: &crate::kernel::registry::RegisteredTree,
+        modules: Vec<PathBuf>,
+    ) -> Job {
+        Job {
+            target: target.name.clone(),
+            boot: target.boot.clone(),
+            profile: target.file.clone(),
+            release: tree.release.clone(),
+            files: tree.boot.clone(),
+            modules,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Time limit of one boot, from QEMU's start to its exit.
