@@ -205,3 +205,52 @@ fn print_text(reports: &[TargetReport]) {
     }
     println!("{loaded} loaded, {refused} refused, {crashed} crashed, {not_run} not run");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smoke::ModuleReport;
+
+    fn report(status: Status, outcomes: &[Outcome]) -> TargetReport {
+        TargetReport {
+            target: "t".into(),
+            release: "r".into(),
+            status,
+            message: None,
+            hint: None,
+            seconds: 0.0,
+            console_log: None,
+            modules: outcomes
+                .iter()
+                .map(|o| ModuleReport {
+                    name: "m".into(),
+                    path: PathBuf::from("m.ko"),
+                    dependency: false,
+                    outcome: *o,
+                    message: None,
+                    insmod_status: None,
+                    insmod_output: vec![],
+                    kernel_log: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn exit_code_rules() {
+        use Outcome::*;
+        let loaded = report(Status::Booted, &[Loaded]);
+        let refused = report(Status::Booted, &[Loaded, Refused]);
+        let crashed = report(Status::Booted, &[Crashed]);
+        let harness = report(Status::HarnessFailed, &[NotRun]);
+        let unconfigured = report(Status::NotConfigured, &[]);
+        let interrupted = report(Status::Interrupted, &[NotRun]);
+        assert_eq!(exit_code(&[loaded.clone(), unconfigured.clone()]), exit::OK);
+        assert_eq!(exit_code(&[loaded.clone(), refused.clone()]), exit::FAILED);
+        assert_eq!(exit_code(&[crashed]), exit::FAILED);
+        // A real verdict (refused) wins over a target that could not be booted.
+        assert_eq!(exit_code(&[harness.clone(), refused]), exit::FAILED);
+        assert_eq!(exit_code(&[loaded, harness.clone()]), exit::HARNESS);
+        assert_eq!(exit_code(&[harness, interrupted]), exit::INTERRUPTED);
+    }
+}

@@ -453,3 +453,113 @@ pub fn module_release(ko: &Path) -> crate::Result<(String, String)> {
         })?;
     Ok((release, given.name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn job() -> Job {
+        Job {
+            target: "arm64".into(),
+            boot: None,
+            profile: PathBuf::from("targets/arm64.toml"),
+            release: "6.1.0-50-arm64".into(),
+            files: None,
+            modules: vec![],
+        }
+    }
+
+    fn boot() -> Boot {
+        Boot {
+            qemu: "qemu-system-aarch64".into(),
+            machine: "virt".into(),
+            cpu: "cortex-a57".into(),
+            console: "ttyAMA0".into(),
+            memory: 512,
+            append: String::new(),
+            qemu_args: vec![],
+        }
+    }
+
+    fn order() -> Vec<guest::Load> {
+        vec![guest::Load {
+            name: "hello".into(),
+            path: PathBuf::from("/b/hello.ko"),
+            dependency: false,
+        }]
+    }
+
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn no_kernel_output_is_a_harness_failure_naming_qemus_complaint() {
+        let ended = Ended::Exited(std::process::ExitStatus::from_raw(1 << 8));
+        let log = "qemu-system-x86_64: Error loading uncompressed kernel without PVH ELF Note\n";
+        let r = judge(&job(), &boot(), &order(), log, &ended, LIMIT);
+        assert_eq!(r.status, Status::HarnessFailed);
+        assert_eq!(
+            r.message.as_deref(),
+            Some(
+                "`qemu-system-aarch64` ended (exit status 1) before the kernel started: qemu-system-x86_64: Error loading uncompressed kernel without PVH ELF Note"
+            )
+        );
+        assert_eq!(r.modules[0].outcome, Outcome::NotRun);
+        let r = judge(
+            &job(),
+            &boot(),
+            &order(),
+            "",
+            &Ended::TimedOut(LIMIT),
+            LIMIT,
+        );
+        assert_eq!(r.status, Status::HarnessFailed);
+        assert!(
+            r.message
+                .unwrap()
+                .starts_with("no output from the kernel within 60 s")
+        );
+    }
+
+    #[test]
+    fn panic_before_init_is_a_boot_failure() {
+        let log = "[    1.5] Kernel panic - not syncing: VFS: Unable to mount root fs\n";
+        let ended = Ended::Exited(std::process::ExitStatus::from_raw(0));
+        let r = judge(&job(), &boot(), &order(), log, &ended, LIMIT);
+        assert_eq!(r.status, Status::BootFailed);
+        assert_eq!(
+            r.message.as_deref(),
+            Some(
+                "the kernel did not reach /init: Kernel panic - not syncing: VFS: Unable to mount root fs"
+            )
+        );
+    }
+
+    #[test]
+    fn a_module_without_result_crashed_and_refusals_quote_the_kernel() {
+        let log = "KMX-BOOTED 6.1.0-50-arm64\nKMX-BEGIN 0\n";
+        let r = judge(
+            &job(),
+            &boot(),
+            &order(),
+            log,
+            &Ended::TimedOut(LIMIT),
+            LIMIT,
+        );
+        assert_eq!(r.status, Status::Booted);
+        assert_eq!(r.modules[0].outcome, Outcome::Crashed);
+        assert_eq!(
+            r.modules[0].message.as_deref(),
+            Some("no result within 60 s: the kernel hung or died while loading it")
+        );
+        let log = "KMX-BOOTED 6.1.0-50-arm64\nKMX-BEGIN 0\nKMX-INSMOD 0 insmod: can't insert '/m/000.ko': invalid module format\nKMX-RESULT 0 1\nKMX-DMESG 0\n[ 2.1] hello: loading out-of-tree module taints kernel.\n[ 2.2] hello: disagrees about version of symbol module_layout\nKMX-END 0\nKMX-DONE\n";
+        let ended = Ended::Exited(std::process::ExitStatus::from_raw(0));
+        let r = judge(&job(), &boot(), &order(), log, &ended, LIMIT);
+        assert_eq!(r.modules[0].outcome, Outcome::Refused);
+        assert_eq!(
+            r.modules[0].message.as_deref(),
+            Some("hello: disagrees about version of symbol module_layout")
+        );
+        assert!(!r.all_loaded());
+    }
+}
