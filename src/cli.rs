@@ -121,6 +121,26 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Boot each target's real kernel under QEMU and load modules in it: the kernel's own
+    /// verdict (loaded, refused with its message, crashed in init). Needs
+    /// `kmx kernels fetch --with-image`. Exits 0 when every module loaded, 1 when one was
+    /// refused or crashed, 4 when a kernel could not be booted (and none was refused).
+    Smoke {
+        /// .ko files, or directories searched recursively for them.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Targets to boot (repeatable or comma-separated): each module goes to the one whose
+        /// kernel release matches its vermagic, or to the only one given [default: every
+        /// known target].
+        #[arg(long, short)]
+        target: Vec<String>,
+        /// Give up on a boot after this many seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +164,10 @@ pub enum KernelsCmd {
         /// Update the package lists even if they are less than a day old.
         #[arg(long)]
         refresh: bool,
+        /// Also fetch each tree's kernel image, its module tree and a static busybox, which
+        /// `kmx smoke` boots under QEMU (about 45-70 MB per target).
+        #[arg(long)]
+        with_image: bool,
     },
     /// List every known kernel tree with its target, release and vermagic.
     List {

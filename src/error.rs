@@ -16,6 +16,9 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// The machine lacks something: a toolchain, a kernel tree, apt, the network.
     pub const ENVIRONMENT: i32 = 3;
+    /// `kmx smoke` could not get a verdict: a kernel did not boot (missing image or
+    /// emulator, wrong image, panic before /init, timeout), and no module was refused.
+    pub const HARNESS: i32 = 4;
     /// Stopped by Ctrl-C or SIGTERM.
     pub const INTERRUPTED: i32 = 130;
 }

@@ -8,7 +8,9 @@
 //! - [`kernel`]: kernel build trees: inspection, vermagic, provisioning from Debian.
 //! - [`build`]: planning and the parallel scheduler that runs kbuild.
 //! - [`verify`]: the module reader (ELF, `.modinfo`, `__versions`) and the load checks.
-//! - [`state`]: kmx's home and the on-disk stores (the lifecycle store, tarballs).
+//! - [`smoke`]: boot-and-load proof: real kernels under QEMU load the modules.
+//! - [`state`]: kmx's home and the on-disk stores (the lifecycle store, tarballs, the
+//!   build cache).
 //! - [`install`]: installing built modules into a root and uninstalling them.
 //! - [`error`]: the one error type and the exit codes.
 
@@ -24,6 +26,7 @@ pub mod error;
 pub mod install;
 pub mod kernel;
 pub mod process;
+pub mod smoke;
 pub mod state;
 pub mod verify;
 

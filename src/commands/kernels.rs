@@ -3,9 +3,10 @@
 use serde::Serialize;
 
 use crate::commands::{Context, print_json};
+use crate::config::profile::DebianKernel;
 use crate::error::{Error, Result, exit};
-use crate::kernel::fetch::{self, FetchRequest};
-use crate::kernel::registry::{RegisteredTree, Registry, trees_of};
+use crate::kernel::fetch::{self, BootRequest, FetchRequest};
+use crate::kernel::registry::{BootFiles, RegisteredTree, Registry, trees_of};
 use crate::kernel::tree::KernelTree;
 
 pub fn fetch(
@@ -15,6 +16,7 @@ pub fn fetch(
     mirror: String,
     suite: String,
     refresh: bool,
+    with_image: bool,
 ) -> Result<i32> {
     let mut wanted = Vec::new();
     for t in ctx.profiles.select(targets)? {
@@ -30,6 +32,8 @@ pub fn fetch(
         })?;
         wanted.push((t.name.clone(), debian));
     }
+    let debian_of: std::collections::HashMap<String, DebianKernel> =
+        wanted.iter().cloned().collect();
     let req = FetchRequest {
         targets: wanted,
         abi,
@@ -39,17 +43,50 @@ pub fn fetch(
     };
     let trees = fetch::fetch(&ctx.home, &req, &mut |line| eprintln!("{line}"))?;
     let mut registry = Registry::load(&ctx.home)?;
+    let mut inspected = Vec::new();
     for t in &trees {
         let tree = KernelTree::inspect(&t.kdir)?;
         tree.check_host_tools()?;
+        inspected.push(tree);
+    }
+    let boots: Vec<Option<BootFiles>> = if with_image {
+        let wanted: Vec<BootRequest> = trees
+            .iter()
+            .zip(&inspected)
+            .filter_map(|(t, tree)| {
+                Some(BootRequest {
+                    tree: t.clone(),
+                    debian: debian_of.get(&t.target)?.clone(),
+                    release: tree.release.clone(),
+                })
+            })
+            .collect();
+        fetch::fetch_boot(&ctx.home, &req, &wanted, &mut |line| eprintln!("{line}"))?
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        // Keep what an earlier `--with-image` fetched, as long as it is still on disk.
+        trees
+            .iter()
+            .zip(&inspected)
+            .map(|(t, tree)| {
+                let arch = &debian_of.get(&t.target)?.arch;
+                fetch::existing_boot(&t.sysroot, &tree.release, arch)
+            })
+            .collect()
+    };
+    for ((t, tree), boot) in trees.iter().zip(&inspected).zip(boots) {
+        let image = if boot.is_some() { " +image" } else { "" };
         registry.register(RegisteredTree {
             target: t.target.clone(),
             release: tree.release.clone(),
             kdir: t.kdir.clone(),
             origin: t.origin.clone(),
+            boot,
         });
         eprintln!(
-            "{:<8} {} {:<22} vermagic \"{}\"",
+            "{:<8} {}{image} {:<22} vermagic \"{}\"",
             t.target,
             if t.new { "fetched" } else { "present" },
             tree.release,

@@ -5,6 +5,7 @@ pub mod build;
 mod doctor;
 mod kernels;
 mod lifecycle;
+mod smoke;
 
 use crate::cli::{Cli, Cmd, KernelsCmd, KeysCmd, ReportCmd};
 use crate::config::{Profiles, Sources, load::user_config_dir};
@@ -67,10 +68,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             mirror,
             suite,
             refresh,
-        }) => kernels::fetch(&ctx, &target, abi, mirror, suite, refresh),
+            with_image,
+        }) => kernels::fetch(&ctx, &target, abi, mirror, suite, refresh, with_image),
         Cmd::Kernels(KernelsCmd::List { json }) => kernels::list(&ctx, json),
         Cmd::Targets { json } => doctor::targets(&ctx, json),
         Cmd::Doctor { target, json } => doctor::doctor(&ctx, &target, json),
+        Cmd::Smoke {
+            paths,
+            target,
+            timeout,
+            json,
+        } => smoke::smoke(&ctx, &paths, &target, timeout, json),
     }
 }
 

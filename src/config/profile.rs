@@ -89,6 +89,7 @@ struct TargetFile {
     debian: Option<DebianKernel>,
     #[serde(default)]
     kernels: KernelsFile,
+    boot: Option<Boot>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +110,35 @@ pub struct DebianKernel {
     pub flavour: String,
 }
 
+/// `[boot]`: how `kmx smoke` boots this target's kernel under QEMU to load modules in it.
+/// kmx always passes `-nodefaults -display none -serial stdio -no-reboot -smp 1` and the
+/// kernel arguments `console=<console> panic=-1 quiet`, then `append`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// The QEMU system emulator, e.g. `qemu-system-aarch64`.
+    pub qemu: String,
+    /// `-M`, e.g. `virt` or `q35`.
+    pub machine: String,
+    /// `-cpu`, e.g. `cortex-a57`.
+    pub cpu: String,
+    /// The kernel's serial console device, e.g. `ttyS0` or `ttyAMA0`.
+    pub console: String,
+    /// Guest memory in MiB.
+    #[serde(default = "default_boot_memory")]
+    pub memory: u32,
+    /// Extra kernel command-line arguments, appended after kmx's own.
+    #[serde(default)]
+    pub append: String,
+    /// Extra QEMU arguments, appended after kmx's own.
+    #[serde(default)]
+    pub qemu_args: Vec<String>,
+}
+
+fn default_boot_memory() -> u32 {
+    512
+}
+
 /// A target profile: one kind of machine modules are built for.
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
@@ -125,6 +155,8 @@ pub struct Target {
     pub fetched_kernels: bool,
     /// Explicit kernel build directories or globs (`~` expanded).
     pub kernel_paths: Vec<String>,
+    /// How to boot the target's kernel under QEMU; `None`: `kmx smoke` is not configured.
+    pub boot: Option<Boot>,
     pub file: PathBuf,
     /// Line and column of the `toolchain` value, for errors about it.
     #[serde(skip)]
@@ -146,6 +178,7 @@ impl Target {
             debian: raw.debian,
             fetched_kernels: raw.kernels.fetched,
             kernel_paths: raw.kernels.paths,
+            boot: raw.boot,
             file: file.to_path_buf(),
             toolchain_at,
         })
@@ -212,6 +245,35 @@ mod tests {
         assert_eq!(
             render(&err),
             "error: toolchains/x.toml:2:10: invalid GNU triple `nonsense-cpu-linux-gnu`: Unrecognized architecture: nonsense\n  hint: write a triple such as `aarch64-linux-gnu` or `arm-linux-gnueabihf`"
+        );
+    }
+
+    #[test]
+    fn boot_table_is_parsed_with_defaults() {
+        let t = Target::parse(
+            "t",
+            "kernel_arch = \"arm64\"\ntoolchain = \"aarch64-linux-gnu\"\n[boot]\nqemu = \"qemu-system-aarch64\"\nmachine = \"virt\"\ncpu = \"cortex-a57\"\nconsole = \"ttyAMA0\"\n",
+            Path::new("targets/t.toml"),
+        )
+        .unwrap();
+        let boot = t.boot.unwrap();
+        assert_eq!(boot.memory, 512);
+        assert_eq!(boot.append, "");
+        assert_eq!(boot.machine, "virt");
+    }
+
+    #[test]
+    fn unknown_key_in_boot_table_names_file_and_line() {
+        let err = Target::parse(
+            "t",
+            "kernel_arch = \"arm64\"\ntoolchain = \"aarch64-linux-gnu\"\n[boot]\nqemu = \"q\"\nmachine = \"virt\"\ncpu = \"c\"\nconsole = \"ttyAMA0\"\nmemroy = 256\n",
+            Path::new("targets/t.toml"),
+        )
+        .unwrap_err();
+        let text = render(&err);
+        assert!(
+            text.starts_with("error: targets/t.toml:8:1: unknown field `memroy`, expected one of"),
+            "{text}"
         );
     }
 

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::profile::DebianKernel;
 use crate::error::{Error, Kind, Result};
+use crate::kernel::registry::BootFiles;
 use crate::process;
 use crate::state::Home;
 
@@ -50,6 +51,10 @@ pub struct FetchedTree {
     pub origin: String,
     /// False when the tree was already there and nothing was downloaded for it.
     pub new: bool,
+    /// The Debian kernel ABI, e.g. `6.1.0-50`.
+    pub abi: String,
+    /// The sysroot the tree lives in (`$KMX_HOME/trees/debian-<ABI>`).
+    pub sysroot: PathBuf,
 }
 
 /// The private apt state: every apt call kmx makes goes through here.
@@ -387,6 +392,8 @@ pub fn fetch(
             ),
             kdir,
             new: true,
+            abi: abi.clone(),
+            sysroot: sysroot.clone(),
         });
     }
     Ok(result)
@@ -399,6 +406,8 @@ fn existing(sysroot: &Path, abi: &str, target: &str, d: &DebianKernel) -> Option
         origin: format!("debian linux-headers-{abi}-{}", d.flavour),
         kdir,
         new: false,
+        abi: abi.to_string(),
+        sysroot: sysroot.to_path_buf(),
     })
 }
 
@@ -452,6 +461,211 @@ fn relocate_makefile(tree: &Path) -> Result<()> {
     if changed {
         std::fs::write(&path, fixed).map_err(|e| Error::io("write", &path, e))?;
     }
+    Ok(())
+}
+
+/// One tree whose distribution kernel `--with-image` should provide.
+#[derive(Debug, Clone)]
+pub struct BootRequest {
+    pub tree: FetchedTree,
+    pub debian: DebianKernel,
+    /// The tree's kernel release (`6.1.0-50-amd64`): the image and module tree must match it.
+    pub release: String,
+}
+
+/// Where the boot files of `release` live in a sysroot (present or not).
+fn boot_paths(sysroot: &Path, release: &str, arch: &str) -> BootFiles {
+    BootFiles {
+        image: sysroot.join(format!("boot/vmlinuz-{release}")),
+        modules_dir: sysroot.join(format!("lib/modules/{release}")),
+        busybox: sysroot.join(format!("boot/busybox-{arch}")),
+    }
+}
+
+/// The boot files of a tree when every one of them is on disk.
+pub fn existing_boot(sysroot: &Path, release: &str, arch: &str) -> Option<BootFiles> {
+    let b = boot_paths(sysroot, release, arch);
+    (b.image.is_file() && b.modules_dir.join("modules.dep").is_file() && b.busybox.is_file())
+        .then_some(b)
+}
+
+/// Fetch, for each tree, Debian's kernel image of the same release, its module tree
+/// (with `modules.dep` made by `depmod -b`) and `busybox-static` for the architecture, into
+/// the tree's sysroot: `boot/vmlinuz-<release>`, `lib/modules/<release>/`,
+/// `boot/busybox-<arch>`. Each is unpacked in a staging directory and renamed into place,
+/// the image last, so a tree's boot files are complete or absent. Trees whose files are
+/// present cost nothing (no apt call).
+pub fn fetch_boot(
+    home: &Home,
+    req: &FetchRequest,
+    trees: &[BootRequest],
+    say: &mut dyn FnMut(&str),
+) -> Result<Vec<BootFiles>> {
+    let missing: Vec<&BootRequest> = trees
+        .iter()
+        .filter(|t| existing_boot(&t.tree.sysroot, &t.release, &t.debian.arch).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(trees
+            .iter()
+            .map(|t| boot_paths(&t.tree.sysroot, &t.release, &t.debian.arch))
+            .collect());
+    }
+    let host = host_debian_arch().to_string();
+    let mut archs = vec![host];
+    for t in &missing {
+        if !archs.contains(&t.debian.arch) {
+            archs.push(t.debian.arch.clone());
+        }
+    }
+    let apt = Apt::prepare(home, req, &archs)?;
+    if req.refresh || !apt.lists_fresh() {
+        say(&format!(
+            "Updating package lists from {} {}",
+            req.mirror, req.suite
+        ));
+        apt.update()?;
+    }
+    which::which("depmod").map_err(|_| {
+        Error::env("depmod not found: kmx needs it to index the kernel's modules")
+            .hint("apt-get install kmod")
+    })?;
+    for t in missing {
+        let abi = &t.tree.abi;
+        let d = &t.debian;
+        // The signed image is what users run; some architectures (armhf) only have that
+        // name, others also ship `-unsigned` with the same kernel.
+        let signed = format!("linux-image-{abi}-{}", d.flavour);
+        let unsigned = format!("{signed}-unsigned");
+        let image_pkg = [signed, unsigned]
+            .into_iter()
+            .find(|p| apt.show(&[format!("{p}:{}", d.arch)]).is_some())
+            .ok_or_else(|| {
+                Error::env(format!(
+                    "Debian {} has no linux-image-{abi}-{} package for {}",
+                    req.suite, d.flavour, d.arch
+                ))
+                .hint("run with --refresh, or pin an ABI that still has images with --abi")
+            })?;
+        let debs = apt.dir.join("debs").join(abi);
+        std::fs::create_dir_all(&debs).map_err(|e| Error::io("create directory", &debs, e))?;
+        let mut files = Vec::new();
+        for pkg in [image_pkg.as_str(), "busybox-static"] {
+            let deb = match downloaded(&debs, pkg, &d.arch) {
+                Some(deb) => deb,
+                None => {
+                    say(&format!("Downloading {pkg}:{}", d.arch));
+                    process::output(
+                        apt.cmd("apt-get")
+                            .args(["-q", "download"])
+                            .arg(format!("{pkg}:{}", d.arch))
+                            .current_dir(&debs),
+                        Kind::Environment,
+                    )
+                    .map_err(|e| e.hint("check the network and the mirror; `kmx kernels fetch --refresh` updates the package lists"))?;
+                    downloaded(&debs, pkg, &d.arch).ok_or_else(|| {
+                        Error::env(format!("apt-get download left no {pkg} package")).at(&debs)
+                    })?
+                }
+            };
+            files.push(deb);
+        }
+        say(&format!("Unpacking {image_pkg}:{} and busybox", d.arch));
+        install_boot(&t.tree.sysroot, &t.release, &d.arch, &files[0], &files[1])?;
+    }
+    trees
+        .iter()
+        .map(|t| {
+            existing_boot(&t.tree.sysroot, &t.release, &t.debian.arch).ok_or_else(|| {
+                Error::env(format!(
+                    "the kernel image package did not provide boot/vmlinuz-{} with its modules",
+                    t.release
+                ))
+                .at(&t.tree.sysroot)
+                .hint("check that the tree's release matches the Debian ABI (kmx kernels list)")
+            })
+        })
+        .collect()
+}
+
+/// The newest downloaded `<pkg>_<version>_<arch>.deb` in `dir`.
+fn downloaded(dir: &Path, pkg: &str, arch: &str) -> Option<PathBuf> {
+    let mut found: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(&format!("{pkg}_")) && name.ends_with(&format!("_{arch}.deb"))
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}
+
+/// Unpack one image package and busybox into a staging directory next to the sysroot,
+/// index the modules, and rename the pieces into place (image last).
+fn install_boot(
+    sysroot: &Path,
+    release: &str,
+    arch: &str,
+    image_deb: &Path,
+    busybox_deb: &Path,
+) -> Result<()> {
+    let parent = sysroot.parent().unwrap_or(sysroot);
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-boot-")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io("create a directory in", parent, e))?;
+    let root = staging.path();
+    for deb in [image_deb, busybox_deb] {
+        process::output(
+            Command::new("dpkg-deb").arg("-x").arg(deb).arg(root),
+            Kind::Environment,
+        )
+        .map_err(|e| e.hint("dpkg-deb comes with dpkg: apt-get install dpkg"))?;
+    }
+    // Merged-/usr packages put modules under usr/lib; depmod -b looks in lib/.
+    let usr_mods = root.join(format!("usr/lib/modules/{release}"));
+    let mods = root.join(format!("lib/modules/{release}"));
+    if !mods.exists() && usr_mods.exists() {
+        std::fs::create_dir_all(root.join("lib/modules"))
+            .map_err(|e| Error::io("create directory", root, e))?;
+        std::fs::rename(&usr_mods, &mods).map_err(|e| Error::io("move", &usr_mods, e))?;
+    }
+    let image = root.join(format!("boot/vmlinuz-{release}"));
+    if !image.is_file() || !mods.is_dir() {
+        return Err(Error::env(format!(
+            "{} does not contain boot/vmlinuz-{release} and lib/modules/{release}",
+            image_deb.display()
+        ))
+        .hint("the tree's release and the image package disagree: check `kmx kernels list`"));
+    }
+    process::output(
+        Command::new("depmod").arg("-b").arg(root).arg(release),
+        Kind::Environment,
+    )?;
+    let busybox = ["bin/busybox", "usr/bin/busybox"]
+        .iter()
+        .map(|p| root.join(p))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::env(format!("{} contains no bin/busybox", busybox_deb.display())))?;
+    let dest = boot_paths(sysroot, release, arch);
+    for dir in [sysroot.join("boot"), sysroot.join("lib/modules")] {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    }
+    if !dest.modules_dir.join("modules.dep").is_file() {
+        if dest.modules_dir.exists() {
+            std::fs::remove_dir_all(&dest.modules_dir)
+                .map_err(|e| Error::io("remove incomplete", &dest.modules_dir, e))?;
+        }
+        std::fs::rename(&mods, &dest.modules_dir)
+            .map_err(|e| Error::io("move into place", &dest.modules_dir, e))?;
+    }
+    std::fs::rename(&busybox, &dest.busybox)
+        .map_err(|e| Error::io("move into place", &dest.busybox, e))?;
+    std::fs::rename(&image, &dest.image)
+        .map_err(|e| Error::io("move into place", &dest.image, e))?;
     Ok(())
 }
 

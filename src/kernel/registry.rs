@@ -17,6 +17,22 @@ pub struct RegisteredTree {
     pub kdir: PathBuf,
     /// Where the tree came from, e.g. `debian bookworm linux-headers-6.1.0-50-arm64 6.1.176-1`.
     pub origin: String,
+    /// What `kmx smoke` boots to load modules built against this tree, when fetched with
+    /// `kmx kernels fetch --with-image`. Absent in registries written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootFiles>,
+}
+
+/// The distribution kernel matching a tree, and the guest userland to boot it with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootFiles {
+    /// The kernel image (`boot/vmlinuz-<release>`).
+    pub image: PathBuf,
+    /// The kernel's own module tree (`lib/modules/<release>`, with `modules.dep`).
+    pub modules_dir: PathBuf,
+    /// A static busybox for the target's architecture: the guest's only program.
+    pub busybox: PathBuf,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -68,6 +84,20 @@ impl Registry {
 
     pub fn for_target<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a RegisteredTree> {
         self.trees.iter().filter(move |t| t.target == target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_without_boot_files_still_reads_and_writes_unchanged() {
+        let old = r#"{"trees":[{"target":"amd64","release":"6.1.0-50-amd64","kdir":"/t/k","origin":"debian x"}]}"#;
+        let reg: Registry = serde_json::from_str(old).unwrap();
+        assert_eq!(reg.trees[0].boot, None);
+        let again = serde_json::to_string(&reg).unwrap();
+        assert_eq!(again, old);
     }
 }
 

@@ -9,3 +9,4 @@ mod build;
 mod cache;
 mod doctor;
 mod lifecycle;
+mod smoke;

@@ -1,0 +1,256 @@
+//! `kmx smoke`: resolve which target's kernel each `.ko` is for, boot them, print verdicts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use crate::commands::{Context, print_json};
+use crate::error::{Error, Result, exit};
+use crate::kernel::registry::{RegisteredTree, Registry};
+use crate::smoke::{self, Job, Outcome, Status, TargetReport};
+
+/// Lines of a module's kernel log shown in text output; the rest is in the console log.
+const SHOWN_LINES: usize = 6;
+
+pub fn smoke(
+    ctx: &Context,
+    paths: &[PathBuf],
+    targets: &[String],
+    timeout: u64,
+    json: bool,
+) -> Result<i32> {
+    let mut kos = Vec::new();
+    for p in paths {
+        let found = smoke::find_modules(p)?;
+        if found.is_empty() {
+            return Err(Error::usage(format!("no .ko files under {}", p.display()))
+                .hint("build the modules first, or pass .ko files"));
+        }
+        kos.extend(found);
+    }
+    let registry = Registry::load(&ctx.home)?;
+    let explicit = !targets.is_empty();
+    let candidates: Vec<&crate::config::Target> = if explicit {
+        ctx.profiles.select(targets)?
+    } else {
+        ctx.profiles.targets.values().collect()
+    };
+    // (target, tree) -> modules, in the order given.
+    let mut groups: BTreeMap<(String, PathBuf), (RegisteredTree, Vec<PathBuf>)> = BTreeMap::new();
+    for ko in kos {
+        let (release, _) = smoke::module_release(&ko)?;
+        let matching = candidates.iter().find_map(|t| {
+            registry
+                .for_target(&t.name)
+                .find(|r| r.release == release)
+                .cloned()
+        });
+        let tree = match matching {
+            Some(tree) => tree,
+            None if explicit && candidates.len() == 1 => {
+                let t = candidates[0];
+                let mut trees: Vec<&RegisteredTree> = registry.for_target(&t.name).collect();
+                trees.sort_by_key(|r| r.boot.is_none());
+                trees.first().map(|r| (*r).clone()).ok_or_else(|| {
+                    Error::usage(format!("target `{}` has no fetched kernel tree", t.name)).hint(
+                        format!("run `kmx kernels fetch --with-image --target {}`", t.name),
+                    )
+                })?
+            }
+            None => {
+                let known: Vec<String> = registry
+                    .trees
+                    .iter()
+                    .map(|r| format!("{} ({})", r.release, r.target))
+                    .collect();
+                return Err(Error::usage(format!(
+                    "no known kernel tree has release `{release}`, which the module was built for"
+                ))
+                .at(&ko)
+                .hint(if known.is_empty() {
+                    "fetch kernels with `kmx kernels fetch --with-image`".to_string()
+                } else {
+                    format!(
+                        "pass --target to boot it anyway; known releases: {}",
+                        known.join(", ")
+                    )
+                }));
+            }
+        };
+        groups
+            .entry((tree.target.clone(), tree.kdir.clone()))
+            .or_insert_with(|| (tree.clone(), Vec::new()))
+            .1
+            .push(ko);
+    }
+    let mut jobs = Vec::new();
+    for ((target, _), (tree, modules)) in groups {
+        jobs.push(Job::new(ctx.profiles.target(&target)?, &tree, modules));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| Error::env(format!("cannot install a signal handler: {e}")))?;
+    }
+    let opts = smoke::Options {
+        timeout: Duration::from_secs(timeout.max(1)),
+        work_dir: ctx.home.root.join("smoke"),
+    };
+    if !json {
+        let names: Vec<&str> = jobs.iter().map(|j| j.target.as_str()).collect();
+        eprintln!(
+            "Booting {} kernel(s) under QEMU: {}",
+            jobs.len(),
+            names.join(", ")
+        );
+    }
+    let reports = smoke::run(&jobs, &opts, &stop);
+    if json {
+        print_json(&reports)?;
+    } else {
+        print_text(&reports);
+    }
+    Ok(exit_code(&reports))
+}
+
+/// 130 if interrupted; 1 if a module was refused or crashed (a real verdict wins); 4 if a
+/// kernel could not be booted; else 0.
+pub fn exit_code(reports: &[TargetReport]) -> i32 {
+    if reports.iter().any(|r| r.status == Status::Interrupted) {
+        return exit::INTERRUPTED;
+    }
+    let refused = reports.iter().any(|r| {
+        r.modules
+            .iter()
+            .any(|m| matches!(m.outcome, Outcome::Refused | Outcome::Crashed))
+    });
+    if refused {
+        return exit::FAILED;
+    }
+    if reports.iter().all(TargetReport::all_loaded) {
+        exit::OK
+    } else {
+        exit::HARNESS
+    }
+}
+
+fn print_text(reports: &[TargetReport]) {
+    let (mut loaded, mut refused, mut crashed, mut not_run) = (0, 0, 0, 0);
+    for r in reports {
+        match r.status {
+            Status::Booted => println!(
+                "{:<8} {:<22} booted in {:.1} s",
+                r.target, r.release, r.seconds
+            ),
+            Status::NotConfigured => {
+                println!(
+                    "{:<8} {:<22} {}",
+                    r.target,
+                    r.release,
+                    r.message.as_deref().unwrap_or("")
+                );
+            }
+            _ => {
+                let what = match r.status {
+                    Status::BootFailed => "BOOT FAILED",
+                    Status::Interrupted => "INTERRUPTED",
+                    _ => "HARNESS FAILED",
+                };
+                println!(
+                    "{:<8} {:<22} {what}: {}",
+                    r.target,
+                    r.release,
+                    r.message.as_deref().unwrap_or("")
+                );
+            }
+        }
+        if let Some(hint) = &r.hint {
+            println!("  hint: {hint}");
+        }
+        for m in &r.modules {
+            let (word, count) = match m.outcome {
+                Outcome::Loaded => ("loaded", &mut loaded),
+                Outcome::Refused => ("REFUSED", &mut refused),
+                Outcome::Crashed => ("CRASHED", &mut crashed),
+                Outcome::NotRun => ("not run", &mut not_run),
+            };
+            *count += 1;
+            let dep = if m.dependency {
+                " (in-tree dependency)"
+            } else {
+                ""
+            };
+            match &m.message {
+                Some(msg) => println!("  {word:<8} {}{dep}: {msg}", m.name),
+                None => println!("  {word:<8} {}{dep}", m.name),
+            }
+            if !m.dependency {
+                for l in m.kernel_log.iter().take(SHOWN_LINES) {
+                    println!("           | {l}");
+                }
+                if m.kernel_log.len() > SHOWN_LINES {
+                    println!(
+                        "           | ({} more lines in {})",
+                        m.kernel_log.len() - SHOWN_LINES,
+                        r.console_log
+                            .as_deref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    println!("{loaded} loaded, {refused} refused, {crashed} crashed, {not_run} not run");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smoke::ModuleReport;
+
+    fn report(status: Status, outcomes: &[Outcome]) -> TargetReport {
+        TargetReport {
+            target: "t".into(),
+            release: "r".into(),
+            status,
+            message: None,
+            hint: None,
+            seconds: 0.0,
+            console_log: None,
+            modules: outcomes
+                .iter()
+                .map(|o| ModuleReport {
+                    name: "m".into(),
+                    path: PathBuf::from("m.ko"),
+                    dependency: false,
+                    outcome: *o,
+                    message: None,
+                    insmod_status: None,
+                    insmod_output: vec![],
+                    kernel_log: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn exit_code_rules() {
+        use Outcome::*;
+        let loaded = report(Status::Booted, &[Loaded]);
+        let refused = report(Status::Booted, &[Loaded, Refused]);
+        let crashed = report(Status::Booted, &[Crashed]);
+        let harness = report(Status::HarnessFailed, &[NotRun]);
+        let unconfigured = report(Status::NotConfigured, &[]);
+        let interrupted = report(Status::Interrupted, &[NotRun]);
+        assert_eq!(exit_code(&[loaded.clone(), unconfigured.clone()]), exit::OK);
+        assert_eq!(exit_code(&[loaded.clone(), refused.clone()]), exit::FAILED);
+        assert_eq!(exit_code(&[crashed]), exit::FAILED);
+        // A real verdict (refused) wins over a target that could not be booted.
+        assert_eq!(exit_code(&[harness.clone(), refused]), exit::FAILED);
+        assert_eq!(exit_code(&[loaded, harness.clone()]), exit::HARNESS);
+        assert_eq!(exit_code(&[harness, interrupted]), exit::INTERRUPTED);
+    }
+}

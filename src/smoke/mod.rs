@@ -1,0 +1,565 @@
+//! Boot-and-load proof: boot each target's real distribution kernel under QEMU (software
+//! emulation) with a tiny initramfs, `insmod` the modules in it and let the kernel itself
+//! say whether each one loads. Static checks say a module should load; only the kernel can
+//! say it does, in the words users fear ("version magic '...' should be '...'",
+//! "disagrees about version of symbol X").
+//!
+//! Overview:
+//! - A [`Job`] is one target's kernel (a registered tree with its boot files: image, module
+//!   tree, busybox, fetched by `kmx kernels fetch --with-image`) and the `.ko` files to load
+//!   in it. [`run`] boots every job on its own thread (a boot is one single-threaded QEMU;
+//!   four in parallel take about as long as the slowest one) and returns one
+//!   [`TargetReport`] per job, never an early error: every problem becomes part of a report.
+//! - [`guest`] puts busybox, an `/init` script and the modules (with the in-tree modules
+//!   they depend on, resolved through the kernel's `modules.dep`, dependencies first) into a
+//!   newc initramfs written by [`cpio`]; nothing external is needed at run time but QEMU.
+//! - [`qemu`] turns the target profile's `[boot]` table into a command line; the boot runs
+//!   through [`crate::process::run_supervised`]: own process group, console to a log file,
+//!   killed on timeout or Ctrl-C.
+//! - [`console`] parses the log back: `/init` frames each module's insmod status and the
+//!   kernel log printed meanwhile with `KMX-` markers.
+//!
+//! Verdicts: a module is `loaded`, `refused` (with the kernel's message), `crashed` (oops
+//! in its init, or the guest hung while loading it) or `not-run`. A target whose kernel
+//! did not reach `/init` is `boot-failed` (the kernel started and died) or `harness-failed`
+//! (QEMU or the kernel never got going: wrong image, missing emulator, timeout); a target
+//! without a `[boot]` table is `not-configured`, which is not a failure.
+//!
+//! This module never prints; commands do.
+
+pub mod console;
+pub mod cpio;
+pub mod guest;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::profile::Boot;
+use crate::error::{Error, render};
+use crate::kernel::registry::BootFiles;
+use crate::process::{self, Ended};
+
+/// One target's kernel and the modules to load in it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub target: String,
+    /// The target profile's `[boot]` table; `None`: smoke is not configured for it.
+    pub boot: Option<Boot>,
+    /// The target profile file, for messages.
+    pub profile: PathBuf,
+    /// The kernel release of the tree the modules were built against.
+    pub release: String,
+    /// The tree's boot files; `None` when they were never fetched.
+    pub files: Option<BootFiles>,
+    /// The `.ko` files to load, in the order given.
+    pub modules: Vec<PathBuf>,
+}
+
+impl Job {
+    /// The job for modules built against a registered tree of `target` (what a build cell
+    /// knows): boot settings from the profile, boot files from the registry.
+    pub fn new(
+        target: &crate::config::Target,
+        tree: &crate::kernel::registry::RegisteredTree,
+        modules: Vec<PathBuf>,
+    ) -> Job {
+        Job {
+            target: target.name.clone(),
+            boot: target.boot.clone(),
+            profile: target.file.clone(),
+            release: tree.release.clone(),
+            files: tree.boot.clone(),
+            modules,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Time limit of one boot, from QEMU's start to its exit.
+    pub timeout: Duration,
+    /// Where initramfs images and console logs are written (`$KMX_HOME/smoke`).
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// The kernel ran `/init`: see each module's outcome.
+    Booted,
+    /// The target profile has no `[boot]` table (not a failure).
+    NotConfigured,
+    /// The kernel started but did not reach `/init` (panic, hang).
+    BootFailed,
+    /// The harness could not boot the kernel at all (missing files or emulator, wrong
+    /// image, no output before the timeout).
+    HarnessFailed,
+    /// Stopped by Ctrl-C or SIGTERM.
+    Interrupted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Loaded,
+    /// The kernel refused it (insmod failed without a crash).
+    Refused,
+    /// Its init crashed (oops) or the guest hung or died while loading it.
+    Crashed,
+    /// Never loaded: the guest did not get that far.
+    NotRun,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleReport {
+    pub name: String,
+    pub path: PathBuf,
+    /// An in-tree module loaded because a given module depends on it.
+    pub dependency: bool,
+    pub outcome: Outcome,
+    /// Why it was refused or crashed, in the kernel's words where it said any.
+    pub message: Option<String>,
+    /// insmod's exit status (137 or 139 when an oops killed it).
+    pub insmod_status: Option<i32>,
+    /// What insmod printed.
+    pub insmod_output: Vec<String>,
+    /// The kernel log lines printed while it loaded (timestamps removed).
+    pub kernel_log: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    pub target: String,
+    pub release: String,
+    pub status: Status,
+    /// Why the target did not boot (or is not configured).
+    pub message: Option<String>,
+    pub hint: Option<String>,
+    /// Wall time of the boot, QEMU start to exit.
+    pub seconds: f64,
+    /// The guest's console log, kept after the run.
+    pub console_log: Option<PathBuf>,
+    pub modules: Vec<ModuleReport>,
+}
+
+impl TargetReport {
+    fn new(job: &Job, status: Status, message: impl Into<String>) -> TargetReport {
+        TargetReport {
+            target: job.target.clone(),
+            release: job.release.clone(),
+            status,
+            message: Some(message.into()),
+            hint: None,
+            seconds: 0.0,
+            console_log: None,
+            modules: Vec::new(),
+        }
+    }
+    fn from_error(job: &Job, err: Error) -> TargetReport {
+        let mut r = TargetReport::new(job, Status::HarnessFailed, err.to_string());
+        r.hint = err.hint.clone();
+        if !err.causes.is_empty() {
+            r.message = Some(render(&err).trim_start_matches("error: ").to_string());
+            r.hint = None;
+        }
+        r
+    }
+    /// Every module loaded (a not-configured target counts as success).
+    pub fn all_loaded(&self) -> bool {
+        match self.status {
+            Status::NotConfigured => true,
+            Status::Booted => self.modules.iter().all(|m| m.outcome == Outcome::Loaded),
+            _ => false,
+        }
+    }
+}
+
+/// Boot every job (in parallel, one thread each) and report what each kernel said.
+pub fn run(jobs: &[Job], opts: &Options, stop: &AtomicBool) -> Vec<TargetReport> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|job| s.spawn(move || run_one(job, opts, stop)))
+            .collect();
+        handles
+            .into_iter()
+            .zip(jobs)
+            .map(|(h, job)| {
+                h.join().unwrap_or_else(|_| {
+                    TargetReport::new(job, Status::HarnessFailed, "the smoke worker panicked")
+                })
+            })
+            .collect()
+    })
+}
+
+fn run_one(job: &Job, opts: &Options, stop: &AtomicBool) -> TargetReport {
+    let Some(boot) = &job.boot else {
+        let mut r = TargetReport::new(
+            job,
+            Status::NotConfigured,
+            format!(
+                "smoke: not configured ({} has no [boot] table)",
+                job.profile.display()
+            ),
+        );
+        r.hint =
+            Some("add a [boot] table (qemu, machine, cpu, console) to the target profile".into());
+        return r;
+    };
+    let Some(files) = &job.files else {
+        let mut r = TargetReport::new(
+            job,
+            Status::HarnessFailed,
+            format!("no kernel image for {}", job.release),
+        );
+        r.hint = Some(format!(
+            "run `kmx kernels fetch --with-image --target {}`",
+            job.target
+        ));
+        return r;
+    };
+    match prepare_and_boot(job, boot, files, opts, stop) {
+        Ok(r) => r,
+        Err(e) => TargetReport::from_error(job, e),
+    }
+}
+
+fn prepare_and_boot(
+    job: &Job,
+    boot: &Boot,
+    files: &BootFiles,
+    opts: &Options,
+    stop: &AtomicBool,
+) -> crate::Result<TargetReport> {
+    let mut given = Vec::new();
+    for ko in &job.modules {
+        given.push(guest::Given::read(ko)?);
+    }
+    let tree = guest::read_modules_dep(&files.modules_dir)?;
+    let order = guest::load_order(&given, &tree);
+    std::fs::create_dir_all(&opts.work_dir)
+        .map_err(|e| Error::io("create directory", &opts.work_dir, e))?;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!(".{}-", job.target))
+        .tempdir_in(&opts.work_dir)
+        .map_err(|e| Error::io("create a directory in", &opts.work_dir, e))?;
+    let initramfs = dir.path().join("initramfs.cpio");
+    guest::write_initramfs(&initramfs, &files.busybox, &order)?;
+    let log_path = dir.path().join("console.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| Error::io("create", &log_path, e))?;
+    let mut cmd = qemu::command(boot, &files.image, &initramfs);
+    let start = Instant::now();
+    let ended = process::run_supervised(&mut cmd, &log, opts.timeout, stop).map_err(|e| {
+        let hint = format!(
+            "install QEMU: apt-get install {}",
+            qemu::package_of(&boot.qemu)
+        );
+        e.hint(hint)
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    drop(log);
+    let text = std::fs::read(&log_path).map_err(|e| Error::io("read", &log_path, e))?;
+    let text = String::from_utf8_lossy(&text);
+    let kept = opts.work_dir.join(format!("{}.console.log", job.target));
+    let console_log = match std::fs::rename(&log_path, &kept) {
+        Ok(()) => kept,
+        Err(_) => dir.keep().join("console.log"),
+    };
+    let mut report = judge(job, boot, &order, &text, &ended, opts.timeout);
+    report.seconds = seconds;
+    report.console_log = Some(console_log);
+    Ok(report)
+}
+
+/// Turn a finished boot's console log into a report.
+fn judge(
+    job: &Job,
+    boot: &Boot,
+    order: &[guest::Load],
+    log: &str,
+    ended: &Ended,
+    timeout: Duration,
+) -> TargetReport {
+    let console = console::parse(log, order.len());
+    let mut report = TargetReport {
+        target: job.target.clone(),
+        release: job.release.clone(),
+        status: Status::Booted,
+        message: None,
+        hint: None,
+        seconds: 0.0,
+        console_log: None,
+        modules: Vec::new(),
+    };
+    if matches!(ended, Ended::Interrupted) {
+        report.status = Status::Interrupted;
+        report.message = Some("interrupted".into());
+    } else if console.booted.is_none() {
+        let last_other = console.other.last().cloned();
+        if console.kernel_started {
+            report.status = Status::BootFailed;
+            let why = console
+                .boot_kernel
+                .iter()
+                .find(|l| console::is_crash_line(l))
+                .cloned();
+            report.message = Some(match (why, ended) {
+                (Some(why), _) => format!("the kernel did not reach /init: {why}"),
+                (None, Ended::TimedOut(t)) => {
+                    format!("the kernel did not reach /init within {} s", t.as_secs())
+                }
+                (None, _) => "the kernel stopped before running /init".into(),
+            });
+        } else {
+            report.status = Status::HarnessFailed;
+            report.message = Some(match ended {
+                Ended::TimedOut(t) => format!(
+                    "no output from the kernel within {} s: is the image built for `{}` on machine `{}`?",
+                    t.as_secs(),
+                    boot.qemu,
+                    boot.machine
+                ),
+                Ended::Exited(status) => format!(
+                    "`{}` ended ({}) before the kernel started{}",
+                    boot.qemu,
+                    process::describe_status(*status),
+                    last_other.map(|l| format!(": {l}")).unwrap_or_default()
+                ),
+                Ended::Interrupted => "interrupted".into(),
+            });
+            report.hint = Some(format!(
+                "check the target profile's [boot] table ({}) and the kernel image",
+                job.profile.display()
+            ));
+        }
+    }
+    for (i, load) in order.iter().enumerate() {
+        let log = console.modules.get(i).cloned().unwrap_or_default();
+        let crash = log
+            .kernel
+            .iter()
+            .find(|l| console::is_crash_line(l))
+            .cloned();
+        let (outcome, message) = if !log.begun {
+            let why = match report.status {
+                Status::Booted => "not reached: the guest stopped before loading it".to_string(),
+                _ => format!("not run: {}", report.message.clone().unwrap_or_default()),
+            };
+            (Outcome::NotRun, Some(why))
+        } else {
+            match log.status {
+                None => (
+                    Outcome::Crashed,
+                    Some(crash.unwrap_or_else(|| {
+                        format!(
+                            "no result within {} s: the kernel hung or died while loading it",
+                            timeout.as_secs()
+                        )
+                    })),
+                ),
+                Some(0) => match crash {
+                    Some(c) => (Outcome::Crashed, Some(c)),
+                    None => (Outcome::Loaded, None),
+                },
+                Some(rc) => match crash {
+                    Some(c) => (Outcome::Crashed, Some(c)),
+                    None => (Outcome::Refused, Some(refusal(&load.name, &log, rc))),
+                },
+            }
+        };
+        report.modules.push(ModuleReport {
+            name: load.name.clone(),
+            path: load.path.clone(),
+            dependency: load.dependency,
+            outcome,
+            message,
+            insmod_status: log.status,
+            insmod_output: log.insmod,
+            kernel_log: log.kernel,
+        });
+    }
+    report
+}
+
+/// The kernel's reason for refusing `name`: its own lines about the module (not the taint
+/// notices), else what insmod said.
+fn refusal(name: &str, log: &console::ModuleLog, rc: i32) -> String {
+    let prefix = format!("{name}: ");
+    let is_notice =
+        |l: &str| l.contains("taints kernel") || l.contains("module verification failed");
+    let about: Vec<&str> = log
+        .kernel
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !is_notice(l))
+        .collect();
+    if let Some(l) = about.iter().find(|l| l.starts_with(&prefix)) {
+        return l.to_string();
+    }
+    if let Some(l) = about.first() {
+        return l.to_string();
+    }
+    log.insmod
+        .first()
+        .cloned()
+        .unwrap_or_else(|| format!("insmod exit status {rc}"))
+}
+
+/// The `.ko` files in `path`: the file itself, or every `.ko` under a directory (sorted).
+pub fn find_modules(path: &Path) -> crate::Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::io("read", path, e).hint("pass .ko files or a build output directory")
+    })?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read directory", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
+            let p = entry.path();
+            let ft = entry.file_type().map_err(|e| Error::io("read", &p, e))?;
+            if ft.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "ko") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The kernel release a module was built for (the first word of its vermagic), and its
+/// name. Errors name the file.
+pub fn module_release(ko: &Path) -> crate::Result<(String, String)> {
+    let module = crate::verify::Module::read(ko).map_err(|e| e.into_error(ko))?;
+    let given = guest::Given::new(ko, &module);
+    let release = module
+        .vermagic()
+        .and_then(|v| v.split_whitespace().next())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::failed("the module has no vermagic in .modinfo")
+                .at(ko)
+                .hint("build it with kbuild against a prepared kernel tree")
+        })?;
+    Ok((release, given.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn job() -> Job {
+        Job {
+            target: "arm64".into(),
+            boot: None,
+            profile: PathBuf::from("targets/arm64.toml"),
+            release: "6.1.0-50-arm64".into(),
+            files: None,
+            modules: vec![],
+        }
+    }
+
+    fn boot() -> Boot {
+        Boot {
+            qemu: "qemu-system-aarch64".into(),
+            machine: "virt".into(),
+            cpu: "cortex-a57".into(),
+            console: "ttyAMA0".into(),
+            memory: 512,
+            append: String::new(),
+            qemu_args: vec![],
+        }
+    }
+
+    fn order() -> Vec<guest::Load> {
+        vec![guest::Load {
+            name: "hello".into(),
+            path: PathBuf::from("/b/hello.ko"),
+            dependency: false,
+        }]
+    }
+
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn no_kernel_output_is_a_harness_failure_naming_qemus_complaint() {
+        let ended = Ended::Exited(std::process::ExitStatus::from_raw(1 << 8));
+        let log = "qemu-system-x86_64: Error loading uncompressed kernel without PVH ELF Note\n";
+        let r = judge(&job(), &boot(), &order(), log, &ended, LIMIT);
+        assert_eq!(r.status, Status::HarnessFailed);
+        assert_eq!(
+            r.message.as_deref(),
+            Some(
+                "`qemu-system-aarch64` ended (exit status 1) before the kernel started: qemu-system-x86_64: Error loading uncompressed kernel without PVH ELF Note"
+            )
+        );
+        assert_eq!(r.modules[0].outcome, Outcome::NotRun);
+        let r = judge(
+            &job(),
+            &boot(),
+            &order(),
+            "",
+            &Ended::TimedOut(LIMIT),
+            LIMIT,
+        );
+        assert_eq!(r.status, Status::HarnessFailed);
+        assert!(
+            r.message
+                .unwrap()
+                .starts_with("no output from the kernel within 60 s")
+        );
+    }
+
+    #[test]
+    fn panic_before_init_is_a_boot_failure() {
+        let log = "[    1.5] Kernel panic - not syncing: VFS: Unable to mount root fs\n";
+        let ended = Ended::Exited(std::process::ExitStatus::from_raw(0));
+        let r = judge(&job(), &boot(), &order(), log, &ended, LIMIT);
+        assert_eq!(r.status, Status::BootFailed);
+        assert_eq!(
+            r.message.as_deref(),
+            Some(
+                "the kernel did not reach /init: Kernel panic - not syncing: VFS: Unable to mount root fs"
+            )
+        );
+    }
+
+    #[test]
+    fn a_module_without_result_crashed_and_refusals_quote_the_kernel() {
+        let log = "KMX-BOOTED 6.1.0-50-arm64\nKMX-BEGIN 0\n";
+        let r = judge(
+            &job(),
+            &boot(),
+            &order(),
+            log,
+            &Ended::TimedOut(LIMIT),
+            LIMIT,
+        );
+        assert_eq!(r.status, Status::Booted);
+        assert_eq!(r.modules[0].outcome, Outcome::Crashed);
+        assert_eq!(
+            r.modules[0].message.as_deref(),
+            Some("no result within 60 s: the kernel hung or died while loading it")
+        );
+        let log = "KMX-BOOTED 6.1.0-50-arm64\nKMX-BEGIN 0\nKMX-INSMOD 0 insmod: can't insert '/m/000.ko': invalid module format\nKMX-RESULT 0 1\nKMX-DMESG 0\n[ 2.1] hello: loading out-of-tree module taints kernel.\n[ 2.2] hello: disagrees about version of symbol module_layout\nKMX-END 0\nKMX-DONE\n";
+        let ended = Ended::Exited(std::process::ExitStatus::from_raw(0));
+        let r = judge(&job(), &boot(), &order(), log, &ended, LIMIT);
+        assert_eq!(r.modules[0].outcome, Outcome::Refused);
+        assert_eq!(
+            r.modules[0].message.as_deref(),
+            Some("hello: disagrees about version of symbol module_layout")
+        );
+        assert!(!r.all_loaded());
+    }
+}

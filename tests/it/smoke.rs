@@ -1,0 +1,434 @@
+//! `kmx smoke` on real Debian kernels under QEMU: the kernel's own verdict on modules built
+//! with plain make against the fetched trees. Needs trees fetched with `--with-image`.
+//!
+//! To keep the suite quick, every module is built once per target and one `kmx smoke` run
+//! boots the four kernels in parallel with all of them; the tests below read that run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::support::*;
+
+/// Boots are serialized across tests: each run already boots its targets in parallel, and
+/// the machine is shared.
+static BOOTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn run_booting(k: &Kmx, args: &[&str]) -> Run {
+    let _guard = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    k.run(args)
+}
+
+/// A Kmx whose registry has boot files, or None (SKIPPED) outside CI.
+fn with_images() -> Option<Kmx> {
+    let k = Kmx::with_trees()?;
+    let reg = std::fs::read_to_string(k.home.join("trees/registry.json")).unwrap();
+    if !reg.contains("\"image\"") {
+        let why = "fetched trees have no kernel images: run `kmx kernels fetch --with-image`";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{why}");
+        }
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    Some(k)
+}
+
+const CRASH_C: &str = r#"// SPDX-License-Identifier: GPL-2.0
+#include <linux/module.h>
+static int __init kmx_crash_init(void)
+{
+	int *volatile nowhere = NULL;
+
+	pr_info("kmx_crash: about to dereference NULL\n");
+	return *nowhere;
+}
+module_init(kmx_crash_init);
+MODULE_LICENSE("GPL");
+"#;
+
+const DEP_C: &str = r#"// SPDX-License-Identifier: GPL-2.0
+#include <linux/module.h>
+#include <linux/crc-itu-t.h>
+static int __init kmx_dep_init(void)
+{
+	static const u8 data[] = "kmx";
+	pr_info("kmx_dep: crc_itu_t says %04x\n", crc_itu_t(0, data, 3));
+	return 0;
+}
+module_init(kmx_dep_init);
+MODULE_LICENSE("GPL");
+"#;
+
+/// A module that only prints; built twice under other names, then tampered with.
+fn plain_c(name: &str) -> String {
+    format!(
+        "// SPDX-License-Identifier: GPL-2.0\n#include <linux/module.h>\nstatic int __init {name}_init(void)\n{{\n\tpr_info(\"{name}: loaded\\n\");\n\treturn 0;\n}}\nmodule_init({name}_init);\nMODULE_LICENSE(\"GPL\");\n"
+    )
+}
+
+fn make_args(target: &str) -> (&'static str, &'static str) {
+    match target {
+        "i386" => ("x86", "i686-linux-gnu-"),
+        "amd64" => ("x86", "x86_64-linux-gnu-"),
+        "arm64" => ("arm64", "aarch64-linux-gnu-"),
+        _ => ("arm", "arm-linux-gnueabihf-"),
+    }
+}
+
+/// Build hello, kmx_dep, kmx_magic, kmx_crc, kmx_crash for `target` with plain make in `dir`,
+/// then tamper: kmx_magic's vermagic says "modversionz", kmx_crc's CRC of `_printk` is off.
+fn build(target: &str, kdir: &str, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(repo().join("examples/hello/hello.c"), dir.join("hello.c")).unwrap();
+    std::fs::write(dir.join("kmx_dep.c"), DEP_C).unwrap();
+    std::fs::write(dir.join("kmx_crash.c"), CRASH_C).unwrap();
+    std::fs::write(dir.join("kmx_magic.c"), plain_c("kmx_magic")).unwrap();
+    std::fs::write(dir.join("kmx_crc.c"), plain_c("kmx_crc")).unwrap();
+    std::fs::write(
+        dir.join("Kbuild"),
+        "obj-m := hello.o kmx_dep.o kmx_crash.o kmx_magic.o kmx_crc.o\n",
+    )
+    .unwrap();
+    let (arch, prefix) = make_args(target);
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(kdir)
+        .arg(format!("M={}", dir.display()))
+        .arg(format!("ARCH={arch}"))
+        .arg(format!("CROSS_COMPILE={prefix}"))
+        .arg("CONFIG_DEBUG_INFO_BTF_MODULES=")
+        .arg("modules")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        modinfo("depends", &dir.join("kmx_dep.ko")),
+        "crc-itu-t",
+        "{target}"
+    );
+
+    let magic = dir.join("kmx_magic.ko");
+    let mut bytes = std::fs::read(&magic).unwrap();
+    let at = find(&bytes, b"vermagic=").unwrap();
+    let rel = find(&bytes[at..], b"modversions").unwrap();
+    bytes[at + rel + 10] = b'z';
+    std::fs::write(&magic, bytes).unwrap();
+    assert!(
+        modinfo("vermagic", &magic).contains(" modversionz "),
+        "{target}"
+    );
+
+    let crc = dir.join("kmx_crc.ko");
+    let mut bytes = std::fs::read(&crc).unwrap();
+    let elf = goblin::elf::Elf::parse(&bytes).unwrap();
+    let versions = elf
+        .section_headers
+        .iter()
+        .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some("__versions"))
+        .unwrap();
+    let (start, size) = (versions.sh_offset as usize, versions.sh_size as usize);
+    let name_at = if elf.is_64 { 8 } else { 4 };
+    let record = (start..start + size)
+        .step_by(64)
+        .find(|r| bytes[r + name_at..].starts_with(b"_printk\0"))
+        .unwrap_or_else(|| panic!("{target}: no _printk in __versions"));
+    bytes[record] ^= 0x5a;
+    std::fs::write(&crc, bytes).unwrap();
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Modules built once for every target: target -> build directory.
+struct Built {
+    dirs: Vec<(String, PathBuf)>,
+    _tmp: tempfile::TempDir,
+}
+
+fn built(k: &Kmx) -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let doctor = k.run(&["doctor", "--json"]).ok().json();
+        let jobs: Vec<(String, String, PathBuf)> = doctor
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let name = t["target"].as_str().unwrap().to_string();
+                let kdir = t["trees"][0]["kdir"].as_str().unwrap().to_string();
+                let dir = tmp.path().join(&name);
+                (name, kdir, dir)
+            })
+            .collect();
+        std::thread::scope(|s| {
+            for (name, kdir, dir) in &jobs {
+                s.spawn(move || build(name, kdir, dir));
+            }
+        });
+        Built {
+            dirs: jobs.into_iter().map(|(n, _, d)| (n, d)).collect(),
+            _tmp: tmp,
+        }
+    })
+}
+
+/// One `kmx smoke --json` over every built module of every target.
+fn everything() -> Option<&'static serde_json::Value> {
+    static RUN: OnceLock<Option<serde_json::Value>> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let k = with_images()?;
+        let b = built(&k);
+        let dirs: Vec<&str> = b.dirs.iter().map(|(_, d)| d.to_str().unwrap()).collect();
+        let mut args = vec!["smoke", "--json", "--timeout", "120"];
+        args.extend(dirs);
+        let run = run_booting(&k, &args).expect(1);
+        Some(run.json())
+    })
+    .as_ref()
+}
+
+fn module<'a>(report: &'a serde_json::Value, target: &str, name: &str) -> &'a serde_json::Value {
+    let t = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == target)
+        .unwrap_or_else(|| panic!("no report for {target}: {report:#}"));
+    assert_eq!(t["status"], "booted", "{t:#}");
+    t["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("{target}: no module {name}: {t:#}"))
+}
+
+fn kernel_log(m: &serde_json::Value) -> Vec<String> {
+    m["kernel_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn hello_loads_on_all_four_real_kernels() {
+    let Some(k) = with_images() else { return };
+    let b = built(&k);
+    let hellos: Vec<String> = b
+        .dirs
+        .iter()
+        .map(|(_, d)| d.join("hello.ko").display().to_string())
+        .collect();
+    let mut args = vec!["smoke", "--timeout", "120"];
+    args.extend(hellos.iter().map(String::as_str));
+    let run = run_booting(&k, &args).ok();
+    let text = run.stdout();
+    for t in TARGETS {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{t:<8} 6.1.0-")) && l.contains(" booted in ")),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        text.matches("           | hello: hello, world (built by kmx)\n")
+            .count(),
+        4,
+        "{text}"
+    );
+    assert!(
+        text.ends_with("4 loaded, 0 refused, 0 crashed, 0 not run\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn tampered_vermagic_is_refused_with_the_kernels_message() {
+    let Some(report) = everything() else { return };
+    for t in TARGETS {
+        let m = module(report, t, "kmx_magic");
+        assert_eq!(m["outcome"], "refused", "{t}: {m:#}");
+        let msg = m["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with("kmx_magic: version magic '6.1.0-50-")
+                && msg.contains(" modversionz ")
+                && msg.contains("' should be '6.1.0-50-"),
+            "{t}: {msg}"
+        );
+        assert_ne!(m["insmod_status"], 0, "{t}");
+    }
+}
+
+#[test]
+fn tampered_symbol_crc_is_refused_with_the_kernels_message() {
+    let Some(report) = everything() else { return };
+    for t in TARGETS {
+        let m = module(report, t, "kmx_crc");
+        assert_eq!(m["outcome"], "refused", "{t}: {m:#}");
+        assert_eq!(
+            m["message"], "kmx_crc: disagrees about version of symbol _printk",
+            "{t}: {m:#}"
+        );
+    }
+}
+
+#[test]
+fn oops_in_init_is_reported_as_a_crash_and_the_run_goes_on() {
+    let Some(report) = everything() else { return };
+    for t in TARGETS {
+        let m = module(report, t, "kmx_crash");
+        assert_eq!(m["outcome"], "crashed", "{t}: {m:#}");
+        let msg = m["message"].as_str().unwrap();
+        // x86 and arm64 say "NULL pointer dereference"; armmp (software PAN) says
+        // "Unhandled fault: page domain fault (0x01b) at 0x00000000".
+        assert!(
+            msg.contains("NULL pointer dereference")
+                || (msg.starts_with("Unhandled fault:") && msg.ends_with(" at 0x00000000")),
+            "{t}: {msg}"
+        );
+        let log = kernel_log(m);
+        assert!(
+            log.iter()
+                .any(|l| l == "kmx_crash: about to dereference NULL"),
+            "{t}: {log:#?}"
+        );
+        // Modules after it in the load order were still loaded.
+        assert_eq!(module(report, t, "kmx_dep")["outcome"], "loaded", "{t}");
+    }
+}
+
+#[test]
+fn module_using_an_in_tree_module_loads_after_it() {
+    let Some(report) = everything() else { return };
+    for t in TARGETS {
+        let target = report
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["target"] == t)
+            .unwrap();
+        let names: Vec<&str> = target["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        let dep = names.iter().position(|n| *n == "crc_itu_t");
+        let user = names.iter().position(|n| *n == "kmx_dep");
+        assert!(dep.is_some() && dep < user, "{t}: {names:?}");
+        let crc = module(report, t, "crc_itu_t");
+        assert_eq!(crc["outcome"], "loaded", "{t}: {crc:#}");
+        assert_eq!(crc["dependency"], true);
+        assert!(
+            crc["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("/kernel/lib/crc-itu-t.ko"),
+            "{t}: {crc:#}"
+        );
+        let m = module(report, t, "kmx_dep");
+        assert_eq!(m["outcome"], "loaded", "{t}: {m:#}");
+        // crc_itu_t(0, "kmx", 3)
+        assert!(
+            kernel_log(m)
+                .iter()
+                .any(|l| l.starts_with("kmx_dep: crc_itu_t says ")),
+            "{t}: {m:#}"
+        );
+    }
+}
+
+#[test]
+fn kernel_image_of_the_wrong_architecture_is_a_harness_failure() {
+    let Some(k) = with_images() else { return };
+    let b = built(&k);
+    let reg_path = k.home.join("trees/registry.json");
+    let mut reg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&reg_path).unwrap()).unwrap();
+    let trees = reg["trees"].as_array_mut().unwrap();
+    let arm64_image =
+        trees.iter().find(|t| t["target"] == "arm64").unwrap()["boot"]["image"].clone();
+    for t in trees.iter_mut().filter(|t| t["target"] == "amd64") {
+        t["boot"]["image"] = arm64_image.clone();
+    }
+    std::fs::write(&reg_path, serde_json::to_string(&reg).unwrap()).unwrap();
+    let amd64 = &b.dirs.iter().find(|(t, _)| t == "amd64").unwrap().1;
+    let started = std::time::Instant::now();
+    let run = k
+        .run(&[
+            "smoke",
+            "--json",
+            "--timeout",
+            "30",
+            amd64.join("hello.ko").to_str().unwrap(),
+        ])
+        .expect(4);
+    assert!(
+        started.elapsed().as_secs() < 45,
+        "took {:?}",
+        started.elapsed()
+    );
+    let report = run.json();
+    let t = &report[0];
+    assert_eq!(t["status"], "harness-failed", "{t:#}");
+    let msg = t["message"].as_str().unwrap();
+    assert!(
+        msg.contains("before the kernel started") || msg.contains("no output from the kernel"),
+        "{msg}"
+    );
+    assert_eq!(t["modules"][0]["outcome"], "not-run", "{t:#}");
+}
+
+#[test]
+fn target_without_boot_table_is_not_configured_not_failed() {
+    let Some(k) = with_images() else { return };
+    let b = built(&k);
+    let cfg = k.dir().join("cfg");
+    let shipped = std::fs::read_to_string(repo().join("targets/arm64.toml")).unwrap();
+    let without_boot = shipped.split("\n[boot]").next().unwrap().to_string();
+    write(&cfg.join("targets/arm64.toml"), &without_boot);
+    let arm64 = &b.dirs.iter().find(|(t, _)| t == "arm64").unwrap().1;
+    let run = k
+        .run(&[
+            "--config-dir",
+            cfg.to_str().unwrap(),
+            "smoke",
+            arm64.join("hello.ko").to_str().unwrap(),
+        ])
+        .ok();
+    let text = run.stdout();
+    assert!(
+        text.starts_with(&format!(
+            "arm64    6.1.0-50-arm64         smoke: not configured ({}/targets/arm64.toml has no [boot] table)\n",
+            cfg.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn module_for_an_unknown_kernel_says_which_release_and_what_to_do() {
+    let Some(k) = with_images() else { return };
+    let b = built(&k);
+    let arm64 = &b.dirs.iter().find(|(t, _)| t == "arm64").unwrap().1;
+    std::fs::write(k.home.join("trees/registry.json"), "{\"trees\":[]}").unwrap();
+    let run = k
+        .run(&["smoke", arm64.join("hello.ko").to_str().unwrap()])
+        .expect(2);
+    let err = run.stderr();
+    assert!(
+        err.starts_with("error: ")
+            && err.contains("/arm64/hello.ko: no known kernel tree has release `6.1.0-50-arm64`")
+            && err.contains("hint: fetch kernels with `kmx kernels fetch --with-image`"),
+        "{err}"
+    );
+}
