@@ -315,6 +315,14 @@ pub struct BuildArgs {
     /// Compiler launcher put before the compiler, overriding the toolchains' (e.g. "ccache").
     #[arg(long, value_name = "WORDS")]
     pub launcher: Option<String>,
+    /// After building, boot each target's real kernel under QEMU and load the cell's
+    /// modules (see `kmx smoke`); the report carries each module's verdict. Needs trees
+    /// fetched with `kmx kernels fetch --with-image`.
+    #[arg(long)]
+    pub smoke: bool,
+    /// With --smoke: give up on a boot after this many seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    pub smoke_timeout: u64,
     /// Rebuild every cell, even those whose inputs did not change.
     #[arg(long)]
     pub force: bool,

@@ -35,6 +35,9 @@ pub struct CellReport {
     pub out_dir: PathBuf,
     #[serde(default)]
     pub artifacts: Vec<crate::build::cell::Artifact>,
+    /// With `kmx build --smoke`: what the booted kernel said of this cell's modules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoke: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -83,6 +86,7 @@ impl Report {
                     log: c.log.clone(),
                     out_dir: c.out_dir.clone(),
                     artifacts: Vec::new(),
+                    smoke: None,
                 };
                 match &r.outcome {
                     Outcome::Built { artifacts, fresh } => {
@@ -204,11 +208,33 @@ impl Report {
             }
             out.push_str(&format!("\n    log: {}", c.log.display()));
         }
-        if self
-            .cells
-            .iter()
-            .any(|c| c.status == "skipped" || c.status.contains("failed"))
-        {
+        for c in &self.cells {
+            let Some(smoke) = &c.smoke else { continue };
+            let label = format!("{} {} {} {}", c.module, c.version, c.target, c.kernel);
+            let modules = smoke["modules"].as_array().cloned().unwrap_or_default();
+            if smoke["status"] != "booted" || modules.is_empty() {
+                out.push_str(&format!(
+                    "\nsmoke {label}: {} {}",
+                    smoke["status"].as_str().unwrap_or("?"),
+                    smoke["message"].as_str().unwrap_or("")
+                ));
+            }
+            for m in modules {
+                let msg = m["message"]
+                    .as_str()
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "\nsmoke {label}: {} {}{msg}",
+                    m["name"].as_str().unwrap_or("?"),
+                    m["outcome"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        let notes = |c: &CellReport| {
+            c.status == "skipped" || c.status.contains("failed") || c.smoke.is_some()
+        };
+        if self.cells.iter().any(notes) {
             out.push('\n');
         }
         let t = &self.totals;

@@ -14,7 +14,7 @@ use crate::cli::{BuildArgs, CacheCmd};
 use crate::commands::{Context, print_json};
 use crate::config::load::DEFAULT_TARGETS;
 use crate::error::{Error, Result, exit, render};
-use crate::kernel::registry::{Registry, trees_of};
+use crate::kernel::registry::{RegisteredTree, Registry, trees_of};
 use crate::kernel::tree::KernelTree;
 use crate::state::cache::{Cache, parse_size};
 use crate::state::write_atomic;
@@ -142,12 +142,108 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
         cache: (!args.no_cache).then(|| Cache::new(ctx.home.cell_cache(), cache_size)),
         force: args.force,
     };
-    let report = execute_plan(&plan, &opts)?;
+    let mut report = execute_plan(&plan, &opts)?;
+    let mut code = report.exit_code();
+    if args.smoke && code != exit::INTERRUPTED {
+        let smoke_code = smoke_cells(ctx, &plan, &mut report, args.smoke_timeout)?;
+        // The worst verdict wins: interrupted, then failed, then harness trouble.
+        code = [exit::INTERRUPTED, exit::FAILED, exit::HARNESS]
+            .into_iter()
+            .find(|c| *c == code || *c == smoke_code)
+            .unwrap_or(exit::OK);
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::env(format!("cannot serialize the report: {e}")))?;
+        write_atomic(
+            &plan.out.join("report.json"),
+            format!("{json}\n").as_bytes(),
+        )?;
+    }
     eprint!("{}", report.render());
     if args.json {
         print_json(&report)?;
     }
-    Ok(report.exit_code())
+    Ok(code)
+}
+
+/// `kmx build --smoke`: boot each (target, kernel) of the built cells once with all their
+/// modules, and put each module's verdict into its cell's report. Returns `kmx smoke`'s
+/// exit code for those boots.
+fn smoke_cells(ctx: &Context, plan: &Plan, report: &mut Report, timeout: u64) -> Result<i32> {
+    use std::collections::BTreeMap;
+    let registry = Registry::load(&ctx.home)?;
+    // (target, kdir) -> (tree, [(report position, modules)])
+    type Group = (RegisteredTree, Vec<(usize, Vec<std::path::PathBuf>)>);
+    let mut groups: BTreeMap<(String, std::path::PathBuf), Group> = BTreeMap::new();
+    for (pos, (cell, rep)) in plan.cells.iter().zip(&report.cells).enumerate() {
+        if rep.artifacts.is_empty() || !(rep.status == "built" || rep.status == "fresh") {
+            continue;
+        }
+        let kdir = cell.tree.kdir.clone();
+        let tree = registry
+            .for_target(&cell.target.target.name)
+            .find(|t| t.kdir == kdir)
+            .cloned()
+            .unwrap_or_else(|| RegisteredTree {
+                target: cell.target.target.name.clone(),
+                release: cell.tree.release.clone(),
+                kdir: kdir.clone(),
+                origin: cell.target.target.file.display().to_string(),
+                boot: None,
+            });
+        let kos = rep.artifacts.iter().map(|a| a.file.clone()).collect();
+        groups
+            .entry((cell.target.target.name.clone(), kdir))
+            .or_insert_with(|| (tree, Vec::new()))
+            .1
+            .push((pos, kos));
+    }
+    let mut jobs = Vec::new();
+    let mut members = Vec::new();
+    for ((target, _), (tree, cells)) in groups {
+        let kos = cells.iter().flat_map(|(_, k)| k.iter().cloned()).collect();
+        jobs.push(crate::smoke::Job::new(
+            ctx.profiles.target(&target)?,
+            &tree,
+            kos,
+        ));
+        members.push(cells);
+    }
+    if jobs.is_empty() {
+        return Ok(exit::OK);
+    }
+    eprintln!(
+        "Booting {} kernel(s) under QEMU to load the built modules",
+        jobs.len()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Error::env(format!("cannot handle signals: {e}")))?;
+    }
+    let opts = crate::smoke::Options {
+        timeout: Duration::from_secs(timeout.max(1)),
+        work_dir: ctx.home.root.join("smoke"),
+    };
+    let reports = crate::smoke::run(&jobs, &opts, &stop);
+    for (target_report, cells) in reports.iter().zip(members) {
+        for (pos, kos) in cells {
+            let modules: Vec<&crate::smoke::ModuleReport> = target_report
+                .modules
+                .iter()
+                .filter(|m| kos.contains(&m.path))
+                .collect();
+            let verdict = serde_json::json!({
+                "status": target_report.status,
+                "message": target_report.message,
+                "console_log": target_report.console_log,
+                "modules": modules,
+            });
+            if let Some(cell) = report.cells.get_mut(pos) {
+                cell.smoke = Some(verdict);
+            }
+        }
+    }
+    Ok(super::smoke::exit_code(&reports))
 }
 
 /// How to run a plan: the knobs `kmx build` exposes, shared by `kmx install` and

@@ -432,3 +432,29 @@ fn module_for_an_unknown_kernel_says_which_release_and_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn build_with_smoke_puts_each_kernels_verdict_into_the_report() {
+    let Some(k) = with_images() else { return };
+    let hello = repo().join("examples/hello").display().to_string();
+    let run = run_booting(&k, &["build", &hello, "--smoke", "--json"]).ok();
+    let report = run.json();
+    for c in report["cells"].as_array().unwrap() {
+        let smoke = &c["smoke"];
+        assert_eq!(smoke["status"], "booted", "{c}");
+        let m = &smoke["modules"][0];
+        assert_eq!(m["name"], "hello");
+        assert_eq!(m["outcome"], "loaded", "{c}");
+        assert!(
+            kernel_log(m)
+                .iter()
+                .any(|l| l == "hello: hello, world (built by kmx)"),
+            "{c}"
+        );
+    }
+    let err = run.stderr();
+    assert!(
+        err.contains("smoke hello 1.0 armhf 6.1.0-50-armmp: hello loaded"),
+        "{err}"
+    );
+}
