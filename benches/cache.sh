@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Benchmark: the four-target matrix of a multi-file module built cold, rebuilt with nothing
+# changed (no-op), after touching one source file, and after a clean with ccache warm.
+#
+#   benches/cache.sh          (after ./dev setup; uses target/release/kmx)
+#
+# Prints each time and its ratio to the cold build. Run it on an idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export KMX_HOME="${KMX_HOME:-$PWD/target/kmx-home}"
+KMX="$PWD/target/release/kmx"
+[ -x "$KMX" ] || cargo build --release --quiet
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export CCACHE_DIR="$work/ccache"
+cache_args=(--cache-size 1G)
+# A private home that knows the fetched trees, so cleaning its cache touches nothing else.
+mkdir -p "$work/home/trees"
+cp "$KMX_HOME/trees/registry.json" "$work/home/trees/"
+export KMX_HOME="$work/home"
+
+# The same generated multi-file module as benches/build-matrix.sh: 24 translation units.
+src="$work/multi"
+mkdir -p "$src"
+objs=""
+for i in $(seq 1 24); do
+  objs="$objs part$i.o"
+  cat > "$src/part$i.c" <<C
+// SPDX-License-Identifier: GPL-2.0
+#include <linux/kernel.h>
+#include <linux/list.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+struct item$i { struct list_head node; int key; char name[32]; };
+int multi_part$i(int n)
+{
+	LIST_HEAD(head);
+	struct item$i *it, *tmp;
+	int i, sum = 0;
+	for (i = 0; i < n; i++) {
+		it = kzalloc(sizeof(*it), GFP_KERNEL);
+		if (!it)
+			break;
+		it->key = i * $i;
+		snprintf(it->name, sizeof(it->name), "item-%d-%d", $i, i);
+		list_add_tail(&it->node, &head);
+	}
+	list_for_each_entry_safe(it, tmp, &head, node) {
+		sum += it->key + strlen(it->name);
+		list_del(&it->node);
+		kfree(it);
+	}
+	return sum;
+}
+C
+done
+printf '// SPDX-License-Identifier: GPL-2.0\n#include <linux/module.h>\nstatic int __init m_init(void) { return 0; }\nmodule_init(m_init);\nMODULE_LICENSE("GPL");\n' > "$src/main.c"
+printf 'obj-m := multi.o\nmulti-y := main.o%s\n' "$objs" > "$src/Kbuild"
+printf 'PACKAGE_NAME="multi"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="multi"\nDEST_MODULE_LOCATION[0]="/updates/dkms"\n' > "$src/dkms.conf"
+
+now() { date +%s.%N; }
+kmx() { "$KMX" build "$src" --out "$work/out" --launcher ccache "${cache_args[@]}" "$@" >/dev/null 2>&1; }
+measure() { local t0; t0=$(now); "$@"; python3 -c "print(f'{$(now) - $t0:.3f}')"; }
+
+"$KMX" cache clean >/dev/null
+t_cold=$(measure kmx --force)
+t_noop=$(measure kmx)
+echo "/* touched */" >> "$src/part7.c"
+t_touch=$(measure kmx)
+"$KMX" cache clean >/dev/null
+rm -rf "$work/out"
+t_ccache=$(measure kmx)
+python3 - <<PY
+cold = $t_cold
+rows = [("cold (ccache empty)", cold), ("no-op rebuild", $t_noop),
+        ("one file touched", $t_touch), ("clean, ccache warm", $t_ccache)]
+for name, t in rows:
+    print(f"{name:<22} {t:>8.3f} s   {cold / t:>7.1f}x faster than cold")
+PY
