@@ -260,6 +260,13 @@ impl Report {
 }
 
 impl Report {
+    /// Write the report as `<out>/report.json`, atomically.
+    pub fn save(&self, out: &std::path::Path) -> crate::Result<()> {
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| crate::Error::env(format!("cannot serialize the report: {e}")))?;
+        crate::state::write_atomic(&out.join("report.json"), format!("{json}\n").as_bytes())
+    }
+
     /// Read a report written by `kmx build`.
     pub fn load(path: &std::path::Path) -> crate::Result<Report> {
         let bytes = std::fs::read(path).map_err(|e| crate::Error::io("read", path, e))?;

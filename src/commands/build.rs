@@ -17,7 +17,6 @@ use crate::error::{Error, Result, exit, render};
 use crate::kernel::registry::{RegisteredTree, Registry, trees_of};
 use crate::kernel::tree::KernelTree;
 use crate::state::cache::{Cache, parse_size};
-use crate::state::write_atomic;
 
 /// Environment variables builds see: the basics plus compiler-cache and distcc settings.
 /// Read once here, never inside workers.
@@ -151,12 +150,7 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
             .into_iter()
             .find(|c| *c == code || *c == smoke_code)
             .unwrap_or(exit::OK);
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::env(format!("cannot serialize the report: {e}")))?;
-        write_atomic(
-            &plan.out.join("report.json"),
-            format!("{json}\n").as_bytes(),
-        )?;
+        report.save(&plan.out)?;
     }
     eprint!("{}", report.render());
     if args.json {
@@ -312,12 +306,7 @@ pub fn execute_plan(plan: &Plan, args: &ExecOptions) -> Result<Report> {
     if let Some(cache) = &opts.cache {
         cache.trim();
     }
-    let json = serde_json::to_string_pretty(&report)
-        .map_err(|e| Error::env(format!("cannot serialize the report: {e}")))?;
-    write_atomic(
-        &plan.out.join("report.json"),
-        format!("{json}\n").as_bytes(),
-    )?;
+    report.save(&plan.out)?;
     Ok(report)
 }
 

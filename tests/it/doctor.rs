@@ -1,7 +1,5 @@
 //! The foundation: profiles, trees, doctor, and their errors.
 
-use std::process::Command;
-
 use crate::support::*;
 
 #[test]
@@ -24,27 +22,7 @@ fn doctor_finds_four_usable_targets_whose_vermagic_matches_real_modules() {
         for f in ["hello.c", "Kbuild"] {
             std::fs::copy(repo().join("examples/hello").join(f), build.join(f)).unwrap();
         }
-        let (arch, prefix) = match name {
-            "i386" => ("x86", "i686-linux-gnu-"),
-            "amd64" => ("x86", "x86_64-linux-gnu-"),
-            "arm64" => ("arm64", "aarch64-linux-gnu-"),
-            _ => ("arm", "arm-linux-gnueabihf-"),
-        };
-        let out = Command::new("make")
-            .arg("-C")
-            .arg(kdir)
-            .arg(format!("M={}", build.display()))
-            .arg(format!("ARCH={arch}"))
-            .arg(format!("CROSS_COMPILE={prefix}"))
-            .arg("CONFIG_DEBUG_INFO_BTF_MODULES=")
-            .arg("modules")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        plain_make(name, std::path::Path::new(kdir), &build);
         assert_eq!(
             modinfo("vermagic", &build.join("hello.ko")),
             vermagic,

@@ -5,7 +5,6 @@
 //! boots the four kernels in parallel with all of them; the tests below read that run.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use crate::support::*;
@@ -67,15 +66,6 @@ fn plain_c(name: &str) -> String {
     )
 }
 
-fn make_args(target: &str) -> (&'static str, &'static str) {
-    match target {
-        "i386" => ("x86", "i686-linux-gnu-"),
-        "amd64" => ("x86", "x86_64-linux-gnu-"),
-        "arm64" => ("arm64", "aarch64-linux-gnu-"),
-        _ => ("arm", "arm-linux-gnueabihf-"),
-    }
-}
-
 /// Build hello, kmx_dep, kmx_magic, kmx_crc, kmx_crash for `target` with plain make in `dir`,
 /// then tamper: kmx_magic's vermagic says "modversionz", kmx_crc's CRC of `_printk` is off.
 fn build(target: &str, kdir: &str, dir: &Path) {
@@ -90,22 +80,7 @@ fn build(target: &str, kdir: &str, dir: &Path) {
         "obj-m := hello.o kmx_dep.o kmx_crash.o kmx_magic.o kmx_crc.o\n",
     )
     .unwrap();
-    let (arch, prefix) = make_args(target);
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(kdir)
-        .arg(format!("M={}", dir.display()))
-        .arg(format!("ARCH={arch}"))
-        .arg(format!("CROSS_COMPILE={prefix}"))
-        .arg("CONFIG_DEBUG_INFO_BTF_MODULES=")
-        .arg("modules")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{target}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    plain_make(target, Path::new(kdir), dir);
     assert_eq!(
         modinfo("depends", &dir.join("kmx_dep.ko")),
         "crc-itu-t",

@@ -290,3 +290,29 @@ pub fn fixture(name: &str) -> String {
         .display()
         .to_string()
 }
+
+/// Build the module sources in `dir` for `target` against `kdir` with plain make (no kmx),
+/// the reference kmx is compared with.
+pub fn plain_make(target: &str, kdir: &Path, dir: &Path) {
+    let (arch, prefix) = match target {
+        "i386" => ("x86", "i686-linux-gnu-"),
+        "amd64" => ("x86", "x86_64-linux-gnu-"),
+        "arm64" => ("arm64", "aarch64-linux-gnu-"),
+        _ => ("arm", "arm-linux-gnueabihf-"),
+    };
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(kdir)
+        .arg(format!("M={}", dir.display()))
+        .arg(format!("ARCH={arch}"))
+        .arg(format!("CROSS_COMPILE={prefix}"))
+        .arg("CONFIG_DEBUG_INFO_BTF_MODULES=")
+        .arg("modules")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
