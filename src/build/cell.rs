@@ -76,6 +76,8 @@ pub enum Outcome {
         dependency: String,
     },
     Interrupted,
+    /// Not started because an earlier cell failed and `--fail-fast` was given.
+    Cancelled,
 }
 
 impl Outcome {
@@ -87,12 +89,16 @@ impl Outcome {
             Outcome::Failed { .. } => "FAILED",
             Outcome::DependencyFailed { .. } => "dep-failed",
             Outcome::Interrupted => "interrupted",
+            Outcome::Cancelled => "cancelled",
         }
     }
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            Outcome::Failed { .. } | Outcome::DependencyFailed { .. } | Outcome::Interrupted
+            Outcome::Failed { .. }
+                | Outcome::DependencyFailed { .. }
+                | Outcome::Interrupted
+                | Outcome::Cancelled
         )
     }
 }

@@ -49,6 +49,9 @@ pub struct Totals {
     pub skipped: usize,
     pub failed: usize,
     pub interrupted: usize,
+    /// Not started after a failure under `--fail-fast`.
+    #[serde(default)]
+    pub cancelled: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +127,12 @@ impl Report {
                     Outcome::Interrupted => {
                         totals.interrupted += 1;
                         rep.status = "interrupted".into();
+                    }
+                    Outcome::Cancelled => {
+                        totals.cancelled += 1;
+                        rep.status = "cancelled".into();
+                        rep.reason =
+                            Some("not started: an earlier cell failed (--fail-fast)".into());
                     }
                 }
                 rep
@@ -248,11 +257,11 @@ impl Report {
             },
             t.skipped,
             t.failed,
-            if t.interrupted > 0 {
-                format!(", {} interrupted", t.interrupted)
-            } else {
-                String::new()
-            },
+            [(t.cancelled, "cancelled"), (t.interrupted, "interrupted")]
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, what)| format!(", {n} {what}"))
+                .collect::<String>(),
             self.wall_secs
         ));
         out
@@ -342,6 +351,7 @@ impl Report {
                 "fresh" => totals.fresh += 1,
                 "skipped" => totals.skipped += 1,
                 "interrupted" => totals.interrupted += 1,
+                "cancelled" => totals.cancelled += 1,
                 _ => totals.failed += 1,
             }
         }

@@ -3,8 +3,9 @@
 //! Design (after cargo's job queue):
 //! - The calling thread owns all state and is the only one that reports: workers send
 //!   [`Event`]s over a channel and never print.
-//! - Parallelism is bounded twice over: the rayon pool has `jobs` threads, and every make
-//!   any cell starts shares ONE GNU make jobserver holding `jobs` tokens. A cell acquires one
+//! - Parallelism is bounded twice over: at most `jobs` cells are handed to the rayon pool
+//!   at once, and every make any cell starts shares ONE GNU make jobserver holding `jobs`
+//!   tokens. A cell acquires one
 //!   token for its make's implicit slot; make takes further tokens for parallel compiles. So
 //!   four cells on two cores use two slots in all, and one big cell alone can use both.
 //! - The drain loop never returns early: every cell's result is recorded. A failure is
@@ -87,6 +88,9 @@ pub fn execute(
     let mut running: Vec<usize> = Vec::new();
     let mut started = vec![false; n];
     let mut failed_once = false;
+    // Cells handed to the pool and not finished: at most `jobs`, so that a cell is only
+    // committed to when it can start (and --fail-fast can still cancel the rest).
+    let mut in_flight = 0usize;
 
     pool.in_place_scope(|scope| {
         loop {
@@ -103,8 +107,10 @@ pub fn execute(
                         Some(Outcome::Skipped {
                             reason: reason.clone(),
                         })
-                    } else if stop.load(Ordering::Relaxed) || (opts.fail_fast && failed_once) {
+                    } else if stop.load(Ordering::Relaxed) {
                         Some(Outcome::Interrupted)
+                    } else if opts.fail_fast && failed_once {
+                        Some(Outcome::Cancelled)
                     } else if let Some(&d) = c.deps.iter().find(|&&d| {
                         results[d]
                             .as_ref()
@@ -119,8 +125,7 @@ pub fn execute(
                     if let Some(outcome) = decided {
                         started[i] = true;
                         progressed = true;
-                        failed_once |=
-                            outcome.is_failure() && !matches!(outcome, Outcome::Interrupted);
+                        failed_once |= counts_as_failure(&outcome);
                         let r = CellResult {
                             outcome,
                             command: String::new(),
@@ -134,7 +139,8 @@ pub fn execute(
                         results[i] = Some(r);
                         continue;
                     }
-                    if c.deps.iter().all(|&d| results[d].is_some()) {
+                    if in_flight < jobs && c.deps.iter().all(|&d| results[d].is_some()) {
+                        in_flight += 1;
                         started[i] = true;
                         progressed = true;
                         let deps_symvers: Vec<PathBuf> = c
@@ -166,8 +172,9 @@ pub fn execute(
                     });
                 }
                 Ok(Msg::Done(i, outcome, command, duration)) => {
+                    in_flight -= 1;
                     running.retain(|&r| r != i);
-                    failed_once |= outcome.is_failure() && !matches!(outcome, Outcome::Interrupted);
+                    failed_once |= counts_as_failure(&outcome);
                     let r = CellResult {
                         outcome,
                         command,
@@ -194,4 +201,12 @@ pub fn execute(
             })
         })
         .collect())
+}
+
+/// A failure that `--fail-fast` reacts to (not the cancellations and interruptions it causes).
+fn counts_as_failure(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Failed { .. } | Outcome::DependencyFailed { .. }
+    )
 }

@@ -402,3 +402,59 @@ fn native_kmx_toml_module_builds_with_its_rules() {
         }
     }
 }
+
+#[test]
+fn a_hung_build_step_is_killed_at_the_timeout() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let started = Instant::now();
+    let run = k
+        .run(&[
+            "build",
+            &fixture("slow"),
+            "--target",
+            "arm64",
+            "--timeout",
+            "2",
+            "--json",
+        ])
+        .expect(1);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let cell = &run.json()["cells"][0];
+    assert_eq!(cell["status"], "failed");
+    assert_eq!(
+        cell["reason"],
+        "make timed out after 2s (raise it with --timeout)"
+    );
+    assert!(processes_mentioning("slow.mk").is_empty());
+}
+
+#[test]
+fn fail_fast_starts_no_cell_after_the_first_failure() {
+    let Some(k) = Kmx::with_trees() else { return };
+    // One job: cells run in plan order i386, amd64, arm64 (fails), armhf.
+    let run = k
+        .run(&[
+            "build",
+            &fixture("noexclusive"),
+            "--jobs",
+            "1",
+            "--fail-fast",
+            "--json",
+        ])
+        .expect(1);
+    let report = run.json();
+    let status: Vec<&str> = report["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(status, ["built", "built", "failed", "cancelled"]);
+    assert_eq!(report["totals"]["cancelled"], 1);
+    assert!(
+        run.stderr()
+            .contains("2 built, 0 skipped, 1 failed, 1 cancelled in "),
+        "{}",
+        run.stderr()
+    );
+}
