@@ -131,10 +131,33 @@ impl Apt {
             .is_some_and(|age| age < LISTS_MAX_AGE)
     }
 
-    fn update(&self) -> Result<()> {
-        process::output(self.cmd("apt-get").args(["-q", "update"]), Kind::Environment).map_err(|e| {
-            e.hint("kmx needs the network to reach the Debian mirror (set --mirror or KMX_DEBIAN_MIRROR for another one)")
-        })?;
+    fn update(&self, mirror: &str) -> Result<()> {
+        let hint = "kmx needs the network to reach the Debian mirror (set --mirror or KMX_DEBIAN_MIRROR for another one)";
+        let out = process::output(
+            self.cmd("apt-get").args(["-q", "update"]),
+            Kind::Environment,
+        )
+        .map_err(|e| e.hint(hint))?;
+        // apt-get update exits 0 when every download failed: read what it said.
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let failures: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("Err:") || l.starts_with("E:") || l.starts_with("W: Failed to fetch")
+            })
+            .take(3)
+            .collect();
+        if !failures.is_empty() {
+            return Err(
+                Error::env(format!("cannot update the package lists from {mirror}"))
+                    .caused_by(failures.join("\n"))
+                    .hint(hint),
+            );
+        }
         let stamp = self.dir.join("lists/.kmx-updated");
         std::fs::write(&stamp, b"").map_err(|e| Error::io("write", &stamp, e))
     }
@@ -254,7 +277,7 @@ pub fn fetch(
             req.suite,
             archs.join(", ")
         ));
-        apt.update()?;
+        apt.update(&req.mirror)?;
     }
     let abi = match &req.abi {
         Some(abi) => abi.clone(),
@@ -524,7 +547,7 @@ pub fn fetch_boot(
             "Updating package lists from {} {}",
             req.mirror, req.suite
         ));
-        apt.update()?;
+        apt.update(&req.mirror)?;
     }
     which::which("depmod").map_err(|_| {
         Error::env("depmod not found: kmx needs it to index the kernel's modules")

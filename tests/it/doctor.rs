@@ -189,3 +189,27 @@ fn unknown_target_suggests_a_name() {
         "error: unknown target `arm46`\n  hint: did you mean `arm64`? Known targets: amd64, arm64, armhf, i386\n"
     );
 }
+
+#[test]
+fn fetch_from_an_unreachable_mirror_says_so() {
+    let k = Kmx::empty();
+    // Nothing listens on the discard port of the loopback address.
+    let run = k
+        .run(&[
+            "kernels",
+            "fetch",
+            "--target",
+            "arm64",
+            "--mirror",
+            "http://127.0.0.1:9/debian",
+        ])
+        .expect(3);
+    let err = run.stderr();
+    assert!(err.contains("error: cannot update the package lists from http://127.0.0.1:9/debian\n  caused by: Err:1 http://127.0.0.1:9/debian bookworm InRelease"), "{err}");
+    assert!(
+        err.contains("hint: kmx needs the network to reach the Debian mirror"),
+        "{err}"
+    );
+    // Nothing was registered.
+    assert!(!k.home.join("trees/registry.json").exists());
+}
