@@ -94,7 +94,7 @@ impl Apt {
         );
         write_if_changed(&dir.join("etc/sources.list"), &sources)?;
         let user = std::env::var("USER").ok().filter(|u| !u.is_empty());
-        let user = if unsafe_is_root() {
+        let user = if is_root() {
             "root".to_string()
         } else {
             user.unwrap_or_else(|| "root".into())
@@ -188,7 +188,7 @@ impl Apt {
 }
 
 #[allow(unsafe_code)]
-fn unsafe_is_root() -> bool {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

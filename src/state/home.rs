@@ -46,10 +46,6 @@ impl Home {
     pub fn cell_cache(&self) -> PathBuf {
         self.root.join("cache").join("cells")
     }
-    /// Default build output directory.
-    pub fn out(&self) -> PathBuf {
-        self.root.join("out")
-    }
 }
 
 /// Write `bytes` to `path` atomically: readers see the old file or the new one, never a
