@@ -5,6 +5,7 @@ pub mod build;
 mod doctor;
 mod kernels;
 mod lifecycle;
+mod verify;
 
 use crate::cli::{Cli, Cmd, KernelsCmd, KeysCmd};
 use crate::config::{Profiles, Sources, load::user_config_dir};
@@ -59,6 +60,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         } => lifecycle::tarball(store, module.as_deref(), &target, &output),
         Cmd::LoadTarball { file } => lifecycle::load_tarball(store, &file, wait),
         Cmd::Build(args) => build::run(&ctx, &args),
+        Cmd::Verify(args) => verify::run(&ctx, &args),
         Cmd::Kernels(KernelsCmd::Fetch {
             target,
             abi,
