@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -96,77 +97,75 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         .build()
         .map_err(|e| Error::env(format!("cannot start worker threads: {e}")))?;
 
-    // Read every module.
-    let read: Vec<std::result::Result<Module, String>> = pool.install(|| {
-        files
-            .par_iter()
-            .map(|p| Module::read(p).map_err(|e| e.to_string()))
-            .collect()
-    });
-
-    // What the modules of the run export, and out-of-tree CRCs from build Module.symvers.
+    // Build Module.symvers files given or found next to the modules: out-of-tree CRCs.
     let mut others = Others::default();
-    for (path, module) in files.iter().zip(&read) {
-        if let Ok(m) = module {
-            others.add_module(&module_name(m, path), &m.exported);
-        }
-    }
     for file in found_symvers.iter().chain(&args.symvers) {
         others.add_symvers(&Symvers::load(file)?);
     }
-
-    // The tree of each module, then each needed tree's Module.symvers, once.
-    let choice: Vec<std::result::Result<Option<usize>, String>> = read
-        .iter()
-        .map(|m| match m {
-            Ok(m) => choose_tree(&trees, m, args.target.as_deref().unwrap_or("")),
-            Err(_) => Ok(None),
-        })
-        .collect();
-    let needed: BTreeSet<usize> = choice
-        .iter()
-        .filter_map(|c| c.clone().ok().flatten())
-        .collect();
-    let mut symbols: Vec<Option<TreeSymbols>> = (0..trees.trees.len()).map(|_| None).collect();
-    for &i in &needed {
-        symbols[i] = TreeSymbols::load(&trees.trees[i])?;
-        if symbols[i].is_none() {
-            notes.push(format!(
-                "warning: {} has no Module.symvers: CRCs and symbols are not checked",
-                trees.trees[i].kdir.display()
-            ));
-        }
-    }
-
-    // Check every module.
+    // Each tree's Module.symvers is loaded once, by the first module that needs it.
+    let symbols: Vec<OnceLock<Result<Option<TreeSymbols>>>> =
+        trees.trees.iter().map(|_| OnceLock::new()).collect();
     let opts = Options {
         strict: args.strict,
     };
-    let reports: Vec<ModuleReport> = pool.install(|| {
+    let target_name = args.target.as_deref().unwrap_or("");
+    let ctx = Pass {
+        trees: &trees,
+        symbols: &symbols,
+        identity: identity.as_ref(),
+        target: target_name,
+        opts,
+    };
+
+    // Pass 1: read and check every module against the kernel alone, keeping only its
+    // report and exports, so that memory stays flat however many modules there are.
+    let first: Vec<(ModuleReport, Option<Exports>)> = pool.install(|| {
         files
             .par_iter()
-            .zip(read.par_iter())
-            .zip(choice.par_iter())
-            .map(|((path, module), choice)| {
-                let kernel = match choice {
-                    Ok(Some(i)) => Some(Kernel {
-                        tree: &trees.trees[*i],
-                        symbols: symbols[*i].as_ref(),
-                    }),
-                    _ => None,
-                };
-                report(
-                    path,
-                    module,
-                    choice,
-                    identity.as_ref(),
-                    kernel,
-                    &others,
-                    opts,
-                )
-            })
+            .map(|path| ctx.check(path, &Others::default()))
             .collect()
     });
+    let mut reports = Vec::with_capacity(first.len());
+    let mut again = Vec::new();
+    for (i, (report, exports)) in first.into_iter().enumerate() {
+        if let Some(e) = exports {
+            others.add_module(&e.name, &e.exported);
+            if e.needs_others {
+                again.push(i);
+            }
+        }
+        reports.push(report);
+    }
+    // Pass 2: modules using symbols or modules the kernel does not provide are checked
+    // again, now that every module's exports are known.
+    if !again.is_empty() {
+        let second: Vec<(usize, ModuleReport)> = pool.install(|| {
+            again
+                .par_iter()
+                .map(|&i| (i, ctx.check(&files[i], &others).0))
+                .collect()
+        });
+        for (i, report) in second {
+            reports[i] = report;
+        }
+    }
+    let mut used = BTreeSet::new();
+    for (i, lock) in symbols.into_iter().enumerate() {
+        match lock.into_inner() {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(loaded)) => {
+                if loaded.is_none() {
+                    notes.push(format!(
+                        "warning: {} has no Module.symvers: CRCs and symbols are not checked",
+                        trees.trees[i].kdir.display()
+                    ));
+                }
+                used.insert(i);
+            }
+            None => {}
+        }
+    }
+    let needed = used;
 
     let mut totals = Totals {
         modules: reports.len(),
@@ -310,53 +309,93 @@ fn choose_tree(
     }
 }
 
-fn report(
-    path: &Path,
-    module: &std::result::Result<Module, String>,
-    choice: &std::result::Result<Option<usize>, String>,
-    identity: Option<&ElfIdentity>,
-    kernel: Option<Kernel>,
-    others: &Others,
+/// What a module's exports contribute to the run, from pass 1.
+struct Exports {
+    name: String,
+    exported: Vec<String>,
+    /// The module uses a symbol or names a dependency the kernel does not provide: check it
+    /// again once the other modules' exports are known.
+    needs_others: bool,
+}
+
+/// Everything a worker needs to check one module; shared read-only by every thread.
+struct Pass<'a> {
+    trees: &'a Trees,
+    symbols: &'a [OnceLock<Result<Option<TreeSymbols>>>],
+    identity: Option<&'a ElfIdentity>,
+    target: &'a str,
     opts: Options,
-) -> ModuleReport {
-    let module = match module {
-        Ok(m) => m,
-        Err(message) => {
-            return ModuleReport {
-                path: path.to_path_buf(),
-                name: file_stem(path),
-                status: Status::Fail,
-                kernel: None,
-                vermagic: None,
-                identity: None,
-                compression: None,
-                signer: None,
-                checks: vec![Check::new(CheckKind::Read, Status::Fail, message.clone())],
-            };
-        }
-    };
-    let mut checks = match choice {
-        Err(why) => {
-            let mut c: Vec<Check> = identity
-                .map(|i| checks::identity(module, i, None))
-                .into_iter()
-                .collect();
-            c.push(Check::new(CheckKind::Kernel, Status::Fail, why.clone()));
-            c
-        }
-        Ok(_) => checks::run_all(module, identity, kernel, others, opts),
-    };
-    checks.shrink_to_fit();
-    ModuleReport {
-        path: path.to_path_buf(),
-        name: module_name(module, path),
-        status: checks::worst(&checks),
-        kernel: kernel.map(|k| k.tree.release.clone()),
-        vermagic: module.vermagic().map(str::to_string),
-        identity: Some(module.identity),
-        compression: module.compression,
-        signer: module.signature.as_ref().map(|s| s.signer.clone()),
-        checks,
+}
+
+impl Pass<'_> {
+    /// Read the module at `path` and check it; its exports when it could be read.
+    fn check(&self, path: &Path, others: &Others) -> (ModuleReport, Option<Exports>) {
+        let module = match Module::read(path) {
+            Ok(m) => m,
+            Err(e) => {
+                let report = ModuleReport {
+                    path: path.to_path_buf(),
+                    name: file_stem(path),
+                    status: Status::Fail,
+                    kernel: None,
+                    vermagic: None,
+                    identity: None,
+                    compression: None,
+                    signer: None,
+                    checks: vec![Check::new(CheckKind::Read, Status::Fail, e.to_string())],
+                };
+                return (report, None);
+            }
+        };
+        let mut kernel = None;
+        let checks = match choose_tree(self.trees, &module, self.target) {
+            Err(why) => {
+                let mut c: Vec<Check> = self
+                    .identity
+                    .map(|i| checks::identity(&module, i, None))
+                    .into_iter()
+                    .collect();
+                c.push(Check::new(CheckKind::Kernel, Status::Fail, why));
+                c
+            }
+            Ok(choice) => {
+                let mut load_failed = None;
+                if let Some(i) = choice {
+                    let tree = &self.trees.trees[i];
+                    match self.symbols[i].get_or_init(|| TreeSymbols::load(tree)) {
+                        Ok(symbols) => {
+                            kernel = Some(Kernel {
+                                tree,
+                                symbols: symbols.as_ref(),
+                            })
+                        }
+                        Err(e) => load_failed = Some(e.to_string()),
+                    }
+                }
+                match load_failed {
+                    Some(why) => vec![Check::new(CheckKind::Kernel, Status::Fail, why)],
+                    None => checks::run_all(&module, self.identity, kernel, others, self.opts),
+                }
+            }
+        };
+        let name = module_name(&module, path);
+        let exports = Exports {
+            needs_others: kernel.is_some_and(|k| checks::needs_others(&module, k)),
+            name: name.clone(),
+            exported: module.exported.clone(),
+        };
+        let report = ModuleReport {
+            path: path.to_path_buf(),
+            name,
+            status: checks::worst(&checks),
+            kernel: kernel.map(|k| k.tree.release.clone()),
+            vermagic: module.vermagic().map(str::to_string),
+            identity: Some(module.identity),
+            compression: module.compression,
+            signer: module.signature.as_ref().map(|s| s.signer.clone()),
+            checks,
+        };
+        (report, Some(exports))
     }
 }
 

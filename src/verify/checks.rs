@@ -260,6 +260,28 @@ pub fn run_all(
     out
 }
 
+/// True when `module` uses a symbol, or names a dependency, that the kernel does not
+/// provide: its `symbols`, `modversions` and `depends` verdicts then depend on the other
+/// modules of the run.
+pub fn needs_others(module: &Module, kernel: Kernel) -> bool {
+    let Some(symbols) = kernel.symbols else {
+        return false;
+    };
+    module
+        .undefined
+        .iter()
+        .filter(|s| !ignored_undefined(s, module.identity.machine))
+        .any(|s| symbols.symvers.get(s).is_none())
+        || module
+            .versions
+            .iter()
+            .any(|v| symbols.symvers.get(&v.name).is_none())
+        || module
+            .depends()
+            .iter()
+            .any(|d| !symbols.modules.contains(&module_key(d)))
+}
+
 // ---------------------------------------------------------------------------------------------
 // ELF identity
 
