@@ -693,7 +693,10 @@ fn read_symbols(sections: &Sections) -> Result<(Vec<String>, Vec<String>), ReadE
     let little = sections.ctx.le.is_little();
     let is64 = sections.ctx.container.is_big();
     let u16_at = |b: &[u8], at: usize| -> u16 {
-        let raw = [b.get(at).copied().unwrap_or(0), b.get(at + 1).copied().unwrap_or(0)];
+        let raw = [
+            b.get(at).copied().unwrap_or(0),
+            b.get(at + 1).copied().unwrap_or(0),
+        ];
         if little {
             u16::from_le_bytes(raw)
         } else {

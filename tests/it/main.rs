@@ -8,3 +8,4 @@ mod support;
 mod build;
 mod doctor;
 mod lifecycle;
+mod verify;
