@@ -26,8 +26,9 @@ pub use super::decompress::Compression;
 use super::decompress::{self, DecompressError};
 use crate::config::arch::{ElfClass, ElfIdentity, Endian, machine};
 
-/// Files up to this size are read, larger ones mapped.
-const READ_LIMIT: u64 = 1 << 20;
+/// Files up to this size are read whole (one copy is cheaper than mmap + faults + munmap);
+/// larger ones are mapped, so that only the pages of the sections needed are touched.
+const READ_LIMIT: u64 = 64 << 10;
 
 thread_local! {
     /// The buffer [`Module::read`] reads small files into, reused by each thread.
