@@ -45,6 +45,23 @@ pub enum Cmd {
     /// Work with build reports (OUT/report.json).
     #[command(subcommand)]
     Report(ReportCmd),
+    /// Check, without booting anything, that modules will load on a target's kernel, and if
+    /// not, exactly why: ELF identity, vermagic (the kernel's own rule), every modversions
+    /// CRC against the tree's Module.symvers, unresolved symbols, depends=, signature.
+    /// Exits 0 only when no module fails.
+    #[command(
+        long_about = None,
+        after_help = "Kernel tree: --kdir DIR, else --kernel RELEASE among the target's trees, else \
+the tree whose release equals the module's vermagic release, else the target's only tree. \
+Without any tree (or with --no-kernel) only the ELF identity is checked, and the \
+vermagic, modversions and signature are shown.\n\n\
+Symbols the kernel does not export resolve against the other modules given (e.g. a whole \
+lib/modules/RELEASE directory); their CRCs are known from a build's Module.symvers \
+(found next to the modules in the directories given, or passed with --symvers).\n\n\
+Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no modules found, \
+3 the kernel tree is missing or unreadable."
+    )]
+    Verify(VerifyArgs),
     /// Fetch and list kernel build trees.
     #[command(subcommand)]
     Kernels(KernelsCmd),
@@ -374,4 +391,43 @@ pub enum ReportCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Module files (.ko, .ko.xz, .ko.zst, .ko.gz), or directories searched recursively for
+    /// them (e.g. an extracted lib/modules/RELEASE; symlinked directories are not followed).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// The target the modules are for: its ELF identity and kernel trees.
+    #[arg(long, short, required_unless_present = "no_kernel")]
+    pub target: Option<String>,
+    /// Check against the target's tree with this kernel release, e.g. 6.1.0-50-arm64.
+    #[arg(long, short, value_name = "RELEASE", conflicts_with_all = ["kdir", "no_kernel"])]
+    pub kernel: Option<String>,
+    /// Check against the kernel build tree (KDIR) in this directory.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_kernel")]
+    pub kdir: Option<PathBuf>,
+    /// Use no kernel tree: check the ELF identity (with --target) and show vermagic,
+    /// modversions and signature, for modules of any architecture.
+    #[arg(long)]
+    pub no_kernel: bool,
+    /// Extra Module.symvers files (repeatable) with the CRCs of out-of-tree exports the
+    /// modules use, like KBUILD_EXTRA_SYMBOLS.
+    #[arg(long, value_name = "FILE")]
+    pub symvers: Vec<PathBuf>,
+    /// Fail a vermagic that differs only in the release (the kernel accepts that from a
+    /// module with modversions; by default it is a warning).
+    #[arg(long)]
+    pub strict: bool,
+    /// Print one JSON document on stdout: per module its path, name, vermagic, identity and
+    /// every check with status and evidence.
+    #[arg(long)]
+    pub json: bool,
+    /// Also list passing modules, and every check's evidence.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Threads reading and checking modules [default: number of CPUs].
+    #[arg(long, short, env = "KMX_JOBS")]
+    pub jobs: Option<usize>,
 }

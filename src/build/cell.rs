@@ -338,7 +338,13 @@ fn run_stages(
         build_script(cell, env, &mut log, "POST_BUILD", post)?;
     }
 
-    // Collect, strip and check every expected module.
+    // Collect, strip and check every expected module: it must load on the cell's kernel,
+    // its symbols resolved by the kernel, this cell's own exports or its dependencies'.
+    // Module.symvers is read once per cell (~10 ms for a distribution kernel's).
+    let tree_symbols =
+        crate::verify::checks::TreeSymbols::load(&cell.tree).map_err(|e| stage_err("check", e))?;
+    let mut exports = deps_symvers.to_vec();
+    exports.push(cell.build_dir().join("Module.symvers"));
     let mut artifacts = Vec::new();
     for m in &cell.spec.modules {
         let rel = m.built_location.join(format!("{}.ko", m.built_name));
@@ -365,8 +371,14 @@ fn run_stages(
             );
             step(cell, env, &mut log, "strip", &line)?;
         }
-        crate::verify::built::check(&built, &cell.target.toolchain.identity, &cell.tree.vermagic)
-            .map_err(|e| stage_err("check", e))?;
+        crate::verify::built::check(
+            &built,
+            &cell.target.toolchain.identity,
+            &cell.tree,
+            tree_symbols.as_ref(),
+            &exports,
+        )
+        .map_err(|e| stage_err("check", e))?;
         let dest = cell.work_dir.join(format!("{}.ko", m.built_name));
         std::fs::copy(&built, &dest)
             .map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;

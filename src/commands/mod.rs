@@ -6,6 +6,7 @@ mod doctor;
 mod kernels;
 mod lifecycle;
 mod smoke;
+mod verify;
 
 use crate::cli::{Cli, Cmd, KernelsCmd, KeysCmd, ReportCmd};
 use crate::config::{Profiles, Sources, load::user_config_dir};
@@ -62,6 +63,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Build(args) => build::run(&ctx, &args),
         Cmd::Cache(cmd) => build::cache(&ctx, &cmd),
         Cmd::Report(ReportCmd::Merge { reports, json }) => build::merge(&reports, json),
+        Cmd::Verify(args) => verify::run(&ctx, &args),
         Cmd::Kernels(KernelsCmd::Fetch {
             target,
             abi,
@@ -82,10 +84,15 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Print JSON to stdout.
+/// Print JSON to stdout, buffered: stdout is line-buffered, and a report of thousands of
+/// modules has hundreds of thousands of lines.
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| crate::Error::env(format!("cannot serialize JSON output: {e}")))?;
-    println!("{text}");
-    Ok(())
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    serde_json::to_writer_pretty(&mut out, value)
+        .map_err(|e| crate::Error::env(format!("cannot write JSON output: {e}")))?;
+    writeln!(out)
+        .and_then(|_| out.flush())
+        .map_err(|e| crate::Error::env(format!("cannot write JSON output: {e}")))
 }

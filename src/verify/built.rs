@@ -1,35 +1,64 @@
-//! The check every freshly built module passes before its cell counts as built: the ELF
-//! identity of its target and a vermagic exactly equal to its kernel tree's. It uses the one
-//! module reader ([`super::module`]); the full load checks (`kmx verify`) build on it.
+//! The check every freshly built module passes before its cell counts as built: the load
+//! checks of [`super::checks`] (ELF identity, vermagic, modversions, unresolved symbols)
+//! against the cell's kernel tree, with the vermagic required exactly (the module was built
+//! against that very tree) and the cell's own and its dependencies' exports (their build
+//! `Module.symvers`) resolving symbols the kernel does not export. Signatures are not
+//! checked: builds are unsigned, `kmx install` signs. This is only the entry point the build
+//! calls; the rules live in `checks`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::arch::ElfIdentity;
 use crate::error::{Error, Result};
-use crate::kernel::vermagic::{self, Vermagic};
+use crate::kernel::symvers::Symvers;
+use crate::kernel::tree::KernelTree;
+use crate::verify::checks::{self, CheckKind, Kernel, Options, Others, Status, TreeSymbols};
 use crate::verify::module::Module;
 
-/// Fail unless `path` is a module for `identity` whose vermagic is exactly `expected`.
-pub fn check(path: &Path, identity: &ElfIdentity, expected: &Vermagic) -> Result<Module> {
+/// Fail, with the first failing check's reason, unless the module at `path` would load on
+/// `tree`. `symbols` is the tree's `Module.symvers` (load it once per tree with
+/// [`TreeSymbols::load`]); `extra_symvers` are the `Module.symvers` files of the cell's own
+/// build and of its built dependencies (missing files are skipped).
+pub fn check(
+    path: &Path,
+    identity: &ElfIdentity,
+    tree: &KernelTree,
+    symbols: Option<&TreeSymbols>,
+    extra_symvers: &[PathBuf],
+) -> Result<Module> {
     let module = Module::read(path).map_err(|e| e.into_error(path))?;
-    if module.identity != *identity {
-        return Err(Error::failed(format!(
-            "is {}, but the target's modules must be {identity}",
-            module.identity
-        ))
-        .at(path)
-        .hint("the toolchain profile's triple does not match the kernel tree's architecture"));
+    let mut others = Others::default();
+    for file in extra_symvers.iter().filter(|f| f.is_file()) {
+        others.add_symvers(&Symvers::load(file)?);
     }
-    let found = module.vermagic().unwrap_or("");
-    if found != expected.to_string() {
-        let why = Vermagic::parse(found)
-            .map(|m| vermagic::explain_difference(&m, expected).join("; "))
-            .unwrap_or_else(|| "the module has no vermagic".to_string());
-        return Err(Error::failed(format!(
-            "vermagic \"{found}\" differs from the kernel tree's \"{expected}\": {why}"
-        ))
-        .at(path)
-        .hint("the module was built against another configuration; check that the make command uses $kernel_source_dir"));
+    let kernel = Kernel { tree, symbols };
+    let opts = Options { strict: true };
+    let results = [
+        checks::identity(&module, identity, Some(kernel)),
+        checks::vermagic(&module, kernel, opts),
+        checks::modversions(&module, kernel, &others),
+        checks::symbols(&module, kernel, &others),
+    ];
+    if let Some(failed) = results.iter().find(|c| c.status == Status::Fail) {
+        let hint = match failed.check {
+            CheckKind::Identity => {
+                "the toolchain profile's triple does not match the kernel tree's architecture"
+            }
+            CheckKind::Vermagic => {
+                "the module was built against another configuration; check that the make command uses $kernel_source_dir"
+            }
+            CheckKind::Modversions => {
+                "the module was built against headers other than this tree's; check that the make command uses $kernel_source_dir"
+            }
+            _ => {
+                "export the symbol from a module this one depends on (BUILD_DEPENDS / kmx.toml `depends`), or stop using it"
+            }
+        };
+        return Err(
+            Error::failed(format!("{}: {}", failed.check, failed.summary))
+                .at(path)
+                .hint(hint),
+        );
     }
     Ok(module)
 }

@@ -2,8 +2,10 @@
 //! the checks that say whether a module will load on a kernel.
 
 pub mod built;
+pub mod checks;
 pub mod decompress;
 pub mod module;
 
+pub use checks::{Check, CheckKind, Status};
 pub use decompress::Compression;
 pub use module::{Module, ReadError, Signature, SymbolVersion, VersionsFormat};

@@ -18,13 +18,22 @@ use goblin::container::{Container, Ctx, Endian as GoblinEndian};
 use goblin::elf::Elf;
 use goblin::elf::header::{self, ET_REL};
 use goblin::elf::section_header::{SHN_UNDEF, SHT_NOBITS, SHT_SYMTAB, SectionHeader};
-use goblin::elf::sym::{STT_SECTION, Sym};
+use goblin::elf::sym::{STB_WEAK, STT_SECTION, Sym};
 use memmap2::Mmap;
 use serde::Serialize;
 
 pub use super::decompress::Compression;
 use super::decompress::{self, DecompressError};
 use crate::config::arch::{ElfClass, ElfIdentity, Endian, machine};
+
+/// Files up to this size are read whole (one copy is cheaper than mmap + faults + munmap);
+/// larger ones are mapped, so that only the pages of the sections needed are touched.
+const READ_LIMIT: u64 = 64 << 10;
+
+thread_local! {
+    /// The buffer [`Module::read`] reads small files into, reused by each thread.
+    static READ_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// The magic string that ends a module with an appended signature.
 pub const SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
@@ -170,7 +179,8 @@ pub struct Module {
     pub versions_format: VersionsFormat,
     /// `.gnu.linkonce.this_module` is present (the kernel refuses a module without it).
     pub has_this_module: bool,
-    /// Undefined (imported) symbols from `.symtab`, in table order.
+    /// Undefined (imported) symbols from `.symtab`, in table order; weak undefined symbols,
+    /// which may stay unresolved, are not listed.
     pub undefined: Vec<String>,
     /// Symbols the module exports (EXPORT_SYMBOL*), found like modpost does: the
     /// `__ksymtab_<name>` symbols in `.symtab`.
@@ -210,6 +220,23 @@ impl Module {
         }
         if meta.len() == 0 {
             return Err(ReadError::Empty);
+        }
+        if meta.len() <= READ_LIMIT {
+            // Small files are read into a per-thread buffer: one read is cheaper than
+            // mmap + page faults + munmap (whose TLB shootdowns stall every other thread).
+            return READ_BUFFER.with(|buffer| {
+                let mut data = buffer.take();
+                data.clear();
+                let result = (&file)
+                    .take(READ_LIMIT + 1)
+                    .read_to_end(&mut data)
+                    .map_err(|source| ReadError::Io { op: "read", source })
+                    .and_then(|_| Module::parse(&data));
+                if data.capacity() <= 2 * READ_LIMIT as usize {
+                    buffer.replace(data);
+                }
+                result
+            });
         }
         // SAFETY: the map is read-only and private to this call. Like every mmap reader
         // (kmod included), a concurrent truncation of the file by another process can raise
@@ -664,27 +691,48 @@ fn read_symbols(sections: &Sections) -> Result<(Vec<String>, Vec<String>), ReadE
             ReadError::Symtab(format!("string table index {} is invalid", symtab.sh_link))
         })?;
     let strings = sections.bytes(strtab);
-    let syms = Sym::parse(bytes, 0, bytes.len() / entsize, sections.ctx)
-        .map_err(|e| ReadError::Symtab(e.to_string()))?;
+    let little = sections.ctx.le.is_little();
+    let is64 = sections.ctx.container.is_big();
+    let u16_at = |b: &[u8], at: usize| -> u16 {
+        let raw = [
+            b.get(at).copied().unwrap_or(0),
+            b.get(at + 1).copied().unwrap_or(0),
+        ];
+        if little {
+            u16::from_le_bytes(raw)
+        } else {
+            u16::from_be_bytes(raw)
+        }
+    };
 
+    // Each entry is read in place (no table of parsed symbols is built): st_name, st_info
+    // and st_shndx are all this needs. Elf32_Sym: name@0 info@12 shndx@14; Elf64_Sym:
+    // name@0 info@4 shndx@6.
+    let (info_at, shndx_at) = if is64 { (4, 6) } else { (12, 14) };
     let mut undefined = Vec::new();
     let mut exported = Vec::new();
-    for (i, sym) in syms.iter().enumerate() {
-        if sym.st_name == 0 {
+    for (i, sym) in bytes.chunks_exact(entsize).enumerate() {
+        let st_name = read_u32(sym, 0, little).unwrap_or(0) as usize;
+        if st_name == 0 {
             continue;
         }
-        let name = cstr_at(strings, sym.st_name).ok_or_else(|| {
+        let st_info = sym.get(info_at).copied().unwrap_or(0);
+        let st_shndx = u16_at(sym, shndx_at);
+        let name = cstr_at(strings, st_name).ok_or_else(|| {
             ReadError::Symtab(format!(
-                "symbol {i} has name offset {} outside its string table",
-                sym.st_name
+                "symbol {i} has name offset {st_name} outside its string table"
             ))
         })?;
         if name.is_empty() {
             continue;
         }
-        if sym.st_shndx == SHN_UNDEF as usize {
-            undefined.push(lossy(name));
-        } else if sym.st_type() != STT_SECTION
+        if u32::from(st_shndx) == SHN_UNDEF {
+            // Weak undefined symbols may stay unresolved (the loader leaves them 0, modpost
+            // does not report them): they are not imports.
+            if st_info >> 4 != STB_WEAK {
+                undefined.push(lossy(name));
+            }
+        } else if st_info & 0xF != STT_SECTION
             && let Some(export) = name.strip_prefix(KSYMTAB_PREFIX.as_bytes())
             && !export.is_empty()
         {
@@ -859,12 +907,14 @@ fn split_signature(data: &[u8]) -> Result<(&[u8], Option<Signature>), ReadError>
 }
 
 fn hex_colons(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(bytes.len() * 3);
-    for (i, b) in bytes.iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate() {
         if i > 0 {
             out.push(':');
         }
-        out.push_str(&format!("{b:02X}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xF)]));
     }
     out
 }

@@ -10,3 +10,4 @@ mod cache;
 mod doctor;
 mod lifecycle;
 mod smoke;
+mod verify;

@@ -1,0 +1,542 @@
+//! `kmx verify`: will these modules load on that kernel, and if not, exactly why.
+//!
+//! The run has four steps, so that shared data is built once and checking is parallel:
+//! 1. resolve the target (its ELF identity) and the candidate kernel trees;
+//! 2. read every module file in parallel (the reader maps files, it does not read them);
+//! 3. index what the modules of the run export (plus any build `Module.symvers` found next
+//!    to them or given with `--symvers`), and load each needed tree's `Module.symvers`
+//!    ONCE, shared read-only by every thread;
+//! 4. check every module in parallel, then print: failures first, then warnings, totals.
+//!
+//! Workers never print; results come back in file order and this thread reports.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::cli::VerifyArgs;
+use crate::commands::{Context, print_json};
+use crate::config::Target;
+use crate::config::arch::ElfIdentity;
+use crate::error::{Error, Result, exit, render};
+use crate::kernel::registry::{Registry, trees_of};
+use crate::kernel::symvers::Symvers;
+use crate::kernel::tree::KernelTree;
+use crate::verify::checks::{self, Check, CheckKind, Kernel, Options, Others, Status, TreeSymbols};
+use crate::verify::module::{Compression, Module};
+
+/// File names `kmx verify` picks up when it walks a directory.
+const MODULE_SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];
+
+/// The kernel trees modules may be checked against.
+struct Trees {
+    trees: Vec<KernelTree>,
+    /// Chosen explicitly (`--kdir`, `--kernel`): every module is checked against `trees[0]`.
+    fixed: bool,
+}
+
+/// One module's result, as printed and as JSON.
+#[derive(Debug, Serialize)]
+struct ModuleReport {
+    path: PathBuf,
+    name: String,
+    status: Status,
+    /// The release of the kernel tree it was checked against; `None` without a tree.
+    kernel: Option<String>,
+    vermagic: Option<String>,
+    identity: Option<ElfIdentity>,
+    compression: Option<Compression>,
+    signer: Option<String>,
+    checks: Vec<Check>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Totals {
+    modules: usize,
+    passed: usize,
+    warned: usize,
+    failed: usize,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    kernels: Vec<JsonKernel<'a>>,
+    modules: &'a [ModuleReport],
+    totals: &'a Totals,
+}
+
+#[derive(Serialize)]
+struct JsonKernel<'a> {
+    release: &'a str,
+    kdir: &'a Path,
+    vermagic: String,
+    symvers: Option<&'a Path>,
+}
+
+pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
+    let started = Instant::now();
+    let target = args
+        .target
+        .as_deref()
+        .map(|t| ctx.profiles.target(t))
+        .transpose()?;
+    let identity = target
+        .map(|t| ctx.profiles.toolchain_of(t).map(|tc| tc.identity))
+        .transpose()?;
+    let mut notes = Vec::new();
+    let trees = select_trees(ctx, args, target, &mut notes)?;
+    let (files, found_symvers) = collect(&args.paths)?;
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.jobs.unwrap_or(0))
+        .thread_name(|i| format!("kmx-verify-{i}"))
+        .build()
+        .map_err(|e| Error::env(format!("cannot start worker threads: {e}")))?;
+
+    // Build Module.symvers files given or found next to the modules: out-of-tree CRCs.
+    let mut others = Others::default();
+    for file in found_symvers.iter().chain(&args.symvers) {
+        others.add_symvers(&Symvers::load(file)?);
+    }
+    // Each tree's Module.symvers is loaded once, by the first module that needs it.
+    let symbols: Vec<OnceLock<Result<Option<TreeSymbols>>>> =
+        trees.trees.iter().map(|_| OnceLock::new()).collect();
+    let opts = Options {
+        strict: args.strict,
+    };
+    let target_name = args.target.as_deref().unwrap_or("");
+    let ctx = Pass {
+        trees: &trees,
+        symbols: &symbols,
+        identity: identity.as_ref(),
+        target: target_name,
+        opts,
+    };
+
+    // Pass 1: read and check every module against the kernel alone, keeping only its
+    // report and exports, so that memory stays flat however many modules there are.
+    let first: Vec<(ModuleReport, Option<Exports>)> = pool.install(|| {
+        files
+            .par_iter()
+            .map(|path| ctx.check(path, &Others::default()))
+            .collect()
+    });
+    let mut reports = Vec::with_capacity(first.len());
+    let mut again = Vec::new();
+    for (i, (report, exports)) in first.into_iter().enumerate() {
+        if let Some(e) = exports {
+            others.add_module(&e.name, &e.exported);
+            if e.needs_others {
+                again.push(i);
+            }
+        }
+        reports.push(report);
+    }
+    // Pass 2: modules using symbols or modules the kernel does not provide are checked
+    // again, now that every module's exports are known.
+    if !again.is_empty() {
+        let second: Vec<(usize, ModuleReport)> = pool.install(|| {
+            again
+                .par_iter()
+                .map(|&i| (i, ctx.check(&files[i], &others).0))
+                .collect()
+        });
+        for (i, report) in second {
+            reports[i] = report;
+        }
+    }
+    let mut used = BTreeSet::new();
+    for (i, lock) in symbols.into_iter().enumerate() {
+        match lock.into_inner() {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(loaded)) => {
+                if loaded.is_none() {
+                    notes.push(format!(
+                        "warning: {} has no Module.symvers: CRCs and symbols are not checked",
+                        trees.trees[i].kdir.display()
+                    ));
+                }
+                used.insert(i);
+            }
+            None => {}
+        }
+    }
+    let needed = used;
+
+    let mut totals = Totals {
+        modules: reports.len(),
+        ..Totals::default()
+    };
+    for r in &reports {
+        match r.status {
+            Status::Pass => totals.passed += 1,
+            Status::Warn => totals.warned += 1,
+            Status::Fail => totals.failed += 1,
+        }
+    }
+    for n in &notes {
+        eprintln!("{n}");
+    }
+    let summary = summary_line(&reports, &totals, &trees, started);
+    if args.json {
+        let kernels = needed
+            .iter()
+            .map(|&i| {
+                let t = &trees.trees[i];
+                JsonKernel {
+                    release: &t.release,
+                    kdir: &t.kdir,
+                    vermagic: t.vermagic.to_string(),
+                    symvers: t.symvers.as_deref(),
+                }
+            })
+            .collect();
+        print_json(&JsonReport {
+            kernels,
+            modules: &reports,
+            totals: &totals,
+        })?;
+        eprintln!("{summary}");
+    } else {
+        print_text(&reports, args.verbose, trees.trees.is_empty());
+        println!("{summary}");
+    }
+    Ok(if totals.failed > 0 {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
+}
+
+/// `--kdir`, else the target's trees (narrowed by `--kernel`); none with `--no-kernel`, or
+/// when the target has no tree at all (then only the identity is checked, with a note).
+fn select_trees(
+    ctx: &Context,
+    args: &VerifyArgs,
+    target: Option<&Target>,
+    notes: &mut Vec<String>,
+) -> Result<Trees> {
+    if args.no_kernel {
+        return Ok(Trees {
+            trees: Vec::new(),
+            fixed: false,
+        });
+    }
+    if let Some(kdir) = &args.kdir {
+        return Ok(Trees {
+            trees: vec![KernelTree::inspect(kdir)?],
+            fixed: true,
+        });
+    }
+    let Some(target) = target else {
+        return Err(
+            Error::usage("--target is required to find a kernel tree").hint(
+                "name the target (`kmx targets` lists them), or pass --kdir DIR or --no-kernel",
+            ),
+        );
+    };
+    let registry = Registry::load(&ctx.home)?;
+    let mut trees = Vec::new();
+    for r in trees_of(target, &registry) {
+        match KernelTree::inspect(&r.kdir) {
+            Ok(t) => trees.push(t),
+            Err(e) => notes.push(format!(
+                "warning: skipping a broken kernel tree of {}: {}",
+                target.name,
+                render(&e).trim_start_matches("error: ")
+            )),
+        }
+    }
+    if let Some(release) = &args.kernel {
+        trees.retain(|t| &t.release == release);
+        if trees.is_empty() {
+            return Err(Error::env(format!(
+                "target `{}` has no kernel tree with release {release}",
+                target.name
+            ))
+            .hint(format!(
+                "`kmx kernels list` shows the releases kmx knows; fetch with `kmx kernels fetch --target {}`, or pass --kdir DIR",
+                target.name
+            )));
+        }
+        trees.truncate(1);
+        return Ok(Trees { trees, fixed: true });
+    }
+    if trees.is_empty() {
+        notes.push(format!(
+            "note: target {} has no kernel tree: checking the ELF identity only (fetch one with `kmx kernels fetch --target {}`, or pass --kdir DIR)",
+            target.name, target.name
+        ));
+    }
+    Ok(Trees {
+        trees,
+        fixed: false,
+    })
+}
+
+/// The tree a module is checked against: the fixed one, else the one whose release is the
+/// module's vermagic release, else the only one. `Ok(None)` without trees.
+fn choose_tree(
+    trees: &Trees,
+    module: &Module,
+    target: &str,
+) -> std::result::Result<Option<usize>, String> {
+    if trees.trees.is_empty() {
+        return Ok(None);
+    }
+    if trees.fixed || trees.trees.len() == 1 {
+        return Ok(Some(0));
+    }
+    let release = module
+        .vermagic()
+        .and_then(|v| v.split(' ').next())
+        .unwrap_or("");
+    match trees.trees.iter().position(|t| t.release == release) {
+        Some(i) => Ok(Some(i)),
+        None => Err(format!(
+            "no kernel tree of target {target} has the module's release \"{release}\" (trees: {}); pass --kernel RELEASE or --kdir DIR",
+            trees
+                .trees
+                .iter()
+                .map(|t| t.release.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// What a module's exports contribute to the run, from pass 1.
+struct Exports {
+    name: String,
+    exported: Vec<String>,
+    /// The module uses a symbol or names a dependency the kernel does not provide: check it
+    /// again once the other modules' exports are known.
+    needs_others: bool,
+}
+
+/// Everything a worker needs to check one module; shared read-only by every thread.
+struct Pass<'a> {
+    trees: &'a Trees,
+    symbols: &'a [OnceLock<Result<Option<TreeSymbols>>>],
+    identity: Option<&'a ElfIdentity>,
+    target: &'a str,
+    opts: Options,
+}
+
+impl Pass<'_> {
+    /// Read the module at `path` and check it; its exports when it could be read.
+    fn check(&self, path: &Path, others: &Others) -> (ModuleReport, Option<Exports>) {
+        let module = match Module::read(path) {
+            Ok(m) => m,
+            Err(e) => {
+                let report = ModuleReport {
+                    path: path.to_path_buf(),
+                    name: file_stem(path),
+                    status: Status::Fail,
+                    kernel: None,
+                    vermagic: None,
+                    identity: None,
+                    compression: None,
+                    signer: None,
+                    checks: vec![Check::new(CheckKind::Read, Status::Fail, e.to_string())],
+                };
+                return (report, None);
+            }
+        };
+        let mut kernel = None;
+        let checks = match choose_tree(self.trees, &module, self.target) {
+            Err(why) => {
+                let mut c: Vec<Check> = self
+                    .identity
+                    .map(|i| checks::identity(&module, i, None))
+                    .into_iter()
+                    .collect();
+                c.push(Check::new(CheckKind::Kernel, Status::Fail, why));
+                c
+            }
+            Ok(choice) => {
+                let mut load_failed = None;
+                if let Some(i) = choice {
+                    let tree = &self.trees.trees[i];
+                    match self.symbols[i].get_or_init(|| TreeSymbols::load(tree)) {
+                        Ok(symbols) => {
+                            kernel = Some(Kernel {
+                                tree,
+                                symbols: symbols.as_ref(),
+                            })
+                        }
+                        Err(e) => load_failed = Some(e.to_string()),
+                    }
+                }
+                match load_failed {
+                    Some(why) => vec![Check::new(CheckKind::Kernel, Status::Fail, why)],
+                    None => checks::run_all(&module, self.identity, kernel, others, self.opts),
+                }
+            }
+        };
+        let name = module_name(&module, path);
+        let exports = Exports {
+            needs_others: kernel.is_some_and(|k| checks::needs_others(&module, k)),
+            name: name.clone(),
+            exported: module.exported.clone(),
+        };
+        let report = ModuleReport {
+            path: path.to_path_buf(),
+            name,
+            status: checks::worst(&checks),
+            kernel: kernel.map(|k| k.tree.release.clone()),
+            vermagic: module.vermagic().map(str::to_string),
+            identity: Some(module.identity),
+            compression: module.compression,
+            signer: module.signature.as_ref().map(|s| s.signer.clone()),
+            checks,
+        };
+        (report, Some(exports))
+    }
+}
+
+fn module_name(module: &Module, path: &Path) -> String {
+    module
+        .name()
+        .map(str::to_string)
+        .unwrap_or_else(|| file_stem(path))
+}
+
+/// `hello` for `.../hello.ko.xz`.
+fn file_stem(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.find(".ko") {
+        Some(i) => name[..i].to_string(),
+        None => name,
+    }
+}
+
+/// The module files under `paths` (files as given; directories walked, symlinked
+/// directories not followed), sorted, and the `Module.symvers` files found in those
+/// directories.
+fn collect(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let mut files = Vec::new();
+    let mut symvers = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            Error::usage(format!("cannot read: {e}")).at(path).hint(
+                "pass module files (.ko, .ko.xz, .ko.zst, .ko.gz) or directories holding them",
+            )
+        })?;
+        if meta.is_dir() {
+            let before = files.len();
+            walk(path, &mut files, &mut symvers)?;
+            if files.len() == before {
+                return Err(Error::usage(
+                    "no kernel modules (.ko, .ko.xz, .ko.zst, .ko.gz) in this directory",
+                )
+                .at(path)
+                .hint("pass module files or a directory holding them, e.g. lib/modules/RELEASE"));
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files.sort();
+    files.dedup();
+    symvers.sort();
+    Ok((files, symvers))
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>, symvers: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
+        let kind = entry
+            .file_type()
+            .map_err(|e| Error::io("stat", entry.path(), e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if kind.is_dir() {
+            walk(&entry.path(), files, symvers)?;
+        } else if kind.is_file() {
+            if MODULE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+                files.push(entry.path());
+            } else if name == "Module.symvers" {
+                symvers.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Failures first, then warnings (then passes with `verbose`), one line per module with
+/// the reason; without a kernel tree every module's facts are shown.
+fn print_text(reports: &[ModuleReport], verbose: bool, no_kernel: bool) {
+    for status in [Status::Fail, Status::Warn, Status::Pass] {
+        if status == Status::Pass && !verbose && !no_kernel {
+            continue;
+        }
+        for r in reports.iter().filter(|r| r.status == status) {
+            // A failing or warning module: its failing or warning checks. Without a kernel:
+            // every fact (what modinfo would show, plus the identity check).
+            let reasons: Vec<String> = r
+                .checks
+                .iter()
+                .filter(|c| c.status == status || no_kernel)
+                .filter(|_| status != Status::Pass || no_kernel)
+                .map(|c| format!("{}: {}", c.check, c.summary))
+                .collect();
+            let word = match status {
+                Status::Fail => "FAIL",
+                Status::Warn => "WARN",
+                Status::Pass => "ok  ",
+            };
+            if reasons.is_empty() {
+                println!("{word} {}", r.path.display());
+            } else {
+                println!("{word} {}: {}", r.path.display(), reasons.join("; "));
+            }
+            if verbose {
+                for c in &r.checks {
+                    println!(
+                        "    {:<11} {:<4} {}",
+                        c.check.to_string(),
+                        c.status.to_string(),
+                        c.summary
+                    );
+                    for e in &c.evidence {
+                        println!("                     {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn summary_line(reports: &[ModuleReport], t: &Totals, trees: &Trees, started: Instant) -> String {
+    let used: BTreeSet<&str> = reports.iter().filter_map(|r| r.kernel.as_deref()).collect();
+    let against = if used.is_empty() {
+        if trees.trees.is_empty() {
+            " without a kernel tree".to_string()
+        } else {
+            String::new()
+        }
+    } else {
+        format!(
+            " against {}",
+            used.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    };
+    format!(
+        "{} module{} checked{against}: {} passed, {} warned, {} failed in {:.2}s",
+        t.modules,
+        if t.modules == 1 { "" } else { "s" },
+        t.passed,
+        t.warned,
+        t.failed,
+        started.elapsed().as_secs_f64()
+    )
+}
