@@ -320,13 +320,17 @@ fn dry_run_prints_the_plan_and_builds_nothing() {
     assert!(!k.dir().join("kmx-out/x86only").exists());
 }
 
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
+/// Processes whose command line mentions `needle` and whose working directory is under
+/// `dir` (so tests running at the same time do not see each other's processes).
+fn processes_mentioning(needle: &str, dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
+            continue;
+        };
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
             let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(needle) && !text.contains("cargo") {
+            if text.contains(needle) && cwd.starts_with(dir) {
                 found.push(text);
             }
         }
@@ -350,7 +354,7 @@ fn ctrl_c_stops_every_make_and_reports_what_finished() {
         .unwrap();
     // Wait until the makes run (the slow make's `sleep` has started in a work dir).
     let started = Instant::now();
-    while processes_mentioning("sleep 120").is_empty() {
+    while processes_mentioning("sleep 120", k.dir()).is_empty() {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the slow build never started"
@@ -370,10 +374,8 @@ fn ctrl_c_stops_every_make_and_reports_what_finished() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains(" interrupted in "), "{err}");
     std::thread::sleep(Duration::from_millis(200));
-    let left: Vec<String> = processes_mentioning(&out.display().to_string())
-        .into_iter()
-        .chain(processes_mentioning("slow.mk"))
-        .collect();
+    // No make, shell or sleep of this build runs any more.
+    let left = processes_mentioning("", k.dir());
     assert!(left.is_empty(), "left running: {left:?}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
@@ -425,7 +427,7 @@ fn a_hung_build_step_is_killed_at_the_timeout() {
         cell["reason"],
         "make timed out after 2s (raise it with --timeout)"
     );
-    assert!(processes_mentioning("slow.mk").is_empty());
+    assert!(processes_mentioning("", k.dir()).is_empty());
 }
 
 #[test]
