@@ -88,7 +88,7 @@ loop() { # $1 source, $2 -j
 }
 kmx() { # $1 source, $2 jobs
   rm -rf "$work/out"
-  "$KMX" build "$1" --out "$work/out" --jobs "$2" >/dev/null 2>&1
+  "$KMX" build "$1" --out "$work/out" --jobs "$2" --force --no-cache >/dev/null 2>&1
 }
 measure() { local t0; t0=$(now); "$@"; python3 -c "print(f'{$(now) - $t0:.2f}')"; }
 

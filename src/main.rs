@@ -3,6 +3,11 @@
 
 use clap::Parser;
 
+// Reading thousands of modules in parallel makes many small, short-lived allocations;
+// mimalloc's thread-local free lists serve them without glibc malloc's locking.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = kmx::cli::Cli::parse();
     let code = match kmx::commands::run(cli) {
