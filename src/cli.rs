@@ -318,7 +318,7 @@ pub struct BuildArgs {
     #[arg(long, short, env = "KMX_JOBS")]
     pub jobs: Option<usize>,
     /// Kill a build step (make, PRE_BUILD, ...) that runs longer than this many seconds.
-    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    #[arg(long, default_value_t = 1800, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
     /// Start no new cell after the first failure (running cells finish).
     #[arg(long)]

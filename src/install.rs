@@ -174,20 +174,6 @@ pub fn install(
         check_inside(root, &root.join(&rel))?;
         dests.push(rel);
     }
-    // 2. Another version of the module installed for this kernel and target goes first.
-    for other in store.installs_in(root)? {
-        if other.module == built.module
-            && other.version != built.version
-            && other.release == built.release
-            && other.target == built.target
-        {
-            notes.push(format!(
-                "uninstalled {} {} first (another version)",
-                other.module, other.version
-            ));
-            uninstall(store, other, false, None)?;
-        }
-    }
     // 3. Signed and compressed bytes, prepared off to the side.
     let sign = match (&opts.sign, built.sig_enabled) {
         (Some(k), true) => match &opts.sign_file {
@@ -311,6 +297,21 @@ pub fn install(
         .into_iter()
         .filter(|f| !record.files.iter().any(|n| n.path == f.path))
         .collect();
+    // Another version of the module installed for this kernel and target goes first: only
+    // now, when everything that can fail before touching the root has succeeded.
+    for other in store.installs_in(root)? {
+        if other.module == built.module
+            && other.version != built.version
+            && other.release == built.release
+            && other.target == built.target
+        {
+            notes.push(format!(
+                "uninstalled {} {} first (another version)",
+                other.module, other.version
+            ));
+            uninstall(store, other, false, None)?;
+        }
+    }
     let mut intent = record.clone();
     intent.files.extend(stale.iter().cloned());
     store.save_install(&intent)?;

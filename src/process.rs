@@ -206,6 +206,7 @@ pub fn run_supervised(
             }
             Ok(None) => {}
             Err(e) => {
+                kill_group(&mut child);
                 return Err(Error::env(format!(
                     "cannot wait for `{}`: {e}",
                     display(cmd)

@@ -123,13 +123,12 @@ fn stage_err(stage: &'static str, e: Error) -> StageError {
 }
 
 /// The compiler command for a cell: launcher words + compiler name.
-pub fn cc_words(cell: &Cell, env: &RunEnv) -> Vec<String> {
-    let launcher = env
-        .launcher
-        .clone()
+/// `launcher` (from `--launcher`) overrides the toolchain profile's.
+pub fn cc_words(cell: &Cell, launcher: Option<&[String]>) -> Vec<String> {
+    let mut words = launcher
+        .map(<[String]>::to_vec)
         .unwrap_or_else(|| cell.target.toolchain.launcher.clone());
-    let mut words = launcher;
-    words.push(cell.target.compiler.name.clone());
+    words.push(cell.compiler().name.clone());
     words
 }
 
@@ -273,7 +272,7 @@ fn run_stages(
     mk(&link_dir)?;
     let _ = std::os::unix::fs::symlink(cell.build_dir(), link_dir.join("build"));
 
-    let cc = cc_words(cell, env);
+    let cc = cc_words(cell, env.launcher.as_deref());
     let vars = make_vars(cell, &cc);
     let extra_symbols: String = deps_symvers
         .iter()
@@ -286,7 +285,7 @@ fn run_stages(
         log,
         "# compiler: {} ({})",
         cc.join(" "),
-        cell.target.compiler.version_line
+        cell.compiler().version_line
     );
     if !cell.spec.log.trim().is_empty() {
         let _ = writeln!(
@@ -432,7 +431,8 @@ fn run_stages(
             let _ = append_log(&cell.log, &format!("# warning: not cached: {e}"));
         }
     }
-    place(&cell.work_dir, &cell.out_dir).map_err(|e| stage_err("collect", e))?;
+    crate::state::replace_dir(&cell.work_dir, &cell.out_dir)
+        .map_err(|e| stage_err("collect", e))?;
     Ok(artifacts)
 }
 
@@ -507,7 +507,7 @@ fn restore_entry(
     write_record(&cell.work_dir, &record).ok()?;
     let _ = std::fs::create_dir_all(cell.log.parent()?);
     let _ = std::fs::copy(cell.work_dir.join("make.log"), &cell.log);
-    place(&cell.work_dir, &cell.out_dir).ok()?;
+    crate::state::replace_dir(&cell.work_dir, &cell.out_dir).ok()?;
     Some(artifacts)
 }
 
@@ -617,22 +617,6 @@ fn logged(
             })
         }
     }
-}
-
-/// Move a finished work dir to its final place: the old result (if any) is moved aside
-/// first, so the final path always holds one complete cell.
-fn place(work: &Path, out: &Path) -> Result<()> {
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
-    }
-    let old = out.with_extension("old");
-    if out.exists() {
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(out, &old).map_err(|e| Error::io("move aside", out, e))?;
-    }
-    std::fs::rename(work, out).map_err(|e| Error::io("move into place", out, e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
 }
 
 /// Copy a source tree (regular files, directories, symlinks), skipping VCS metadata.

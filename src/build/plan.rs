@@ -26,8 +26,32 @@ use crate::kernel::tree::KernelTree;
 pub struct TargetSetup {
     pub target: Target,
     pub toolchain: Toolchain,
-    pub compiler: Compiler,
+    /// The compiler for each compiler name the trees call (`gcc-12`; `None` = plain gcc).
+    pub compilers: BTreeMap<Option<String>, Compiler>,
     pub trees: Vec<Arc<KernelTree>>,
+}
+
+impl TargetSetup {
+    /// Find the compiler every tree of the target calls: the toolchain's CROSS_COMPILE with
+    /// the name the tree gives (or the profile's `cc`). One probe per distinct name.
+    pub fn new(
+        target: Target,
+        toolchain: Toolchain,
+        trees: Vec<Arc<KernelTree>>,
+    ) -> Result<TargetSetup> {
+        let mut compilers = BTreeMap::new();
+        for t in &trees {
+            if !compilers.contains_key(&t.compiler) {
+                compilers.insert(t.compiler.clone(), toolchain.probe(t.compiler.as_deref())?);
+            }
+        }
+        Ok(TargetSetup {
+            target,
+            toolchain,
+            compilers,
+            trees,
+        })
+    }
 }
 
 /// What a cell is to do.
@@ -60,6 +84,12 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// The compiler this cell's tree calls.
+    pub fn compiler(&self) -> &Compiler {
+        // Every tree of a TargetSetup has its compiler probed in TargetSetup::new.
+        &self.target.compilers[&self.tree.compiler]
+    }
+
     /// `hello 1.0 arm64 6.1.0-50-arm64`
     pub fn label(&self) -> String {
         format!(
@@ -161,11 +191,17 @@ fn plan_cell(
         module_hint: None,
     };
     let spec = load_spec(&source, &vars)?;
-    let arch_names = [
-        ts.target.dkms_arch.as_str(),
-        ts.target.name.as_str(),
-        ts.target.kernel_arch.as_str(),
-    ];
+    // DKMS's $arch first, then kmx's target name and the kernel's ARCH, each once.
+    let mut arch_names: Vec<&str> = Vec::new();
+    for name in [
+        &ts.target.dkms_arch,
+        &ts.target.name,
+        &ts.target.kernel_arch,
+    ] {
+        if !arch_names.contains(&name.as_str()) {
+            arch_names.push(name);
+        }
+    }
     let action = match spec.exclusion(&tree.release, &arch_names, &|c| tree.config.enabled(c)) {
         Some(reason) => Action::Skip(reason),
         None => Action::Build,
@@ -223,8 +259,7 @@ fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
             let mut spec = c.spec.clone();
             spec.log.clear();
             spec.warnings.clear();
-            let vars =
-                crate::build::cell::make_vars(c, std::slice::from_ref(&c.target.compiler.name));
+            let vars = crate::build::cell::make_vars(c, std::slice::from_ref(&c.compiler().name));
             let mut fp = fingerprint::Fingerprint::new();
             fp.field("source", sources[&c.source].as_bytes())
                 .field("spec", normalize(format!("{spec:?}")).as_bytes())
@@ -234,14 +269,8 @@ fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
                     "identity",
                     c.target.toolchain.identity.to_string().as_bytes(),
                 )
-                .field(
-                    "compiler",
-                    c.target.compiler.path.to_string_lossy().as_bytes(),
-                )
-                .field(
-                    "compiler-version",
-                    c.target.compiler.version_line.as_bytes(),
-                )
+                .field("compiler", c.compiler().path.to_string_lossy().as_bytes())
+                .field("compiler-version", c.compiler().version_line.as_bytes())
                 .field(
                     "make",
                     normalize(crate::build::cell::make_line(c)).as_bytes(),
@@ -264,14 +293,22 @@ fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
 fn resolve_dependencies(cells: &mut [Cell]) -> Result<()> {
     let mut by_key: BTreeMap<(String, String, String), usize> = BTreeMap::new();
     for c in cells.iter() {
-        by_key.insert(
-            (
-                c.spec.name.clone(),
-                c.target.target.name.clone(),
-                c.tree.release.clone(),
-            ),
-            c.index,
+        let key = (
+            c.spec.name.clone(),
+            c.target.target.name.clone(),
+            c.tree.release.clone(),
         );
+        if let Some(other) = by_key.insert(key, c.index) {
+            let first = &cells[other];
+            return Err(Error::usage(format!(
+                "module {} {} comes from both {} and {}",
+                c.spec.name,
+                c.spec.version,
+                first.source.display(),
+                c.source.display()
+            ))
+            .hint("build each module once: give each source directory once, with its own PACKAGE_NAME"));
+        }
     }
     for cell in cells.iter_mut() {
         let mut deps = Vec::new();

@@ -111,13 +111,24 @@ pub fn execute(
                         Some(Outcome::Interrupted)
                     } else if opts.fail_fast && failed_once {
                         Some(Outcome::Cancelled)
-                    } else if let Some(&d) = c.deps.iter().find(|&&d| {
+                    } else if let Some((d, dep)) = c.deps.iter().find_map(|&d| {
                         results[d]
                             .as_ref()
-                            .is_some_and(|r| !matches!(r.outcome, Outcome::Built { .. }))
+                            .filter(|r| !matches!(r.outcome, Outcome::Built { .. }))
+                            .map(|r| (d, &r.outcome))
                     }) {
-                        Some(Outcome::DependencyFailed {
-                            dependency: plan.cells[d].label(),
+                        // A dependency excluded by a rule excludes its dependents too: a skip,
+                        // not a failure.
+                        Some(match dep {
+                            Outcome::Skipped { reason } => Outcome::Skipped {
+                                reason: format!(
+                                    "its dependency {} is skipped: {reason}",
+                                    plan.cells[d].label()
+                                ),
+                            },
+                            _ => Outcome::DependencyFailed {
+                                dependency: plan.cells[d].label(),
+                            },
                         })
                     } else {
                         None
@@ -153,7 +164,25 @@ pub fn execute(
                         scope.spawn(move |_| {
                             let _ = tx.send(Msg::Started(i));
                             let t = Instant::now();
-                            let (outcome, command) = cell::run(c, env, &deps_symvers);
+                            // A panic must not leave the drain loop waiting for this cell.
+                            let run =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    cell::run(c, env, &deps_symvers)
+                                }));
+                            let (outcome, command) = run.unwrap_or_else(|panic| {
+                                let what = panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| s.to_string())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_default();
+                                let outcome = Outcome::Failed {
+                                    stage: "internal".into(),
+                                    message: format!("kmx bug: the cell's worker panicked: {what}"),
+                                    errors: Vec::new(),
+                                    exit_code: None,
+                                };
+                                (outcome, String::new())
+                            });
                             let _ = tx.send(Msg::Done(i, outcome, command, t.elapsed()));
                         });
                     }

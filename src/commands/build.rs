@@ -77,13 +77,7 @@ pub fn setup_targets(
                     render(&e).trim_start_matches("error: ")
                 ));
             }
-            let compiler = toolchain.probe(trees[0].compiler.as_deref())?;
-            Ok(TargetSetup {
-                target: target.clone(),
-                toolchain,
-                compiler,
-                trees,
-            })
+            TargetSetup::new(target.clone(), toolchain, trees)
         };
         match attempt() {
             Ok(t) => out.push(Arc::new(t)),
@@ -316,10 +310,7 @@ fn print_plan(plan: &Plan, args: &BuildArgs) {
             .launcher
             .as_ref()
             .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>());
-        let words = launcher.unwrap_or_else(|| c.target.toolchain.launcher.clone());
-        let mut cc = words;
-        cc.push(c.target.compiler.name.clone());
-        cell::make_vars(c, &cc)
+        cell::make_vars(c, &cell::cc_words(c, launcher.as_deref()))
             .iter()
             .map(|(k, v)| format!("{k}={}", crate::process::quote(v)))
             .collect::<Vec<_>>()

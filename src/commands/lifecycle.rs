@@ -358,7 +358,8 @@ fn prepare(
                             .iter()
                             .position(|o| cell_key(o) == cell_key(c))
                             .unwrap_or(usize::MAX);
-                        if r.status == "built" {
+                        // A cell reused unchanged ("fresh") is as good as one built now.
+                        if r.status == "built" || r.status == "fresh" {
                             let hash = hashes.get(&c.source).cloned().unwrap_or_default();
                             if let Err(e) = store.save_built(&record_of(c, &r.artifacts, &hash)) {
                                 failures.insert(orig, e);

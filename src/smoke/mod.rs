@@ -265,7 +265,9 @@ fn prepare_and_boot(
     drop(log);
     let text = std::fs::read(&log_path).map_err(|e| Error::io("read", &log_path, e))?;
     let text = String::from_utf8_lossy(&text);
-    let kept = opts.work_dir.join(format!("{}.console.log", job.target));
+    let kept = opts
+        .work_dir
+        .join(format!("{}-{}.console.log", job.target, job.release));
     let console_log = match std::fs::rename(&log_path, &kept) {
         Ok(()) => kept,
         Err(_) => dir.keep().join("console.log"),

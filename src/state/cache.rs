@@ -149,8 +149,9 @@ impl Cache {
             .map_err(|e| Error::io("write", staging.path(), e))?;
         let dest = self.entry_dir(fp);
         let _ = std::fs::remove_dir_all(&dest);
-        let staged = staging.keep();
-        std::fs::rename(&staged, &dest).map_err(|e| Error::io("move into the cache", &dest, e))?;
+        // Until this rename succeeds, dropping `staging` deletes it.
+        std::fs::rename(staging.path(), &dest)
+            .map_err(|e| Error::io("move into the cache", &dest, e))?;
         Ok(())
     }
 
@@ -198,6 +199,7 @@ impl Cache {
     /// Remove least recently used entries until the cache holds at most `max` bytes.
     /// Returns (entries removed, bytes freed).
     pub fn trim_to(&self, max: u64) -> (usize, u64) {
+        self.remove_abandoned_staging();
         let entries = self.entries();
         let mut total: u64 = entries.iter().map(|(_, s, _)| s).sum();
         let (mut n, mut freed) = (0, 0);
@@ -214,6 +216,25 @@ impl Cache {
         (n, freed)
     }
 
+    /// Staging directories left by a kmx killed while storing (older than an hour, so a
+    /// store under way in another process is left alone).
+    fn remove_abandoned_staging(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > Duration::from_secs(3600));
+            if e.file_name().to_string_lossy().starts_with(".staging-") && stale {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
     pub fn trim(&self) -> (usize, u64) {
         self.trim_to(self.max_bytes)
     }
@@ -222,7 +243,7 @@ impl Cache {
 /// Mark `path` as used now (its mtime is the LRU clock).
 fn filetime_now(path: &Path) -> std::io::Result<()> {
     let f = std::fs::File::options().append(true).open(path)?;
-    f.set_modified(SystemTime::now() + Duration::ZERO)
+    f.set_modified(SystemTime::now())
 }
 
 /// Parse a size like `500M`, `2G`, `1048576`.

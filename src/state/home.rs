@@ -48,6 +48,35 @@ impl Home {
     }
 }
 
+/// Put directory `from` at `to` in one rename, replacing what is there: the old directory is
+/// first moved aside under a hidden name (`.<name>.old-<pid>`, which no reader of the parent
+/// mistakes for an entry) and put back if the second rename fails, so `to` always holds a
+/// complete directory or none.
+pub fn replace_dir(from: &Path, to: &Path) -> Result<()> {
+    let parent = to.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+    let name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let had_old = to.exists();
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(to, &old).map_err(|e| Error::io("move aside", to, e))?;
+    }
+    if let Err(e) = std::fs::rename(from, to) {
+        if had_old {
+            let _ = std::fs::rename(&old, to);
+        }
+        return Err(Error::io("move into place", to, e));
+    }
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
 /// Write `bytes` to `path` atomically: readers see the old file or the new one, never a
 /// partial one, even if kmx is killed mid-write.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -263,7 +263,7 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
             .map_err(|e| Error::env(format!("cannot serialize a state record: {e}")))?;
         crate::state::write_atomic(&dir.join(BUILT_RECORD), &text)?;
         let dest = store.cell_dir(&rec.module, &rec.version, &rec.release, &rec.target);
-        replace_dir(&dir, &dest)?;
+        crate::state::replace_dir(&dir, &dest)?;
         out.push(rec);
     }
     Ok(out)
@@ -326,21 +326,6 @@ fn check_cell(file: &Path, base: &Path, dir: &Path) -> Result<BuiltRecord> {
         }
     }
     Ok(rec)
-}
-
-/// Put directory `from` at `to`, replacing what is there (moved aside first).
-fn replace_dir(from: &Path, to: &Path) -> Result<()> {
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
-    }
-    let old = to.with_extension("old");
-    if to.exists() {
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(to, &old).map_err(|e| Error::io("move aside", to, e))?;
-    }
-    std::fs::rename(from, to).map_err(|e| Error::io("move into place", to, e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -460,3 +460,59 @@ fn fail_fast_starts_no_cell_after_the_first_failure() {
         run.stderr()
     );
 }
+
+#[test]
+fn a_dependency_skipped_by_a_rule_skips_its_dependents() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let provider = k.dir().join("provider");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(fixture("provider"))
+        .arg(&provider)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let conf = provider.join("dkms.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("BUILD_EXCLUSIVE_ARCH=\"x86_64\"\n");
+    std::fs::write(&conf, text).unwrap();
+    let run = k
+        .run(&[
+            "build",
+            &fixture("consumer"),
+            provider.to_str().unwrap(),
+            "--target",
+            "amd64,arm64",
+            "--json",
+        ])
+        .ok();
+    let report = run.json();
+    let arm_consumer = report["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["module"] == "consumer" && c["target"] == "arm64")
+        .unwrap();
+    assert_eq!(arm_consumer["status"], "skipped");
+    assert_eq!(
+        arm_consumer["reason"],
+        "its dependency provider 1.0 arm64 6.1.0-50-arm64 is skipped: BUILD_EXCLUSIVE_ARCH=\"x86_64\" does not match aarch64 (target arm64)"
+    );
+    assert_eq!(report["totals"]["built"], 2);
+}
+
+#[test]
+fn the_same_module_given_twice_is_a_usage_error() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let hello = repo().join("examples/hello").display().to_string();
+    let run = k
+        .run(&["build", &hello, &hello, "--target", "amd64"])
+        .expect(2);
+    assert!(
+        run.stderr().starts_with(&format!(
+            "error: module hello 1.0 comes from both {hello} and {hello}"
+        )),
+        "{}",
+        run.stderr()
+    );
+}
