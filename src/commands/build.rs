@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::build::cell;
@@ -203,11 +202,7 @@ fn smoke_cells(ctx: &Context, plan: &Plan, report: &mut Report, timeout: u64) ->
         "Booting {} kernel(s) under QEMU to load the built modules",
         jobs.len()
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| Error::env(format!("cannot handle signals: {e}")))?;
-    }
+    let stop = super::stop_flag()?;
     let opts = crate::smoke::Options {
         timeout: Duration::from_secs(timeout.max(1)),
         work_dir: ctx.home.root.join("smoke"),
@@ -265,11 +260,7 @@ impl Default for ExecOptions {
 /// return the report. The build pipeline as a library call: `kmx build`, `kmx install` and
 /// `kmx autoinstall` all come through here.
 pub fn execute_plan(plan: &Plan, args: &ExecOptions) -> Result<Report> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| Error::env(format!("cannot handle signals: {e}")))?;
-    }
+    let stop = super::stop_flag()?;
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));

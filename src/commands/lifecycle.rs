@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::state::cache::{Cache, DEFAULT_MAX_BYTES};
 use super::build::{ExecOptions, execute_plan, setup_targets};
 use super::{Context, print_json};
 use crate::build::plan::{self, Action, Cell, Plan, TargetSetup};
@@ -506,6 +507,8 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
         }
         let exec = ExecOptions {
             jobs: args.jobs,
+            // The same build cache as `kmx build`: a cell built there is not built again.
+            cache: Some(Cache::new(ctx.home.cell_cache(), DEFAULT_MAX_BYTES)),
             ..ExecOptions::default()
         };
         let want = |c: &Cell| c.target.target.name == args.target && c.tree.release == args.kernel;
@@ -918,6 +921,8 @@ pub fn autoinstall(
         }
         let exec = ExecOptions {
             jobs: args.jobs,
+            // The same build cache as `kmx build`: a cell built there is not built again.
+            cache: Some(Cache::new(ctx.home.cell_cache(), DEFAULT_MAX_BYTES)),
             ..ExecOptions::default()
         };
         let want = |c: &Cell| c.spec.autoinstall && c.tree.release == args.kernel;

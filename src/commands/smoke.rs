@@ -2,8 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::commands::{Context, print_json};
@@ -89,11 +87,7 @@ pub fn smoke(
     for ((target, _), (tree, modules)) in groups {
         jobs.push(Job::new(ctx.profiles.target(&target)?, &tree, modules));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| Error::env(format!("cannot install a signal handler: {e}")))?;
-    }
+    let stop = super::stop_flag()?;
     let opts = smoke::Options {
         timeout: Duration::from_secs(timeout.max(1)),
         work_dir: ctx.home.root.join("smoke"),

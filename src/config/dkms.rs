@@ -19,13 +19,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use super::manifest::{self, BuiltModule, Format, ModuleSpec};
-use crate::{Error, Result};
+use crate::{Error, Result, process};
 
 /// How long one evaluation of a dkms.conf may take.
 pub const EVAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -288,43 +287,23 @@ impl Eval<'_> {
     fn run(&self, args: &[&OsStr], env: &[(&str, &OsStr)]) -> Result<(ExitStatus, String)> {
         let log_path = self.dir.join("log");
         let log = fs::File::create(&log_path).map_err(|e| Error::io("create", &log_path, e))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| Error::io("open", &log_path, e))?;
         let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
-        let mut child = Command::new("bash")
-            .args(args)
+        let mut cmd = Command::new("bash");
+        cmd.args(args)
             .env_clear()
             .env("PATH", EVAL_PATH)
             .env("HOME", home)
             .env("LANG", "C")
             .envs(env.iter().copied())
-            .current_dir(&self.vars.source_tree)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                Error::env(format!(
-                    "cannot run bash to evaluate {}: {e}",
-                    self.conf.display()
-                ))
-                .hint("kmx evaluates dkms.conf with bash, as DKMS does; install bash")
-            })?;
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(1);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
-                Err(e) => return Err(Error::io("wait for bash evaluating", self.conf, e)),
-            }
-            if start.elapsed() >= self.timeout {
-                // The whole process group: a `sleep` the file started must die too.
-                // SAFETY: kill(2) on the group of a child we spawned and have not reaped.
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-                let _ = child.wait();
+            .current_dir(&self.vars.source_tree);
+        // Supervised like every child: its own process group, killed (with anything the
+        // file left running in the background) when it ends or overstays.
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let ended = process::run_supervised(&mut cmd, &log, self.timeout, &never)
+            .map_err(|e| e.hint("kmx evaluates dkms.conf with bash, as DKMS does; install bash"))?;
+        let status = match ended {
+            process::Ended::Exited(status) => status,
+            process::Ended::TimedOut(_) | process::Ended::Interrupted => {
                 return Err(Error::config(
                     self.conf,
                     format!(
@@ -336,8 +315,6 @@ impl Eval<'_> {
                     "dkms.conf is sourced for every kernel; it must not sleep or wait for input",
                 ));
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(20));
         };
         let text = fs::read(&log_path).map_err(|e| Error::io("read", &log_path, e))?;
         let text = String::from_utf8_lossy(&text);
@@ -1003,7 +980,7 @@ mod tests {
     #[test]
     fn a_file_that_sleeps_is_killed() {
         let (_t, vars) = cell("sleeps", "6.1.0", "x86_64", "");
-        let start = Instant::now();
+        let start = std::time::Instant::now();
         let err = evaluate_with_timeout(
             &fixture("sleeps").join("dkms.conf"),
             &vars,
