@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::state::cache::{Cache, DEFAULT_MAX_BYTES};
 use super::build::{ExecOptions, execute_plan, setup_targets};
 use super::{Context, print_json};
 use crate::build::plan::{self, Action, Cell, Plan, TargetSetup};
@@ -22,6 +21,7 @@ use crate::install::{self, Hook, SignKey};
 use crate::kernel::registry::{Registry, trees_of};
 use crate::kernel::tree::KernelTree;
 use crate::process;
+use crate::state::cache::{Cache, DEFAULT_MAX_BYTES};
 use crate::state::store::{
     BuiltFile, BuiltRecord, CellKey, InstallRecord, InstallState, SourceRecord, Store,
     content_hash, now, valid_component,

@@ -270,6 +270,9 @@ pub fn fetch(
         }
     }
     let apt = Apt::prepare(home, req, &archs)?;
+    // One fetch at a time per home: apt's own locking is off in the private state.
+    let _lock =
+        crate::state::store::lock_file(&apt.dir.join("lock"), true, "the kernel tree cache")?;
     if req.refresh || !apt.lists_fresh() {
         say(&format!(
             "Updating package lists from {} {} ({})",
@@ -329,6 +332,8 @@ pub fn fetch(
     pkgs.push(format!("linux-headers-{abi}-common"));
     pkgs.push(format!("{kbuild}:{host}"));
     let debs = apt.dir.join("debs").join(&abi);
+    // Only this download's packages: an older upload of the same ABI must not be unpacked.
+    let _ = std::fs::remove_dir_all(&debs);
     std::fs::create_dir_all(&debs).map_err(|e| Error::io("create directory", &debs, e))?;
     say(&format!(
         "Downloading {} packages: {}",
@@ -542,6 +547,9 @@ pub fn fetch_boot(
         }
     }
     let apt = Apt::prepare(home, req, &archs)?;
+    // One fetch at a time per home: apt's own locking is off in the private state.
+    let _lock =
+        crate::state::store::lock_file(&apt.dir.join("lock"), true, "the kernel tree cache")?;
     if req.refresh || !apt.lists_fresh() {
         say(&format!(
             "Updating package lists from {} {}",

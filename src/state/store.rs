@@ -21,7 +21,6 @@
 //! [`write_atomic`], so `status` reads each record once (linear) and a crash leaves either
 //! the old or the new record. A record that cannot be parsed is an error naming the file.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
@@ -141,6 +140,48 @@ pub struct Store {
     pub dir: PathBuf,
 }
 
+/// Take an exclusive lock on `path` (created if missing) for `what`. If another kmx holds it:
+/// with `wait`, say so on stderr and wait; without, fail at once.
+pub fn lock_file(path: &Path, wait: bool, what: &str) -> Result<Lock> {
+    use fs4::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    match FileExt::try_lock(&file) {
+        Ok(()) => {}
+        Err(fs4::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(path).unwrap_or_default();
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                "another kmx".to_string()
+            } else {
+                format!("kmx process {holder}")
+            };
+            if !wait {
+                return Err(Error::env(format!("{what} is locked by {who}"))
+                    .at(path)
+                    .hint("wait for it to finish, or run without --no-wait to wait"));
+            }
+            eprintln!(
+                "kmx: waiting for {who} to release the lock on {what} ({})",
+                path.display()
+            );
+            FileExt::lock(&file).map_err(|e| Error::io("lock", path, e))?;
+        }
+        Err(fs4::TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
+    }
+    // Say who holds it, for whoever waits next (best effort: the lock is what counts).
+    let _ = file.set_len(0).and_then(|_| {
+        let mut f = &file;
+        writeln!(f, "{}", std::process::id())
+    });
+    Ok(Lock { _file: file })
+}
+
 /// Held while a kmx process mutates the store; released on drop (or by the kernel when the
 /// process dies, so a `kill -9` never leaves a stale lock).
 pub struct Lock {
@@ -196,46 +237,9 @@ impl Store {
     /// Take the store's lock. If another kmx holds it: with `wait`, say so on stderr and
     /// wait; without, fail at once.
     pub fn lock(&self, wait: bool) -> Result<Lock> {
-        use fs4::FileExt;
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| Error::io("create directory", &self.dir, e))?;
-        let path = self.dir.join("lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
-        match FileExt::try_lock(&file) {
-            Ok(()) => {}
-            Err(fs4::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                let holder = holder.trim();
-                let who = if holder.is_empty() {
-                    "another kmx".to_string()
-                } else {
-                    format!("kmx process {holder}")
-                };
-                if !wait {
-                    return Err(Error::env(format!("the state store is locked by {who}"))
-                        .at(&path)
-                        .hint("wait for it to finish, or run without --no-wait to wait"));
-                }
-                eprintln!(
-                    "kmx: waiting for {who} to release the state store lock ({})",
-                    path.display()
-                );
-                FileExt::lock(&file).map_err(|e| Error::io("lock", &path, e))?;
-            }
-            Err(fs4::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
-        }
-        // Say who holds it, for whoever waits next (best effort: the lock is what counts).
-        let _ = file.set_len(0).and_then(|_| {
-            let mut f = &file;
-            writeln!(f, "{}", std::process::id())
-        });
-        Ok(Lock { _file: file })
+        lock_file(&self.dir.join("lock"), wait, "the state store")
     }
 
     /// Whether another process holds the lock right now (for status to tell an install in
@@ -507,49 +511,10 @@ fn list(dir: &Path, want_dirs: bool) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// A content hash of a source tree: SHA-256 over every file's relative path, kind and
-/// bytes (symlinks by their target), in sorted order, skipping VCS metadata. Any edit,
-/// added or removed file changes it.
+/// A content hash of a source tree (contents, names, modes and links; VCS metadata aside):
+/// the same hash a build's fingerprint uses, so "stale" means what "rebuilt" means.
 pub fn content_hash(dir: &Path) -> Result<String> {
-    let mut entries: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, PathBuf>) -> Result<()> {
-        let rd = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
-        for entry in rd {
-            let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
-            let name = entry.file_name();
-            if name == ".git" || name == ".hg" || name == ".svn" {
-                continue;
-            }
-            let path = entry.path();
-            let ft = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
-            if ft.is_dir() {
-                walk(base, &path, out)?;
-            } else {
-                let rel = path.strip_prefix(base).unwrap_or(&path).to_path_buf();
-                out.insert(rel, path);
-            }
-        }
-        Ok(())
-    }
-    walk(dir, dir, &mut entries)?;
-    let mut h = Sha256::new();
-    for (rel, path) in &entries {
-        h.update(rel.as_os_str().as_encoded_bytes());
-        h.update([0]);
-        let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(path).map_err(|e| Error::io("read link", path, e))?;
-            h.update(b"L");
-            h.update(target.as_os_str().as_encoded_bytes());
-        } else {
-            let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-            h.update(b"F");
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(&bytes);
-        }
-        h.update([0]);
-    }
-    Ok(hex(&h.finalize()))
+    crate::build::fingerprint::source_tree(dir)
 }
 
 #[cfg(test)]
