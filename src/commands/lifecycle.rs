@@ -709,6 +709,26 @@ struct StatusInstall {
     files: Vec<PathBuf>,
 }
 
+/// The status line of one (module, version, kernel, target), created on first use.
+fn line_of<'a>(
+    lines: &'a mut BTreeMap<(String, String, String, String), StatusLine>,
+    k: &crate::state::store::CellKey,
+) -> &'a mut StatusLine {
+    let line = lines
+        .entry((
+            k.module.clone(),
+            k.version.clone(),
+            k.release.clone(),
+            k.target.clone(),
+        ))
+        .or_default();
+    line.module = k.module.clone();
+    line.version = k.version.clone();
+    line.kernel = Some(k.release.clone());
+    line.target = Some(k.target.clone());
+    line
+}
+
 pub fn status(store: &Store, json: bool) -> Result<i32> {
     let busy = store.is_locked();
     let mut lines: BTreeMap<(String, String, String, String), StatusLine> = BTreeMap::new();
@@ -720,18 +740,7 @@ pub fn status(store: &Store, json: bool) -> Result<i32> {
     for b in store.built_all()? {
         let k = b.key();
         let dir = store.cell_dir(&k.module, &k.version, &k.release, &k.target);
-        let line = lines
-            .entry((
-                k.module.clone(),
-                k.version.clone(),
-                k.release.clone(),
-                k.target.clone(),
-            ))
-            .or_default();
-        line.module = k.module.clone();
-        line.version = k.version.clone();
-        line.kernel = Some(k.release.clone());
-        line.target = Some(k.target.clone());
+        let line = line_of(&mut lines, &k);
         line.built = true;
         line.built_from = Some(b.origin.clone());
         if let Some(current) = hashes.get(&(k.module.clone(), k.version.clone())) {
@@ -747,18 +756,7 @@ pub fn status(store: &Store, json: bool) -> Result<i32> {
     }
     for r in store.installs_all()? {
         let k = r.key();
-        let line = lines
-            .entry((
-                k.module.clone(),
-                k.version.clone(),
-                k.release.clone(),
-                k.target.clone(),
-            ))
-            .or_default();
-        line.module = k.module.clone();
-        line.version = k.version.clone();
-        line.kernel = Some(k.release.clone());
-        line.target = Some(k.target.clone());
+        let line = line_of(&mut lines, &k);
         line.added |= hashes.contains_key(&(k.module.clone(), k.version.clone()));
         let state = match r.state {
             InstallState::Installed => "installed",

@@ -355,41 +355,14 @@ impl Store {
     pub fn installs_all(&self) -> Result<Vec<InstallRecord>> {
         let mut out = Vec::new();
         for root in subdirs(&self.installs())? {
-            for m in subdirs(&root)? {
-                for v in subdirs(&m)? {
-                    for r in subdirs(&v)? {
-                        for f in files(&r)? {
-                            if f.extension().is_some_and(|e| e == "json")
-                                && let Some(rec) = read_record::<InstallRecord>(&f)?
-                            {
-                                out.push(rec);
-                            }
-                        }
-                    }
-                }
-            }
+            out.extend(installs_under(&root)?);
         }
         Ok(out)
     }
 
     /// The install records of one root.
     pub fn installs_in(&self, root: &Path) -> Result<Vec<InstallRecord>> {
-        let mut out = Vec::new();
-        let base = self.installs().join(root_key(root));
-        for m in subdirs(&base)? {
-            for v in subdirs(&m)? {
-                for r in subdirs(&v)? {
-                    for f in files(&r)? {
-                        if f.extension().is_some_and(|e| e == "json")
-                            && let Some(rec) = read_record::<InstallRecord>(&f)?
-                        {
-                            out.push(rec);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
+        installs_under(&self.installs().join(root_key(root)))
     }
 }
 
@@ -508,6 +481,25 @@ fn list(dir: &Path, want_dirs: bool) -> Result<Vec<PathBuf>> {
         }
     }
     out.sort();
+    Ok(out)
+}
+
+/// The install records under one root's directory (`<module>/<version>/<release>/*.json`).
+fn installs_under(base: &Path) -> Result<Vec<InstallRecord>> {
+    let mut out = Vec::new();
+    for m in subdirs(base)? {
+        for v in subdirs(&m)? {
+            for r in subdirs(&v)? {
+                for f in files(&r)? {
+                    if f.extension().is_some_and(|e| e == "json")
+                        && let Some(rec) = read_record::<InstallRecord>(&f)?
+                    {
+                        out.push(rec);
+                    }
+                }
+            }
+        }
+    }
     Ok(out)
 }
 
