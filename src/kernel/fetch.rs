@@ -162,17 +162,29 @@ impl Apt {
         std::fs::write(&stamp, b"").map_err(|e| Error::io("write", &stamp, e))
     }
 
-    /// `apt-cache show` for `pkgs`: Ok(text) if every package exists.
-    fn show(&self, pkgs: &[String]) -> Option<String> {
-        let out = self
-            .cmd("apt-cache")
-            .args(["show", "--no-all-versions"])
-            .args(pkgs)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    /// `apt-cache show` for `pkgs`: `Some(text)` if every package exists, `None` if one does
+    /// not; an apt that fails otherwise (a broken state, unreadable lists) is an error.
+    fn show(&self, pkgs: &[String]) -> Result<Option<String>> {
+        let mut cmd = self.cmd("apt-cache");
+        cmd.args(["show", "--no-all-versions"]).args(pkgs);
+        let out = cmd.output().map_err(|e| process::spawn_error(&cmd, e))?;
+        if out.status.success() {
+            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("No packages found") || stderr.contains("Unable to locate package") {
+            return Ok(None);
+        }
+        Err(Error::env(format!(
+            "`{}` failed: {}",
+            process::display_args(&cmd),
+            process::describe_status(out.status)
+        ))
+        .caused_by(process::tail(&out.stderr, 4))
+        .hint(format!(
+            "kmx's apt state in {} may be damaged: run `kmx kernels fetch --refresh`, or delete it",
+            self.dir.display()
+        )))
     }
 
     fn pkgnames(&self, prefix: &str) -> Result<Vec<String>> {
@@ -305,7 +317,7 @@ pub fn fetch(
         .iter()
         .map(|(_, d)| format!("linux-headers-{abi}-{}:{}", d.flavour, d.arch))
         .collect();
-    let info = apt.show(&flavour_pkgs).ok_or_else(|| {
+    let info = apt.show(&flavour_pkgs)?.ok_or_else(|| {
         Error::env(format!(
             "Debian {} has no linux-headers packages for ABI {abi} for: {}",
             req.suite,
@@ -456,7 +468,7 @@ fn resolve_abi(apt: &Apt, targets: &[(String, DebianKernel)]) -> Result<String> 
             .iter()
             .map(|(_, d)| format!("linux-headers-{abi}-{}:{}", d.flavour, d.arch))
             .collect();
-        if apt.show(&pkgs).is_some() {
+        if apt.show(&pkgs)?.is_some() {
             return Ok(abi.clone());
         }
     }
@@ -568,16 +580,20 @@ pub fn fetch_boot(
         // name, others also ship `-unsigned` with the same kernel.
         let signed = format!("linux-image-{abi}-{}", d.flavour);
         let unsigned = format!("{signed}-unsigned");
-        let image_pkg = [signed, unsigned]
-            .into_iter()
-            .find(|p| apt.show(&[format!("{p}:{}", d.arch)]).is_some())
-            .ok_or_else(|| {
-                Error::env(format!(
-                    "Debian {} has no linux-image-{abi}-{} package for {}",
-                    req.suite, d.flavour, d.arch
-                ))
-                .hint("run with --refresh, or pin an ABI that still has images with --abi")
-            })?;
+        let mut image_pkg = None;
+        for p in [signed, unsigned] {
+            if apt.show(&[format!("{p}:{}", d.arch)])?.is_some() {
+                image_pkg = Some(p);
+                break;
+            }
+        }
+        let image_pkg = image_pkg.ok_or_else(|| {
+            Error::env(format!(
+                "Debian {} has no linux-image-{abi}-{} package for {}",
+                req.suite, d.flavour, d.arch
+            ))
+            .hint("run with --refresh, or pin an ABI that still has images with --abi")
+        })?;
         let debs = apt.dir.join("debs").join(abi);
         std::fs::create_dir_all(&debs).map_err(|e| Error::io("create directory", &debs, e))?;
         let mut files = Vec::new();
