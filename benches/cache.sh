@@ -19,44 +19,10 @@ mkdir -p "$work/home/trees"
 cp "$KMX_HOME/trees/registry.json" "$work/home/trees/"
 export KMX_HOME="$work/home"
 
-# The same generated multi-file module as benches/build-matrix.sh: 24 translation units.
+# The same generated multi-file module as benches/build-matrix.sh.
+. "$(dirname "$0")/multi-module.sh"
 src="$work/multi"
-mkdir -p "$src"
-objs=""
-for i in $(seq 1 24); do
-  objs="$objs part$i.o"
-  cat > "$src/part$i.c" <<C
-// SPDX-License-Identifier: GPL-2.0
-#include <linux/kernel.h>
-#include <linux/list.h>
-#include <linux/slab.h>
-#include <linux/string.h>
-struct item$i { struct list_head node; int key; char name[32]; };
-int multi_part$i(int n)
-{
-	LIST_HEAD(head);
-	struct item$i *it, *tmp;
-	int i, sum = 0;
-	for (i = 0; i < n; i++) {
-		it = kzalloc(sizeof(*it), GFP_KERNEL);
-		if (!it)
-			break;
-		it->key = i * $i;
-		snprintf(it->name, sizeof(it->name), "item-%d-%d", $i, i);
-		list_add_tail(&it->node, &head);
-	}
-	list_for_each_entry_safe(it, tmp, &head, node) {
-		sum += it->key + strlen(it->name);
-		list_del(&it->node);
-		kfree(it);
-	}
-	return sum;
-}
-C
-done
-printf '// SPDX-License-Identifier: GPL-2.0\n#include <linux/module.h>\nstatic int __init m_init(void) { return 0; }\nmodule_init(m_init);\nMODULE_LICENSE("GPL");\n' > "$src/main.c"
-printf 'obj-m := multi.o\nmulti-y := main.o%s\n' "$objs" > "$src/Kbuild"
-printf 'PACKAGE_NAME="multi"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="multi"\nDEST_MODULE_LOCATION[0]="/updates/dkms"\n' > "$src/dkms.conf"
+make_multi_module "$src"
 
 now() { date +%s.%N; }
 kmx() { "$KMX" build "$src" --out "$work/out" --launcher ccache "${cache_args[@]}" "$@" >/dev/null 2>&1; }
