@@ -22,7 +22,7 @@ pub struct Global {
     #[arg(long, global = true, env = "KMX_CONFIG_DIR", value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
     /// kmx's home: fetched kernel trees, build outputs, state
-    /// [default: ~/.local/share/kmx].
+    /// [default: ~/.local/share/kmx, or /var/lib/kmx as root].
     #[arg(long, global = true, env = "KMX_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
     /// The lifecycle store: registered sources, built cells, install records

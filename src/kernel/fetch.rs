@@ -94,7 +94,7 @@ impl Apt {
         );
         write_if_changed(&dir.join("etc/sources.list"), &sources)?;
         let user = std::env::var("USER").ok().filter(|u| !u.is_empty());
-        let user = if is_root() {
+        let user = if crate::state::home::is_root() {
             "root".to_string()
         } else {
             user.unwrap_or_else(|| "root".into())
@@ -197,12 +197,6 @@ impl Apt {
             .map(str::to_string)
             .collect())
     }
-}
-
-#[allow(unsafe_code)]
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// The dpkg architecture of this host (the kbuild host tools must run here).

@@ -16,10 +16,12 @@ pub struct Home {
 }
 
 impl Home {
-    /// `explicit` (from `KMX_HOME`), else the XDG data directory.
+    /// `explicit` (from `--home` / `KMX_HOME`), else `/var/lib/kmx` for root (the system's
+    /// modules are root's business, as DKMS's /var/lib/dkms), else the XDG data directory.
     pub fn resolve(explicit: Option<PathBuf>) -> Result<Home> {
         let root = match explicit {
             Some(p) => p,
+            None if is_root() => PathBuf::from("/var/lib/kmx"),
             None => directories::BaseDirs::new()
                 .map(|b| b.data_dir().join("kmx"))
                 .ok_or_else(|| {
@@ -46,6 +48,12 @@ impl Home {
     pub fn cell_cache(&self) -> PathBuf {
         self.root.join("cache").join("cells")
     }
+}
+
+/// Whether kmx runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Put directory `from` at `to` in one rename, replacing what is there: the old directory is
