@@ -170,18 +170,15 @@ fn makeflags_vars(vars: &[(String, String)]) -> String {
 }
 
 /// A command run by bash in the build directory with the cell's environment.
-fn shell(
-    cell: &Cell,
-    env: &RunEnv,
-    line: &str,
-    makeflags: Option<&str>,
-    extra_symbols: &str,
-) -> Command {
+fn shell(cell: &Cell, env: &RunEnv, line: &str, extra_symbols: &str) -> Command {
     let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(line)
-        .current_dir(cell.build_dir())
-        .env_clear();
+    cmd.arg("-c").arg(line);
+    with_cell_env(cmd, cell, env, extra_symbols)
+}
+
+/// The clean environment every step of a cell runs in, from its build directory.
+fn with_cell_env(mut cmd: Command, cell: &Cell, env: &RunEnv, extra_symbols: &str) -> Command {
+    cmd.current_dir(cell.build_dir()).env_clear();
     for (k, v) in &env.passthrough {
         cmd.env(k, v);
     }
@@ -195,9 +192,45 @@ fn shell(
     if !extra_symbols.is_empty() {
         cmd.env("KBUILD_EXTRA_SYMBOLS", extra_symbols);
     }
-    if let Some(flags) = makeflags {
-        cmd.env("MAKEFLAGS", flags);
+    cmd
+}
+
+/// Makes the cell's kernel tree appear at /lib/modules/$KMX_KVER/build, in a private mount
+/// namespace only, then runs the make line. Where the host has no /lib/modules (merged /usr
+/// and no kernel installed), an overlay on the real /lib directory makes room for it, in the
+/// namespace too. The host's file system is never changed.
+const LIB_MODULES_PRELUDE: &str = r#"set -e
+lib=$(readlink -f /lib)
+if [ ! -d "$lib/modules" ]; then
+  mkdir -p "$KMX_NS/upper" "$KMX_NS/work"
+  mount -t overlay kmx -o "lowerdir=$lib,upperdir=$KMX_NS/upper,workdir=$KMX_NS/work" "$lib"
+  mkdir "$lib/modules"
+fi
+mount -t tmpfs kmx "$lib/modules"
+mkdir -p "$lib/modules/$KMX_KVER"
+ln -s "$KMX_KDIR" "$lib/modules/$KMX_KVER/build"
+set +e
+exec bash -c "$KMX_LINE"
+"#;
+
+/// The make step's command: `bash -c LINE`, or, for sources that build against the
+/// hard-coded /lib/modules/<release>/build, the same inside a private mount namespace where
+/// that path is the cell's tree (root's own, or a user namespace for other users).
+fn make_command(cell: &Cell, env: &RunEnv, line: &str, extra_symbols: &str) -> Command {
+    if !cell.redirect_lib_modules {
+        return shell(cell, env, line, extra_symbols);
     }
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private"]);
+    if !crate::state::home::is_root() {
+        cmd.arg("--map-root-user");
+    }
+    cmd.args(["bash", "-c", LIB_MODULES_PRELUDE]);
+    let mut cmd = with_cell_env(cmd, cell, env, extra_symbols);
+    cmd.env("KMX_LINE", line)
+        .env("KMX_KVER", &cell.tree.release)
+        .env("KMX_KDIR", &cell.tree.kdir)
+        .env("KMX_NS", cell.work_dir.join("namespace"));
     cmd
 }
 
@@ -326,7 +359,7 @@ fn run_stages(
         .unwrap_or_default();
     let makeflags = format!("{js_flags} -- {}", makeflags_vars(&vars));
     let make_result = {
-        let mut cmd = shell(cell, env, command, Some(&makeflags), &extra_symbols);
+        let mut cmd = make_command(cell, env, command, &extra_symbols);
         env.jobserver.configure_make(&mut cmd);
         cmd.env("MAKEFLAGS", &makeflags);
         logged(&mut cmd, &mut log, env, "make")
@@ -400,6 +433,7 @@ fn run_stages(
     let _ = std::fs::copy(&cell.log, cell.work_dir.join("make.log"));
     // The dkms_tree links point into the work dir, which is about to move.
     let _ = std::fs::remove_dir_all(cell.work_dir.join("dkms_tree"));
+    let _ = std::fs::remove_dir_all(cell.work_dir.join("namespace"));
     let mut files: Vec<String> = cell
         .spec
         .modules
@@ -550,7 +584,7 @@ fn step(
     stage: &'static str,
     line: &str,
 ) -> Result<(), StageError> {
-    let mut cmd = shell(cell, env, line, None, "");
+    let mut cmd = shell(cell, env, line, "");
     logged(&mut cmd, log, env, stage)
 }
 

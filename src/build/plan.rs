@@ -81,6 +81,9 @@ pub struct Cell {
     pub log: PathBuf,
     /// Everything that decides the cell's output, hashed ([`fingerprint`]).
     pub fingerprint: String,
+    /// The source builds against the hard-coded /lib/modules/<release>/build, so its make
+    /// runs where that path is this cell's tree (a private mount namespace).
+    pub redirect_lib_modules: bool,
 }
 
 impl Cell {
@@ -191,6 +194,7 @@ fn plan_cell(
         module_hint: None,
     };
     let spec = load_spec(&source, &vars)?;
+    let redirect_lib_modules = uses_lib_modules(&source, &spec);
     // DKMS's $arch first, then kmx's target name and the kernel's ARCH, each once.
     let mut arch_names: Vec<&str> = Vec::new();
     for name in [
@@ -227,6 +231,7 @@ fn plan_cell(
         out_dir,
         log,
         fingerprint: String::new(),
+        redirect_lib_modules,
     })
 }
 
@@ -286,6 +291,28 @@ fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
         c.fingerprint = fp.unwrap_or_default();
     }
     Ok(())
+}
+
+/// Whether a source builds against /lib/modules/<release>/build instead of the tree it is
+/// given: its MAKE line, or a Makefile / Kbuild / *.mk at its top, names /lib/modules. About
+/// one real DKMS package in five does.
+fn uses_lib_modules(source: &Path, spec: &ModuleSpec) -> bool {
+    const PATH: &str = "/lib/modules";
+    if spec.make.as_deref().is_some_and(|m| m.contains(PATH)) {
+        return true;
+    }
+    let Ok(entries) = std::fs::read_dir(source) else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_make = name == "Makefile"
+            || name == "makefile"
+            || name == "GNUmakefile"
+            || name == "Kbuild"
+            || name.ends_with(".mk");
+        is_make && std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(PATH))
+    })
 }
 
 /// Link each cell to the cells of its BUILD_DEPENDS for the same target and kernel, and

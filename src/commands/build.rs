@@ -315,6 +315,12 @@ fn print_plan(plan: &Plan, args: &BuildArgs) {
                 println!("  source:  {}", c.source.display());
                 println!("  kdir:    {}", c.tree.kdir.display());
                 println!("  make:    {}", cell::make_line(c));
+                if c.redirect_lib_modules {
+                    println!(
+                        "  note:    builds against /lib/modules/{}/build: that path is the kdir, in a private mount namespace",
+                        c.tree.release
+                    );
+                }
                 println!("  vars:    {}", env(c));
                 for p in &c.spec.patches {
                     println!("  patch:   {}", p.display());

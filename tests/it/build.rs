@@ -516,3 +516,41 @@ fn the_same_module_given_twice_is_a_usage_error() {
         run.stderr()
     );
 }
+
+#[test]
+fn a_makefile_hard_coding_lib_modules_builds_against_the_cells_tree() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let host_had_lib_modules = Path::new("/lib/modules").exists();
+    let plan = k
+        .run(&[
+            "build",
+            &fixture("hardcoded"),
+            "--target",
+            "arm64",
+            "--dry-run",
+        ])
+        .ok();
+    assert!(
+        plan.stdout().contains("  note:    builds against /lib/modules/6.1.0-50-arm64/build: that path is the kdir, in a private mount namespace"),
+        "{}",
+        plan.stdout()
+    );
+    let report = k
+        .run(&["build", &fixture("hardcoded"), "--json"])
+        .ok()
+        .json();
+    assert_eq!(report["totals"]["built"], 4, "{report}");
+    let trees = k.run(&["kernels", "list", "--json"]).ok().json();
+    for c in report["cells"].as_array().unwrap() {
+        let tree = trees
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == c["target"])
+            .unwrap();
+        let ko = PathBuf::from(c["artifacts"][0]["file"].as_str().unwrap());
+        assert_eq!(modinfo("vermagic", &ko), tree["vermagic"].as_str().unwrap());
+    }
+    // The host's file system was not changed.
+    assert_eq!(Path::new("/lib/modules").exists(), host_had_lib_modules);
+}
