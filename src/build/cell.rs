@@ -350,18 +350,20 @@ fn run_stages(
         .jobserver
         .acquire()
         .map_err(|e| stage_err("make", Error::env(format!("jobserver: {e}"))))?;
-    let mut probe = Command::new("make");
-    env.jobserver.configure_make(&mut probe);
-    let js_flags = probe
-        .get_envs()
-        .find(|(k, _)| *k == "MAKEFLAGS")
-        .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
-        .unwrap_or_default();
-    let makeflags = format!("{js_flags} -- {}", makeflags_vars(&vars));
     let make_result = {
         let mut cmd = make_command(cell, env, command, &extra_symbols);
+        // The jobserver's flags (and the inherited descriptors), then kmx's variables after
+        // `--`, where make reads command-line definitions from MAKEFLAGS.
         env.jobserver.configure_make(&mut cmd);
-        cmd.env("MAKEFLAGS", &makeflags);
+        let js_flags = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "MAKEFLAGS")
+            .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        cmd.env(
+            "MAKEFLAGS",
+            format!("{js_flags} -- {}", makeflags_vars(&vars)),
+        );
         logged(&mut cmd, &mut log, env, "make")
     };
     drop(token);
