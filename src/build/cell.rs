@@ -6,21 +6,24 @@
 //! returned to the scheduler. Every child runs under [`process::run_supervised`], so a
 //! timeout or Ctrl-C kills the whole process group.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::build::plan::Cell;
 use crate::error::{Error, Result};
+use crate::kernel::symvers::Symvers;
 use crate::process::{self, Ended};
-use crate::state::cache::{Cache, Miss};
+use crate::state::cache::{Cache, Miss, sha256_file};
+use crate::verify::checks::{Others, TreeSymbols};
 
 /// Everything a cell needs from the run, the same for every cell.
 pub struct RunEnv<'a> {
@@ -35,6 +38,32 @@ pub struct RunEnv<'a> {
     pub cache: Option<&'a Cache>,
     /// Rebuild even when the cell is fresh.
     pub force: bool,
+    /// Each kernel tree's `Module.symvers`, parsed by the first cell that needs it and
+    /// shared by every other cell of that tree (keyed by KDIR).
+    pub tree_symbols: HashMap<PathBuf, OnceLock<LoadedSymbols>>,
+}
+
+/// A tree's parsed `Module.symvers` (`None`: the tree has none), or why it could not be read.
+pub type LoadedSymbols = Result<Option<Arc<TreeSymbols>>, String>;
+
+impl RunEnv<'_> {
+    /// The parsed `Module.symvers` of `tree`, loaded once per run.
+    fn symbols_of(&self, tree: &crate::kernel::KernelTree) -> Result<Option<Arc<TreeSymbols>>> {
+        let load = || {
+            TreeSymbols::load(tree)
+                .map(|s| s.map(Arc::new))
+                .map_err(|e| {
+                    crate::error::render(&e)
+                        .trim_start_matches("error: ")
+                        .to_string()
+                })
+        };
+        let loaded = match self.tree_symbols.get(&tree.kdir) {
+            Some(once) => once.get_or_init(load).clone(),
+            None => load(),
+        };
+        loaded.map_err(Error::failed)
+    }
 }
 
 /// `cell.json` in a finished cell's directory: which inputs made it, and its files.
@@ -374,11 +403,18 @@ fn run_stages(
 
     // Collect, strip and check every expected module: it must load on the cell's kernel,
     // its symbols resolved by the kernel, this cell's own exports or its dependencies'.
-    // Module.symvers is read once per cell (~10 ms for a distribution kernel's).
-    let tree_symbols =
-        crate::verify::checks::TreeSymbols::load(&cell.tree).map_err(|e| stage_err("check", e))?;
-    let mut exports = deps_symvers.to_vec();
-    exports.push(cell.build_dir().join("Module.symvers"));
+    let tree_symbols = env
+        .symbols_of(&cell.tree)
+        .map_err(|e| stage_err("check", e))?;
+    let mut others = Others::default();
+    for file in deps_symvers
+        .iter()
+        .chain([&cell.build_dir().join("Module.symvers")])
+        .filter(|f| f.is_file())
+    {
+        let symvers = Symvers::load(file).map_err(|e| stage_err("check", e))?;
+        others.add_symvers(&symvers);
+    }
     let mut artifacts = Vec::new();
     for m in &cell.spec.modules {
         let rel = m.built_location.join(format!("{}.ko", m.built_name));
@@ -409,18 +445,16 @@ fn run_stages(
             &built,
             &cell.target.toolchain.identity,
             &cell.tree,
-            tree_symbols.as_ref(),
-            &exports,
+            tree_symbols.as_deref(),
+            &others,
         )
         .map_err(|e| stage_err("check", e))?;
         let dest = cell.work_dir.join(format!("{}.ko", m.built_name));
         std::fs::copy(&built, &dest)
             .map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
-        let bytes =
-            std::fs::read(&dest).map_err(|e| stage_err("collect", Error::io("read", &dest, e)))?;
         artifacts.push(Artifact {
             file: cell.out_dir.join(format!("{}.ko", m.built_name)),
-            sha256: hex(&Sha256::digest(&bytes)),
+            sha256: sha256_file(&dest).map_err(|e| stage_err("collect", e))?,
         });
     }
     let symvers = cell.build_dir().join("Module.symvers");

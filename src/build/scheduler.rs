@@ -83,6 +83,11 @@ pub fn execute(
         launcher: opts.launcher.clone(),
         cache: opts.cache.as_ref(),
         force: opts.force,
+        tree_symbols: plan
+            .cells
+            .iter()
+            .map(|c| (c.tree.kdir.clone(), std::sync::OnceLock::new()))
+            .collect(),
     };
     let (tx, rx) = mpsc::channel::<Msg>();
     let mut running: Vec<usize> = Vec::new();

@@ -124,14 +124,7 @@ pub fn add(ctx: &Context, store: &Store, source: &Path, wait: bool) -> Result<i3
         added_at: now(),
     })?;
     if let Some(line) = &spec.post_add {
-        let mut cmd = Command::new("bash");
-        cmd.arg("-c").arg(line).current_dir(&copy);
-        if let Err(e) = process::output(&mut cmd, Kind::Failed) {
-            eprintln!(
-                "warning: POST_ADD: {}",
-                render(&e).trim_start_matches("error: ")
-            );
-        }
+        warn_on_failure("POST_ADD", line, &copy);
     }
     if previous.is_some() {
         eprintln!(
@@ -658,14 +651,7 @@ pub fn remove_cmd(
             && let Ok(spec) = evaluate_generic(&copy)
             && let Some(line) = &spec.post_remove
         {
-            let mut cmd = Command::new("bash");
-            cmd.arg("-c").arg(line).current_dir(&copy);
-            if let Err(e) = process::output(&mut cmd, Kind::Failed) {
-                eprintln!(
-                    "warning: POST_REMOVE: {}",
-                    render(&e).trim_start_matches("error: ")
-                );
-            }
+            warn_on_failure("POST_REMOVE", line, &copy);
         }
         for base in [store.built(), store.sources()] {
             let dir = base.join(&module).join(v);
@@ -681,6 +667,19 @@ pub fn remove_cmd(
         eprintln!("removed {module} {v}");
     }
     Ok(exit::OK)
+}
+
+/// Run a source hook (POST_ADD, POST_REMOVE) from the source copy: as in DKMS, its failure is
+/// a warning, since what it follows has already happened.
+fn warn_on_failure(name: &str, line: &str, dir: &Path) {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c").arg(line).current_dir(dir);
+    if let Err(e) = process::output(&mut cmd, Kind::Failed) {
+        eprintln!(
+            "warning: {name}: {}",
+            render(&e).trim_start_matches("error: ")
+        );
+    }
 }
 
 /// One line of `kmx status`.

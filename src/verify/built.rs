@@ -6,38 +6,33 @@
 //! checked: builds are unsigned, `kmx install` signs. This is only the entry point the build
 //! calls; the rules live in `checks`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::config::arch::ElfIdentity;
 use crate::error::{Error, Result};
-use crate::kernel::symvers::Symvers;
 use crate::kernel::tree::KernelTree;
 use crate::verify::checks::{self, CheckKind, Kernel, Options, Others, Status, TreeSymbols};
 use crate::verify::module::Module;
 
 /// Fail, with the first failing check's reason, unless the module at `path` would load on
 /// `tree`. `symbols` is the tree's `Module.symvers` (load it once per tree with
-/// [`TreeSymbols::load`]); `extra_symvers` are the `Module.symvers` files of the cell's own
-/// build and of its built dependencies (missing files are skipped).
+/// [`TreeSymbols::load`]); `others` holds the exports of the cell's own build and of its
+/// built dependencies (their `Module.symvers`, loaded once per cell).
 pub fn check(
     path: &Path,
     identity: &ElfIdentity,
     tree: &KernelTree,
     symbols: Option<&TreeSymbols>,
-    extra_symvers: &[PathBuf],
+    others: &Others,
 ) -> Result<Module> {
     let module = Module::read(path).map_err(|e| e.into_error(path))?;
-    let mut others = Others::default();
-    for file in extra_symvers.iter().filter(|f| f.is_file()) {
-        others.add_symvers(&Symvers::load(file)?);
-    }
     let kernel = Kernel { tree, symbols };
     let opts = Options { strict: true };
     let results = [
         checks::identity(&module, identity, Some(kernel)),
         checks::vermagic(&module, kernel, opts),
-        checks::modversions(&module, kernel, &others),
-        checks::symbols(&module, kernel, &others),
+        checks::modversions(&module, kernel, others),
+        checks::symbols(&module, kernel, others),
     ];
     if let Some(failed) = results.iter().find(|c| c.status == Status::Fail) {
         let hint = match failed.check {

@@ -97,14 +97,7 @@ impl Kmx {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kmx"));
-        cmd.args(args)
-            .current_dir(&self.cwd)
-            .env("KMX_HOME", &self.home)
-            .env_remove("KMX_CONFIG_DIR");
-        for (k, v) in &self.envs {
-            cmd.env(k, v);
-        }
+        let mut cmd = self.command(args);
         let shown = format!("kmx {}", args.join(" "));
         let out = cmd
             .output()
