@@ -8,7 +8,7 @@ use crate::commands::{Context, print_json};
 use crate::config::Target;
 use crate::config::probe::Compiler;
 use crate::error::{Result, exit, render};
-use crate::kernel::registry::{Registry, trees_of};
+use crate::kernel::registry::{Registry, TreeRef, trees_of};
 use crate::kernel::tree::KernelTree;
 
 #[derive(Debug, Serialize)]
@@ -35,25 +35,23 @@ pub struct TreeHealth {
     pub error: Option<String>,
 }
 
-/// Assess one target: toolchain, trees. Never fails: problems become part of the report.
-pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHealth {
-    let mut trees = Vec::new();
-    let mut tree_cc: Option<String> = None;
-    for r in trees_of(target, registry) {
-        let checked = KernelTree::inspect(&r.kdir).and_then(|t| t.check_host_tools().map(|_| t));
-        trees.push(match checked {
-            Ok(t) => {
-                tree_cc = tree_cc.or(t.compiler.clone());
-                TreeHealth {
-                    kdir: r.kdir,
-                    origin: r.origin,
-                    release: Some(t.release.clone()),
-                    vermagic: Some(t.vermagic.to_string()),
-                    module_symvers: t.symvers.is_some(),
-                    error: None,
-                }
-            }
-            Err(e) => TreeHealth {
+/// Inspect one tree a target points at, host tools included: its health, and the tree when
+/// it is usable.
+pub fn tree_health(r: TreeRef) -> (TreeHealth, Option<KernelTree>) {
+    match KernelTree::inspect(&r.kdir).and_then(|t| t.check_host_tools().map(|_| t)) {
+        Ok(t) => (
+            TreeHealth {
+                kdir: r.kdir,
+                origin: r.origin,
+                release: Some(t.release.clone()),
+                vermagic: Some(t.vermagic.to_string()),
+                module_symvers: t.symvers.is_some(),
+                error: None,
+            },
+            Some(t),
+        ),
+        Err(e) => (
+            TreeHealth {
                 kdir: r.kdir,
                 origin: r.origin,
                 release: None,
@@ -61,7 +59,21 @@ pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHeal
                 module_symvers: false,
                 error: Some(render(&e).trim_start_matches("error: ").to_string()),
             },
-        });
+            None,
+        ),
+    }
+}
+
+/// Assess one target: toolchain, trees. Never fails: problems become part of the report.
+pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHealth {
+    let mut trees = Vec::new();
+    let mut tree_cc: Option<String> = None;
+    for r in trees_of(target, registry) {
+        let (health, tree) = tree_health(r);
+        if let Some(t) = tree {
+            tree_cc = tree_cc.or(t.compiler);
+        }
+        trees.push(health);
     }
     let (toolchain, compiler) = match ctx.profiles.toolchain_of(target) {
         Ok(tc) => (

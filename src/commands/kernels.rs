@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::doctor::{TreeHealth, tree_health};
 use crate::commands::{Context, print_json};
 use crate::config::profile::DebianKernel;
 use crate::error::{Error, Result, exit};
@@ -100,12 +101,8 @@ pub fn fetch(
 #[derive(Serialize)]
 struct TreeRow {
     target: String,
-    release: Option<String>,
-    vermagic: Option<String>,
-    module_symvers: bool,
-    kdir: std::path::PathBuf,
-    origin: String,
-    error: Option<String>,
+    #[serde(flatten)]
+    health: TreeHealth,
 }
 
 pub fn list(ctx: &Context, json: bool) -> Result<i32> {
@@ -113,27 +110,11 @@ pub fn list(ctx: &Context, json: bool) -> Result<i32> {
     let mut rows = Vec::new();
     for target in ctx.profiles.targets.values() {
         for r in trees_of(target, &registry) {
-            let row = match KernelTree::inspect(&r.kdir) {
-                Ok(tree) => TreeRow {
-                    target: target.name.clone(),
-                    release: Some(tree.release.clone()),
-                    vermagic: Some(tree.vermagic.to_string()),
-                    module_symvers: tree.symvers.is_some(),
-                    kdir: r.kdir,
-                    origin: r.origin,
-                    error: None,
-                },
-                Err(e) => TreeRow {
-                    target: target.name.clone(),
-                    release: None,
-                    vermagic: None,
-                    module_symvers: false,
-                    kdir: r.kdir,
-                    origin: r.origin,
-                    error: Some(e.to_string()),
-                },
-            };
-            rows.push(row);
+            let (health, _) = tree_health(r);
+            rows.push(TreeRow {
+                target: target.name.clone(),
+                health,
+            });
         }
     }
     if json {
@@ -150,17 +131,17 @@ pub fn list(ctx: &Context, json: bool) -> Result<i32> {
         "{:<8} {:<22} {:<52} {:<8} KDIR",
         "TARGET", "RELEASE", "VERMAGIC", "SYMVERS"
     );
-    for r in &rows {
-        match &r.error {
+    for TreeRow { target, health: h } in &rows {
+        match &h.error {
             None => println!(
                 "{:<8} {:<22} {:<52} {:<8} {}",
-                r.target,
-                r.release.as_deref().unwrap_or(""),
-                format!("\"{}\"", r.vermagic.as_deref().unwrap_or("")),
-                if r.module_symvers { "yes" } else { "no" },
-                r.kdir.display()
+                target,
+                h.release.as_deref().unwrap_or(""),
+                format!("\"{}\"", h.vermagic.as_deref().unwrap_or("")),
+                if h.module_symvers { "yes" } else { "no" },
+                h.kdir.display()
             ),
-            Some(e) => println!("{:<8} {:<22} error: {e}", r.target, "?"),
+            Some(e) => println!("{target:<8} {:<22} error: {e}", "?"),
         }
     }
     Ok(exit::OK)
