@@ -330,8 +330,8 @@ pub struct BuildArgs {
     #[arg(long)]
     pub json: bool,
     /// Compiler launcher put before the compiler, overriding the toolchains' (e.g. "ccache").
-    #[arg(long, value_name = "WORDS")]
-    pub launcher: Option<String>,
+    #[arg(long, value_name = "WORDS", value_parser = words)]
+    pub launcher: Option<Words>,
     /// After building, boot each target's real kernel under QEMU and load the cell's
     /// modules (see `kmx smoke`); the report carries each module's verdict. Needs trees
     /// fetched with `kmx kernels fetch --with-image`.
@@ -361,9 +361,10 @@ pub struct BuildArgs {
         long,
         env = "KMX_CACHE_SIZE",
         default_value = "2G",
-        value_name = "SIZE"
+        value_name = "SIZE",
+        value_parser = size
     )]
-    pub cache_size: String,
+    pub cache_size: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -374,8 +375,8 @@ pub enum CacheCmd {
     /// --max-size.
     Clean {
         /// Keep the most recently used entries up to this size (e.g. 500M).
-        #[arg(long, value_name = "SIZE")]
-        max_size: Option<String>,
+        #[arg(long, value_name = "SIZE", value_parser = size)]
+        max_size: Option<u64>,
     },
 }
 
@@ -430,4 +431,47 @@ pub struct VerifyArgs {
     /// Threads reading and checking modules [default: number of CPUs].
     #[arg(long, short, env = "KMX_JOBS")]
     pub jobs: Option<usize>,
+}
+
+/// A size such as `500M`, `2G` or `1048576` (bytes).
+fn size(s: &str) -> Result<u64, String> {
+    crate::state::cache::parse_size(s).ok_or_else(|| "write a size such as 500M or 2G".to_string())
+}
+
+/// The words of a command line given as one argument (`--launcher "ccache distcc"`).
+#[derive(Debug, Clone)]
+pub struct Words(pub Vec<String>);
+
+fn words(s: &str) -> Result<Words, String> {
+    Ok(Words(s.split_whitespace().map(str::to_string).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "kmx",
+            "build",
+            "x",
+            "--launcher",
+            "ccache distcc",
+            "--cache-size",
+            "500M",
+        ])
+        .expect("parses");
+        let Cmd::Build(args) = cli.command else {
+            panic!("not build")
+        };
+        assert_eq!(
+            args.launcher.map(|w| w.0),
+            Some(vec!["ccache".to_string(), "distcc".to_string()])
+        );
+        assert_eq!(args.cache_size, 500 << 20);
+        assert!(Cli::try_parse_from(["kmx", "build", "x", "--cache-size", "lots"]).is_err());
+    }
 }

@@ -15,7 +15,7 @@ use crate::config::load::DEFAULT_TARGETS;
 use crate::error::{Error, Result, exit, render};
 use crate::kernel::registry::{RegisteredTree, Registry, trees_of};
 use crate::kernel::tree::KernelTree;
-use crate::state::cache::{Cache, parse_size};
+use crate::state::cache::Cache;
 
 /// Environment variables builds see: the basics plus compiler-cache and distcc settings.
 /// Read once here, never inside workers.
@@ -122,16 +122,12 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
         print_plan(&plan, args);
         return Ok(exit::OK);
     }
-    let cache_size = parse_size(&args.cache_size).ok_or_else(|| {
-        Error::usage(format!("--cache-size {}: not a size", args.cache_size))
-            .hint("write a size such as 500M or 2G")
-    })?;
     let opts = ExecOptions {
         jobs: args.jobs,
         timeout: Duration::from_secs(args.timeout),
         fail_fast: args.fail_fast,
-        launcher: args.launcher.clone(),
-        cache: (!args.no_cache).then(|| Cache::new(ctx.home.cell_cache(), cache_size)),
+        launcher: args.launcher.as_ref().map(|w| w.0.clone()),
+        cache: (!args.no_cache).then(|| Cache::new(ctx.home.cell_cache(), args.cache_size)),
         force: args.force,
     };
     let mut report = execute_plan(&plan, &opts)?;
@@ -236,7 +232,7 @@ pub struct ExecOptions {
     pub jobs: Option<usize>,
     pub timeout: Duration,
     pub fail_fast: bool,
-    pub launcher: Option<String>,
+    pub launcher: Option<Vec<String>>,
     /// The build cache to reuse and fill; `None` builds without it.
     pub cache: Option<Cache>,
     /// Rebuild cells even when they are fresh.
@@ -268,10 +264,7 @@ pub fn execute_plan(plan: &Plan, args: &ExecOptions) -> Result<Report> {
         jobs,
         timeout: args.timeout,
         fail_fast: args.fail_fast,
-        launcher: args
-            .launcher
-            .as_ref()
-            .map(|l| l.split_whitespace().map(str::to_string).collect()),
+        launcher: args.launcher.clone(),
         passthrough: passthrough_env(),
         cache: args.cache.clone(),
         force: args.force,
@@ -297,15 +290,14 @@ pub fn execute_plan(plan: &Plan, args: &ExecOptions) -> Result<Report> {
 
 fn print_plan(plan: &Plan, args: &BuildArgs) {
     let env = |c: &plan::Cell| {
-        let launcher = args
-            .launcher
-            .as_ref()
-            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>());
-        cell::make_vars(c, &cell::cc_words(c, launcher.as_deref()))
-            .iter()
-            .map(|(k, v)| format!("{k}={}", crate::process::quote(v)))
-            .collect::<Vec<_>>()
-            .join(" ")
+        cell::make_vars(
+            c,
+            &cell::cc_words(c, args.launcher.as_ref().map(|w| w.0.as_slice())),
+        )
+        .iter()
+        .map(|(k, v)| format!("{k}={}", crate::process::quote(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
     };
     for c in &plan.cells {
         println!("{}", c.label());
@@ -459,14 +451,7 @@ pub fn cache(ctx: &Context, cmd: &CacheCmd) -> Result<i32> {
             );
         }
         CacheCmd::Clean { max_size } => {
-            let max = match max_size {
-                Some(s) => parse_size(s).ok_or_else(|| {
-                    Error::usage(format!("--max-size {s}: not a size"))
-                        .hint("write a size such as 500M or 2G")
-                })?,
-                None => 0,
-            };
-            let (n, bytes) = cache.trim_to(max);
+            let (n, bytes) = cache.trim_to(max_size.unwrap_or(0));
             println!(
                 "removed {n} cells, {:.1} MiB",
                 bytes as f64 / (1 << 20) as f64
