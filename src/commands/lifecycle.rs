@@ -245,6 +245,16 @@ fn cell_key(c: &Cell) -> CellKey {
     }
 }
 
+/// The key under which a whole source's failure (before any cell exists) is reported.
+fn source_key(module: &str, version: &str) -> CellKey {
+    CellKey {
+        module: module.to_string(),
+        version: version.to_string(),
+        release: "-".into(),
+        target: "-".into(),
+    }
+}
+
 /// Whether a built record is usable for the source with `hash`: same source, files there.
 fn fresh(store: &Store, rec: &BuiltRecord, hash: &str) -> bool {
     let dir = store.cell_dir(&rec.module, &rec.version, &rec.release, &rec.target);
@@ -286,12 +296,7 @@ fn prepare(
                 dirs.push((m.clone(), v.clone(), dir));
             }
             Err(e) => out.push((
-                CellKey {
-                    module: m.clone(),
-                    version: v.clone(),
-                    release: "-".into(),
-                    target: "-".into(),
-                },
+                source_key(m, v),
                 Err(e.hint(format!(
                     "the registered copy is damaged: `kmx add` the source of {m} {v} again"
                 ))),
@@ -308,15 +313,7 @@ fn prepare(
             for (m, v, d) in &dirs {
                 match plan::plan(std::slice::from_ref(d), targets, &store.built()) {
                     Ok(p) => plans.push(p),
-                    Err(e) => out.push((
-                        CellKey {
-                            module: m.clone(),
-                            version: v.clone(),
-                            release: "-".into(),
-                            target: "-".into(),
-                        },
-                        Err(e),
-                    )),
+                    Err(e) => out.push((source_key(m, v), Err(e))),
                 }
             }
             plans
