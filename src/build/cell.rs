@@ -74,6 +74,8 @@ struct CellRecord {
     /// Every file of the cell that the cache keeps (the .ko files, Module.symvers, make.log).
     files: Vec<String>,
     build_secs: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -90,6 +92,8 @@ pub enum Outcome {
     Built {
         artifacts: Vec<Artifact>,
         fresh: bool,
+        /// What went wrong without failing the cell (a PRE_BUILD that exited non-zero).
+        warnings: Vec<String>,
     },
     Skipped {
         reason: String,
@@ -185,7 +189,7 @@ pub fn make_line(cell: &Cell) -> String {
         None => format!(
             "make -C {} M={} modules",
             process::quote(&cell.tree.kdir.to_string_lossy()),
-            process::quote(&cell.build_dir().to_string_lossy())
+            process::quote(&cell.step_dir().to_string_lossy())
         ),
     }
 }
@@ -198,11 +202,27 @@ fn makeflags_vars(vars: &[(String, String)]) -> String {
         .join(" ")
 }
 
-/// A command run by bash in the build directory with the cell's environment.
-fn shell(cell: &Cell, env: &RunEnv, line: &str, extra_symbols: &str) -> Command {
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(line);
+/// A command run by bash in the build directory with the cell's environment: inside the
+/// cell's private namespace where it has one ([`crate::build::namespace`]) and `where_`
+/// asks for it.
+fn shell(cell: &Cell, env: &RunEnv, line: &str, extra_symbols: &str, where_: Where) -> Command {
+    let cmd = match (&cell.view, where_) {
+        (Some(view), Where::Cell) => view.command(&cell.step_dir(), line),
+        _ => {
+            let mut cmd = Command::new("bash");
+            cmd.arg("-c").arg(line);
+            cmd
+        }
+    };
     with_cell_env(cmd, cell, env, extra_symbols)
+}
+
+/// Where a step runs: the package's own steps in the cell's namespace; kmx's steps on the
+/// files it collects (strip) on the host, where their writes land.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Where {
+    Cell,
+    Host,
 }
 
 /// The clean environment every step of a cell runs in, from its build directory.
@@ -217,49 +237,13 @@ fn with_cell_env(mut cmd: Command, cell: &Cell, env: &RunEnv, extra_symbols: &st
         .env("arch", &cell.target.target.dkms_arch)
         .env("ARCH", &cell.target.target.kernel_arch)
         .env("CROSS_COMPILE", &cell.target.toolchain.cross_compile)
-        .env("KERNELRELEASE", &cell.tree.release);
+        .env("KERNELRELEASE", &cell.tree.release)
+        // DKMS exports the compiler the tree was built with to MAKE, PRE_BUILD and
+        // POST_BUILD: scripts that run `make CC="${CC:-gcc}"` or a configure step need it.
+        .env("CC", cc_words(cell, env.launcher.as_deref()).join(" "));
     if !extra_symbols.is_empty() {
         cmd.env("KBUILD_EXTRA_SYMBOLS", extra_symbols);
     }
-    cmd
-}
-
-/// Makes the cell's kernel tree appear at /lib/modules/$KMX_KVER/build, in a private mount
-/// namespace only, then runs the make line. Where the host has no /lib/modules (merged /usr
-/// and no kernel installed), an overlay on the real /lib directory makes room for it, in the
-/// namespace too. The host's file system is never changed.
-const LIB_MODULES_PRELUDE: &str = r#"set -e
-lib=$(readlink -f /lib)
-if [ ! -d "$lib/modules" ]; then
-  mkdir -p "$KMX_NS/upper" "$KMX_NS/work"
-  mount -t overlay kmx -o "lowerdir=$lib,upperdir=$KMX_NS/upper,workdir=$KMX_NS/work" "$lib"
-  mkdir "$lib/modules"
-fi
-mount -t tmpfs kmx "$lib/modules"
-mkdir -p "$lib/modules/$KMX_KVER"
-ln -s "$KMX_KDIR" "$lib/modules/$KMX_KVER/build"
-set +e
-exec bash -c "$KMX_LINE"
-"#;
-
-/// The make step's command: `bash -c LINE`, or, for sources that build against the
-/// hard-coded /lib/modules/<release>/build, the same inside a private mount namespace where
-/// that path is the cell's tree (root's own, or a user namespace for other users).
-fn make_command(cell: &Cell, env: &RunEnv, line: &str, extra_symbols: &str) -> Command {
-    if !cell.redirect_lib_modules {
-        return shell(cell, env, line, extra_symbols);
-    }
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private"]);
-    if !crate::state::home::is_root() {
-        cmd.arg("--map-root-user");
-    }
-    cmd.args(["bash", "-c", LIB_MODULES_PRELUDE]);
-    let mut cmd = with_cell_env(cmd, cell, env, extra_symbols);
-    cmd.env("KMX_LINE", line)
-        .env("KMX_KVER", &cell.tree.release)
-        .env("KMX_KDIR", &cell.tree.kdir)
-        .env("KMX_NS", cell.work_dir.join("namespace"));
     cmd
 }
 
@@ -268,20 +252,21 @@ pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, Str
     let command = make_line(cell);
     let mut notes = Vec::new();
     if !env.force {
-        let fresh = |artifacts| {
+        let fresh = |(artifacts, warnings)| {
             (
                 Outcome::Built {
                     artifacts,
                     fresh: true,
+                    warnings,
                 },
                 command.clone(),
             )
         };
-        if let Some(artifacts) = fresh_in_place(cell) {
-            return fresh(artifacts);
+        if let Some(found) = fresh_in_place(cell) {
+            return fresh(found);
         }
         match env.cache.map(|c| restore(cell, c)) {
-            Some(Ok(artifacts)) => return fresh(artifacts),
+            Some(Ok(artifacts)) => return fresh((artifacts, Vec::new())),
             Some(Err(Some(why))) => {
                 notes.push(format!("cache entry was damaged and is rebuilt: {why}"))
             }
@@ -289,9 +274,10 @@ pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, Str
         }
     }
     let outcome = match run_stages(cell, env, deps_symvers, &command, &notes) {
-        Ok(artifacts) => Outcome::Built {
+        Ok((artifacts, warnings)) => Outcome::Built {
             artifacts,
             fresh: false,
+            warnings,
         },
         Err(e) if e.interrupted => Outcome::Interrupted,
         Err(e) => Outcome::Failed {
@@ -310,7 +296,7 @@ fn run_stages(
     deps_symvers: &[PathBuf],
     command: &str,
     notes: &[String],
-) -> Result<Vec<Artifact>, StageError> {
+) -> Result<(Vec<Artifact>, Vec<String>), StageError> {
     let started = Instant::now();
     // Fresh work dir and log.
     let _ = std::fs::remove_dir_all(&cell.work_dir);
@@ -325,14 +311,15 @@ fn run_stages(
     let mut log = File::create(&cell.log)
         .map_err(|e| stage_err("prepare", Error::io("create", &cell.log, e)))?;
     copy_tree(&cell.source, &cell.build_dir()).map_err(|e| stage_err("prepare", e))?;
-    // dkms.conf files may name $dkms_tree/<module>/<version>/build: make it the build dir.
-    let link_dir = cell
-        .work_dir
-        .join("dkms_tree")
-        .join(&cell.spec.name)
-        .join(&cell.spec.version);
-    mk(&link_dir)?;
-    let _ = std::os::unix::fs::symlink(cell.build_dir(), link_dir.join("build"));
+    match &cell.view {
+        // The namespace shows a copy of its own at /usr/src/<name>-<version>.
+        Some(view) => {
+            copy_tree(&cell.source, &view.source_copy).map_err(|e| stage_err("prepare", e))?;
+            mk(&view.scratch)?;
+        }
+        // No namespace: $dkms_tree/<module>/<version>/build links to the build directory.
+        None => link_dkms_tree(cell).map_err(|e| stage_err("prepare", e))?,
+    }
 
     let cc = cc_words(cell, env.launcher.as_deref());
     let vars = make_vars(cell, &cc);
@@ -369,10 +356,11 @@ fn run_stages(
             "patch -p1 --forward --batch < {}",
             process::quote(&file.to_string_lossy())
         );
-        step(cell, env, &mut log, "patch", &line)?;
+        step(cell, env, &mut log, "patch", &line, Where::Cell)?;
     }
+    let mut warnings = Vec::new();
     if let Some(pre) = &cell.spec.pre_build {
-        build_script(cell, env, &mut log, "PRE_BUILD", pre)?;
+        warnings.extend(build_script(cell, env, &mut log, "PRE_BUILD", pre)?);
     }
     // make: one jobserver token stands for make's own implicit slot.
     let token = env
@@ -380,7 +368,7 @@ fn run_stages(
         .acquire()
         .map_err(|e| stage_err("make", Error::env(format!("jobserver: {e}"))))?;
     let make_result = {
-        let mut cmd = make_command(cell, env, command, &extra_symbols);
+        let mut cmd = shell(cell, env, command, &extra_symbols, Where::Cell);
         // The jobserver's flags (and the inherited descriptors), then kmx's variables after
         // `--`, where make reads command-line definitions from MAKEFLAGS.
         env.jobserver.configure_make(&mut cmd);
@@ -393,12 +381,12 @@ fn run_stages(
             "MAKEFLAGS",
             format!("{js_flags} -- {}", makeflags_vars(&vars)),
         );
-        logged(&mut cmd, &mut log, env, "make")
+        logged(&mut cmd, command, &mut log, env, "make")
     };
     drop(token);
     make_result?;
     if let Some(post) = &cell.spec.post_build {
-        build_script(cell, env, &mut log, "POST_BUILD", post)?;
+        warnings.extend(build_script(cell, env, &mut log, "POST_BUILD", post)?);
     }
 
     // Collect, strip and check every expected module: it must load on the cell's kernel,
@@ -406,20 +394,11 @@ fn run_stages(
     let tree_symbols = env
         .symbols_of(&cell.tree)
         .map_err(|e| stage_err("check", e))?;
-    let mut others = Others::default();
-    for file in deps_symvers
-        .iter()
-        .chain([&cell.build_dir().join("Module.symvers")])
-        .filter(|f| f.is_file())
-    {
-        let symvers = Symvers::load(file).map_err(|e| stage_err("check", e))?;
-        others.add_symvers(&symvers);
-    }
-    let mut artifacts = Vec::new();
+    let mut built = Vec::new();
     for m in &cell.spec.modules {
         let rel = m.built_location.join(format!("{}.ko", m.built_name));
-        let built = cell.build_dir().join(&rel);
-        if !built.is_file() {
+        let path = cell.build_dir().join(&rel);
+        if !path.is_file() {
             return Err(StageError {
                 stage: "collect",
                 message: format!(
@@ -437,12 +416,35 @@ fn run_stages(
             let line = format!(
                 "{} --strip-debug {}",
                 process::quote(&strip),
-                process::quote(&built.to_string_lossy())
+                process::quote(&path.to_string_lossy())
             );
-            step(cell, env, &mut log, "strip", &line)?;
+            step(cell, env, &mut log, "strip", &line, Where::Host)?;
         }
+        built.push((m, path));
+    }
+    // What the cell's modules may resolve besides the kernel: the dependencies' exports and
+    // every export of the cell itself, wherever its makes wrote them (a package that builds
+    // a core module in one directory and its users in others has a Module.symvers in each;
+    // the modules themselves say what they export even where no Module.symvers does).
+    let mut others = Others::default();
+    let own_symvers = find_files(&cell.build_dir(), "Module.symvers");
+    for file in deps_symvers
+        .iter()
+        .chain(&own_symvers)
+        .filter(|f| f.is_file())
+    {
+        let symvers = Symvers::load(file).map_err(|e| stage_err("check", e))?;
+        others.add_symvers(&symvers);
+    }
+    for (m, path) in &built {
+        if let Ok(module) = crate::verify::module::Module::read(path) {
+            others.add_module(&m.built_name, &module.exported);
+        }
+    }
+    let mut artifacts = Vec::new();
+    for (m, path) in &built {
         crate::verify::built::check(
-            &built,
+            path,
             &cell.target.toolchain.identity,
             &cell.tree,
             tree_symbols.as_deref(),
@@ -450,7 +452,7 @@ fn run_stages(
         )
         .map_err(|e| stage_err("check", e))?;
         let dest = cell.work_dir.join(format!("{}.ko", m.built_name));
-        std::fs::copy(&built, &dest)
+        std::fs::copy(path, &dest)
             .map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
         artifacts.push(Artifact {
             file: cell.out_dir.join(format!("{}.ko", m.built_name)),
@@ -467,9 +469,11 @@ fn run_stages(
     let _ = writeln!(log, "# built in {build_secs:.1}s");
     drop(log);
     let _ = std::fs::copy(&cell.log, cell.work_dir.join("make.log"));
-    // The dkms_tree links point into the work dir, which is about to move.
-    let _ = std::fs::remove_dir_all(cell.work_dir.join("dkms_tree"));
-    let _ = std::fs::remove_dir_all(cell.work_dir.join("namespace"));
+    // The dkms_tree links point into the work dir, which is about to move; the namespace's
+    // directories are of no use after the build.
+    for dir in ["dkms_tree", "src", "ns"] {
+        let _ = std::fs::remove_dir_all(cell.work_dir.join(dir));
+    }
     let mut files: Vec<String> = cell
         .spec
         .modules
@@ -487,6 +491,7 @@ fn run_stages(
         artifacts: artifacts.clone(),
         files,
         build_secs,
+        warnings: warnings.clone(),
     };
     write_record(&cell.work_dir, &record).map_err(|e| stage_err("collect", e))?;
     if let Some(cache) = env.cache {
@@ -503,7 +508,24 @@ fn run_stages(
     }
     crate::state::replace_dir(&cell.work_dir, &cell.out_dir)
         .map_err(|e| stage_err("collect", e))?;
-    Ok(artifacts)
+    Ok((artifacts, warnings))
+}
+
+/// `$dkms_tree/<name>/<version>/{build,source}` as links to the cell's build directory and
+/// source, for cells without a namespace (whose `$dkms_tree` is `<work>/dkms_tree`).
+fn link_dkms_tree(cell: &Cell) -> Result<()> {
+    let dir = cell
+        .work_dir
+        .join("dkms_tree")
+        .join(&cell.spec.name)
+        .join(&cell.spec.version);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    for (link, target) in [("build", cell.build_dir()), ("source", cell.source.clone())] {
+        let path = dir.join(link);
+        std::os::unix::fs::symlink(&target, &path)
+            .map_err(|e| Error::io("create symlink", &path, e))?;
+    }
+    Ok(())
 }
 
 fn write_record(dir: &Path, record: &CellRecord) -> Result<()> {
@@ -517,9 +539,9 @@ fn append_log(log: &Path, line: &str) -> std::io::Result<()> {
     writeln!(f, "{line}")
 }
 
-/// The artifacts of the cell's output directory, if it was built from the same inputs and
-/// every artifact is intact.
-fn fresh_in_place(cell: &Cell) -> Option<Vec<Artifact>> {
+/// The artifacts (and warnings) of the cell's output directory, if it was built from the
+/// same inputs and every artifact is intact.
+fn fresh_in_place(cell: &Cell) -> Option<(Vec<Artifact>, Vec<String>)> {
     let bytes = std::fs::read(cell.out_dir.join("cell.json")).ok()?;
     let record: CellRecord = serde_json::from_slice(&bytes).ok()?;
     if record.fingerprint != cell.fingerprint {
@@ -534,7 +556,7 @@ fn fresh_in_place(cell: &Cell) -> Option<Vec<Artifact>> {
         let _ = std::fs::create_dir_all(cell.log.parent()?);
         let _ = std::fs::copy(cell.out_dir.join("make.log"), &cell.log);
     }
-    Some(record.artifacts)
+    Some((record.artifacts, record.warnings))
 }
 
 /// Restore the cell from the cache into its output directory (atomically, as a build would).
@@ -573,6 +595,7 @@ fn restore_entry(
         artifacts: artifacts.clone(),
         files: entry.files.iter().map(|f| f.name.clone()).collect(),
         build_secs: entry.build_secs,
+        warnings: Vec::new(),
     };
     write_record(&cell.work_dir, &record).ok()?;
     let _ = std::fs::create_dir_all(cell.log.parent()?);
@@ -583,14 +606,17 @@ fn restore_entry(
 
 /// PRE_BUILD / POST_BUILD as DKMS runs them: `script [args]` is a path relative to the build
 /// directory, run from there if it is executable; a script that is not executable is
-/// skipped with a warning in the log, as DKMS does.
+/// skipped with a warning in the log, as DKMS does. A script that exits non-zero does not
+/// fail the cell either (DKMS ignores its status): its status is returned as a warning for
+/// the summary, unless the manifest asks for `strict-scripts`. A script that times out or
+/// is interrupted stops the cell.
 fn build_script(
     cell: &Cell,
     env: &RunEnv,
     log: &mut File,
     stage: &'static str,
     script: &str,
-) -> Result<(), StageError> {
+) -> Result<Option<String>, StageError> {
     let program = script.split_whitespace().next().unwrap_or("");
     let path = cell.build_dir().join(program);
     let executable = std::fs::metadata(&path).is_ok_and(|m| {
@@ -600,16 +626,26 @@ fn build_script(
     if !executable {
         let _ = writeln!(
             log,
-            "# warning: the {stage} script {} is not executable; skipped (as DKMS does)",
-            path.display()
+            "# warning: the {stage} script {program} is not executable; skipped (as DKMS does)"
         );
-        return Ok(());
+        return Ok(None);
     }
     let line = format!(
         "exec {}/{script}",
-        process::quote(&cell.build_dir().to_string_lossy())
+        process::quote(&cell.step_dir().to_string_lossy())
     );
-    step(cell, env, log, stage, &line)
+    match step(cell, env, log, stage, &line, Where::Cell) {
+        Err(e) if e.exit_code.is_some() && !cell.spec.strict_scripts => {
+            let warning = format!(
+                "{stage} ended with {}: the build went on, as under DKMS (see the log)",
+                e.message.trim_start_matches(&format!("{stage} failed: "))
+            );
+            let _ = writeln!(log, "# warning: {warning}");
+            Ok(Some(warning))
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(None),
+    }
 }
 
 /// Run a shell step, logging its command line and outcome.
@@ -619,13 +655,17 @@ fn step(
     log: &mut File,
     stage: &'static str,
     line: &str,
+    where_: Where,
 ) -> Result<(), StageError> {
-    let mut cmd = shell(cell, env, line, "");
-    logged(&mut cmd, log, env, stage)
+    let mut cmd = shell(cell, env, line, "", where_);
+    logged(&mut cmd, line, log, env, stage)
 }
 
+/// Run `cmd` (which runs the shell line `line`), logging its environment, the line and how
+/// it ended.
 fn logged(
     cmd: &mut Command,
+    line: &str,
     log: &mut File,
     env: &RunEnv,
     stage: &'static str,
@@ -641,7 +681,14 @@ fn logged(
             );
         }
     }
-    let _ = writeln!(log, "$ {}", process::display_args(cmd));
+    let in_namespace = cmd.get_program() == "unshare";
+    if in_namespace {
+        let _ = writeln!(
+            log,
+            "# in the cell's private mount namespace (DKMS's directories are the cell's own)"
+        );
+    }
+    let _ = writeln!(log, "$ {line}");
     let started = Instant::now();
     let ended = process::run_supervised(cmd, log, env.timeout, env.stop)
         .map_err(|e| stage_err(stage, e))?;
@@ -654,9 +701,19 @@ fn logged(
         Ended::Exited(status) => {
             let what = process::describe_status(status);
             let _ = writeln!(log, "# {stage}: {what} ({secs:.1}s)");
+            let namespace =
+                in_namespace && status.code() == Some(crate::build::namespace::SETUP_FAILED);
             Err(StageError {
                 stage,
-                message: format!("{stage} failed: {what}"),
+                message: match namespace {
+                    true => format!(
+                        "{stage}: kmx could not make the cell's private mount namespace ({what}; the log says which mount failed)"
+                    ),
+                    false if status.code() == Some(127) => format!(
+                        "{stage} failed: {what} (a command was not found: `kmx doctor` lists the host tools kmx needs)"
+                    ),
+                    false => format!("{stage} failed: {what}"),
+                },
                 exit_code: status.code(),
                 interrupted: false,
             })
@@ -687,6 +744,26 @@ fn logged(
             })
         }
     }
+}
+
+/// Every regular file called `name` under `dir` (symbolic links are not followed).
+fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => pending.push(e.path()),
+                Ok(t) if t.is_file() && e.file_name() == name => found.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// Copy a source tree (regular files, directories, symlinks), skipping VCS metadata.

@@ -3,6 +3,7 @@
 
 pub mod cell;
 pub mod fingerprint;
+pub mod namespace;
 pub mod plan;
 pub mod report;
 pub mod scheduler;

@@ -1,11 +1,16 @@
 //! The build plan: module sources x targets x kernel trees, one [`Cell`] each, with every
 //! per-cell decision taken up front (manifest evaluated for that kernel, BUILD_EXCLUSIVE
 //! rules applied, dependencies resolved into a DAG). Planning runs no compiler and writes
-//! only the per-cell `dkms_tree` link dkms.conf files may refer to.
+//! nothing.
 //!
 //! A cell excluded by a rule stays in the plan as skipped, with the rule that excluded it:
 //! nothing is dropped silently. A missing dependency or a cycle is an error before anything
 //! builds.
+//!
+//! Where a private mount namespace can be made ([`namespace::available`]), every cell sees
+//! DKMS's own directories (`/var/lib/dkms`, `/usr/src`, `/lib/modules/<release>/build`) as
+//! its own, and its dkms.conf is evaluated with DKMS's values for `$dkms_tree` and
+//! `$source_tree`; elsewhere with per-cell directories on the host.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +18,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::build::fingerprint;
+use crate::build::{fingerprint, namespace};
 use crate::config::dkms::CellVars;
 use crate::config::manifest::{ModuleSpec, load_spec};
 use crate::config::probe::Compiler;
@@ -81,9 +86,9 @@ pub struct Cell {
     pub log: PathBuf,
     /// Everything that decides the cell's output, hashed ([`fingerprint`]).
     pub fingerprint: String,
-    /// The source builds against the hard-coded /lib/modules/<release>/build, so its make
-    /// runs where that path is this cell's tree (a private mount namespace).
-    pub redirect_lib_modules: bool,
+    /// The cell's private view of DKMS's directories ([`namespace`]); `None` where no
+    /// namespace can be made: its steps then run on the host's paths.
+    pub view: Option<namespace::View>,
 }
 
 impl Cell {
@@ -100,8 +105,17 @@ impl Cell {
             self.spec.name, self.spec.version, self.target.target.name, self.tree.release
         )
     }
+    /// The build directory on the host.
     pub fn build_dir(&self) -> PathBuf {
         self.work_dir.join("build")
+    }
+    /// The build directory as the cell's steps see it: DKMS's
+    /// `/var/lib/dkms/<name>/<version>/build` in the cell's namespace.
+    pub fn step_dir(&self) -> PathBuf {
+        match &self.view {
+            Some(_) => namespace::build_dir(&self.spec.name, &self.spec.version),
+            None => self.build_dir(),
+        }
     }
 }
 
@@ -120,6 +134,8 @@ pub struct Plan {
     pub total: usize,
     /// The share of the plan these cells are (`--shard`).
     pub shard: Option<crate::build::shard::Shard>,
+    /// Why cells run without their private namespace, when they do.
+    pub no_namespace: Option<String>,
 }
 
 /// Keep only trees whose release is one of `kernels` (all when empty).
@@ -147,12 +163,43 @@ pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Re
             }
         }
     }
+    let isolated = namespace::available();
     // Evaluating a dkms.conf runs bash: do the cells in parallel.
     let mut cells = slots
         .into_par_iter()
         .enumerate()
-        .map(|(index, (si, source, ts, tree))| plan_cell(index, si, source, ts, tree, &out))
+        .map(|(index, (si, source, ts, tree))| {
+            plan_cell(index, si, source, ts, tree, &out, isolated.is_ok())
+        })
         .collect::<Result<Vec<Cell>>>()?;
+    if isolated.is_ok() {
+        // Every source of the run is readable at /usr/src/<name>-<version> in every cell,
+        // as on a machine where the packages are installed.
+        let mut others: Vec<(String, String, PathBuf)> = cells
+            .iter()
+            .map(|c| {
+                (
+                    c.spec.name.clone(),
+                    c.spec.version.clone(),
+                    c.source.clone(),
+                )
+            })
+            .collect();
+        others.sort();
+        others.dedup();
+        for c in &mut cells {
+            c.view = Some(namespace::View {
+                release: c.tree.release.clone(),
+                kdir: c.tree.kdir.clone(),
+                name: c.spec.name.clone(),
+                version: c.spec.version.clone(),
+                build: c.build_dir(),
+                source_copy: c.work_dir.join("src"),
+                others: others.clone(),
+                scratch: c.work_dir.join("ns"),
+            });
+        }
+    }
     resolve_dependencies(&mut cells)?;
     fingerprint_cells(&mut cells)?;
     Ok(Plan {
@@ -160,6 +207,7 @@ pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Re
         cells,
         out,
         shard: None,
+        no_namespace: isolated.err(),
     })
 }
 
@@ -170,6 +218,7 @@ fn plan_cell(
     ts: Arc<TargetSetup>,
     tree: Arc<KernelTree>,
     out: &Path,
+    isolated: bool,
 ) -> Result<Cell> {
     // The work dir must be known before the manifest is evaluated: dkms.conf files refer to
     // $dkms_tree/<module>/<version>/build. Name it by source, target and kernel; the spec
@@ -184,17 +233,20 @@ fn plan_cell(
         tree.release
     );
     let work_dir = out.join(".work").join(&slot);
+    let (source_tree, dkms_tree) = match isolated {
+        true => (namespace::SOURCE_TREE.into(), namespace::DKMS_TREE.into()),
+        false => (source.clone(), work_dir.join("dkms_tree")),
+    };
     let vars = CellVars {
         kernelver: tree.release.clone(),
         kernel_source_dir: tree.kdir.clone(),
         arch: ts.target.dkms_arch.clone(),
-        source_tree: source.clone(),
-        dkms_tree: work_dir.join("dkms_tree"),
-        build_dir: work_dir.join("build"),
+        source_dir: source.clone(),
+        source_tree,
+        dkms_tree,
         module_hint: None,
     };
     let spec = load_spec(&source, &vars)?;
-    let redirect_lib_modules = uses_lib_modules(&source, &spec);
     // DKMS's $arch first, then kmx's target name and the kernel's ARCH, each once.
     let mut arch_names: Vec<&str> = Vec::new();
     for name in [
@@ -231,7 +283,7 @@ fn plan_cell(
         out_dir,
         log,
         fingerprint: String::new(),
-        redirect_lib_modules,
+        view: None,
     })
 }
 
@@ -280,7 +332,8 @@ fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
                     "make",
                     normalize(crate::build::cell::make_line(c)).as_bytes(),
                 )
-                .field("vars", format!("{vars:?}").as_bytes());
+                .field("vars", format!("{vars:?}").as_bytes())
+                .field("namespace", [u8::from(c.view.is_some())].as_slice());
             for &d in &c.deps {
                 fp.field("dep", done[d].as_deref().unwrap_or("").as_bytes());
             }
@@ -291,28 +344,6 @@ fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
         c.fingerprint = fp.unwrap_or_default();
     }
     Ok(())
-}
-
-/// Whether a source builds against /lib/modules/<release>/build instead of the tree it is
-/// given: its MAKE line, or a Makefile / Kbuild / *.mk at its top, names /lib/modules. About
-/// one real DKMS package in five does.
-fn uses_lib_modules(source: &Path, spec: &ModuleSpec) -> bool {
-    const PATH: &str = "/lib/modules";
-    if spec.make.as_deref().is_some_and(|m| m.contains(PATH)) {
-        return true;
-    }
-    let Ok(entries) = std::fs::read_dir(source) else {
-        return false;
-    };
-    entries.filter_map(|e| e.ok()).any(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let is_make = name == "Makefile"
-            || name == "makefile"
-            || name == "GNUmakefile"
-            || name == "Kbuild"
-            || name.ends_with(".mk");
-        is_make && std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(PATH))
-    })
 }
 
 /// Link each cell to the cells of its BUILD_DEPENDS for the same target and kernel, and
@@ -416,6 +447,7 @@ impl Plan {
             out: self.out.clone(),
             total: self.total,
             shard: self.shard,
+            no_namespace: self.no_namespace.clone(),
         }
     }
 

@@ -35,6 +35,9 @@ pub struct CellReport {
     pub out_dir: PathBuf,
     #[serde(default)]
     pub artifacts: Vec<crate::build::cell::Artifact>,
+    /// What went wrong without failing the cell (e.g. a PRE_BUILD that exited non-zero).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// With `kmx build --smoke`: what the booted kernel said of this cell's modules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smoke: Option<serde_json::Value>,
@@ -89,10 +92,15 @@ impl Report {
                     log: c.log.clone(),
                     out_dir: c.out_dir.clone(),
                     artifacts: Vec::new(),
+                    warnings: Vec::new(),
                     smoke: None,
                 };
                 match &r.outcome {
-                    Outcome::Built { artifacts, fresh } => {
+                    Outcome::Built {
+                        artifacts,
+                        fresh,
+                        warnings,
+                    } => {
                         if *fresh {
                             totals.fresh += 1;
                         } else {
@@ -100,6 +108,7 @@ impl Report {
                         }
                         rep.status = r.outcome.word().into();
                         rep.artifacts = artifacts.clone();
+                        rep.warnings = warnings.clone();
                     }
                     Outcome::Skipped { reason } => {
                         totals.skipped += 1;
@@ -199,6 +208,14 @@ impl Report {
                 c.reason.as_deref().unwrap_or("")
             ));
         }
+        for c in &self.cells {
+            for w in &c.warnings {
+                out.push_str(&format!(
+                    "\nwarning {} {} {} {}: {w}",
+                    c.module, c.version, c.target, c.kernel
+                ));
+            }
+        }
         for c in self
             .cells
             .iter()
@@ -241,7 +258,10 @@ impl Report {
             }
         }
         let notes = |c: &CellReport| {
-            c.status == "skipped" || c.status.contains("failed") || c.smoke.is_some()
+            c.status == "skipped"
+                || c.status.contains("failed")
+                || c.smoke.is_some()
+                || !c.warnings.is_empty()
         };
         if self.cells.iter().any(notes) {
             out.push('\n');

@@ -118,6 +118,14 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
             plan.total
         );
     }
+    if let Some(why) = &plan.no_namespace {
+        eprintln!(
+            "warning: cells run without their private mount namespace ({why}): sources that \
+             build against /lib/modules/<release>/build, /usr/src/<name>-<version> or \
+             /var/lib/dkms/<name>/<version>/build will fail\n  \
+             hint: run kmx as root, or allow user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
+        );
+    }
     if args.dry_run {
         print_plan(&plan, args);
         return Ok(exit::OK);
@@ -307,9 +315,10 @@ fn print_plan(plan: &Plan, args: &BuildArgs) {
                 println!("  source:  {}", c.source.display());
                 println!("  kdir:    {}", c.tree.kdir.display());
                 println!("  make:    {}", cell::make_line(c));
-                if c.redirect_lib_modules {
+                if c.view.is_some() {
                     println!(
-                        "  note:    builds against /lib/modules/{}/build: that path is the kdir, in a private mount namespace",
+                        "  in:      {} (private namespace: /lib/modules/{}/build is the kdir)",
+                        c.step_dir().display(),
                         c.tree.release
                     );
                 }

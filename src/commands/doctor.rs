@@ -148,14 +148,161 @@ pub fn targets(ctx: &Context, json: bool) -> Result<i32> {
     Ok(exit::OK)
 }
 
+/// A program kmx runs, the Debian package that has it, and what needs it.
+struct HostTool {
+    program: &'static str,
+    package: &'static str,
+    needed_by: &'static str,
+    /// Every build needs it: missing, no target is usable.
+    required: bool,
+}
+
+const fn tool(
+    program: &'static str,
+    package: &'static str,
+    needed_by: &'static str,
+    required: bool,
+) -> HostTool {
+    HostTool {
+        program,
+        package,
+        needed_by,
+        required,
+    }
+}
+
+/// Every program kmx itself runs (compilers and QEMU come from the profiles).
+const HOST_TOOLS: &[HostTool] = &[
+    tool(
+        "bash",
+        "bash",
+        "dkms.conf evaluation and every build step",
+        true,
+    ),
+    tool("make", "make", "every build", true),
+    tool(
+        "unshare",
+        "util-linux",
+        "the cells' private mount namespace",
+        false,
+    ),
+    tool(
+        "mount",
+        "mount",
+        "the cells' private mount namespace",
+        false,
+    ),
+    tool(
+        "chroot",
+        "coreutils",
+        "the cells' private mount namespace",
+        false,
+    ),
+    tool(
+        "patch",
+        "patch",
+        "PATCH directives and kmx.toml patches",
+        false,
+    ),
+    tool(
+        "depmod",
+        "kmod",
+        "install, uninstall, kernels fetch --with-image",
+        false,
+    ),
+    tool(
+        "modinfo",
+        "kmod",
+        "checking installed modules by hand",
+        false,
+    ),
+    tool(
+        "xz",
+        "xz-utils",
+        "installing into kernels with xz modules",
+        false,
+    ),
+    tool(
+        "zstd",
+        "zstd",
+        "installing into kernels with zstd modules",
+        false,
+    ),
+    tool(
+        "gzip",
+        "gzip",
+        "installing into kernels with gzip modules",
+        false,
+    ),
+    tool("openssl", "openssl", "kmx keys generate", false),
+    tool("cpio", "cpio", "kmx smoke (the guest's initramfs)", false),
+    tool("apt-get", "apt", "kmx kernels fetch", false),
+    tool("dpkg-deb", "dpkg", "kmx kernels fetch", false),
+];
+
+/// The host tools that are missing, as (tool, where it was looked for).
+fn missing_host_tools() -> Vec<&'static HostTool> {
+    // sbin may be missing from a user's PATH; kmx finds chroot there too.
+    let path = format!(
+        "{}:/usr/sbin:/sbin",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    HOST_TOOLS
+        .iter()
+        .filter(|t| which::which_in(t.program, Some(&path), "/").is_err())
+        .collect()
+}
+
+/// The host's tools and namespace, as doctor prints them; false when builds cannot run.
+fn print_host() -> bool {
+    let missing = missing_host_tools();
+    match crate::build::namespace::available() {
+        Ok(()) => println!(
+            "host: private mount namespaces ok (each cell sees /lib/modules/<release>/build, /usr/src and /var/lib/dkms as its own)"
+        ),
+        Err(why) => println!(
+            "host: no private mount namespace ({why}): sources that hard-code /lib/modules/<release>/build, /usr/src or /var/lib/dkms paths will fail\n  hint: run kmx as root, or allow user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
+        ),
+    }
+    if missing.is_empty() {
+        println!(
+            "host: all {} tools kmx runs are installed",
+            HOST_TOOLS.len()
+        );
+        return true;
+    }
+    for t in &missing {
+        println!(
+            "host: {} not found{}: needed by {}",
+            t.program,
+            if t.required { " (REQUIRED)" } else { "" },
+            t.needed_by
+        );
+    }
+    let mut packages: Vec<&str> = Vec::new();
+    for t in &missing {
+        if !packages.contains(&t.package) {
+            packages.push(t.package);
+        }
+    }
+    println!(
+        "  hint: apt-get install --no-install-recommends {}",
+        packages.join(" ")
+    );
+    !missing.iter().any(|t| t.required)
+}
+
 pub fn doctor(ctx: &Context, names: &[String], json: bool) -> Result<i32> {
     let registry = Registry::load(&ctx.home)?;
     let selected = ctx.profiles.select(names)?;
     let all: Vec<TargetHealth> = selected.iter().map(|t| assess(ctx, t, &registry)).collect();
-    let broken = all.iter().filter(|h| !h.usable).count();
+    let mut broken = all.iter().filter(|h| !h.usable).count();
     if json {
         print_json(&all)?;
     } else {
+        if !print_host() {
+            broken = all.len();
+        }
         for h in &all {
             println!(
                 "{} ({}): {}",

@@ -67,9 +67,9 @@ fn evaluate_generic(src: &Path) -> Result<ModuleSpec> {
         kernelver: String::new(),
         kernel_source_dir: PathBuf::new(),
         arch: String::new(),
-        source_tree: src.to_path_buf(),
+        source_dir: src.to_path_buf(),
+        source_tree: tmp.path().to_path_buf(),
         dkms_tree: tmp.path().join("dkms"),
-        build_dir: src.to_path_buf(),
         module_hint: None,
     };
     load_spec(src, &vars)

@@ -9,9 +9,9 @@
 //! quotes and `=` survive) plus the variable names set before and after, so unknown upper-case
 //! directives (`LOAD=no`) become warnings. The checks and defaults then follow DKMS's
 //! `read_conf`/`read_conf_strict`. The file's stdout and stderr are returned in
-//! [`ModuleSpec::log`] for the cell's log. `evaluate` also lays out
-//! `$dkms_tree/<name>/<version>/{build,source}` as symlinks to the cell's build directory and
-//! source tree, so paths a MAKE line computes from `$dkms_tree` resolve at build time.
+//! [`ModuleSpec::log`] for the cell's log. What `$dkms_tree` and `$source_tree` are is the
+//! caller's choice (DKMS's own `/var/lib/dkms` and `/usr/src` where cells run in their
+//! private namespace); evaluation writes nothing there.
 
 // crate::Error is 128+ bytes; boxing it is error.rs's call, not this module's.
 #![allow(clippy::result_large_err)]
@@ -41,13 +41,13 @@ pub struct CellVars {
     pub kernel_source_dir: PathBuf,
     /// DKMS's `$arch`: `uname -m` of the target (x86_64, i686, aarch64, armv7l).
     pub arch: String,
-    /// The module's source directory (DKMS: /usr/src/<module>-<version>).
+    /// The module's source directory: where the file is evaluated from, and the name
+    /// `$module`/`$module_version` are guessed from.
+    pub source_dir: PathBuf,
+    /// DKMS's `$source_tree`: the directory that holds `<module>-<version>` (/usr/src).
     pub source_tree: PathBuf,
-    /// A per-cell directory standing in for /var/lib/dkms; `evaluate` creates
-    /// `<module>/<version>/build` (-> `build_dir`) and `source` (-> `source_tree`) in it.
+    /// DKMS's `$dkms_tree` (/var/lib/dkms): holds `<module>/<version>/build`.
     pub dkms_tree: PathBuf,
-    /// The cell's build directory.
-    pub build_dir: PathBuf,
     /// The module name the caller expects (`$module` before PACKAGE_NAME is known); None =
     /// guess from the source directory's `<module>-<version>` name.
     pub module_hint: Option<String>,
@@ -61,9 +61,9 @@ impl CellVars {
             kernelver: "6.1.0-18-amd64".into(),
             kernel_source_dir: dir.join("kernel"),
             arch: "x86_64".into(),
+            source_dir: dir.to_path_buf(),
             source_tree: dir.to_path_buf(),
             dkms_tree: dir.join("dkms"),
-            build_dir: dir.join("build"),
             module_hint: None,
         }
     }
@@ -188,16 +188,14 @@ fn evaluate_with_timeout(conf: &Path, vars: &CellVars, timeout: Duration) -> Res
         let (name, ver) = (name.to_string(), ver.to_string());
         dump = ctx.source(&name, &ver)?;
     }
-    let spec = build_spec(conf, vars, dump)?;
-    link_dkms_tree(vars, &spec.name, &spec.version)?;
-    Ok(spec)
+    build_spec(conf, vars, dump)
 }
 
 /// `$module`/`$module_version` for the first evaluation: the hint, and the rest of a
 /// `<module>-<version>` directory name.
 fn guess_identity(vars: &CellVars) -> (String, String) {
     let dir = vars
-        .source_tree
+        .source_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -295,7 +293,7 @@ impl Eval<'_> {
             .env("HOME", home)
             .env("LANG", "C")
             .envs(env.iter().copied())
-            .current_dir(&self.vars.source_tree);
+            .current_dir(&self.vars.source_dir);
         // Supervised like every child: its own process group, killed (with anything the
         // file left running in the background) when it ends or overstays.
         let never = std::sync::atomic::AtomicBool::new(false);
@@ -660,29 +658,6 @@ fn looks_like_directive(n: &str) -> bool {
         )
 }
 
-/// Make `$dkms_tree/<name>/<version>/build` and `source` point at the cell's directories.
-/// A real directory already there is the caller's layout and is left alone.
-fn link_dkms_tree(vars: &CellVars, name: &str, version: &str) -> Result<()> {
-    let dir = vars.dkms_tree.join(name).join(version);
-    fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
-    for (link, target) in [("build", &vars.build_dir), ("source", &vars.source_tree)] {
-        let path = dir.join(link);
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                if fs::read_link(&path).is_ok_and(|t| &t == target) {
-                    continue;
-                }
-                fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
-            }
-            Ok(_) => continue,
-            Err(_) => {}
-        }
-        std::os::unix::fs::symlink(target, &path)
-            .map_err(|e| Error::io("create symlink", &path, e))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,9 +684,9 @@ mod tests {
             kernelver: kernelver.into(),
             kernel_source_dir: kernel,
             arch: arch.into(),
+            source_dir: fixture(name),
             source_tree: fixture(name),
             dkms_tree: tmp.path().join("dkms"),
-            build_dir: tmp.path().join("build"),
             module_hint: None,
         };
         (tmp, vars)
@@ -752,7 +727,7 @@ mod tests {
 
     #[test]
     fn two_modules_in_subdirectories() {
-        let (tmp, vars) = cell("two-modules", "6.1.0-18-amd64", "x86_64", "");
+        let (_tmp, vars) = cell("two-modules", "6.1.0-18-amd64", "x86_64", "");
         let s = evaluate(&fixture("two-modules").join("dkms.conf"), &vars).expect("evaluates");
         let m = &s.modules;
         assert_eq!(m.len(), 2);
@@ -765,7 +740,7 @@ mod tests {
             (Some("usb"), "wifi-usb")
         );
         assert_eq!((m[0].strip, m[1].strip), (true, false));
-        let build = tmp.path().join("dkms/wifi/2.3-1/build");
+        let build = vars.dkms_tree.join("wifi/2.3-1/build");
         assert_eq!(
             s.make,
             Some(format!(
@@ -774,7 +749,6 @@ mod tests {
                 build.display()
             ))
         );
-        assert_eq!(fs::read_link(&build).expect("symlink"), vars.build_dir);
         // Second evaluation with $module/$module_version from PACKAGE_NAME/VERSION, as DKMS.
         assert_eq!(s.post_build.as_deref(), Some("post.sh wifi 2.3-1"));
         assert_eq!(s.build_depends, ["cfg", "mac"]);

@@ -94,6 +94,9 @@ struct Build {
     clean: Option<String>,
     pre_build: Option<String>,
     post_build: Option<String>,
+    /// A pre_build / post_build that exits non-zero fails the cell (DKMS only warns).
+    #[serde(default)]
+    strict_scripts: bool,
     #[serde(default)]
     when: Vec<When>,
 }
@@ -233,6 +236,7 @@ fn parse(path: &Path, text: &str, kernelver: &str) -> Result<ModuleSpec> {
         }
     }
     (spec.clean, spec.pre_build, spec.post_build) = (b.clean, b.pre_build, b.post_build);
+    spec.strict_scripts = b.strict_scripts;
     for patch in &f.patch {
         if patch
             .file

@@ -74,6 +74,9 @@ pub struct ModuleSpec {
     pub patches: Vec<PathBuf>,
     pub pre_build: Option<String>,
     pub post_build: Option<String>,
+    /// A PRE_BUILD / POST_BUILD that exits non-zero fails the cell (kmx.toml's
+    /// `strict_scripts`); DKMS, and kmx by default, only warn.
+    pub strict_scripts: bool,
     pub post_add: Option<String>,
     pub pre_install: Option<String>,
     pub post_install: Option<String>,
@@ -103,6 +106,7 @@ impl ModuleSpec {
             patches: Vec::new(),
             pre_build: None,
             post_build: None,
+            strict_scripts: false,
             post_add: None,
             pre_install: None,
             post_install: None,

@@ -51,7 +51,7 @@ fn example_builds_for_the_four_targets_with_each_trees_vermagic() {
         );
         assert_eq!(cell["artifacts"][0]["sha256"].as_str().unwrap().len(), 64);
         let log = std::fs::read_to_string(cell["log"].as_str().unwrap()).unwrap();
-        assert!(log.contains("$ bash -c 'make -C "), "{log}");
+        assert!(log.contains("\n$ make -C "), "{log}");
         assert!(log.contains("# make: exit status 0"), "{log}");
     }
     // The JSON report on stdout is also written next to the artifacts.
@@ -517,29 +517,57 @@ fn the_same_module_given_twice_is_a_usage_error() {
     );
 }
 
+/// Names, kinds and modification times under `dir` (3 levels deep): what a build must not
+/// change on the host.
+fn snapshot(dir: &Path) -> Vec<String> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            out.push(format!("{} absent", dir.display()));
+            return;
+        };
+        for e in entries.flatten() {
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            out.push(format!(
+                "{} {:?} {:?}",
+                e.path().display(),
+                meta.file_type(),
+                meta.modified().ok()
+            ));
+            if meta.is_dir() && depth > 0 {
+                walk(&e.path(), depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, 3, &mut out);
+    out.sort();
+    out
+}
+
+/// The shapes real DKMS packages take that build under DKMS only because DKMS's own
+/// directories exist: each fixture is one shape, all built for the four targets in one run
+/// (so cells that shared a directory would break each other).
 #[test]
-fn a_makefile_hard_coding_lib_modules_builds_against_the_cells_tree() {
+fn dkms_shaped_packages_build_for_four_targets_in_one_run_without_touching_the_host() {
     let Some(k) = Kmx::with_trees() else { return };
-    let host_had_lib_modules = Path::new("/lib/modules").exists();
-    let plan = k
-        .run(&[
-            "build",
-            &fixture("hardcoded"),
-            "--target",
-            "arm64",
-            "--dry-run",
-        ])
-        .ok();
-    assert!(
-        plan.stdout().contains("  note:    builds against /lib/modules/6.1.0-50-arm64/build: that path is the kdir, in a private mount namespace"),
-        "{}",
-        plan.stdout()
-    );
-    let report = k
-        .run(&["build", &fixture("hardcoded"), "--json"])
-        .ok()
-        .json();
-    assert_eq!(report["totals"]["built"], 4, "{report}");
+    let host_dirs = ["/lib/modules", "/usr/src", "/var/lib/dkms"];
+    let before: Vec<Vec<String>> = host_dirs.iter().map(|d| snapshot(Path::new(d))).collect();
+    let packages = [
+        "hardcoded", // Makefile at the top hard-codes /lib/modules/<release>/build
+        "nested",    // ... in a subdirectory's Makefile
+        "xsubdir",   // a core module's exports used from sibling directories
+        "findmv",    // find $dkms_tree/<name>/<version>/build -exec mv
+        "literal",   // /usr/src/<name>-<version> and /var/lib/dkms written literally,
+        "kmxbase",   //   reading this package's header from /usr/src/kmxbase-1.0
+        "ccscript",  // a MAKE script that compiles with $CC
+        "prebuild",  // PRE_BUILD and POST_BUILD exit non-zero
+    ];
+    let sources: Vec<String> = packages.iter().map(|p| fixture(p)).collect();
+    let mut args: Vec<&str> = vec!["build", "--json"];
+    args.extend(sources.iter().map(String::as_str));
+    let run = k.run(&args).ok();
+    let report = run.json();
+    assert_eq!(report["totals"]["built"], 4 * packages.len(), "{report}");
     let trees = k.run(&["kernels", "list", "--json"]).ok().json();
     for c in report["cells"].as_array().unwrap() {
         let tree = trees
@@ -548,9 +576,102 @@ fn a_makefile_hard_coding_lib_modules_builds_against_the_cells_tree() {
             .iter()
             .find(|t| t["target"] == c["target"])
             .unwrap();
-        let ko = PathBuf::from(c["artifacts"][0]["file"].as_str().unwrap());
-        assert_eq!(modinfo("vermagic", &ko), tree["vermagic"].as_str().unwrap());
+        let artifacts = c["artifacts"].as_array().unwrap();
+        let expected = if c["module"] == "xsubdir" { 3 } else { 1 };
+        assert_eq!(artifacts.len(), expected, "{c}");
+        for a in artifacts {
+            let ko = PathBuf::from(a["file"].as_str().unwrap());
+            assert_eq!(modinfo("vermagic", &ko), tree["vermagic"].as_str().unwrap());
+        }
+        let log = std::fs::read_to_string(c["log"].as_str().unwrap()).unwrap();
+        if c["module"] == "prebuild" {
+            let warnings: Vec<&str> = c["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_str().unwrap())
+                .collect();
+            assert_eq!(
+                warnings,
+                [
+                    "PRE_BUILD ended with exit status 3: the build went on, as under DKMS (see the log)",
+                    "POST_BUILD ended with exit status 1: the build went on, as under DKMS (see the log)"
+                ]
+            );
+            let kernel = c["kernel"].as_str().unwrap();
+            assert!(
+                log.contains(&format!(
+                    "pre.sh: cannot find optional firmware for {kernel}"
+                )),
+                "{log}"
+            );
+        }
+        if c["module"] == "ccscript" && c["target"] == "arm64" {
+            assert!(log.contains("#   CC=aarch64-linux-gnu-gcc-12\n"), "{log}");
+        }
     }
-    // The host's file system was not changed.
-    assert_eq!(Path::new("/lib/modules").exists(), host_had_lib_modules);
+    assert!(
+        run.stderr().contains(
+            "warning prebuild 1.0 arm64 6.1.0-50-arm64: PRE_BUILD ended with exit status 3"
+        ),
+        "{}",
+        run.stderr()
+    );
+    // The host's DKMS directories are as they were.
+    for (dir, was) in host_dirs.iter().zip(&before) {
+        assert_eq!(&snapshot(Path::new(dir)), was, "{dir} changed");
+    }
+    // The plan says where each cell builds.
+    let plan = k
+        .run(&["build", &fixture("nested"), "-t", "arm64", "--dry-run"])
+        .ok();
+    assert!(
+        plan.stdout().contains(
+            "  in:      /var/lib/dkms/nested/1.0/build (private namespace: /lib/modules/6.1.0-50-arm64/build is the kdir)"
+        ),
+        "{}",
+        plan.stdout()
+    );
+}
+
+/// Containers and fresh machines have an overlayfs root, and the kernel refuses an overlay
+/// upper directory on overlayfs: the cell's namespace must not put one under the output
+/// directory.
+#[test]
+fn cells_build_with_the_output_directory_on_overlayfs() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let base = k.dir().join("overlay");
+    for d in ["lower", "upper", "work", "merged"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    let kmx = k.command(&[]);
+    let script = format!(
+        "mount -t overlay test -o lowerdir={b}/lower,upperdir={b}/upper,workdir={b}/work {b}/merged && \
+         exec \"$0\" build {} -t arm64 -t amd64 --out {b}/merged/out --json",
+        fixture("nested"),
+        b = base.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private"]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        cmd.arg("--map-root-user");
+    }
+    cmd.args(["sh", "-c", &script])
+        .arg(kmx.get_program())
+        .current_dir(k.dir());
+    for (key, v) in kmx.get_envs() {
+        if let Some(v) = v {
+            cmd.env(key, v);
+        }
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["totals"]["built"], 2, "{report}");
 }

@@ -31,6 +31,45 @@ fn doctor_finds_four_usable_targets_whose_vermagic_matches_real_modules() {
     }
     let text = k.run(&["doctor"]).ok().stdout();
     assert!(text.ends_with("4 of 4 targets usable\n"), "{text}");
+    assert!(
+        text.starts_with("host: private mount namespaces ok")
+            && text.contains("\nhost: all 15 tools kmx runs are installed\n"),
+        "{text}"
+    );
+}
+
+/// A machine without the programs kmx runs: doctor names each with what needs it and the
+/// one apt-get line, and a missing make leaves no target usable.
+#[test]
+fn doctor_names_missing_host_tools_with_the_packages_to_install() {
+    let Some(k) = Kmx::with_trees() else { return };
+    // Only bash and the cross compiler on PATH (sbin is searched too: keep it out).
+    let bin = k.dir().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for p in ["bash", "aarch64-linux-gnu-gcc-12"] {
+        let real = which(p);
+        std::os::unix::fs::symlink(real, bin.join(p)).unwrap();
+    }
+    let k = k.env("PATH", bin.to_str().unwrap());
+    let run = k.run(&["doctor", "-t", "arm64"]).expect(1);
+    let text = run.stdout();
+    for line in [
+        "host: make not found (REQUIRED): needed by every build",
+        "host: patch not found: needed by PATCH directives and kmx.toml patches",
+        "host: cpio not found: needed by kmx smoke (the guest's initramfs)",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+    assert!(!text.contains("host: bash not found"), "{text}");
+    assert!(text.ends_with("0 of 1 targets usable\n"), "{text}");
+}
+
+fn which(program: &str) -> std::path::PathBuf {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .unwrap();
+    std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 #[test]
