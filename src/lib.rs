@@ -6,25 +6,28 @@
 //! - [`config`]: the configuration model: target and toolchain profiles, module manifests
 //!   (`dkms.conf`, `kmx.toml`).
 //! - [`kernel`]: kernel build trees: inspection, vermagic, provisioning from Debian.
-//! - [`build`]: planning and the parallel scheduler that runs kbuild.
+//! - [`matrix`]: the build matrix (modules x targets x kernels): planning, the parallel
+//!   scheduler, the cell runner that drives kbuild, and the pipeline that ties them.
 //! - [`verify`]: the module reader (ELF, `.modinfo`, `__versions`) and the load checks.
 //! - [`smoke`]: boot-and-load proof: real kernels under QEMU load the modules.
 //! - [`state`]: kmx's home and the on-disk stores (the lifecycle store, tarballs, the
 //!   build cache).
 //! - [`install`]: installing built modules into a root and uninstalling them.
+//! - [`digest`]: hashing on the ground floor (hex, file hashes, fingerprints).
 //! - [`error`]: the one error type and the exit codes.
 
 // Errors carry a path, line, hint and causes (over 128 bytes); they are rare and cold, so
 // boxing them everywhere would buy nothing measurable.
 #![allow(clippy::result_large_err)]
 
-pub mod build;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod install;
 pub mod kernel;
+pub mod matrix;
 pub mod process;
 pub mod smoke;
 pub mod state;

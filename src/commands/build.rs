@@ -4,17 +4,17 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::build::cell;
-use crate::build::plan::{self, Action, Plan, TargetSetup};
-use crate::build::report::Report;
-use crate::build::scheduler::{self, Event, Options};
-use crate::build::shard::{self, Shard};
 use crate::cli::{BuildArgs, CacheCmd};
 use crate::commands::{Context, print_json};
 use crate::config::load::DEFAULT_TARGETS;
 use crate::error::{Error, Result, exit, render};
 use crate::kernel::registry::{RegisteredTree, Registry, trees_of};
 use crate::kernel::tree::KernelTree;
+use crate::matrix::cell;
+use crate::matrix::plan::{self, Action, Plan, TargetSetup};
+use crate::matrix::report::Report;
+use crate::matrix::scheduler::{self, Event, Options};
+use crate::matrix::shard::{self, Shard};
 use crate::state::cache::Cache;
 
 /// Environment variables builds see: the basics plus compiler-cache and distcc settings.

@@ -12,14 +12,15 @@ use serde::Serialize;
 
 use super::build::{ExecOptions, execute_plan, setup_targets};
 use super::{Context, print_json};
-use crate::build::plan::{self, Action, Cell, Plan, TargetSetup};
 use crate::cli::{AutoinstallArgs, InstallArgs, SignArgs, UninstallArgs};
-use crate::config::dkms::CellVars;
-use crate::config::manifest::{ModuleSpec, load_spec};
+use crate::config::load_spec;
+use crate::config::manifest::CellVars;
+use crate::config::manifest::ModuleSpec;
 use crate::error::{Error, Kind, Result, exit, render};
 use crate::install::{self, Hook, SignKey};
 use crate::kernel::registry::{Registry, trees_of};
 use crate::kernel::tree::KernelTree;
+use crate::matrix::plan::{self, Action, Cell, Plan, TargetSetup};
 use crate::process;
 use crate::state::cache::{Cache, DEFAULT_MAX_BYTES};
 use crate::state::store::{
@@ -99,7 +100,7 @@ pub fn add(ctx: &Context, store: &Store, source: &Path, wait: bool) -> Result<i3
     let previous = store.load_source(&spec.name, &spec.version)?;
     let new = dir.join(format!(".src-new-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&new);
-    crate::build::cell::copy_tree(&src, &new)?;
+    crate::matrix::cell::copy_tree(&src, &new)?;
     let hash = content_hash(&new)?;
     let copy = store.source_copy(&spec.name, &spec.version);
     if previous.as_ref().is_some_and(|p| p.hash == hash) && copy.is_dir() {
@@ -193,7 +194,7 @@ fn find_tree(ctx: &Context, target: &str, release: &str) -> Option<KernelTree> {
         .find(|tree| tree.release == release)
 }
 
-fn record_of(cell: &Cell, artifacts: &[crate::build::cell::Artifact], hash: &str) -> BuiltRecord {
+fn record_of(cell: &Cell, artifacts: &[crate::matrix::cell::Artifact], hash: &str) -> BuiltRecord {
     let files = cell
         .spec
         .modules
@@ -1077,12 +1078,12 @@ pub fn tarball(
 }
 
 fn tarball_create(store: &Store, cells: &[BuiltRecord], output: &Path) -> Result<usize> {
-    crate::state::tarball::create(store, cells, output)
+    crate::install::tarball::create(store, cells, output)
 }
 
 pub fn load_tarball(store: &Store, file: &Path, wait: bool) -> Result<i32> {
     let _lock = store.lock(wait)?;
-    let cells = crate::state::tarball::load(store, file)?;
+    let cells = crate::install::tarball::load(store, file)?;
     for c in &cells {
         eprintln!("imported {}", c.key());
     }

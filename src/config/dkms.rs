@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-use super::manifest::{self, BuiltModule, Format, ModuleSpec};
+use super::manifest::{self, BuiltModule, CellVars, Format, ModuleSpec};
 use crate::{Error, Result, process};
 
 /// How long one evaluation of a dkms.conf may take.
@@ -31,43 +31,6 @@ pub const EVAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// PATH for the evaluation: fixed, so a cell does not depend on the caller's environment.
 const EVAL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// The variables DKMS defines for a dkms.conf, for one cell.
-#[derive(Debug, Clone)]
-pub struct CellVars {
-    /// The kernel release (`uname -r` of the target kernel).
-    pub kernelver: String,
-    /// The kernel build tree.
-    pub kernel_source_dir: PathBuf,
-    /// DKMS's `$arch`: `uname -m` of the target (x86_64, i686, aarch64, armv7l).
-    pub arch: String,
-    /// The module's source directory: where the file is evaluated from, and the name
-    /// `$module`/`$module_version` are guessed from.
-    pub source_dir: PathBuf,
-    /// DKMS's `$source_tree`: the directory that holds `<module>-<version>` (/usr/src).
-    pub source_tree: PathBuf,
-    /// DKMS's `$dkms_tree` (/var/lib/dkms): holds `<module>/<version>/build`.
-    pub dkms_tree: PathBuf,
-    /// The module name the caller expects (`$module` before PACKAGE_NAME is known); None =
-    /// guess from the source directory's `<module>-<version>` name.
-    pub module_hint: Option<String>,
-}
-
-#[cfg(test)]
-impl CellVars {
-    /// Variables for a cell under `dir` (kernel 6.1.0-18-amd64 on x86_64).
-    pub(crate) fn for_tests(dir: &Path) -> CellVars {
-        CellVars {
-            kernelver: "6.1.0-18-amd64".into(),
-            kernel_source_dir: dir.join("kernel"),
-            arch: "x86_64".into(),
-            source_dir: dir.to_path_buf(),
-            source_tree: dir.to_path_buf(),
-            dkms_tree: dir.join("dkms"),
-            module_hint: None,
-        }
-    }
-}
 
 /// Every variable DKMS accepts from a dkms.conf (its `dkms_conf_variables`, upper case).
 const DIRECTIVES: &[&str] = &[

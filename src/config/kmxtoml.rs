@@ -38,7 +38,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::dkms::CellVars;
+use super::manifest::CellVars;
 use super::manifest::{self, BuiltModule, Format, ModuleSpec};
 use crate::{Error, Result};
 
@@ -284,7 +284,7 @@ fn parse(path: &Path, text: &str, kernelver: &str) -> Result<ModuleSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::manifest::load_spec;
+    use crate::config::load_spec;
     use crate::error::render;
 
     fn fixture(name: &str) -> PathBuf {

@@ -11,12 +11,9 @@
 #![allow(clippy::result_large_err)]
 
 use std::cmp::Ordering;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use regex::Regex;
-
-use super::dkms::CellVars;
-use crate::{Error, Result};
 
 /// Where modules go under `/lib/modules/<kver>` when `kmx.toml` does not say.
 pub const DEFAULT_DEST_LOCATION: &str = "/updates/kmx";
@@ -239,20 +236,41 @@ pub(crate) fn trim_slashes(s: &str) -> &str {
     }
 }
 
-/// Load the manifest of `source_dir` for one cell: `kmx.toml` wins over `dkms.conf`.
-pub fn load_spec(source_dir: &Path, vars: &CellVars) -> Result<ModuleSpec> {
-    let toml = source_dir.join("kmx.toml");
-    if toml.is_file() {
-        return super::kmxtoml::load(&toml, vars);
+/// The variables DKMS defines for a dkms.conf, for one cell.
+#[derive(Debug, Clone)]
+pub struct CellVars {
+    /// The kernel release (`uname -r` of the target kernel).
+    pub kernelver: String,
+    /// The kernel build tree.
+    pub kernel_source_dir: PathBuf,
+    /// DKMS's `$arch`: `uname -m` of the target (x86_64, i686, aarch64, armv7l).
+    pub arch: String,
+    /// The module's source directory: where the file is evaluated from, and the name
+    /// `$module`/`$module_version` are guessed from.
+    pub source_dir: PathBuf,
+    /// DKMS's `$source_tree`: the directory that holds `<module>-<version>` (/usr/src).
+    pub source_tree: PathBuf,
+    /// DKMS's `$dkms_tree` (/var/lib/dkms): holds `<module>/<version>/build`.
+    pub dkms_tree: PathBuf,
+    /// The module name the caller expects (`$module` before PACKAGE_NAME is known); None =
+    /// guess from the source directory's `<module>-<version>` name.
+    pub module_hint: Option<String>,
+}
+
+#[cfg(test)]
+impl CellVars {
+    /// Variables for a cell under `dir` (kernel 6.1.0-18-amd64 on x86_64).
+    pub(crate) fn for_tests(dir: &std::path::Path) -> CellVars {
+        CellVars {
+            kernelver: "6.1.0-18-amd64".into(),
+            kernel_source_dir: dir.join("kernel"),
+            arch: "x86_64".into(),
+            source_dir: dir.to_path_buf(),
+            source_tree: dir.to_path_buf(),
+            dkms_tree: dir.join("dkms"),
+            module_hint: None,
+        }
     }
-    let conf = source_dir.join("dkms.conf");
-    if conf.is_file() {
-        return super::dkms::evaluate(&conf, vars);
-    }
-    Err(
-        Error::config(source_dir, "no dkms.conf or kmx.toml in this directory")
-            .hint("add a kmx.toml (kmx's own format) or a dkms.conf (DKMS's format) to it"),
-    )
 }
 
 #[cfg(test)]
@@ -320,20 +338,6 @@ mod tests {
         assert_eq!(
             s.exclusion("6.1", &["x86_64"], &both).as_deref(),
             Some("[exclusive] config: CONFIG_Y is set")
-        );
-    }
-
-    #[test]
-    fn load_spec_names_the_directory_when_nothing_is_there() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let vars = CellVars::for_tests(dir.path());
-        let err = load_spec(dir.path(), &vars).expect_err("must fail");
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "{}: no dkms.conf or kmx.toml in this directory",
-                dir.path().display()
-            )
         );
     }
 }

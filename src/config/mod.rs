@@ -1,7 +1,8 @@
 //! The configuration model: target profiles (`targets/*.toml`), toolchain profiles
 //! (`toolchains/*.toml`) and module manifests (`dkms.conf`, `kmx.toml`, both giving one
 //! [`manifest::ModuleSpec`] per cell). Loading and layering of configuration directories
-//! lives in [`load`] and nowhere else.
+//! lives in [`load`] and nowhere else. [`load_spec`] reads a module source's manifest,
+//! whichever format it has.
 
 pub mod arch;
 pub mod dkms;
@@ -13,3 +14,43 @@ pub mod profile;
 
 pub use load::{Profiles, Sources};
 pub use profile::{Target, Toolchain};
+
+use std::path::Path;
+
+use crate::{Error, Result};
+use manifest::{CellVars, ModuleSpec};
+
+/// Load the manifest of `source_dir` for one cell: `kmx.toml` wins over `dkms.conf`.
+pub fn load_spec(source_dir: &Path, vars: &CellVars) -> Result<ModuleSpec> {
+    let toml = source_dir.join("kmx.toml");
+    if toml.is_file() {
+        return kmxtoml::load(&toml, vars);
+    }
+    let conf = source_dir.join("dkms.conf");
+    if conf.is_file() {
+        return dkms::evaluate(&conf, vars);
+    }
+    Err(
+        Error::config(source_dir, "no dkms.conf or kmx.toml in this directory")
+            .hint("add a kmx.toml (kmx's own format) or a dkms.conf (DKMS's format) to it"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_spec_names_the_directory_when_nothing_is_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vars = CellVars::for_tests(dir.path());
+        let err = load_spec(dir.path(), &vars).expect_err("must fail");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: no dkms.conf or kmx.toml in this directory",
+                dir.path().display()
+            )
+        );
+    }
+}

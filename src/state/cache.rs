@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::build::cell::hex;
+use crate::digest::sha256_file;
 use crate::error::{Error, Result};
 
 /// Default bound on the cache's size.
@@ -47,11 +46,6 @@ pub enum Miss {
     Absent,
     /// The entry was damaged (and has been deleted): what was wrong.
     Corrupt(String),
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-    Ok(hex(&Sha256::digest(&bytes)))
 }
 
 impl Cache {

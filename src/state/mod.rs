@@ -5,7 +5,6 @@
 pub mod cache;
 pub mod home;
 pub mod store;
-pub mod tarball;
 
 pub use home::{Home, replace_dir, write_atomic, write_atomic_mode};
 pub use store::Store;

@@ -28,7 +28,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::build::cell::hex;
+use crate::digest::hex;
 use crate::error::{Error, Result};
 use crate::state::{Home, write_atomic};
 
@@ -506,7 +506,7 @@ fn installs_under(base: &Path) -> Result<Vec<InstallRecord>> {
 /// A content hash of a source tree (contents, names, modes and links; VCS metadata aside):
 /// the same hash a build's fingerprint uses, so "stale" means what "rebuilt" means.
 pub fn content_hash(dir: &Path) -> Result<String> {
-    crate::build::fingerprint::source_tree(dir)
+    crate::digest::source_tree(dir)
 }
 
 #[cfg(test)]

@@ -18,13 +18,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::build::{fingerprint, namespace};
-use crate::config::dkms::CellVars;
-use crate::config::manifest::{ModuleSpec, load_spec};
+use crate::config::load_spec;
+use crate::config::manifest::CellVars;
+use crate::config::manifest::ModuleSpec;
 use crate::config::probe::Compiler;
 use crate::config::{Target, Toolchain};
 use crate::error::{Error, Result};
 use crate::kernel::tree::KernelTree;
+use crate::matrix::{fingerprint, namespace};
 
 /// One target ready to build for: its profile, toolchain, compiler and kernel trees.
 #[derive(Debug, Clone)]
@@ -133,7 +134,7 @@ pub struct Plan {
     /// How many cells the whole plan has (more than `cells` when sharded).
     pub total: usize,
     /// The share of the plan these cells are (`--shard`).
-    pub shard: Option<crate::build::shard::Shard>,
+    pub shard: Option<crate::matrix::shard::Shard>,
     /// Why cells run without their private namespace, when they do.
     pub no_namespace: Option<String>,
 }
@@ -295,7 +296,7 @@ fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
     let mut trees: BTreeMap<PathBuf, String> = BTreeMap::new();
     for c in cells.iter() {
         if !sources.contains_key(&c.source) {
-            sources.insert(c.source.clone(), fingerprint::source_tree(&c.source)?);
+            sources.insert(c.source.clone(), crate::digest::source_tree(&c.source)?);
         }
         if !trees.contains_key(&c.tree.kdir) {
             trees.insert(c.tree.kdir.clone(), fingerprint::kernel_tree(&c.tree)?);
@@ -316,8 +317,8 @@ fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
             let mut spec = c.spec.clone();
             spec.log.clear();
             spec.warnings.clear();
-            let vars = crate::build::cell::make_vars(c, std::slice::from_ref(&c.compiler().name));
-            let mut fp = fingerprint::Fingerprint::new();
+            let vars = crate::matrix::cell::make_vars(c, std::slice::from_ref(&c.compiler().name));
+            let mut fp = crate::digest::Fingerprint::new();
             fp.field("source", sources[&c.source].as_bytes())
                 .field("spec", normalize(format!("{spec:?}")).as_bytes())
                 .field("tree", trees[&c.tree.kdir].as_bytes())
@@ -330,7 +331,7 @@ fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
                 .field("compiler-version", c.compiler().version_line.as_bytes())
                 .field(
                     "make",
-                    normalize(crate::build::cell::make_line(c)).as_bytes(),
+                    normalize(crate::matrix::cell::make_line(c)).as_bytes(),
                 )
                 .field("vars", format!("{vars:?}").as_bytes())
                 .field("namespace", [u8::from(c.view.is_some())].as_slice());

@@ -13,9 +13,8 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::build::cell::hex;
+use crate::digest::sha256;
 use crate::error::{Error, Result};
 use crate::state::store::{BUILT_RECORD, BuiltRecord, Store, valid_component};
 use crate::verify::module::Module;
@@ -304,7 +303,7 @@ fn check_cell(file: &Path, base: &Path, dir: &Path) -> Result<BuiltRecord> {
         let data = std::fs::read(&path).map_err(|_| {
             Error::failed(format!("cell {} lacks {}", rel.display(), f.file)).at(file)
         })?;
-        if hex(&Sha256::digest(&data)) != f.sha256 {
+        if sha256(&data) != f.sha256 {
             return Err(Error::failed(format!(
                 "{}/{} does not match the SHA-256 in its record",
                 rel.display(),

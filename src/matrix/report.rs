@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::build::cell::Outcome;
-use crate::build::plan::Plan;
-use crate::build::scheduler::CellResult;
 use crate::error::exit;
+use crate::matrix::cell::Outcome;
+use crate::matrix::plan::Plan;
+use crate::matrix::scheduler::CellResult;
 
 /// One cell in the machine-readable report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,7 +34,7 @@ pub struct CellReport {
     pub log: PathBuf,
     pub out_dir: PathBuf,
     #[serde(default)]
-    pub artifacts: Vec<crate::build::cell::Artifact>,
+    pub artifacts: Vec<crate::matrix::cell::Artifact>,
     /// What went wrong without failing the cell (e.g. a PRE_BUILD that exited non-zero).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,

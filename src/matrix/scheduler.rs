@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::build::cell::{self, Outcome, RunEnv};
-use crate::build::plan::{Action, Plan};
 use crate::error::{Error, Result};
+use crate::matrix::cell::{self, Outcome, RunEnv};
+use crate::matrix::plan::{Action, Plan};
 
 pub struct Options {
     pub jobs: usize,

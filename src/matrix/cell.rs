@@ -7,7 +7,6 @@
 //! timeout or Ctrl-C kills the whole process group.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -18,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::build::plan::Cell;
+use crate::digest::sha256_file;
 use crate::error::{Error, Result};
 use crate::kernel::symvers::Symvers;
+use crate::matrix::plan::Cell;
 use crate::process::{self, Ended};
-use crate::state::cache::{Cache, Miss, sha256_file};
+use crate::state::cache::{Cache, Miss};
 use crate::verify::checks::{Others, TreeSymbols};
 
 /// Everything a cell needs from the run, the same for every cell.
@@ -203,7 +203,7 @@ fn makeflags_vars(vars: &[(String, String)]) -> String {
 }
 
 /// A command run by bash in the build directory with the cell's environment: inside the
-/// cell's private namespace where it has one ([`crate::build::namespace`]) and `where_`
+/// cell's private namespace where it has one ([`crate::matrix::namespace`]) and `where_`
 /// asks for it.
 fn shell(cell: &Cell, env: &RunEnv, line: &str, extra_symbols: &str, where_: Where) -> Command {
     let cmd = match (&cell.view, where_) {
@@ -548,7 +548,7 @@ fn fresh_in_place(cell: &Cell) -> Option<(Vec<Artifact>, Vec<String>)> {
         return None;
     }
     for a in &record.artifacts {
-        if crate::state::cache::sha256_file(&a.file).ok()? != a.sha256 {
+        if sha256_file(&a.file).ok()? != a.sha256 {
             return None;
         }
     }
@@ -702,7 +702,7 @@ fn logged(
             let what = process::describe_status(status);
             let _ = writeln!(log, "# {stage}: {what} ({secs:.1}s)");
             let namespace =
-                in_namespace && status.code() == Some(crate::build::namespace::SETUP_FAILED);
+                in_namespace && status.code() == Some(crate::matrix::namespace::SETUP_FAILED);
             Err(StageError {
                 stage,
                 message: match namespace {
@@ -820,13 +820,4 @@ pub fn first_errors(log: &Path, build_dir: &Path, n: usize) -> Vec<String> {
         .iter()
         .map(|l| l.trim().replace(&prefix, ""))
         .collect()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }

@@ -12,14 +12,14 @@
 //! Containment: every destination is built from validated components (no `..`, no absolute
 //! parts) and its deepest existing directory must resolve, symlinks followed, inside the
 //! root. A destination that would leave the root is refused before anything is written.
+//!
+//! [`tarball`]: built cells carried between machines (`kmx tarball`, `kmx load-tarball`).
 
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
-
-use crate::build::cell::hex;
+use crate::digest::sha256;
 use crate::error::{Error, Kind, Result};
 use crate::process;
 use crate::state::store::{
@@ -27,6 +27,8 @@ use crate::state::store::{
 };
 use crate::state::write_atomic_mode;
 use crate::verify::module::Module;
+
+pub mod tarball;
 
 /// A signing key pair (PEM private key, X.509 certificate).
 #[derive(Debug, Clone)]
@@ -238,7 +240,7 @@ pub fn install(
         let signed = module.signature.is_some();
         prepared.push(Prepared {
             rel: rel.clone(),
-            sha256: hex(&Sha256::digest(&bytes)),
+            sha256: sha256(&bytes),
             bytes,
             signed,
         });

@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 
-use crate::build::plan::{Action, Cell, Plan};
-use crate::build::report::Report;
 use crate::error::{Error, Result};
+use crate::matrix::plan::{Action, Cell, Plan};
+use crate::matrix::report::Report;
 
 /// `I/N`, 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,20 +1,35 @@
-//! Fingerprints: one sha256 over everything that decides a cell's output, so an unchanged
-//! cell is never built twice. Contents, never mtimes.
-//!
-//! What goes in: the module source tree (every file's relative path, mode and bytes; symlink
-//! targets), the manifest evaluated for the cell, the kernel tree's identity (release,
-//! `.config`, `Module.symvers`, the Makefile and `.kernelvariables`, the host tools
-//! `fixdep`/`modpost`), the compiler (path and `--version` line), the make command line and
-//! the variables kmx passes, the fingerprints of the cells it depends on, and kmx's version.
-//! What stays out: the compiler launcher (ccache and distcc do not change what is built),
-//! timestamps, and the output directory.
+//! Digests on the ground floor: hex encoding, file hashes, the labelled hasher behind every
+//! fingerprint, and the content hash of a source tree. Everything above (the build matrix,
+//! the cache, the lifecycle store, install) hashes through here, so none of them imports
+//! another for it.
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::kernel::tree::KernelTree;
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The sha256 of some bytes, in hex.
+pub fn sha256(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// The sha256 of a file's contents, in hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    Ok(sha256(&bytes))
+}
 
 /// A labelled hasher: each field is length-prefixed, so fields cannot run into each other.
 pub struct Fingerprint(Sha256);
@@ -40,7 +55,7 @@ impl Fingerprint {
         self
     }
     pub fn finish(self) -> String {
-        crate::build::cell::hex(&self.0.finalize())
+        hex(&self.0.finalize())
     }
 }
 
@@ -89,24 +104,50 @@ fn hash_dir(root: &Path, dir: &Path, fp: &mut Fingerprint) -> Result<()> {
     Ok(())
 }
 
-/// The identity of a kernel tree: what decides the modules built against it.
-pub fn kernel_tree(tree: &KernelTree) -> Result<String> {
-    let mut fp = Fingerprint::new();
-    fp.field("release", tree.release.as_bytes());
-    for rel in [
-        ".config",
-        "Module.symvers",
-        "Makefile",
-        ".kernelvariables",
-        "scripts/basic/fixdep",
-        "scripts/mod/modpost",
-    ] {
-        let path = tree.kdir.join(rel);
-        match std::fs::read(&path) {
-            Ok(bytes) => fp.field(rel, &bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fp.field(rel, b"(absent)"),
-            Err(e) => return Err(Error::io("read", &path, e)),
-        };
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_cannot_run_into_each_other() {
+        let mut a = Fingerprint::new();
+        a.field("ab", b"c");
+        let mut b = Fingerprint::new();
+        b.field("a", b"bc");
+        assert_ne!(a.finish(), b.finish());
     }
-    Ok(fp.finish())
+
+    #[test]
+    fn a_source_trees_hash_follows_contents_and_mode_not_mtime() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.c"), "int a;").unwrap();
+        let first = source_tree(dir.path()).unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("a.c"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(
+            source_tree(dir.path()).unwrap(),
+            first,
+            "mtime must not count"
+        );
+        std::fs::set_permissions(
+            dir.path().join("a.c"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        assert_ne!(source_tree(dir.path()).unwrap(), first, "the x bit counts");
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        std::fs::write(dir.path().join(".git/HEAD"), "x").unwrap();
+        let with_git = source_tree(dir.path()).unwrap();
+        std::fs::write(dir.path().join(".git/HEAD"), "y").unwrap();
+        assert_eq!(
+            source_tree(dir.path()).unwrap(),
+            with_git,
+            "VCS metadata stays out"
+        );
+        assert_eq!(hex(&[0, 0xab]), "00ab");
+    }
 }
