@@ -108,11 +108,9 @@ fn no_import_cycle_between_top_level_modules() {
         }
         state.insert(m.to_string(), 1);
         path.push(m.to_string());
-        for (from, to) in edges.keys() {
-            if from == m {
-                if let Some(c) = visit(to, edges, state, path) {
-                    return Some(c);
-                }
+        for (_, to) in edges.keys().filter(|(from, _)| from == m) {
+            if let Some(c) = visit(to, edges, state, path) {
+                return Some(c);
             }
         }
         path.pop();
