@@ -38,7 +38,7 @@ pub enum Kind {
 }
 
 /// A kmx error: what went wrong, about which file, and what to do.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Error {
     pub kind: Kind,
     /// The file or directory the error is about.
@@ -124,7 +124,13 @@ impl std::error::Error for Error {}
 
 /// Render an error the way `main` prints it: the one-line message, its causes, and the hint.
 pub fn render(err: &Error) -> String {
-    let mut out = format!("error: {err}");
+    format!("error: {}", render_inline(err))
+}
+
+/// An error rendered for embedding in another message (a warning, a cell's reason, a
+/// report): like [`render`] without the leading `error: `.
+pub fn render_inline(err: &Error) -> String {
+    let mut out = err.to_string();
     for cause in &err.causes {
         out.push_str(&format!("\n  caused by: {cause}"));
     }
@@ -149,5 +155,6 @@ mod tests {
             "error: targets/x.toml:3:1: unknown field `arhc`\n  caused by: expected one of `arch`, `toolchain`\n  hint: did you mean `arch`?"
         );
         assert_eq!(e.code(), exit::USAGE);
+        assert_eq!(format!("error: {}", render_inline(&e)), render(&e));
     }
 }

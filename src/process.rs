@@ -110,6 +110,26 @@ pub fn spawn_error(cmd: &Command, e: std::io::Error) -> Error {
     }
 }
 
+/// The one stop flag of the process, set by Ctrl-C, SIGTERM or SIGHUP (a closed terminal or a dropped ssh session). The handlers are registered
+/// once, so every build, boot and install of one kmx run sees the same request to stop.
+pub fn stop_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::{Arc, OnceLock, atomic::AtomicBool};
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    if let Some(flag) = FLAG.get() {
+        return Ok(flag.clone());
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, flag.clone())
+            .map_err(|e| crate::Error::env(format!("cannot handle signals: {e}")))?;
+    }
+    Ok(FLAG.get_or_init(|| flag).clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

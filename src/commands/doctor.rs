@@ -1,15 +1,12 @@
 //! `kmx targets` and `kmx doctor`: is each target usable, and if not, what to do.
 
-use std::path::PathBuf;
-
 use serde::Serialize;
 
 use crate::commands::{Context, print_json};
 use crate::config::Target;
 use crate::config::probe::Compiler;
-use crate::error::{Result, exit, render};
-use crate::kernel::registry::{Registry, TreeRef, trees_of};
-use crate::kernel::tree::KernelTree;
+use crate::error::{Result, exit};
+use crate::kernel::registry::{Registry, TreeHealth, tree_health, trees_of};
 
 #[derive(Debug, Serialize)]
 pub struct TargetHealth {
@@ -25,51 +22,12 @@ pub struct TargetHealth {
     pub usable: bool,
 }
 
-#[derive(Debug, Serialize)]
-pub struct TreeHealth {
-    pub kdir: PathBuf,
-    pub origin: String,
-    pub release: Option<String>,
-    pub vermagic: Option<String>,
-    pub module_symvers: bool,
-    pub error: Option<String>,
-}
-
-/// Inspect one tree a target points at, host tools included: its health, and the tree when
-/// it is usable.
-pub fn tree_health(r: TreeRef) -> (TreeHealth, Option<KernelTree>) {
-    match KernelTree::inspect(&r.kdir).and_then(|t| t.check_host_tools().map(|_| t)) {
-        Ok(t) => (
-            TreeHealth {
-                kdir: r.kdir,
-                origin: r.origin,
-                release: Some(t.release.clone()),
-                vermagic: Some(t.vermagic.to_string()),
-                module_symvers: t.symvers.is_some(),
-                error: None,
-            },
-            Some(t),
-        ),
-        Err(e) => (
-            TreeHealth {
-                kdir: r.kdir,
-                origin: r.origin,
-                release: None,
-                vermagic: None,
-                module_symvers: false,
-                error: Some(render(&e).trim_start_matches("error: ").to_string()),
-            },
-            None,
-        ),
-    }
-}
-
 /// Assess one target: toolchain, trees. Never fails: problems become part of the report.
 pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHealth {
     let mut trees = Vec::new();
     let mut tree_cc: Option<String> = None;
     for r in trees_of(target, registry) {
-        let (health, tree) = tree_health(r);
+        let (health, tree) = tree_health(r, target);
         if let Some(t) = tree {
             tree_cc = tree_cc.or(t.compiler);
         }
@@ -85,11 +43,7 @@ pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHeal
     };
     let (identity, compiler, compiler_error) = match compiler {
         Ok((id, c)) => (id, Some(c), None),
-        Err(e) => (
-            String::new(),
-            None,
-            Some(render(&e).trim_start_matches("error: ").to_string()),
-        ),
+        Err(e) => (String::new(), None, Some(crate::error::render_inline(&e))),
     };
     let usable = compiler.is_some() && trees.iter().any(|t| t.error.is_none());
     TargetHealth {

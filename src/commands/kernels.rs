@@ -2,12 +2,13 @@
 
 use serde::Serialize;
 
-use super::doctor::{TreeHealth, tree_health};
 use crate::commands::{Context, print_json};
 use crate::config::profile::DebianKernel;
 use crate::error::{Error, Result, exit};
 use crate::kernel::fetch::{self, BootRequest, FetchRequest};
-use crate::kernel::registry::{BootFiles, RegisteredTree, Registry, trees_of};
+use crate::kernel::registry::{
+    BootFiles, RegisteredTree, Registry, TreeHealth, tree_health, trees_of,
+};
 use crate::kernel::tree::KernelTree;
 
 pub fn fetch(
@@ -110,7 +111,7 @@ pub fn list(ctx: &Context, json: bool) -> Result<i32> {
     let mut rows = Vec::new();
     for target in ctx.profiles.targets.values() {
         for r in trees_of(target, &registry) {
-            let (health, _) = tree_health(r);
+            let (health, _) = tree_health(r, target);
             rows.push(TreeRow {
                 target: target.name.clone(),
                 health,

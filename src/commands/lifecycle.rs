@@ -1,6 +1,6 @@
 //! The lifecycle commands, DKMS's words: `add`, `install`, `uninstall`, `remove`, `status`,
 //! `autoinstall`, `keys generate`, `tarball`, `load-tarball`. They resolve what to act on,
-//! take the store's lock, build through [`super::build::execute_plan`] when a cell is
+//! take the store's lock, build through [`crate::matrix::pipeline::execute`] when a cell is
 //! missing or stale, and hand installing to [`crate::install`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,16 +10,17 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::build::{ExecOptions, execute_plan, setup_targets};
+use super::progress::Printer;
 use super::{Context, print_json};
 use crate::cli::{AutoinstallArgs, InstallArgs, SignArgs, UninstallArgs};
 use crate::config::load_spec;
 use crate::config::manifest::CellVars;
 use crate::config::manifest::ModuleSpec;
-use crate::error::{Error, Kind, Result, exit, render};
+use crate::error::{Error, Kind, Result, exit};
 use crate::install::{self, Hook, SignKey};
 use crate::kernel::registry::{Registry, trees_of};
 use crate::kernel::tree::KernelTree;
+use crate::matrix::pipeline::{self, Options as ExecOptions, setup_targets};
 use crate::matrix::plan::{self, Action, Cell, Plan, TargetSetup};
 use crate::process;
 use crate::state::cache::{Cache, DEFAULT_MAX_BYTES};
@@ -342,7 +343,9 @@ fn prepare(
         let mut failures: HashMap<usize, Error> = HashMap::new();
         if !needed.is_empty() {
             let sub = subplan(&plan, &needed);
-            match execute_plan(&sub, exec) {
+            let built = crate::process::stop_flag()
+                .and_then(|stop| pipeline::execute(&sub, exec, &stop, &mut Printer::default()));
+            match built {
                 Ok(report) => {
                     for (c, r) in sub.cells.iter().zip(&report.cells) {
                         let orig = plan
@@ -351,7 +354,7 @@ fn prepare(
                             .position(|o| cell_key(o) == cell_key(c))
                             .unwrap_or(usize::MAX);
                         // A cell reused unchanged ("fresh") is as good as one built now.
-                        if r.status == "built" || r.status == "fresh" {
+                        if r.status.has_modules() {
                             let hash = hashes.get(&c.source).cloned().unwrap_or_default();
                             if let Err(e) = store.save_built(&record_of(c, &r.artifacts, &hash)) {
                                 failures.insert(orig, e);
@@ -359,7 +362,7 @@ fn prepare(
                         } else {
                             let mut e = Error::failed(format!(
                                 "build {}: {}",
-                                r.status,
+                                r.status.word(),
                                 r.reason.clone().unwrap_or_default()
                             ));
                             for line in &r.errors {
@@ -370,13 +373,11 @@ fn prepare(
                         }
                     }
                 }
+                // The run could not start (no jobserver, no threads, ...): every cell it
+                // held fails with that error, keeping its kind (and exit code).
                 Err(e) => {
-                    let msg = render(&e);
                     for &i in &needed {
-                        failures.insert(
-                            i,
-                            Error::failed(msg.trim_start_matches("error: ").to_string()),
-                        );
+                        failures.insert(i, e.clone());
                     }
                 }
             }
@@ -488,7 +489,8 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
     let prep = if store.load_source(&module, &version)?.is_some() {
         let mut notes = Vec::new();
         let targets = setup_targets(
-            ctx,
+            &ctx.profiles,
+            &ctx.home,
             std::slice::from_ref(&args.target),
             std::slice::from_ref(&args.kernel),
             &mut notes,
@@ -673,10 +675,7 @@ fn warn_on_failure(name: &str, line: &str, dir: &Path) {
     let mut cmd = Command::new("bash");
     cmd.arg("-c").arg(line).current_dir(dir);
     if let Err(e) = process::output(&mut cmd, Kind::Failed) {
-        eprintln!(
-            "warning: {name}: {}",
-            render(&e).trim_start_matches("error: ")
-        );
+        eprintln!("warning: {name}: {}", crate::error::render_inline(&e));
     }
 }
 
@@ -907,7 +906,13 @@ pub fn autoinstall(
     let mut results: Vec<(CellKey, Result<Prep>)> = Vec::new();
     if !newest.is_empty() {
         let mut notes = Vec::new();
-        let targets = setup_targets(ctx, &[], std::slice::from_ref(&args.kernel), &mut notes)?;
+        let targets = setup_targets(
+            &ctx.profiles,
+            &ctx.home,
+            &[],
+            std::slice::from_ref(&args.kernel),
+            &mut notes,
+        )?;
         for n in notes
             .iter()
             .filter(|n| !n.contains("has no kernel tree with release"))
@@ -959,7 +964,7 @@ pub fn autoinstall(
                 eprintln!("skipped {key}: {reason}");
             }
             Err(e) => {
-                eprintln!("FAILED {key}: {}", render(&e).trim_start_matches("error: "));
+                eprintln!("FAILED {key}: {}", crate::error::render_inline(&e));
                 failed.push(key.to_string());
             }
         }

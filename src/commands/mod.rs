@@ -5,6 +5,7 @@ pub mod build;
 mod doctor;
 mod kernels;
 mod lifecycle;
+mod progress;
 mod smoke;
 mod verify;
 
@@ -82,22 +83,6 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
         } => smoke::smoke(&ctx, &paths, &target, timeout, json),
     }
-}
-
-/// The one stop flag of the process, set by Ctrl-C or SIGTERM. The handlers are registered
-/// once, so every build, boot and install of one kmx run sees the same request to stop.
-pub(crate) fn stop_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    use std::sync::{Arc, OnceLock, atomic::AtomicBool};
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    if let Some(flag) = FLAG.get() {
-        return Ok(flag.clone());
-    }
-    let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, flag.clone())
-            .map_err(|e| crate::Error::env(format!("cannot handle signals: {e}")))?;
-    }
-    Ok(FLAG.get_or_init(|| flag).clone())
 }
 
 /// Print JSON to stdout, buffered: stdout is line-buffered, and a report of thousands of

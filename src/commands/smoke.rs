@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::commands::{Context, print_json};
-use crate::error::{Error, Result, exit};
+use crate::error::{Error, Result};
 use crate::kernel::registry::{RegisteredTree, Registry};
 use crate::smoke::{self, Job, Outcome, Status, TargetReport};
 
@@ -87,7 +87,7 @@ pub fn smoke(
     for ((target, _), (tree, modules)) in groups {
         jobs.push(Job::new(ctx.profiles.target(&target)?, &tree, modules));
     }
-    let stop = super::stop_flag()?;
+    let stop = crate::process::stop_flag()?;
     let opts = smoke::Options {
         timeout: Duration::from_secs(timeout.max(1)),
         work_dir: ctx.home.root.join("smoke"),
@@ -106,28 +106,7 @@ pub fn smoke(
     } else {
         print_text(&reports);
     }
-    Ok(exit_code(&reports))
-}
-
-/// 130 if interrupted; 1 if a module was refused or crashed (a real verdict wins); 4 if a
-/// kernel could not be booted; else 0.
-pub fn exit_code(reports: &[TargetReport]) -> i32 {
-    if reports.iter().any(|r| r.status == Status::Interrupted) {
-        return exit::INTERRUPTED;
-    }
-    let refused = reports.iter().any(|r| {
-        r.modules
-            .iter()
-            .any(|m| matches!(m.outcome, Outcome::Refused | Outcome::Crashed))
-    });
-    if refused {
-        return exit::FAILED;
-    }
-    if reports.iter().all(TargetReport::all_loaded) {
-        exit::OK
-    } else {
-        exit::HARNESS
-    }
+    Ok(crate::smoke::exit_code(&reports))
 }
 
 fn print_text(reports: &[TargetReport]) {
@@ -198,53 +177,4 @@ fn print_text(reports: &[TargetReport]) {
         }
     }
     println!("{loaded} loaded, {refused} refused, {crashed} crashed, {not_run} not run");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::smoke::ModuleReport;
-
-    fn report(status: Status, outcomes: &[Outcome]) -> TargetReport {
-        TargetReport {
-            target: "t".into(),
-            release: "r".into(),
-            status,
-            message: None,
-            hint: None,
-            seconds: 0.0,
-            console_log: None,
-            modules: outcomes
-                .iter()
-                .map(|o| ModuleReport {
-                    name: "m".into(),
-                    path: PathBuf::from("m.ko"),
-                    dependency: false,
-                    outcome: *o,
-                    message: None,
-                    insmod_status: None,
-                    insmod_output: vec![],
-                    kernel_log: vec![],
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn exit_code_rules() {
-        use Outcome::*;
-        let loaded = report(Status::Booted, &[Loaded]);
-        let refused = report(Status::Booted, &[Loaded, Refused]);
-        let crashed = report(Status::Booted, &[Crashed]);
-        let harness = report(Status::HarnessFailed, &[NotRun]);
-        let unconfigured = report(Status::NotConfigured, &[]);
-        let interrupted = report(Status::Interrupted, &[NotRun]);
-        assert_eq!(exit_code(&[loaded.clone(), unconfigured.clone()]), exit::OK);
-        assert_eq!(exit_code(&[loaded.clone(), refused.clone()]), exit::FAILED);
-        assert_eq!(exit_code(&[crashed]), exit::FAILED);
-        // A real verdict (refused) wins over a target that could not be booted.
-        assert_eq!(exit_code(&[harness.clone(), refused]), exit::FAILED);
-        assert_eq!(exit_code(&[loaded, harness.clone()]), exit::HARNESS);
-        assert_eq!(exit_code(&[harness, interrupted]), exit::INTERRUPTED);
-    }
 }

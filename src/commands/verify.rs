@@ -22,7 +22,7 @@ use crate::cli::VerifyArgs;
 use crate::commands::{Context, print_json};
 use crate::config::Target;
 use crate::config::arch::ElfIdentity;
-use crate::error::{Error, Result, exit, render};
+use crate::error::{Error, Result, exit};
 use crate::kernel::registry::{Registry, trees_of};
 use crate::kernel::symvers::Symvers;
 use crate::kernel::tree::KernelTree;
@@ -247,7 +247,7 @@ fn select_trees(
             Err(e) => notes.push(format!(
                 "warning: skipping a broken kernel tree of {}: {}",
                 target.name,
-                render(&e).trim_start_matches("error: ")
+                crate::error::render_inline(&e)
             )),
         }
     }

@@ -338,10 +338,7 @@ pub fn install(
     if let Some(h) = &opts.post_install
         && let Err(e) = run_hook("POST_INSTALL", h, built, root)
     {
-        notes.push(format!(
-            "warning: {}",
-            crate::error::render(&e).trim_start_matches("error: ")
-        ));
+        notes.push(format!("warning: {}", crate::error::render_inline(&e)));
     }
     Ok(Installed { record, notes })
 }

@@ -2,11 +2,12 @@
 //! tree is for and where it came from. Written atomically; an unreadable registry is an
 //! error naming the file, never silently replaced.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::kernel::tree::KernelTree;
 use crate::state::{Home, write_atomic};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +85,53 @@ impl Registry {
 
     pub fn for_target<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a RegisteredTree> {
         self.trees.iter().filter(move |t| t.target == target)
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct TreeHealth {
+    pub kdir: PathBuf,
+    pub origin: String,
+    pub release: Option<String>,
+    pub vermagic: Option<String>,
+    pub module_symvers: bool,
+    pub error: Option<String>,
+}
+
+/// Inspect a tree `target` points at and check that it can build for it: its host tools
+/// run here and its architecture is the target's.
+pub fn usable_tree(kdir: &Path, target: &crate::config::Target) -> Result<KernelTree> {
+    let tree = KernelTree::inspect(kdir)?;
+    tree.check_host_tools()?;
+    tree.check_arch(target)?;
+    Ok(tree)
+}
+
+/// How one tree a target points at is: its health, and the tree when it is usable.
+pub fn tree_health(r: TreeRef, target: &crate::config::Target) -> (TreeHealth, Option<KernelTree>) {
+    match usable_tree(&r.kdir, target) {
+        Ok(t) => (
+            TreeHealth {
+                kdir: r.kdir,
+                origin: r.origin,
+                release: Some(t.release.clone()),
+                vermagic: Some(t.vermagic.to_string()),
+                module_symvers: t.symvers.is_some(),
+                error: None,
+            },
+            Some(t),
+        ),
+        Err(e) => (
+            TreeHealth {
+                kdir: r.kdir,
+                origin: r.origin,
+                release: None,
+                vermagic: None,
+                module_symvers: false,
+                error: Some(crate::error::render_inline(&e)),
+            },
+            None,
+        ),
     }
 }
 

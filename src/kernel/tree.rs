@@ -150,6 +150,49 @@ impl KernelTree {
         })
     }
 
+    /// Refuse a tree that is not for `target`'s architecture (its ARCH, and its word size:
+    /// an amd64 tree is ARCH=x86 too, but not for an i386 target), before make fails far
+    /// from the cause.
+    pub fn check_arch(&self, target: &crate::config::Target) -> Result<()> {
+        let fix = format!(
+            "list this tree under the profile of its architecture, or correct [kernels] paths in {}",
+            target.file.display()
+        );
+        if self.arch != target.kernel_arch {
+            return Err(Error::env(format!(
+                "is a kernel tree for ARCH={}, but target `{}` builds for ARCH={}",
+                self.arch, target.name, target.kernel_arch
+            ))
+            .at(&self.kdir)
+            .hint(fix));
+        }
+        let tree_64 = self.config.builtin("CONFIG_64BIT");
+        let target_64 = matches!(
+            target.dkms_arch.as_str(),
+            "x86_64"
+                | "aarch64"
+                | "ppc64"
+                | "ppc64le"
+                | "riscv64"
+                | "s390x"
+                | "mips64"
+                | "loongarch64"
+        );
+        if tree_64 != target_64 {
+            let bits = |b: bool| if b { "64-bit" } else { "32-bit" };
+            return Err(Error::env(format!(
+                "is a {} kernel tree, but target `{}` ({}) is {}",
+                bits(tree_64),
+                target.name,
+                target.dkms_arch,
+                bits(target_64)
+            ))
+            .at(&self.kdir)
+            .hint(fix));
+        }
+        Ok(())
+    }
+
     /// Fail, saying what to do, unless the tree's host tools run on this machine.
     pub fn check_host_tools(&self) -> Result<()> {
         let rebuild = format!(

@@ -13,13 +13,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::digest::sha256_file;
 use crate::error::{Error, Result};
 use crate::kernel::symvers::Symvers;
+use crate::matrix::jobserver::Jobserver;
+use crate::matrix::pipeline::Options;
 use crate::matrix::plan::Cell;
 use crate::process::{self, Ended};
 use crate::state::cache::{Cache, Miss};
@@ -27,17 +29,12 @@ use crate::verify::checks::{Others, TreeSymbols};
 
 /// Everything a cell needs from the run, the same for every cell.
 pub struct RunEnv<'a> {
-    pub jobserver: &'a jobserver::Client,
-    pub timeout: Duration,
+    pub jobserver: &'a Jobserver,
+    /// The run's options (timeout, launcher, cache, force).
+    pub opts: &'a Options,
     pub stop: &'a AtomicBool,
     /// Environment passed through to builds (PATH, HOME, CCACHE_*, DISTCC_*, ...), read once.
     pub passthrough: Vec<(String, String)>,
-    /// Compiler launcher from `--launcher`, overriding the toolchain's.
-    pub launcher: Option<Vec<String>>,
-    /// Where finished cells are stored by fingerprint; `None` disables it.
-    pub cache: Option<&'a Cache>,
-    /// Rebuild even when the cell is fresh.
-    pub force: bool,
     /// Each kernel tree's `Module.symvers`, parsed by the first cell that needs it and
     /// shared by every other cell of that tree (keyed by KDIR).
     pub tree_symbols: HashMap<PathBuf, OnceLock<LoadedSymbols>>,
@@ -52,11 +49,7 @@ impl RunEnv<'_> {
         let load = || {
             TreeSymbols::load(tree)
                 .map(|s| s.map(Arc::new))
-                .map_err(|e| {
-                    crate::error::render(&e)
-                        .trim_start_matches("error: ")
-                        .to_string()
-                })
+                .map_err(|e| crate::error::render_inline(&e))
         };
         let loaded = match self.tree_symbols.get(&tree.kdir) {
             Some(once) => once.get_or_init(load).clone(),
@@ -114,25 +107,55 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn word(&self) -> &'static str {
+    pub fn status(&self) -> CellStatus {
         match self {
-            Outcome::Built { fresh: true, .. } => "fresh",
-            Outcome::Built { .. } => "built",
-            Outcome::Skipped { .. } => "skipped",
-            Outcome::Failed { .. } => "FAILED",
-            Outcome::DependencyFailed { .. } => "dep-failed",
-            Outcome::Interrupted => "interrupted",
-            Outcome::Cancelled => "cancelled",
+            Outcome::Built { fresh: true, .. } => CellStatus::Fresh,
+            Outcome::Built { .. } => CellStatus::Built,
+            Outcome::Skipped { .. } => CellStatus::Skipped,
+            Outcome::Failed { .. } => CellStatus::Failed,
+            Outcome::DependencyFailed { .. } => CellStatus::DependencyFailed,
+            Outcome::Interrupted => CellStatus::Interrupted,
+            Outcome::Cancelled => CellStatus::Cancelled,
         }
     }
-    pub fn is_failure(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Failed { .. }
-                | Outcome::DependencyFailed { .. }
-                | Outcome::Interrupted
-                | Outcome::Cancelled
-        )
+}
+
+/// How a cell ended, without the details: what the report's `status` field holds (its JSON
+/// names are the serde names below) and what the screen shows ([`CellStatus::word`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellStatus {
+    Built,
+    /// Unchanged since a stored build: reused without running make.
+    Fresh,
+    Skipped,
+    Failed,
+    DependencyFailed,
+    Interrupted,
+    /// Not started after a failure under `--fail-fast`.
+    Cancelled,
+}
+
+impl CellStatus {
+    /// The word on screen, in progress lines and the summary table alike.
+    pub fn word(self) -> &'static str {
+        match self {
+            CellStatus::Built => "built",
+            CellStatus::Fresh => "fresh",
+            CellStatus::Skipped => "skipped",
+            CellStatus::Failed => "FAILED",
+            CellStatus::DependencyFailed => "dep-failed",
+            CellStatus::Interrupted => "interrupted",
+            CellStatus::Cancelled => "cancelled",
+        }
+    }
+    /// Built now or reused: the cell's modules are there.
+    pub fn has_modules(self) -> bool {
+        matches!(self, CellStatus::Built | CellStatus::Fresh)
+    }
+    /// Failed itself or because a dependency did.
+    pub fn is_failed(self) -> bool {
+        matches!(self, CellStatus::Failed | CellStatus::DependencyFailed)
     }
 }
 
@@ -147,9 +170,7 @@ struct StageError {
 fn stage_err(stage: &'static str, e: Error) -> StageError {
     StageError {
         stage,
-        message: crate::error::render(&e)
-            .trim_start_matches("error: ")
-            .to_string(),
+        message: crate::error::render_inline(&e),
         exit_code: None,
         interrupted: false,
     }
@@ -240,7 +261,7 @@ fn with_cell_env(mut cmd: Command, cell: &Cell, env: &RunEnv, extra_symbols: &st
         .env("KERNELRELEASE", &cell.tree.release)
         // DKMS exports the compiler the tree was built with to MAKE, PRE_BUILD and
         // POST_BUILD: scripts that run `make CC="${CC:-gcc}"` or a configure step need it.
-        .env("CC", cc_words(cell, env.launcher.as_deref()).join(" "));
+        .env("CC", cc_words(cell, env.opts.launcher.as_deref()).join(" "));
     if !extra_symbols.is_empty() {
         cmd.env("KBUILD_EXTRA_SYMBOLS", extra_symbols);
     }
@@ -251,7 +272,7 @@ fn with_cell_env(mut cmd: Command, cell: &Cell, env: &RunEnv, extra_symbols: &st
 pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, String) {
     let command = make_line(cell);
     let mut notes = Vec::new();
-    if !env.force {
+    if !env.opts.force {
         let fresh = |(artifacts, warnings)| {
             (
                 Outcome::Built {
@@ -265,7 +286,7 @@ pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, Str
         if let Some(found) = fresh_in_place(cell) {
             return fresh(found);
         }
-        match env.cache.map(|c| restore(cell, c)) {
+        match env.opts.cache.as_ref().map(|c| restore(cell, c)) {
             Some(Ok(artifacts)) => return fresh((artifacts, Vec::new())),
             Some(Err(Some(why))) => {
                 notes.push(format!("cache entry was damaged and is rebuilt: {why}"))
@@ -321,7 +342,7 @@ fn run_stages(
         None => link_dkms_tree(cell).map_err(|e| stage_err("prepare", e))?,
     }
 
-    let cc = cc_words(cell, env.launcher.as_deref());
+    let cc = cc_words(cell, env.opts.launcher.as_deref());
     let vars = make_vars(cell, &cc);
     let extra_symbols: String = deps_symvers
         .iter()
@@ -494,7 +515,7 @@ fn run_stages(
         warnings: warnings.clone(),
     };
     write_record(&cell.work_dir, &record).map_err(|e| stage_err("collect", e))?;
-    if let Some(cache) = env.cache {
+    if let Some(cache) = &env.opts.cache {
         // A cache that cannot be written costs a rebuild later, not this build.
         if let Err(e) = cache.store(
             &cell.fingerprint,
@@ -690,7 +711,7 @@ fn logged(
     }
     let _ = writeln!(log, "$ {line}");
     let started = Instant::now();
-    let ended = process::run_supervised(cmd, log, env.timeout, env.stop)
+    let ended = process::run_supervised(cmd, log, env.opts.timeout, env.stop)
         .map_err(|e| stage_err(stage, e))?;
     let secs = started.elapsed().as_secs_f64();
     match ended {

@@ -1,9 +1,13 @@
-//! Building: the plan (modules x targets x kernels), the scheduler that runs cells in
-//! parallel on one shared make jobserver, and the cell runner that drives kbuild.
+//! The build matrix: modules x targets x kernels. The plan (one cell each), the scheduler
+//! that runs cells in parallel in dependency order, the cell runner that drives kbuild in
+//! each cell's private namespace, the one make jobserver they share, the report, and the
+//! pipeline: the one front door the commands call.
 
 pub mod cell;
 pub mod fingerprint;
+pub mod jobserver;
 pub mod namespace;
+pub mod pipeline;
 pub mod plan;
 pub mod report;
 pub mod scheduler;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::exit;
-use crate::matrix::cell::Outcome;
+use crate::matrix::cell::{CellStatus, Outcome};
 use crate::matrix::plan::Plan;
 use crate::matrix::scheduler::CellResult;
 
@@ -19,8 +19,7 @@ pub struct CellReport {
     pub version: String,
     pub target: String,
     pub kernel: String,
-    /// built, skipped, failed, dependency_failed, interrupted
-    pub status: String,
+    pub status: CellStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,7 +39,18 @@ pub struct CellReport {
     pub warnings: Vec<String>,
     /// With `kmx build --smoke`: what the booted kernel said of this cell's modules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub smoke: Option<serde_json::Value>,
+    pub smoke: Option<CellSmoke>,
+}
+
+/// What the kernel booted under QEMU said of one cell's modules (`kmx build --smoke`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellSmoke {
+    /// How the boot went, for the whole (target, kernel).
+    pub status: crate::smoke::Status,
+    pub message: Option<String>,
+    pub console_log: Option<PathBuf>,
+    /// This cell's modules only.
+    pub modules: Vec<crate::smoke::ModuleReport>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,7 +92,7 @@ impl Report {
                     version: c.spec.version.clone(),
                     target: c.target.target.name.clone(),
                     kernel: c.tree.release.clone(),
-                    status: String::new(),
+                    status: r.outcome.status(),
                     reason: None,
                     stage: None,
                     exit_code: None,
@@ -106,13 +116,11 @@ impl Report {
                         } else {
                             totals.built += 1;
                         }
-                        rep.status = r.outcome.word().into();
                         rep.artifacts = artifacts.clone();
                         rep.warnings = warnings.clone();
                     }
                     Outcome::Skipped { reason } => {
                         totals.skipped += 1;
-                        rep.status = "skipped".into();
                         rep.reason = Some(reason.clone());
                     }
                     Outcome::Failed {
@@ -122,7 +130,6 @@ impl Report {
                         exit_code,
                     } => {
                         totals.failed += 1;
-                        rep.status = "failed".into();
                         rep.stage = Some(stage.clone());
                         rep.reason = Some(message.clone());
                         rep.errors = errors.clone();
@@ -130,16 +137,13 @@ impl Report {
                     }
                     Outcome::DependencyFailed { dependency } => {
                         totals.failed += 1;
-                        rep.status = "dependency_failed".into();
                         rep.reason = Some(format!("dependency {dependency} did not build"));
                     }
                     Outcome::Interrupted => {
                         totals.interrupted += 1;
-                        rep.status = "interrupted".into();
                     }
                     Outcome::Cancelled => {
                         totals.cancelled += 1;
-                        rep.status = "cancelled".into();
                         rep.reason =
                             Some("not started: an earlier cell failed (--fail-fast)".into());
                     }
@@ -188,17 +192,25 @@ impl Report {
             "MODULE", "VERSION", "TARGET", "KERNEL", "STATUS"
         ));
         for c in &self.cells {
-            let time = if c.status == "built" || c.status == "failed" {
+            let time = if matches!(c.status, CellStatus::Built | CellStatus::Failed) {
                 format!("{:.1}s", c.duration_secs)
             } else {
                 "-".into()
             };
             out.push_str(&format!(
                 "{:<wm$}  {:<wv$}  {:<wt$}  {:<wk$}  {:<11}  {time}\n",
-                c.module, c.version, c.target, c.kernel, c.status
+                c.module,
+                c.version,
+                c.target,
+                c.kernel,
+                c.status.word()
             ));
         }
-        for c in self.cells.iter().filter(|c| c.status == "skipped") {
+        for c in self
+            .cells
+            .iter()
+            .filter(|c| c.status == CellStatus::Skipped)
+        {
             out.push_str(&format!(
                 "\nskipped {} {} {} {}: {}",
                 c.module,
@@ -216,11 +228,7 @@ impl Report {
                 ));
             }
         }
-        for c in self
-            .cells
-            .iter()
-            .filter(|c| c.status == "failed" || c.status == "dependency_failed")
-        {
+        for c in self.cells.iter().filter(|c| c.status.is_failed()) {
             out.push_str(&format!(
                 "\nfailed {} {} {} {}: {}",
                 c.module,
@@ -237,29 +245,29 @@ impl Report {
         for c in &self.cells {
             let Some(smoke) = &c.smoke else { continue };
             let label = format!("{} {} {} {}", c.module, c.version, c.target, c.kernel);
-            let modules = smoke["modules"].as_array().cloned().unwrap_or_default();
-            if smoke["status"] != "booted" || modules.is_empty() {
+            if smoke.status != crate::smoke::Status::Booted || smoke.modules.is_empty() {
                 out.push_str(&format!(
                     "\nsmoke {label}: {} {}",
-                    smoke["status"].as_str().unwrap_or("?"),
-                    smoke["message"].as_str().unwrap_or("")
+                    smoke.status.word(),
+                    smoke.message.as_deref().unwrap_or("")
                 ));
             }
-            for m in modules {
-                let msg = m["message"]
-                    .as_str()
+            for m in &smoke.modules {
+                let msg = m
+                    .message
+                    .as_deref()
                     .map(|s| format!(": {s}"))
                     .unwrap_or_default();
                 out.push_str(&format!(
                     "\nsmoke {label}: {} {}{msg}",
-                    m["name"].as_str().unwrap_or("?"),
-                    m["outcome"].as_str().unwrap_or("?")
+                    m.name,
+                    m.outcome.word()
                 ));
             }
         }
         let notes = |c: &CellReport| {
-            c.status == "skipped"
-                || c.status.contains("failed")
+            c.status == CellStatus::Skipped
+                || c.status.is_failed()
                 || c.smoke.is_some()
                 || !c.warnings.is_empty()
         };
@@ -366,13 +374,13 @@ impl Report {
         cells.sort_by_key(|c| c.index);
         let mut totals = Totals::default();
         for c in &cells {
-            match c.status.as_str() {
-                "built" => totals.built += 1,
-                "fresh" => totals.fresh += 1,
-                "skipped" => totals.skipped += 1,
-                "interrupted" => totals.interrupted += 1,
-                "cancelled" => totals.cancelled += 1,
-                _ => totals.failed += 1,
+            match c.status {
+                CellStatus::Built => totals.built += 1,
+                CellStatus::Fresh => totals.fresh += 1,
+                CellStatus::Skipped => totals.skipped += 1,
+                CellStatus::Interrupted => totals.interrupted += 1,
+                CellStatus::Cancelled => totals.cancelled += 1,
+                CellStatus::Failed | CellStatus::DependencyFailed => totals.failed += 1,
             }
         }
         let wall_secs = parts.iter().map(|(_, r)| r.wall_secs).fold(0.0, f64::max);

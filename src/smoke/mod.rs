@@ -36,10 +36,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::profile::Boot;
-use crate::error::{Error, render};
+use crate::error::Error;
 use crate::kernel::registry::BootFiles;
 use crate::process::{self, Ended};
 
@@ -86,7 +86,7 @@ pub struct Options {
     pub work_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
     /// The kernel ran `/init`: see each module's outcome.
@@ -102,7 +102,7 @@ pub enum Status {
     Interrupted,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Loaded,
@@ -114,7 +114,32 @@ pub enum Outcome {
     NotRun,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Status {
+    /// The status as the JSON report names it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Status::Booted => "booted",
+            Status::NotConfigured => "not-configured",
+            Status::BootFailed => "boot-failed",
+            Status::HarnessFailed => "harness-failed",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl Outcome {
+    /// The outcome as the JSON report names it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Outcome::Loaded => "loaded",
+            Outcome::Refused => "refused",
+            Outcome::Crashed => "crashed",
+            Outcome::NotRun => "not-run",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModuleReport {
     pub name: String,
     pub path: PathBuf,
@@ -163,7 +188,7 @@ impl TargetReport {
         let mut r = TargetReport::new(job, Status::HarnessFailed, err.to_string());
         r.hint = err.hint.clone();
         if !err.causes.is_empty() {
-            r.message = Some(render(&err).trim_start_matches("error: ").to_string());
+            r.message = Some(crate::error::render_inline(&err));
             r.hint = None;
         }
         r
@@ -175,6 +200,27 @@ impl TargetReport {
             Status::Booted => self.modules.iter().all(|m| m.outcome == Outcome::Loaded),
             _ => false,
         }
+    }
+}
+
+/// 130 if interrupted; 1 if a module was refused or crashed (a real verdict wins); 4 if a
+/// kernel could not be booted; else 0.
+pub fn exit_code(reports: &[TargetReport]) -> i32 {
+    if reports.iter().any(|r| r.status == Status::Interrupted) {
+        return crate::error::exit::INTERRUPTED;
+    }
+    let refused = reports.iter().any(|r| {
+        r.modules
+            .iter()
+            .any(|m| matches!(m.outcome, Outcome::Refused | Outcome::Crashed))
+    });
+    if refused {
+        return crate::error::exit::FAILED;
+    }
+    if reports.iter().all(TargetReport::all_loaded) {
+        crate::error::exit::OK
+    } else {
+        crate::error::exit::HARNESS
     }
 }
 
@@ -459,6 +505,85 @@ pub fn module_release(ko: &Path) -> crate::Result<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(status: Status, outcomes: &[Outcome]) -> TargetReport {
+        TargetReport {
+            target: "t".into(),
+            release: "r".into(),
+            status,
+            message: None,
+            hint: None,
+            seconds: 0.0,
+            console_log: None,
+            modules: outcomes
+                .iter()
+                .map(|o| ModuleReport {
+                    name: "m".into(),
+                    path: std::path::PathBuf::from("m.ko"),
+                    dependency: false,
+                    outcome: *o,
+                    message: None,
+                    insmod_status: None,
+                    insmod_output: vec![],
+                    kernel_log: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn exit_code_rules() {
+        use Outcome::*;
+        let loaded = report(Status::Booted, &[Loaded]);
+        let refused = report(Status::Booted, &[Loaded, Refused]);
+        let crashed = report(Status::Booted, &[Crashed]);
+        let harness = report(Status::HarnessFailed, &[NotRun]);
+        let unconfigured = report(Status::NotConfigured, &[]);
+        let interrupted = report(Status::Interrupted, &[NotRun]);
+        assert_eq!(
+            exit_code(&[loaded.clone(), unconfigured.clone()]),
+            crate::error::exit::OK
+        );
+        assert_eq!(
+            exit_code(&[loaded.clone(), refused.clone()]),
+            crate::error::exit::FAILED
+        );
+        assert_eq!(exit_code(&[crashed]), crate::error::exit::FAILED);
+        // A real verdict (refused) wins over a target that could not be booted.
+        assert_eq!(
+            exit_code(&[harness.clone(), refused]),
+            crate::error::exit::FAILED
+        );
+        assert_eq!(
+            exit_code(&[loaded, harness.clone()]),
+            crate::error::exit::HARNESS
+        );
+        assert_eq!(
+            exit_code(&[harness, interrupted]),
+            crate::error::exit::INTERRUPTED
+        );
+    }
+
+    #[test]
+    fn words_are_the_json_names() {
+        for s in [
+            Status::Booted,
+            Status::NotConfigured,
+            Status::BootFailed,
+            Status::HarnessFailed,
+            Status::Interrupted,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.word());
+        }
+        for o in [
+            Outcome::Loaded,
+            Outcome::Refused,
+            Outcome::Crashed,
+            Outcome::NotRun,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.word());
+        }
+    }
     use std::os::unix::process::ExitStatusExt;
 
     fn job() -> Job {

@@ -1,0 +1,302 @@
+//! The build pipeline's one front door: resolve the targets, run a plan's cells on the
+//! scheduler with the cell runner, write the report, and (with `--smoke`) boot the kernels
+//! that load the built modules. `kmx build`, `kmx install` and `kmx autoinstall` all come
+//! through here; they parse and print, this does the work and never prints (progress goes
+//! to the caller's [`Progress`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::config::Profiles;
+use crate::config::load::DEFAULT_TARGETS;
+use crate::error::{Error, Result, render_inline};
+use crate::kernel::registry::{RegisteredTree, Registry, trees_of, usable_tree};
+use crate::matrix::cell::{self, RunEnv};
+use crate::matrix::jobserver::Jobserver;
+use crate::matrix::plan::{self, Action, Plan, TargetSetup};
+use crate::matrix::report::{CellSmoke, Report};
+use crate::matrix::scheduler::{self, Dag, Event};
+use crate::state::Home;
+use crate::state::cache::Cache;
+
+/// How to run a plan: the knobs `kmx build` exposes, for the scheduler and every cell.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Cells at once and make slots in all; `None`: the number of CPUs.
+    pub jobs: Option<usize>,
+    /// Time limit of each step of a cell.
+    pub timeout: Duration,
+    /// Start no cell after one fails.
+    pub fail_fast: bool,
+    /// Compiler launcher (`--launcher`), overriding the toolchain's.
+    pub launcher: Option<Vec<String>>,
+    /// The build cache to reuse and fill; `None` builds without it.
+    pub cache: Option<Cache>,
+    /// Rebuild cells even when they are fresh.
+    pub force: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            jobs: None,
+            timeout: Duration::from_secs(1800),
+            fail_fast: false,
+            launcher: None,
+            cache: None,
+            force: false,
+        }
+    }
+}
+
+impl Options {
+    /// The number of cells (and own jobserver slots) a run uses.
+    pub fn jobs(&self) -> usize {
+        self.jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1)
+    }
+}
+
+/// Where a run reports its progress (the commands print it; tests may ignore it).
+pub trait Progress {
+    /// The run starts: at most `jobs` cells at once, on the calling make's jobserver
+    /// (`inherited`) or on kmx's own with `jobs` slots.
+    fn begin(&mut self, plan: &Plan, jobs: usize, inherited: bool);
+    fn event(&mut self, plan: &Plan, ev: &Event);
+    fn end(&mut self);
+}
+
+/// A progress sink that says nothing.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn begin(&mut self, _: &Plan, _: usize, _: bool) {}
+    fn event(&mut self, _: &Plan, _: &Event) {}
+    fn end(&mut self) {}
+}
+
+/// Environment variables builds see: the basics plus compiler-cache and distcc settings.
+/// Read once per run, never inside workers.
+fn passthrough_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "PATH"
+                    | "HOME"
+                    | "USER"
+                    | "TMPDIR"
+                    | "SOURCE_DATE_EPOCH"
+                    | "KBUILD_BUILD_TIMESTAMP"
+                    | "KBUILD_BUILD_USER"
+                    | "KBUILD_BUILD_HOST"
+            ) || k.starts_with("CCACHE_")
+                || k.starts_with("DISTCC_")
+        })
+        .collect()
+}
+
+/// Resolve the targets to build for. Explicitly named targets must be usable; from the
+/// default set, unusable ones are left out with a note (in `notes`) saying why.
+pub fn setup_targets(
+    profiles: &Profiles,
+    home: &Home,
+    names: &[String],
+    kernels: &[String],
+    notes: &mut Vec<String>,
+) -> Result<Vec<Arc<TargetSetup>>> {
+    let explicit = !names.is_empty();
+    let registry = Registry::load(home)?;
+    let mut out = Vec::new();
+    for target in profiles.select(names)? {
+        let mut attempt = || -> Result<TargetSetup> {
+            let toolchain = profiles.toolchain_of(target)?.clone();
+            let mut trees = Vec::new();
+            let mut broken = Vec::new();
+            for r in trees_of(target, &registry) {
+                match usable_tree(&r.kdir, target) {
+                    Ok(t) => trees.push(Arc::new(t)),
+                    Err(e) => broken.push(e),
+                }
+            }
+            let trees = plan::filter_trees(trees, kernels);
+            if trees.is_empty() {
+                let err = match broken.into_iter().next() {
+                    Some(e) => e,
+                    None if !kernels.is_empty() => Error::env(format!("target `{}` has no kernel tree with release {}", target.name, kernels.join(" or "))).hint("`kmx kernels list` shows the releases kmx knows"),
+                    None => Error::env(format!("target `{}` has no kernel tree", target.name)).hint(format!("run `kmx kernels fetch --target {}`, or list trees under [kernels] paths in {}", target.name, target.file.display())),
+                };
+                return Err(err);
+            }
+            for e in broken {
+                notes.push(format!(
+                    "warning: skipping a broken kernel tree of {}: {}",
+                    target.name,
+                    render_inline(&e)
+                ));
+            }
+            TargetSetup::new(target.clone(), toolchain, trees)
+        };
+        match attempt() {
+            Ok(t) => out.push(Arc::new(t)),
+            Err(e) if explicit => return Err(e),
+            Err(e) => notes.push(format!(
+                "note: leaving out target {}: {}",
+                target.name,
+                render_inline(&e)
+            )),
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::env(format!(
+            "no usable target among {}",
+            DEFAULT_TARGETS.join(", ")
+        ))
+        .hint("`kmx doctor` says what each target lacks"));
+    }
+    Ok(out)
+}
+
+impl Dag for Plan {
+    fn len(&self) -> usize {
+        self.cells.len()
+    }
+    fn deps(&self, i: usize) -> &[usize] {
+        &self.cells[i].deps
+    }
+    fn skip(&self, i: usize) -> Option<&str> {
+        match &self.cells[i].action {
+            Action::Skip(reason) => Some(reason),
+            Action::Build => None,
+        }
+    }
+    fn label(&self, i: usize) -> String {
+        self.cells[i].label()
+    }
+}
+
+/// Run every cell of `plan`, write `<out>/report.json`, and return the report.
+pub fn execute(
+    plan: &Plan,
+    opts: &Options,
+    stop: &AtomicBool,
+    progress: &mut dyn Progress,
+) -> Result<Report> {
+    let jobs = opts.jobs();
+    let jobserver = Jobserver::for_run(jobs)?;
+    let env = RunEnv {
+        jobserver: &jobserver,
+        opts,
+        stop,
+        passthrough: passthrough_env(),
+        tree_symbols: plan
+            .cells
+            .iter()
+            .map(|c| (c.tree.kdir.clone(), OnceLock::new()))
+            .collect::<HashMap<_, _>>(),
+    };
+    let run = |i: usize| {
+        let c = &plan.cells[i];
+        let deps_symvers: Vec<PathBuf> = c
+            .deps
+            .iter()
+            .map(|&d| plan.cells[d].out_dir.join("Module.symvers"))
+            .collect();
+        cell::run(c, &env, &deps_symvers)
+    };
+    progress.begin(plan, jobs, jobserver.is_inherited());
+    let started = Instant::now();
+    let results = scheduler::execute(plan, jobs, opts.fail_fast, stop, &run, &mut |ev| {
+        progress.event(plan, ev)
+    })?;
+    progress.end();
+    let report = Report::new(plan, &results, started.elapsed().as_secs_f64());
+    if let Some(cache) = &opts.cache {
+        cache.trim();
+    }
+    report.save(&plan.out)?;
+    Ok(report)
+}
+
+/// `kmx build --smoke`: boot each (target, kernel) of the built cells once with all their
+/// modules, put each module's verdict into its cell's report and save it. Returns the boots'
+/// reports (empty when no cell built a module).
+pub fn smoke(
+    profiles: &Profiles,
+    home: &Home,
+    plan: &Plan,
+    report: &mut Report,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<Vec<crate::smoke::TargetReport>> {
+    let registry = Registry::load(home)?;
+    // (target, kdir) -> (tree, [(report position, modules)])
+    type Group = (RegisteredTree, Vec<(usize, Vec<PathBuf>)>);
+    let mut groups: BTreeMap<(String, PathBuf), Group> = BTreeMap::new();
+    for (pos, (cell, rep)) in plan.cells.iter().zip(&report.cells).enumerate() {
+        if rep.artifacts.is_empty() || !rep.status.has_modules() {
+            continue;
+        }
+        let kdir = cell.tree.kdir.clone();
+        let tree = registry
+            .for_target(&cell.target.target.name)
+            .find(|t| t.kdir == kdir)
+            .cloned()
+            .unwrap_or_else(|| RegisteredTree {
+                target: cell.target.target.name.clone(),
+                release: cell.tree.release.clone(),
+                kdir: kdir.clone(),
+                origin: cell.target.target.file.display().to_string(),
+                boot: None,
+            });
+        let kos = rep.artifacts.iter().map(|a| a.file.clone()).collect();
+        groups
+            .entry((cell.target.target.name.clone(), kdir))
+            .or_insert_with(|| (tree, Vec::new()))
+            .1
+            .push((pos, kos));
+    }
+    let mut jobs = Vec::new();
+    let mut members = Vec::new();
+    for ((target, _), (tree, cells)) in groups {
+        let kos = cells.iter().flat_map(|(_, k)| k.iter().cloned()).collect();
+        jobs.push(crate::smoke::Job::new(
+            profiles.target(&target)?,
+            &tree,
+            kos,
+        ));
+        members.push(cells);
+    }
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let opts = crate::smoke::Options {
+        timeout: timeout.max(Duration::from_secs(1)),
+        work_dir: home.root.join("smoke"),
+    };
+    let reports = crate::smoke::run(&jobs, &opts, stop);
+    for (target_report, cells) in reports.iter().zip(members) {
+        for (pos, kos) in cells {
+            let modules = target_report
+                .modules
+                .iter()
+                .filter(|m| kos.contains(&m.path))
+                .cloned()
+                .collect();
+            if let Some(cell) = report.cells.get_mut(pos) {
+                cell.smoke = Some(CellSmoke {
+                    status: target_report.status,
+                    message: target_report.message.clone(),
+                    console_log: target_report.console_log.clone(),
+                    modules,
+                });
+            }
+        }
+    }
+    report.save(&plan.out)?;
+    Ok(reports)
+}
