@@ -9,6 +9,8 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Before anything opens a file: the descriptors MAKEFLAGS names are still make's.
+    kmx::matrix::jobserver::capture_from_env();
     let cli = kmx::cli::Cli::parse();
     let code = match kmx::commands::run(cli) {
         Ok(code) => code,

@@ -320,17 +320,23 @@ fn dry_run_prints_the_plan_and_builds_nothing() {
     assert!(!k.dir().join("kmx-out/x86only").exists());
 }
 
-/// Processes whose command line mentions `needle` and whose working directory is under
-/// `dir` (so tests running at the same time do not see each other's processes).
+/// Processes of this test (run with HOME=`dir`, which kmx passes to every build step, or
+/// working under `dir`) whose command line mentions `needle`. Tests running at the same time
+/// do not see each other's processes. The environment, not only the working directory:
+/// a cell's steps work in their private namespace, where the path is DKMS's.
 fn processes_mentioning(needle: &str, dir: &Path) -> Vec<String> {
+    let home = format!("HOME={}", dir.display());
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
+        let ours = std::fs::read(entry.path().join("environ"))
+            .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == home.as_bytes()))
+            || std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+        if !ours {
             continue;
-        };
+        }
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
             let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(needle) && cwd.starts_with(dir) {
+            if text.contains(needle) {
                 found.push(text);
             }
         }
@@ -347,6 +353,7 @@ fn ctrl_c_stops_every_make_and_reports_what_finished() {
         .arg(&out)
         .current_dir(k.dir())
         .env("KMX_HOME", &k.home)
+        .env("HOME", k.dir())
         .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -641,12 +648,15 @@ fn dkms_shaped_packages_build_for_four_targets_in_one_run_without_touching_the_h
 fn cells_build_with_the_output_directory_on_overlayfs() {
     let Some(k) = Kmx::with_trees() else { return };
     let base = k.dir().join("overlay");
-    for d in ["lower", "upper", "work", "merged"] {
+    for d in ["lower", "rw", "merged"] {
         std::fs::create_dir_all(base.join(d)).unwrap();
     }
     let kmx = k.command(&[]);
+    // The overlay's own upper directory must not be on overlayfs either (the test may run
+    // on an overlayfs root): it goes on a tmpfs.
     let script = format!(
-        "mount -t overlay test -o lowerdir={b}/lower,upperdir={b}/upper,workdir={b}/work {b}/merged && \
+        "mount -t tmpfs rw {b}/rw && mkdir {b}/rw/upper {b}/rw/work && \
+         mount -t overlay test -o lowerdir={b}/lower,upperdir={b}/rw/upper,workdir={b}/rw/work {b}/merged && \
          exec \"$0\" build {} -t arm64 -t amd64 --out {b}/merged/out --json",
         fixture("nested"),
         b = base.display()
@@ -674,4 +684,189 @@ fn cells_build_with_the_output_directory_on_overlayfs() {
     );
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["totals"]["built"], 2, "{report}");
+}
+
+/// The most compiles that ran at once, from a launcher's start/end log.
+fn peak_compiles(events: &Path) -> usize {
+    let text = std::fs::read_to_string(events).unwrap_or_default();
+    let (mut now, mut peak) = (0usize, 0usize);
+    for line in text.lines() {
+        match line {
+            "start" => {
+                now += 1;
+                peak = peak.max(now);
+            }
+            "end" => now = now.saturating_sub(1),
+            _ => {}
+        }
+    }
+    peak
+}
+
+/// A launcher that logs each compile's start and end (and makes each last a while, so that
+/// compiles that may overlap do).
+fn counting_launcher(dir: &Path) -> (PathBuf, PathBuf) {
+    let events = dir.join("events");
+    let launcher = dir.join("count-cc");
+    std::fs::write(
+        &launcher,
+        format!(
+            "#!/bin/sh\necho start >> {e}\nsleep 0.5\n\"$@\"\nrc=$?\necho end >> {e}\nexit $rc\n",
+            e = events.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (launcher, events)
+}
+
+/// Run from `make -j2` (a distro build, a recipe, a CI Makefile), kmx uses the caller's
+/// jobserver: never more than two compiles at once, whatever `--jobs` says. Without it,
+/// the same build runs more.
+#[test]
+fn under_make_j2_kmx_never_runs_more_than_two_compiles() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let hello = repo().join("examples/hello");
+    let build = |out: &str, launcher: &Path| -> Vec<String> {
+        [
+            "build",
+            hello.to_str().unwrap(),
+            "--out",
+            out,
+            "--no-cache",
+            "--jobs",
+            "4",
+            "--launcher",
+            launcher.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // Alone, with four slots of its own.
+    let alone = k.dir().join("alone");
+    std::fs::create_dir_all(&alone).unwrap();
+    let (launcher, events) = counting_launcher(&alone);
+    let args = build("out-alone", &launcher);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = k.run(&args).ok();
+    assert!(run.stderr().contains("with 4 jobs"), "{}", run.stderr());
+    let peak_alone = peak_compiles(&events);
+    // Under make -j2.
+    let under = k.dir().join("under");
+    std::fs::create_dir_all(&under).unwrap();
+    let (launcher, events) = counting_launcher(&under);
+    let args = build("out-make", &launcher);
+    let words: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    std::fs::write(
+        under.join("Makefile"),
+        format!("all:\n\t+\"$(KMX)\" {}\n", words.join(" ")),
+    )
+    .unwrap();
+    let kmx = k.command(&[]);
+    let mut make = Command::new("make");
+    make.args(["-j2", "-f"])
+        .arg(under.join("Makefile"))
+        .arg(format!("KMX={}", kmx.get_program().to_str().unwrap()))
+        .current_dir(k.dir());
+    for (key, v) in kmx.get_envs() {
+        match v {
+            Some(v) => make.env(key, v),
+            None => make.env_remove(key),
+        };
+    }
+    let out = make.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("on the calling make's jobserver"),
+        "{stderr}"
+    );
+    let peak_make = peak_compiles(&events);
+    assert!(
+        peak_make <= 2,
+        "{peak_make} compiles at once under make -j2"
+    );
+    assert!(
+        peak_alone > 2,
+        "alone with --jobs 4, kmx ran at most {peak_alone} compiles at once: the test cannot tell"
+    );
+}
+
+/// A `[kernels] paths` entry that points at another architecture's tree is refused at
+/// set-up, naming the tree and the profile, in build and in doctor.
+#[test]
+fn a_tree_of_another_architecture_is_refused_naming_tree_and_profile() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let (_, _, arm64_kdir) = k.tree_of("arm64");
+    let (_, _, amd64_kdir) = k.tree_of("amd64");
+    let conf = k.dir().join("conf");
+    std::fs::create_dir_all(conf.join("targets")).unwrap();
+    // armhf given the arm64 tree; i386 given the amd64 tree (the same ARCH, x86, but
+    // another word size).
+    for (target, kdir) in [("armhf", &arm64_kdir), ("i386", &amd64_kdir)] {
+        let profile = std::fs::read_to_string(repo().join(format!("targets/{target}.toml")))
+            .unwrap()
+            .replace(
+                "[kernels]\nfetched = true\n",
+                &format!(
+                    "[kernels]\nfetched = false\npaths = [\"{}\"]\n",
+                    kdir.display()
+                ),
+            );
+        assert!(profile.contains("fetched = false"), "{profile}");
+        std::fs::write(conf.join(format!("targets/{target}.toml")), profile).unwrap();
+    }
+    let dir = conf.to_str().unwrap();
+    let hello = repo().join("examples/hello");
+    let err = k
+        .run(&[
+            "--config-dir",
+            dir,
+            "build",
+            hello.to_str().unwrap(),
+            "-t",
+            "armhf",
+        ])
+        .expect(3)
+        .stderr();
+    assert!(
+        err.contains(&format!(
+            "{}: is a kernel tree for ARCH=arm64, but target `armhf` builds for ARCH=arm",
+            arm64_kdir.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("correct [kernels] paths in"), "{err}");
+    assert!(err.contains("targets/armhf.toml"), "{err}");
+    let err = k
+        .run(&[
+            "--config-dir",
+            dir,
+            "build",
+            hello.to_str().unwrap(),
+            "-t",
+            "i386",
+        ])
+        .expect(3)
+        .stderr();
+    assert!(
+        err.contains("is a 64-bit kernel tree, but target `i386` (i686) is 32-bit"),
+        "{err}"
+    );
+    let doctor = k
+        .run(&[
+            "--config-dir",
+            dir,
+            "doctor",
+            "--target",
+            "armhf",
+            "--target",
+            "i386",
+        ])
+        .expect(1)
+        .stdout();
+    assert!(doctor.contains("builds for ARCH=arm"), "{doctor}");
+    assert!(doctor.contains("is 32-bit"), "{doctor}");
 }

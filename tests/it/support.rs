@@ -154,6 +154,9 @@ impl Kmx {
         cmd.args(args)
             .current_dir(&self.cwd)
             .env("KMX_HOME", &self.home)
+            // Builds pass HOME on to every step: it marks this test's processes (see
+            // `build::processes_mentioning`) and keeps the user's files out of the test.
+            .env("HOME", self.dir())
             .env_remove("KMX_CONFIG_DIR");
         for (k, v) in &self.envs {
             cmd.env(k, v);
