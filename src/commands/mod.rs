@@ -39,6 +39,15 @@ pub fn run(cli: Cli) -> Result<i32> {
     let ctx = Context::load(&cli)?;
     let wait = !cli.global.no_wait;
     let store = &ctx.store;
+    // Commands that evaluate dkms.conf or build handle Ctrl-C, SIGTERM and SIGHUP from the
+    // start, planning included: what bash started is killed, temporary files are removed,
+    // and the exit code says interrupted. Other commands keep the default (die at once).
+    if matches!(
+        cli.command,
+        Cmd::Add { .. } | Cmd::Install(_) | Cmd::Autoinstall(_) | Cmd::Build(_)
+    ) {
+        crate::process::stop_flag()?;
+    }
     match cli.command {
         Cmd::Add { source } => lifecycle::add(&ctx, store, &source, wait),
         Cmd::Install(args) => lifecycle::install_cmd(&ctx, store, &args, wait),

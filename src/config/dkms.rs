@@ -258,13 +258,21 @@ impl Eval<'_> {
             .envs(env.iter().copied())
             .current_dir(&self.vars.source_dir);
         // Supervised like every child: its own process group, killed (with anything the
-        // file left running in the background) when it ends or overstays.
-        let never = std::sync::atomic::AtomicBool::new(false);
-        let ended = process::run_supervised(&mut cmd, &log, self.timeout, &never)
+        // file left running in the background) when it ends, overstays, or the run is
+        // stopped (Ctrl-C, SIGTERM, SIGHUP during planning).
+        let stop = process::stop_flag()?;
+        let ended = process::run_supervised(&mut cmd, &log, self.timeout, &stop)
             .map_err(|e| e.hint("kmx evaluates dkms.conf with bash, as DKMS does; install bash"))?;
         let status = match ended {
             process::Ended::Exited(status) => status,
-            process::Ended::TimedOut(_) | process::Ended::Interrupted => {
+            process::Ended::Interrupted => {
+                return Err(Error::new(
+                    crate::error::Kind::Interrupted,
+                    "interrupted while evaluating it",
+                )
+                .at(self.conf));
+            }
+            process::Ended::TimedOut(_) => {
                 return Err(Error::config(
                     self.conf,
                     format!(

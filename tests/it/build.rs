@@ -870,3 +870,57 @@ fn a_tree_of_another_architecture_is_refused_naming_tree_and_profile() {
     assert!(doctor.contains("builds for ARCH=arm"), "{doctor}");
     assert!(doctor.contains("is 32-bit"), "{doctor}");
 }
+
+/// Ctrl-C, SIGTERM or SIGHUP (a closed terminal) while dkms.conf is evaluated: what bash
+/// started is killed, kmx's temporary files are removed, and the exit code says interrupted.
+#[test]
+fn a_signal_during_planning_kills_what_dkms_conf_started_and_leaves_nothing() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let src = k.dir().join("slowconf");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("dkms.conf"),
+        "PACKAGE_NAME=slowconf\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME[0]=slowconf\nsleep 9\n",
+    )
+    .unwrap();
+    let tmp = k.dir().join("tmp");
+    for (sig, name) in [
+        (libc::SIGINT, "INT"),
+        (libc::SIGTERM, "TERM"),
+        (libc::SIGHUP, "HUP"),
+    ] {
+        std::fs::create_dir_all(&tmp).unwrap();
+        let child = k
+            .command(&["build", src.to_str().unwrap(), "-t", "arm64"])
+            .env("TMPDIR", &tmp)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while processes_mentioning("sleep 9", k.dir()).is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "dkms.conf never ran"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let output = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(130), "SIG{name}: {err}");
+        assert!(
+            err.contains("interrupted while evaluating it"),
+            "SIG{name}: {err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "SIG{name}: kmx waited for dkms.conf"
+        );
+        let left = processes_mentioning("sleep 9", k.dir());
+        assert!(left.is_empty(), "SIG{name}: left running: {left:?}");
+        let litter: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+        assert!(litter.is_empty(), "SIG{name}: left in TMPDIR: {litter:?}");
+    }
+}
