@@ -59,6 +59,23 @@ impl Fingerprint {
     }
 }
 
+/// Refuse what a source tree must not hold: FIFOs, sockets and devices. Opening a FIFO
+/// blocks until someone writes to it, so a walk that opened one would hang.
+pub fn refuse_special(path: &Path, ft: &std::fs::FileType) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if ft.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device file"
+    } else {
+        return Ok(());
+    };
+    Err(Error::config(path, format!("is {what}, not a file"))
+        .hint("a module source may hold only files, directories and symbolic links; remove it"))
+}
+
 /// The contents of a source tree (VCS metadata aside).
 pub fn source_tree(dir: &Path) -> Result<String> {
     let mut fp = Fingerprint::new();
@@ -90,6 +107,7 @@ fn hash_dir(root: &Path, dir: &Path, fp: &mut Fingerprint) -> Result<()> {
             fp.field("link", rel.as_bytes())
                 .field("to", target.to_string_lossy().as_bytes());
         } else {
+            refuse_special(&path, &meta.file_type())?;
             let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
             let mode = if meta.permissions().mode() & 0o111 != 0 {
                 b"x"

@@ -99,10 +99,23 @@ pub fn add(ctx: &Context, store: &Store, source: &Path, wait: bool) -> Result<i3
     let dir = store.source_dir(&spec.name, &spec.version);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
     let previous = store.load_source(&spec.name, &spec.version)?;
+    // Copies and old versions of an add that died: made only under the lock, which we hold.
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".src-new-") || name.starts_with(".src-old-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     let new = dir.join(format!(".src-new-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&new);
-    crate::matrix::cell::copy_tree(&src, &new)?;
-    let hash = content_hash(&new)?;
+    let copied = crate::matrix::cell::copy_tree(&src, &new).and_then(|_| content_hash(&new));
+    let hash = match copied {
+        Ok(hash) => hash,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&new);
+            return Err(e);
+        }
+    };
     let copy = store.source_copy(&spec.name, &spec.version);
     if previous.as_ref().is_some_and(|p| p.hash == hash) && copy.is_dir() {
         let _ = std::fs::remove_dir_all(&new);
@@ -116,7 +129,12 @@ pub fn add(ctx: &Context, store: &Store, source: &Path, wait: bool) -> Result<i3
     if copy.exists() {
         std::fs::rename(&copy, &old).map_err(|e| Error::io("move aside", &copy, e))?;
     }
-    std::fs::rename(&new, &copy).map_err(|e| Error::io("move into place", &copy, e))?;
+    if let Err(e) = std::fs::rename(&new, &copy) {
+        // Put the registered copy back as it was.
+        let _ = std::fs::rename(&old, &copy);
+        let _ = std::fs::remove_dir_all(&new);
+        return Err(Error::io("move into place", &copy, e));
+    }
     let _ = std::fs::remove_dir_all(&old);
     store.save_source(&SourceRecord {
         module: spec.name.clone(),

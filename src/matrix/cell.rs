@@ -787,7 +787,8 @@ fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
     found
 }
 
-/// Copy a source tree (regular files, directories, symlinks), skipping VCS metadata.
+/// Copy a source tree (regular files, directories, symlinks), skipping VCS metadata; a
+/// FIFO, socket or device in it is an error, never opened.
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| Error::io("create directory", to, e))?;
     let entries = std::fs::read_dir(from).map_err(|e| Error::io("read directory", from, e))?;
@@ -807,6 +808,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
             std::os::unix::fs::symlink(target, &dst)
                 .map_err(|e| Error::io("create link", &dst, e))?;
         } else {
+            crate::digest::refuse_special(&src, &ft)?;
             std::fs::copy(&src, &dst).map_err(|e| Error::io("copy", &src, e))?;
         }
     }

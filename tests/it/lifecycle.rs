@@ -641,3 +641,69 @@ fn tarball_round_trip_installs_without_source_and_hostile_archives_are_refused()
     assert!(!other.home.parent().unwrap().join("escaped").exists());
     assert!(!Path::new("/tmp/kmx-escaped").exists());
 }
+
+/// Run kmx, killing it if it outlives `limit` (a hang is the failure being tested).
+fn run_within(k: &Kmx, args: &[&str], limit: Duration) -> std::process::Output {
+    let mut child = k
+        .command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("kmx {args:?} hung (still running after {limit:?})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A FIFO in a module source hung `build` and `add` (open blocks until a writer comes), and
+/// a failed `add` left its half copy behind. Now: a clear error naming the file, nothing
+/// left, and the retry works, also over the leftovers of an add that was killed.
+#[test]
+fn a_fifo_in_a_source_is_refused_and_a_failed_add_leaves_nothing() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let src = hello_source(k.dir(), "piped", "");
+    let fifo = src.join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let limit = Duration::from_secs(60);
+    for args in [
+        vec!["build", src.to_str().unwrap(), "-t", "arm64"],
+        vec!["add", src.to_str().unwrap()],
+    ] {
+        let out = run_within(&k, &args, limit);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{}: is a named pipe (FIFO), not a file",
+                fifo.display()
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    let versions = k.home.join("state/sources/hello/1.0");
+    let left: Vec<_> = std::fs::read_dir(&versions)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed add left {left:?}");
+    // The leftovers of an add killed mid-copy do not stop the next one.
+    std::fs::create_dir_all(versions.join(".src-new-999999/sub")).unwrap();
+    std::fs::remove_file(&fifo).unwrap();
+    k.run(&["add", src.to_str().unwrap()]).ok();
+    let left: Vec<String> = std::fs::read_dir(&versions)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".src-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
