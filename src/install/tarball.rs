@@ -20,6 +20,8 @@ use crate::state::store::{BUILT_RECORD, BuiltRecord, Store, valid_component};
 use crate::verify::module::Module;
 
 const MANIFEST: &str = "kmx-tarball.json";
+/// The most bytes one archive entry may hold: what the module reader accepts of a module.
+const MAX_ENTRY: u64 = crate::verify::decompress::DEFAULT_LIMIT as u64;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,12 +200,31 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
             ))
             .at(file));
         }
-        let mut bytes = Vec::new();
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io("read the archive", file, e))?;
+        // Sizes are checked from the header before reading, and entries stream to disk:
+        // a small archive cannot make kmx hold or write more than one module's worth.
+        let limit = MAX_ENTRY;
+        let size = entry.header().size().map_err(|e| {
+            Error::failed(format!(
+                "entry {:?} has a bad size: {e}",
+                raw.display().to_string()
+            ))
+            .at(file)
+        })?;
+        if size > limit {
+            return Err(Error::failed(format!(
+                "entry {:?} is {size} bytes, more than a module may be ({limit} bytes); refusing to import",
+                raw.display().to_string()
+            ))
+            .at(file)
+            .hint("only archives written by `kmx tarball` can be imported"));
+        }
         match rel {
             None => {
+                let mut bytes = Vec::new();
+                (&mut entry)
+                    .take(limit)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| Error::io("read the archive", file, e))?;
                 let m: Manifest = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::failed(format!("cannot parse {MANIFEST}: {e}")).at(file))?;
                 if m.format != 1 {
@@ -229,7 +250,17 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
                     std::fs::create_dir_all(parent)
                         .map_err(|e| Error::io("create directory", parent, e))?;
                 }
-                std::fs::write(&dest, &bytes).map_err(|e| Error::io("write", &dest, e))?;
+                let mut out = File::create(&dest).map_err(|e| Error::io("create", &dest, e))?;
+                let written =
+                    std::io::copy(&mut (&mut entry).take(limit.saturating_add(1)), &mut out)
+                        .map_err(|e| Error::io("extract the archive into", &dest, e))?;
+                if written > limit {
+                    return Err(Error::failed(format!(
+                        "entry {:?} holds more than its header says; refusing to import",
+                        raw.display().to_string()
+                    ))
+                    .at(file));
+                }
             }
         }
     }

@@ -592,7 +592,23 @@ fn tarball_round_trip_installs_without_source_and_hostile_archives_are_refused()
         b.finish().unwrap();
         file
     };
+    // A header that claims more than a module may be (2 GiB of zeros would compress to a
+    // few MB): refused from the header, before anything is read or written.
+    let big = other.dir().join("big.tar");
+    let mut h = tar::Header::new_gnu();
+    h.set_path("built/hello/1.0/r/t/hello.ko").unwrap();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(2 << 30);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut bytes = h.as_bytes().to_vec();
+    bytes.extend([0u8; 1024]);
+    std::fs::write(&big, bytes).unwrap();
     let cases = [
+        (
+            big,
+            "is 2147483648 bytes, more than a module may be (268435456 bytes)",
+        ),
         (
             hostile(
                 "dots.tar",
