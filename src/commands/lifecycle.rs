@@ -563,7 +563,7 @@ pub fn uninstall_cmd(store: &Store, args: &UninstallArgs, wait: bool) -> Result<
         }
         None => (None, None),
     };
-    let root = install::resolve_root(&args.root)?;
+    let root = install::resolve_root_for_uninstall(&args.root)?;
     let pause = pause_at();
     let _lock = store.lock(wait)?;
     let mut found: Vec<InstallRecord> = store
@@ -607,7 +607,11 @@ pub fn uninstall_cmd(store: &Store, args: &UninstallArgs, wait: bool) -> Result<
         let key = rec.key();
         let restored = rec.displaced.len();
         // depmod once, after the last one.
-        install::uninstall(store, rec, !args.no_depmod && i == last, pause.as_deref())?;
+        let done = install::uninstall(store, rec, !args.no_depmod && i == last, pause.as_deref())?;
+        if done == install::Uninstalled::RootGone {
+            eprintln!("{}", root_gone(&key, &root));
+            continue;
+        }
         eprintln!(
             "uninstalled {key} from {}{}",
             root.display(),
@@ -619,6 +623,14 @@ pub fn uninstall_cmd(store: &Store, args: &UninstallArgs, wait: bool) -> Result<
         );
     }
     Ok(exit::OK)
+}
+
+/// What `uninstall` and `remove` say of an install whose root no longer exists.
+fn root_gone(key: &impl std::fmt::Display, root: &Path) -> String {
+    format!(
+        "{} no longer exists: forgot the install of {key} there (nothing to remove)",
+        root.display()
+    )
 }
 
 pub fn remove_cmd(
@@ -662,8 +674,12 @@ pub fn remove_cmd(
         {
             let key = rec.key();
             let root = rec.root.clone();
-            install::uninstall(store, rec.clone(), !no_depmod, None)?;
-            eprintln!("uninstalled {key} from {}", root.display());
+            match install::uninstall(store, rec.clone(), !no_depmod, None)? {
+                install::Uninstalled::Removed => {
+                    eprintln!("uninstalled {key} from {}", root.display())
+                }
+                install::Uninstalled::RootGone => eprintln!("{}", root_gone(&key, &root)),
+            }
         }
         if copy.is_dir()
             && let Ok(spec) = evaluate_generic(&copy)

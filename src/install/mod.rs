@@ -66,6 +66,18 @@ pub struct Installed {
     pub notes: Vec<String>,
 }
 
+/// The root an uninstall names: its canonical path, or, when it no longer exists (an image
+/// deleted by hand), the absolute path it was installed under, so its records can be
+/// dropped.
+pub fn resolve_root_for_uninstall(root: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::path::absolute(root).map_err(|e| Error::io("resolve the root directory", root, e))
+        }
+        _ => resolve_root(root),
+    }
+}
+
 /// The canonical path of an existing root directory.
 pub fn resolve_root(root: &Path) -> Result<PathBuf> {
     let canon = root.canonicalize().map_err(|e| {
@@ -345,13 +357,31 @@ pub fn install(
 
 /// Undo an install: remove its files, restore what it moved aside, run depmod, drop the
 /// record. Safe to re-run after a crash.
+/// What an uninstall did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uninstalled {
+    /// The files were removed from the root (and displaced modules put back).
+    Removed,
+    /// The root no longer exists (an image deleted with `rm -rf`): there was nothing to
+    /// remove, and the record of the install is dropped.
+    RootGone,
+}
+
 pub fn uninstall(
     store: &Store,
     mut record: InstallRecord,
     depmod_after: bool,
     pause_at: Option<&str>,
-) -> Result<()> {
+) -> Result<Uninstalled> {
     let root = record.root.clone();
+    if matches!(std::fs::symlink_metadata(&root), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    {
+        for d in &record.displaced {
+            let _ = std::fs::remove_file(&d.saved);
+        }
+        store.delete_install(&record)?;
+        return Ok(Uninstalled::RootGone);
+    }
     record.state = InstallState::Removing;
     record.updated_at = now();
     store.save_install(&record)?;
@@ -370,7 +400,8 @@ pub fn uninstall(
     if depmod_after {
         depmod(&root, &record.release)?;
     }
-    store.delete_install(&record)
+    store.delete_install(&record)?;
+    Ok(Uninstalled::Removed)
 }
 
 fn pause(opts: &Options, point: &str) {

@@ -723,3 +723,68 @@ fn a_fifo_in_a_source_is_refused_and_a_failed_add_leaves_nothing() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// An image root deleted by hand (`rm -rf ROOT`) is forgotten, said plainly: `uninstall`
+/// drops its record, and `remove` uninstalls from the other roots and drops the record of
+/// the vanished one instead of stopping partway.
+#[test]
+fn a_deleted_image_root_is_forgotten_by_uninstall_and_remove() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let src = hello_source(k.dir(), "hello", "");
+    let (arm64, _, _) = k.tree_of("arm64");
+    k.run(&["add", src.to_str().unwrap()]).ok();
+    let roots: Vec<PathBuf> = ["img-a", "img-b"].iter().map(|r| k.dir().join(r)).collect();
+    let install = |root: &Path| {
+        std::fs::create_dir_all(root).unwrap();
+        k.run(&[
+            "install",
+            "hello",
+            "-t",
+            "arm64",
+            "-k",
+            &arm64,
+            "--root",
+            root.to_str().unwrap(),
+        ])
+        .ok();
+    };
+    for root in &roots {
+        install(root);
+    }
+    std::fs::remove_dir_all(&roots[0]).unwrap();
+    let run = k
+        .run(&[
+            "uninstall",
+            "hello",
+            "-t",
+            "arm64",
+            "-k",
+            &arm64,
+            "--root",
+            roots[0].to_str().unwrap(),
+        ])
+        .ok();
+    assert!(
+        run.stderr().contains(&format!(
+            "{} no longer exists: forgot the install of",
+            roots[0].display()
+        )),
+        "{}",
+        run.stderr()
+    );
+    assert!(!roots[0].exists(), "uninstall must not make the root again");
+    // Again, then remove: the other root is uninstalled, the vanished one forgotten.
+    install(&roots[0]);
+    std::fs::remove_dir_all(&roots[0]).unwrap();
+    let run = k.run(&["remove", "hello/1.0"]).ok();
+    assert!(
+        run.stderr()
+            .contains("no longer exists: forgot the install"),
+        "{}",
+        run.stderr()
+    );
+    let ko = roots[1].join(format!("lib/modules/{arm64}/updates/dkms/hello.ko"));
+    assert!(!ko.exists(), "remove left {}", ko.display());
+    let status = k.run(&["status", "--json"]).ok().json();
+    assert_eq!(status.as_array().map(Vec::len), Some(0), "{status}");
+}
