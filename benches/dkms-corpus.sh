@@ -82,7 +82,7 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "downloading ${missing[*]}"
-  (cd "$cache" && apt-get download "${missing[@]}" >/dev/null) ||
+  (cd "$cache" && apt-get download -o APT::Sandbox::User=root "${missing[@]}" >/dev/null) ||
     die "apt-get download failed (run apt-get update first?)"
 fi
 sources=()

@@ -45,6 +45,8 @@ read -r name version < <(cd "$src" && kernelver=$release arch=$darch kernel_sour
 
 inner=$(cat <<'INNER'
 set -u
+out=$1 release=$2 kdir=$3 karch=$4 cross=$5 darch=$6 src=$7 name=$8 version=$9
+shift 9
 # A scratch tmpfs for overlay upper layers (the kernel refuses an upper dir on overlayfs).
 scratch=$(mktemp -d) && mount -t tmpfs corpus-scratch "$scratch" || exit 1
 private() { # $1: make this directory an empty private tmpfs, never touching the host
@@ -89,6 +91,8 @@ INNER
 )
 dep_dirs=()
 for d in "${deps[@]}"; do dep_dirs+=("$(srcdir "$d")"); done
-export out release kdir karch cross darch src name version
-unshare --mount --propagation private bash -c "$inner" inner "${dep_dirs[@]}"
+# The cell's values travel as arguments, not in the environment: the package's make
+# inherits the environment, and Makefiles read names like `src` and `kdir` from it.
+unshare --mount --propagation private bash -c "$inner" inner \
+  "$out" "$release" "$kdir" "$karch" "$cross" "$darch" "$src" "$name" "$version" "${dep_dirs[@]}"
 [ -s "$out/status" ] || echo "failed namespace" >"$out/status"
