@@ -121,9 +121,9 @@ def main():
     head = ("PACKAGE", "TARGET", "DKMS", "KMX", "KO d/k", "KO SET", "VERMAGIC", "CELL")
     w = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{n}}}" for n in w)
-    print(fmt.format(*head))
+    print(fmt.format(*head).rstrip())
     for r in rows:
-        print(fmt.format(*r))
+        print(fmt.format(*r).rstrip())
     print()
     for d in details:
         print(d)
