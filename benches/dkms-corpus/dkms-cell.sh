@@ -6,7 +6,7 @@
 #
 # Environment (set by dkms-corpus.sh):
 #   CORPUS_SRC      extracted packages: $CORPUS_SRC/<pkg>/usr/src/<name>-<version>/dkms.conf
-#   CORPUS_RUN      results: writes $CORPUS_RUN/dkms/<pkg>/<target>/{status,modules/*.ko,make.log,dkms.log}
+#   CORPUS_RUN      results: writes $CORPUS_RUN/dkms/<pkg>/<target>/{status,secs,modules/*.ko,make.log,dkms.log}
 #   CORPUS_CELLS    lines "target release kdir ARCH CROSS_COMPILE dkms-arch"
 #   CORPUS_NEEDS    lines "pkg other-pkg..." (Debian Depends on other -dkms packages: their
 #                   sources are put under the cell's /usr/src too, as on a real machine)
@@ -26,6 +26,7 @@ set -uo pipefail
 pkg=$1 target=$2
 out="$CORPUS_RUN/dkms/$pkg/$target"
 rm -rf "$out" && mkdir -p "$out/modules"
+start=$(date +%s.%N)
 
 read -r _ release kdir karch cross darch < <(awk -v t="$target" '$1 == t' "$CORPUS_CELLS")
 [ -n "${kdir:-}" ] || { echo "failed no-tree" >"$out/status"; exit 0; }
@@ -96,3 +97,4 @@ for d in "${deps[@]}"; do dep_dirs+=("$(srcdir "$d")"); done
 unshare --mount --propagation private bash -c "$inner" inner \
   "$out" "$release" "$kdir" "$karch" "$cross" "$darch" "$src" "$name" "$version" "${dep_dirs[@]}"
 [ -s "$out/status" ] || echo "failed namespace" >"$out/status"
+python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')" >"$out/secs"

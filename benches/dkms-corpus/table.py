@@ -96,8 +96,13 @@ def main():
             tot["kmx"][k_status] = tot["kmx"].get(k_status, 0) + 1
             tot["agree" if agree else "differ"] += 1
             d_show = " ".join(st) if d_status == "failed" else d_status
+            try:
+                d_secs = f"{float(open(os.path.join(cell_dir, 'secs')).read()):.1f}"
+            except (OSError, ValueError):
+                d_secs = "-"
+            k_secs = f"{c['duration_secs']:.1f}" if c and c.get("duration_secs") is not None else "-"
             rows.append((p, t, d_show, k_status, f"{len(d_ko)}/{len(k_ko)}", kos, vm,
-                         "agree" if agree else "DIFFER"))
+                         d_secs, k_secs, "agree" if agree else "DIFFER"))
             if not agree:
                 lines = [f"{p} {t}: DKMS {d_show}, kmx {k_status}"]
                 if d_ko != k_ko:
@@ -118,7 +123,8 @@ def main():
                 lines.append(f"  DKMS log: {cell_dir}/dkms.log, make.log")
                 details.append("\n".join(lines))
 
-    head = ("PACKAGE", "TARGET", "DKMS", "KMX", "KO d/k", "KO SET", "VERMAGIC", "CELL")
+    head = ("PACKAGE", "TARGET", "DKMS", "KMX", "KO d/k", "KO SET", "VERMAGIC", "DKMS s",
+            "KMX s", "CELL")
     w = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{n}}}" for n in w)
     print(fmt.format(*head).rstrip())
