@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Real-package corpus: real Debian 12 *-dkms packages built for i386, amd64, arm64 and armhf
+# by Debian's real DKMS (made to cross-compile, one private mount namespace per cell) and by
+# ONE `kmx build` over all of them; compares every cell and both wall times.
+#
+#   benches/dkms-corpus.sh [--jobs N] [--packages a,b] [--all]     (after ./dev setup; root)
+#   KMX=/path/to/kmx KMX_HOME=/path/to/home benches/dkms-corpus.sh
+#
+# --jobs N      DKMS cells run N at a time (xargs -P N, each DKMS make with its own -jN as
+#               DKMS does); kmx runs with --jobs N. Default 2.
+# --packages    a comma-separated subset of benches/dkms-corpus/packages.txt (slow ones too)
+# --all         also the packages tagged "slow" in the list
+#
+# Needs: root (mount namespaces), Debian's dkms (apt-get install --no-install-recommends
+# dkms), the cross compilers and kernel trees of `./dev setup`, apt (for `apt-get download`),
+# python3, modinfo, unshare. Writes only under target/dkms-corpus/ (cache/: the .debs;
+# src/: the extracted packages; run/: results, logs and table.txt); checks that /usr/src,
+# /var/lib/dkms and /lib/modules are the same before and after.
+# Exit status: 0 when every cell agrees, 1 when one differs, 2 on a usage or set-up error.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+here=$PWD/benches/dkms-corpus
+export KMX_HOME="${KMX_HOME:-$PWD/target/kmx-home}"
+KMX="${KMX:-$PWD/target/release/kmx}"
+jobs=2 subset="" all=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --jobs) jobs=$2; shift 2 ;;
+    --jobs=*) jobs=${1#*=}; shift ;;
+    --packages) subset=$2; shift 2 ;;
+    --packages=*) subset=${1#*=}; shift ;;
+    --all) all=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+die() { echo "dkms-corpus: $*" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || die "run as root: every DKMS cell needs a private mount namespace"
+command -v dkms >/dev/null || die "Debian's dkms is missing: apt-get install --no-install-recommends dkms"
+for c in unshare python3 modinfo apt-get dpkg-deb openssl xargs; do
+  command -v $c >/dev/null || die "$c is missing"
+done
+[ -x "$KMX" ] || cargo build --release --quiet
+[ -x "$KMX" ] || die "no kmx at $KMX"
+
+root=$PWD/target/dkms-corpus
+cache=$root/cache src=$root/src run=$root/run
+mkdir -p "$cache" "$src"
+rm -rf "$run" && mkdir -p "$run"
+
+# The package list: every non-slow line, or the named subset.
+mapfile -t packages < <(awk -v sub_="$subset" -v all="$all" '
+  /^[[:space:]]*(#|$)/ { next }
+  { name[NR] = $1; slow = ($3 == "slow:") }
+  sub_ == "" && (all || !slow) { print $1 }
+  sub_ != "" { n = split(sub_, want, ","); for (i = 1; i <= n; i++) if (want[i] == $1) print $1 }
+' "$here/packages.txt")
+[ ${#packages[@]} -gt 0 ] || die "no package selected (see $here/packages.txt)"
+if [ -n "$subset" ]; then
+  for p in ${subset//,/ }; do
+    printf '%s\n' "${packages[@]}" | grep -qx -- "$p" || die "$p is not in $here/packages.txt"
+  done
+fi
+# NEEDS of the selected packages are built too (their sources must exist).
+awk '!/^[[:space:]]*(#|$)/ && $2 != "-" { print $1, $2 }' "$here/packages.txt" | tr , ' ' >"$run/needs"
+for p in "${packages[@]}"; do
+  for d in $(awk -v p="$p" '$1 == p { $1 = ""; print }' "$run/needs"); do
+    printf '%s\n' "${packages[@]}" | grep -qx -- "$d" || packages+=("$d")
+  done
+done
+printf '%s\n' "${packages[@]}" >"$run/packages"
+
+# Host state that must not change.
+host_state() { for d in /usr/src /var/lib/dkms /lib/modules; do echo "== $d"; ls -la "$d" 2>&1 | grep -v ' \.\.\?$' || true; done; }
+host_state >"$run/host-before.txt"
+
+# 1. Download (cached) and extract (fresh every run).
+echo "== ${#packages[@]} packages: ${packages[*]}"
+missing=()
+for p in "${packages[@]}"; do
+  compgen -G "$cache/${p}_*.deb" >/dev/null || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "downloading ${missing[*]}"
+  (cd "$cache" && apt-get download -o APT::Sandbox::User=root "${missing[@]}" >/dev/null) ||
+    die "apt-get download failed (run apt-get update first?)"
+fi
+sources=()
+for p in "${packages[@]}"; do
+  debs=("$cache/${p}"_*.deb)
+  rm -rf "${src:?}/$p" && mkdir -p "$src/$p"
+  dpkg-deb -x "${debs[-1]}" "$src/$p"
+  d=("$src/$p"/usr/src/*/)
+  [ -f "${d[0]}dkms.conf" ] || die "$p: no usr/src/*/dkms.conf in ${debs[-1]}"
+  sources+=("${d[0]%/}")
+done
+
+# 2. The four cells' trees, from kmx (the same trees for both builders).
+"$KMX" kernels list --json >"$run/trees.json"
+python3 - "$run/trees.json" >"$run/cells" <<'PY'
+import json, sys
+cross = {"i386": ("x86", "i686-linux-gnu-", "i686"),
+         "amd64": ("x86", "x86_64-linux-gnu-", "x86_64"),
+         "arm64": ("arm64", "aarch64-linux-gnu-", "aarch64"),
+         "armhf": ("arm", "arm-linux-gnueabihf-", "armv7l")}
+for t in json.load(open(sys.argv[1])):
+    if t["target"] in cross and not t.get("error"):
+        print(t["target"], t["release"], t["kdir"], *cross[t["target"]])
+PY
+[ "$(wc -l <"$run/cells")" -ge 1 ] || die "no kernel tree: run ./dev setup (kmx kernels fetch)"
+targets=$(awk '{print $1}' "$run/cells" | paste -sd,)
+
+# DKMS's helpers: a strip that strips for the target, one signing key for every cell.
+mkdir -p "$run/tools" "$root/mok"
+printf '#!/bin/sh\nexec "${CROSS_COMPILE}strip" "$@"\n' >"$run/tools/strip"
+chmod +x "$run/tools/strip"
+[ -f "$root/mok/mok.key" ] || openssl req -new -x509 -nodes -days 36500 \
+  -subj "/CN=kmx corpus DKMS signing key" -newkey rsa:2048 -keyout "$root/mok/mok.key" \
+  -outform DER -out "$root/mok/mok.pub" >/dev/null 2>&1
+
+now() { date +%s.%N; }
+
+# 3. Real DKMS: every package x target, N cells at a time.
+export CORPUS_SRC=$src CORPUS_RUN=$run CORPUS_CELLS=$run/cells CORPUS_NEEDS=$run/needs \
+  CORPUS_TOOLS=$run/tools CORPUS_MOK=$root/mok
+ncells=$(( ${#packages[@]} * $(wc -l <"$run/cells") ))
+echo "== DKMS: $ncells cells, $jobs at a time"
+t0=$(now)
+for p in "${packages[@]}"; do
+  awk -v p="$p" '{ print p, $1 }' "$run/cells"
+done | xargs -P "$jobs" -L 1 "$here/dkms-cell.sh"
+t_dkms=$(python3 -c "print(f'{$(now) - $t0:.1f}')")
+echo "DKMS wall time: ${t_dkms}s"
+
+# 4. kmx: one run over every source (no cache, every cell rebuilt, a private state store).
+echo "== kmx: one build of ${#sources[@]} sources x $targets, --jobs $jobs"
+t0=$(now)
+set +e
+"$KMX" build "${sources[@]}" --target "$targets" --out "$run/kmx" --json --jobs "$jobs" \
+  --force --no-cache --state-dir "$run/kmx-state" >"$run/kmx-report.json" 2>"$run/kmx-build.log"
+kmx_rc=$?
+set -e
+t_kmx=$(python3 -c "print(f'{$(now) - $t0:.1f}')")
+echo "kmx wall time: ${t_kmx}s (exit $kmx_rc)"
+rm -rf "$run/kmx-state"
+
+host_state >"$run/host-after.txt"
+host_ok=1
+if ! diff -u "$run/host-before.txt" "$run/host-after.txt"; then
+  host_ok=0
+  echo "dkms-corpus: the host changed under /usr/src, /var/lib/dkms or /lib/modules" >&2
+fi
+
+# 5. The table.
+set +e
+python3 "$here/table.py" --run "$run" --dkms-secs "$t_dkms" --kmx-secs "$t_kmx" \
+  --jobs "$jobs" | tee "$run/table.txt"
+rc=${PIPESTATUS[0]}
+[ $host_ok = 1 ] || rc=1
+exit $rc
