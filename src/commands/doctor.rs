@@ -38,7 +38,10 @@ pub struct TreeHealth {
 /// Inspect one tree a target points at, host tools included: its health, and the tree when
 /// it is usable.
 pub fn tree_health(r: TreeRef) -> (TreeHealth, Option<KernelTree>) {
-    match KernelTree::inspect(&r.kdir).and_then(|t| t.check_host_tools().map(|_| t)) {
+    let checked = KernelTree::inspect(&r.kdir)
+        .and_then(|t| t.check_host_tools().map(|_| t))
+        .and_then(|t| t.check_modversions().map(|_| t));
+    match checked {
         Ok(t) => (
             TreeHealth {
                 kdir: r.kdir,

@@ -526,6 +526,16 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
             )
         };
     }
+    // module_layout is always checked, and always has a CRC in a modversions kernel.
+    if !module.versions.iter().any(|v| v.name == MODULE_LAYOUT) {
+        let mut why = vec![no_version(MODULE_LAYOUT, module.versions.is_empty())];
+        if kernel.symbols.is_none() {
+            why.push(
+                "the kernel tree has no Module.symvers: the other CRCs are not checked".into(),
+            );
+        }
+        return Check::new(kind, Status::Fail, why[0].clone()).with(why);
+    }
     let Some(symbols) = kernel.symbols else {
         return Check::new(
             kind,
