@@ -158,6 +158,11 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         /// Give up on a boot after this many seconds.
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         timeout: u64,
+        /// Also load this .ko (repeatable) in the same boot, after the others and after
+        /// turning on module.sig_enforce, as a kernel booted with module.sig_enforce=1 would
+        /// judge it.
+        #[arg(long, value_name = "PATH")]
+        enforced: Vec<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,

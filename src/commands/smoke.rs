@@ -15,18 +15,24 @@ const SHOWN_LINES: usize = 6;
 pub fn smoke(
     ctx: &Context,
     paths: &[PathBuf],
+    enforced: &[PathBuf],
     targets: &[String],
     timeout: u64,
     json: bool,
 ) -> Result<i32> {
+    // (module, loaded after turning on module.sig_enforce)
     let mut kos = Vec::new();
-    for p in paths {
+    for (p, enforce) in paths
+        .iter()
+        .map(|p| (p, false))
+        .chain(enforced.iter().map(|p| (p, true)))
+    {
         let found = smoke::find_modules(p)?;
         if found.is_empty() {
             return Err(Error::usage(format!("no .ko files under {}", p.display()))
                 .hint("build the modules first, or pass .ko files"));
         }
-        kos.extend(found);
+        kos.extend(found.into_iter().map(|f| (f, enforce)));
     }
     let registry = Registry::load(&ctx.home)?;
     let explicit = !targets.is_empty();
@@ -36,8 +42,9 @@ pub fn smoke(
         ctx.profiles.targets.values().collect()
     };
     // (target, tree) -> modules, in the order given.
-    let mut groups: BTreeMap<(String, PathBuf), (RegisteredTree, Vec<PathBuf>)> = BTreeMap::new();
-    for ko in kos {
+    type Group = (RegisteredTree, Vec<PathBuf>, Vec<PathBuf>);
+    let mut groups: BTreeMap<(String, PathBuf), Group> = BTreeMap::new();
+    for (ko, enforce) in kos {
         let (release, _) = smoke::module_release(&ko)?;
         let matching = candidates.iter().find_map(|t| {
             registry
@@ -77,15 +84,22 @@ pub fn smoke(
                 }));
             }
         };
-        groups
+        let group = groups
             .entry((tree.target.clone(), tree.kdir.clone()))
-            .or_insert_with(|| (tree.clone(), Vec::new()))
-            .1
-            .push(ko);
+            .or_insert_with(|| (tree.clone(), Vec::new(), Vec::new()));
+        if enforce {
+            group.2.push(ko);
+        } else {
+            group.1.push(ko);
+        }
     }
     let mut jobs = Vec::new();
-    for ((target, _), (tree, modules)) in groups {
-        jobs.push(Job::new(ctx.profiles.target(&target)?, &tree, modules));
+    for ((target, _), (tree, mut modules, enforced)) in groups {
+        let enforce_from = (!enforced.is_empty()).then_some(modules.len());
+        modules.extend(enforced);
+        let mut job = Job::new(ctx.profiles.target(&target)?, &tree, modules);
+        job.enforce_from = enforce_from;
+        jobs.push(job);
     }
     let stop = super::stop_flag()?;
     let opts = smoke::Options {

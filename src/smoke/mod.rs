@@ -57,6 +57,11 @@ pub struct Job {
     pub files: Option<BootFiles>,
     /// The `.ko` files to load, in the order given.
     pub modules: Vec<PathBuf>,
+    /// Turn on `module.sig_enforce` (`/sys/module/module/parameters/sig_enforce`, which
+    /// can be switched on but never off) before loading `modules[i]` and those after it:
+    /// one boot judges modules both as a default kernel and as one booted with
+    /// `module.sig_enforce=1`.
+    pub enforce_from: Option<usize>,
 }
 
 impl Job {
@@ -74,6 +79,7 @@ impl Job {
             release: tree.release.clone(),
             files: tree.boot.clone(),
             modules,
+            enforce_from: None,
         }
     }
 }
@@ -241,7 +247,7 @@ fn prepare_and_boot(
         given.push(guest::Given::read(ko)?);
     }
     let tree = guest::read_modules_dep(&files.modules_dir)?;
-    let order = guest::load_order(&given, &tree);
+    let order = guest::load_order(&given, &tree, job.enforce_from);
     std::fs::create_dir_all(&opts.work_dir)
         .map_err(|e| Error::io("create directory", &opts.work_dir, e))?;
     let dir = tempfile::Builder::new()
@@ -469,6 +475,7 @@ mod tests {
             release: "6.1.0-50-arm64".into(),
             files: None,
             modules: vec![],
+            enforce_from: None,
         }
     }
 
@@ -489,6 +496,7 @@ mod tests {
             name: "hello".into(),
             path: PathBuf::from("/b/hello.ko"),
             dependency: false,
+            enforce_signatures: false,
         }]
     }
 
