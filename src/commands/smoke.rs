@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::commands::{Context, print_json};
 use crate::error::{Error, Result, exit};
 use crate::kernel::registry::{RegisteredTree, Registry};
+use crate::kernel::tree::KernelTree;
 use crate::smoke::{self, Job, Outcome, Status, TargetReport};
 
 /// Lines of a module's kernel log shown in text output; the rest is in the console log.
@@ -45,14 +46,33 @@ pub fn smoke(
     type Group = (RegisteredTree, Vec<PathBuf>, Vec<PathBuf>);
     let mut groups: BTreeMap<(String, PathBuf), Group> = BTreeMap::new();
     for (ko, enforce) in kos {
-        let (release, _) = smoke::module_release(&ko)?;
+        let (vermagic, _) = smoke::module_vermagic(&ko)?;
+        let (release, flags) = vermagic.split_once(' ').unwrap_or((&vermagic, ""));
         let matching = candidates.iter().find_map(|t| {
             registry
                 .for_target(&t.name)
                 .find(|r| r.release == release)
                 .cloned()
         });
-        let tree = match matching {
+        // Another release with the same flags: the kernel accepts that from a module with
+        // modversions, so boot it on the one kernel whose vermagic has those flags.
+        let same_flags = || -> Option<RegisteredTree> {
+            let fitting: Vec<&RegisteredTree> = candidates
+                .iter()
+                .flat_map(|t| registry.for_target(&t.name))
+                .filter(|r| {
+                    KernelTree::inspect(&r.kdir).is_ok_and(|k| {
+                        let v = k.vermagic.to_string();
+                        v.split_once(' ').map(|(_, f)| f) == Some(flags)
+                    })
+                })
+                .collect();
+            match fitting.as_slice() {
+                [one] => Some((*one).clone()),
+                _ => None,
+            }
+        };
+        let tree = match matching.or_else(same_flags) {
             Some(tree) => tree,
             None if explicit && candidates.len() == 1 => {
                 let t = candidates[0];

@@ -37,10 +37,27 @@ pub struct Given {
 }
 
 impl Given {
-    /// Read a `.ko` file with the module reader.
+    /// Read a `.ko` file with the module reader; one it cannot read is still loaded (the
+    /// kernel is the judge), named after its file.
     pub fn read(path: &Path) -> Result<Given> {
-        let module = Module::read(path).map_err(|e| e.into_error(path))?;
-        Ok(Given::new(path, &module))
+        match Module::read(path) {
+            Ok(module) => Ok(Given::new(path, &module)),
+            Err(_) if path.is_file() => Ok(Given::unread(path)),
+            Err(e) => Err(e.into_error(path)),
+        }
+    }
+
+    /// A module kmx could not read: its name from the file name, no dependencies.
+    pub fn unread(path: &Path) -> Given {
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Given {
+            path: path.to_path_buf(),
+            name: normalize(file.split('.').next().unwrap_or_default()),
+            depends: Vec::new(),
+        }
     }
 
     pub fn new(path: &Path, module: &Module) -> Given {

@@ -448,18 +448,43 @@ pub fn find_modules(path: &Path) -> crate::Result<Vec<PathBuf>> {
 /// The kernel release a module was built for (the first word of its vermagic), and its
 /// name. Errors name the file.
 pub fn module_release(ko: &Path) -> crate::Result<(String, String)> {
-    let module = crate::verify::Module::read(ko).map_err(|e| e.into_error(ko))?;
-    let given = guest::Given::new(ko, &module);
-    let release = module
-        .vermagic()
-        .and_then(|v| v.split_whitespace().next())
-        .map(str::to_string)
-        .ok_or_else(|| {
-            Error::failed("the module has no vermagic in .modinfo")
-                .at(ko)
-                .hint("build it with kbuild against a prepared kernel tree")
-        })?;
-    Ok((release, given.name))
+    let (vermagic, name) = module_vermagic(ko)?;
+    let release = vermagic
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok((release, name))
+}
+
+/// A module's whole vermagic and its name. A file kmx cannot read as a module is still
+/// booted (the kernel is the judge): its vermagic is then found in its raw bytes and its
+/// name is its file name. Errors name the file.
+pub fn module_vermagic(ko: &Path) -> crate::Result<(String, String)> {
+    let no_vermagic = || {
+        Error::failed("the module has no vermagic in .modinfo")
+            .at(ko)
+            .hint("build it with kbuild against a prepared kernel tree")
+    };
+    match crate::verify::Module::read(ko) {
+        Ok(module) => {
+            let given = guest::Given::new(ko, &module);
+            let vermagic = module.vermagic().ok_or_else(no_vermagic)?.to_string();
+            Ok((vermagic, given.name))
+        }
+        Err(e) => {
+            let err = e.into_error(ko);
+            let bytes = std::fs::read(ko).map_err(|e| Error::io("read", ko, e))?;
+            let key = b"vermagic=";
+            let at = bytes.windows(key.len()).position(|w| w == key).ok_or(err)? + key.len();
+            let end = bytes[at..]
+                .iter()
+                .position(|&b| b == 0)
+                .map_or(bytes.len(), |n| at + n);
+            let vermagic = String::from_utf8_lossy(&bytes[at..end]).into_owned();
+            Ok((vermagic, guest::Given::unread(ko).name))
+        }
+    }
 }
 
 #[cfg(test)]
