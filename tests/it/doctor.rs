@@ -252,3 +252,23 @@ fn fetch_from_an_unreachable_mirror_says_so() {
     // Nothing was registered.
     assert!(!k.home.join("trees/registry.json").exists());
 }
+
+/// Issue 10, item 4: a CONFIG_MODVERSIONS tree without Module.symvers builds modules with
+/// an empty __versions, which the kernel refuses: doctor calls it a problem and says what
+/// to do.
+#[test]
+fn doctor_flags_a_modversions_tree_without_module_symvers() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let kdir = k.variant_tree("amd64", "6.1.0-99-amd64", &[]);
+    std::fs::remove_file(kdir.join("Module.symvers")).unwrap();
+    let text = k.run(&["doctor", "-t", "amd64"]).ok().stdout();
+    let line = format!(
+        "  tree      {}: the kernel has CONFIG_MODVERSIONS but the tree has no Module.symvers: modules built against it get no symbol CRCs and the kernel refuses them (\"no symbol version for module_layout\")",
+        kdir.display()
+    );
+    assert!(text.contains(&line), "{text}");
+    assert!(
+        text.contains("hint: copy the kernel's Module.symvers into the tree"),
+        "{text}"
+    );
+}
