@@ -125,10 +125,12 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
     };
     let target_name = args.target.as_deref().unwrap_or("");
     let cert_cache = ctx.home.root.join("cache").join("certs");
+    let digests = OnceLock::new();
     let ctx = Pass {
         trees: &trees,
         symbols: &symbols,
         keys: &keys,
+        digests: &digests,
         given_certs: given_certs.as_ref(),
         cert_cache: &cert_cache,
         identity: identity.as_ref(),
@@ -167,6 +169,16 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         for (i, report) in second {
             reports[i] = report;
         }
+    }
+    for k in keys
+        .iter()
+        .filter_map(|k| k.get())
+        .filter_map(|k| k.as_ref().ok())
+    {
+        certs::save_verified(k, &cert_cache);
+    }
+    if let Some(d) = digests.get() {
+        d.save(&cert_cache);
     }
     let mut used = BTreeSet::new();
     for (i, lock) in symbols.into_iter().enumerate() {
@@ -360,6 +372,7 @@ struct Pass<'a> {
     trees: &'a Trees,
     symbols: &'a [OnceLock<Result<Option<TreeSymbols>>>],
     keys: &'a [OnceLock<std::result::Result<Keyring, String>>],
+    digests: &'a OnceLock<certs::DigestCache>,
     given_certs: Option<&'a Keyring>,
     cert_cache: &'a Path,
     identity: Option<&'a ElfIdentity>,
@@ -368,6 +381,40 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// Give a signed module the digest of its signed bytes: from the digest cache when the
+    /// file is unchanged since a run computed it (same path, inode, size, mtime and ctime,
+    /// as git's index trusts), else by reading it again with the digest. Left `None` when
+    /// the file cannot be read again (the signature check then says it was not checked).
+    fn fill_digest(&self, path: &Path, module: &mut Module) {
+        let Some(message) = module
+            .signature
+            .as_mut()
+            .and_then(|s| s.message.as_deref_mut())
+        else {
+            return;
+        };
+        if message.content_digest.is_some() {
+            return;
+        }
+        let cache = self
+            .digests
+            .get_or_init(|| certs::DigestCache::load(self.cert_cache));
+        let key = certs::DigestCache::key(path, &message.digest_oid);
+        if let Some(d) = key.as_ref().and_then(|k| cache.get(k)) {
+            message.content_digest = Some(d);
+            return;
+        }
+        let digest = Module::read_with(path, true).ok().and_then(|m| {
+            m.signature
+                .and_then(|s| s.message)
+                .and_then(|m| m.content_digest)
+        });
+        if let (Some(k), Some(d)) = (key, &digest) {
+            cache.remember(k, d);
+        }
+        message.content_digest = digest;
+    }
+
     /// The keys tree `i`'s kernel trusts: its image's built-in certificates and `--cert`.
     /// An `Err` says why kmx does not know them (then signatures are not checked).
     fn load_keys(&self, i: usize) -> std::result::Result<Keyring, String> {
@@ -378,25 +425,30 @@ impl Pass<'_> {
             ),
             None => None,
         };
-        match (from_image, self.given_certs) {
+        let mut keyring = match (from_image, self.given_certs) {
             (Some(Ok(mut k)), Some(given)) => {
                 k.keys.extend(given.keys.iter().cloned());
                 k.source = format!("{} and {}", k.source, given.source);
-                Ok(k)
+                k
             }
-            (Some(Ok(k)), None) => Ok(k),
-            (_, Some(given)) => Ok(given.clone()),
-            (Some(Err(why)), None) => Err(why),
-            (None, None) => Err(format!(
-                "kmx has no certificate of kernel {} (fetch its image with `kmx kernels fetch --with-image`, or pass --cert FILE)",
-                self.trees.trees[i].release
-            )),
-        }
+            (Some(Ok(k)), None) => k,
+            (_, Some(given)) => given.clone(),
+            (Some(Err(why)), None) => return Err(why),
+            (None, None) => {
+                return Err(format!(
+                    "kmx has no certificate of kernel {} (fetch its image with `kmx kernels fetch --with-image`, or pass --cert FILE)",
+                    self.trees.trees[i].release
+                ));
+            }
+        };
+        certs::load_verified(&mut keyring, self.cert_cache);
+        Ok(keyring)
     }
 
     /// Read the module at `path` and check it; its exports when it could be read.
     fn check(&self, path: &Path, others: &Others) -> (ModuleReport, Option<Exports>) {
-        let module = match Module::read(path) {
+        // The signed bytes' digest is computed only when the signature is checked.
+        let mut module = match Module::read_with(path, false) {
             Ok(m) => m,
             Err(e) => {
                 let report = ModuleReport {
@@ -432,7 +484,10 @@ impl Pass<'_> {
                         Ok(symbols) => {
                             let keys = if module.signature.is_some() && tree.module_sig.enabled {
                                 match self.keys[i].get_or_init(|| self.load_keys(i)) {
-                                    Ok(k) => Keys::Known(k),
+                                    Ok(k) => {
+                                        self.fill_digest(path, &mut module);
+                                        Keys::Known(k)
+                                    }
                                     Err(why) => Keys::Unknown(why),
                                 }
                             } else {

@@ -59,7 +59,150 @@ pub fn builtin(image: &Path, cache_dir: &Path) -> Result<Keyring> {
         .iter()
         .filter_map(|der| TrustedKey::from_der(der).ok())
         .collect();
-    Ok(Keyring { keys, source })
+    Ok(Keyring {
+        keys,
+        source,
+        ..Keyring::default()
+    })
+}
+
+/// The file remembering the signatures found good with `keyring`'s keys.
+fn verified_file(keyring: &Keyring, cache_dir: &Path) -> PathBuf {
+    cache_dir.join(format!("verified-{}.bin", hex(&keyring.id())))
+}
+
+/// Load what earlier runs found good with `keyring`'s keys (nothing if never saved or
+/// unreadable: the cache only saves work).
+pub fn load_verified(keyring: &mut Keyring, cache_dir: &Path) {
+    let known = std::fs::read(verified_file(keyring, cache_dir))
+        .map(|bytes| {
+            bytes
+                .chunks_exact(16)
+                .map(|c| {
+                    let mut e = [0u8; 16];
+                    e.copy_from_slice(c);
+                    e
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    keyring.verified = std::sync::Arc::new(crate::verify::signing::Verified {
+        known,
+        found: Default::default(),
+    });
+}
+
+/// Save the good signatures of this run with the earlier ones, atomically; a cache that
+/// cannot be written is not an error.
+pub fn save_verified(keyring: &Keyring, cache_dir: &Path) {
+    let found = match keyring.verified.found.lock() {
+        Ok(f) if !f.is_empty() => f.clone(),
+        _ => return,
+    };
+    let mut all: Vec<[u8; 16]> = keyring.verified.known.iter().copied().collect();
+    all.extend(found);
+    all.sort_unstable();
+    all.dedup();
+    if std::fs::create_dir_all(cache_dir).is_ok() {
+        let _ = write_atomic(&verified_file(keyring, cache_dir), &all.concat());
+    }
+}
+
+/// The digests of signed modules' signed bytes, by file identity: a warm run over a whole
+/// module tree then reads only the sections it checks, as it did before signatures were
+/// checked, instead of every byte of every module. The identity is the path, device,
+/// inode, size, modification and change times (what git's index trusts to say a file is
+/// unchanged; the change time cannot be set back by a user) and the digest algorithm.
+/// Only SHA-256 digests are kept (what every distribution signs with).
+#[derive(Debug, Default)]
+pub struct DigestCache {
+    known: std::collections::HashMap<[u8; 16], [u8; 32]>,
+    found: std::sync::Mutex<Vec<([u8; 16], [u8; 32])>>,
+}
+
+const DIGESTS_FILE: &str = "module-digests.bin";
+
+impl DigestCache {
+    pub fn load(cache_dir: &Path) -> DigestCache {
+        let known = std::fs::read(cache_dir.join(DIGESTS_FILE))
+            .map(|bytes| {
+                bytes
+                    .chunks_exact(48)
+                    .map(|c| {
+                        let mut k = [0u8; 16];
+                        let mut d = [0u8; 32];
+                        k.copy_from_slice(&c[..16]);
+                        d.copy_from_slice(&c[16..]);
+                        (k, d)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        DigestCache {
+            known,
+            found: Default::default(),
+        }
+    }
+
+    /// The identity of the file at `path` for a digest with `digest_oid`; `None` when it
+    /// cannot be stat'ed.
+    pub fn key(path: &Path, digest_oid: &[u8]) -> Option<[u8; 16]> {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        let mut h = sha2::Sha256::new();
+        h.update(path.as_os_str().as_bytes());
+        h.update([0]);
+        for n in [
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime() as u64,
+            meta.mtime_nsec() as u64,
+            meta.ctime() as u64,
+            meta.ctime_nsec() as u64,
+        ] {
+            h.update(n.to_le_bytes());
+        }
+        h.update(digest_oid);
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&h.finalize()[..16]);
+        Some(key)
+    }
+
+    pub fn get(&self, key: &[u8; 16]) -> Option<Vec<u8>> {
+        self.known.get(key).map(|d| d.to_vec())
+    }
+
+    pub fn remember(&self, key: [u8; 16], digest: &[u8]) {
+        let Ok(d) = <[u8; 32]>::try_from(digest) else {
+            return;
+        };
+        if let Ok(mut found) = self.found.lock() {
+            found.push((key, d));
+        }
+    }
+
+    /// Save this run's digests with the earlier ones, atomically; a cache that cannot be
+    /// written is not an error.
+    pub fn save(&self, cache_dir: &Path) {
+        let found = match self.found.lock() {
+            Ok(f) if !f.is_empty() => f.clone(),
+            _ => return,
+        };
+        let mut all: Vec<([u8; 16], [u8; 32])> = self.known.iter().map(|(k, d)| (*k, *d)).collect();
+        all.extend(found);
+        all.sort_unstable();
+        all.dedup_by_key(|(k, _)| *k);
+        let bytes: Vec<u8> = all
+            .iter()
+            .flat_map(|(k, d)| k.iter().chain(d))
+            .copied()
+            .collect();
+        if std::fs::create_dir_all(cache_dir).is_ok() {
+            let _ = write_atomic(&cache_dir.join(DIGESTS_FILE), &bytes);
+        }
+    }
 }
 
 /// Certificates from files the user names (`--cert`): PEM or DER. Errors name the file.
@@ -78,7 +221,11 @@ pub fn from_files(files: &[PathBuf]) -> Result<Keyring> {
         [one] => one.display().to_string(),
         _ => format!("the {} --cert files", files.len()),
     };
-    Ok(Keyring { keys, source })
+    Ok(Keyring {
+        keys,
+        source,
+        ..Keyring::default()
+    })
 }
 
 /// The cache file: DER certificates back to back, each self-delimiting.

@@ -231,6 +231,13 @@ impl Module {
     ///
     /// Safe to call from many threads at once: it shares no state.
     pub fn read(path: &Path) -> Result<Module, ReadError> {
+        Module::read_with(path, true)
+    }
+
+    /// [`Module::read`], computing the digest of the signed bytes (a signature's
+    /// [`SignedMessage::content_digest`], which touches every page of the file) only when
+    /// `digest` is true.
+    pub fn read_with(path: &Path, digest: bool) -> Result<Module, ReadError> {
         let file = File::open(path).map_err(|source| ReadError::Io { op: "open", source })?;
         let meta = file
             .metadata()
@@ -246,7 +253,7 @@ impl Module {
             if data.len() > limit {
                 return Err(ReadError::TooLarge { limit });
             }
-            return Module::parse(&data);
+            return Module::parse_with(&data, digest);
         }
         if meta.len() == 0 {
             return Err(ReadError::Empty);
@@ -261,7 +268,7 @@ impl Module {
                     .take(READ_LIMIT + 1)
                     .read_to_end(&mut data)
                     .map_err(|source| ReadError::Io { op: "read", source })
-                    .and_then(|_| Module::parse(&data));
+                    .and_then(|_| Module::parse_with(&data, digest));
                 if data.capacity() <= 2 * READ_LIMIT as usize {
                     buffer.replace(data);
                 }
@@ -273,19 +280,24 @@ impl Module {
         // SIGBUS; modules are not rewritten in place while kmx verifies them.
         let map =
             unsafe { Mmap::map(&file) }.map_err(|source| ReadError::Io { op: "map", source })?;
-        Module::parse(&map)
+        Module::parse_with(&map, digest)
     }
 
     /// Parse a module held in memory (plain or compressed, signed or not).
     pub fn parse(bytes: &[u8]) -> Result<Module, ReadError> {
+        Module::parse_with(bytes, true)
+    }
+
+    /// [`Module::parse`], with the signed bytes' digest only when `digest` is true.
+    pub fn parse_with(bytes: &[u8], digest: bool) -> Result<Module, ReadError> {
         match Compression::detect(bytes) {
             Some(format) => {
                 let data = decompress::decompress(bytes, format, decompress::DEFAULT_LIMIT)?;
-                let mut module = parse_uncompressed(&data)?;
+                let mut module = parse_uncompressed(&data, digest)?;
                 module.compression = Some(format);
                 Ok(module)
             }
-            None => parse_uncompressed(bytes),
+            None => parse_uncompressed(bytes, digest),
         }
     }
 
@@ -329,8 +341,8 @@ impl Module {
 }
 
 /// Split off the signature (if any), then parse the ELF before it.
-fn parse_uncompressed(data: &[u8]) -> Result<Module, ReadError> {
-    let (elf, signature) = split_signature(data)?;
+fn parse_uncompressed(data: &[u8], digest: bool) -> Result<Module, ReadError> {
+    let (elf, signature) = split_signature(data, digest)?;
     let mut module = parse_elf(elf)?;
     module.signature = signature;
     Ok(module)
@@ -859,7 +871,7 @@ const HASH_ALGOS: [&str; 9] = [
 ];
 
 /// Split `data` into the ELF and its signature. No magic at the end means "not signed".
-fn split_signature(data: &[u8]) -> Result<(&[u8], Option<Signature>), ReadError> {
+fn split_signature(data: &[u8], digest: bool) -> Result<(&[u8], Option<Signature>), ReadError> {
     let Some(before_magic) = data.strip_suffix(SIGNATURE_MAGIC) else {
         return Ok((data, None));
     };
@@ -914,7 +926,9 @@ fn split_signature(data: &[u8]) -> Result<(&[u8], Option<Signature>), ReadError>
     let signature = if id_type == ID_PKCS7 {
         let info = pkcs7::signer_info(sig).map_err(|e| bad(format!("PKCS#7: {e}")))?;
         let mut message = info.message;
-        message.content_digest = super::signing::digest(&message.digest_oid, module);
+        if digest {
+            message.content_digest = super::signing::digest(&message.digest_oid, module);
+        }
         Signature {
             signer: info.signer,
             key_id: hex_colons(&info.key_id),
@@ -1356,7 +1370,7 @@ mod tests {
         // algo RSA, hash sha256, id X509, signer_len 6, key_id_len 2, pad, sig_len 3 (BE)
         file.extend_from_slice(&[1, 4, 1, 6, 2, 0, 0, 0, 0, 0, 0, 3]);
         file.extend_from_slice(SIGNATURE_MAGIC);
-        let (module, sig) = split_signature(&file).unwrap();
+        let (module, sig) = split_signature(&file, true).unwrap();
         assert_eq!(module, b"ELF...");
         assert_eq!(
             sig,
@@ -1376,7 +1390,7 @@ mod tests {
             let mut f = vec![0u8; 32];
             f.extend_from_slice(&info);
             f.extend_from_slice(SIGNATURE_MAGIC);
-            split_signature(&f).unwrap_err().to_string()
+            split_signature(&f, true).unwrap_err().to_string()
         };
         assert_eq!(
             with([0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
@@ -1398,7 +1412,7 @@ mod tests {
 
     #[test]
     fn unsigned_data_is_returned_whole() {
-        let (module, sig) = split_signature(b"\x7fELF").unwrap();
+        let (module, sig) = split_signature(b"\x7fELF", true).unwrap();
         assert_eq!(module, b"\x7fELF");
         assert_eq!(sig, None);
     }

@@ -163,12 +163,59 @@ pub struct Keyring {
     pub keys: Vec<TrustedKey>,
     /// Where the keys came from, for messages: "the kernel image's 2 built-in certificates".
     pub source: String,
+    /// Signatures already found good with these keys (see [`Verified`]).
+    pub verified: std::sync::Arc<Verified>,
 }
 
 impl Keyring {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+
+    /// What identifies this set of keys: a digest of their certificates, in order.
+    pub fn id(&self) -> [u8; 16] {
+        let mut h = sha2::Sha256::new();
+        for k in &self.keys {
+            h.update((k.der.len() as u64).to_le_bytes());
+            h.update(&k.der);
+        }
+        first16(&h.finalize())
+    }
+}
+
+/// Signatures found good before, so that a run over a whole module tree does not redo
+/// thousands of RSA operations (the cost of checking a signature; hashing the module is
+/// cheap). An entry is a digest of the signer's certificate, the signed digest and the
+/// signature bytes: the same entry means the same mathematical check, so the verdict is
+/// the same. Only good verdicts are remembered. Loaded and saved by
+/// [`crate::kernel::certs`]; shared by every thread of a run.
+#[derive(Debug, Default)]
+pub struct Verified {
+    pub known: std::collections::HashSet<[u8; 16]>,
+    pub found: std::sync::Mutex<Vec<[u8; 16]>>,
+}
+
+impl Verified {
+    fn entry(key: &TrustedKey, signed_digest: &[u8], signature: &[u8]) -> [u8; 16] {
+        let mut h = sha2::Sha256::new();
+        for part in [&key.der[..], signed_digest, signature] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        first16(&h.finalize())
+    }
+
+    fn remember(&self, entry: [u8; 16]) {
+        if let Ok(mut found) = self.found.lock() {
+            found.push(entry);
+        }
+    }
+}
+
+fn first16(digest: &[u8]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
 }
 
 /// What checking one signature found.
@@ -249,14 +296,20 @@ pub fn verify(message: &SignedMessage, keyring: &Keyring) -> Verdict {
         }
         (None, _) => content.clone(),
     };
-    if key
-        .verify(hash.scheme(), &signed_digest, &message.signature)
-        .is_err()
+    let entry = Verified::entry(signer, &signed_digest, &message.signature);
+    let known = keyring.verified.known.contains(&entry);
+    if !known
+        && key
+            .verify(hash.scheme(), &signed_digest, &message.signature)
+            .is_err()
     {
         return Verdict::Bad {
             key: signer.name.clone(),
             why: "the signature does not match the module's digest".to_string(),
         };
+    }
+    if !known {
+        keyring.verified.remember(entry);
     }
     if !trusted {
         return Verdict::UnknownKey;
