@@ -418,13 +418,10 @@ impl Pass<'_> {
     /// The keys tree `i`'s kernel trusts: its image's built-in certificates and `--cert`.
     /// An `Err` says why kmx does not know them (then signatures are not checked).
     fn load_keys(&self, i: usize) -> std::result::Result<Keyring, String> {
-        let from_image = match &self.trees.images[i] {
-            Some(image) => Some(
-                certs::builtin(image, self.cert_cache)
-                    .map_err(|e| render(&e).trim_start_matches("error: ").to_string()),
-            ),
-            None => None,
-        };
+        let from_image = self.trees.images[i].as_ref().map(|image| {
+            certs::builtin(image, self.cert_cache)
+                .map_err(|e| render(&e).trim_start_matches("error: ").to_string())
+        });
         let mut keyring = match (from_image, self.given_certs) {
             (Some(Ok(mut k)), Some(given)) => {
                 k.keys.extend(given.keys.iter().cloned());

@@ -409,14 +409,12 @@ fn scan_located(data: &[u8]) -> Vec<(usize, Vec<u8>)> {
         let plausible = len > 256
             && data.get(start + 4..start + 6) == Some(&[0x30, 0x82][..])
             && end <= data.len();
-        if plausible {
-            if let Some(der) = data.get(start..end) {
-                if Certificate::from_der(der).is_ok() {
-                    out.push((start, der.to_vec()));
-                    at = end;
-                    continue;
-                }
-            }
+        if let Some(der) = data.get(start..end).filter(|_| plausible)
+            && Certificate::from_der(der).is_ok()
+        {
+            out.push((start, der.to_vec()));
+            at = end;
+            continue;
         }
         at = start + 1;
     }
