@@ -62,6 +62,9 @@ lib/modules/RELEASE directory); their CRCs are known from a build's Module.symve
 Signatures are checked against the certificates built into the kernel (read from the image \
 `kmx kernels fetch --with-image` brought, cached under KMX_HOME/cache/certs) and any --cert; \
 where kmx has neither, a signed module warns that its signature was not checked.\n\n\
+A pass means the kernel's loader accepts the module, a warning that it loads it with a \
+caveat (tainted, forced, or only on some CPUs); whether the module's init succeeds only \
+loading it can tell (`kmx smoke`).\n\n\
 Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no modules found, \
 3 the kernel tree is missing or unreadable."
     )]

@@ -997,6 +997,127 @@ pub fn worst(checks: &[Check]) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::kconfig::KConfig;
+    use crate::verify::module::SignedMessage;
+
+    fn root() -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// The amd64 fixture tree with `extra` .config lines.
+    fn tree(extra: &str) -> KernelTree {
+        let kdir = root().join("tests/fixtures/trees/amd64");
+        let mut t = KernelTree::inspect(&kdir).unwrap();
+        let text = std::fs::read_to_string(kdir.join(".config")).unwrap() + extra;
+        t.config = KConfig::parse(&text);
+        t.module_sig.force = t.config.builtin("CONFIG_MODULE_SIG_FORCE");
+        t
+    }
+
+    fn hello() -> Module {
+        Module::read(&root().join("tests/data/modules/amd64/hello.ko")).unwrap()
+    }
+
+    fn kernel(tree: &KernelTree) -> Kernel<'_> {
+        Kernel {
+            tree,
+            symbols: None,
+            keys: Keys::Unknown("no keys in this test"),
+        }
+    }
+
+    #[test]
+    fn no_versions_follows_module_force_load() {
+        let mut m = hello();
+        m.versions.clear();
+        m.versions_format = VersionsFormat::None;
+        let forced = tree("CONFIG_MODULE_FORCE_LOAD=y\n");
+        let c = modversions(&m, kernel(&forced), &Others::default());
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        let strict = tree("# CONFIG_MODULE_FORCE_LOAD is not set\n");
+        let c = modversions(&m, kernel(&strict), &Others::default());
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(
+            c.summary.contains("refuses it (Exec format error)"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn empty_versions_fail_even_without_module_symvers() {
+        let mut m = hello();
+        m.versions.clear();
+        let t = tree("");
+        let c = modversions(&m, kernel(&t), &Others::default());
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.summary
+                .starts_with("no symbol version for module_layout: __versions is empty")
+        );
+    }
+
+    #[test]
+    fn signature_verdicts_follow_enforcement() {
+        let t = tree("");
+        let unsigned = hello();
+        let lax = Options::default();
+        let enforce = Options {
+            sig_enforce: true,
+            ..Options::default()
+        };
+        assert_eq!(
+            signature(&unsigned, Some(kernel(&t)), lax).status,
+            Status::Warn
+        );
+        assert_eq!(
+            signature(&unsigned, Some(kernel(&t)), enforce).status,
+            Status::Fail
+        );
+        let forced = tree("CONFIG_MODULE_SIG_FORCE=y\n");
+        let c = signature(&unsigned, Some(kernel(&forced)), lax);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.summary.contains("CONFIG_MODULE_SIG_FORCE"), "{c:?}");
+
+        // Signed, but by a key no keyring has: ENOKEY, tolerated unless enforced.
+        let mut signed = hello();
+        signed.signature = Some(crate::verify::module::Signature {
+            signer: "someone".into(),
+            key_id: "01".into(),
+            hash_algo: "sha256".into(),
+            id_type: "PKCS#7".into(),
+            message: Some(Box::new(SignedMessage {
+                issuer: vec![0x30, 0],
+                serial: vec![1],
+                subject_key_id: None,
+                digest_oid: vec![0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 1],
+                signature_oid: vec![0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 1],
+                signed_attrs: None,
+                message_digest: None,
+                signature: vec![0; 8],
+                certificates: vec![],
+                content_digest: Some(vec![0; 32]),
+            })),
+        });
+        let keyring = Keyring::default();
+        let with_keys = Kernel {
+            keys: Keys::Known(&keyring),
+            ..kernel(&t)
+        };
+        assert_eq!(
+            signature(&signed, Some(with_keys), lax).status,
+            Status::Warn
+        );
+        let c = signature(&signed, Some(with_keys), enforce);
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.summary
+                .contains("Loading of module with unavailable key is rejected")
+        );
+        // No keys known: never a pass.
+        let c = signature(&signed, Some(kernel(&t)), lax);
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.summary.contains("the signature was not checked"), "{c:?}");
+    }
 
     #[test]
     fn tag_cpu_arch_levels_follow_the_abi_table() {
@@ -1008,6 +1129,7 @@ mod tests {
         assert_eq!(arm_cpu_level(2), Some(4));
         assert_eq!(arm_cpu_level(14), Some(8));
         assert_eq!(arm_cpu_level(0), None);
+        assert_eq!(arm_cpu_level(15), Some(8));
         assert_eq!(
             arm_level_of("SMP mod_unload modversions ARMv7 p2v8 "),
             Some(7)
