@@ -271,4 +271,22 @@ fn doctor_flags_a_modversions_tree_without_module_symvers() {
         text.contains("hint: copy the kernel's Module.symvers into the tree"),
         "{text}"
     );
+    // And a build against it does not count the cell as built: modpost left __versions
+    // empty, which the kernel refuses.
+    let hello = repo().join("examples/hello");
+    let run = k.run(&[
+        "build",
+        hello.to_str().unwrap(),
+        "-t",
+        "amd64",
+        "-k",
+        "6.1.0-99-amd64",
+        "--no-cache",
+    ]);
+    let all = format!("{}{}", run.stdout(), run.stderr());
+    assert_ne!(run.code(), 0, "{all}");
+    assert!(
+        all.contains("modversions: no symbol version for module_layout: __versions is empty"),
+        "{all}"
+    );
 }
