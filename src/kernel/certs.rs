@@ -55,10 +55,19 @@ pub fn builtin(image: &Path, cache_dir: &Path) -> Result<Keyring> {
             ders
         }
     };
-    let keys = ders
+    let keys: Vec<TrustedKey> = ders
         .iter()
         .filter_map(|der| TrustedKey::from_der(der).ok())
         .collect();
+    // Not finding the list is not knowing the keys: say so rather than judge every signed
+    // module as signed by an unknown key.
+    if keys.is_empty() {
+        return Err(Error::failed(
+            "found no built-in certificates (system_certificate_list) in the kernel image",
+        )
+        .at(image)
+        .hint("pass the kernel's signing certificate with --cert FILE"));
+    }
     Ok(Keyring {
         keys,
         source,
