@@ -47,7 +47,8 @@ pub enum Cmd {
     Report(ReportCmd),
     /// Check, without booting anything, that modules will load on a target's kernel, and if
     /// not, exactly why: ELF identity, vermagic (the kernel's own rule), every modversions
-    /// CRC against the tree's Module.symvers, unresolved symbols, depends=, signature.
+    /// CRC against the tree's Module.symvers, unresolved symbols, depends=, and the
+    /// signature against the kernel's own certificates.
     /// Exits 0 only when no module fails.
     #[command(
         long_about = None,
@@ -58,6 +59,12 @@ vermagic, modversions and signature are shown.\n\n\
 Symbols the kernel does not export resolve against the other modules given (e.g. a whole \
 lib/modules/RELEASE directory); their CRCs are known from a build's Module.symvers \
 (found next to the modules in the directories given, or passed with --symvers).\n\n\
+Signatures are checked against the certificates built into the kernel (read from the image \
+`kmx kernels fetch --with-image` brought, cached under KMX_HOME/cache/certs) and any --cert; \
+where kmx has neither, a signed module warns that its signature was not checked.\n\n\
+A pass means the kernel's loader accepts the module, a warning that it loads it with a \
+caveat (tainted, forced, or only on some CPUs); whether the module's init succeeds only \
+loading it can tell (`kmx smoke`).\n\n\
 Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no modules found, \
 3 the kernel tree is missing or unreadable."
     )]
@@ -154,6 +161,11 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         /// Give up on a boot after this many seconds.
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         timeout: u64,
+        /// Also load this .ko (repeatable) in the same boot, after the others and after
+        /// turning on module.sig_enforce, as a kernel booted with module.sig_enforce=1 would
+        /// judge it.
+        #[arg(long, value_name = "PATH")]
+        enforced: Vec<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -421,6 +433,15 @@ pub struct VerifyArgs {
     /// module with modversions; by default it is a warning).
     #[arg(long)]
     pub strict: bool,
+    /// Also trust this certificate (PEM or DER, repeatable) for module signatures, besides
+    /// the kernel's built-in ones read from its image: a key enrolled with mokutil, or the
+    /// kernel's certs/signing_key.x509 when its image was not fetched.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Vec<PathBuf>,
+    /// Judge as a kernel booted with module.sig_enforce=1: a module that is unsigned or
+    /// signed with a key the kernel does not trust fails instead of warning.
+    #[arg(long)]
+    pub sig_enforce: bool,
     /// Print one JSON document on stdout: per module its path, name, vermagic, identity and
     /// every check with status and evidence.
     #[arg(long)]

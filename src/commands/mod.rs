@@ -89,8 +89,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             paths,
             target,
             timeout,
+            enforced,
             json,
-        } => smoke::smoke(&ctx, &paths, &target, timeout, json),
+        } => smoke::smoke(&ctx, &paths, &enforced, &target, timeout, json),
     }
 }
 

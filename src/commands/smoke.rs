@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::commands::{Context, print_json};
 use crate::error::{Error, Result};
 use crate::kernel::registry::{RegisteredTree, Registry};
+use crate::kernel::tree::KernelTree;
 use crate::smoke::{self, Job, Outcome, Status, TargetReport};
 
 /// Lines of a module's kernel log shown in text output; the rest is in the console log.
@@ -15,18 +16,24 @@ const SHOWN_LINES: usize = 6;
 pub fn smoke(
     ctx: &Context,
     paths: &[PathBuf],
+    enforced: &[PathBuf],
     targets: &[String],
     timeout: u64,
     json: bool,
 ) -> Result<i32> {
+    // (module, loaded after turning on module.sig_enforce)
     let mut kos = Vec::new();
-    for p in paths {
+    for (p, enforce) in paths
+        .iter()
+        .map(|p| (p, false))
+        .chain(enforced.iter().map(|p| (p, true)))
+    {
         let found = smoke::find_modules(p)?;
         if found.is_empty() {
             return Err(Error::usage(format!("no .ko files under {}", p.display()))
                 .hint("build the modules first, or pass .ko files"));
         }
-        kos.extend(found);
+        kos.extend(found.into_iter().map(|f| (f, enforce)));
     }
     let registry = Registry::load(&ctx.home)?;
     let explicit = !targets.is_empty();
@@ -36,16 +43,36 @@ pub fn smoke(
         ctx.profiles.targets.values().collect()
     };
     // (target, tree) -> modules, in the order given.
-    let mut groups: BTreeMap<(String, PathBuf), (RegisteredTree, Vec<PathBuf>)> = BTreeMap::new();
-    for ko in kos {
-        let (release, _) = smoke::module_release(&ko)?;
+    type Group = (RegisteredTree, Vec<PathBuf>, Vec<PathBuf>);
+    let mut groups: BTreeMap<(String, PathBuf), Group> = BTreeMap::new();
+    for (ko, enforce) in kos {
+        let (vermagic, _) = smoke::module_vermagic(&ko)?;
+        let (release, flags) = vermagic.split_once(' ').unwrap_or((&vermagic, ""));
         let matching = candidates.iter().find_map(|t| {
             registry
                 .for_target(&t.name)
                 .find(|r| r.release == release)
                 .cloned()
         });
-        let tree = match matching {
+        // Another release with the same flags: the kernel accepts that from a module with
+        // modversions, so boot it on the one kernel whose vermagic has those flags.
+        let same_flags = || -> Option<RegisteredTree> {
+            let fitting: Vec<&RegisteredTree> = candidates
+                .iter()
+                .flat_map(|t| registry.for_target(&t.name))
+                .filter(|r| {
+                    KernelTree::inspect(&r.kdir).is_ok_and(|k| {
+                        let v = k.vermagic.to_string();
+                        v.split_once(' ').map(|(_, f)| f) == Some(flags)
+                    })
+                })
+                .collect();
+            match fitting.as_slice() {
+                [one] => Some((*one).clone()),
+                _ => None,
+            }
+        };
+        let tree = match matching.or_else(same_flags) {
             Some(tree) => tree,
             None if explicit && candidates.len() == 1 => {
                 let t = candidates[0];
@@ -77,15 +104,22 @@ pub fn smoke(
                 }));
             }
         };
-        groups
+        let group = groups
             .entry((tree.target.clone(), tree.kdir.clone()))
-            .or_insert_with(|| (tree.clone(), Vec::new()))
-            .1
-            .push(ko);
+            .or_insert_with(|| (tree.clone(), Vec::new(), Vec::new()));
+        if enforce {
+            group.2.push(ko);
+        } else {
+            group.1.push(ko);
+        }
     }
     let mut jobs = Vec::new();
-    for ((target, _), (tree, modules)) in groups {
-        jobs.push(Job::new(ctx.profiles.target(&target)?, &tree, modules));
+    for ((target, _), (tree, mut modules, enforced)) in groups {
+        let enforce_from = (!enforced.is_empty()).then_some(modules.len());
+        modules.extend(enforced);
+        let mut job = Job::new(ctx.profiles.target(&target)?, &tree, modules);
+        job.enforce_from = enforce_from;
+        jobs.push(job);
     }
     let stop = crate::process::stop_flag()?;
     let opts = smoke::Options {

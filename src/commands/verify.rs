@@ -23,11 +23,15 @@ use crate::commands::{Context, print_json};
 use crate::config::Target;
 use crate::config::arch::ElfIdentity;
 use crate::error::{Error, Result, exit};
+use crate::kernel::certs;
 use crate::kernel::registry::{Registry, trees_of};
 use crate::kernel::symvers::Symvers;
 use crate::kernel::tree::KernelTree;
-use crate::verify::checks::{self, Check, CheckKind, Kernel, Options, Others, Status, TreeSymbols};
+use crate::verify::checks::{
+    self, Check, CheckKind, Kernel, Keys, Options, Others, Status, TreeSymbols,
+};
 use crate::verify::module::{Compression, Module};
+use crate::verify::signing::Keyring;
 
 /// File names `kmx verify` picks up when it walks a directory.
 const MODULE_SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];
@@ -35,6 +39,8 @@ const MODULE_SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];
 /// The kernel trees modules may be checked against.
 struct Trees {
     trees: Vec<KernelTree>,
+    /// Each tree's kernel image, when it was fetched (`--with-image`): its certificates.
+    images: Vec<Option<PathBuf>>,
     /// Chosen explicitly (`--kdir`, `--kernel`): every module is checked against `trees[0]`.
     fixed: bool,
 }
@@ -89,6 +95,11 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         .transpose()?;
     let mut notes = Vec::new();
     let trees = select_trees(ctx, args, target, &mut notes)?;
+    let given_certs = if args.cert.is_empty() {
+        None
+    } else {
+        Some(certs::from_files(&args.cert)?)
+    };
     let (files, found_symvers) = collect(&args.paths)?;
 
     let pool = rayon::ThreadPoolBuilder::new()
@@ -105,13 +116,23 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
     // Each tree's Module.symvers is loaded once, by the first module that needs it.
     let symbols: Vec<OnceLock<Result<Option<TreeSymbols>>>> =
         trees.trees.iter().map(|_| OnceLock::new()).collect();
+    // Each tree's trusted keys are read once, by the first signed module that needs them.
+    let keys: Vec<OnceLock<std::result::Result<Keyring, String>>> =
+        trees.trees.iter().map(|_| OnceLock::new()).collect();
     let opts = Options {
         strict: args.strict,
+        sig_enforce: args.sig_enforce,
     };
     let target_name = args.target.as_deref().unwrap_or("");
+    let cert_cache = ctx.home.root.join("cache").join("certs");
+    let digests = OnceLock::new();
     let ctx = Pass {
         trees: &trees,
         symbols: &symbols,
+        keys: &keys,
+        digests: &digests,
+        given_certs: given_certs.as_ref(),
+        cert_cache: &cert_cache,
         identity: identity.as_ref(),
         target: target_name,
         opts,
@@ -148,6 +169,16 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         for (i, report) in second {
             reports[i] = report;
         }
+    }
+    for k in keys
+        .iter()
+        .filter_map(|k| k.get())
+        .filter_map(|k| k.as_ref().ok())
+    {
+        certs::save_verified(k, &cert_cache);
+    }
+    if let Some(d) = digests.get() {
+        d.save(&cert_cache);
     }
     let mut used = BTreeSet::new();
     for (i, lock) in symbols.into_iter().enumerate() {
@@ -223,12 +254,24 @@ fn select_trees(
     if args.no_kernel {
         return Ok(Trees {
             trees: Vec::new(),
+            images: Vec::new(),
             fixed: false,
         });
     }
+    let registry = Registry::load(&ctx.home)?;
+    let image_of = |kdir: &Path| -> Option<PathBuf> {
+        let canonical = std::fs::canonicalize(kdir).ok();
+        registry
+            .trees
+            .iter()
+            .find(|r| r.kdir == kdir || std::fs::canonicalize(&r.kdir).ok() == canonical)
+            .and_then(|r| r.boot.as_ref())
+            .map(|b| b.image.clone())
+    };
     if let Some(kdir) = &args.kdir {
         return Ok(Trees {
             trees: vec![KernelTree::inspect(kdir)?],
+            images: vec![image_of(kdir)],
             fixed: true,
         });
     }
@@ -239,7 +282,6 @@ fn select_trees(
             ),
         );
     };
-    let registry = Registry::load(&ctx.home)?;
     let mut trees = Vec::new();
     for r in trees_of(target, &registry) {
         match KernelTree::inspect(&r.kdir) {
@@ -264,7 +306,12 @@ fn select_trees(
             )));
         }
         trees.truncate(1);
-        return Ok(Trees { trees, fixed: true });
+        let images = trees.iter().map(|t| image_of(&t.kdir)).collect();
+        return Ok(Trees {
+            trees,
+            images,
+            fixed: true,
+        });
     }
     if trees.is_empty() {
         notes.push(format!(
@@ -272,8 +319,10 @@ fn select_trees(
             target.name, target.name
         ));
     }
+    let images = trees.iter().map(|t| image_of(&t.kdir)).collect();
     Ok(Trees {
         trees,
+        images,
         fixed: false,
     })
 }
@@ -322,15 +371,80 @@ struct Exports {
 struct Pass<'a> {
     trees: &'a Trees,
     symbols: &'a [OnceLock<Result<Option<TreeSymbols>>>],
+    keys: &'a [OnceLock<std::result::Result<Keyring, String>>],
+    digests: &'a OnceLock<certs::DigestCache>,
+    given_certs: Option<&'a Keyring>,
+    cert_cache: &'a Path,
     identity: Option<&'a ElfIdentity>,
     target: &'a str,
     opts: Options,
 }
 
 impl Pass<'_> {
+    /// Give a signed module the digest of its signed bytes: from the digest cache when the
+    /// file is unchanged since a run computed it (same path, inode, size, mtime and ctime,
+    /// as git's index trusts), else by reading it again with the digest. Left `None` when
+    /// the file cannot be read again (the signature check then says it was not checked).
+    fn fill_digest(&self, path: &Path, module: &mut Module) {
+        let Some(message) = module
+            .signature
+            .as_mut()
+            .and_then(|s| s.message.as_deref_mut())
+        else {
+            return;
+        };
+        if message.content_digest.is_some() {
+            return;
+        }
+        let cache = self
+            .digests
+            .get_or_init(|| certs::DigestCache::load(self.cert_cache));
+        let key = certs::DigestCache::key(path, &message.digest_oid);
+        if let Some(d) = key.as_ref().and_then(|k| cache.get(k)) {
+            message.content_digest = Some(d);
+            return;
+        }
+        let digest = Module::read_with(path, true).ok().and_then(|m| {
+            m.signature
+                .and_then(|s| s.message)
+                .and_then(|m| m.content_digest)
+        });
+        if let (Some(k), Some(d)) = (key, &digest) {
+            cache.remember(k, d);
+        }
+        message.content_digest = digest;
+    }
+
+    /// The keys tree `i`'s kernel trusts: its image's built-in certificates and `--cert`.
+    /// An `Err` says why kmx does not know them (then signatures are not checked).
+    fn load_keys(&self, i: usize) -> std::result::Result<Keyring, String> {
+        let from_image = self.trees.images[i].as_ref().map(|image| {
+            certs::builtin(image, self.cert_cache).map_err(|e| crate::error::render_inline(&e))
+        });
+        let mut keyring = match (from_image, self.given_certs) {
+            (Some(Ok(mut k)), Some(given)) => {
+                k.keys.extend(given.keys.iter().cloned());
+                k.source = format!("{} and {}", k.source, given.source);
+                k
+            }
+            (Some(Ok(k)), None) => k,
+            (_, Some(given)) => given.clone(),
+            (Some(Err(why)), None) => return Err(why),
+            (None, None) => {
+                return Err(format!(
+                    "kmx has no certificate of kernel {} (fetch its image with `kmx kernels fetch --with-image`, or pass --cert FILE)",
+                    self.trees.trees[i].release
+                ));
+            }
+        };
+        certs::load_verified(&mut keyring, self.cert_cache);
+        Ok(keyring)
+    }
+
     /// Read the module at `path` and check it; its exports when it could be read.
     fn check(&self, path: &Path, others: &Others) -> (ModuleReport, Option<Exports>) {
-        let module = match Module::read(path) {
+        // The signed bytes' digest is computed only when the signature is checked.
+        let mut module = match Module::read_with(path, false) {
             Ok(m) => m,
             Err(e) => {
                 let report = ModuleReport {
@@ -364,9 +478,21 @@ impl Pass<'_> {
                     let tree = &self.trees.trees[i];
                     match self.symbols[i].get_or_init(|| TreeSymbols::load(tree)) {
                         Ok(symbols) => {
+                            let keys = if module.signature.is_some() && tree.module_sig.enabled {
+                                match self.keys[i].get_or_init(|| self.load_keys(i)) {
+                                    Ok(k) => {
+                                        self.fill_digest(path, &mut module);
+                                        Keys::Known(k)
+                                    }
+                                    Err(why) => Keys::Unknown(why),
+                                }
+                            } else {
+                                Keys::Unknown("not needed")
+                            };
                             kernel = Some(Kernel {
                                 tree,
                                 symbols: symbols.as_ref(),
+                                keys,
                             })
                         }
                         Err(e) => load_failed = Some(e.to_string()),

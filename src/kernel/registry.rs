@@ -109,7 +109,9 @@ pub fn usable_tree(kdir: &Path, target: &crate::config::Target) -> Result<Kernel
 
 /// How one tree a target points at is: its health, and the tree when it is usable.
 pub fn tree_health(r: TreeRef, target: &crate::config::Target) -> (TreeHealth, Option<KernelTree>) {
-    match usable_tree(&r.kdir, target) {
+    // A MODVERSIONS tree without Module.symvers builds modules the kernel refuses: a
+    // problem for doctor to name (a build still runs and its check fails the cell).
+    match usable_tree(&r.kdir, target).and_then(|t| t.check_modversions().map(|_| t)) {
         Ok(t) => (
             TreeHealth {
                 kdir: r.kdir,

@@ -193,6 +193,20 @@ impl KernelTree {
         Ok(())
     }
 
+    /// Fail, saying what to do, when the kernel checks symbol CRCs (CONFIG_MODVERSIONS) but
+    /// the tree has no `Module.symvers`: modpost then leaves `__versions` empty and the
+    /// kernel refuses every module built here ("no symbol version for module_layout").
+    pub fn check_modversions(&self) -> Result<()> {
+        if self.symvers.is_some() || !self.config.builtin("CONFIG_MODVERSIONS") {
+            return Ok(());
+        }
+        Err(Error::env(
+            "the kernel has CONFIG_MODVERSIONS but the tree has no Module.symvers: modules built against it get no symbol CRCs and the kernel refuses them (\"no symbol version for module_layout\")",
+        )
+        .at(&self.kdir)
+        .hint("copy the kernel's Module.symvers into the tree (Debian: from its linux-headers package; a self-built kernel: from its build directory after `make modules`), or fetch the tree with `kmx kernels fetch`"))
+    }
+
     /// Fail, saying what to do, unless the tree's host tools run on this machine.
     pub fn check_host_tools(&self) -> Result<()> {
         let rebuild = format!(

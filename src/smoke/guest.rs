@@ -22,6 +22,8 @@ pub struct Load {
     /// An in-tree module from the kernel's own module tree, loaded because a given module
     /// depends on it.
     pub dependency: bool,
+    /// Turn on `module.sig_enforce` before loading this one (it stays on).
+    pub enforce_signatures: bool,
 }
 
 /// A module given to smoke, as the load order needs it.
@@ -35,10 +37,27 @@ pub struct Given {
 }
 
 impl Given {
-    /// Read a `.ko` file with the module reader.
+    /// Read a `.ko` file with the module reader; one it cannot read is still loaded (the
+    /// kernel is the judge), named after its file.
     pub fn read(path: &Path) -> Result<Given> {
-        let module = Module::read(path).map_err(|e| e.into_error(path))?;
-        Ok(Given::new(path, &module))
+        match Module::read(path) {
+            Ok(module) => Ok(Given::new(path, &module)),
+            Err(_) if path.is_file() => Ok(Given::unread(path)),
+            Err(e) => Err(e.into_error(path)),
+        }
+    }
+
+    /// A module kmx could not read: its name from the file name, no dependencies.
+    pub fn unread(path: &Path) -> Given {
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Given {
+            path: path.to_path_buf(),
+            name: normalize(file.split('.').next().unwrap_or_default()),
+            depends: Vec::new(),
+        }
     }
 
     pub fn new(path: &Path, module: &Module) -> Given {
@@ -92,7 +111,13 @@ pub fn read_modules_dep(modules_dir: &Path) -> Result<BTreeMap<String, (PathBuf,
 /// The load order for `given`: every module after the ones it
 /// depends on; in-tree dependencies come from `tree` and are loaded once. A dependency
 /// found nowhere is left to the kernel, which refuses the module with "Unknown symbol".
-pub fn load_order(given: &[Given], tree: &BTreeMap<String, (PathBuf, Vec<String>)>) -> Vec<Load> {
+/// With `enforce_from`, the first module loaded for `given[enforce_from]` (or a later one)
+/// turns on `module.sig_enforce`.
+pub fn load_order(
+    given: &[Given],
+    tree: &BTreeMap<String, (PathBuf, Vec<String>)>,
+    enforce_from: Option<usize>,
+) -> Vec<Load> {
     let by_name: BTreeMap<String, usize> = given
         .iter()
         .enumerate()
@@ -120,6 +145,7 @@ pub fn load_order(given: &[Given], tree: &BTreeMap<String, (PathBuf, Vec<String>
                 name: g.name.clone(),
                 path: g.path.clone(),
                 dependency: false,
+                enforce_signatures: false,
             });
         } else if let Some((path, deps)) = tree.get(name) {
             // modules.dep lists the transitive closure, the deepest dependency last.
@@ -130,10 +156,15 @@ pub fn load_order(given: &[Given], tree: &BTreeMap<String, (PathBuf, Vec<String>
                 name: name.to_string(),
                 path: path.clone(),
                 dependency: true,
+                enforce_signatures: false,
             });
         }
     }
-    for g in given {
+    let mut enforce_at = None;
+    for (i, g) in given.iter().enumerate() {
+        if enforce_from == Some(i) {
+            enforce_at = Some(order.len());
+        }
         visit(
             &normalize(&g.name),
             given,
@@ -142,6 +173,9 @@ pub fn load_order(given: &[Given], tree: &BTreeMap<String, (PathBuf, Vec<String>
             &mut seen,
             &mut order,
         );
+    }
+    if let Some(load) = enforce_at.and_then(|at| order.get_mut(at)) {
+        load.enforce_signatures = true;
     }
     order
 }
@@ -169,7 +203,10 @@ pub fn init_script(order: &[Load]) -> String {
          \techo \"KMX-END $1\"\n\
          }\n",
     );
-    for (i, _) in order.iter().enumerate() {
+    for (i, load) in order.iter().enumerate() {
+        if load.enforce_signatures {
+            s.push_str("echo 1 > /sys/module/module/parameters/sig_enforce\n");
+        }
         s.push_str(&format!("kmx_load {i} {}\n", guest_path(i)));
     }
     s.push_str("echo KMX-DONE\n$B sync\n$B poweroff -f\n");
@@ -199,6 +236,16 @@ pub fn write_initramfs(out: &Path, busybox: &Path, order: &[Load]) -> Result<()>
         .map_err(io)?;
     for (i, load) in order.iter().enumerate() {
         let data = std::fs::read(&load.path).map_err(|e| Error::io("read", &load.path, e))?;
+        // Compressed modules are inflated here, as kmod's insmod does in user space.
+        let data = match crate::verify::Compression::detect(&data) {
+            Some(format) => crate::verify::decompress::decompress(
+                &data,
+                format,
+                crate::verify::decompress::DEFAULT_LIMIT,
+            )
+            .map_err(|e| Error::failed(e.to_string()).at(&load.path))?,
+            None => data,
+        };
         w.file(guest_path(i).trim_start_matches('/'), 0o644, &data)
             .map_err(io)?;
     }
@@ -245,7 +292,7 @@ mod tests {
             given("/b/mid.ko", "mid", &["nfc_digital"]),
             given("/b/lone.ko", "lone", &["nowhere"]),
         ];
-        let order: Vec<(String, bool)> = load_order(&given, &tree)
+        let order: Vec<(String, bool)> = load_order(&given, &tree, None)
             .into_iter()
             .map(|l| (l.name, l.dependency))
             .collect();

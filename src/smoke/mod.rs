@@ -57,6 +57,11 @@ pub struct Job {
     pub files: Option<BootFiles>,
     /// The `.ko` files to load, in the order given.
     pub modules: Vec<PathBuf>,
+    /// Turn on `module.sig_enforce` (`/sys/module/module/parameters/sig_enforce`, which
+    /// can be switched on but never off) before loading `modules[i]` and those after it:
+    /// one boot judges modules both as a default kernel and as one booted with
+    /// `module.sig_enforce=1`.
+    pub enforce_from: Option<usize>,
 }
 
 impl Job {
@@ -74,6 +79,7 @@ impl Job {
             release: tree.release.clone(),
             files: tree.boot.clone(),
             modules,
+            enforce_from: None,
         }
     }
 }
@@ -287,7 +293,7 @@ fn prepare_and_boot(
         given.push(guest::Given::read(ko)?);
     }
     let tree = guest::read_modules_dep(&files.modules_dir)?;
-    let order = guest::load_order(&given, &tree);
+    let order = guest::load_order(&given, &tree, job.enforce_from);
     std::fs::create_dir_all(&opts.work_dir)
         .map_err(|e| Error::io("create directory", &opts.work_dir, e))?;
     let dir = tempfile::Builder::new()
@@ -488,18 +494,43 @@ pub fn find_modules(path: &Path) -> crate::Result<Vec<PathBuf>> {
 /// The kernel release a module was built for (the first word of its vermagic), and its
 /// name. Errors name the file.
 pub fn module_release(ko: &Path) -> crate::Result<(String, String)> {
-    let module = crate::verify::Module::read(ko).map_err(|e| e.into_error(ko))?;
-    let given = guest::Given::new(ko, &module);
-    let release = module
-        .vermagic()
-        .and_then(|v| v.split_whitespace().next())
-        .map(str::to_string)
-        .ok_or_else(|| {
-            Error::failed("the module has no vermagic in .modinfo")
-                .at(ko)
-                .hint("build it with kbuild against a prepared kernel tree")
-        })?;
-    Ok((release, given.name))
+    let (vermagic, name) = module_vermagic(ko)?;
+    let release = vermagic
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok((release, name))
+}
+
+/// A module's whole vermagic and its name. A file kmx cannot read as a module is still
+/// booted (the kernel is the judge): its vermagic is then found in its raw bytes and its
+/// name is its file name. Errors name the file.
+pub fn module_vermagic(ko: &Path) -> crate::Result<(String, String)> {
+    let no_vermagic = || {
+        Error::failed("the module has no vermagic in .modinfo")
+            .at(ko)
+            .hint("build it with kbuild against a prepared kernel tree")
+    };
+    match crate::verify::Module::read(ko) {
+        Ok(module) => {
+            let given = guest::Given::new(ko, &module);
+            let vermagic = module.vermagic().ok_or_else(no_vermagic)?.to_string();
+            Ok((vermagic, given.name))
+        }
+        Err(e) => {
+            let err = e.into_error(ko);
+            let bytes = std::fs::read(ko).map_err(|e| Error::io("read", ko, e))?;
+            let key = b"vermagic=";
+            let at = bytes.windows(key.len()).position(|w| w == key).ok_or(err)? + key.len();
+            let end = bytes[at..]
+                .iter()
+                .position(|&b| b == 0)
+                .map_or(bytes.len(), |n| at + n);
+            let vermagic = String::from_utf8_lossy(&bytes[at..end]).into_owned();
+            Ok((vermagic, guest::Given::unread(ko).name))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -594,6 +625,7 @@ mod tests {
             release: "6.1.0-50-arm64".into(),
             files: None,
             modules: vec![],
+            enforce_from: None,
         }
     }
 
@@ -614,6 +646,7 @@ mod tests {
             name: "hello".into(),
             path: PathBuf::from("/b/hello.ko"),
             dependency: false,
+            enforce_signatures: false,
         }]
     }
 

@@ -32,6 +32,7 @@ use crate::kernel::symvers::Symvers;
 use crate::kernel::tree::KernelTree;
 use crate::kernel::vermagic::{self, Vermagic};
 use crate::verify::module::{Module, VersionsFormat};
+use crate::verify::signing::{self, Keyring, Verdict};
 
 /// The outcome of one check. Ordered by severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -115,6 +116,9 @@ pub struct Options {
     /// A vermagic that differs only in the release (which the kernel accepts from a module
     /// with modversions) fails instead of warning.
     pub strict: bool,
+    /// Judge as a kernel booted with `module.sig_enforce=1`: a module without a valid
+    /// signature from a trusted key is refused.
+    pub sig_enforce: bool,
 }
 
 /// A kernel tree's exports, loaded once per run and shared by every module checked
@@ -152,6 +156,17 @@ pub struct Kernel<'a> {
     pub tree: &'a KernelTree,
     /// `None` when the tree has no `Module.symvers`: CRCs and symbols cannot be checked.
     pub symbols: Option<&'a TreeSymbols>,
+    /// The keys the kernel trusts for module signatures, as far as kmx knows them.
+    pub keys: Keys<'a>,
+}
+
+/// What kmx knows of the keys a kernel trusts for module signatures.
+#[derive(Debug, Clone, Copy)]
+pub enum Keys<'a> {
+    /// Its built-in certificates and/or those given with `--cert`.
+    Known(&'a Keyring),
+    /// Not known, and why (no kernel image fetched, unreadable image).
+    Unknown(&'a str),
 }
 
 impl Kernel<'_> {
@@ -249,12 +264,12 @@ pub fn run_all(
             out.push(modversions(module, k, others));
             out.push(symbols(module, k, others));
             out.push(depends(module, Some(k), others));
-            out.push(signature(module, Some(k)));
+            out.push(signature(module, Some(k), opts));
         }
         None => {
             out.push(vermagic_info(module));
             out.push(modversions_info(module));
-            out.push(signature(module, None));
+            out.push(signature(module, None, opts));
         }
     }
     out
@@ -313,7 +328,8 @@ const EF_ARM_EABI_VER5: u32 = 0x0500_0000;
 /// The ELF class, byte order and machine must be the target's (the kernel's
 /// `elf_check_arch` refuses any other with "Invalid ELF header"). For ARM, whose armhf and
 /// armel modules have identical headers, the `.ARM.attributes` CPU architecture is compared
-/// with the kernel's `ARMv<N>`: newer fails (the kernel's CPUs may not run it), older warns.
+/// with the kernel's `ARMv<N>`: the loader does not look at it, so either way it is a
+/// warning saying which CPUs run the module.
 pub fn identity(module: &Module, expected: &ElfIdentity, kernel: Option<Kernel>) -> Check {
     let found = module.identity;
     if found != *expected {
@@ -375,9 +391,11 @@ pub fn identity(module: &Module, expected: &ElfIdentity, kernel: Option<Kernel>)
             ));
             match module_level {
                 Some(m) if m > level => {
-                    status = Status::Fail;
+                    // The loader never reads .ARM.attributes: Debian's own armmp kernel
+                    // ships ARMv8 crypto modules that check the CPU in their init.
+                    status = status.max(Status::Warn);
                     summary = format!(
-                        "built for ARMv{m} CPUs (Tag_CPU_arch {tag}), the kernel for ARMv{level}: the kernel's CPUs may not run it (an armhf module on an armel kernel?)"
+                        "needs an ARMv{m} CPU (Tag_CPU_arch {tag}); the kernel is built for ARMv{level}: it loads, but runs only on ARMv{m} CPUs (an armhf module on an armel kernel, or a module that checks the CPU at init)"
                     );
                 }
                 Some(m) if m < level => {
@@ -492,11 +510,31 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
         );
     }
     if module.versions_format == VersionsFormat::None {
-        return Check::new(
-            kind,
-            Status::Fail,
-            "the module has no __versions: the kernel (CONFIG_MODVERSIONS) refuses to resolve its symbols (\"no symbol version\"); build it against a tree with modversions",
-        );
+        // check_version with no __versions: try_to_force_load, which only
+        // CONFIG_MODULE_FORCE_LOAD allows ("module_layout: kernel tainted.").
+        return if kernel.has("CONFIG_MODULE_FORCE_LOAD") {
+            Check::new(
+                kind,
+                Status::Warn,
+                "the module has no __versions: the kernel (CONFIG_MODULE_FORCE_LOAD) loads it forced, tainting itself (\"module_layout: kernel tainted\"), without checking any CRC; build it against a tree with Module.symvers",
+            )
+        } else {
+            Check::new(
+                kind,
+                Status::Fail,
+                "the module has no __versions: the kernel (CONFIG_MODVERSIONS without CONFIG_MODULE_FORCE_LOAD) refuses it (Exec format error); build it against a tree with Module.symvers",
+            )
+        };
+    }
+    // module_layout is always checked, and always has a CRC in a modversions kernel.
+    if !module.versions.iter().any(|v| v.name == MODULE_LAYOUT) {
+        let mut why = vec![no_version(MODULE_LAYOUT, module.versions.is_empty())];
+        if kernel.symbols.is_none() {
+            why.push(
+                "the kernel tree has no Module.symvers: the other CRCs are not checked".into(),
+            );
+        }
+        return Check::new(kind, Status::Fail, why[0].clone()).with(why);
     }
     let Some(symbols) = kernel.symbols else {
         return Check::new(
@@ -511,16 +549,28 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
     let mut bad = Vec::new();
     let mut notes = Vec::new();
     let mut checked = 0usize;
-    // module_layout first, as the kernel does.
+    let listed: HashSet<&str> = module.versions.iter().map(|v| v.name.as_str()).collect();
+    // module_layout first, as the kernel does. A symbol the module uses without a CRC
+    // in __versions is refused: Debian's 6.1 kernels print "no symbol version for X"
+    // and refuse the module (measured under QEMU), where mainline's check_version warns
+    // once and goes on; kmx follows the kernels it fetches.
     if let Some(layout) = symbols.symvers.get(MODULE_LAYOUT) {
         match module.versions.iter().find(|v| v.name == MODULE_LAYOUT) {
             Some(v) if v.crc != layout.crc => {
                 bad.push(disagrees(MODULE_LAYOUT, v.crc, layout.crc, "vmlinux"))
             }
             Some(_) => checked += 1,
-            None => notes.push(
-                "no symbol version for module_layout (the kernel warns and goes on)".to_string(),
-            ),
+            None => bad.push(no_version(MODULE_LAYOUT, module.versions.is_empty())),
+        }
+    }
+    for name in &module.undefined {
+        if listed.contains(name.as_str()) || ignored_undefined(name, module.identity.machine) {
+            continue;
+        }
+        let has_crc = symbols.symvers.get(name).is_some()
+            || others.get(name).is_some_and(|o| o.crc.is_some());
+        if has_crc {
+            bad.push(no_version(name, false));
         }
     }
     for v in &module.versions {
@@ -553,12 +603,18 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
     if !bad.is_empty() {
         let summary = if bad.len() == 1 {
             bad[0].clone()
+        } else if module.versions.is_empty() {
+            format!(
+                "__versions is empty (built against a tree without Module.symvers?): no symbol version for {} symbols; the kernel refuses it (\"no symbol version for module_layout\")",
+                bad.len()
+            )
         } else {
             format!(
-                "{} of {total} symbols disagree: {}",
+                "{} of {total} symbols disagree or have no version: {}",
                 bad.len(),
                 bad.iter()
                     .map(|b| b.trim_start_matches("disagrees about version of symbol "))
+                    .map(|b| b.trim_start_matches("no symbol version for "))
                     .map(|b| b.split(' ').next().unwrap_or(b))
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -577,6 +633,18 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
         format!("{checked} of {total} CRCs match{format}"),
     )
     .with(notes)
+}
+
+fn no_version(symbol: &str, empty: bool) -> String {
+    if empty {
+        format!(
+            "no symbol version for {symbol}: __versions is empty (built against a tree without Module.symvers?); the kernel refuses it"
+        )
+    } else {
+        format!(
+            "no symbol version for {symbol}: the module uses it without a CRC in __versions; the kernel refuses it"
+        )
+    }
 }
 
 fn disagrees(symbol: &str, module_crc: u32, kernel_crc: u32, exporter: &str) -> String {
@@ -769,38 +837,151 @@ pub fn depends(module: &Module, kernel: Option<Kernel>, others: &Others) -> Chec
 // ---------------------------------------------------------------------------------------------
 // signature
 
-/// Signed (by whom) or not. A kernel with CONFIG_MODULE_SIG_FORCE refuses an unsigned
-/// module; one with CONFIG_MODULE_SIG alone loads it and taints itself (and refuses it
-/// under Secure Boot lockdown): a warning. Whether the signer's key is in the kernel's
-/// keyring cannot be known from the tree.
-pub fn signature(module: &Module, kernel: Option<Kernel>) -> Check {
+/// `module_sig_check` and `pkcs7_verify`: the signature is checked against the keys the
+/// kernel trusts (its built-in certificates, from the kernel image, and any `--cert`):
+///
+/// - a signature over other bytes than the module's (changed after signing) fails: the
+///   kernel refuses it even without enforcement ("Key was rejected by service");
+/// - unsigned, signed by a key the kernel does not have, or with a signature kmx cannot
+///   check: the kernel (CONFIG_MODULE_SIG) loads it tainted, so a warning, unless
+///   signatures are enforced (CONFIG_MODULE_SIG_FORCE, or `--sig-enforce` for a kernel
+///   booted with `module.sig_enforce=1`), which refuses them; a signature kmx cannot
+///   check stays a warning saying so;
+/// - where kmx does not know the kernel's keys it says so (a warning), never "passed".
+///
+/// A kernel without CONFIG_MODULE_SIG ignores signatures altogether.
+pub fn signature(module: &Module, kernel: Option<Kernel>, opts: Options) -> Check {
     let kind = CheckKind::Signature;
-    let sig = kernel.map(|k| &k.tree.module_sig);
-    match (&module.signature, sig) {
-        (Some(s), _) => {
-            let signer = if s.signer.is_empty() {
-                "an unnamed signer".to_string()
-            } else {
-                format!("\"{}\"", s.signer)
-            };
-            Check::new(
+    let Some(k) = kernel else {
+        return match &module.signature {
+            Some(s) => Check::new(
                 kind,
                 Status::Pass,
-                format!("signed by {signer} ({} {})", s.id_type, s.hash_algo),
+                format!("signed by {} ({} {})", signer_of(s), s.id_type, s.hash_algo),
             )
-            .with(vec![format!("key {}", s.key_id)])
-        }
-        (None, Some(sig)) if sig.force => Check::new(
+            .with(vec![format!("key {}", s.key_id)]),
+            None => Check::new(kind, Status::Pass, "unsigned"),
+        };
+    };
+    let sig = &k.tree.module_sig;
+    let enforced = sig.force || opts.sig_enforce;
+    let enforced_by = if sig.force {
+        "CONFIG_MODULE_SIG_FORCE"
+    } else {
+        "module.sig_enforce=1"
+    };
+    if !sig.enabled {
+        let what = match &module.signature {
+            Some(s) => format!("signed by {}", signer_of(s)),
+            None => "unsigned".to_string(),
+        };
+        return Check::new(
             kind,
-            Status::Fail,
-            "unsigned, and the kernel refuses unsigned modules (CONFIG_MODULE_SIG_FORCE); sign it (`kmx install` signs with `kmx keys generate`'s key)",
-        ),
-        (None, Some(sig)) if sig.enabled => Check::new(
+            Status::Pass,
+            format!("{what}; the kernel does not check signatures (no CONFIG_MODULE_SIG)"),
+        );
+    }
+    let Some(s) = &module.signature else {
+        return if enforced {
+            Check::new(
+                kind,
+                Status::Fail,
+                format!(
+                    "unsigned: the kernel refuses it (\"Loading of unsigned module is rejected\", {enforced_by}); sign it (`kmx install` signs with `kmx keys generate`'s key)"
+                ),
+            )
+        } else {
+            Check::new(
+                kind,
+                Status::Warn,
+                "unsigned: the kernel (CONFIG_MODULE_SIG) loads it tainted, and refuses it under module.sig_enforce=1 or Secure Boot",
+            )
+        };
+    };
+    let who = format!("signed by {} ({} {})", signer_of(s), s.id_type, s.hash_algo);
+    let mut evidence = vec![format!("key {}", s.key_id)];
+    let Some(message) = &s.message else {
+        // mod_check_sig: only PKCS#7 is accepted (-ENOPKG, tolerated unless enforced).
+        let why = format!(
+            "{who}: the kernel checks only PKCS#7 signatures (\"module with unsupported crypto\")"
+        );
+        return if enforced {
+            Check::new(
+                kind,
+                Status::Fail,
+                format!("{why}; refused ({enforced_by})"),
+            )
+        } else {
+            Check::new(kind, Status::Warn, format!("{why}; it loads tainted"))
+        }
+        .with(evidence);
+    };
+    let keyring = match k.keys {
+        Keys::Known(keyring) => keyring,
+        Keys::Unknown(why) => {
+            return Check::new(
+                kind,
+                Status::Warn,
+                format!("{who}; the signature was not checked: {why}"),
+            )
+            .with(evidence);
+        }
+    };
+    evidence.push(format!("trusted keys: {}", keyring.source));
+    match signing::verify(message, keyring) {
+        Verdict::Good { key } => Check::new(
+            kind,
+            Status::Pass,
+            format!("{who}, verified with \"{key}\""),
+        )
+        .with(evidence),
+        Verdict::Bad { key, why } => {
+            evidence.push(why.clone());
+            Check::new(
+                kind,
+                Status::Fail,
+                format!(
+                    "{who}: {why} (changed after signing?): the kernel refuses it (\"Key was rejected by service\"), enforced or not; with key \"{key}\""
+                ),
+            )
+            .with(evidence)
+        }
+        Verdict::UnknownKey => {
+            if enforced {
+                Check::new(
+                    kind,
+                    Status::Fail,
+                    format!(
+                        "{who}, a key the kernel does not trust ({}): refused (\"Loading of module with unavailable key is rejected\", {enforced_by})",
+                        keyring.source
+                    ),
+                )
+            } else {
+                Check::new(
+                    kind,
+                    Status::Warn,
+                    format!(
+                        "{who}, a key the kernel does not trust ({}): it loads tainted (\"module verification failed\"), and is refused under module.sig_enforce=1 or Secure Boot",
+                        keyring.source
+                    ),
+                )
+            }
+            .with(evidence)
+        }
+        Verdict::Unchecked { why } => Check::new(
             kind,
             Status::Warn,
-            "unsigned: the kernel (CONFIG_MODULE_SIG) loads it tainted, and refuses it under Secure Boot",
-        ),
-        (None, _) => Check::new(kind, Status::Pass, "unsigned"),
+            format!("{who}; kmx cannot check this signature: {why}"),
+        )
+        .with(evidence),
+    }
+}
+
+fn signer_of(s: &crate::verify::module::Signature) -> String {
+    if s.signer.is_empty() {
+        "an unnamed signer".to_string()
+    } else {
+        format!("\"{}\"", s.signer)
     }
 }
 
@@ -816,6 +997,127 @@ pub fn worst(checks: &[Check]) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::kconfig::KConfig;
+    use crate::verify::module::SignedMessage;
+
+    fn root() -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// The amd64 fixture tree with `extra` .config lines.
+    fn tree(extra: &str) -> KernelTree {
+        let kdir = root().join("tests/fixtures/trees/amd64");
+        let mut t = KernelTree::inspect(&kdir).unwrap();
+        let text = std::fs::read_to_string(kdir.join(".config")).unwrap() + extra;
+        t.config = KConfig::parse(&text);
+        t.module_sig.force = t.config.builtin("CONFIG_MODULE_SIG_FORCE");
+        t
+    }
+
+    fn hello() -> Module {
+        Module::read(&root().join("tests/data/modules/amd64/hello.ko")).unwrap()
+    }
+
+    fn kernel(tree: &KernelTree) -> Kernel<'_> {
+        Kernel {
+            tree,
+            symbols: None,
+            keys: Keys::Unknown("no keys in this test"),
+        }
+    }
+
+    #[test]
+    fn no_versions_follows_module_force_load() {
+        let mut m = hello();
+        m.versions.clear();
+        m.versions_format = VersionsFormat::None;
+        let forced = tree("CONFIG_MODULE_FORCE_LOAD=y\n");
+        let c = modversions(&m, kernel(&forced), &Others::default());
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        let strict = tree("# CONFIG_MODULE_FORCE_LOAD is not set\n");
+        let c = modversions(&m, kernel(&strict), &Others::default());
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(
+            c.summary.contains("refuses it (Exec format error)"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn empty_versions_fail_even_without_module_symvers() {
+        let mut m = hello();
+        m.versions.clear();
+        let t = tree("");
+        let c = modversions(&m, kernel(&t), &Others::default());
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.summary
+                .starts_with("no symbol version for module_layout: __versions is empty")
+        );
+    }
+
+    #[test]
+    fn signature_verdicts_follow_enforcement() {
+        let t = tree("");
+        let unsigned = hello();
+        let lax = Options::default();
+        let enforce = Options {
+            sig_enforce: true,
+            ..Options::default()
+        };
+        assert_eq!(
+            signature(&unsigned, Some(kernel(&t)), lax).status,
+            Status::Warn
+        );
+        assert_eq!(
+            signature(&unsigned, Some(kernel(&t)), enforce).status,
+            Status::Fail
+        );
+        let forced = tree("CONFIG_MODULE_SIG_FORCE=y\n");
+        let c = signature(&unsigned, Some(kernel(&forced)), lax);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.summary.contains("CONFIG_MODULE_SIG_FORCE"), "{c:?}");
+
+        // Signed, but by a key no keyring has: ENOKEY, tolerated unless enforced.
+        let mut signed = hello();
+        signed.signature = Some(crate::verify::module::Signature {
+            signer: "someone".into(),
+            key_id: "01".into(),
+            hash_algo: "sha256".into(),
+            id_type: "PKCS#7".into(),
+            message: Some(Box::new(SignedMessage {
+                issuer: vec![0x30, 0],
+                serial: vec![1],
+                subject_key_id: None,
+                digest_oid: vec![0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 1],
+                signature_oid: vec![0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 1],
+                signed_attrs: None,
+                message_digest: None,
+                signature: vec![0; 8],
+                certificates: vec![],
+                content_digest: Some(vec![0; 32]),
+            })),
+        });
+        let keyring = Keyring::default();
+        let with_keys = Kernel {
+            keys: Keys::Known(&keyring),
+            ..kernel(&t)
+        };
+        assert_eq!(
+            signature(&signed, Some(with_keys), lax).status,
+            Status::Warn
+        );
+        let c = signature(&signed, Some(with_keys), enforce);
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.summary
+                .contains("Loading of module with unavailable key is rejected")
+        );
+        // No keys known: never a pass.
+        let c = signature(&signed, Some(kernel(&t)), lax);
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.summary.contains("the signature was not checked"), "{c:?}");
+    }
 
     #[test]
     fn tag_cpu_arch_levels_follow_the_abi_table() {
@@ -827,6 +1129,7 @@ mod tests {
         assert_eq!(arm_cpu_level(2), Some(4));
         assert_eq!(arm_cpu_level(14), Some(8));
         assert_eq!(arm_cpu_level(0), None);
+        assert_eq!(arm_cpu_level(15), Some(8));
         assert_eq!(
             arm_level_of("SMP mod_unload modversions ARMv7 p2v8 "),
             Some(7)

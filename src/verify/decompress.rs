@@ -96,6 +96,44 @@ pub fn decompress(
     Ok(out.buf)
 }
 
+/// Inflate the stream at the start of `data`, keeping what it produced when data that is
+/// not part of the stream follows it (a kernel image's payload is followed by the rest of
+/// the image). Fails only when nothing came out, or the output passed `limit`.
+pub fn decompress_prefix(
+    data: &[u8],
+    format: Compression,
+    limit: usize,
+) -> Result<Vec<u8>, DecompressError> {
+    let mut out = CappedWriter {
+        buf: Vec::new(),
+        limit,
+        exceeded: false,
+    };
+    let result = match format {
+        Compression::Xz => {
+            let mut input = data;
+            lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| e.to_string())
+        }
+        Compression::Zstd => {
+            let mut input = data;
+            ruzstd::decoding::StreamingDecoder::new(&mut input)
+                .map_err(|e| e.to_string())
+                .and_then(|mut d| copy(&mut d, &mut out).map_err(|e| e.to_string()))
+        }
+        Compression::Gzip => {
+            let mut decoder = flate2::read::GzDecoder::new(data);
+            copy(&mut decoder, &mut out).map_err(|e| e.to_string())
+        }
+    };
+    if out.exceeded {
+        return Err(DecompressError::TooLarge { format, limit });
+    }
+    match result {
+        Err(detail) if out.buf.is_empty() => Err(DecompressError::Corrupt { format, detail }),
+        _ => Ok(out.buf),
+    }
+}
+
 /// Decode every frame of a zstd stream (the `zstd` tool writes one; concatenations are legal).
 fn zstd_frames(data: &[u8], out: &mut CappedWriter) -> Result<(), String> {
     let mut input = data;

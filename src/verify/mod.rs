@@ -5,6 +5,7 @@ pub mod built;
 pub mod checks;
 pub mod decompress;
 pub mod module;
+pub mod signing;
 
 pub use checks::{Check, CheckKind, Status};
 pub use decompress::Compression;

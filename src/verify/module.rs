@@ -166,6 +166,36 @@ pub struct Signature {
     pub hash_algo: String,
     /// `PKCS#7`, `X509` or `PGP` (`modinfo -F sig_id`).
     pub id_type: String,
+    /// For PKCS#7: what checking the signature needs (not shown, not serialized).
+    #[serde(skip)]
+    pub message: Option<Box<SignedMessage>>,
+}
+
+/// The parts of a PKCS#7 module signature the kernel's `pkcs7_verify` uses, and the digest
+/// of the signed bytes (the module before its signature), computed while the file was in
+/// memory so that checking it needs no second read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SignedMessage {
+    /// The signer's issuer Name, DER-encoded as in the certificate (tag included).
+    pub issuer: Vec<u8>,
+    /// The signer's serial number: the INTEGER's content bytes.
+    pub serial: Vec<u8>,
+    /// A CMS subjectKeyIdentifier signer id instead of issuer and serial.
+    pub subject_key_id: Option<Vec<u8>>,
+    /// Digest algorithm OID (content bytes).
+    pub digest_oid: Vec<u8>,
+    /// Signature algorithm OID (content bytes), e.g. rsaEncryption.
+    pub signature_oid: Vec<u8>,
+    /// The signed attributes re-tagged as a SET (what is signed when they are present).
+    pub signed_attrs: Option<Vec<u8>>,
+    /// The messageDigest attribute, when signed attributes are present.
+    pub message_digest: Option<Vec<u8>>,
+    pub signature: Vec<u8>,
+    /// Certificates carried in the message (DER), usually none for module signatures.
+    pub certificates: Vec<Vec<u8>>,
+    /// The digest of the signed module bytes with `digest_oid`; `None` when kmx does not
+    /// implement that digest.
+    pub content_digest: Option<Vec<u8>>,
 }
 
 /// Everything kmx needs to know about one kernel module file.
@@ -201,6 +231,13 @@ impl Module {
     ///
     /// Safe to call from many threads at once: it shares no state.
     pub fn read(path: &Path) -> Result<Module, ReadError> {
+        Module::read_with(path, true)
+    }
+
+    /// [`Module::read`], computing the digest of the signed bytes (a signature's
+    /// [`SignedMessage::content_digest`], which touches every page of the file) only when
+    /// `digest` is true.
+    pub fn read_with(path: &Path, digest: bool) -> Result<Module, ReadError> {
         let file = File::open(path).map_err(|source| ReadError::Io { op: "open", source })?;
         let meta = file
             .metadata()
@@ -216,7 +253,7 @@ impl Module {
             if data.len() > limit {
                 return Err(ReadError::TooLarge { limit });
             }
-            return Module::parse(&data);
+            return Module::parse_with(&data, digest);
         }
         if meta.len() == 0 {
             return Err(ReadError::Empty);
@@ -231,7 +268,7 @@ impl Module {
                     .take(READ_LIMIT + 1)
                     .read_to_end(&mut data)
                     .map_err(|source| ReadError::Io { op: "read", source })
-                    .and_then(|_| Module::parse(&data));
+                    .and_then(|_| Module::parse_with(&data, digest));
                 if data.capacity() <= 2 * READ_LIMIT as usize {
                     buffer.replace(data);
                 }
@@ -243,19 +280,24 @@ impl Module {
         // SIGBUS; modules are not rewritten in place while kmx verifies them.
         let map =
             unsafe { Mmap::map(&file) }.map_err(|source| ReadError::Io { op: "map", source })?;
-        Module::parse(&map)
+        Module::parse_with(&map, digest)
     }
 
     /// Parse a module held in memory (plain or compressed, signed or not).
     pub fn parse(bytes: &[u8]) -> Result<Module, ReadError> {
+        Module::parse_with(bytes, true)
+    }
+
+    /// [`Module::parse`], with the signed bytes' digest only when `digest` is true.
+    pub fn parse_with(bytes: &[u8], digest: bool) -> Result<Module, ReadError> {
         match Compression::detect(bytes) {
             Some(format) => {
                 let data = decompress::decompress(bytes, format, decompress::DEFAULT_LIMIT)?;
-                let mut module = parse_uncompressed(&data)?;
+                let mut module = parse_uncompressed(&data, digest)?;
                 module.compression = Some(format);
                 Ok(module)
             }
-            None => parse_uncompressed(bytes),
+            None => parse_uncompressed(bytes, digest),
         }
     }
 
@@ -299,8 +341,8 @@ impl Module {
 }
 
 /// Split off the signature (if any), then parse the ELF before it.
-fn parse_uncompressed(data: &[u8]) -> Result<Module, ReadError> {
-    let (elf, signature) = split_signature(data)?;
+fn parse_uncompressed(data: &[u8], digest: bool) -> Result<Module, ReadError> {
+    let (elf, signature) = split_signature(data, digest)?;
     let mut module = parse_elf(elf)?;
     module.signature = signature;
     Ok(module)
@@ -829,7 +871,7 @@ const HASH_ALGOS: [&str; 9] = [
 ];
 
 /// Split `data` into the ELF and its signature. No magic at the end means "not signed".
-fn split_signature(data: &[u8]) -> Result<(&[u8], Option<Signature>), ReadError> {
+fn split_signature(data: &[u8], digest: bool) -> Result<(&[u8], Option<Signature>), ReadError> {
     let Some(before_magic) = data.strip_suffix(SIGNATURE_MAGIC) else {
         return Ok((data, None));
     };
@@ -883,11 +925,16 @@ fn split_signature(data: &[u8]) -> Result<(&[u8], Option<Signature>), ReadError>
 
     let signature = if id_type == ID_PKCS7 {
         let info = pkcs7::signer_info(sig).map_err(|e| bad(format!("PKCS#7: {e}")))?;
+        let mut message = info.message;
+        if digest {
+            message.content_digest = super::signing::digest(&message.digest_oid, module);
+        }
         Signature {
             signer: info.signer,
             key_id: hex_colons(&info.key_id),
             hash_algo: info.hash_algo,
             id_type: id_name.to_string(),
+            message: Some(Box::new(message)),
         }
     } else {
         if usize::from(algo) >= 2 {
@@ -901,6 +948,7 @@ fn split_signature(data: &[u8]) -> Result<(&[u8], Option<Signature>), ReadError>
             key_id: hex_colons(key_id),
             hash_algo: hash_algo.to_string(),
             id_type: id_name.to_string(),
+            message: None,
         }
     };
     Ok((module, Some(signature)))
@@ -925,10 +973,13 @@ fn hex_colons(bytes: &[u8]) -> String {
 mod pkcs7 {
     use std::fmt;
 
+    use super::SignedMessage;
+
     pub struct SignerInfo {
         pub signer: String,
         pub key_id: Vec<u8>,
         pub hash_algo: String,
+        pub message: SignedMessage,
     }
 
     #[derive(Debug)]
@@ -952,6 +1003,8 @@ mod pkcs7 {
     const OID_SIGNED_DATA: &[u8] = &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x07, 0x02];
     /// 2.5.4.3
     const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    /// 1.2.840.113549.1.9.4
+    const OID_MESSAGE_DIGEST: &[u8] = &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x09, 0x04];
 
     /// One TLV read from the front of a buffer.
     struct Reader<'a>(&'a [u8]);
@@ -967,6 +1020,12 @@ mod pkcs7 {
 
         /// Read any element: its tag and contents.
         fn any(&mut self) -> Result<(u8, &'a [u8]), DerError> {
+            self.any_whole().map(|(tag, contents, _)| (tag, contents))
+        }
+
+        /// Read any element: its tag, contents and the whole encoding (tag and length too).
+        fn any_whole(&mut self) -> Result<(u8, &'a [u8], &'a [u8]), DerError> {
+            let start = self.0;
             let (&tag, rest) = self.0.split_first().ok_or(DerError("truncated element"))?;
             if tag & 0x1F == 0x1F {
                 return Err(DerError("high tag numbers are not supported"));
@@ -993,7 +1052,10 @@ mod pkcs7 {
                 .split_at_checked(len)
                 .ok_or(DerError("element extends past its container"))?;
             self.0 = tail;
-            Ok((tag, contents))
+            let whole = start
+                .get(..start.len() - tail.len())
+                .ok_or(DerError("element extends past its container"))?;
+            Ok((tag, contents, whole))
         }
 
         /// Read an element that must have tag `tag`.
@@ -1018,36 +1080,88 @@ mod pkcs7 {
         signed_data.element(SET, "SignedData has no digestAlgorithms")?;
         signed_data.element(SEQUENCE, "SignedData has no contentInfo")?;
         // Optional certificates [0] and crls [1], then signerInfos.
+        let mut certificates = Vec::new();
         while matches!(signed_data.peek_tag(), Some(CONTEXT_0 | CONTEXT_1)) {
-            signed_data.any()?;
+            let (tag, contents) = signed_data.any()?;
+            if tag == CONTEXT_0 {
+                let mut certs = Reader(contents);
+                while !certs.is_empty() {
+                    let (_, _, whole) = certs.any_whole()?;
+                    certificates.push(whole.to_vec());
+                }
+            }
         }
         let mut signer_infos = signed_data.element(SET, "SignedData has no signerInfos")?;
         let mut signer = signer_infos.element(SEQUENCE, "no SignerInfo")?;
         signer.element(INTEGER, "SignerInfo has no version")?;
         let (sid_tag, sid) = signer.any()?;
+        let mut issuer_der = Vec::new();
+        let mut serial_bytes = Vec::new();
+        let mut subject_key_id = None;
         let (name, key_id) = match sid_tag {
             SEQUENCE => {
                 let mut issuer_and_serial = Reader(sid);
-                let issuer = issuer_and_serial.element(SEQUENCE, "issuer is not a Name")?;
+                let (tag, issuer, whole) = issuer_and_serial.any_whole()?;
+                if tag != SEQUENCE {
+                    return Err(DerError("issuer is not a Name"));
+                }
                 let serial = issuer_and_serial.element(INTEGER, "no serial number")?;
-                (common_name(issuer)?, strip_leading_zeros(serial.0))
+                issuer_der = whole.to_vec();
+                serial_bytes = serial.0.to_vec();
+                (common_name(Reader(issuer))?, strip_leading_zeros(serial.0))
             }
             // CMS subjectKeyIdentifier [0]: no issuer to name; the identifier is the key id.
-            CONTEXT_0_PRIMITIVE => (String::new(), sid.to_vec()),
+            CONTEXT_0_PRIMITIVE => {
+                subject_key_id = Some(sid.to_vec());
+                (String::new(), sid.to_vec())
+            }
             _ => return Err(DerError("SignerInfo has no signer identifier")),
         };
         let mut digest_algorithm = signer.element(SEQUENCE, "SignerInfo has no digestAlgorithm")?;
         let oid = digest_algorithm.element(OID, "digestAlgorithm has no OID")?;
-        // The encrypted digest must be there too, or this is not a signature.
-        while matches!(signer.peek_tag(), Some(CONTEXT_0)) {
-            signer.any()?;
+        // Signed attributes [0] IMPLICIT SET OF Attribute: signed as a SET.
+        let mut signed_attrs = None;
+        let mut message_digest = None;
+        if signer.peek_tag() == Some(CONTEXT_0) {
+            let (_, contents, whole) = signer.any_whole()?;
+            let mut set = whole.to_vec();
+            if let Some(first) = set.first_mut() {
+                *first = SET;
+            }
+            signed_attrs = Some(set);
+            let mut attrs = Reader(contents);
+            while !attrs.is_empty() {
+                let mut attr = attrs.element(SEQUENCE, "signed attribute is not a SEQUENCE")?;
+                let kind = attr.element(OID, "signed attribute has no type")?;
+                let mut values = attr.element(SET, "signed attribute has no values")?;
+                if kind.0 == OID_MESSAGE_DIGEST {
+                    let value =
+                        values.element(OCTET_STRING, "messageDigest is not an OCTET STRING")?;
+                    message_digest = Some(value.0.to_vec());
+                }
+            }
         }
-        signer.element(SEQUENCE, "SignerInfo has no signature algorithm")?;
-        signer.element(OCTET_STRING, "SignerInfo has no signature")?;
+        // The encrypted digest must be there too, or this is not a signature.
+        let mut signature_algorithm =
+            signer.element(SEQUENCE, "SignerInfo has no signature algorithm")?;
+        let signature_oid = signature_algorithm.element(OID, "signature algorithm has no OID")?;
+        let signature = signer.element(OCTET_STRING, "SignerInfo has no signature")?;
         Ok(SignerInfo {
             signer: name,
             key_id,
             hash_algo: digest_name(oid.0),
+            message: SignedMessage {
+                issuer: issuer_der,
+                serial: serial_bytes,
+                subject_key_id,
+                digest_oid: oid.0.to_vec(),
+                signature_oid: signature_oid.0.to_vec(),
+                signed_attrs,
+                message_digest,
+                signature: signature.0.to_vec(),
+                certificates,
+                content_digest: None,
+            },
         })
     }
 
@@ -1256,7 +1370,7 @@ mod tests {
         // algo RSA, hash sha256, id X509, signer_len 6, key_id_len 2, pad, sig_len 3 (BE)
         file.extend_from_slice(&[1, 4, 1, 6, 2, 0, 0, 0, 0, 0, 0, 3]);
         file.extend_from_slice(SIGNATURE_MAGIC);
-        let (module, sig) = split_signature(&file).unwrap();
+        let (module, sig) = split_signature(&file, true).unwrap();
         assert_eq!(module, b"ELF...");
         assert_eq!(
             sig,
@@ -1265,6 +1379,7 @@ mod tests {
                 key_id: "AB:01".into(),
                 hash_algo: "sha256".into(),
                 id_type: "X509".into(),
+                message: None,
             })
         );
     }
@@ -1275,7 +1390,7 @@ mod tests {
             let mut f = vec![0u8; 32];
             f.extend_from_slice(&info);
             f.extend_from_slice(SIGNATURE_MAGIC);
-            split_signature(&f).unwrap_err().to_string()
+            split_signature(&f, true).unwrap_err().to_string()
         };
         assert_eq!(
             with([0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
@@ -1297,7 +1412,7 @@ mod tests {
 
     #[test]
     fn unsigned_data_is_returned_whole() {
-        let (module, sig) = split_signature(b"\x7fELF").unwrap();
+        let (module, sig) = split_signature(b"\x7fELF", true).unwrap();
         assert_eq!(module, b"\x7fELF");
         assert_eq!(sig, None);
     }

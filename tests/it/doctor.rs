@@ -252,3 +252,41 @@ fn fetch_from_an_unreachable_mirror_says_so() {
     // Nothing was registered.
     assert!(!k.home.join("trees/registry.json").exists());
 }
+
+/// Issue 10, item 4: a CONFIG_MODVERSIONS tree without Module.symvers builds modules with
+/// an empty __versions, which the kernel refuses: doctor calls it a problem and says what
+/// to do.
+#[test]
+fn doctor_flags_a_modversions_tree_without_module_symvers() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let kdir = k.variant_tree("amd64", "6.1.0-99-amd64", &[]);
+    std::fs::remove_file(kdir.join("Module.symvers")).unwrap();
+    let text = k.run(&["doctor", "-t", "amd64"]).ok().stdout();
+    let line = format!(
+        "  tree      {}: the kernel has CONFIG_MODVERSIONS but the tree has no Module.symvers: modules built against it get no symbol CRCs and the kernel refuses them (\"no symbol version for module_layout\")",
+        kdir.display()
+    );
+    assert!(text.contains(&line), "{text}");
+    assert!(
+        text.contains("hint: copy the kernel's Module.symvers into the tree"),
+        "{text}"
+    );
+    // And a build against it does not count the cell as built: modpost left __versions
+    // empty, which the kernel refuses.
+    let hello = repo().join("examples/hello");
+    let run = k.run(&[
+        "build",
+        hello.to_str().unwrap(),
+        "-t",
+        "amd64",
+        "-k",
+        "6.1.0-99-amd64",
+        "--no-cache",
+    ]);
+    let all = format!("{}{}", run.stdout(), run.stderr());
+    assert_ne!(run.code(), 0, "{all}");
+    assert!(
+        all.contains("modversions: no symbol version for module_layout: __versions is empty"),
+        "{all}"
+    );
+}

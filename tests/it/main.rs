@@ -7,6 +7,7 @@ mod support;
 
 mod build;
 mod cache;
+mod differential;
 mod doctor;
 mod lifecycle;
 mod smoke;
