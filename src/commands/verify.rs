@@ -23,10 +23,10 @@ use crate::commands::{Context, print_json};
 use crate::config::Target;
 use crate::config::arch::ElfIdentity;
 use crate::error::{Error, Result, exit};
-use crate::kernel::certs;
 use crate::kernel::registry::{Registry, trees_of};
 use crate::kernel::symvers::Symvers;
 use crate::kernel::tree::KernelTree;
+use crate::verify::certs;
 use crate::verify::checks::{
     self, Check, CheckKind, Kernel, Keys, Options, Others, Status, TreeSymbols,
 };

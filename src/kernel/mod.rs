@@ -1,7 +1,6 @@
 //! Kernel build trees: what a KDIR is (release, .config, vermagic, Module.symvers, host tools)
 //! and how kmx provisions trees from Debian's linux-headers packages.
 
-pub mod certs;
 pub mod fetch;
 pub mod kconfig;
 pub mod registry;

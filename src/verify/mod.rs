@@ -2,6 +2,7 @@
 //! the checks that say whether a module will load on a kernel.
 
 pub mod built;
+pub mod certs;
 pub mod checks;
 pub mod decompress;
 pub mod module;

@@ -4,7 +4,7 @@
 //!
 //! What this owns: the trusted certificates ([`Keyring`], parsed once), the digests module
 //! signing uses, and one verdict per signature ([`verify`]). What it must not do: I/O (the
-//! certificates come from [`crate::kernel::certs`] or `--cert` files, already read), or
+//! certificates come from [`crate::verify::certs`] or `--cert` files, already read), or
 //! decide pass/fail (that follows the kernel's configuration, in `checks::signature`).
 //!
 //! The kernel's outcomes (kernel/module/signing.c, crypto/asymmetric_keys/pkcs7_*.c):
@@ -188,7 +188,7 @@ impl Keyring {
 /// cheap). An entry is a digest of the signer's certificate, the signed digest and the
 /// signature bytes: the same entry means the same mathematical check, so the verdict is
 /// the same. Only good verdicts are remembered. Loaded and saved by
-/// [`crate::kernel::certs`]; shared by every thread of a run.
+/// [`crate::verify::certs`]; shared by every thread of a run.
 #[derive(Debug, Default)]
 pub struct Verified {
     pub known: std::collections::HashSet<[u8; 16]>,
