@@ -608,7 +608,9 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
     unknown.sort();
     unknown.dedup();
     for n in unknown {
-        w.push(format!("{at}: {n} is not a DKMS directive; ignored"));
+        w.push(format!(
+            "{at}: {n} is not a DKMS directive; ignored (fine if it only helps build another value)"
+        ));
     }
     spec.log = d.log;
     Ok(spec)
@@ -625,7 +627,17 @@ fn looks_like_directive(n: &str) -> bool {
         && !n.starts_with("BASH")
         && !matches!(
             n,
-            "PIPESTATUS" | "REPLY" | "OPTARG" | "OPTIND" | "COPROC" | "MAPFILE" | "FUNCNAME"
+            "PIPESTATUS"
+                | "REPLY"
+                | "OPTARG"
+                | "OPTIND"
+                | "COPROC"
+                | "MAPFILE"
+                | "FUNCNAME"
+                // pushd/popd and cd set these.
+                | "OLDPWD"
+                | "DIRSTACK"
+                | "PWD"
         )
 }
 
@@ -861,6 +873,12 @@ mod tests {
     }
 
     #[test]
+    fn pushd_popd_and_cd_are_not_taken_for_directives() {
+        let s = eval("pushd", "6.1.0").expect("evaluates");
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
     fn unknown_and_deprecated_directives_warn_and_values_survive() {
         let s = eval("unknown", "6.1.0").expect("evaluates");
         let c = conf("unknown");
@@ -869,7 +887,9 @@ mod tests {
             [
                 format!("{c}: CLEAN is deprecated in DKMS and ignored by kmx"),
                 format!("{c}: REMAKE_INITRD is deprecated in DKMS and ignored by kmx"),
-                format!("{c}: LOAD is not a DKMS directive; ignored"),
+                format!(
+                    "{c}: LOAD is not a DKMS directive; ignored (fine if it only helps build another value)"
+                ),
             ]
         );
         assert_eq!(
