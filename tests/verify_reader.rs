@@ -373,3 +373,25 @@ fn section_boundaries(b: &[u8]) -> Vec<usize> {
     }
     out
 }
+
+/// A FIFO without a writer (`mkfifo x.ko`) used to hang the reader in open(2), and with it
+/// `kmx verify` and the build's check: now it reads as an empty file, at once.
+#[test]
+fn a_fifo_without_a_writer_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("x.ko");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(Module::read(&path).map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("reading a FIFO hung");
+    assert!(got.is_err(), "{got:?}");
+}

@@ -198,6 +198,27 @@ pub struct SignedMessage {
     pub content_digest: Option<Vec<u8>>,
 }
 
+/// Open a file to read it without ever blocking in open(2): a FIFO with no writer would
+/// otherwise hang the whole run. Opened non-blocking, then switched back to blocking reads,
+/// such a FIFO reads as empty; a pipe with a writer (`<(xzcat m.ko.xz)`) reads as usual.
+fn open_never_blocking(path: &Path) -> Result<File, ReadError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| ReadError::Io { op: "open", source })?;
+    // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK status flag changes.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(file)
+}
+
 /// Everything kmx needs to know about one kernel module file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Module {
@@ -238,7 +259,7 @@ impl Module {
     /// [`SignedMessage::content_digest`], which touches every page of the file) only when
     /// `digest` is true.
     pub fn read_with(path: &Path, digest: bool) -> Result<Module, ReadError> {
-        let file = File::open(path).map_err(|source| ReadError::Io { op: "open", source })?;
+        let file = open_never_blocking(path)?;
         let meta = file
             .metadata()
             .map_err(|source| ReadError::Io { op: "stat", source })?;
