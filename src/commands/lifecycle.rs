@@ -20,7 +20,7 @@ use crate::error::{Error, Kind, Result, exit};
 use crate::install::{self, Hook, SignKey};
 use crate::kernel::registry::{Registry, trees_of};
 use crate::kernel::tree::KernelTree;
-use crate::matrix::pipeline::{self, Options as ExecOptions, setup_targets};
+use crate::matrix::pipeline::{self, Options, setup_targets};
 use crate::matrix::plan::{self, Action, Cell, Plan, TargetSetup};
 use crate::process;
 use crate::state::cache::{Cache, DEFAULT_MAX_BYTES};
@@ -303,7 +303,7 @@ fn prepare(
     sources: &[(String, String)],
     targets: &[Arc<TargetSetup>],
     want: &dyn Fn(&Cell) -> bool,
-    exec: &ExecOptions,
+    exec: &Options,
 ) -> Vec<(CellKey, Result<Prep>)> {
     let mut out = Vec::new();
     let mut hashes: HashMap<PathBuf, String> = HashMap::new();
@@ -516,11 +516,11 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
         for n in &notes {
             eprintln!("{n}");
         }
-        let exec = ExecOptions {
+        let exec = Options {
             jobs: args.jobs,
             // The same build cache as `kmx build`: a cell built there is not built again.
             cache: Some(Cache::new(ctx.home.cell_cache(), DEFAULT_MAX_BYTES)),
-            ..ExecOptions::default()
+            ..Options::default()
         };
         let want = |c: &Cell| c.target.target.name == args.target && c.tree.release == args.kernel;
         let mut res = prepare(
@@ -953,11 +953,11 @@ pub fn autoinstall(
         {
             eprintln!("{n}");
         }
-        let exec = ExecOptions {
+        let exec = Options {
             jobs: args.jobs,
             // The same build cache as `kmx build`: a cell built there is not built again.
             cache: Some(Cache::new(ctx.home.cell_cache(), DEFAULT_MAX_BYTES)),
-            ..ExecOptions::default()
+            ..Options::default()
         };
         let want = |c: &Cell| c.spec.autoinstall && c.tree.release == args.kernel;
         let sources: Vec<(String, String)> = newest.into_iter().collect();
