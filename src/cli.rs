@@ -265,7 +265,7 @@ pub struct InstallArgs {
     #[command(flatten)]
     pub sign: SignArgs,
     /// Parallel jobs for a build this needs [default: number of CPUs].
-    #[arg(long, short, env = "KMX_JOBS")]
+    #[arg(long, short, env = "KMX_JOBS", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
 }
 
@@ -283,7 +283,7 @@ pub struct AutoinstallArgs {
     #[command(flatten)]
     pub sign: SignArgs,
     /// Parallel jobs for the builds [default: number of CPUs].
-    #[arg(long, short, env = "KMX_JOBS")]
+    #[arg(long, short, env = "KMX_JOBS", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
 }
 
@@ -327,7 +327,7 @@ pub struct BuildArgs {
     pub out: PathBuf,
     /// Parallel jobs: the make jobserver's slots, shared by every cell [default: number of
     /// CPUs]. With a remote launcher (distcc) it may exceed the local cores.
-    #[arg(long, short, env = "KMX_JOBS")]
+    #[arg(long, short, env = "KMX_JOBS", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
     /// Kill a build step (make, PRE_BUILD, ...) that runs longer than this many seconds.
     #[arg(long, default_value_t = 1800, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -450,7 +450,7 @@ pub struct VerifyArgs {
     #[arg(long, short)]
     pub verbose: bool,
     /// Threads reading and checking modules [default: number of CPUs].
-    #[arg(long, short, env = "KMX_JOBS")]
+    #[arg(long, short, env = "KMX_JOBS", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
 }
 
@@ -467,6 +467,15 @@ fn words(s: &str) -> Result<Words, String> {
     Ok(Words(s.split_whitespace().map(str::to_string).collect()))
 }
 
+/// `--jobs`: a whole number of at least 1 (0 jobs would build nothing, forever).
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,6 +484,13 @@ mod tests {
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+        for args in [
+            ["kmx", "build", "src", "-j", "0"],
+            ["kmx", "verify", "x.ko", "-j", "0"],
+        ] {
+            let err = Cli::try_parse_from(args).expect_err("-j 0 must be refused");
+            assert!(err.to_string().contains("must be at least 1"), "{err}");
+        }
         let cli = Cli::try_parse_from([
             "kmx",
             "build",

@@ -24,6 +24,13 @@ pub struct Context {
 
 impl Context {
     pub fn load(cli: &Cli) -> Result<Context> {
+        if let Some(dir) = &cli.global.config_dir
+            && !dir.is_dir()
+        {
+            return Err(crate::Error::usage("the configuration directory does not exist")
+                .at(dir)
+                .hint("--config-dir (or KMX_CONFIG_DIR) must name a directory holding targets/ and toolchains/"));
+        }
         let sources = Sources::standard(user_config_dir(), cli.global.config_dir.clone());
         let home = Home::resolve(cli.global.home.clone())?;
         Ok(Context {

@@ -290,3 +290,22 @@ fn doctor_flags_a_modversions_tree_without_module_symvers() {
         "{all}"
     );
 }
+
+/// A configuration directory that does not exist was silently ignored (a typo then used
+/// the shipped profiles without a word).
+#[test]
+fn a_missing_config_dir_is_a_usage_error_naming_it() {
+    let k = Kmx::empty();
+    let missing = k.dir().join("no-such-conf");
+    let run = k
+        .run(&["--config-dir", missing.to_str().unwrap(), "targets"])
+        .expect(2);
+    assert!(
+        run.stderr().starts_with(&format!(
+            "error: {}: the configuration directory does not exist",
+            missing.display()
+        )),
+        "{}",
+        run.stderr()
+    );
+}
