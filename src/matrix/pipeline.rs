@@ -70,15 +70,6 @@ pub trait Progress {
     fn end(&mut self);
 }
 
-/// A progress sink that says nothing.
-pub struct Silent;
-
-impl Progress for Silent {
-    fn begin(&mut self, _: &Plan, _: usize, _: bool) {}
-    fn event(&mut self, _: &Plan, _: &Event) {}
-    fn end(&mut self) {}
-}
-
 /// Environment variables builds see: the basics plus compiler-cache and distcc settings.
 /// Read once per run, never inside workers.
 fn passthrough_env() -> Vec<(String, String)> {

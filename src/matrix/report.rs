@@ -78,6 +78,16 @@ pub struct Report {
     pub shard: Option<String>,
 }
 
+impl CellReport {
+    /// `module version target kernel`, as the summary names a cell.
+    pub fn label(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.module, self.version, self.target, self.kernel
+        )
+    }
+}
+
 impl Report {
     pub fn new(plan: &Plan, results: &[CellResult], wall_secs: f64) -> Report {
         let mut totals = Totals::default();
@@ -212,29 +222,20 @@ impl Report {
             .filter(|c| c.status == CellStatus::Skipped)
         {
             out.push_str(&format!(
-                "\nskipped {} {} {} {}: {}",
-                c.module,
-                c.version,
-                c.target,
-                c.kernel,
+                "\nskipped {}: {}",
+                c.label(),
                 c.reason.as_deref().unwrap_or("")
             ));
         }
         for c in &self.cells {
             for w in &c.warnings {
-                out.push_str(&format!(
-                    "\nwarning {} {} {} {}: {w}",
-                    c.module, c.version, c.target, c.kernel
-                ));
+                out.push_str(&format!("\nwarning {}: {w}", c.label()));
             }
         }
         for c in self.cells.iter().filter(|c| c.status.is_failed()) {
             out.push_str(&format!(
-                "\nfailed {} {} {} {}: {}",
-                c.module,
-                c.version,
-                c.target,
-                c.kernel,
+                "\nfailed {}: {}",
+                c.label(),
                 c.reason.as_deref().unwrap_or("")
             ));
             for e in &c.errors {
@@ -244,7 +245,7 @@ impl Report {
         }
         for c in &self.cells {
             let Some(smoke) = &c.smoke else { continue };
-            let label = format!("{} {} {} {}", c.module, c.version, c.target, c.kernel);
+            let label = c.label();
             if smoke.status != crate::smoke::Status::Booted || smoke.modules.is_empty() {
                 out.push_str(&format!(
                     "\nsmoke {label}: {} {}",
@@ -337,12 +338,9 @@ impl Report {
                     Some(slot @ None) => *slot = Some(path),
                     Some(Some(other)) => {
                         return Err(crate::Error::usage(format!(
-                            "cell {} ({} {} {} {}) is in both {} and {}",
+                            "cell {} ({}) is in both {} and {}",
                             c.index,
-                            c.module,
-                            c.version,
-                            c.target,
-                            c.kernel,
+                            c.label(),
                             other.display(),
                             path.display()
                         )));

@@ -94,6 +94,8 @@ struct Book<'d, 'r> {
     running: Vec<usize>,
     finished: usize,
     failed_once: bool,
+    /// Every cell not taken was cancelled (once: later calls have nothing to do).
+    cancelled: bool,
 }
 
 impl Book<'_, '_> {
@@ -141,6 +143,10 @@ impl Book<'_, '_> {
 
     /// Decide every cell not yet taken with `outcome` (a stop, or `--fail-fast`).
     fn cancel_rest(&mut self, outcome: Outcome) {
+        if self.cancelled {
+            return;
+        }
+        self.cancelled = true;
         let rest: Vec<usize> = (0..self.taken.len()).filter(|&i| !self.taken[i]).collect();
         for &i in &rest {
             self.taken[i] = true;
@@ -180,6 +186,7 @@ pub fn execute(
         running: Vec::new(),
         finished: 0,
         failed_once: false,
+        cancelled: false,
     };
     for i in 0..n {
         for &d in dag.deps(i) {

@@ -70,29 +70,13 @@ pub fn decompress(
     format: Compression,
     limit: usize,
 ) -> Result<Vec<u8>, DecompressError> {
-    let mut out = CappedWriter {
-        buf: Vec::new(),
-        limit,
-        exceeded: false,
-    };
-    let corrupt = |detail: String| DecompressError::Corrupt { format, detail };
-    let result = match format {
-        Compression::Xz => {
-            let mut input = data;
-            lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| corrupt(e.to_string()))
-        }
-        Compression::Zstd => zstd_frames(data, &mut out).map_err(corrupt),
-        Compression::Gzip => {
-            let mut decoder = flate2::read::MultiGzDecoder::new(data);
-            copy(&mut decoder, &mut out).map_err(|e| corrupt(e.to_string()))
-        }
-    };
+    let (out, result) = inflate(data, format, limit, true);
     // The cap is checked first: a decoder that stops because the writer refused more data
     // reports that as its own I/O error, which would otherwise read as "corrupt".
     if out.exceeded {
         return Err(DecompressError::TooLarge { format, limit });
     }
-    result?;
+    result.map_err(|detail| DecompressError::Corrupt { format, detail })?;
     Ok(out.buf)
 }
 
@@ -104,6 +88,25 @@ pub fn decompress_prefix(
     format: Compression,
     limit: usize,
 ) -> Result<Vec<u8>, DecompressError> {
+    let (out, result) = inflate(data, format, limit, false);
+    if out.exceeded {
+        return Err(DecompressError::TooLarge { format, limit });
+    }
+    match result {
+        Err(detail) if out.buf.is_empty() => Err(DecompressError::Corrupt { format, detail }),
+        _ => Ok(out.buf),
+    }
+}
+
+/// Run the decoder of `format` over `data` into a writer capped at `limit`. `whole`: the
+/// data is one file (gzip members and zstd frames may follow each other); otherwise only
+/// the first stream counts.
+fn inflate(
+    data: &[u8],
+    format: Compression,
+    limit: usize,
+    whole: bool,
+) -> (CappedWriter, Result<(), String>) {
     let mut out = CappedWriter {
         buf: Vec::new(),
         limit,
@@ -114,24 +117,23 @@ pub fn decompress_prefix(
             let mut input = data;
             lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| e.to_string())
         }
+        Compression::Zstd if whole => zstd_frames(data, &mut out),
         Compression::Zstd => {
             let mut input = data;
             ruzstd::decoding::StreamingDecoder::new(&mut input)
                 .map_err(|e| e.to_string())
                 .and_then(|mut d| copy(&mut d, &mut out).map_err(|e| e.to_string()))
         }
+        Compression::Gzip if whole => {
+            let mut decoder = flate2::read::MultiGzDecoder::new(data);
+            copy(&mut decoder, &mut out).map_err(|e| e.to_string())
+        }
         Compression::Gzip => {
             let mut decoder = flate2::read::GzDecoder::new(data);
             copy(&mut decoder, &mut out).map_err(|e| e.to_string())
         }
     };
-    if out.exceeded {
-        return Err(DecompressError::TooLarge { format, limit });
-    }
-    match result {
-        Err(detail) if out.buf.is_empty() => Err(DecompressError::Corrupt { format, detail }),
-        _ => Ok(out.buf),
-    }
+    (out, result.map(|_| ()))
 }
 
 /// Decode every frame of a zstd stream (the `zstd` tool writes one; concatenations are legal).

@@ -820,17 +820,19 @@ fn a_tree_of_another_architecture_is_refused_naming_tree_and_profile() {
     }
     let dir = conf.to_str().unwrap();
     let hello = repo().join("examples/hello");
-    let err = k
-        .run(&[
+    let build_err = |target: &str| {
+        k.run(&[
             "--config-dir",
             dir,
             "build",
             hello.to_str().unwrap(),
             "-t",
-            "armhf",
+            target,
         ])
         .expect(3)
-        .stderr();
+        .stderr()
+    };
+    let err = build_err("armhf");
     assert!(
         err.contains(&format!(
             "{}: is a kernel tree for ARCH=arm64, but target `armhf` builds for ARCH=arm",
@@ -840,17 +842,7 @@ fn a_tree_of_another_architecture_is_refused_naming_tree_and_profile() {
     );
     assert!(err.contains("correct [kernels] paths in"), "{err}");
     assert!(err.contains("targets/armhf.toml"), "{err}");
-    let err = k
-        .run(&[
-            "--config-dir",
-            dir,
-            "build",
-            hello.to_str().unwrap(),
-            "-t",
-            "i386",
-        ])
-        .expect(3)
-        .stderr();
+    let err = build_err("i386");
     assert!(
         err.contains("is a 64-bit kernel tree, but target `i386` (i686) is 32-bit"),
         "{err}"
