@@ -9,6 +9,8 @@
 //! - [`matrix`]: the build matrix (modules x targets x kernels): planning, the parallel
 //!   scheduler, the cell runner that drives kbuild, and the pipeline that ties them.
 //! - [`verify`]: the module reader (ELF, `.modinfo`, `__versions`) and the load checks.
+//! - [`sandbox`]: the private mount (and network, PID) namespaces dkms.conf evaluation and
+//!   build steps run in: DKMS's directories as DKMS has them, the host protected.
 //! - [`smoke`]: boot-and-load proof: real kernels under QEMU load the modules.
 //! - [`state`]: kmx's home and the on-disk stores (the lifecycle store, tarballs, the
 //!   build cache).
@@ -29,6 +31,7 @@ pub mod install;
 pub mod kernel;
 pub mod matrix;
 pub mod process;
+pub mod sandbox;
 pub mod smoke;
 pub mod state;
 pub mod verify;

@@ -245,3 +245,9 @@ pub fn run_supervised(
         sleep = (sleep * 2).min(Duration::from_millis(50));
     }
 }
+
+/// Whether kmx runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -210,7 +210,7 @@ fn missing_host_tools() -> Vec<&'static HostTool> {
 /// The host's tools and namespace, as doctor prints them; false when builds cannot run.
 fn print_host() -> bool {
     let missing = missing_host_tools();
-    match crate::matrix::namespace::available() {
+    match crate::sandbox::available() {
         Ok(()) => println!(
             "host: private mount namespaces ok (each cell sees /lib/modules/<release>/build, /usr/src and /var/lib/dkms as its own)"
         ),

@@ -73,6 +73,8 @@ fn evaluate_generic(src: &Path) -> Result<ModuleSpec> {
         source_tree: tmp.path().to_path_buf(),
         dkms_tree: tmp.path().join("dkms"),
         module_hint: None,
+        identity: None,
+        sandbox: None,
     };
     load_spec(src, &vars)
 }

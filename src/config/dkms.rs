@@ -24,7 +24,7 @@ use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use super::manifest::{self, BuiltModule, CellVars, Format, ModuleSpec};
-use crate::{Error, Result, process};
+use crate::{Error, Result, process, sandbox};
 
 /// How long one evaluation of a dkms.conf may take.
 pub const EVAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,9 +112,16 @@ fn evaluate_with_timeout(conf: &Path, vars: &CellVars, timeout: Duration) -> Res
     let text = fs::read(conf).map_err(|e| Error::io("read", conf, e))?;
     let tmp =
         tempfile::tempdir().map_err(|e| Error::io("create a temporary directory for", conf, e))?;
-    let copy = tmp.path().join("dkms.conf");
+    // The files bash reads and writes, in one directory the sandbox shows at EVAL_DIR.
+    let files = tmp.path().join("files");
+    fs::create_dir(&files).map_err(|e| Error::io("create", &files, e))?;
+    if vars.sandbox.is_some() {
+        let scratch = tmp.path().join("ns");
+        fs::create_dir(&scratch).map_err(|e| Error::io("create", &scratch, e))?;
+    }
+    let copy = files.join("dkms.conf");
     fs::write(&copy, strip_cr(&text)).map_err(|e| Error::io("write", &copy, e))?;
-    let wrapper = tmp.path().join("evaluate.sh");
+    let wrapper = files.join("evaluate.sh");
     fs::write(
         &wrapper,
         WRAPPER.replace("@DIRECTIVES@", &DIRECTIVES.join(" ")),
@@ -122,14 +129,18 @@ fn evaluate_with_timeout(conf: &Path, vars: &CellVars, timeout: Duration) -> Res
     .map_err(|e| Error::io("write", &wrapper, e))?;
     let ctx = Eval {
         conf,
-        copy: &copy,
-        wrapper: &wrapper,
+        files: &files,
         dir: tmp.path(),
         vars,
         timeout,
     };
 
-    let (status, log) = ctx.run(&[OsStr::new("-n"), copy.as_os_str()], &[])?;
+    // A reading that knows the identity follows one that checked the syntax.
+    if let Some((module, version)) = &vars.identity {
+        let dump = ctx.source(module, version)?;
+        return build_spec(conf, vars, dump);
+    }
+    let (status, log) = ctx.run(&["-n", "dkms.conf"], &[])?;
     if !status.success() {
         let first = ctx.first_line(&log).unwrap_or_else(|| describe(status));
         return Err(
@@ -144,9 +155,8 @@ fn evaluate_with_timeout(conf: &Path, vars: &CellVars, timeout: Duration) -> Res
     let mut dump = ctx.source(&module, &version)?;
     let (name, ver) = (dump.scalar("PACKAGE_NAME"), dump.scalar("PACKAGE_VERSION"));
     // A file that never reads $module or $module_version cannot depend on the guess.
-    let uses_identity = std::fs::read_to_string(&copy)
-        .map(|t| t.contains("$module") || t.contains("${module"))
-        .unwrap_or(true);
+    let uses_identity = String::from_utf8_lossy(&text).contains("$module")
+        || String::from_utf8_lossy(&text).contains("${module");
     if uses_identity && !name.is_empty() && !ver.is_empty() && (name != module || ver != version) {
         let (name, ver) = (name.to_string(), ver.to_string());
         dump = ctx.source(&name, &ver)?;
@@ -200,21 +210,31 @@ fn describe(status: ExitStatus) -> String {
 /// One evaluation's fixed inputs.
 struct Eval<'a> {
     conf: &'a Path,
-    copy: &'a Path,
-    wrapper: &'a Path,
+    /// The files bash reads and writes (the copy, the wrapper, the dump).
+    files: &'a Path,
+    /// The evaluation's temporary directory (holds `files`, the log, the sandbox's scratch).
     dir: &'a Path,
     vars: &'a CellVars,
     timeout: Duration,
 }
 
 impl Eval<'_> {
+    /// Where bash sees `files`: [`sandbox::EVAL_DIR`] in the sandbox.
+    fn seen(&self) -> PathBuf {
+        match self.vars.sandbox {
+            Some(_) => PathBuf::from(sandbox::EVAL_DIR),
+            None => self.files.to_path_buf(),
+        }
+    }
+
     /// Source the file with `$module`/`$module_version` set and read back the dump.
     fn source(&self, module: &str, version: &str) -> Result<Dump> {
         let v = self.vars;
-        let dump_path = self.dir.join("dump");
+        let seen = self.seen();
+        let (conf, dump) = (seen.join("dkms.conf"), seen.join("dump"));
         let env: [(&str, &OsStr); 9] = [
-            ("KMX_CONF", self.copy.as_os_str()),
-            ("KMX_DUMP", dump_path.as_os_str()),
+            ("KMX_CONF", conf.as_os_str()),
+            ("KMX_DUMP", dump.as_os_str()),
             ("kernelver", OsStr::new(&v.kernelver)),
             ("kernel_source_dir", v.kernel_source_dir.as_os_str()),
             ("arch", OsStr::new(&v.arch)),
@@ -223,8 +243,10 @@ impl Eval<'_> {
             ("module", OsStr::new(module)),
             ("module_version", OsStr::new(version)),
         ];
-        let (status, log) = self.run(&[self.wrapper.as_os_str()], &env)?;
+        let (status, log) = self.run(&["evaluate.sh"], &env)?;
+        let dump_path = self.files.join("dump");
         let bytes = fs::read(&dump_path).unwrap_or_default();
+        let _ = fs::remove_file(&dump_path);
         let dump = Dump::parse(&bytes, log);
         if !status.success() || !dump.complete {
             let first = self
@@ -243,20 +265,45 @@ impl Eval<'_> {
         Ok(dump)
     }
 
-    /// Run bash with `args` in the clean environment plus `env`; returns its status and
-    /// everything it printed, with the temporary copy's path replaced by the real one.
-    fn run(&self, args: &[&OsStr], env: &[(&str, &OsStr)]) -> Result<(ExitStatus, String)> {
+    /// Run bash with `args` (file names of `files`, or options) in the clean environment
+    /// plus `env`, in the sandbox when there is one; returns its status and everything it
+    /// printed, with the copy's path replaced by the real one.
+    fn run(&self, args: &[&str], env: &[(&str, &OsStr)]) -> Result<(ExitStatus, String)> {
         let log_path = self.dir.join("log");
         let log = fs::File::create(&log_path).map_err(|e| Error::io("create", &log_path, e))?;
         let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
-        let mut cmd = Command::new("bash");
-        cmd.args(args)
-            .env_clear()
+        let seen = self.seen();
+        let words: Vec<String> = args
+            .iter()
+            .map(|a| match a.starts_with('-') {
+                true => a.to_string(),
+                false => seen.join(a).to_string_lossy().into_owned(),
+            })
+            .collect();
+        let mut cmd = match &self.vars.sandbox {
+            Some(others) => {
+                let view = self.view(others);
+                let cwd = match &self.vars.identity {
+                    Some((name, version)) => sandbox::source_dir(name, version),
+                    None => self.vars.source_dir.clone(),
+                };
+                let line = std::iter::once("exec bash".to_string())
+                    .chain(words.iter().map(|w| process::quote(w)))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                view.command(&cwd, &line)
+            }
+            None => {
+                let mut cmd = Command::new("bash");
+                cmd.args(&words).current_dir(&self.vars.source_dir);
+                cmd
+            }
+        };
+        cmd.env_clear()
             .env("PATH", EVAL_PATH)
             .env("HOME", home)
             .env("LANG", "C")
-            .envs(env.iter().copied())
-            .current_dir(&self.vars.source_dir);
+            .envs(env.iter().copied());
         // Supervised like every child: its own process group, killed (with anything the
         // file left running in the background) when it ends, overstays, or the run is
         // stopped (Ctrl-C, SIGTERM, SIGHUP during planning).
@@ -287,11 +334,39 @@ impl Eval<'_> {
         };
         let text = fs::read(&log_path).map_err(|e| Error::io("read", &log_path, e))?;
         let text = String::from_utf8_lossy(&text);
-        let copy = self.copy.to_string_lossy();
+        if self.vars.sandbox.is_some() && status.code() == Some(sandbox::SETUP_FAILED) {
+            if let Some(why) = text.lines().find(|l| l.starts_with("kmx: cannot make")) {
+                return Err(Error::env(why.trim_start_matches("kmx: ").to_string())
+                    .at(self.conf)
+                    .hint("kmx evaluates dkms.conf in a sandbox where namespaces can be made; `kmx doctor` says why they cannot"));
+            }
+        }
+        let copy = seen.join("dkms.conf");
         Ok((
             status,
-            text.replace(copy.as_ref(), &self.conf.to_string_lossy()),
+            text.replace(
+                copy.to_string_lossy().as_ref(),
+                &self.conf.to_string_lossy(),
+            ),
         ))
+    }
+
+    /// The sandbox for this evaluation: the cell's kernel, source and identity (when
+    /// known), the other sources of the run, no network, the host read-only.
+    fn view(&self, others: &[sandbox::Source]) -> sandbox::View {
+        let (name, version) = self.vars.identity.clone().unwrap_or_default();
+        sandbox::View {
+            release: self.vars.kernelver.clone(),
+            kdir: self.vars.kernel_source_dir.clone(),
+            name,
+            version,
+            source: self.vars.source_dir.clone(),
+            others: others.to_vec(),
+            scratch: self.dir.join("ns"),
+            purpose: sandbox::Purpose::Evaluate {
+                files: self.files.to_path_buf(),
+            },
+        }
     }
 
     /// The first non-empty line of `log`, without the "<dkms.conf>: " prefix bash puts on it.
@@ -671,6 +746,8 @@ mod tests {
             source_tree: fixture(name),
             dkms_tree: tmp.path().join("dkms"),
             module_hint: None,
+            identity: None,
+            sandbox: None,
         };
         (tmp, vars)
     }

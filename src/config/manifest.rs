@@ -255,6 +255,12 @@ pub struct CellVars {
     /// The module name the caller expects (`$module` before PACKAGE_NAME is known); None =
     /// guess from the source directory's `<module>-<version>` name.
     pub module_hint: Option<String>,
+    /// PACKAGE_NAME and PACKAGE_VERSION from an earlier reading of the same file (that
+    /// reading also checked its syntax): `$module` and `$module_version` are these.
+    pub identity: Option<(String, String)>,
+    /// Evaluate a dkms.conf inside the sandbox ([`crate::sandbox`]), where these other
+    /// sources of the run are under /usr/src; `None` = on the host's paths.
+    pub sandbox: Option<std::sync::Arc<Vec<crate::sandbox::Source>>>,
 }
 
 #[cfg(test)]
@@ -269,6 +275,8 @@ impl CellVars {
             source_tree: dir.to_path_buf(),
             dkms_tree: dir.join("dkms"),
             module_hint: None,
+            identity: None,
+            sandbox: None,
         }
     }
 }

@@ -94,7 +94,7 @@ impl Apt {
         );
         write_if_changed(&dir.join("etc/sources.list"), &sources)?;
         let user = std::env::var("USER").ok().filter(|u| !u.is_empty());
-        let user = if crate::state::home::is_root() {
+        let user = if crate::process::is_root() {
             "root".to_string()
         } else {
             user.unwrap_or_else(|| "root".into())

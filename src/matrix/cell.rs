@@ -224,7 +224,7 @@ fn makeflags_vars(vars: &[(String, String)]) -> String {
 }
 
 /// A command run by bash in the build directory with the cell's environment: inside the
-/// cell's private namespace where it has one ([`crate::matrix::namespace`]) and `where_`
+/// cell's private namespace where it has one ([`crate::sandbox`]) and `where_`
 /// asks for it.
 fn shell(cell: &Cell, env: &RunEnv, line: &str, extra_symbols: &str, where_: Where) -> Command {
     let cmd = match (&cell.view, where_) {
@@ -335,7 +335,7 @@ fn run_stages(
     match &cell.view {
         // The namespace shows a copy of its own at /usr/src/<name>-<version>.
         Some(view) => {
-            copy_tree(&cell.source, &view.source_copy).map_err(|e| stage_err("prepare", e))?;
+            copy_tree(&cell.source, &view.source).map_err(|e| stage_err("prepare", e))?;
             mk(&view.scratch)?;
         }
         // No namespace: $dkms_tree/<module>/<version>/build links to the build directory.
@@ -722,8 +722,7 @@ fn logged(
         Ended::Exited(status) => {
             let what = process::describe_status(status);
             let _ = writeln!(log, "# {stage}: {what} ({secs:.1}s)");
-            let namespace =
-                in_namespace && status.code() == Some(crate::matrix::namespace::SETUP_FAILED);
+            let namespace = in_namespace && status.code() == Some(crate::sandbox::SETUP_FAILED);
             Err(StageError {
                 stage,
                 message: match namespace {

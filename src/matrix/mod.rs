@@ -6,7 +6,6 @@
 pub mod cell;
 pub mod fingerprint;
 pub mod jobserver;
-pub mod namespace;
 pub mod pipeline;
 pub mod plan;
 pub mod report;

@@ -25,7 +25,8 @@ use crate::config::probe::Compiler;
 use crate::config::{Target, Toolchain};
 use crate::error::{Error, Result};
 use crate::kernel::tree::KernelTree;
-use crate::matrix::{fingerprint, namespace};
+use crate::matrix::fingerprint;
+use crate::sandbox as namespace;
 
 /// One target ready to build for: its profile, toolchain, compiler and kernel trees.
 #[derive(Debug, Clone)]
@@ -153,11 +154,15 @@ pub fn filter_trees(trees: Vec<Arc<KernelTree>>, kernels: &[String]) -> Vec<Arc<
 pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Result<Plan> {
     use rayon::prelude::*;
     let out = std::path::absolute(out).map_err(|e| Error::io("resolve", out, e))?;
+    let sources = sources
+        .iter()
+        .map(|s| {
+            s.canonicalize()
+                .map_err(|e| Error::io("open module source", s, e))
+        })
+        .collect::<Result<Vec<PathBuf>>>()?;
     let mut slots = Vec::new();
     for (si, source) in sources.iter().enumerate() {
-        let source = source
-            .canonicalize()
-            .map_err(|e| Error::io("open module source", source, e))?;
         for ts in targets {
             for tree in &ts.trees {
                 slots.push((si, source.clone(), ts.clone(), tree.clone()));
@@ -165,39 +170,54 @@ pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Re
         }
     }
     let isolated = namespace::available();
+    // In the sandbox, a dkms.conf sees every source of the run at /usr/src/<name>-<version>,
+    // as on a machine where the packages are installed: a first reading of each source (in
+    // the sandbox, for its first kernel) gives the names and versions.
+    let first = targets
+        .iter()
+        .find_map(|ts| ts.trees.first().map(|tree| (ts, tree)));
+    let sandbox = match (&isolated, first) {
+        (Ok(()), Some((ts, tree))) => {
+            let empty = Arc::new(Vec::new());
+            let mut others = sources
+                .par_iter()
+                .map(|src| {
+                    let vars = cell_vars(src, ts, tree, None, Some(empty.clone()));
+                    let spec = load_spec(src, &vars)?;
+                    Ok(namespace::Source {
+                        name: spec.name,
+                        version: spec.version,
+                        dir: src.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            others.sort();
+            others.dedup();
+            Some(Arc::new(others))
+        }
+        _ => None,
+    };
     // Evaluating a dkms.conf runs bash: do the cells in parallel.
     let mut cells = slots
         .into_par_iter()
         .enumerate()
         .map(|(index, (si, source, ts, tree))| {
-            plan_cell(index, si, source, ts, tree, &out, isolated.is_ok())
+            plan_cell(index, si, source, ts, tree, &out, sandbox.as_ref())
         })
         .collect::<Result<Vec<Cell>>>()?;
-    if isolated.is_ok() {
-        // Every source of the run is readable at /usr/src/<name>-<version> in every cell,
-        // as on a machine where the packages are installed.
-        let mut others: Vec<(String, String, PathBuf)> = cells
-            .iter()
-            .map(|c| {
-                (
-                    c.spec.name.clone(),
-                    c.spec.version.clone(),
-                    c.source.clone(),
-                )
-            })
-            .collect();
-        others.sort();
-        others.dedup();
+    if let Some(others) = &sandbox {
         for c in &mut cells {
             c.view = Some(namespace::View {
                 release: c.tree.release.clone(),
                 kdir: c.tree.kdir.clone(),
                 name: c.spec.name.clone(),
                 version: c.spec.version.clone(),
-                build: c.build_dir(),
-                source_copy: c.work_dir.join("src"),
-                others: others.clone(),
+                source: c.work_dir.join("src"),
+                others: others.to_vec(),
                 scratch: c.work_dir.join("ns"),
+                purpose: namespace::Purpose::Build {
+                    build: c.build_dir(),
+                },
             });
         }
     }
@@ -212,6 +232,39 @@ pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Re
     })
 }
 
+/// DKMS's variables for `source` built for one kernel tree: DKMS's own `$dkms_tree` and
+/// `$source_tree` in the sandbox (`sandbox` given), per-cell directories under `work_dir`
+/// on the host otherwise.
+fn cell_vars(
+    source: &Path,
+    ts: &TargetSetup,
+    tree: &KernelTree,
+    work_dir: Option<&Path>,
+    sandbox: Option<Arc<Vec<namespace::Source>>>,
+) -> CellVars {
+    let (source_tree, dkms_tree) = match (&sandbox, work_dir) {
+        (None, Some(work)) => (source.to_path_buf(), work.join("dkms_tree")),
+        _ => (namespace::SOURCE_TREE.into(), namespace::DKMS_TREE.into()),
+    };
+    let identity = sandbox.as_ref().and_then(|others| {
+        others
+            .iter()
+            .find(|o| o.dir == source)
+            .map(|o| (o.name.clone(), o.version.clone()))
+    });
+    CellVars {
+        kernelver: tree.release.clone(),
+        kernel_source_dir: tree.kdir.clone(),
+        arch: ts.target.dkms_arch.clone(),
+        source_dir: source.to_path_buf(),
+        source_tree,
+        dkms_tree,
+        module_hint: None,
+        identity,
+        sandbox,
+    }
+}
+
 fn plan_cell(
     index: usize,
     si: usize,
@@ -219,7 +272,7 @@ fn plan_cell(
     ts: Arc<TargetSetup>,
     tree: Arc<KernelTree>,
     out: &Path,
-    isolated: bool,
+    sandbox: Option<&Arc<Vec<namespace::Source>>>,
 ) -> Result<Cell> {
     // The work dir must be known before the manifest is evaluated: dkms.conf files refer to
     // $dkms_tree/<module>/<version>/build. Name it by source, target and kernel; the spec
@@ -234,20 +287,22 @@ fn plan_cell(
         tree.release
     );
     let work_dir = out.join(".work").join(&slot);
-    let (source_tree, dkms_tree) = match isolated {
-        true => (namespace::SOURCE_TREE.into(), namespace::DKMS_TREE.into()),
-        false => (source.clone(), work_dir.join("dkms_tree")),
-    };
-    let vars = CellVars {
-        kernelver: tree.release.clone(),
-        kernel_source_dir: tree.kdir.clone(),
-        arch: ts.target.dkms_arch.clone(),
-        source_dir: source.clone(),
-        source_tree,
-        dkms_tree,
-        module_hint: None,
-    };
+    let vars = cell_vars(&source, &ts, &tree, Some(&work_dir), sandbox.cloned());
     let spec = load_spec(&source, &vars)?;
+    if let Some((name, version)) = &vars.identity {
+        if (name, version) != (&spec.name, &spec.version) {
+            return Err(Error::config(
+                &source,
+                format!(
+                    "PACKAGE_NAME and PACKAGE_VERSION change with the kernel: {name} {version} on the first reading, {} {} for {}",
+                    spec.name,
+                    spec.version,
+                    tree.release
+                ),
+            )
+            .hint("a module has one name and version for every kernel; choose them without $kernelver or $arch"));
+        }
+    }
     // DKMS's $arch first, then kmx's target name and the kernel's ARCH, each once.
     let mut arch_names: Vec<&str> = Vec::new();
     for name in [

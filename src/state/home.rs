@@ -50,11 +50,7 @@ impl Home {
     }
 }
 
-/// Whether kmx runs as root.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use crate::process::is_root;
 
 /// Put directory `from` at `to` in one rename, replacing what is there: the old directory is
 /// first moved aside under a hidden name (`.<name>.old-<pid>`, which no reader of the parent
