@@ -334,12 +334,15 @@ impl Eval<'_> {
         };
         let text = fs::read(&log_path).map_err(|e| Error::io("read", &log_path, e))?;
         let text = String::from_utf8_lossy(&text);
-        if self.vars.sandbox.is_some() && status.code() == Some(sandbox::SETUP_FAILED) {
-            if let Some(why) = text.lines().find(|l| l.starts_with("kmx: cannot make")) {
-                return Err(Error::env(why.trim_start_matches("kmx: ").to_string())
-                    .at(self.conf)
-                    .hint("kmx evaluates dkms.conf in a sandbox where namespaces can be made; `kmx doctor` says why they cannot"));
-            }
+        let setup_failed =
+            self.vars.sandbox.is_some() && status.code() == Some(sandbox::SETUP_FAILED);
+        if let Some(why) = text
+            .lines()
+            .find(|l| setup_failed && l.starts_with("kmx: cannot make"))
+        {
+            return Err(Error::env(why.trim_start_matches("kmx: ").to_string())
+                .at(self.conf)
+                .hint("kmx evaluates dkms.conf in a sandbox where namespaces can be made; `kmx doctor` says why they cannot"));
         }
         let copy = seen.join("dkms.conf");
         Ok((

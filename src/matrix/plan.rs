@@ -289,19 +289,17 @@ fn plan_cell(
     let work_dir = out.join(".work").join(&slot);
     let vars = cell_vars(&source, &ts, &tree, Some(&work_dir), sandbox.cloned());
     let spec = load_spec(&source, &vars)?;
-    if let Some((name, version)) = &vars.identity {
-        if (name, version) != (&spec.name, &spec.version) {
-            return Err(Error::config(
-                &source,
-                format!(
-                    "PACKAGE_NAME and PACKAGE_VERSION change with the kernel: {name} {version} on the first reading, {} {} for {}",
-                    spec.name,
-                    spec.version,
-                    tree.release
-                ),
-            )
-            .hint("a module has one name and version for every kernel; choose them without $kernelver or $arch"));
-        }
+    if let Some((name, version)) = &vars.identity
+        && (name, version) != (&spec.name, &spec.version)
+    {
+        let what = format!(
+            "PACKAGE_NAME and PACKAGE_VERSION change with the kernel: {name} {version} on the \
+             first reading, {} {} for {}",
+            spec.name, spec.version, tree.release
+        );
+        return Err(Error::config(&source, what).hint(
+            "a module has one name and version for every kernel: set them without $kernelver or $arch",
+        ));
     }
     // DKMS's $arch first, then kmx's target name and the kernel's ARCH, each once.
     let mut arch_names: Vec<&str> = Vec::new();
