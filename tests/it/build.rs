@@ -568,6 +568,7 @@ fn dkms_shaped_packages_build_for_four_targets_in_one_run_without_touching_the_h
         "kmxbase",   //   reading this package's header from /usr/src/kmxbase-1.0
         "ccscript",  // a MAKE script that compiles with $CC
         "prebuild",  // PRE_BUILD and POST_BUILD exit non-zero
+        "findsrc",   // dkms.conf runs `find /usr/src` for kmxbase's headers
     ];
     let sources: Vec<String> = packages.iter().map(|p| fixture(p)).collect();
     let mut args: Vec<&str> = vec!["build", "--json"];
@@ -915,4 +916,108 @@ fn a_signal_during_planning_kills_what_dkms_conf_started_and_leaves_nothing() {
         let litter: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
         assert!(litter.is_empty(), "SIG{name}: left in TMPDIR: {litter:?}");
     }
+}
+
+/// A dkms.conf is a third party's bash, run by planning and by `--dry-run`: it cannot write
+/// or delete host files, reach the network, or leave a process behind, and one that runs
+/// forever ends the run with an error naming it.
+#[test]
+fn dkms_conf_runs_sandboxed_when_planning_and_in_a_dry_run() {
+    let Some(k) = Kmx::with_trees() else { return };
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: the sandbox test runs as root (CI does)");
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let keep = k.dir().join("keep");
+    write(&keep, "a host file\n");
+    let made = k.dir().join("made-by-dkms-conf");
+    let src = k.dir().join("evil");
+    for f in ["hello.c", "Kbuild"] {
+        write(
+            &src.join(f),
+            &std::fs::read_to_string(repo().join("examples/hello").join(f)).unwrap(),
+        );
+    }
+    write(
+        &src.join("dkms.conf"),
+        &format!(
+            "PACKAGE_NAME=evil\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME[0]=hello\n\
+             DEST_MODULE_LOCATION[0]=/extra\n\
+             echo pwned > {made} 2>/dev/null || echo 'sandbox: write refused'\n\
+             echo pwned > $kernel_source_dir/made-by-dkms-conf 2>/dev/null || echo 'sandbox: tree write refused'\n\
+             rm -f {keep} 2>/dev/null || echo 'sandbox: delete refused'\n\
+             (echo hi > /dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo 'sandbox: CONNECTED' || echo 'sandbox: no network'\n\
+             setsid sleep 300 &\n",
+            made = made.display(),
+            keep = keep.display(),
+        ),
+    );
+    let src = src.to_str().unwrap();
+    for args in [
+        vec!["build", src, "-t", "arm64", "--dry-run"],
+        vec!["build", src, "-t", "arm64"],
+    ] {
+        let run = k.run(&args).ok();
+        assert!(!made.exists(), "{args:?}: dkms.conf wrote a host file");
+        assert!(keep.is_file(), "{args:?}: dkms.conf deleted a host file");
+        let trees = k.run(&["kernels", "list", "--json"]).ok().json();
+        for t in trees.as_array().unwrap() {
+            let kdir = Path::new(t["kdir"].as_str().unwrap());
+            assert!(
+                !kdir.join("made-by-dkms-conf").exists(),
+                "{args:?}: wrote into {kdir:?}"
+            );
+        }
+        assert!(
+            listener.accept().is_err(),
+            "{args:?}: dkms.conf reached the network"
+        );
+        let left = processes_mentioning("sleep 300", k.dir());
+        assert!(left.is_empty(), "{args:?}: left running: {left:?}");
+        if !args.contains(&"--dry-run") {
+            let log = k
+                .dir()
+                .join("kmx-out/logs/evil-1.0-6.1.0-50-arm64-arm64.log");
+            let log = std::fs::read_to_string(&log).unwrap();
+            // (Host paths under /tmp land in the sandbox's private /tmp, without an error.)
+            for said in ["sandbox: tree write refused", "sandbox: no network"] {
+                assert!(log.contains(said), "{said}: {log}");
+            }
+            assert!(
+                run.stderr().contains("1 built, 0 skipped, 0 failed"),
+                "{}",
+                run.stderr()
+            );
+        }
+    }
+    // One that never ends: the run ends, with an error naming it, and nothing left.
+    let forever = k.dir().join("forever");
+    write(
+        &forever.join("dkms.conf"),
+        "PACKAGE_NAME=forever\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME[0]=hello\n\
+         setsid bash -c 'while :; do sleep 1; done' &\nwhile :; do :; done\n",
+    );
+    let started = Instant::now();
+    let run = k
+        .run(&[
+            "build",
+            forever.to_str().unwrap(),
+            "-t",
+            "arm64",
+            "--dry-run",
+        ])
+        .expect(2);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        run.stderr()
+            .contains("forever/dkms.conf: bash did not finish evaluating it within 10 s"),
+        "{}",
+        run.stderr()
+    );
+    let left = processes_mentioning("while :", k.dir());
+    assert!(left.is_empty(), "left running: {left:?}");
 }
