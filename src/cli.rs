@@ -355,6 +355,12 @@ pub struct BuildArgs {
     /// Rebuild every cell, even those whose inputs did not change.
     #[arg(long)]
     pub force: bool,
+    /// How far build steps (PATCH, PRE_BUILD, make, POST_BUILD) are confined. strict: the
+    /// host read-only, /tmp private, no network (kept with distcc, icecc or sccache), every
+    /// process ended with its step. open: the host writable and the network, as under DKMS.
+    /// Either way DKMS's directories are the cell's own, and dkms.conf is evaluated strictly.
+    #[arg(long, value_enum, default_value_t = SandboxMode::Strict, value_name = "MODE")]
+    pub sandbox: SandboxMode,
     /// Neither use nor fill kmx's build cache (cells fresh in OUT are still reused unless
     /// --force).
     #[arg(long)]
@@ -457,6 +463,13 @@ pub struct VerifyArgs {
 /// A size such as `500M`, `2G` or `1048576` (bytes).
 fn size(s: &str) -> Result<u64, String> {
     crate::state::cache::parse_size(s).ok_or_else(|| "write a size such as 500M or 2G".to_string())
+}
+
+/// `--sandbox`: how far build steps are confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxMode {
+    Strict,
+    Open,
 }
 
 /// The words of a command line given as one argument (`--launcher "ccache distcc"`).

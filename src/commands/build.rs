@@ -42,8 +42,9 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
     }
     if let Some(why) = &plan.no_namespace {
         eprintln!(
-            "warning: cells run without their private mount namespace ({why}): sources that \
-             build against /lib/modules/<release>/build, /usr/src/<name>-<version> or \
+            "warning: cells run without their private mount namespace ({why}): dkms.conf and \
+             build steps run unconfined on the host, and sources that build against \
+             /lib/modules/<release>/build, /usr/src/<name>-<version> or \
              /var/lib/dkms/<name>/<version>/build will fail\n  \
              hint: run kmx as root, or allow user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
         );
@@ -59,6 +60,7 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
         launcher: args.launcher.as_ref().map(|w| w.0.clone()),
         cache: (!args.no_cache).then(|| Cache::new(ctx.home.cell_cache(), args.cache_size)),
         force: args.force,
+        open_sandbox: args.sandbox == crate::cli::SandboxMode::Open,
     };
     let stop = crate::process::stop_flag()?;
     let mut report = pipeline::execute(&plan, &opts, &stop, &mut Printer::default())?;
@@ -107,6 +109,18 @@ fn print_plan(plan: &Plan, args: &BuildArgs) {
         println!("jobserver: the calling make's (MAKEFLAGS), at most {jobs} cells at once");
     } else {
         println!("jobserver: kmx's own, {jobs} slots");
+    }
+    if plan.no_namespace.is_none() {
+        match args.sandbox {
+            crate::cli::SandboxMode::Strict => println!(
+                "sandbox: strict (dkms.conf and build steps: the host read-only, /tmp private, \
+                 no network unless the launcher compiles remotely)"
+            ),
+            crate::cli::SandboxMode::Open => println!(
+                "sandbox: open (dkms.conf: strict; build steps: the host writable and the \
+                 network, as under DKMS)"
+            ),
+        }
     }
     for c in &plan.cells {
         println!("{}", c.label());

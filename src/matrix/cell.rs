@@ -24,6 +24,7 @@ use crate::matrix::jobserver::Jobserver;
 use crate::matrix::pipeline::Options;
 use crate::matrix::plan::Cell;
 use crate::process::{self, Ended};
+use crate::sandbox::{Policy, Purpose};
 use crate::state::cache::{Cache, Miss};
 use crate::verify::checks::{Others, TreeSymbols};
 
@@ -38,12 +39,48 @@ pub struct RunEnv<'a> {
     /// Each kernel tree's `Module.symvers`, parsed by the first cell that needs it and
     /// shared by every other cell of that tree (keyed by KDIR).
     pub tree_symbols: HashMap<PathBuf, OnceLock<LoadedSymbols>>,
+    /// ccache's cache directory, when a cell's launcher is ccache: it stays writable in the
+    /// sandbox.
+    pub ccache_dir: Option<PathBuf>,
+}
+
+/// Launchers that compile elsewhere (or through a local server): their cells keep the
+/// network.
+const NETWORK_LAUNCHERS: &[&str] = &["distcc", "pump", "icecc", "sccache"];
+
+/// The file names of the launcher words before `cell`'s compiler (`ccache`, `distcc`).
+pub fn launcher_names(cell: &Cell, launcher: Option<&[String]>) -> Vec<String> {
+    let words = cc_words(cell, launcher);
+    words[..words.len() - 1]
+        .iter()
+        .map(|w| {
+            Path::new(w)
+                .file_name()
+                .map_or_else(|| w.clone(), |n| n.to_string_lossy().into_owned())
+        })
+        .collect()
 }
 
 /// A tree's parsed `Module.symvers` (`None`: the tree has none), or why it could not be read.
 pub type LoadedSymbols = Result<Option<Arc<TreeSymbols>>, String>;
 
 impl RunEnv<'_> {
+    /// How far `cell`'s build steps are confined ([`crate::sandbox`]).
+    fn policy(&self, cell: &Cell) -> Policy {
+        if self.opts.open_sandbox {
+            return Policy::open();
+        }
+        let names = launcher_names(cell, self.opts.launcher.as_deref());
+        let mut policy = Policy::strict();
+        policy.network = names
+            .iter()
+            .any(|n| NETWORK_LAUNCHERS.contains(&n.as_str()));
+        if names.iter().any(|n| n == "ccache") {
+            policy.writable.extend(self.ccache_dir.iter().cloned());
+        }
+        policy
+    }
+
     /// The parsed `Module.symvers` of `tree`, loaded once per run.
     fn symbols_of(&self, tree: &crate::kernel::KernelTree) -> Result<Option<Arc<TreeSymbols>>> {
         let load = || {
@@ -227,15 +264,32 @@ fn makeflags_vars(vars: &[(String, String)]) -> String {
 /// cell's private namespace where it has one ([`crate::sandbox`]) and `where_`
 /// asks for it.
 fn shell(cell: &Cell, env: &RunEnv, line: &str, extra_symbols: &str, where_: Where) -> Command {
-    let cmd = match (&cell.view, where_) {
-        (Some(view), Where::Cell) => view.command(&cell.step_dir(), line),
+    match (&cell.view, where_) {
+        (Some(view), Where::Cell) => {
+            let mut view = view.clone();
+            let policy = env.policy(cell);
+            let private_tmp = policy.read_only_host;
+            if let Purpose::Build { policy: p, .. } = &mut view.purpose {
+                *p = policy;
+            }
+            let mut cmd = with_cell_env(
+                view.command(&cell.step_dir(), line),
+                cell,
+                env,
+                extra_symbols,
+            );
+            if private_tmp {
+                // The caller's TMPDIR may lie on the read-only host: /tmp is the step's own.
+                cmd.env("TMPDIR", "/tmp");
+            }
+            cmd
+        }
         _ => {
             let mut cmd = Command::new("bash");
             cmd.arg("-c").arg(line);
-            cmd
+            with_cell_env(cmd, cell, env, extra_symbols)
         }
-    };
-    with_cell_env(cmd, cell, env, extra_symbols)
+    }
 }
 
 /// Where a step runs: the package's own steps in the cell's namespace; kmx's steps on the

@@ -37,6 +37,9 @@ pub struct Options {
     pub cache: Option<Cache>,
     /// Rebuild cells even when they are fresh.
     pub force: bool,
+    /// Build steps see the host writable and the network, as under DKMS
+    /// (`--sandbox open`); otherwise they are confined ([`crate::sandbox::Policy::strict`]).
+    pub open_sandbox: bool,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             launcher: None,
             cache: None,
             force: false,
+            open_sandbox: false,
         }
     }
 }
@@ -89,6 +93,24 @@ fn passthrough_env() -> Vec<(String, String)> {
                 || k.starts_with("DISTCC_")
         })
         .collect()
+}
+
+/// ccache's cache directory as ccache itself resolves it (CCACHE_DIR, its config files,
+/// XDG_CACHE_HOME, HOME), created when missing so the sandbox can show it writable; `None`
+/// when ccache cannot say (the steps then fail to cache, and the log says why).
+fn ccache_dir(passthrough: &[(String, String)]) -> Option<PathBuf> {
+    let out = std::process::Command::new("ccache")
+        .args(["-k", "cache_dir"])
+        .env_clear()
+        .envs(passthrough.iter().map(|(k, v)| (k, v)))
+        .output()
+        .ok()?;
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !dir.is_absolute() {
+        return None;
+    }
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
 }
 
 /// Resolve the targets to build for. Explicitly named targets must be usable; from the
@@ -179,11 +201,22 @@ pub fn execute(
 ) -> Result<Report> {
     let jobs = opts.jobs();
     let jobserver = Jobserver::for_run(jobs)?;
+    let passthrough = passthrough_env();
+    let uses_ccache = plan.cells.iter().any(|c| {
+        crate::matrix::cell::launcher_names(c, opts.launcher.as_deref())
+            .iter()
+            .any(|n| n == "ccache")
+    });
+    let ccache_dir = match uses_ccache && !opts.open_sandbox {
+        true => ccache_dir(&passthrough),
+        false => None,
+    };
     let env = RunEnv {
         jobserver: &jobserver,
         opts,
         stop,
-        passthrough: passthrough_env(),
+        ccache_dir,
+        passthrough,
         tree_symbols: plan
             .cells
             .iter()

@@ -215,8 +215,10 @@ pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Re
                 source: c.work_dir.join("src"),
                 others: others.to_vec(),
                 scratch: c.work_dir.join("ns"),
+                // The run sets the policy of each step (its options, the cell's launcher).
                 purpose: namespace::Purpose::Build {
                     build: c.build_dir(),
+                    policy: namespace::Policy::strict(),
                 },
             });
         }

@@ -25,12 +25,14 @@
 //! every cell and every output directory.
 //!
 //! A dkms.conf is a third party's bash, evaluated (as root, from kernel hooks) before anything
-//! is built, also by `--dry-run`. Its evaluation ([`Purpose::Evaluate`]) is confined further:
-//! every mount of the host is read-only, `/tmp` is a private tmpfs (host paths under it that
-//! the view needs are shown read-only), there is no network (a new network namespace with
-//! only a loopback that is down), and it runs in a new PID namespace, so everything it starts
-//! dies with it. Build steps ([`Purpose::Build`]) see the host as it is outside DKMS's three
-//! directories, as under DKMS.
+//! is built, also by `--dry-run`; PRE_BUILD, POST_BUILD and the package's Makefiles are its
+//! code too. So both run confined ([`Policy::strict`]): every mount of the host is read-only,
+//! `/tmp` is copy-on-write (the host's files there readable, writes private to the step),
+//! there is no network (a new network namespace with only a loopback that is down), and
+//! every step runs in a new PID namespace, so everything it starts dies with it. A build
+//! step can write its build directory, its copy of the source and the directories its policy
+//! names (a compiler cache); a build with a remote compiler launcher keeps the network.
+//! `--sandbox open` gives build steps the host as DKMS does ([`Policy::open`]).
 //!
 //! Root gets the namespaces directly; other users through a user namespace where the kernel
 //! allows it. Where none can be made (a container without CAP_SYS_ADMIN, user namespaces
@@ -77,11 +79,53 @@ pub struct Source {
 #[derive(Debug, Clone)]
 pub enum Purpose {
     /// A build step: the cell's build directory (this host directory) and its copy of the
-    /// source are writable; the rest of the host as it is.
-    Build { build: PathBuf },
-    /// Evaluating a dkms.conf: the host read-only, a private `/tmp` holding `files` (a host
-    /// directory, writable) at [`EVAL_DIR`], no network, a PID namespace of its own.
+    /// source are writable; the rest as `policy` says.
+    Build { build: PathBuf, policy: Policy },
+    /// Evaluating a dkms.conf: the host read-only, no network, `files` (a host directory,
+    /// writable) at [`EVAL_DIR`].
     Evaluate { files: PathBuf },
+}
+
+/// How far a build step is confined, beyond DKMS's directories (which are always private).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Every mount of the host read-only; `/tmp` copy-on-write (the host's files readable,
+    /// writes private); only the cell's directories and `writable` can be written.
+    pub read_only_host: bool,
+    /// The host's network; `false`: a network namespace with only a loopback that is down.
+    pub network: bool,
+    /// Host directories that stay writable (a compiler cache).
+    pub writable: Vec<PathBuf>,
+}
+
+impl Policy {
+    /// The host read-only, no network: what a dkms.conf evaluation gets, and build steps by
+    /// default.
+    pub fn strict() -> Policy {
+        Policy {
+            read_only_host: true,
+            network: false,
+            writable: Vec::new(),
+        }
+    }
+    /// The host writable and the network, as under DKMS (`--sandbox open`).
+    pub fn open() -> Policy {
+        Policy {
+            read_only_host: false,
+            network: true,
+            writable: Vec::new(),
+        }
+    }
+}
+
+/// The policy of a view.
+impl View {
+    fn policy(&self) -> std::borrow::Cow<'_, Policy> {
+        match &self.purpose {
+            Purpose::Build { policy, .. } => std::borrow::Cow::Borrowed(policy),
+            Purpose::Evaluate { .. } => std::borrow::Cow::Owned(Policy::strict()),
+        }
+    }
 }
 
 /// What one cell's namespace holds, in host paths.
@@ -110,9 +154,17 @@ impl View {
     /// The command that runs `line` with bash from `cwd` (a path inside the view).
     pub fn command(&self, cwd: &Path, line: &str) -> Command {
         let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private"]);
-        if let Purpose::Evaluate { .. } = self.purpose {
-            cmd.args(["--net", "--pid", "--fork", "--kill-child"]);
+        // A PID namespace of its own: whatever the step starts dies with it.
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--kill-child",
+        ]);
+        if !self.policy().network {
+            cmd.arg("--net");
         }
         if !crate::process::is_root() {
             cmd.arg("--map-root-user");
@@ -131,11 +183,12 @@ impl View {
             "fail() { echo \"kmx: cannot make the cell's private mount namespace: $*\" >&2; exit 125; }\n",
         ));
         let evaluate = matches!(self.purpose, Purpose::Evaluate { .. });
+        let policy = self.policy();
         s.run(format!("cd {}", q(&self.scratch)));
         s.run("mkdir -p root stage".into());
         // The host as it is; then a tmpfs for the overlays' upper layers.
         s.run("mount --rbind / root".into());
-        if evaluate {
+        if policy.read_only_host {
             // Every mount of the host read-only (a recursive bind makes only the top one so).
             s.0.push_str(concat!(
                 "top=$(pwd -P)/root\n",
@@ -147,11 +200,15 @@ impl View {
         }
         s.run("mount -t tmpfs -o mode=0700 kmx stage".into());
         let lib_modules = resolve(Path::new("/lib/modules"));
-        let roots = [
+        let mut roots = vec![
             lib_modules.clone(),
             resolve(Path::new(SOURCE_TREE)),
             resolve(Path::new(DKMS_TREE)),
         ];
+        if policy.read_only_host {
+            // Writes to /tmp land on the overlay; the host's files there stay readable.
+            roots.push(resolve(Path::new("/tmp")));
+        }
         for (i, point) in overlay_points(&roots).iter().enumerate() {
             let at = q(&inside(point));
             s.run(format!("mkdir stage/{i} stage/{i}/u stage/{i}/w"));
@@ -172,7 +229,7 @@ impl View {
             );
             let build = build_dir(&self.name, &self.version);
             match &self.purpose {
-                Purpose::Build { build: host } => s.bind(host, &build, false),
+                Purpose::Build { build: host, .. } => s.bind(host, &build, false),
                 Purpose::Evaluate { .. } => {
                     s.run(format!("mkdir -p {}", q(&inside(&resolve(&build)))));
                 }
@@ -198,20 +255,10 @@ impl View {
             ));
         }
         if let Purpose::Evaluate { files } = &self.purpose {
-            // A private /tmp; host paths under it that the view needs stay visible there.
-            let tmp = resolve(Path::new("/tmp"));
-            s.run(format!(
-                "mount -t tmpfs -o mode=1777 kmx {}",
-                q(&inside(&tmp))
-            ));
-            let mut needed: Vec<&Path> = vec![&self.source, &self.kdir];
-            needed.extend(self.others.iter().map(|o| o.dir.as_path()));
-            for p in needed {
-                if resolve(p).starts_with(&tmp) {
-                    s.bind(p, p, true);
-                }
-            }
             s.bind(files, Path::new(EVAL_DIR), false);
+        }
+        for dir in &policy.writable {
+            s.bind(dir, dir, false);
         }
         // chroot lives in sbin, which a user's PATH may lack.
         s.0.push_str(&format!(
@@ -318,6 +365,7 @@ fn probe() -> Result<(), String> {
         scratch: dir.join("ns"),
         purpose: Purpose::Build {
             build: dir.join("build"),
+            policy: Policy::strict(),
         },
     };
     let evaluate = View {
@@ -399,6 +447,7 @@ mod tests {
             scratch: "/out/w/ns".into(),
             purpose: Purpose::Build {
                 build: "/out/w/build".into(),
+                policy: Policy::open(),
             },
         };
         let s = view.script(&build_dir("m", "1"), "make 'x'");

@@ -740,6 +740,9 @@ fn under_make_j2_kmx_never_runs_more_than_two_compiles() {
             "4",
             "--launcher",
             launcher.to_str().unwrap(),
+            // The counting launcher writes its events to a host file.
+            "--sandbox",
+            "open",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -1019,5 +1022,87 @@ fn dkms_conf_runs_sandboxed_when_planning_and_in_a_dry_run() {
         run.stderr()
     );
     let left = processes_mentioning("while :", k.dir());
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// PRE_BUILD, POST_BUILD and make are the package's code too: under `--sandbox strict` (the
+/// default) a step cannot write the host, reach the network or leave a process; under
+/// `--sandbox open` it sees the host and the network as under DKMS.
+#[test]
+fn build_steps_run_sandboxed_unless_the_sandbox_is_open() {
+    let Some(k) = Kmx::with_trees() else { return };
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: the sandbox test runs as root (CI does)");
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let made = k.dir().join("made-by-pre-build");
+    let src = k.dir().join("steps");
+    for f in ["hello.c", "Kbuild"] {
+        write(
+            &src.join(f),
+            &std::fs::read_to_string(repo().join("examples/hello").join(f)).unwrap(),
+        );
+    }
+    write(
+        &src.join("dkms.conf"),
+        "PACKAGE_NAME=steps\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME[0]=hello\n\
+         DEST_MODULE_LOCATION[0]=/extra\nPRE_BUILD=pre.sh\n",
+    );
+    write(
+        &src.join("pre.sh"),
+        &format!(
+            "#!/bin/bash\n\
+             echo pwned > {made} && echo 'step: wrote the host file'\n\
+             (echo hi > /dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo 'step: connected' || echo 'step: no network'\n\
+             setsid sleep 301 >/dev/null 2>&1 &\n",
+            made = made.display()
+        ),
+    );
+    Command::new("chmod")
+        .arg("755")
+        .arg(src.join("pre.sh"))
+        .status()
+        .unwrap();
+    let src = src.to_str().unwrap();
+    let log = k
+        .dir()
+        .join("kmx-out/logs/steps-1.0-6.1.0-50-arm64-arm64.log");
+    let run = k.run(&["build", src, "-t", "arm64"]).ok();
+    assert!(
+        run.stderr().contains("1 built, 0 skipped, 0 failed"),
+        "{}",
+        run.stderr()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("step: wrote the host file"), "{text}"); // into its private /tmp
+    assert!(text.contains("step: no network"), "{text}");
+    assert!(!made.exists(), "a strict build step wrote the host");
+    assert!(
+        listener.accept().is_err(),
+        "a strict build step reached the network"
+    );
+    let left = processes_mentioning("sleep 301", k.dir());
+    assert!(left.is_empty(), "left running: {left:?}");
+
+    let run = k
+        .run(&["build", src, "-t", "arm64", "--force", "--sandbox", "open"])
+        .ok();
+    assert!(
+        run.stderr().contains("1 built, 0 skipped, 0 failed"),
+        "{}",
+        run.stderr()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("step: connected"), "{text}");
+    assert!(
+        made.is_file(),
+        "an open build step could not write the host"
+    );
+    assert!(listener.accept().is_ok(), "the connection never arrived");
+    let left = processes_mentioning("sleep 301", k.dir());
     assert!(left.is_empty(), "left running: {left:?}");
 }
