@@ -460,10 +460,11 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
                 "set {key}=\"...\" in it; DKMS refuses the file too"
             )));
         }
-        if value.contains('/') || value == "." || value == ".." {
-            return Err(err(format!(
-                "{key}={value:?} is not a valid name (it must not contain '/')"
-            )));
+        if let Some(why) = manifest::invalid_identity(value) {
+            return Err(
+                err(format!("{key}={value:?} cannot name a directory: {why}"))
+                    .hint("use one word of letters, digits, '.', '-', '_' or '+'"),
+            );
         }
     }
     let mut spec = ModuleSpec::new(Format::DkmsConf, name.to_string(), version.to_string());
@@ -1056,5 +1057,38 @@ mod tests {
                 path.display()
             )
         );
+    }
+
+    #[test]
+    fn names_that_cannot_name_a_directory_are_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("dkms.conf");
+        let vars = CellVars::for_tests(tmp.path());
+        for (value, why) in [
+            (
+                "$'two\\nlines'",
+                "it contains a space, newline or other control character",
+            ),
+            (
+                "'a b'",
+                "it contains a space, newline or other control character",
+            ),
+            ("$'caf\\xe9'", "it is not valid UTF-8"),
+            ("a/b", "it contains '/'"),
+            (".hidden", "it starts with '.'"),
+        ] {
+            let text = format!(
+                "PACKAGE_NAME={value}\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME[0]=m\n\
+                 DEST_MODULE_LOCATION[0]=/extra\n"
+            );
+            fs::write(&path, text).expect("write");
+            let err = evaluate(&path, &vars).expect_err(value);
+            let text = err.to_string();
+            assert!(text.contains("PACKAGE_NAME="), "{value}: {text}");
+            assert!(
+                text.ends_with(&format!("cannot name a directory: {why}")),
+                "{value}: {text}"
+            );
+        }
     }
 }

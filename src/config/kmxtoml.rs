@@ -170,10 +170,10 @@ fn parse(path: &Path, text: &str, kernelver: &str) -> Result<ModuleSpec> {
     let p = &f.package;
     for (key, v) in [("name", &p.name), ("version", &p.version)] {
         let s = v.get_ref();
-        if s.is_empty() || s.contains('/') || s == "." || s == ".." {
+        if let Some(why) = super::manifest::invalid_identity(s) {
             return Err(err_at(
                 v.span().start,
-                format!("package {key} {s:?} must be non-empty and contain no '/'"),
+                format!("package {key} {s:?} cannot name a directory: {why}"),
             ));
         }
     }

@@ -263,6 +263,25 @@ pub struct CellVars {
     pub sandbox: Option<std::sync::Arc<Vec<crate::sandbox::Source>>>,
 }
 
+/// Why `value` cannot be a module's name or version (`None` when it can): it names
+/// directories (`/usr/src/<name>-<version>`, the state store, the output), so it is one
+/// printable word of valid UTF-8, without `/`, not `.`-led.
+pub fn invalid_identity(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        Some("it is empty")
+    } else if value.contains('/') {
+        Some("it contains '/'")
+    } else if value.starts_with('.') {
+        Some("it starts with '.'")
+    } else if value.contains('\u{FFFD}') {
+        Some("it is not valid UTF-8")
+    } else if value.contains(|c: char| c.is_control() || c.is_whitespace()) {
+        Some("it contains a space, newline or other control character")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 impl CellVars {
     /// Variables for a cell under `dir` (kernel 6.1.0-18-amd64 on x86_64).
