@@ -45,6 +45,10 @@ pub enum Cmd {
     /// Work with build reports (OUT/report.json).
     #[command(subcommand)]
     Report(ReportCmd),
+    /// Check a built cell's provenance record (provenance.json): rebuild it from the same
+    /// inputs and compare the bytes.
+    #[command(subcommand)]
+    Provenance(ProvenanceCmd),
     /// Check, without booting anything, that modules will load on a target's kernel, and if
     /// not, exactly why: ELF identity, vermagic (the kernel's own rule), every modversions
     /// CRC against the tree's Module.symvers, unresolved symbols, depends=, and the
@@ -409,6 +413,28 @@ pub enum ReportCmd {
         /// Print the merged report as JSON on stdout.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProvenanceCmd {
+    /// Rebuild each recorded cell from scratch (no cache) with this machine's source, kernel
+    /// tree and compiler, after checking that they are the recorded inputs, and say whether
+    /// every module has the recorded sha256. Where the recorded module is still beside the
+    /// record, a difference is shown by ELF section and string (a date or a time is named).
+    /// Exits 0 when every cell is reproduced, 1 when one differs or does not build, 2 when
+    /// this machine's inputs are not the recorded ones.
+    Check {
+        /// provenance.json files (in OUT/<module>/<version>/<kernel>/<target>/).
+        #[arg(required = true)]
+        records: Vec<PathBuf>,
+        /// The module's source (and those of its BUILD_DEPENDS) [default: the directory the
+        /// record names].
+        #[arg(long = "source", value_name = "DIR")]
+        sources: Vec<PathBuf>,
+        /// Where to rebuild [default: a temporary directory, removed afterwards].
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
     },
 }
 

@@ -6,10 +6,11 @@ mod doctor;
 mod kernels;
 mod lifecycle;
 mod progress;
+mod provenance;
 mod smoke;
 mod verify;
 
-use crate::cli::{Cli, Cmd, KernelsCmd, KeysCmd, ReportCmd};
+use crate::cli::{Cli, Cmd, KernelsCmd, KeysCmd, ProvenanceCmd, ReportCmd};
 use crate::config::{Profiles, Sources, load::user_config_dir};
 use crate::error::Result;
 use crate::state::{Home, Store};
@@ -51,7 +52,11 @@ pub fn run(cli: Cli) -> Result<i32> {
     // and the exit code says interrupted. Other commands keep the default (die at once).
     if matches!(
         cli.command,
-        Cmd::Add { .. } | Cmd::Install(_) | Cmd::Autoinstall(_) | Cmd::Build(_)
+        Cmd::Add { .. }
+            | Cmd::Install(_)
+            | Cmd::Autoinstall(_)
+            | Cmd::Build(_)
+            | Cmd::Provenance(_)
     ) {
         crate::process::stop_flag()?;
     }
@@ -80,6 +85,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Build(args) => build::run(&ctx, &args),
         Cmd::Cache(cmd) => build::cache(&ctx, &cmd),
         Cmd::Report(ReportCmd::Merge { reports, json }) => build::merge(&reports, json),
+        Cmd::Provenance(ProvenanceCmd::Check {
+            records,
+            sources,
+            keep,
+        }) => provenance::check(&ctx, &records, &sources, keep.as_deref()),
         Cmd::Verify(args) => verify::run(&ctx, &args),
         Cmd::Kernels(KernelsCmd::Fetch {
             target,

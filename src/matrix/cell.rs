@@ -23,6 +23,7 @@ use crate::kernel::symvers::Symvers;
 use crate::matrix::jobserver::Jobserver;
 use crate::matrix::pipeline::Options;
 use crate::matrix::plan::Cell;
+use crate::matrix::provenance::{self, Provenance};
 use crate::process::{self, Ended};
 use crate::sandbox::{Policy, Purpose};
 use crate::state::cache::{Cache, Miss};
@@ -237,7 +238,31 @@ pub fn make_vars(cell: &Cell, cc: &[String]) -> Vec<(String, String)> {
         ("KERNELRELEASE".into(), cell.tree.release.clone()),
         // Debian trees have no vmlinux: silence "Skipping BTF generation".
         ("CONFIG_DEBUG_INFO_BTF_MODULES".into(), String::new()),
+        ("KCFLAGS".into(), prefix_maps(cell)),
     ]
+}
+
+/// Reproducible bytes wherever the tree and the cell are on the host: the compiler records
+/// the tree's directory and its siblings (Debian's `-common` half holds the headers) and,
+/// without a namespace, the cell's build directory in the debug information the linker
+/// hashes into the build ID, so they are mapped to the paths DKMS would use
+/// (`/usr/src/<tree>`, `/var/lib/dkms/<name>/<version>/build`).
+fn prefix_maps(cell: &Cell) -> String {
+    let kdir = cell
+        .tree
+        .kdir
+        .canonicalize()
+        .unwrap_or_else(|_| cell.tree.kdir.clone());
+    let parent = kdir.parent().unwrap_or(Path::new("/"));
+    let mut maps = vec![format!("-fdebug-prefix-map={}=/usr/src", parent.display())];
+    if cell.view.is_none() {
+        maps.push(format!(
+            "-ffile-prefix-map={}={}",
+            cell.build_dir().display(),
+            crate::sandbox::build_dir(&cell.spec.name, &cell.spec.version).display()
+        ));
+    }
+    maps.join(" ")
 }
 
 /// The make invocation (a shell command line) for a cell.
@@ -568,7 +593,7 @@ fn run_stages(
         build_secs,
         warnings: warnings.clone(),
     };
-    write_record(&cell.work_dir, &record).map_err(|e| stage_err("collect", e))?;
+    write_record(cell, &record).map_err(|e| stage_err("collect", e))?;
     if let Some(cache) = &env.opts.cache {
         // A cache that cannot be written costs a rebuild later, not this build.
         if let Err(e) = cache.store(
@@ -603,7 +628,39 @@ fn link_dkms_tree(cell: &Cell) -> Result<()> {
     Ok(())
 }
 
-fn write_record(dir: &Path, record: &CellRecord) -> Result<()> {
+/// The cell's provenance record for these artifacts (`None` for a cell planned without
+/// inputs).
+pub fn provenance(cell: &Cell, artifacts: &[Artifact]) -> Option<Provenance> {
+    let inputs = cell.inputs.clone()?;
+    Some(Provenance {
+        schema: provenance::SCHEMA,
+        kmx: env!("CARGO_PKG_VERSION").to_string(),
+        module: cell.spec.name.clone(),
+        version: cell.spec.version.clone(),
+        target: cell.target.target.name.clone(),
+        kernel: cell.tree.release.clone(),
+        fingerprint: cell.fingerprint.clone(),
+        inputs,
+        outputs: artifacts
+            .iter()
+            .map(|a| provenance::Output {
+                file: a
+                    .file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                sha256: a.sha256.clone(),
+            })
+            .collect(),
+    })
+}
+
+/// `cell.json` and `provenance.json` into a finished cell's work directory.
+fn write_record(cell: &Cell, record: &CellRecord) -> Result<()> {
+    if let Some(p) = provenance(cell, &record.artifacts) {
+        p.write(&cell.work_dir)?;
+    }
+    let dir = &cell.work_dir;
     let json = serde_json::to_vec_pretty(record)
         .map_err(|e| Error::env(format!("cannot serialize cell.json: {e}")))?;
     crate::state::write_atomic(&dir.join("cell.json"), &json)
@@ -672,7 +729,7 @@ fn restore_entry(
         build_secs: entry.build_secs,
         warnings: Vec::new(),
     };
-    write_record(&cell.work_dir, &record).ok()?;
+    write_record(cell, &record).ok()?;
     let _ = std::fs::create_dir_all(cell.log.parent()?);
     let _ = std::fs::copy(cell.work_dir.join("make.log"), &cell.log);
     crate::state::replace_dir(&cell.work_dir, &cell.out_dir).ok()?;

@@ -8,6 +8,8 @@ pub mod fingerprint;
 pub mod jobserver;
 pub mod pipeline;
 pub mod plan;
+pub mod provenance;
 pub mod report;
+pub mod reproduce;
 pub mod scheduler;
 pub mod shard;

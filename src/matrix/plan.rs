@@ -25,7 +25,7 @@ use crate::config::probe::Compiler;
 use crate::config::{Target, Toolchain};
 use crate::error::{Error, Result};
 use crate::kernel::tree::KernelTree;
-use crate::matrix::fingerprint;
+use crate::matrix::{fingerprint, provenance};
 use crate::sandbox as namespace;
 
 /// One target ready to build for: its profile, toolchain, compiler and kernel trees.
@@ -86,7 +86,8 @@ pub struct Cell {
     pub out_dir: PathBuf,
     /// The build log, kept even when the cell fails.
     pub log: PathBuf,
-    /// Everything that decides the cell's output, hashed ([`fingerprint`]).
+    /// Everything that decides the cell's output ([`provenance::Inputs`]), and its hash.
+    pub inputs: Option<provenance::Inputs>,
     pub fingerprint: String,
     /// The cell's private view of DKMS's directories ([`namespace`]); `None` where no
     /// namespace can be made: its steps then run on the host's paths.
@@ -338,6 +339,7 @@ fn plan_cell(
         work_dir,
         out_dir,
         log,
+        inputs: None,
         fingerprint: String::new(),
         view: None,
     })
@@ -357,6 +359,7 @@ fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
             trees.insert(c.tree.kdir.clone(), fingerprint::kernel_tree(&c.tree)?);
         }
     }
+    let environment = provenance::environment();
     let mut done: Vec<Option<String>> = vec![None; cells.len()];
     // Dependencies form a DAG (checked above): repeat until every cell is done.
     while done.iter().any(Option::is_none) {
@@ -365,35 +368,49 @@ fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
                 continue;
             }
             let c = &cells[i];
+            // Where the cell's directories, its source and its tree are on this machine is
+            // not an input: the same cell elsewhere is the same cell.
             let normalize = |text: String| {
                 text.replace(&c.work_dir.to_string_lossy().into_owned(), "<work>")
                     .replace(&c.source.to_string_lossy().into_owned(), "<source>")
+                    .replace(&c.tree.kdir.to_string_lossy().into_owned(), "<kdir>")
             };
             let mut spec = c.spec.clone();
             spec.log.clear();
             spec.warnings.clear();
             let vars = crate::matrix::cell::make_vars(c, std::slice::from_ref(&c.compiler().name));
-            let mut fp = crate::digest::Fingerprint::new();
-            fp.field("source", sources[&c.source].as_bytes())
-                .field("spec", normalize(format!("{spec:?}")).as_bytes())
-                .field("tree", trees[&c.tree.kdir].as_bytes())
-                .field("target", c.target.target.name.as_bytes())
-                .field(
-                    "identity",
-                    c.target.toolchain.identity.to_string().as_bytes(),
-                )
-                .field("compiler", c.compiler().path.to_string_lossy().as_bytes())
-                .field("compiler-version", c.compiler().version_line.as_bytes())
-                .field(
-                    "make",
-                    normalize(crate::matrix::cell::make_line(c)).as_bytes(),
-                )
-                .field("vars", format!("{vars:?}").as_bytes())
-                .field("namespace", [u8::from(c.view.is_some())].as_slice());
-            for &d in &c.deps {
-                fp.field("dep", done[d].as_deref().unwrap_or("").as_bytes());
-            }
-            done[i] = Some(fp.finish());
+            let inputs = provenance::Inputs {
+                source: provenance::SourceInput {
+                    dir: c.source.clone(),
+                    sha256: sources[&c.source].clone(),
+                },
+                kernel: provenance::KernelInput {
+                    release: c.tree.release.clone(),
+                    vermagic: c.tree.vermagic.to_string(),
+                    kdir: c.tree.kdir.clone(),
+                    identity: trees[&c.tree.kdir].clone(),
+                },
+                toolchain: c.target.toolchain.identity.to_string(),
+                compiler: provenance::CompilerInput {
+                    path: c.compiler().path.clone(),
+                    version: c.compiler().version_line.clone(),
+                },
+                make: normalize(crate::matrix::cell::make_line(c)),
+                vars: vars.into_iter().map(|(k, v)| (k, normalize(v))).collect(),
+                environment: environment.clone(),
+                manifest_sha256: provenance::manifest_digest(&normalize(format!("{spec:?}"))),
+                namespace: c.view.is_some(),
+                dependencies: c
+                    .deps
+                    .iter()
+                    .map(|&d| provenance::Dependency {
+                        module: cells[d].spec.name.clone(),
+                        fingerprint: done[d].clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            };
+            done[i] = Some(inputs.fingerprint());
+            cells[i].inputs = Some(inputs);
         }
     }
     for (c, fp) in cells.iter_mut().zip(done) {

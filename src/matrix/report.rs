@@ -40,6 +40,9 @@ pub struct CellReport {
     /// With `kmx build --smoke`: what the booted kernel said of this cell's modules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smoke: Option<CellSmoke>,
+    /// A built cell's inputs and outputs, as in its `provenance.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::matrix::provenance::Provenance>,
 }
 
 /// What the kernel booted under QEMU said of one cell's modules (`kmx build --smoke`).
@@ -114,6 +117,7 @@ impl Report {
                     artifacts: Vec::new(),
                     warnings: Vec::new(),
                     smoke: None,
+                    provenance: None,
                 };
                 match &r.outcome {
                     Outcome::Built {
@@ -128,6 +132,7 @@ impl Report {
                         }
                         rep.artifacts = artifacts.clone();
                         rep.warnings = warnings.clone();
+                        rep.provenance = crate::matrix::cell::provenance(c, artifacts);
                     }
                     Outcome::Skipped { reason } => {
                         totals.skipped += 1;
