@@ -383,6 +383,12 @@ fn prepare(
                             if let Err(e) = store.save_built(&record_of(c, &r.artifacts, &hash)) {
                                 failures.insert(orig, e);
                             }
+                        } else if r.status == crate::matrix::cell::CellStatus::Interrupted {
+                            failures.insert(
+                                orig,
+                                Error::new(Kind::Interrupted, "interrupted: the build was stopped")
+                                    .hint(format!("see the log: {}", r.log.display())),
+                            );
                         } else {
                             let mut e = Error::failed(format!(
                                 "build {}: {}",
@@ -1045,7 +1051,9 @@ pub fn autoinstall(
             format!(" ({})", failed.join("; "))
         }
     );
-    Ok(if failed.is_empty() {
+    Ok(if interrupted() {
+        exit::INTERRUPTED
+    } else if failed.is_empty() {
         exit::OK
     } else {
         exit::FAILED

@@ -189,6 +189,25 @@ pub fn sweep(state: &Path, root_dirs: &[PathBuf]) -> Swept {
     swept
 }
 
+/// Remove the orphaned kmx temporaries in a build's output directory `out` and below (not
+/// in `.work`, which each cell clears when it runs). Needs no lock: only dead owners'.
+pub fn sweep_output(out: &Path) {
+    fn walk(dir: &Path, depth: usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if orphaned(&name) {
+                remove_any(&e.path());
+            } else if depth > 0 && name != ".work" && e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), depth - 1);
+            }
+        }
+    }
+    walk(out, 5);
+}
+
 /// Orphans in the store: what [`sweep`] removes, listed without removing (for
 /// `kmx status --check`).
 pub fn orphans(state: &Path, root_dirs: &[PathBuf]) -> Vec<PathBuf> {
