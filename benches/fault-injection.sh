@@ -6,7 +6,7 @@
 #   - no process of the run is left (every kmx of the run gets a unique HOME, which every
 #     child inherits; /proc/*/environ is searched for it);
 #   - `kmx status --check` (records parse, files there with their SHA-256, displaced modules
-#     somewhere) finds nothing but temporary files of the killed kmx;
+#     somewhere) finds nothing but what the killed kmx left for the next one to remove;
 #   - a plain scan of the image root finds only what a completed or a not-started operation
 #     leaves, plus the killed kmx's `.kmx-tmp-<pid>-*` files;
 #   - the re-run of the same command completes (exit 0), after which `status --check` is
@@ -194,7 +194,7 @@ for i in $(seq 1 "$ITER"); do
 
   # 2. The independent checker: only the dead kmx's temporary files.
   check=$(kmx status --check 2>/dev/null)
-  other=$(grep -v ': a temporary file of a kmx that was killed' <<< "$check" | grep -v '^$')
+  other=$(grep -v ': left by a kmx that was killed' <<< "$check" | grep -v '^$')
   [ -n "$other" ] && problem "$i $op" "status --check after the kill: $other"
 
   # 3. The root: what a completed or a not-started operation leaves, and the dead kmx's

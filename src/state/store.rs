@@ -448,10 +448,8 @@ impl Store {
                             ));
                         }
                     }
-                    Ok(None) => problem(format!(
-                        "{}: a source directory without source.json",
-                        v.display()
-                    )),
+                    // Reported with the other leftovers of a killed kmx, below.
+                    Ok(None) => {}
                     Err(e) => problem(e.to_string()),
                 }
             }
@@ -507,7 +505,7 @@ impl Store {
         }
         for p in crate::state::tmp::orphans(&self.dir, &self.root_dirs()) {
             problem(format!(
-                "{}: a temporary file of a kmx that was killed (the next kmx that takes the store's lock removes it)",
+                "{}: left by a kmx that was killed (the next kmx that takes the store's lock removes it)",
                 p.display()
             ));
         }

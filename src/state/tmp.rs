@@ -38,29 +38,19 @@ pub fn owner(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Whether process `pid` still runs and is a kmx (same program name as this one): a pid
-/// reused by another program does not keep a dead kmx's files alive.
+/// Whether process `pid` still runs (a zombie does not: it writes nothing more). A pid
+/// reused by another process keeps a dead kmx's files until that one ends too: harmless,
+/// where taking a live kmx's files for garbage would not be.
 pub fn alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }
     let proc = PathBuf::from(format!("/proc/{pid}"));
-    if !proc.exists() {
-        return false;
-    }
-    // A zombie is as dead as it gets: it writes nothing more.
-    if let Ok(stat) = std::fs::read_to_string(proc.join("stat"))
-        && let Some((_, after)) = stat.rsplit_once(')')
-        && after.trim_start().starts_with('Z')
-    {
-        return false;
-    }
-    match (
-        std::fs::read_to_string(proc.join("comm")),
-        std::fs::read_to_string("/proc/self/comm"),
-    ) {
-        (Ok(theirs), Ok(ours)) => theirs == ours,
-        _ => true,
+    match std::fs::read_to_string(proc.join("stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, after)| after.trim_start().starts_with('Z')),
+        Err(_) => proc.exists(),
     }
 }
 
@@ -179,6 +169,13 @@ pub fn sweep(state: &Path, root_dirs: &[PathBuf]) -> Swept {
     sweep_store_dir(state, state, &mut swept);
     // A killed `add` or `remove` can leave a module's or version's directory empty: it
     // would list as a version that is not there.
+    // An `add` writes source.json last: a version directory without one is an add that
+    // was killed (none runs: we hold the lock).
+    for v in unfinished_adds(state) {
+        if remove_any(&v) {
+            swept.removed.push(v);
+        }
+    }
     // (sources/<m>/<v>: not into the copy; built/<m>/<v>/<release>/<target>.)
     remove_empty_dirs(&state.join("sources"), 2);
     remove_empty_dirs(&state.join("built"), 4);
@@ -211,7 +208,7 @@ pub fn sweep_output(out: &Path) {
 /// Orphans in the store: what [`sweep`] removes, listed without removing (for
 /// `kmx status --check`).
 pub fn orphans(state: &Path, root_dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out = Vec::new();
+    let mut out = unfinished_adds(state);
     find_store_orphans(state, state, &mut out);
     for d in root_dirs {
         if let Ok(entries) = std::fs::read_dir(d) {
@@ -226,13 +223,39 @@ pub fn orphans(state: &Path, root_dirs: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
+/// The `sources/<module>/<version>` directories without a `source.json`.
+fn unfinished_adds(state: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let dirs = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for m in dirs(&state.join("sources")) {
+        for v in dirs(&m) {
+            if std::fs::symlink_metadata(v.join("source.json")).is_err() {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
 /// Whether the store directory `dir` is one the sweeper does not enter.
 fn skipped(state: &Path, dir: &Path) -> bool {
     let rel = dir.strip_prefix(state).unwrap_or(dir);
     let parts: Vec<_> = rel.components().collect();
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-    // sources/<m>/<v>/src, and any build work directory or log directory.
+    // sources/<m>/<v>/src, what a built cell holds below built/<m>/<v>/<r>/<t> (its build
+    // tree), and any build work directory or log directory.
     (parts.len() == 4 && parts[0].as_os_str() == "sources" && name.as_deref() == Some("src"))
+        || (parts.len() > 5 && parts[0].as_os_str() == "built")
         || name.as_deref() == Some(".work")
         || name.as_deref() == Some("logs")
 }
@@ -372,10 +395,14 @@ mod tests {
         let src = state.join("sources/m/1/src");
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join(".tmpAbCdEf"), "user's").unwrap();
+        std::fs::write(state.join("sources/m/1/source.json"), "{}").unwrap();
+        // An add killed before its record: the version directory goes.
+        std::fs::create_dir_all(state.join("sources/m/3/src")).unwrap();
         // An add that died after moving the registered copy aside: it is put back.
         let v2 = state.join("sources/m/2");
         std::fs::create_dir_all(v2.join(format!(".src-old-{dead}"))).unwrap();
         std::fs::create_dir_all(v2.join(format!(".src-new-{dead}"))).unwrap();
+        std::fs::write(v2.join("source.json"), "{}").unwrap();
         // A root kmx installs into.
         let root_dir = d.path().join("root/lib/modules/r/updates");
         std::fs::create_dir_all(&root_dir).unwrap();
@@ -384,9 +411,10 @@ mod tests {
         std::fs::write(root_dir.join("hello.ko"), "ko").unwrap();
 
         let found = orphans(&state, std::slice::from_ref(&root_dir));
-        assert_eq!(found.len(), 7, "{found:?}");
+        assert_eq!(found.len(), 8, "{found:?}");
         let swept = sweep(&state, std::slice::from_ref(&root_dir));
-        assert_eq!(swept.removed.len(), 6, "{swept:?}");
+        assert_eq!(swept.removed.len(), 7, "{swept:?}");
+        assert!(!state.join("sources/m/3").exists());
         assert_eq!(swept.restored, [v2.join("src")]);
         let mut left: Vec<String> = std::fs::read_dir(&inst)
             .unwrap()

@@ -128,7 +128,7 @@ fn kill_9_while_writing_into_the_root_leaves_nothing_after_the_next_run() {
     let check = k.run(&["status", "--check"]).expect(1);
     assert!(
         check.stdout().contains(&format!(
-            "{}: a temporary file of a kmx that was killed",
+            "{}: left by a kmx that was killed",
             in_root[0].display()
         )),
         "{}",
