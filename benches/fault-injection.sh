@@ -88,7 +88,7 @@ left_processes() {
     sleep 0.1
   done
   for p in $(procs); do
-    echo "    $p: $(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)"
+    echo "    $p: $({ tr '\0' ' ' < "/proc/$p/cmdline"; } 2>/dev/null)"
   done
 }
 
@@ -133,6 +133,7 @@ declare -A dur=([add]=400 [build]=4000 [install]=2500 [uninstall]=400 [remove]=4
 declare -A kills=() completed=()
 inconsistent=0
 leftovers=0
+pending=0                    # what killed kmx left for the next run to remove
 problem() { echo "  INCONSISTENT [$1]: $2"; inconsistent=$((inconsistent + 1)); }
 leftover() { echo "  LEFTOVER [$1]: $2"; leftovers=$((leftovers + 1)); }
 
@@ -163,7 +164,7 @@ temporaries() {
 for i in $(seq 1 "$ITER"); do
   # An operation the model allows, at random.
   ops=(add build load-tarball)
-  if [ $registered = 1 ] || [ $built = 1 ]; then ops+=(install remove); fi
+  if [ $registered = 1 ] || [ $built = 1 ]; then ops+=(install install remove); fi
   [ $installed = 1 ] && ops+=(uninstall uninstall)
   op=${ops[$((RANDOM % ${#ops[@]}))]}
   read -ra args <<< "$(args_of "$op")"
@@ -195,6 +196,7 @@ for i in $(seq 1 "$ITER"); do
   # 2. The independent checker: only the dead kmx's temporary files.
   check=$(kmx status --check 2>/dev/null)
   other=$(grep -v ': left by a kmx that was killed' <<< "$check" | grep -v '^$')
+  pending=$(( pending + $(grep -c ': left by a kmx that was killed' <<< "$check") ))
   [ -n "$other" ] && problem "$i $op" "status --check after the kill: $other"
 
   # 3. The root: what a completed or a not-started operation leaves, and the dead kmx's
@@ -278,7 +280,7 @@ if [ "$SIGNALS" = 1 ]; then
           grep -q "$wait_for" "$log" && ready=1
         else
           for p in $(procs); do
-            tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q "$wait_for" && ready=1
+            { tr '\0' ' ' < "/proc/$p/cmdline"; } 2>/dev/null | grep -q "$wait_for" && ready=1
           done
         fi
         [ $ready = 1 ] && break
@@ -315,5 +317,6 @@ for op in add build install uninstall remove load-tarball; do
 done
 echo "kills per operation (killed/run):$summary"
 echo "$ITER iterations: $inconsistent inconsistencies, $leftovers leftovers ($nkills killed mid-run) in ${secs}s"
+echo "right after the kills, status --check found $pending file(s) left by the killed kmx; the next run removed them all (or the leftovers above say otherwise)"
 [ "$SIGNALS" = 1 ] && echo "signals: $((sig_total - sig_bad))/$sig_total gave exit 130 and left nothing"
 [ $inconsistent = 0 ] && [ $leftovers = 0 ] && [ $sig_bad = 0 ]
