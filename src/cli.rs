@@ -111,8 +111,13 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
     /// stale (source changed since the build), broken (files missing).
     Status {
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "check")]
         json: bool,
+        /// Check the state store against the disk instead: every record's files are there
+        /// with their recorded SHA-256, no temporary file of a killed kmx is left in the
+        /// store or an image root. Exits 0 when consistent, 1 with one line per problem.
+        #[arg(long)]
+        check: bool,
     },
     /// Build and install every registered AUTOINSTALL module for a kernel release, for
     /// every target whose trees provide it (what the kernel hooks in contrib/kernel run).

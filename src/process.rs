@@ -82,6 +82,7 @@ pub fn tail(bytes: &[u8], n: usize) -> String {
 /// carrying the command line, status and stderr tail.
 pub fn output(cmd: &mut Command, kind: Kind) -> Result<Output> {
     let shown = display(cmd);
+    die_with_kmx(cmd);
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -98,6 +99,114 @@ pub fn output(cmd: &mut Command, kind: Kind) -> Result<Output> {
         return Err(err);
     }
     Ok(out)
+}
+
+/// Make the child die with kmx: if kmx is killed (`kill -9`), the kernel sends the child
+/// SIGKILL (PR_SET_PDEATHSIG). The signal fires when the *thread* that spawned the child
+/// exits; every spawn here waits for its child on the spawning thread ([`output`],
+/// [`run_supervised`]), so that thread outlives the child. A child's own children do not
+/// inherit it: [`run_supervised`] also registers the child's process group with the
+/// [guardian](guard_group), which kills the whole group.
+fn die_with_kmx(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // kmx died between fork and prctl: the signal will never come.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("kmx exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The guardian: one `bash` per kmx run that knows the process groups kmx started (make and
+/// every compiler under it) and kills them all with SIGKILL when kmx's end of its stdin
+/// closes, i.e. when kmx exits, however it exits. A normal exit has stopped every group
+/// already (the guardian then has nothing to kill); after a `kill -9` nothing else would.
+/// It ignores INT, TERM and HUP (kmx handles those) and runs in its own process group.
+struct Guardian {
+    stdin: std::sync::Mutex<Option<std::process::ChildStdin>>,
+    child: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+const GUARDIAN: &str = r#"trap '' INT TERM HUP
+declare -A g
+while read -r op id; do
+  case $op in
+    +) g[$id]=1 ;;
+    -) unset "g[$id]" ;;
+  esac
+done
+for id in "${!g[@]}"; do kill -KILL -- "-$id" 2>/dev/null; done
+exit 0
+"#;
+
+static GUARD: std::sync::OnceLock<Option<Guardian>> = std::sync::OnceLock::new();
+
+fn guardian() -> Option<&'static Guardian> {
+    use std::os::unix::process::CommandExt;
+    GUARD
+        .get_or_init(|| {
+            let mut child = Command::new("bash")
+                .args(["-c", GUARDIAN, "kmx-guardian"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .current_dir("/")
+                .process_group(0)
+                .spawn()
+                .ok()?;
+            let stdin = child.stdin.take()?;
+            Some(Guardian {
+                stdin: std::sync::Mutex::new(Some(stdin)),
+                child: std::sync::Mutex::new(Some(child)),
+            })
+        })
+        .as_ref()
+}
+
+/// End the guardian, if this run started one, and wait (a moment) until it is gone: called
+/// once at the end of a run, when every group kmx started has been stopped, so that no
+/// process of the run outlives it.
+pub fn end_guardian() {
+    let Some(g) = GUARD.get().and_then(Option::as_ref) else {
+        return;
+    };
+    if let Ok(mut stdin) = g.stdin.lock() {
+        drop(stdin.take());
+    }
+    if let Ok(mut child) = g.child.lock()
+        && let Some(mut c) = child.take()
+    {
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(2) {
+            if !matches!(c.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// Tell the guardian about a process group kmx started (`add`) or has stopped (`!add`).
+/// Best effort: without a guardian (no bash), PR_SET_PDEATHSIG still stops the leader.
+fn guard_group(pgid: libc::pid_t, add: bool) {
+    use std::io::Write as _;
+    if let Some(g) = guardian()
+        && let Ok(mut w) = g.stdin.lock()
+        && let Some(w) = w.as_mut()
+    {
+        let _ = writeln!(w, "{} {pgid}", if add { '+' } else { '-' });
+        let _ = w.flush();
+    }
 }
 
 /// The error for a program that could not be started (usually: not installed).
@@ -198,8 +307,21 @@ pub fn run_supervised(
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .process_group(0);
+    die_with_kmx(cmd);
+    // The guardian first (its first use starts it), so the group is known to it as soon
+    // as it exists.
+    let _ = guardian();
     let mut child = cmd.spawn().map_err(|e| spawn_error(cmd, e))?;
     let pgid = child.id() as libc::pid_t;
+    guard_group(pgid, true);
+    // Whatever way this returns, the group is gone by then (killed below): forget it.
+    struct Forget(libc::pid_t);
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            guard_group(self.0, false);
+        }
+    }
+    let _forget = Forget(pgid);
     let start = Instant::now();
     let kill_group = |child: &mut std::process::Child| {
         // SAFETY: kill(2) on a process group we created; errors (already gone) are harmless.

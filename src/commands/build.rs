@@ -26,6 +26,9 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
     for n in &notes {
         eprintln!("{n}");
     }
+    // What a killed earlier build left in the output directory (its owner is dead: no lock
+    // is needed to know it is garbage).
+    crate::state::tmp::sweep_output(&args.out);
     let mut plan = plan::plan(&args.sources, &targets, &args.out)?;
     if let Some(spec) = &args.shard {
         let shard: Shard = spec.parse()?;

@@ -36,6 +36,11 @@ fn pause_at() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Whether Ctrl-C, SIGTERM or SIGHUP arrived (for commands that handle them).
+fn interrupted() -> bool {
+    process::stop_flag().is_ok_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// `MODULE` or `MODULE/VERSION`.
 fn split_module(arg: &str) -> Result<(String, Option<String>)> {
     let (m, v) = match arg.split_once('/') {
@@ -137,7 +142,7 @@ pub fn add(ctx: &Context, store: &Store, source: &Path, wait: bool) -> Result<i3
         let _ = std::fs::remove_dir_all(&new);
         return Err(Error::io("move into place", &copy, e));
     }
-    let _ = std::fs::remove_dir_all(&old);
+    // The record first: a kill between the swap and the record leaves the least behind.
     store.save_source(&SourceRecord {
         module: spec.name.clone(),
         version: spec.version.clone(),
@@ -145,6 +150,7 @@ pub fn add(ctx: &Context, store: &Store, source: &Path, wait: bool) -> Result<i3
         hash,
         added_at: now(),
     })?;
+    let _ = std::fs::remove_dir_all(&old);
     if let Some(line) = &spec.post_add {
         warn_on_failure("POST_ADD", line, &copy);
     }
@@ -379,6 +385,12 @@ fn prepare(
                             if let Err(e) = store.save_built(&record_of(c, &r.artifacts, &hash)) {
                                 failures.insert(orig, e);
                             }
+                        } else if r.status == crate::matrix::cell::CellStatus::Interrupted {
+                            failures.insert(
+                                orig,
+                                Error::new(Kind::Interrupted, "interrupted: the build was stopped")
+                                    .hint(format!("see the log: {}", r.log.display())),
+                            );
                         } else {
                             let mut e = Error::failed(format!(
                                 "build {}: {}",
@@ -552,6 +564,12 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
         Prep::Ready(ready) => {
             let inst = do_install(store, &root, &ready, !args.no_depmod, &sign, &pause)?;
             eprintln!("{}", describe_install(&key, &inst));
+            // A signal while the root was being written: that install was finished (never
+            // left half done); the exit code still says interrupted.
+            if interrupted() {
+                eprintln!("interrupted (the install above had started and was completed first)");
+                return Ok(exit::INTERRUPTED);
+            }
             Ok(exit::OK)
         }
     }
@@ -919,6 +937,25 @@ pub fn status(store: &Store, json: bool) -> Result<i32> {
     Ok(exit::OK)
 }
 
+/// `kmx status --check`: the store's consistency, one line per problem on stdout.
+pub fn check(store: &Store) -> Result<i32> {
+    let problems = store.check();
+    for p in &problems {
+        println!("{p}");
+    }
+    if problems.is_empty() {
+        eprintln!("state store {} is consistent", store.dir.display());
+        Ok(exit::OK)
+    } else {
+        eprintln!(
+            "{} problem(s) in the state store {}",
+            problems.len(),
+            store.dir.display()
+        );
+        Ok(exit::FAILED)
+    }
+}
+
 pub fn autoinstall(
     ctx: &Context,
     store: &Store,
@@ -1016,7 +1053,9 @@ pub fn autoinstall(
             format!(" ({})", failed.join("; "))
         }
     );
-    Ok(if failed.is_empty() {
+    Ok(if interrupted() {
+        exit::INTERRUPTED
+    } else if failed.is_empty() {
         exit::OK
     } else {
         exit::FAILED
@@ -1032,10 +1071,7 @@ pub fn keys_generate(ctx: &Context, dir: Option<PathBuf>, cn: &str, force: bool)
         ));
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".keys-")
-        .tempdir_in(&dir)
-        .map_err(|e| Error::io("create a directory in", &dir, e))?;
+    let tmp = crate::state::tmp::dir_in(&dir)?;
     let (tkey, tcert) = (tmp.path().join("mok.key"), tmp.path().join("mok.der"));
     if cn.contains(['/', '=']) {
         return Err(Error::usage("--common-name must not contain `/` or `=`"));

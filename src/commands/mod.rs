@@ -44,6 +44,16 @@ impl Context {
 
 /// Run a command; the result is the exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    // Every temporary file or directory made without a place of its own goes under this
+    // run's `.kmx-tmp-<pid>-...` directory, removed at the end of the run, or by the next
+    // one if this one is killed.
+    let _tmp = crate::state::tmp::RunDir::enter();
+    let code = run_in(cli);
+    crate::process::end_guardian();
+    code
+}
+
+fn run_in(cli: Cli) -> Result<i32> {
     let ctx = Context::load(&cli)?;
     let wait = !cli.global.no_wait;
     let store = &ctx.store;
@@ -69,7 +79,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             all,
             no_depmod,
         } => lifecycle::remove_cmd(store, &module, all, no_depmod, wait),
-        Cmd::Status { json } => lifecycle::status(store, json),
+        Cmd::Status { check: true, .. } => lifecycle::check(store),
+        Cmd::Status { json, .. } => lifecycle::status(store, json),
         Cmd::Autoinstall(args) => lifecycle::autoinstall(&ctx, store, &args, wait),
         Cmd::Keys(KeysCmd::Generate {
             dir,

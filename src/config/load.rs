@@ -106,8 +106,7 @@ impl Profiles {
                     .collect();
                 files.sort();
                 for file in files {
-                    let text =
-                        std::fs::read_to_string(&file).map_err(|e| Error::io("read", &file, e))?;
+                    let text = read_profile(&file)?;
                     profiles.add(&file, &text)?;
                 }
             }
@@ -223,9 +222,47 @@ fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
+/// A profile's text. Bytes that are not UTF-8 are a configuration error naming the file
+/// and the line (exit 2), not a failure of the machine.
+fn read_profile(file: &Path) -> Result<String> {
+    let bytes = std::fs::read(file).map_err(|e| Error::io("read", file, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        let col = at
+            - bytes[..at]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1)
+            + 1;
+        Error::config(file, "this profile is not valid UTF-8 text")
+            .line(line, col)
+            .hint("TOML files must be UTF-8: re-save the file as UTF-8 (e.g. with iconv)")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_profile_that_is_not_utf8_is_a_config_error_naming_the_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("targets/bad.toml");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"description = \"ok\"\nkernel_arch = \"\xff\"\n").unwrap();
+        let err = Profiles::load(&Sources {
+            builtin: false,
+            dirs: vec![d.path().to_path_buf()],
+        })
+        .unwrap_err();
+        assert_eq!(err.code(), crate::error::exit::USAGE, "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("{}:2:16: this profile is not valid UTF-8 text", p.display())
+        );
+    }
 
     fn write(dir: &Path, rel: &str, text: &str) {
         let p = dir.join(rel);

@@ -7,7 +7,9 @@
 //! displaced module) is recorded before the root is touched; files are written under a
 //! temporary name in their destination directory and renamed; every step is idempotent.
 //! So after a `kill -9` the record says what may be half done, and re-running the same
-//! install (or uninstall) completes it.
+//! install (or uninstall) completes it. The temporary names are `.kmx-tmp-<pid>-...`
+//! ([`crate::state::tmp`]): the next kmx to take the store's lock removes those of a dead
+//! kmx from every directory a record writes into, so an image root never keeps one.
 //!
 //! Containment: every destination is built from validated components (no `..`, no absolute
 //! parts) and its deepest existing directory must resolve, symlinks followed, inside the
@@ -213,10 +215,7 @@ pub fn install(
         ))
         .hint("run `kmx keys generate` (or pass --sign-key/--sign-cert) and make sure the kernel tree is fetched"));
     }
-    let stage = tempfile::Builder::new()
-        .prefix(".stage-")
-        .tempdir_in(&store.dir)
-        .map_err(|e| Error::io("create a directory in", &store.dir, e))?;
+    let stage = crate::state::tmp::dir_in(&store.dir)?;
     let mut prepared = Vec::new();
     for (f, rel) in built.files.iter().zip(&dests) {
         let src = cell_dir.join(&f.file);
@@ -338,7 +337,7 @@ pub fn install(
     for p in &prepared {
         let dest = root.join(&p.rel);
         check_inside(root, &dest)?;
-        write_atomic_mode(&dest, &p.bytes, Some(0o644))?;
+        write_into_root(&dest, &p.bytes, opts)?;
     }
     pause(opts, "before-depmod");
     if opts.depmod {
@@ -371,7 +370,7 @@ pub fn uninstall(
     store: &Store,
     mut record: InstallRecord,
     depmod_after: bool,
-    pause_at: Option<&str>,
+    pause: Option<&str>,
 ) -> Result<Uninstalled> {
     let root = record.root.clone();
     if matches!(std::fs::symlink_metadata(&root), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
@@ -393,10 +392,7 @@ pub fn uninstall(
         check_inside(&root, &original)?;
         move_file(&d.saved, &original)?;
     }
-    if pause_at == Some("uninstall-before-depmod") {
-        eprintln!("kmx: paused at uninstall-before-depmod (KMX_TEST_PAUSE_AT)");
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
+    pause_at(pause, "uninstall-before-depmod");
     if depmod_after {
         depmod(&root, &record.release)?;
     }
@@ -405,10 +401,47 @@ pub fn uninstall(
 }
 
 fn pause(opts: &Options, point: &str) {
-    if opts.pause_at.as_deref() == Some(point) {
+    pause_at(opts.pause_at.as_deref(), point);
+}
+
+/// The test hook: at `point`, if asked, wait an hour, or until Ctrl-C, SIGTERM or SIGHUP
+/// (then go on: the install or uninstall finishes, and the command says it was
+/// interrupted).
+fn pause_at(asked: Option<&str>, point: &str) {
+    if asked == Some(point) {
         eprintln!("kmx: paused at {point} (KMX_TEST_PAUSE_AT)");
-        std::thread::sleep(std::time::Duration::from_secs(3600));
+        let stop = process::stop_flag().ok();
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(3600) {
+            if stop
+                .as_ref()
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
+}
+
+/// Write one module into the root atomically: as `.kmx-tmp-<pid>-...` next to `dest`
+/// (0644 from the start, fsynced), then renamed. A kmx killed before the rename leaves only
+/// that name, which the next run removes (crate::state::tmp): the root never keeps it.
+fn write_into_root(dest: &Path, bytes: &[u8], opts: &Options) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    let mut tmp = crate::state::tmp::file_in(dir)?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| Error::io("set permissions of", tmp.path(), e))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| Error::io("write", tmp.path(), e))?;
+    pause(opts, "writing-module");
+    tmp.persist(dest)
+        .map_err(|e| Error::io("rename into place", dest, e.error))?;
+    Ok(())
 }
 
 fn remove_in_root(root: &Path, rel: &Path) -> Result<()> {

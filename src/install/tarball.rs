@@ -49,8 +49,7 @@ fn gzipped(path: &Path) -> bool {
 pub fn create(store: &Store, cells: &[BuiltRecord], out: &Path) -> Result<usize> {
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty());
     let dir = dir.unwrap_or(Path::new("."));
-    let tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
+    let tmp = crate::state::tmp::file_in(dir)?;
     let file = tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?;
     let writer: Box<dyn Write> = if gzipped(out) {
         Box::new(flate2::write::GzEncoder::new(
@@ -149,6 +148,32 @@ fn entry_path(file: &Path, raw: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(parts[1..].iter().collect()))
 }
 
+/// A read error inside the archive: truncated, not gzip, not tar. Bad input (exit 2), naming
+/// the archive.
+fn corrupt(file: &Path, e: std::io::Error) -> Error {
+    Error::usage(format!("cannot read this archive: {e}"))
+        .at(file)
+        .hint("the file is truncated or is not an archive written by `kmx tarball` (gzip-compressed when named .gz or .tgz): copy or make it again")
+}
+
+/// Copy one entry to `out`: a read error is the archive's ([`corrupt`]), a write error the
+/// machine's (exit 3, naming `dest`).
+fn copy_entry(entry: &mut impl Read, out: &mut File, file: &Path, dest: &Path) -> Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(corrupt(file, e)),
+        };
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io("extract the archive into", dest, e))?;
+        total += n as u64;
+    }
+}
+
 /// Import the archive `file` into the store. Returns the imported cells' records.
 pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
     let f = File::open(file).map_err(|e| Error::io("open", file, e))?;
@@ -159,21 +184,13 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
     };
     std::fs::create_dir_all(&store.dir)
         .map_err(|e| Error::io("create directory", &store.dir, e))?;
-    let incoming = tempfile::Builder::new()
-        .prefix(".incoming-")
-        .tempdir_in(&store.dir)
-        .map_err(|e| Error::io("create a directory in", &store.dir, e))?;
+    let incoming = crate::state::tmp::dir_in(&store.dir)?;
     let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| Error::io("read the archive", file, e))?;
+    let entries = archive.entries().map_err(|e| corrupt(file, e))?;
     let mut saw_manifest = false;
     for entry in entries {
-        let mut entry = entry.map_err(|e| Error::io("read the archive", file, e))?;
-        let raw = entry
-            .path()
-            .map_err(|e| Error::io("read the archive", file, e))?
-            .into_owned();
+        let mut entry = entry.map_err(|e| corrupt(file, e))?;
+        let raw = entry.path().map_err(|e| corrupt(file, e))?.into_owned();
         let kind = entry.header().entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
             let target = entry
@@ -204,7 +221,7 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
         // a small archive cannot make kmx hold or write more than one module's worth.
         let limit = MAX_ENTRY;
         let size = entry.header().size().map_err(|e| {
-            Error::failed(format!(
+            Error::usage(format!(
                 "entry {:?} has a bad size: {e}",
                 raw.display().to_string()
             ))
@@ -224,7 +241,7 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
                 (&mut entry)
                     .take(limit)
                     .read_to_end(&mut bytes)
-                    .map_err(|e| Error::io("read the archive", file, e))?;
+                    .map_err(|e| corrupt(file, e))?;
                 let m: Manifest = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::failed(format!("cannot parse {MANIFEST}: {e}")).at(file))?;
                 if m.format != 1 {
@@ -251,9 +268,12 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
                         .map_err(|e| Error::io("create directory", parent, e))?;
                 }
                 let mut out = File::create(&dest).map_err(|e| Error::io("create", &dest, e))?;
-                let written =
-                    std::io::copy(&mut (&mut entry).take(limit.saturating_add(1)), &mut out)
-                        .map_err(|e| Error::io("extract the archive into", &dest, e))?;
+                let written = copy_entry(
+                    &mut (&mut entry).take(limit.saturating_add(1)),
+                    &mut out,
+                    file,
+                    &dest,
+                )?;
                 if written > limit {
                     return Err(Error::failed(format!(
                         "entry {:?} holds more than its header says; refusing to import",

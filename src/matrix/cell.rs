@@ -456,7 +456,21 @@ fn run_stages(
             "patch -p1 --forward --batch < {}",
             process::quote(&file.to_string_lossy())
         );
-        step(cell, env, &mut log, "patch", &line, Where::Cell)?;
+        let start = log.metadata().map_or(0, |m| m.len());
+        if let Err(mut e) = step(cell, env, &mut log, "patch", &line, Where::Cell) {
+            // Say what patch said ("Hunk #1 FAILED", "can't find file to patch"), not only
+            // its exit status.
+            let said = patch_output(&cell.log, start);
+            if !e.interrupted && !said.is_empty() {
+                e.message = format!(
+                    "PATCH {}: {}: {}",
+                    patch.display(),
+                    e.message,
+                    said.join(" | ")
+                );
+            }
+            return Err(e);
+        }
     }
     let mut warnings = Vec::new();
     if let Some(pre) = &cell.spec.pre_build {
@@ -781,6 +795,23 @@ fn build_script(
 }
 
 /// Run a shell step, logging its command line and outcome.
+/// The first lines a failed patch wrote to the log (from byte `start`), without kmx's own
+/// `#` and `$` lines: at most five, each at most 200 characters.
+fn patch_output(log: &Path, start: u64) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(log) else {
+        return Vec::new();
+    };
+    let from = usize::try_from(start)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    String::from_utf8_lossy(&bytes[from..])
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#') && !l.starts_with("$ "))
+        .take(5)
+        .map(|l| l.chars().take(200).collect())
+        .collect()
+}
+
 fn step(
     cell: &Cell,
     env: &RunEnv,

@@ -93,8 +93,9 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
+    // Named `.kmx-tmp-<pid>-...`: if kmx is killed before the rename, the next run's sweep
+    // (crate::state::tmp) knows it for kmx's own and removes it.
+    let mut tmp = crate::state::tmp::file_in(dir)?;
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(|e| Error::io("write", tmp.path(), e))?;

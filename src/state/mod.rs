@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod home;
 pub mod store;
+pub mod tmp;
 
 pub use home::{Home, replace_dir, write_atomic, write_atomic_mode};
 pub use store::Store;

@@ -235,11 +235,59 @@ impl Store {
     }
 
     /// Take the store's lock. If another kmx holds it: with `wait`, say so on stderr and
-    /// wait; without, fail at once.
+    /// wait; without, fail at once. Then clean up after any kmx that was killed: its
+    /// temporary files in the store and in the roots the records name go (see
+    /// [`crate::state::tmp`]), said on stderr.
     pub fn lock(&self, wait: bool) -> Result<Lock> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| Error::io("create directory", &self.dir, e))?;
-        lock_file(&self.dir.join("lock"), wait, "the state store")
+        let lock = lock_file(&self.dir.join("lock"), wait, "the state store")?;
+        let swept = crate::state::tmp::sweep(&self.dir, &self.root_dirs());
+        if let Some(first) = swept.removed.first() {
+            eprintln!(
+                "kmx: removed {} temporary file(s) left by a kmx that was killed ({}{})",
+                swept.removed.len(),
+                first.display(),
+                if swept.removed.len() > 1 { ", ..." } else { "" }
+            );
+        }
+        for p in &swept.restored {
+            eprintln!(
+                "kmx: put back {}, moved aside by a kmx that was killed",
+                p.display()
+            );
+        }
+        Ok(lock)
+    }
+
+    /// The directories of every root that install records write into: where a killed
+    /// install or uninstall can have left a temporary file. Records that cannot be read
+    /// are passed over (`status --check` reports them).
+    pub fn root_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let Ok(roots) = subdirs(&self.installs()) else {
+            return dirs;
+        };
+        for base in roots {
+            let Ok(recs) = installs_under(&base) else {
+                continue;
+            };
+            for r in recs {
+                let paths = r
+                    .files
+                    .iter()
+                    .map(|f| &f.path)
+                    .chain(r.displaced.iter().map(|d| &d.original));
+                for p in paths {
+                    if let Some(parent) = r.root.join(p).parent()
+                        && !dirs.iter().any(|d| d == parent)
+                    {
+                        dirs.push(parent.to_path_buf());
+                    }
+                }
+            }
+        }
+        dirs
     }
 
     /// Whether another process holds the lock right now (for status to tell an install in
@@ -363,6 +411,154 @@ impl Store {
     /// The install records of one root.
     pub fn installs_in(&self, root: &Path) -> Result<Vec<InstallRecord>> {
         installs_under(&self.installs().join(root_key(root)))
+    }
+}
+
+impl Store {
+    /// Check the store against the disk, reading only (`kmx status --check`): every record
+    /// parses; every registered source has its copy; every built cell's files are there
+    /// with the SHA-256 its record gives; every install's files are in its root with theirs
+    /// (an install interrupted halfway may lack some, or still hold the ones it replaces); every module
+    /// moved aside is in one of its two places; no temporary file of a dead kmx is left in
+    /// the store or in a directory a record installs into. One line per problem.
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut problem = |s: String| problems.push(s);
+        let digest_problem = |path: &Path, want: &str| -> Option<String> {
+            match crate::digest::sha256_file(path) {
+                Ok(h) if h == want => None,
+                Ok(h) => Some(format!(
+                    "{}: SHA-256 {h} differs from the recorded {want}",
+                    path.display()
+                )),
+                Err(e) => Some(e.to_string()),
+            }
+        };
+        // Sources.
+        for m in subdirs(&self.sources()).unwrap_or_default() {
+            for v in subdirs(&m).unwrap_or_default() {
+                let rec = v.join("source.json");
+                match read_record::<SourceRecord>(&rec) {
+                    Ok(Some(_)) => {
+                        if !v.join("src").is_dir() {
+                            problem(format!(
+                                "{}: the registered copy is missing (its record is {})",
+                                v.join("src").display(),
+                                rec.display()
+                            ));
+                        }
+                    }
+                    // Reported with the other leftovers of a killed kmx, below.
+                    Ok(None) => {}
+                    Err(e) => problem(e.to_string()),
+                }
+            }
+        }
+        // Built cells.
+        for m in subdirs(&self.built()).unwrap_or_default() {
+            for v in subdirs(&m).unwrap_or_default() {
+                for r in subdirs(&v).unwrap_or_default() {
+                    for t in subdirs(&r).unwrap_or_default() {
+                        match read_record::<BuiltRecord>(&t.join(BUILT_RECORD)) {
+                            Ok(Some(rec)) => {
+                                for f in &rec.files {
+                                    let p = t.join(&f.file);
+                                    if !p.is_file() {
+                                        problem(format!(
+                                            "{}: missing (built cell {})",
+                                            p.display(),
+                                            rec.key()
+                                        ));
+                                    } else if let Some(d) = digest_problem(&p, &f.sha256) {
+                                        problem(d);
+                                    }
+                                }
+                            }
+                            Ok(None) => problem(format!(
+                                "{}: a built cell directory without {BUILT_RECORD}",
+                                t.display()
+                            )),
+                            Err(e) => problem(e.to_string()),
+                        }
+                    }
+                }
+            }
+        }
+        // Installs.
+        for base in subdirs(&self.installs()).unwrap_or_default() {
+            for m in subdirs(&base).unwrap_or_default() {
+                for v in subdirs(&m).unwrap_or_default() {
+                    for r in subdirs(&v).unwrap_or_default() {
+                        for f in files(&r).unwrap_or_default() {
+                            if f.extension().is_none_or(|e| e != "json") {
+                                continue;
+                            }
+                            match read_record::<InstallRecord>(&f) {
+                                Ok(Some(rec)) => check_install(&rec, &mut problem, &digest_problem),
+                                Ok(None) => {}
+                                Err(e) => problem(e.to_string()),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for p in crate::state::tmp::orphans(&self.dir, &self.root_dirs()) {
+            problem(format!(
+                "{}: left by a kmx that was killed (the next kmx that takes the store's lock removes it)",
+                p.display()
+            ));
+        }
+        problems
+    }
+}
+
+fn check_install(
+    rec: &InstallRecord,
+    problem: &mut impl FnMut(String),
+    digest_problem: &impl Fn(&Path, &str) -> Option<String>,
+) {
+    if std::fs::symlink_metadata(&rec.root).is_err() {
+        problem(format!(
+            "{}: the root of the install of {} no longer exists (`kmx uninstall --root` forgets it)",
+            rec.root.display(),
+            rec.key()
+        ));
+        return;
+    }
+    let done = rec.state == InstallState::Installed;
+    for f in &rec.files {
+        let p = rec.root.join(&f.path);
+        if !p.is_file() {
+            if done {
+                problem(format!(
+                    "{}: missing (installed {})",
+                    p.display(),
+                    rec.key()
+                ));
+            }
+        } else if done && let Some(d) = digest_problem(&p, &f.sha256) {
+            // (A file of an interrupted install may still be the one it replaces.)
+            problem(d);
+        }
+    }
+    for d in &rec.displaced {
+        let at_original = rec.root.join(&d.original).is_file();
+        let saved = d.saved.is_file();
+        if !at_original && !saved {
+            problem(format!(
+                "{}: a module moved aside by the install of {} is lost (not at {} either)",
+                d.saved.display(),
+                rec.key(),
+                rec.root.join(&d.original).display()
+            ));
+        } else if done && !saved {
+            problem(format!(
+                "{}: the install of {} says it moved this module aside, but it is still there",
+                rec.root.join(&d.original).display(),
+                rec.key()
+            ));
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod build;
 mod cache;
 mod differential;
 mod doctor;
+mod faults;
 mod lifecycle;
 mod smoke;
 mod verify;
