@@ -68,7 +68,7 @@ pub fn check(
                 return Err(Error::new(
                     Kind::Usage,
                     format!(
-                        "{label}: this machine's inputs are not the recorded ones: {} differ",
+                        "{label}: this machine's inputs are not the recorded ones (different: {})",
                         fields.join(", ")
                     ),
                 )

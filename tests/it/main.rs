@@ -11,5 +11,6 @@ mod differential;
 mod doctor;
 mod faults;
 mod lifecycle;
+mod reproducible;
 mod smoke;
 mod verify;
