@@ -100,7 +100,7 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
     } else {
         Some(certs::from_files(&args.cert)?)
     };
-    let (files, found_symvers) = collect(&args.paths)?;
+    let (files, found_symvers) = collect(&args.paths, &mut notes)?;
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.jobs.unwrap_or(0))
@@ -546,8 +546,9 @@ fn file_stem(path: &Path) -> String {
 
 /// The module files under `paths` (files as given; directories walked, symlinked
 /// directories not followed), sorted, and the `Module.symvers` files found in those
-/// directories.
-fn collect(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+/// directories. What the walk skipped and the user may not expect (a symlink loop) goes to
+/// `notes` as a warning naming the path.
+fn collect(paths: &[PathBuf], notes: &mut Vec<String>) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let mut files = Vec::new();
     let mut symvers = Vec::new();
     for path in paths {
@@ -558,7 +559,7 @@ fn collect(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
         })?;
         if meta.is_dir() {
             let before = files.len();
-            walk(path, &mut files, &mut symvers)?;
+            walk(path, &mut files, &mut symvers, notes)?;
             if files.len() == before {
                 return Err(Error::usage(
                     "no kernel modules (.ko, .ko.xz, .ko.zst, .ko.gz) in this directory",
@@ -576,7 +577,12 @@ fn collect(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     Ok((files, symvers))
 }
 
-fn walk(dir: &Path, files: &mut Vec<PathBuf>, symvers: &mut Vec<PathBuf>) -> Result<()> {
+fn walk(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    symvers: &mut Vec<PathBuf>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
@@ -586,7 +592,19 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>, symvers: &mut Vec<PathBuf>) -> Res
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if kind.is_dir() {
-            walk(&entry.path(), files, symvers)?;
+            walk(&entry.path(), files, symvers, notes)?;
+        } else if kind.is_symlink() {
+            // Symlinks are not followed (a link to a directory could make the walk loop),
+            // but a loop is said: it is a broken link the user may not know about, not
+            // something to skip in silence. The rest of the run goes on.
+            if let Err(e) = std::fs::metadata(entry.path())
+                && e.raw_os_error() == Some(libc::ELOOP)
+            {
+                notes.push(format!(
+                    "warning: {}: skipped: a symlink loop ({e})",
+                    entry.path().display()
+                ));
+            }
         } else if kind.is_file() {
             if MODULE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
                 files.push(entry.path());
