@@ -385,7 +385,7 @@ impl Pass<'_> {
     /// file is unchanged since a run computed it (same path, inode, size, mtime and ctime,
     /// as git's index trusts), else by reading it again with the digest. Left `None` when
     /// the file cannot be read again (the signature check then says it was not checked).
-    fn fill_digest(&self, path: &Path, module: &mut Module) {
+    fn fill_digest(&self, path: &Path, meta: &std::fs::Metadata, module: &mut Module) {
         let Some(message) = module
             .signature
             .as_mut()
@@ -399,8 +399,8 @@ impl Pass<'_> {
         let cache = self
             .digests
             .get_or_init(|| certs::DigestCache::load(self.cert_cache));
-        let key = certs::DigestCache::key(path, &message.digest_oid);
-        if let Some(d) = key.as_ref().and_then(|k| cache.get(k)) {
+        let key = certs::DigestCache::key(path, meta, &message.digest_oid);
+        if let Some(d) = cache.get(&key) {
             message.content_digest = Some(d);
             return;
         }
@@ -409,8 +409,8 @@ impl Pass<'_> {
                 .and_then(|s| s.message)
                 .and_then(|m| m.content_digest)
         });
-        if let (Some(k), Some(d)) = (key, &digest) {
-            cache.remember(k, d);
+        if let Some(d) = &digest {
+            cache.remember(key, d);
         }
         message.content_digest = digest;
     }
@@ -444,7 +444,7 @@ impl Pass<'_> {
     /// Read the module at `path` and check it; its exports when it could be read.
     fn check(&self, path: &Path, others: &Others) -> (ModuleReport, Option<Exports>) {
         // The signed bytes' digest is computed only when the signature is checked.
-        let mut module = match Module::read_with(path, false) {
+        let (mut module, meta) = match Module::read_stat(path, false) {
             Ok(m) => m,
             Err(e) => {
                 let report = ModuleReport {
@@ -481,7 +481,7 @@ impl Pass<'_> {
                             let keys = if module.signature.is_some() && tree.module_sig.enabled {
                                 match self.keys[i].get_or_init(|| self.load_keys(i)) {
                                     Ok(k) => {
-                                        self.fill_digest(path, &mut module);
+                                        self.fill_digest(path, &meta, &mut module);
                                         Keys::Known(k)
                                     }
                                     Err(why) => Keys::Unknown(why),

@@ -19,7 +19,7 @@ use goblin::elf::Elf;
 use goblin::elf::header::{self, ET_REL};
 use goblin::elf::section_header::{SHN_UNDEF, SHT_NOBITS, SHT_SYMTAB, SectionHeader};
 use goblin::elf::sym::{STB_WEAK, STT_SECTION, Sym};
-use memmap2::Mmap;
+use memmap2::MmapOptions;
 use serde::Serialize;
 
 pub use super::decompress::Compression;
@@ -199,16 +199,22 @@ pub struct SignedMessage {
 }
 
 /// Open a file to read it without ever blocking in open(2): a FIFO with no writer would
-/// otherwise hang the whole run. Opened non-blocking, then switched back to blocking reads,
-/// such a FIFO reads as empty; a pipe with a writer (`<(xzcat m.ko.xz)`) reads as usual.
+/// otherwise hang the whole run. The file is opened non-blocking; [`blocking_reads`] switches
+/// a file that is not a regular one back to blocking reads, after which such a FIFO reads as
+/// empty and a pipe with a writer (`<(xzcat m.ko.xz)`) reads as usual. A regular file's
+/// reads never block on O_NONBLOCK, so it is left as opened (two fewer system calls a file).
 fn open_never_blocking(path: &Path) -> Result<File, ReadError> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|source| ReadError::Io { op: "open", source })?;
+        .map_err(|source| ReadError::Io { op: "open", source })
+}
+
+/// Clear O_NONBLOCK on `file` (see [`open_never_blocking`]).
+fn blocking_reads(file: &File) {
+    use std::os::fd::AsRawFd;
     // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK status flag changes.
     unsafe {
         let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
@@ -216,7 +222,36 @@ fn open_never_blocking(path: &Path) -> Result<File, ReadError> {
             libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
         }
     }
-    Ok(file)
+}
+
+/// Append up to `len` bytes of `file` to `data`, reading straight into its spare capacity:
+/// one `read` for a whole small file, where `read_to_end` starts at 8 KiB and doubles, then
+/// reads once more to find the end. Fewer bytes when the file is shorter than `len`.
+fn read_into(file: &File, data: &mut Vec<u8>, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    data.try_reserve(len)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+    let end = data.len() + len;
+    while data.len() < end {
+        let missing = end - data.len();
+        let spare = data.spare_capacity_mut();
+        let want = missing.min(spare.len());
+        // SAFETY: `spare` is writable memory of at least `want` bytes owned by `data`; read(2)
+        // writes at most `want` bytes there, and exactly the `n` it reports are then marked
+        // initialised.
+        let n = unsafe { libc::read(file.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
+        match n {
+            0 => break,
+            n if n > 0 => unsafe { data.set_len(data.len() + n as usize) },
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Everything kmx needs to know about one kernel module file.
@@ -259,16 +294,27 @@ impl Module {
     /// [`SignedMessage::content_digest`], which touches every page of the file) only when
     /// `digest` is true.
     pub fn read_with(path: &Path, digest: bool) -> Result<Module, ReadError> {
+        Module::read_stat(path, digest).map(|(module, _)| module)
+    }
+
+    /// [`Module::read_with`], also returning the metadata of the file as it was opened
+    /// (what a cache keyed by file identity needs, without a second `stat` by path).
+    pub fn read_stat(path: &Path, digest: bool) -> Result<(Module, std::fs::Metadata), ReadError> {
         let file = open_never_blocking(path)?;
         let meta = file
             .metadata()
             .map_err(|source| ReadError::Io { op: "stat", source })?;
+        let module = Module::read_file(&file, &meta, digest)?;
+        Ok((module, meta))
+    }
+
+    fn read_file(file: &File, meta: &std::fs::Metadata, digest: bool) -> Result<Module, ReadError> {
         if !meta.is_file() {
             // A pipe or device cannot be mapped: read it, capped like decompression.
+            blocking_reads(file);
             let mut data = Vec::new();
             let limit = decompress::DEFAULT_LIMIT;
-            (&file)
-                .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+            file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
                 .read_to_end(&mut data)
                 .map_err(|source| ReadError::Io { op: "read", source })?;
             if data.len() > limit {
@@ -282,12 +328,13 @@ impl Module {
         if meta.len() <= READ_LIMIT {
             // Small files are read into a per-thread buffer: one read is cheaper than
             // mmap + page faults + munmap (whose TLB shootdowns stall every other thread).
+            // The read is bounded by the size just stat'ed, with room reserved for it, so
+            // that it takes one system call (no second read to find the end).
             return READ_BUFFER.with(|buffer| {
                 let mut data = buffer.take();
                 data.clear();
-                let result = (&file)
-                    .take(READ_LIMIT + 1)
-                    .read_to_end(&mut data)
+                let len = meta.len();
+                let result = read_into(file, &mut data, len as usize)
                     .map_err(|source| ReadError::Io { op: "read", source })
                     .and_then(|_| Module::parse_with(&data, digest));
                 if data.capacity() <= 2 * READ_LIMIT as usize {
@@ -299,8 +346,11 @@ impl Module {
         // SAFETY: the map is read-only and private to this call. Like every mmap reader
         // (kmod included), a concurrent truncation of the file by another process can raise
         // SIGBUS; modules are not rewritten in place while kmx verifies them.
-        let map =
-            unsafe { Mmap::map(&file) }.map_err(|source| ReadError::Io { op: "map", source })?;
+        // The length is the one just stat'ed (memmap2 would stat the file again).
+        let len =
+            usize::try_from(meta.len()).map_err(|_| ReadError::TooLarge { limit: usize::MAX })?;
+        let map = unsafe { MmapOptions::new().len(len).map(file) }
+            .map_err(|source| ReadError::Io { op: "map", source })?;
         Module::parse_with(&map, digest)
     }
 

@@ -191,7 +191,7 @@ impl Keyring {
 /// [`crate::verify::certs`]; shared by every thread of a run.
 #[derive(Debug, Default)]
 pub struct Verified {
-    pub known: std::collections::HashSet<[u8; 16]>,
+    pub known: std::collections::HashSet<[u8; 16], crate::kernel::symvers::FxBuildHasher>,
     pub found: std::sync::Mutex<Vec<[u8; 16]>>,
 }
 
