@@ -100,7 +100,25 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
     } else {
         Some(certs::from_files(&args.cert)?)
     };
-    let (files, found_symvers) = collect(&args.paths, &mut notes)?;
+    let cert_cache = ctx.home.root.join("cache").join("certs");
+    // Each tree's Module.symvers is loaded once, by the first module that needs it.
+    let symbols: Vec<OnceLock<Result<Option<TreeSymbols>>>> =
+        trees.trees.iter().map(|_| OnceLock::new()).collect();
+    let digests = OnceLock::new();
+    // When every module is checked against one tree, its Module.symvers (tens of thousands
+    // of lines) and the digest cache are loaded while this thread walks the directories,
+    // instead of by the first worker while the others wait for it.
+    let (files, found_symvers) = std::thread::scope(|scope| {
+        if trees.fixed || trees.trees.len() == 1 {
+            scope.spawn(|| {
+                if let (Some(lock), Some(tree)) = (symbols.first(), trees.trees.first()) {
+                    lock.get_or_init(|| TreeSymbols::load(tree));
+                }
+                digests.get_or_init(|| certs::DigestCache::load(&cert_cache));
+            });
+        }
+        collect(&args.paths, &mut notes)
+    })?;
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.jobs.unwrap_or(0))
@@ -113,9 +131,6 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
     for file in found_symvers.iter().chain(&args.symvers) {
         others.add_symvers(&Symvers::load(file)?);
     }
-    // Each tree's Module.symvers is loaded once, by the first module that needs it.
-    let symbols: Vec<OnceLock<Result<Option<TreeSymbols>>>> =
-        trees.trees.iter().map(|_| OnceLock::new()).collect();
     // Each tree's trusted keys are read once, by the first signed module that needs them.
     let keys: Vec<OnceLock<std::result::Result<Keyring, String>>> =
         trees.trees.iter().map(|_| OnceLock::new()).collect();
@@ -124,8 +139,6 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         sig_enforce: args.sig_enforce,
     };
     let target_name = args.target.as_deref().unwrap_or("");
-    let cert_cache = ctx.home.root.join("cache").join("certs");
-    let digests = OnceLock::new();
     let ctx = Pass {
         trees: &trees,
         symbols: &symbols,
@@ -147,19 +160,25 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
             .collect()
     });
     let mut reports = Vec::with_capacity(first.len());
+    let mut exports = Vec::with_capacity(first.len());
     let mut again = Vec::new();
-    for (i, (report, exports)) in first.into_iter().enumerate() {
-        if let Some(e) = exports {
-            others.add_module(&e.name, &e.exported);
+    for (i, (report, e)) in first.into_iter().enumerate() {
+        if let Some(e) = e {
             if e.needs_others {
                 again.push(i);
             }
+            exports.push(e);
         }
         reports.push(report);
     }
     // Pass 2: modules using symbols or modules the kernel does not provide are checked
-    // again, now that every module's exports are known.
+    // again, now that every module's exports are known. The index of those exports is
+    // built only then: over a whole distribution tree, whose Module.symvers lists every
+    // in-tree module's exports, no module needs it.
     if !again.is_empty() {
+        for e in &exports {
+            others.add_module(&e.name, &e.exported);
+        }
         let second: Vec<(usize, ModuleReport)> = pool.install(|| {
             again
                 .par_iter()
@@ -181,9 +200,9 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         d.save(&cert_cache);
     }
     let mut used = BTreeSet::new();
-    for (i, lock) in symbols.into_iter().enumerate() {
-        match lock.into_inner() {
-            Some(Err(e)) => return Err(e),
+    for (i, lock) in symbols.iter().enumerate() {
+        match lock.get() {
+            Some(Err(e)) => return Err(e.clone()),
             Some(Ok(loaded)) => {
                 if loaded.is_none() {
                     notes.push(format!(
@@ -196,6 +215,11 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
             None => {}
         }
     }
+    // The run's big tables (each tree's Module.symvers, every module's exports) are not
+    // freed one string at a time just before the process exits: the exit frees them.
+    std::mem::forget(symbols);
+    std::mem::forget(exports);
+    std::mem::forget(others);
     let needed = used;
 
     let mut totals = Totals {
@@ -236,6 +260,7 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         print_text(&reports, args.verbose, trees.trees.is_empty());
         println!("{summary}");
     }
+    std::mem::forget(reports);
     Ok(if totals.failed > 0 {
         exit::FAILED
     } else {
@@ -508,7 +533,7 @@ impl Pass<'_> {
         let exports = Exports {
             needs_others: kernel.is_some_and(|k| checks::needs_others(&module, k)),
             name: name.clone(),
-            exported: module.exported.clone(),
+            exported: std::mem::take(&mut module.exported),
         };
         let report = ModuleReport {
             path: path.to_path_buf(),

@@ -141,11 +141,11 @@ impl TreeSymbols {
     }
 
     pub fn new(symvers: Symvers) -> TreeSymbols {
-        let modules = symvers
-            .map
-            .values()
-            .map(|e| module_key(basename(&e.module)))
-            .collect();
+        // A few thousand exporting modules among tens of thousands of symbols: each name
+        // is normalised (allocated) once.
+        let basenames: HashSet<&str, FxBuildHasher> =
+            symvers.map.values().map(|e| basename(&e.module)).collect();
+        let modules = basenames.into_iter().map(module_key).collect();
         TreeSymbols { symvers, modules }
     }
 }
