@@ -260,7 +260,7 @@ pub struct Module {
     pub identity: ElfIdentity,
     pub e_flags: u32,
     /// `.modinfo` key/value pairs in file order; keys repeat (`alias`, `parm`).
-    pub modinfo: Vec<(String, String)>,
+    pub modinfo: Modinfo,
     pub versions: Vec<SymbolVersion>,
     pub versions_format: VersionsFormat,
     /// `.gnu.linkonce.this_module` is present (the kernel refuses a module without it).
@@ -374,18 +374,15 @@ impl Module {
 
     /// The first value of `key` in `.modinfo`.
     pub fn modinfo_get(&self, key: &str) -> Option<&str> {
-        self.modinfo
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.modinfo.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// Every value of `key` in `.modinfo`, in file order.
     pub fn modinfo_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.modinfo
             .iter()
-            .filter(move |(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .filter(move |(k, _)| *k == key)
+            .map(|(_, v)| v)
     }
 
     /// The `vermagic` string, exactly (trailing space included).
@@ -651,20 +648,75 @@ fn read_sections<'a>(
     })
 }
 
-/// `.modinfo` strings, as kmod reads them: NUL-separated, runs of NULs (alignment padding)
-/// skipped, and a last string without its NUL accepted.
-fn parse_modinfo(bytes: &[u8]) -> Vec<(String, String)> {
-    bytes
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|entry| {
-            let entry = String::from_utf8_lossy(entry);
-            match entry.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => (entry.into_owned(), String::new()),
-            }
+/// `.modinfo`'s `key=value` strings in file order, held as one string and the offsets of
+/// each entry: a module has tens of entries (hundreds with a device table's aliases), and
+/// two allocations per entry were a good part of reading a whole module tree.
+#[derive(Debug, Clone, Default)]
+pub struct Modinfo {
+    text: String,
+    /// Per entry: where its key starts, where its key ends (its `=`, or the end of an entry
+    /// without one), and where its value ends.
+    entries: Vec<(u32, u32, u32)>,
+}
+
+impl Modinfo {
+    /// The `(key, value)` pairs in file order; the value is empty for an entry without `=`.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.entries.iter().map(|&(start, eq, end)| {
+            let (start, eq, end) = (start as usize, eq as usize, end as usize);
+            let key = self.text.get(start..eq).unwrap_or_default();
+            let value = self.text.get((eq + 1).min(end)..end).unwrap_or_default();
+            (key, value)
         })
-        .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Equal when the entries are (whatever padding the sections had).
+impl PartialEq for Modinfo {
+    fn eq(&self, other: &Modinfo) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Modinfo {}
+
+impl Serialize for Modinfo {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+/// `.modinfo` strings, as kmod reads them: NUL-separated, runs of NULs (alignment padding)
+/// skipped, and a last string without its NUL accepted. Bytes that are not UTF-8 are
+/// replaced (U+FFFD), as each entry on its own would be: NUL is never part of a sequence.
+fn parse_modinfo(bytes: &[u8]) -> Modinfo {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    // Offsets fit in u32: a section is bounded by the (capped) file, and a text too long
+    // for them keeps the entries that fit.
+    let mut entries = Vec::new();
+    let mut at = 0usize;
+    for entry in text.split('\0') {
+        let start = at;
+        let end = start + entry.len();
+        at = end + 1;
+        if entry.is_empty() {
+            continue;
+        }
+        let eq = entry.find('=').map_or(end, |i| start + i);
+        match (u32::try_from(start), u32::try_from(eq), u32::try_from(end)) {
+            (Ok(s), Ok(e), Ok(n)) => entries.push((s, e, n)),
+            _ => break,
+        }
+    }
+    Modinfo { text, entries }
 }
 
 fn read_versions(
@@ -1355,11 +1407,12 @@ mod tests {
             ("flag", ""),
             ("vermagic", "6.1 x "),
         ];
+        assert_eq!(got.iter().collect::<Vec<_>>(), want);
+        // Values keep any further '='; bytes that are not UTF-8 are replaced per entry.
+        let got = parse_modinfo(b"parm=a=b:int\0k=\xff\xfe\0=v\0");
         assert_eq!(
-            got.iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect::<Vec<_>>(),
-            want
+            got.iter().collect::<Vec<_>>(),
+            [("parm", "a=b:int"), ("k", "\u{fffd}\u{fffd}"), ("", "v")]
         );
         assert!(parse_modinfo(b"").is_empty());
         assert!(parse_modinfo(b"\0\0").is_empty());
