@@ -363,7 +363,7 @@ impl Module {
     pub fn parse_with(bytes: &[u8], digest: bool) -> Result<Module, ReadError> {
         match Compression::detect(bytes) {
             Some(format) => {
-                let data = decompress::decompress(bytes, format, decompress::DEFAULT_LIMIT)?;
+                let data = decompress::decompress_held(bytes, format, decompress::DEFAULT_LIMIT)?;
                 let mut module = parse_uncompressed(&data, digest)?;
                 module.compression = Some(format);
                 Ok(module)
