@@ -30,9 +30,16 @@ use crate::config::arch::{ElfClass, ElfIdentity, Endian, machine};
 /// larger ones are mapped, so that only the pages of the sections needed are touched.
 const READ_LIMIT: u64 = 64 << 10;
 
+/// Larger files, up to this size, are read in pieces: the sections the reader needs, at
+/// their offsets in a per-thread buffer (see [`read_sparse`]); beyond it, and to digest a
+/// whole file, they are mapped.
+const SPARSE_LIMIT: u64 = 4 << 20;
+
 thread_local! {
     /// The buffer [`Module::read`] reads small files into, reused by each thread.
     static READ_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The buffer [`read_sparse`] reads sections into, reused by each thread.
+    static SPARSE_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The magic string that ends a module with an appended signature.
@@ -254,6 +261,103 @@ fn read_into(file: &File, data: &mut Vec<u8>, len: usize) -> std::io::Result<()>
     Ok(())
 }
 
+/// Read into `data`, at their own offsets, exactly the parts of a plain ELF module of `len`
+/// bytes that the reader looks at without a digest: the ELF header, the section table, the
+/// section names, every section the reader may look up by name or type (.modinfo, the
+/// modversions sections, .ARM.attributes, each SHT_SYMTAB and the string table it links)
+/// and the appended signature. Over a whole tree this reads about a tenth of the bytes of
+/// the large modules, in a few `pread`s each, where mapping them cost a `munmap` (and its
+/// TLB shootdown on every other core) per file.
+///
+/// Returns the length of the view (`len`); `None` when the file is not a plain ELF whose
+/// layout reads as expected (compressed, malformed, a signature past the tail): the caller
+/// then maps the whole file, whose reader gives the precise error. The bytes between the
+/// parts read are stale (the buffer is reused, not cleared): the reader never looks there,
+/// because the parts are chosen by the same names and types it uses.
+fn read_sparse(file: &File, len: usize, data: &mut Vec<u8>) -> Option<usize> {
+    use std::os::unix::fs::FileExt;
+    const TAIL: usize = 4096;
+    if data.len() < len {
+        // Grown once to the largest file a thread reads; its contents are then reused.
+        data.try_reserve(len - data.len()).ok()?;
+        data.resize(len, 0);
+    }
+    let view = data.get_mut(..len)?;
+    let read_at = |view: &mut [u8], start: usize, end: usize| -> Option<()> {
+        file.read_exact_at(view.get_mut(start..end)?, start as u64)
+            .ok()
+    };
+    let head = len.min(header::header64::SIZEOF_EHDR);
+    read_at(view, 0, head)?;
+    if Compression::detect(view.get(..head)?).is_some() {
+        return None;
+    }
+    let (_, ctx) = identify(view.get(..head)?).ok()?;
+    let header = Elf::parse_header(view.get(..head)?).ok()?;
+    let entsize = SectionHeader::size(ctx);
+    let shoff = usize::try_from(header.e_shoff).ok()?;
+    let table_end = shoff.checked_add(usize::from(header.e_shnum).checked_mul(entsize)?)?;
+    if header.e_shnum == 0 || usize::from(header.e_shentsize) != entsize || table_end > len {
+        return None;
+    }
+    read_at(view, shoff, table_end)?;
+    let headers = SectionHeader::parse(view, shoff, usize::from(header.e_shnum), ctx).ok()?;
+    let range = |sh: &SectionHeader| -> Option<(usize, usize)> {
+        if sh.sh_type == SHT_NOBITS {
+            return Some((0, 0));
+        }
+        section_range(sh).filter(|&(_, end)| end <= len)
+    };
+    let names = headers.get(usize::from(header.e_shstrndx))?;
+    let (names_start, names_end) = range(names)?;
+    read_at(view, names_start, names_end)?;
+    let mut wanted = Vec::new();
+    for (index, sh) in headers.iter().enumerate() {
+        let name = cstr_at(view.get(names_start..names_end)?, sh.sh_name).unwrap_or_default();
+        let by_name = matches!(
+            name,
+            b".modinfo"
+                | b"__versions"
+                | b"__version_ext_crcs"
+                | b"__version_ext_names"
+                | b".ARM.attributes"
+        );
+        if index != 0 && (by_name || sh.sh_type == SHT_SYMTAB) {
+            wanted.push(range(sh)?);
+        }
+        if index != 0 && sh.sh_type == SHT_SYMTAB {
+            let link = headers.get(usize::try_from(sh.sh_link).ok()?)?;
+            wanted.push(range(link)?);
+        }
+    }
+    // The signature: its descriptor and magic end the file; what it covers must lie
+    // within the tail read.
+    let tail = len.saturating_sub(TAIL).max(table_end);
+    wanted.push((tail, len));
+    wanted.sort_unstable();
+    let mut done = 0usize;
+    for (start, end) in wanted {
+        let start = start.max(done.min(end));
+        if start < end {
+            read_at(view, start, end)?;
+        }
+        done = done.max(end);
+    }
+    if let Some(before) = view.strip_suffix(SIGNATURE_MAGIC) {
+        let info = before.len().checked_sub(SIGNATURE_INFO_LEN)?;
+        let d = before.get(info..)?;
+        let sig_len = usize::try_from(u32::from_be_bytes([d[8], d[9], d[10], d[11]])).ok()?;
+        let start = info
+            .checked_sub(sig_len)?
+            .checked_sub(usize::from(d[3]))?
+            .checked_sub(usize::from(d[4]))?;
+        if start < tail {
+            return None;
+        }
+    }
+    Some(len)
+}
+
 /// Everything kmx needs to know about one kernel module file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Module {
@@ -342,6 +446,18 @@ impl Module {
                 }
                 result
             });
+        }
+        if !digest
+            && meta.len() <= SPARSE_LIMIT
+            && let Some(result) = SPARSE_BUFFER.with(|buffer| {
+                let mut data = buffer.take();
+                let result = read_sparse(file, meta.len() as usize, &mut data)
+                    .map(|len| Module::parse_with(data.get(..len).unwrap_or_default(), false));
+                buffer.replace(data);
+                result
+            })
+        {
+            return result;
         }
         // SAFETY: the map is read-only and private to this call. Like every mmap reader
         // (kmod included), a concurrent truncation of the file by another process can raise
@@ -1395,6 +1511,49 @@ impl fmt::Display for VersionsFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sparse read of large files gives the module the whole file gives, though the
+    /// buffer it reuses holds another file's bytes where it does not read; and it leaves
+    /// to the whole-file reader what it cannot read that way (its errors are the reader's).
+    #[test]
+    fn sparse_reads_see_what_the_whole_file_shows() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let mut compared = 0;
+        for dir in [
+            "modules/amd64",
+            "modules/arm64",
+            "modules/armhf",
+            "modules/i386",
+            "broken",
+        ] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                let whole = std::fs::read(&path).unwrap();
+                let file = File::open(&path).unwrap();
+                let mut stale = vec![0xA5u8; whole.len() + 100];
+                match read_sparse(&file, whole.len(), &mut stale) {
+                    Some(len) => {
+                        let sparse = Module::parse_with(&stale[..len], false);
+                        let plain = Module::parse_with(&whole, false);
+                        assert_eq!(
+                            format!("{sparse:?}"),
+                            format!("{plain:?}"),
+                            "{}",
+                            path.display()
+                        );
+                        compared += 1;
+                    }
+                    None => assert!(
+                        Compression::detect(&whole).is_some()
+                            || Module::parse_with(&whole, false).is_err(),
+                        "{} should have been read sparsely",
+                        path.display()
+                    ),
+                }
+            }
+        }
+        assert!(compared >= 8, "{compared}");
+    }
 
     #[test]
     fn modinfo_skips_padding_and_keeps_order_and_repeats() {
