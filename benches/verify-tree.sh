@@ -3,10 +3,11 @@
 # against ONE `modinfo -F vermagic` call given all the files, in the same run. Also checks
 # that kmx reports, for every module, exactly the vermagic modinfo prints.
 #
-#   benches/verify-tree.sh [ARCH] [ABI]     (default: amd64 6.1.0-50; after `kmx kernels fetch`)
+#   [RUNS=10] benches/verify-tree.sh [ARCH] [ABI]   (default: amd64 6.1.0-50; after `kmx kernels fetch`)
 #
 # Fetches linux-image-<ABI>-<flavour> with kmx's private apt state (KMX_HOME/apt), extracts
-# it to a temporary directory, and prints both times, the ratio and kmx's peak memory.
+# it to a temporary directory, and prints the median wall and CPU time of each over RUNS runs
+# (default 10), the median ratio and kmx's peak memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 arch="${1:-amd64}"
@@ -32,20 +33,27 @@ find "$tree" -name '*.ko*' | sort > "$work/files"
 count=$(wc -l < "$work/files")
 echo "$pkg: $count modules"
 
-# Warm the page cache for both, then time each three times and keep the best of each (the
-# machine is shared: the minimum is the least disturbed run).
+# Warm the page cache for both, then run them in turn RUNS times (default 10: kmx, modinfo,
+# kmx, modinfo, ...) and report the MEDIAN of each: on a shared machine one slow or one
+# lucky run must not move the figure. Each run's wall time is read around it, its CPU time
+# (user + system) and peak memory are the kernel's accounting of the finished process.
+runs="${RUNS:-10}"
 cat $(cat "$work/files") > /dev/null
+"$KMX" verify --target "$arch" --kernel "$release" "$tree" > /dev/null 2>&1 || true
 now() { date +%s.%N; }
-best() { printf '%s\n' "$@" | sort -g | head -1; }
-kmx_runs=(); modinfo_runs=()
-for _ in 1 2 3; do
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+kmx_runs=(); modinfo_runs=(); kmx_cpu=(); modinfo_cpu=(); kmx_mem=(); ratios=()
+for _ in $(seq "$runs"); do
   t0=$(now)
-  /usr/bin/time -f %M -o "$work/kmx.mem" "$KMX" verify --target "$arch" --kernel "$release" "$tree" \
+  /usr/bin/time -f '%U %S %M' -o "$work/kmx.time" "$KMX" verify --target "$arch" --kernel "$release" "$tree" \
     > "$work/kmx.out" || { cat "$work/kmx.out" >&2; echo "kmx verify failed" >&2; exit 1; }
   t1=$(now)
-  modinfo -F vermagic $(cat "$work/files") > /dev/null
+  /usr/bin/time -f '%U %S %M' -o "$work/modinfo.time" modinfo -F vermagic $(cat "$work/files") > /dev/null
   t2=$(now)
-  kmx_runs+=("$(echo "$t1 - $t0" | bc)"); modinfo_runs+=("$(echo "$t2 - $t1" | bc)")
+  k=$(echo "$t1 - $t0" | bc); m=$(echo "$t2 - $t1" | bc)
+  kmx_runs+=("$k"); modinfo_runs+=("$m"); ratios+=("$(echo "$m / $k" | bc -l)")
+  read -r u s mem < "$work/kmx.time"; kmx_cpu+=("$(echo "$u + $s" | bc)"); kmx_mem+=("$mem")
+  read -r u s _ < "$work/modinfo.time"; modinfo_cpu+=("$(echo "$u + $s" | bc)")
 done
 # Not timed: the JSON report, and modinfo over the files in kmx's order, to compare the
 # vermagic of every module line by line.
@@ -53,12 +61,12 @@ done
 jq -r '.modules[].path' "$work/kmx.json" > "$work/kmx.paths"
 modinfo -F vermagic $(cat "$work/kmx.paths") > "$work/modinfo.out"
 
-kmx_s=$(best "${kmx_runs[@]}")
-modinfo_s=$(best "${modinfo_runs[@]}")
 tail -1 "$work/kmx.out"
-printf 'kmx verify (all checks): %.3f s (best of 3), peak memory %d MB\n' "$kmx_s" $(( $(cat "$work/kmx.mem") / 1024 ))
-printf 'modinfo -F vermagic:     %.3f s (best of 3, one call over all files)\n' "$modinfo_s"
-printf 'ratio: kmx is %.2fx faster\n' "$(echo "$modinfo_s / $kmx_s" | bc -l)"
+printf 'kmx verify (all checks): %.3f s, %.3f CPU-s, peak memory %d MB (medians of %d)\n' \
+  "$(median "${kmx_runs[@]}")" "$(median "${kmx_cpu[@]}")" $(( $(median "${kmx_mem[@]}" | cut -d. -f1) / 1024 )) "$runs"
+printf 'modinfo -F vermagic:     %.3f s, %.3f CPU-s (medians of %d, one call over all files)\n' \
+  "$(median "${modinfo_runs[@]}")" "$(median "${modinfo_cpu[@]}")" "$runs"
+printf 'ratio: kmx is %.2fx faster (median of the %d run-by-run ratios)\n' "$(median "${ratios[@]}")" "$runs"
 
 # Same vermagic for every module, in the same (sorted) order.
 jq -r '.modules[].vermagic' "$work/kmx.json" > "$work/kmx.vermagic"

@@ -100,7 +100,25 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
     } else {
         Some(certs::from_files(&args.cert)?)
     };
-    let (files, found_symvers) = collect(&args.paths)?;
+    let cert_cache = ctx.home.root.join("cache").join("certs");
+    // Each tree's Module.symvers is loaded once, by the first module that needs it.
+    let symbols: Vec<OnceLock<Result<Option<TreeSymbols>>>> =
+        trees.trees.iter().map(|_| OnceLock::new()).collect();
+    let digests = OnceLock::new();
+    // When every module is checked against one tree, its Module.symvers (tens of thousands
+    // of lines) and the digest cache are loaded while this thread walks the directories,
+    // instead of by the first worker while the others wait for it.
+    let (files, found_symvers) = std::thread::scope(|scope| {
+        if trees.fixed || trees.trees.len() == 1 {
+            scope.spawn(|| {
+                if let (Some(lock), Some(tree)) = (symbols.first(), trees.trees.first()) {
+                    lock.get_or_init(|| TreeSymbols::load(tree));
+                }
+                digests.get_or_init(|| certs::DigestCache::load(&cert_cache));
+            });
+        }
+        collect(&args.paths, &mut notes)
+    })?;
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.jobs.unwrap_or(0))
@@ -113,9 +131,6 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
     for file in found_symvers.iter().chain(&args.symvers) {
         others.add_symvers(&Symvers::load(file)?);
     }
-    // Each tree's Module.symvers is loaded once, by the first module that needs it.
-    let symbols: Vec<OnceLock<Result<Option<TreeSymbols>>>> =
-        trees.trees.iter().map(|_| OnceLock::new()).collect();
     // Each tree's trusted keys are read once, by the first signed module that needs them.
     let keys: Vec<OnceLock<std::result::Result<Keyring, String>>> =
         trees.trees.iter().map(|_| OnceLock::new()).collect();
@@ -124,8 +139,6 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         sig_enforce: args.sig_enforce,
     };
     let target_name = args.target.as_deref().unwrap_or("");
-    let cert_cache = ctx.home.root.join("cache").join("certs");
-    let digests = OnceLock::new();
     let ctx = Pass {
         trees: &trees,
         symbols: &symbols,
@@ -147,19 +160,25 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
             .collect()
     });
     let mut reports = Vec::with_capacity(first.len());
+    let mut exports = Vec::with_capacity(first.len());
     let mut again = Vec::new();
-    for (i, (report, exports)) in first.into_iter().enumerate() {
-        if let Some(e) = exports {
-            others.add_module(&e.name, &e.exported);
+    for (i, (report, e)) in first.into_iter().enumerate() {
+        if let Some(e) = e {
             if e.needs_others {
                 again.push(i);
             }
+            exports.push(e);
         }
         reports.push(report);
     }
     // Pass 2: modules using symbols or modules the kernel does not provide are checked
-    // again, now that every module's exports are known.
+    // again, now that every module's exports are known. The index of those exports is
+    // built only then: over a whole distribution tree, whose Module.symvers lists every
+    // in-tree module's exports, no module needs it.
     if !again.is_empty() {
+        for e in &exports {
+            others.add_module(&e.name, &e.exported);
+        }
         let second: Vec<(usize, ModuleReport)> = pool.install(|| {
             again
                 .par_iter()
@@ -181,9 +200,9 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         d.save(&cert_cache);
     }
     let mut used = BTreeSet::new();
-    for (i, lock) in symbols.into_iter().enumerate() {
-        match lock.into_inner() {
-            Some(Err(e)) => return Err(e),
+    for (i, lock) in symbols.iter().enumerate() {
+        match lock.get() {
+            Some(Err(e)) => return Err(e.clone()),
             Some(Ok(loaded)) => {
                 if loaded.is_none() {
                     notes.push(format!(
@@ -196,6 +215,11 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
             None => {}
         }
     }
+    // The run's big tables (each tree's Module.symvers, every module's exports) are not
+    // freed one string at a time just before the process exits: the exit frees them.
+    std::mem::forget(symbols);
+    std::mem::forget(exports);
+    std::mem::forget(others);
     let needed = used;
 
     let mut totals = Totals {
@@ -236,6 +260,7 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         print_text(&reports, args.verbose, trees.trees.is_empty());
         println!("{summary}");
     }
+    std::mem::forget(reports);
     Ok(if totals.failed > 0 {
         exit::FAILED
     } else {
@@ -385,7 +410,7 @@ impl Pass<'_> {
     /// file is unchanged since a run computed it (same path, inode, size, mtime and ctime,
     /// as git's index trusts), else by reading it again with the digest. Left `None` when
     /// the file cannot be read again (the signature check then says it was not checked).
-    fn fill_digest(&self, path: &Path, module: &mut Module) {
+    fn fill_digest(&self, path: &Path, meta: &std::fs::Metadata, module: &mut Module) {
         let Some(message) = module
             .signature
             .as_mut()
@@ -399,8 +424,8 @@ impl Pass<'_> {
         let cache = self
             .digests
             .get_or_init(|| certs::DigestCache::load(self.cert_cache));
-        let key = certs::DigestCache::key(path, &message.digest_oid);
-        if let Some(d) = key.as_ref().and_then(|k| cache.get(k)) {
+        let key = certs::DigestCache::key(path, meta, &message.digest_oid);
+        if let Some(d) = cache.get(&key) {
             message.content_digest = Some(d);
             return;
         }
@@ -409,8 +434,8 @@ impl Pass<'_> {
                 .and_then(|s| s.message)
                 .and_then(|m| m.content_digest)
         });
-        if let (Some(k), Some(d)) = (key, &digest) {
-            cache.remember(k, d);
+        if let Some(d) = &digest {
+            cache.remember(key, d);
         }
         message.content_digest = digest;
     }
@@ -444,7 +469,7 @@ impl Pass<'_> {
     /// Read the module at `path` and check it; its exports when it could be read.
     fn check(&self, path: &Path, others: &Others) -> (ModuleReport, Option<Exports>) {
         // The signed bytes' digest is computed only when the signature is checked.
-        let mut module = match Module::read_with(path, false) {
+        let (mut module, meta) = match Module::read_stat(path, false) {
             Ok(m) => m,
             Err(e) => {
                 let report = ModuleReport {
@@ -481,7 +506,7 @@ impl Pass<'_> {
                             let keys = if module.signature.is_some() && tree.module_sig.enabled {
                                 match self.keys[i].get_or_init(|| self.load_keys(i)) {
                                     Ok(k) => {
-                                        self.fill_digest(path, &mut module);
+                                        self.fill_digest(path, &meta, &mut module);
                                         Keys::Known(k)
                                     }
                                     Err(why) => Keys::Unknown(why),
@@ -508,7 +533,7 @@ impl Pass<'_> {
         let exports = Exports {
             needs_others: kernel.is_some_and(|k| checks::needs_others(&module, k)),
             name: name.clone(),
-            exported: module.exported.clone(),
+            exported: std::mem::take(&mut module.exported),
         };
         let report = ModuleReport {
             path: path.to_path_buf(),
@@ -546,8 +571,9 @@ fn file_stem(path: &Path) -> String {
 
 /// The module files under `paths` (files as given; directories walked, symlinked
 /// directories not followed), sorted, and the `Module.symvers` files found in those
-/// directories.
-fn collect(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+/// directories. What the walk skipped and the user may not expect (a symlink loop) goes to
+/// `notes` as a warning naming the path.
+fn collect(paths: &[PathBuf], notes: &mut Vec<String>) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let mut files = Vec::new();
     let mut symvers = Vec::new();
     for path in paths {
@@ -558,7 +584,7 @@ fn collect(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
         })?;
         if meta.is_dir() {
             let before = files.len();
-            walk(path, &mut files, &mut symvers)?;
+            walk(path, &mut files, &mut symvers, notes)?;
             if files.len() == before {
                 return Err(Error::usage(
                     "no kernel modules (.ko, .ko.xz, .ko.zst, .ko.gz) in this directory",
@@ -576,7 +602,12 @@ fn collect(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     Ok((files, symvers))
 }
 
-fn walk(dir: &Path, files: &mut Vec<PathBuf>, symvers: &mut Vec<PathBuf>) -> Result<()> {
+fn walk(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    symvers: &mut Vec<PathBuf>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
@@ -586,7 +617,19 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>, symvers: &mut Vec<PathBuf>) -> Res
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if kind.is_dir() {
-            walk(&entry.path(), files, symvers)?;
+            walk(&entry.path(), files, symvers, notes)?;
+        } else if kind.is_symlink() {
+            // Symlinks are not followed (a link to a directory could make the walk loop),
+            // but a loop is said: it is a broken link the user may not know about, not
+            // something to skip in silence. The rest of the run goes on.
+            if let Err(e) = std::fs::metadata(entry.path())
+                && e.raw_os_error() == Some(libc::ELOOP)
+            {
+                notes.push(format!(
+                    "warning: {}: skipped: a symlink loop ({e})",
+                    entry.path().display()
+                ));
+            }
         } else if kind.is_file() {
             if MODULE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
                 files.push(entry.path());

@@ -17,6 +17,7 @@ use std::time::UNIX_EPOCH;
 use sha2::Digest;
 
 use crate::error::{Error, Result};
+use crate::kernel::symvers::FxBuildHasher;
 use crate::state::write_atomic;
 use crate::verify::decompress::{self, Compression};
 use crate::verify::signing::{Keyring, TrustedKey, scan_certificates, scan_keyring};
@@ -125,7 +126,7 @@ pub fn save_verified(keyring: &Keyring, cache_dir: &Path) {
 /// Only SHA-256 digests are kept (what every distribution signs with).
 #[derive(Debug, Default)]
 pub struct DigestCache {
-    known: std::collections::HashMap<[u8; 16], [u8; 32]>,
+    known: std::collections::HashMap<[u8; 16], [u8; 32], FxBuildHasher>,
     found: std::sync::Mutex<Vec<([u8; 16], [u8; 32])>>,
 }
 
@@ -153,12 +154,11 @@ impl DigestCache {
         }
     }
 
-    /// The identity of the file at `path` for a digest with `digest_oid`; `None` when it
-    /// cannot be stat'ed.
-    pub fn key(path: &Path, digest_oid: &[u8]) -> Option<[u8; 16]> {
+    /// The identity of the file at `path`, whose metadata `meta` is (the reader's `fstat` of
+    /// the file it read), for a digest with `digest_oid`.
+    pub fn key(path: &Path, meta: &std::fs::Metadata, digest_oid: &[u8]) -> [u8; 16] {
         use std::os::unix::ffi::OsStrExt;
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).ok()?;
         let mut h = sha2::Sha256::new();
         h.update(path.as_os_str().as_bytes());
         h.update([0]);
@@ -176,7 +176,7 @@ impl DigestCache {
         h.update(digest_oid);
         let mut key = [0u8; 16];
         key.copy_from_slice(&h.finalize()[..16]);
-        Some(key)
+        key
     }
 
     pub fn get(&self, key: &[u8; 16]) -> Option<Vec<u8>> {

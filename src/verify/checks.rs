@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::config::arch::{ElfIdentity, machine};
 use crate::error::Result;
-use crate::kernel::symvers::Symvers;
+use crate::kernel::symvers::{FxBuildHasher, Symvers};
 use crate::kernel::tree::KernelTree;
 use crate::kernel::vermagic::{self, Vermagic};
 use crate::verify::module::{Module, VersionsFormat};
@@ -128,7 +128,7 @@ pub struct TreeSymbols {
     pub symvers: Symvers,
     /// Basenames of the exporting modules (`drivers/usb/storage/usb-storage` gives
     /// `usb_storage`), normalised with [`module_key`].
-    pub modules: HashSet<String>,
+    pub modules: HashSet<String, FxBuildHasher>,
 }
 
 impl TreeSymbols {
@@ -141,11 +141,11 @@ impl TreeSymbols {
     }
 
     pub fn new(symvers: Symvers) -> TreeSymbols {
-        let modules = symvers
-            .map
-            .values()
-            .map(|e| module_key(basename(&e.module)))
-            .collect();
+        // A few thousand exporting modules among tens of thousands of symbols: each name
+        // is normalised (allocated) once.
+        let basenames: HashSet<&str, FxBuildHasher> =
+            symvers.map.values().map(|e| basename(&e.module)).collect();
+        let modules = basenames.into_iter().map(module_key).collect();
         TreeSymbols { symvers, modules }
     }
 }
@@ -188,8 +188,8 @@ pub struct OtherExport {
 /// dependencies): what resolves a symbol the kernel does not export.
 #[derive(Debug, Default)]
 pub struct Others {
-    symbols: HashMap<String, OtherExport>,
-    modules: HashSet<String>,
+    symbols: HashMap<String, OtherExport, FxBuildHasher>,
+    modules: HashSet<String, FxBuildHasher>,
 }
 
 impl Others {
@@ -549,7 +549,8 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
     let mut bad = Vec::new();
     let mut notes = Vec::new();
     let mut checked = 0usize;
-    let listed: HashSet<&str> = module.versions.iter().map(|v| v.name.as_str()).collect();
+    let listed: HashSet<&str, FxBuildHasher> =
+        module.versions.iter().map(|v| v.name.as_str()).collect();
     // module_layout first, as the kernel does. A symbol the module uses without a CRC
     // in __versions is refused: Debian's 6.1 kernels print "no symbol version for X"
     // and refuse the module (measured under QEMU), where mainline's check_version warns

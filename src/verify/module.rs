@@ -19,7 +19,7 @@ use goblin::elf::Elf;
 use goblin::elf::header::{self, ET_REL};
 use goblin::elf::section_header::{SHN_UNDEF, SHT_NOBITS, SHT_SYMTAB, SectionHeader};
 use goblin::elf::sym::{STB_WEAK, STT_SECTION, Sym};
-use memmap2::Mmap;
+use memmap2::MmapOptions;
 use serde::Serialize;
 
 pub use super::decompress::Compression;
@@ -30,9 +30,16 @@ use crate::config::arch::{ElfClass, ElfIdentity, Endian, machine};
 /// larger ones are mapped, so that only the pages of the sections needed are touched.
 const READ_LIMIT: u64 = 64 << 10;
 
+/// Larger files, up to this size, are read in pieces: the sections the reader needs, at
+/// their offsets in a per-thread buffer (see [`read_sparse`]); beyond it, and to digest a
+/// whole file, they are mapped.
+const SPARSE_LIMIT: u64 = 4 << 20;
+
 thread_local! {
     /// The buffer [`Module::read`] reads small files into, reused by each thread.
     static READ_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The buffer [`read_sparse`] reads sections into, reused by each thread.
+    static SPARSE_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The magic string that ends a module with an appended signature.
@@ -199,16 +206,22 @@ pub struct SignedMessage {
 }
 
 /// Open a file to read it without ever blocking in open(2): a FIFO with no writer would
-/// otherwise hang the whole run. Opened non-blocking, then switched back to blocking reads,
-/// such a FIFO reads as empty; a pipe with a writer (`<(xzcat m.ko.xz)`) reads as usual.
+/// otherwise hang the whole run. The file is opened non-blocking; [`blocking_reads`] switches
+/// a file that is not a regular one back to blocking reads, after which such a FIFO reads as
+/// empty and a pipe with a writer (`<(xzcat m.ko.xz)`) reads as usual. A regular file's
+/// reads never block on O_NONBLOCK, so it is left as opened (two fewer system calls a file).
 fn open_never_blocking(path: &Path) -> Result<File, ReadError> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|source| ReadError::Io { op: "open", source })?;
+        .map_err(|source| ReadError::Io { op: "open", source })
+}
+
+/// Clear O_NONBLOCK on `file` (see [`open_never_blocking`]).
+fn blocking_reads(file: &File) {
+    use std::os::fd::AsRawFd;
     // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK status flag changes.
     unsafe {
         let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
@@ -216,7 +229,133 @@ fn open_never_blocking(path: &Path) -> Result<File, ReadError> {
             libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
         }
     }
-    Ok(file)
+}
+
+/// Append up to `len` bytes of `file` to `data`, reading straight into its spare capacity:
+/// one `read` for a whole small file, where `read_to_end` starts at 8 KiB and doubles, then
+/// reads once more to find the end. Fewer bytes when the file is shorter than `len`.
+fn read_into(file: &File, data: &mut Vec<u8>, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    data.try_reserve(len)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+    let end = data.len() + len;
+    while data.len() < end {
+        let missing = end - data.len();
+        let spare = data.spare_capacity_mut();
+        let want = missing.min(spare.len());
+        // SAFETY: `spare` is writable memory of at least `want` bytes owned by `data`; read(2)
+        // writes at most `want` bytes there, and exactly the `n` it reports are then marked
+        // initialised.
+        let n = unsafe { libc::read(file.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
+        match n {
+            0 => break,
+            n if n > 0 => unsafe { data.set_len(data.len() + n as usize) },
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Read into `data`, at their own offsets, exactly the parts of a plain ELF module of `len`
+/// bytes that the reader looks at without a digest: the ELF header, the section table, the
+/// section names, every section the reader may look up by name or type (.modinfo, the
+/// modversions sections, .ARM.attributes, each SHT_SYMTAB and the string table it links)
+/// and the appended signature. Over a whole tree this reads about a tenth of the bytes of
+/// the large modules, in a few `pread`s each, where mapping them cost a `munmap` (and its
+/// TLB shootdown on every other core) per file.
+///
+/// Returns the length of the view (`len`); `None` when the file is not a plain ELF whose
+/// layout reads as expected (compressed, malformed, a signature past the tail): the caller
+/// then maps the whole file, whose reader gives the precise error. The bytes between the
+/// parts read are stale (the buffer is reused, not cleared): the reader never looks there,
+/// because the parts are chosen by the same names and types it uses.
+fn read_sparse(file: &File, len: usize, data: &mut Vec<u8>) -> Option<usize> {
+    use std::os::unix::fs::FileExt;
+    const TAIL: usize = 4096;
+    if data.len() < len {
+        // Grown once to the largest file a thread reads; its contents are then reused.
+        data.try_reserve(len - data.len()).ok()?;
+        data.resize(len, 0);
+    }
+    let view = data.get_mut(..len)?;
+    let read_at = |view: &mut [u8], start: usize, end: usize| -> Option<()> {
+        file.read_exact_at(view.get_mut(start..end)?, start as u64)
+            .ok()
+    };
+    let head = len.min(header::header64::SIZEOF_EHDR);
+    read_at(view, 0, head)?;
+    if Compression::detect(view.get(..head)?).is_some() {
+        return None;
+    }
+    let (_, ctx) = identify(view.get(..head)?).ok()?;
+    let header = Elf::parse_header(view.get(..head)?).ok()?;
+    let entsize = SectionHeader::size(ctx);
+    let shoff = usize::try_from(header.e_shoff).ok()?;
+    let table_end = shoff.checked_add(usize::from(header.e_shnum).checked_mul(entsize)?)?;
+    if header.e_shnum == 0 || usize::from(header.e_shentsize) != entsize || table_end > len {
+        return None;
+    }
+    read_at(view, shoff, table_end)?;
+    let headers = SectionHeader::parse(view, shoff, usize::from(header.e_shnum), ctx).ok()?;
+    let range = |sh: &SectionHeader| -> Option<(usize, usize)> {
+        if sh.sh_type == SHT_NOBITS {
+            return Some((0, 0));
+        }
+        section_range(sh).filter(|&(_, end)| end <= len)
+    };
+    let names = headers.get(usize::from(header.e_shstrndx))?;
+    let (names_start, names_end) = range(names)?;
+    read_at(view, names_start, names_end)?;
+    let mut wanted = Vec::new();
+    for (index, sh) in headers.iter().enumerate() {
+        let name = cstr_at(view.get(names_start..names_end)?, sh.sh_name).unwrap_or_default();
+        let by_name = matches!(
+            name,
+            b".modinfo"
+                | b"__versions"
+                | b"__version_ext_crcs"
+                | b"__version_ext_names"
+                | b".ARM.attributes"
+        );
+        if index != 0 && (by_name || sh.sh_type == SHT_SYMTAB) {
+            wanted.push(range(sh)?);
+        }
+        if index != 0 && sh.sh_type == SHT_SYMTAB {
+            let link = headers.get(usize::try_from(sh.sh_link).ok()?)?;
+            wanted.push(range(link)?);
+        }
+    }
+    // The signature: its descriptor and magic end the file; what it covers must lie
+    // within the tail read.
+    let tail = len.saturating_sub(TAIL).max(table_end);
+    wanted.push((tail, len));
+    wanted.sort_unstable();
+    let mut done = 0usize;
+    for (start, end) in wanted {
+        let start = start.max(done.min(end));
+        if start < end {
+            read_at(view, start, end)?;
+        }
+        done = done.max(end);
+    }
+    if let Some(before) = view.strip_suffix(SIGNATURE_MAGIC) {
+        let info = before.len().checked_sub(SIGNATURE_INFO_LEN)?;
+        let d = before.get(info..)?;
+        let sig_len = usize::try_from(u32::from_be_bytes([d[8], d[9], d[10], d[11]])).ok()?;
+        let start = info
+            .checked_sub(sig_len)?
+            .checked_sub(usize::from(d[3]))?
+            .checked_sub(usize::from(d[4]))?;
+        if start < tail {
+            return None;
+        }
+    }
+    Some(len)
 }
 
 /// Everything kmx needs to know about one kernel module file.
@@ -225,7 +364,7 @@ pub struct Module {
     pub identity: ElfIdentity,
     pub e_flags: u32,
     /// `.modinfo` key/value pairs in file order; keys repeat (`alias`, `parm`).
-    pub modinfo: Vec<(String, String)>,
+    pub modinfo: Modinfo,
     pub versions: Vec<SymbolVersion>,
     pub versions_format: VersionsFormat,
     /// `.gnu.linkonce.this_module` is present (the kernel refuses a module without it).
@@ -259,16 +398,27 @@ impl Module {
     /// [`SignedMessage::content_digest`], which touches every page of the file) only when
     /// `digest` is true.
     pub fn read_with(path: &Path, digest: bool) -> Result<Module, ReadError> {
+        Module::read_stat(path, digest).map(|(module, _)| module)
+    }
+
+    /// [`Module::read_with`], also returning the metadata of the file as it was opened
+    /// (what a cache keyed by file identity needs, without a second `stat` by path).
+    pub fn read_stat(path: &Path, digest: bool) -> Result<(Module, std::fs::Metadata), ReadError> {
         let file = open_never_blocking(path)?;
         let meta = file
             .metadata()
             .map_err(|source| ReadError::Io { op: "stat", source })?;
+        let module = Module::read_file(&file, &meta, digest)?;
+        Ok((module, meta))
+    }
+
+    fn read_file(file: &File, meta: &std::fs::Metadata, digest: bool) -> Result<Module, ReadError> {
         if !meta.is_file() {
             // A pipe or device cannot be mapped: read it, capped like decompression.
+            blocking_reads(file);
             let mut data = Vec::new();
             let limit = decompress::DEFAULT_LIMIT;
-            (&file)
-                .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+            file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
                 .read_to_end(&mut data)
                 .map_err(|source| ReadError::Io { op: "read", source })?;
             if data.len() > limit {
@@ -282,12 +432,13 @@ impl Module {
         if meta.len() <= READ_LIMIT {
             // Small files are read into a per-thread buffer: one read is cheaper than
             // mmap + page faults + munmap (whose TLB shootdowns stall every other thread).
+            // The read is bounded by the size just stat'ed, with room reserved for it, so
+            // that it takes one system call (no second read to find the end).
             return READ_BUFFER.with(|buffer| {
                 let mut data = buffer.take();
                 data.clear();
-                let result = (&file)
-                    .take(READ_LIMIT + 1)
-                    .read_to_end(&mut data)
+                let len = meta.len();
+                let result = read_into(file, &mut data, len as usize)
                     .map_err(|source| ReadError::Io { op: "read", source })
                     .and_then(|_| Module::parse_with(&data, digest));
                 if data.capacity() <= 2 * READ_LIMIT as usize {
@@ -296,11 +447,26 @@ impl Module {
                 result
             });
         }
+        if !digest
+            && meta.len() <= SPARSE_LIMIT
+            && let Some(result) = SPARSE_BUFFER.with(|buffer| {
+                let mut data = buffer.take();
+                let result = read_sparse(file, meta.len() as usize, &mut data)
+                    .map(|len| Module::parse_with(data.get(..len).unwrap_or_default(), false));
+                buffer.replace(data);
+                result
+            })
+        {
+            return result;
+        }
         // SAFETY: the map is read-only and private to this call. Like every mmap reader
         // (kmod included), a concurrent truncation of the file by another process can raise
         // SIGBUS; modules are not rewritten in place while kmx verifies them.
-        let map =
-            unsafe { Mmap::map(&file) }.map_err(|source| ReadError::Io { op: "map", source })?;
+        // The length is the one just stat'ed (memmap2 would stat the file again).
+        let len =
+            usize::try_from(meta.len()).map_err(|_| ReadError::TooLarge { limit: usize::MAX })?;
+        let map = unsafe { MmapOptions::new().len(len).map(file) }
+            .map_err(|source| ReadError::Io { op: "map", source })?;
         Module::parse_with(&map, digest)
     }
 
@@ -313,7 +479,7 @@ impl Module {
     pub fn parse_with(bytes: &[u8], digest: bool) -> Result<Module, ReadError> {
         match Compression::detect(bytes) {
             Some(format) => {
-                let data = decompress::decompress(bytes, format, decompress::DEFAULT_LIMIT)?;
+                let data = decompress::decompress_held(bytes, format, decompress::DEFAULT_LIMIT)?;
                 let mut module = parse_uncompressed(&data, digest)?;
                 module.compression = Some(format);
                 Ok(module)
@@ -324,18 +490,15 @@ impl Module {
 
     /// The first value of `key` in `.modinfo`.
     pub fn modinfo_get(&self, key: &str) -> Option<&str> {
-        self.modinfo
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.modinfo.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// Every value of `key` in `.modinfo`, in file order.
     pub fn modinfo_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.modinfo
             .iter()
-            .filter(move |(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .filter(move |(k, _)| *k == key)
+            .map(|(_, v)| v)
     }
 
     /// The `vermagic` string, exactly (trailing space included).
@@ -601,20 +764,75 @@ fn read_sections<'a>(
     })
 }
 
-/// `.modinfo` strings, as kmod reads them: NUL-separated, runs of NULs (alignment padding)
-/// skipped, and a last string without its NUL accepted.
-fn parse_modinfo(bytes: &[u8]) -> Vec<(String, String)> {
-    bytes
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|entry| {
-            let entry = String::from_utf8_lossy(entry);
-            match entry.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => (entry.into_owned(), String::new()),
-            }
+/// `.modinfo`'s `key=value` strings in file order, held as one string and the offsets of
+/// each entry: a module has tens of entries (hundreds with a device table's aliases), and
+/// two allocations per entry were a good part of reading a whole module tree.
+#[derive(Debug, Clone, Default)]
+pub struct Modinfo {
+    text: String,
+    /// Per entry: where its key starts, where its key ends (its `=`, or the end of an entry
+    /// without one), and where its value ends.
+    entries: Vec<(u32, u32, u32)>,
+}
+
+impl Modinfo {
+    /// The `(key, value)` pairs in file order; the value is empty for an entry without `=`.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.entries.iter().map(|&(start, eq, end)| {
+            let (start, eq, end) = (start as usize, eq as usize, end as usize);
+            let key = self.text.get(start..eq).unwrap_or_default();
+            let value = self.text.get((eq + 1).min(end)..end).unwrap_or_default();
+            (key, value)
         })
-        .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Equal when the entries are (whatever padding the sections had).
+impl PartialEq for Modinfo {
+    fn eq(&self, other: &Modinfo) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Modinfo {}
+
+impl Serialize for Modinfo {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+/// `.modinfo` strings, as kmod reads them: NUL-separated, runs of NULs (alignment padding)
+/// skipped, and a last string without its NUL accepted. Bytes that are not UTF-8 are
+/// replaced (U+FFFD), as each entry on its own would be: NUL is never part of a sequence.
+fn parse_modinfo(bytes: &[u8]) -> Modinfo {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    // Offsets fit in u32: a section is bounded by the (capped) file, and a text too long
+    // for them keeps the entries that fit.
+    let mut entries = Vec::new();
+    let mut at = 0usize;
+    for entry in text.split('\0') {
+        let start = at;
+        let end = start + entry.len();
+        at = end + 1;
+        if entry.is_empty() {
+            continue;
+        }
+        let eq = entry.find('=').map_or(end, |i| start + i);
+        match (u32::try_from(start), u32::try_from(eq), u32::try_from(end)) {
+            (Ok(s), Ok(e), Ok(n)) => entries.push((s, e, n)),
+            _ => break,
+        }
+    }
+    Modinfo { text, entries }
 }
 
 fn read_versions(
@@ -1294,6 +1512,49 @@ impl fmt::Display for VersionsFormat {
 mod tests {
     use super::*;
 
+    /// The sparse read of large files gives the module the whole file gives, though the
+    /// buffer it reuses holds another file's bytes where it does not read; and it leaves
+    /// to the whole-file reader what it cannot read that way (its errors are the reader's).
+    #[test]
+    fn sparse_reads_see_what_the_whole_file_shows() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let mut compared = 0;
+        for dir in [
+            "modules/amd64",
+            "modules/arm64",
+            "modules/armhf",
+            "modules/i386",
+            "broken",
+        ] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                let whole = std::fs::read(&path).unwrap();
+                let file = File::open(&path).unwrap();
+                let mut stale = vec![0xA5u8; whole.len() + 100];
+                match read_sparse(&file, whole.len(), &mut stale) {
+                    Some(len) => {
+                        let sparse = Module::parse_with(&stale[..len], false);
+                        let plain = Module::parse_with(&whole, false);
+                        assert_eq!(
+                            format!("{sparse:?}"),
+                            format!("{plain:?}"),
+                            "{}",
+                            path.display()
+                        );
+                        compared += 1;
+                    }
+                    None => assert!(
+                        Compression::detect(&whole).is_some()
+                            || Module::parse_with(&whole, false).is_err(),
+                        "{} should have been read sparsely",
+                        path.display()
+                    ),
+                }
+            }
+        }
+        assert!(compared >= 8, "{compared}");
+    }
+
     #[test]
     fn modinfo_skips_padding_and_keeps_order_and_repeats() {
         let raw = b"\0\0license=GPL\0alias=a\0\0\0alias=b\0flag\0vermagic=6.1 x ";
@@ -1305,11 +1566,12 @@ mod tests {
             ("flag", ""),
             ("vermagic", "6.1 x "),
         ];
+        assert_eq!(got.iter().collect::<Vec<_>>(), want);
+        // Values keep any further '='; bytes that are not UTF-8 are replaced per entry.
+        let got = parse_modinfo(b"parm=a=b:int\0k=\xff\xfe\0=v\0");
         assert_eq!(
-            got.iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect::<Vec<_>>(),
-            want
+            got.iter().collect::<Vec<_>>(),
+            [("parm", "a=b:int"), ("k", "\u{fffd}\u{fffd}"), ("", "v")]
         );
         assert!(parse_modinfo(b"").is_empty());
         assert!(parse_modinfo(b"\0\0").is_empty());

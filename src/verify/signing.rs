@@ -93,6 +93,9 @@ pub struct TrustedKey {
     key: Option<rsa::PublicKey>,
     /// The certificate, DER (what the cache stores).
     pub der: Vec<u8>,
+    /// The hash of [`Verified`] entries with this key, its certificate already absorbed:
+    /// each module's entry then hashes only its own digest and signature.
+    entry_prefix: sha2::Sha256,
 }
 
 /// Why a certificate could not be used.
@@ -136,6 +139,12 @@ impl TrustedKey {
             name,
             key,
             der: der.to_vec(),
+            entry_prefix: {
+                let mut h = sha2::Sha256::new();
+                h.update((der.len() as u64).to_le_bytes());
+                h.update(der);
+                h
+            },
         })
     }
 
@@ -191,14 +200,16 @@ impl Keyring {
 /// [`crate::verify::certs`]; shared by every thread of a run.
 #[derive(Debug, Default)]
 pub struct Verified {
-    pub known: std::collections::HashSet<[u8; 16]>,
+    pub known: std::collections::HashSet<[u8; 16], crate::kernel::symvers::FxBuildHasher>,
     pub found: std::sync::Mutex<Vec<[u8; 16]>>,
 }
 
 impl Verified {
+    /// The digest of the key's certificate, the signed digest and the signature, each
+    /// preceded by its length.
     fn entry(key: &TrustedKey, signed_digest: &[u8], signature: &[u8]) -> [u8; 16] {
-        let mut h = sha2::Sha256::new();
-        for part in [&key.der[..], signed_digest, signature] {
+        let mut h = key.entry_prefix.clone();
+        for part in [signed_digest, signature] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part);
         }

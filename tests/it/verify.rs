@@ -395,6 +395,40 @@ fn exit_codes() {
     )));
 }
 
+#[test]
+fn a_symlink_loop_in_a_directory_is_warned_about_and_the_rest_checked() {
+    let k = Kmx::empty();
+    let dir = k.dir().join("mods");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(data("amd64/hello.ko"), dir.join("hello.ko")).unwrap();
+    // A link to itself, and two links to each other.
+    std::os::unix::fs::symlink("self.ko", dir.join("self.ko")).unwrap();
+    std::os::unix::fs::symlink("b", dir.join("a")).unwrap();
+    std::os::unix::fs::symlink("a", dir.join("b")).unwrap();
+    let run = k
+        .run(&["verify", "--no-kernel", dir.to_str().unwrap()])
+        .ok();
+    let stderr = run.stderr();
+    let mut warnings: Vec<&str> = stderr.lines().collect();
+    warnings.sort();
+    let expected: Vec<String> = ["a", "b", "self.ko"]
+        .iter()
+        .map(|name| {
+            format!(
+                "warning: {}: skipped: a symlink loop (Too many levels of symbolic links (os error 40))",
+                dir.join(name).display()
+            )
+        })
+        .collect();
+    assert_eq!(warnings, expected, "{}", run.stderr());
+    assert!(
+        run.stdout()
+            .contains("1 module checked without a kernel tree: 1 passed"),
+        "{}",
+        run.stdout()
+    );
+}
+
 /// The certificate Debian's 6.1.0-50 arm64 kernel has built in (its
 /// system_certificate_list): the key every module of that kernel is signed with.
 fn arm64_cert() -> PathBuf {
