@@ -824,6 +824,24 @@ fn step(
     logged(&mut cmd, line, log, env, stage)
 }
 
+/// Why the namespace a step was to run in could not be made, from what the step wrote to
+/// `log` after `start`: the set-up script's own line, or `unshare`'s (it fails before the
+/// script runs, e.g. when user namespaces are not allowed). `None` when the step ran.
+fn namespace_failure(log: &File, start: u64) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = log.read_at(&mut buf, start).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let first = text.lines().find(|l| !l.trim().is_empty())?;
+    if first.starts_with("unshare: ") {
+        return Some(first.to_string());
+    }
+    text.lines().find_map(|l| {
+        l.strip_prefix("kmx: cannot make the cell's private mount namespace: ")
+            .map(|why| format!("this set-up command failed: {why}"))
+    })
+}
+
 /// Run `cmd` (which runs the shell line `line`), logging its environment, the line and how
 /// it ended.
 fn logged(
@@ -852,6 +870,7 @@ fn logged(
         );
     }
     let _ = writeln!(log, "$ {line}");
+    let start = std::io::Seek::stream_position(log).unwrap_or(0);
     let started = Instant::now();
     let ended = process::run_supervised(cmd, log, env.opts.timeout, env.stop)
         .map_err(|e| stage_err(stage, e))?;
@@ -864,17 +883,20 @@ fn logged(
         Ended::Exited(status) => {
             let what = process::describe_status(status);
             let _ = writeln!(log, "# {stage}: {what} ({secs:.1}s)");
-            let namespace = in_namespace && status.code() == Some(crate::sandbox::SETUP_FAILED);
+            let namespace = match in_namespace {
+                true => namespace_failure(log, start),
+                false => None,
+            };
             Err(StageError {
                 stage,
                 message: match namespace {
-                    true => format!(
-                        "{stage}: kmx could not make the cell's private mount namespace ({what}; the log says which mount failed)"
-                    ),
-                    false if status.code() == Some(127) => format!(
+                    Some(why) => {
+                        format!("{stage}: kmx could not make the cell's private namespace: {why}")
+                    }
+                    None if status.code() == Some(127) => format!(
                         "{stage} failed: {what} (a command was not found: `kmx doctor` lists the host tools kmx needs)"
                     ),
-                    false => format!("{stage} failed: {what}"),
+                    None => format!("{stage} failed: {what}"),
                 },
                 exit_code: status.code(),
                 interrupted: false,
@@ -984,4 +1006,40 @@ pub fn first_errors(log: &Path, build_dir: &Path, n: usize) -> Vec<String> {
         .iter()
         .map(|l| l.trim().replace(&prefix, ""))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with(before: &str, step: &str) -> (tempfile::NamedTempFile, u64) {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(before.as_bytes()).expect("write");
+        let start = before.len() as u64;
+        f.write_all(step.as_bytes()).expect("write");
+        (f, start)
+    }
+
+    #[test]
+    fn a_namespace_that_cannot_be_made_is_named_with_the_reason() {
+        let (f, start) = log_with(
+            "unshare: from an earlier step\n",
+            "unshare: unshare failed: Operation not permitted\n",
+        );
+        assert_eq!(
+            namespace_failure(f.as_file(), start).as_deref(),
+            Some("unshare: unshare failed: Operation not permitted")
+        );
+        let (f, start) = log_with(
+            "",
+            "mount: overlay: permission denied\nkmx: cannot make the cell's private mount namespace: mount -t overlay kmx\n",
+        );
+        assert_eq!(
+            namespace_failure(f.as_file(), start).as_deref(),
+            Some("this set-up command failed: mount -t overlay kmx")
+        );
+        // A step that ran and failed is not a namespace failure, even if it mentions one.
+        let (f, start) = log_with("", "make: *** [Makefile:2: all] Error 1\nunshare: x\n");
+        assert_eq!(namespace_failure(f.as_file(), start), None);
+    }
 }

@@ -118,16 +118,6 @@ impl Policy {
     }
 }
 
-/// The policy of a view.
-impl View {
-    fn policy(&self) -> std::borrow::Cow<'_, Policy> {
-        match &self.purpose {
-            Purpose::Build { policy, .. } => std::borrow::Cow::Borrowed(policy),
-            Purpose::Evaluate { .. } => std::borrow::Cow::Owned(Policy::strict()),
-        }
-    }
-}
-
 /// What one cell's namespace holds, in host paths.
 #[derive(Debug, Clone)]
 pub struct View {
@@ -175,6 +165,14 @@ impl View {
 
     fn known(&self) -> bool {
         !self.name.is_empty() && !self.version.is_empty()
+    }
+
+    /// How far the view is confined: a build step's policy; always strict for dkms.conf.
+    fn policy(&self) -> std::borrow::Cow<'_, Policy> {
+        match &self.purpose {
+            Purpose::Build { policy, .. } => std::borrow::Cow::Borrowed(policy),
+            Purpose::Evaluate { .. } => std::borrow::Cow::Owned(Policy::strict()),
+        }
     }
 
     /// The set-up script: mounts, then `chroot` into the view and run the line.

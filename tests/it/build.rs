@@ -320,30 +320,6 @@ fn dry_run_prints_the_plan_and_builds_nothing() {
     assert!(!k.dir().join("kmx-out/x86only").exists());
 }
 
-/// Processes of this test (run with HOME=`dir`, which kmx passes to every build step, or
-/// working under `dir`) whose command line mentions `needle`. Tests running at the same time
-/// do not see each other's processes. The environment, not only the working directory:
-/// a cell's steps work in their private namespace, where the path is DKMS's.
-fn processes_mentioning(needle: &str, dir: &Path) -> Vec<String> {
-    let home = format!("HOME={}", dir.display());
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let ours = std::fs::read(entry.path().join("environ"))
-            .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == home.as_bytes()))
-            || std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
-        if !ours {
-            continue;
-        }
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(needle) {
-                found.push(text);
-            }
-        }
-    }
-    found
-}
-
 #[test]
 fn ctrl_c_stops_every_make_and_reports_what_finished() {
     let Some(k) = Kmx::with_trees() else { return };
@@ -921,35 +897,38 @@ fn a_signal_during_planning_kills_what_dkms_conf_started_and_leaves_nothing() {
     }
 }
 
+/// A sandbox test's kmx (as root, as CI runs: unprivileged users were checked by hand, see
+/// the README's trust model) and a listening socket on loopback that nothing in the sandbox
+/// may reach.
+fn sandbox_test() -> Option<(Kmx, std::net::TcpListener, u16)> {
+    let k = Kmx::with_trees()?;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: the sandbox test runs as root (CI does)");
+        return None;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    Some((k, listener, port))
+}
+
 /// A dkms.conf is a third party's bash, run by planning and by `--dry-run`: it cannot write
 /// or delete host files, reach the network, or leave a process behind, and one that runs
 /// forever ends the run with an error naming it.
 #[test]
 fn dkms_conf_runs_sandboxed_when_planning_and_in_a_dry_run() {
-    let Some(k) = Kmx::with_trees() else { return };
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: the sandbox test runs as root (CI does)");
+    let Some((k, listener, port)) = sandbox_test() else {
         return;
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
+    };
     let keep = k.dir().join("keep");
     write(&keep, "a host file\n");
     let made = k.dir().join("made-by-dkms-conf");
-    let src = k.dir().join("evil");
-    for f in ["hello.c", "Kbuild"] {
-        write(
-            &src.join(f),
-            &std::fs::read_to_string(repo().join("examples/hello").join(f)).unwrap(),
-        );
-    }
-    write(
-        &src.join("dkms.conf"),
+    let src = hello_source(
+        k.dir(),
+        "evil",
         &format!(
-            "PACKAGE_NAME=evil\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME[0]=hello\n\
-             DEST_MODULE_LOCATION[0]=/extra\n\
+            "PACKAGE_NAME=evil\n\
              echo pwned > {made} 2>/dev/null || echo 'sandbox: write refused'\n\
              echo pwned > $kernel_source_dir/made-by-dkms-conf 2>/dev/null || echo 'sandbox: tree write refused'\n\
              rm -f {keep} 2>/dev/null || echo 'sandbox: delete refused'\n\
@@ -1030,28 +1009,11 @@ fn dkms_conf_runs_sandboxed_when_planning_and_in_a_dry_run() {
 /// `--sandbox open` it sees the host and the network as under DKMS.
 #[test]
 fn build_steps_run_sandboxed_unless_the_sandbox_is_open() {
-    let Some(k) = Kmx::with_trees() else { return };
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: the sandbox test runs as root (CI does)");
+    let Some((k, listener, port)) = sandbox_test() else {
         return;
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
+    };
     let made = k.dir().join("made-by-pre-build");
-    let src = k.dir().join("steps");
-    for f in ["hello.c", "Kbuild"] {
-        write(
-            &src.join(f),
-            &std::fs::read_to_string(repo().join("examples/hello").join(f)).unwrap(),
-        );
-    }
-    write(
-        &src.join("dkms.conf"),
-        "PACKAGE_NAME=steps\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME[0]=hello\n\
-         DEST_MODULE_LOCATION[0]=/extra\nPRE_BUILD=pre.sh\n",
-    );
+    let src = hello_source(k.dir(), "steps", "PACKAGE_NAME=steps\nPRE_BUILD=pre.sh\n");
     write(
         &src.join("pre.sh"),
         &format!(

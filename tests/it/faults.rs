@@ -59,24 +59,6 @@ fn temporaries(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The processes of this test (by the HOME kmx passes on to every child) whose command
-/// line contains `needle`.
-fn processes_of(dir: &Path, needle: &str) -> Vec<String> {
-    let home = format!("HOME={}", dir.display());
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let ours = std::fs::read(entry.path().join("environ"))
-            .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == home.as_bytes()));
-        if ours && let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(needle) {
-                found.push(text);
-            }
-        }
-    }
-    found
-}
-
 /// kill -9 while a module is being written into the image root: the root and the store
 /// keep kmx's temporary files until the next run, which removes them (it used to leave a
 /// full 0600 module copy `.tmpXXXXXX` in the root and `.stage-*` in the store forever);
@@ -174,7 +156,7 @@ fn kill_9_during_a_build_leaves_no_make_or_compiler() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while processes_of(k.dir(), "sleep 120").is_empty() {
+    while processes_mentioning("sleep 120", k.dir()).is_empty() {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the slow build never started"
@@ -185,7 +167,7 @@ fn kill_9_during_a_build_leaves_no_make_or_compiler() {
     child.wait().unwrap();
     let killed = Instant::now();
     loop {
-        let left = processes_of(k.dir(), "");
+        let left = processes_mentioning("", k.dir());
         if left.is_empty() {
             break;
         }
@@ -304,5 +286,117 @@ fn fault_injection_short_run() {
     assert!(
         text.contains("6 iterations: 0 inconsistencies, 0 leftovers"),
         "{text}"
+    );
+}
+
+/// A tmpfs of `kib` KiB mounted at `dir` for the test's life (root only).
+struct Small(PathBuf);
+
+impl Small {
+    fn mount(dir: &Path, kib: u32) -> Small {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "kmx-test"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs at {}", dir.display());
+        Small(dir.to_path_buf())
+    }
+}
+
+impl Drop for Small {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk under the output directory, the image root or kmx's home: a clear error that
+/// names the place, the state consistent (`status --check`), no temporary file left, and
+/// what was installed before still installed.
+#[test]
+fn a_full_disk_is_a_clear_error_and_loses_nothing() {
+    let Some(k) = Kmx::with_trees() else { return };
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let (release, _, _) = k.tree_of("arm64");
+    let hello = hello_source(k.dir(), "hello", "");
+    let hello = hello.to_str().unwrap();
+
+    // --out on a full disk: every cell fails, saying so; nothing is left half-written.
+    let out = Small::mount(&k.dir().join("small-out"), 64);
+    let run = k.run(&[
+        "build",
+        hello,
+        "-t",
+        "arm64",
+        "--out",
+        out.0.to_str().unwrap(),
+    ]);
+    assert_ne!(run.code(), 0, "{}", run.stderr());
+    assert!(
+        run.stderr().contains("No space left on device"),
+        "{}",
+        run.stderr()
+    );
+    assert!(temporaries(&out.0).is_empty(), "{:?}", temporaries(&out.0));
+
+    // The image root on a full disk: the install fails naming it; an earlier install into
+    // another root is untouched and the store stays consistent.
+    k.run(&["add", hello]).ok();
+    let good = k.dir().join("rootfs");
+    let install = |root: &Path| {
+        k.run(&[
+            "install",
+            "hello",
+            "-t",
+            "arm64",
+            "-k",
+            &release,
+            "--root",
+            root.to_str().unwrap(),
+        ])
+    };
+    std::fs::create_dir_all(&good).unwrap();
+    install(&good).ok();
+    let ko = good.join(format!("lib/modules/{release}/updates/dkms/hello.ko"));
+    let before = std::fs::read(&ko).unwrap();
+    let full = Small::mount(&k.dir().join("small-root"), 8);
+    let run = install(&full.0);
+    assert_ne!(run.code(), 0);
+    assert!(
+        run.stderr().contains("No space left on device")
+            && run.stderr().contains(full.0.to_str().unwrap()),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        temporaries(&full.0).is_empty(),
+        "{:?}",
+        temporaries(&full.0)
+    );
+    assert_eq!(std::fs::read(&ko).unwrap(), before);
+    k.run(&["status", "--check"]).ok();
+
+    // kmx's home on a full disk: `add` fails naming it, and a retry elsewhere works.
+    let home = Small::mount(&k.dir().join("small-home"), 16);
+    let big = hello_source(k.dir(), "big", "PACKAGE_NAME=big\n");
+    std::fs::write(big.join("firmware.bin"), vec![7u8; 256 * 1024]).unwrap();
+    let run = k
+        .command(&["add", big.to_str().unwrap()])
+        .env("KMX_HOME", &home.0)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        temporaries(&home.0).is_empty(),
+        "{:?}",
+        temporaries(&home.0)
     );
 }

@@ -312,3 +312,27 @@ pub fn plain_make(target: &str, kdir: &Path, dir: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Processes of this test (run with HOME=`dir`, which kmx passes to every build step, or
+/// working under `dir`) whose command line mentions `needle`. Tests running at the same time
+/// do not see each other's processes. The environment, not only the working directory:
+/// a cell's steps work in their private namespace, where the path is DKMS's.
+pub fn processes_mentioning(needle: &str, dir: &Path) -> Vec<String> {
+    let home = format!("HOME={}", dir.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let ours = std::fs::read(entry.path().join("environ"))
+            .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == home.as_bytes()))
+            || std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+        if !ours {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) {
+                found.push(text);
+            }
+        }
+    }
+    found
+}
