@@ -897,9 +897,8 @@ fn a_signal_during_planning_kills_what_dkms_conf_started_and_leaves_nothing() {
     }
 }
 
-/// A sandbox test's kmx (as root, as CI runs: unprivileged users were checked by hand, see
-/// the README's trust model) and a listening socket on loopback that nothing in the sandbox
-/// may reach.
+/// A sandbox test's kmx (as root, as CI runs; the unprivileged case runs kmx as `nobody`)
+/// and a listening socket on loopback that nothing in the sandbox may reach.
 fn sandbox_test() -> Option<(Kmx, std::net::TcpListener, u16)> {
     let k = Kmx::with_trees()?;
     // SAFETY: geteuid cannot fail.
@@ -1067,4 +1066,86 @@ fn build_steps_run_sandboxed_unless_the_sandbox_is_open() {
     assert!(listener.accept().is_ok(), "the connection never arrived");
     let left = processes_mentioning("sleep 301", k.dir());
     assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// The sandbox as an unprivileged user (a user namespace, as Debian 12 allows by default):
+/// the same containment as for root, checked by running kmx as `nobody`.
+#[test]
+fn the_sandbox_contains_an_unprivileged_users_build_too() {
+    let Some((k, listener, port)) = sandbox_test() else {
+        return;
+    };
+    let keep = k.dir().join("keep");
+    write(&keep, "a host file of the user\n");
+    let src = hello_source(
+        k.dir(),
+        "userland",
+        &format!(
+            "PACKAGE_NAME=userland\nPRE_BUILD=pre.sh\n\
+             rm -f {keep} && echo 'dkms.conf: deleted it in the sandbox'\n\
+             (echo hi > /dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo 'dkms.conf: CONNECTED' || echo 'dkms.conf: no network'\n",
+            keep = keep.display()
+        ),
+    );
+    write(
+        &src.join("pre.sh"),
+        &format!(
+            "#!/bin/bash\nrm -f {keep} && echo 'step: deleted it in the sandbox'\n\
+             (echo hi > /dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo 'step: connected' || echo 'step: no network'\n",
+            keep = keep.display()
+        ),
+    );
+    // Everything of the test belongs to nobody, who can read the shared trees.
+    Command::new("chmod")
+        .arg("755")
+        .arg(src.join("pre.sh"))
+        .status()
+        .unwrap();
+    for (cmd, args) in [
+        ("chown", ["-R", "65534:65534"]),
+        ("chmod", ["-R", "u+rwX,go+rX"]),
+    ] {
+        let ok = Command::new(cmd)
+            .args(args)
+            .arg(k.dir())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{cmd} failed");
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_kmx"))
+        .args(["build", src.to_str().unwrap(), "-t", "arm64"])
+        .current_dir(k.dir())
+        .env("KMX_HOME", &k.home)
+        .env("HOME", k.dir())
+        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
+        .env_remove("KMX_CONFIG_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("without their private mount namespace"),
+        "{err}"
+    );
+    assert!(err.contains("1 built, 0 skipped, 0 failed"), "{err}");
+    assert!(keep.is_file(), "an unprivileged build deleted a host file");
+    assert!(
+        listener.accept().is_err(),
+        "an unprivileged build reached the network"
+    );
+    let log = k
+        .dir()
+        .join("kmx-out/logs/userland-1.0-6.1.0-50-arm64-arm64.log");
+    let log = std::fs::read_to_string(log).unwrap();
+    for said in [
+        "dkms.conf: deleted it in the sandbox",
+        "dkms.conf: no network",
+        "step: deleted it in the sandbox",
+        "step: no network",
+    ] {
+        assert!(log.contains(said), "{said}: {log}");
+    }
 }
