@@ -13,9 +13,10 @@
 #     clean, no kmx temporary file is left anywhere (store, root, build output, /tmp), the
 #     image root holds exactly what the operation leaves, and no install is `interrupted`.
 #
-# Then SIGINT, SIGTERM and SIGHUP at three phases of `kmx install` (planning: a dkms.conf
-# that sleeps; make: a make that sleeps; install: paused before depmod) must each give exit
-# 130 and leave no process, and the store consistent.
+# Then SIGINT, SIGTERM and SIGHUP at five phases of `kmx install` (planning: a dkms.conf
+# that sleeps; make: a make that sleeps; strip/check: paused after make; install: paused
+# while a module is written into the root; depmod: paused before depmod) must each give
+# exit 130 and leave no process, and the store consistent.
 #
 # Usage: benches/fault-injection.sh [--iterations N] [--seed S] [--kmx PATH] [--no-signals]
 #                                   [--keep]
@@ -253,22 +254,28 @@ done
 # Signals at the phases of `kmx install`: exit 130, no process left, the store consistent.
 sig_total=0 sig_bad=0
 if [ "$SIGNALS" = 1 ]; then
-  echo "signals: INT, TERM and HUP at planning, make and install"
+  echo "signals: INT, TERM and HUP at planning, make, strip/check, install and depmod"
   mkdir -p "$work/slowplan" "$work/sigroot"
   cp "$work/hello/"{hello.c,Kbuild} "$work/slowplan/"
   sed 's/^PACKAGE_NAME=.*/PACKAGE_NAME="slowplan"/' "$work/hello/dkms.conf" > "$work/slowplan/dkms.conf"
   printf 'if [ -n "$kernelver" ]; then sleep 31; fi\n' >> "$work/slowplan/dkms.conf"
+  mkdir -p "$work/stripme"
+  cp "$work/hello/"{hello.c,Kbuild} "$work/stripme/"
+  sed 's/^PACKAGE_NAME=.*/PACKAGE_NAME="stripme"/' "$work/hello/dkms.conf" > "$work/stripme/dkms.conf"
+  kmx add "$work/stripme" >/dev/null 2>&1
   kmx add "$work/slowplan" >/dev/null 2>&1
   kmx add "$repo/tests/fixtures/modules/slow" >/dev/null 2>&1
   kmx add "$work/hello" >/dev/null 2>&1
   for sig in INT TERM HUP; do
-    for phase in planning make install; do
+    for phase in planning make strip install depmod; do
       sig_total=$((sig_total + 1))
       log=$work/sig-$sig-$phase
       case $phase in
         planning) module=slowplan; wait_for='sleep 31'; pause= ;;
         make) module=slow; wait_for='sleep 120'; pause= ;;
-        install) module=hello; wait_for='paused at before-depmod'; pause=before-depmod ;;
+        strip) module=stripme; wait_for='paused at before-strip'; pause=before-strip ;;
+        install) module=hello; wait_for='paused at writing-module'; pause=writing-module ;;
+        depmod) module=hello; wait_for='paused at before-depmod'; pause=before-depmod ;;
       esac
       HOME=$mark KMX_TEST_PAUSE_AT=$pause "$KMX" install "$module" -t arm64 -k "$release" \
         --root "$work/sigroot" > "$log" 2>&1 &
@@ -276,7 +283,7 @@ if [ "$SIGNALS" = 1 ]; then
       pids+=("$pid")
       ready=0
       for _ in $(seq 600); do
-        if [ $phase = install ]; then
+        if [ -n "$pause" ]; then
           grep -q "$wait_for" "$log" && ready=1
         else
           for p in $(procs); do

@@ -205,6 +205,27 @@ struct StageError {
     interrupted: bool,
 }
 
+/// The test hook (`KMX_TEST_PAUSE_AT=<point>`, as in `install`): wait at `point` until the
+/// run is stopped (Ctrl-C, SIGTERM, SIGHUP), then end the cell as interrupted.
+fn test_pause(env: &RunEnv, point: &'static str) -> Result<(), StageError> {
+    if std::env::var("KMX_TEST_PAUSE_AT").is_ok_and(|p| p == point) {
+        eprintln!("kmx: paused at {point} (KMX_TEST_PAUSE_AT)");
+        let start = Instant::now();
+        while !env.stop.load(std::sync::atomic::Ordering::Relaxed)
+            && start.elapsed().as_secs() < 3600
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        return Err(StageError {
+            stage: point,
+            message: format!("interrupted at {point}"),
+            exit_code: None,
+            interrupted: true,
+        });
+    }
+    Ok(())
+}
+
 fn stage_err(stage: &'static str, e: Error) -> StageError {
     StageError {
         stage,
@@ -503,6 +524,7 @@ fn run_stages(
         warnings.extend(build_script(cell, env, &mut log, "POST_BUILD", post)?);
     }
 
+    test_pause(env, "before-strip")?;
     // Collect, strip and check every expected module: it must load on the cell's kernel,
     // its symbols resolved by the kernel, this cell's own exports or its dependencies'.
     let tree_symbols = env

@@ -287,6 +287,11 @@ fn fault_injection_short_run() {
         text.contains("6 iterations: 0 inconsistencies, 0 leftovers"),
         "{text}"
     );
+    // INT, TERM and HUP at planning, make, strip/check, install and depmod.
+    assert!(
+        text.contains("signals: 15/15 gave exit 130 and left nothing"),
+        "{text}"
+    );
 }
 
 /// A tmpfs of `kib` KiB mounted at `dir` for the test's life (root only).
