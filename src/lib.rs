@@ -14,6 +14,8 @@
 //! - [`smoke`]: boot-and-load proof: real kernels under QEMU load the modules.
 //! - [`state`]: kmx's home and the on-disk stores (the lifecycle store, tarballs, the
 //!   build cache).
+//! - [`lifecycle`]: DKMS's lifecycle over the store: preparing registered modules for
+//!   installation (building what is missing or stale), status lines.
 //! - [`install`]: installing built modules into a root and uninstalling them.
 //! - [`digest`]: hashing on the ground floor (hex, file hashes, fingerprints).
 //! - [`error`]: the one error type and the exit codes.
@@ -29,6 +31,7 @@ pub mod digest;
 pub mod error;
 pub mod install;
 pub mod kernel;
+pub mod lifecycle;
 pub mod matrix;
 pub mod process;
 pub mod sandbox;

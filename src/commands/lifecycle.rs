@@ -1,32 +1,24 @@
 //! The lifecycle commands, DKMS's words: `add`, `install`, `uninstall`, `remove`, `status`,
-//! `autoinstall`, `keys generate`, `tarball`, `load-tarball`. They resolve what to act on,
-//! take the store's lock, build through [`crate::matrix::pipeline::execute`] when a cell is
-//! missing or stale, and hand installing to [`crate::install`].
+//! `autoinstall`, `keys generate`, `tarball`, `load-tarball`. They parse, take the store's
+//! lock, get cells ready through [`crate::lifecycle::prepare`] (which builds what is missing
+//! or stale), hand installing to [`crate::install`], and print.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-
-use serde::Serialize;
 
 use super::progress::Printer;
 use super::{Context, print_json};
 use crate::cli::{AutoinstallArgs, InstallArgs, SignArgs, UninstallArgs};
-use crate::config::load_spec;
-use crate::config::manifest::CellVars;
-use crate::config::manifest::ModuleSpec;
 use crate::error::{Error, Kind, Result, exit};
-use crate::install::{self, Hook, SignKey};
-use crate::kernel::registry::{Registry, trees_of};
-use crate::kernel::tree::KernelTree;
-use crate::matrix::pipeline::{self, Options, setup_targets};
-use crate::matrix::plan::{self, Action, Cell, Plan, TargetSetup};
+use crate::install::{self, SignKey};
+use crate::lifecycle::prepare::{Prep, Ready, evaluate_generic, prepare, prepare_binary};
+use crate::matrix::pipeline::{Options, setup_targets};
+use crate::matrix::plan::Cell;
 use crate::process;
 use crate::state::cache::{Cache, DEFAULT_MAX_BYTES};
 use crate::state::store::{
-    BuiltFile, BuiltRecord, CellKey, InstallRecord, InstallState, SourceRecord, Store,
-    content_hash, now, valid_component,
+    BuiltRecord, CellKey, InstallRecord, SourceRecord, Store, content_hash, now, valid_component,
 };
 
 /// Read once per command: the test hook that pauses an install at a named step.
@@ -64,24 +56,6 @@ fn pick_version(store: &Store, module: &str, version: Option<String>) -> Result<
         Error::usage(format!("module `{module}` is not registered"))
             .hint("register its source with `kmx add DIR`, or import a build with `kmx load-tarball FILE`")
     })
-}
-
-/// Evaluate a source's manifest without a kernel (for its name, version and hooks).
-fn evaluate_generic(src: &Path) -> Result<ModuleSpec> {
-    let tmp = tempfile::tempdir()
-        .map_err(|e| Error::env(format!("cannot create a temporary directory: {e}")))?;
-    let vars = CellVars {
-        kernelver: String::new(),
-        kernel_source_dir: PathBuf::new(),
-        arch: String::new(),
-        source_dir: src.to_path_buf(),
-        source_tree: tmp.path().to_path_buf(),
-        dkms_tree: tmp.path().join("dkms"),
-        module_hint: None,
-        identity: None,
-        sandbox: None,
-    };
-    load_spec(src, &vars)
 }
 
 pub fn add(ctx: &Context, store: &Store, source: &Path, wait: bool) -> Result<i32> {
@@ -193,278 +167,6 @@ fn sign_key(ctx: &Context, args: &SignArgs) -> Result<Option<SignKey>> {
     Ok((key.is_file() && cert.is_file()).then_some(SignKey { key, cert }))
 }
 
-/// A built cell ready to install, with what installing it needs.
-struct Ready {
-    record: BuiltRecord,
-    cell_dir: PathBuf,
-    pre_install: Option<Hook>,
-    post_install: Option<Hook>,
-    sign_file: Option<PathBuf>,
-}
-
-enum Prep {
-    Ready(Box<Ready>),
-    Skipped(String),
-}
-
-fn sign_file_of(tree: &KernelTree) -> Option<PathBuf> {
-    Some(tree.kdir.join("scripts/sign-file")).filter(|p| p.is_file())
-}
-
-/// A kernel tree of `target` with `release` on this machine, if any (no toolchain needed).
-fn find_tree(ctx: &Context, target: &str, release: &str) -> Option<KernelTree> {
-    let registry = Registry::load(&ctx.home).ok()?;
-    let t = ctx.profiles.target(target).ok()?;
-    trees_of(t, &registry)
-        .into_iter()
-        .filter_map(|r| KernelTree::inspect(&r.kdir).ok())
-        .find(|tree| tree.release == release)
-}
-
-fn record_of(cell: &Cell, artifacts: &[crate::matrix::cell::Artifact], hash: &str) -> BuiltRecord {
-    let files = cell
-        .spec
-        .modules
-        .iter()
-        .map(|m| {
-            let file = format!("{}.ko", m.built_name);
-            let sha256 = artifacts
-                .iter()
-                .find(|a| {
-                    a.file
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy() == file)
-                })
-                .map(|a| a.sha256.clone())
-                .unwrap_or_default();
-            BuiltFile {
-                file,
-                sha256,
-                dest_name: m.dest_name.clone(),
-                dest_location: m.dest_location.clone(),
-            }
-        })
-        .collect();
-    BuiltRecord {
-        module: cell.spec.name.clone(),
-        version: cell.spec.version.clone(),
-        release: cell.tree.release.clone(),
-        target: cell.target.target.name.clone(),
-        vermagic: cell.tree.vermagic.to_string(),
-        kdir: cell.tree.kdir.clone(),
-        source_hash: Some(hash.to_string()),
-        files,
-        compress: cell.tree.compress.map(|c| c.extension().to_string()),
-        sig_enabled: cell.tree.module_sig.enabled,
-        sig_force: cell.tree.module_sig.force,
-        sig_hash: cell.tree.module_sig.hash.clone(),
-        autoinstall: cell.spec.autoinstall,
-        origin: "build".to_string(),
-        built_at: now(),
-    }
-}
-
-fn cell_key(c: &Cell) -> CellKey {
-    CellKey {
-        module: c.spec.name.clone(),
-        version: c.spec.version.clone(),
-        release: c.tree.release.clone(),
-        target: c.target.target.name.clone(),
-    }
-}
-
-/// The key under which a whole source's failure (before any cell exists) is reported.
-fn source_key(module: &str, version: &str) -> CellKey {
-    CellKey {
-        module: module.to_string(),
-        version: version.to_string(),
-        release: "-".into(),
-        target: "-".into(),
-    }
-}
-
-/// Whether a built record is usable for the source with `hash`: same source, files there.
-fn fresh(store: &Store, rec: &BuiltRecord, hash: &str) -> bool {
-    let dir = store.cell_dir(&rec.module, &rec.version, &rec.release, &rec.target);
-    rec.source_hash.as_deref() == Some(hash)
-        && rec.files.iter().all(|f| dir.join(&f.file).is_file())
-}
-
-/// The cells of `plan` at `needed`, plus everything they depend on, as a plan of its own.
-fn subplan(plan: &Plan, needed: &[usize]) -> Plan {
-    let mut keep = vec![false; plan.cells.len()];
-    let mut stack: Vec<usize> = needed.to_vec();
-    while let Some(i) = stack.pop() {
-        if !keep[i] {
-            keep[i] = true;
-            stack.extend(plan.cells[i].deps.iter().copied());
-        }
-    }
-    plan.subset(&keep)
-}
-
-/// Plan the registered sources `sources` ((module, version) pairs) for `targets`, pick the
-/// cells `want` accepts, build those that are missing or stale (in one parallel run), and
-/// return each picked cell ready to install, skipped by a rule, or failed.
-fn prepare(
-    store: &Store,
-    sources: &[(String, String)],
-    targets: &[Arc<TargetSetup>],
-    want: &dyn Fn(&Cell) -> bool,
-    exec: &Options,
-) -> Vec<(CellKey, Result<Prep>)> {
-    let mut out = Vec::new();
-    let mut hashes: HashMap<PathBuf, String> = HashMap::new();
-    let mut dirs = Vec::new();
-    for (m, v) in sources {
-        let dir = store.source_copy(m, v);
-        match content_hash(&dir) {
-            Ok(h) => {
-                hashes.insert(dir.clone(), h);
-                dirs.push((m.clone(), v.clone(), dir));
-            }
-            Err(e) => out.push((
-                source_key(m, v),
-                Err(e.hint(format!(
-                    "the registered copy is damaged: `kmx add` the source of {m} {v} again"
-                ))),
-            )),
-        }
-    }
-    // One plan for all (so BUILD_DEPENDS resolve); if that fails, one per source so one
-    // broken manifest does not stop the others.
-    let all: Vec<PathBuf> = dirs.iter().map(|(_, _, d)| d.clone()).collect();
-    let plans: Vec<Plan> = match plan::plan(&all, targets, &store.built()) {
-        Ok(p) => vec![p],
-        Err(_) => {
-            let mut plans = Vec::new();
-            for (m, v, d) in &dirs {
-                match plan::plan(std::slice::from_ref(d), targets, &store.built()) {
-                    Ok(p) => plans.push(p),
-                    Err(e) => out.push((source_key(m, v), Err(e))),
-                }
-            }
-            plans
-        }
-    };
-    for plan in plans {
-        let mut needed = Vec::new();
-        let mut picked = Vec::new();
-        for c in &plan.cells {
-            if !want(c) {
-                continue;
-            }
-            let key = cell_key(c);
-            if let Action::Skip(reason) = &c.action {
-                out.push((key, Ok(Prep::Skipped(reason.clone()))));
-                continue;
-            }
-            let hash = hashes.get(&c.source).cloned().unwrap_or_default();
-            let ok = matches!(store.load_built(&key), Ok(Some(rec)) if fresh(store, &rec, &hash));
-            if !ok {
-                needed.push(c.index);
-            }
-            picked.push(c.index);
-        }
-        let mut failures: HashMap<usize, Error> = HashMap::new();
-        if !needed.is_empty() {
-            let sub = subplan(&plan, &needed);
-            let built = crate::process::stop_flag()
-                .and_then(|stop| pipeline::execute(&sub, exec, &stop, &mut Printer::default()));
-            match built {
-                Ok(report) => {
-                    for (c, r) in sub.cells.iter().zip(&report.cells) {
-                        let orig = plan
-                            .cells
-                            .iter()
-                            .position(|o| cell_key(o) == cell_key(c))
-                            .unwrap_or(usize::MAX);
-                        // A cell reused unchanged ("fresh") is as good as one built now.
-                        if r.status.has_modules() {
-                            let hash = hashes.get(&c.source).cloned().unwrap_or_default();
-                            if let Err(e) = store.save_built(&record_of(c, &r.artifacts, &hash)) {
-                                failures.insert(orig, e);
-                            }
-                        } else if r.status == crate::matrix::cell::CellStatus::Interrupted {
-                            failures.insert(
-                                orig,
-                                Error::new(Kind::Interrupted, "interrupted: the build was stopped")
-                                    .hint(format!("see the log: {}", r.log.display())),
-                            );
-                        } else {
-                            let mut e = Error::failed(format!(
-                                "build {}: {}",
-                                r.status.word(),
-                                r.reason.clone().unwrap_or_default()
-                            ));
-                            for line in &r.errors {
-                                e = e.caused_by(line);
-                            }
-                            failures
-                                .insert(orig, e.hint(format!("see the log: {}", r.log.display())));
-                        }
-                    }
-                }
-                // The run could not start (no jobserver, no threads, ...): every cell it
-                // held fails with that error, keeping its kind (and exit code).
-                Err(e) => {
-                    for &i in &needed {
-                        failures.insert(i, e.clone());
-                    }
-                }
-            }
-        }
-        for i in picked {
-            let c = &plan.cells[i];
-            let key = cell_key(c);
-            if let Some(e) = failures.remove(&i) {
-                out.push((key, Err(e)));
-                continue;
-            }
-            let hook = |line: &Option<String>| {
-                line.as_ref().map(|l| Hook {
-                    line: l.clone(),
-                    dir: c.source.clone(),
-                })
-            };
-            let res = match store.load_built(&key) {
-                Ok(Some(record)) => Ok(Prep::Ready(Box::new(Ready {
-                    cell_dir: store.cell_dir(&key.module, &key.version, &key.release, &key.target),
-                    record,
-                    pre_install: hook(&c.spec.pre_install),
-                    post_install: hook(&c.spec.post_install),
-                    sign_file: sign_file_of(&c.tree),
-                }))),
-                Ok(None) => Err(Error::failed(format!("{key}: the build left no record"))),
-                Err(e) => Err(e),
-            };
-            out.push((key, res));
-        }
-    }
-    out
-}
-
-/// A cell known only as a built record (imported from a tarball).
-fn prepare_binary(ctx: &Context, store: &Store, key: &CellKey) -> Result<Prep> {
-    let record = store.load_built(key)?.ok_or_else(|| {
-        Error::usage(format!("{key} is neither registered nor built")).hint(
-            "register its source with `kmx add DIR` or import it with `kmx load-tarball FILE`",
-        )
-    })?;
-    let sign_file = if record.sig_enabled {
-        find_tree(ctx, &key.target, &key.release).and_then(|t| sign_file_of(&t))
-    } else {
-        None
-    };
-    Ok(Prep::Ready(Box::new(Ready {
-        cell_dir: store.cell_dir(&key.module, &key.version, &key.release, &key.target),
-        record,
-        pre_install: None,
-        post_install: None,
-        sign_file,
-    })))
-}
-
 fn do_install(
     store: &Store,
     root: &Path,
@@ -543,6 +245,7 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
             &targets,
             &want,
             &exec,
+            &mut Printer::default(),
         );
         match res.pop() {
             Some((_, r)) => r?,
@@ -554,7 +257,7 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
             }
         }
     } else {
-        prepare_binary(ctx, store, &key)?
+        prepare_binary(&ctx.profiles, &ctx.home, store, &key)?
     };
     match prep {
         Prep::Skipped(reason) => {
@@ -733,132 +436,8 @@ fn warn_on_failure(name: &str, line: &str, dir: &Path) {
     }
 }
 
-/// One line of `kmx status`.
-#[derive(Debug, Default, Serialize)]
-struct StatusLine {
-    module: String,
-    version: String,
-    kernel: Option<String>,
-    target: Option<String>,
-    /// added, built, installed
-    state: String,
-    added: bool,
-    built: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    built_from: Option<String>,
-    stale: bool,
-    broken: Vec<String>,
-    installed: Vec<StatusInstall>,
-}
-
-#[derive(Debug, Serialize)]
-struct StatusInstall {
-    root: PathBuf,
-    /// installed, interrupted (re-run the command), in_progress
-    state: String,
-    files: Vec<PathBuf>,
-}
-
-/// The status line of one (module, version, kernel, target), created on first use.
-fn line_of<'a>(
-    lines: &'a mut BTreeMap<(String, String, String, String), StatusLine>,
-    k: &crate::state::store::CellKey,
-) -> &'a mut StatusLine {
-    let line = lines
-        .entry((
-            k.module.clone(),
-            k.version.clone(),
-            k.release.clone(),
-            k.target.clone(),
-        ))
-        .or_default();
-    line.module = k.module.clone();
-    line.version = k.version.clone();
-    line.kernel = Some(k.release.clone());
-    line.target = Some(k.target.clone());
-    line
-}
-
 pub fn status(store: &Store, json: bool) -> Result<i32> {
-    let busy = store.is_locked();
-    let mut lines: BTreeMap<(String, String, String, String), StatusLine> = BTreeMap::new();
-    let mut hashes: HashMap<(String, String), Option<String>> = HashMap::new();
-    for s in store.sources_all()? {
-        let h = content_hash(&store.source_copy(&s.module, &s.version)).ok();
-        hashes.insert((s.module.clone(), s.version.clone()), h);
-    }
-    for b in store.built_all()? {
-        let k = b.key();
-        let dir = store.cell_dir(&k.module, &k.version, &k.release, &k.target);
-        let line = line_of(&mut lines, &k);
-        line.built = true;
-        line.built_from = Some(b.origin.clone());
-        if let Some(current) = hashes.get(&(k.module.clone(), k.version.clone())) {
-            line.added = true;
-            line.stale = current.is_some() && b.source_hash != *current;
-        }
-        for f in &b.files {
-            if !dir.join(&f.file).is_file() {
-                line.broken
-                    .push(format!("missing {}", dir.join(&f.file).display()));
-            }
-        }
-    }
-    for r in store.installs_all()? {
-        let k = r.key();
-        let line = line_of(&mut lines, &k);
-        line.added |= hashes.contains_key(&(k.module.clone(), k.version.clone()));
-        let state = match r.state {
-            InstallState::Installed => "installed",
-            _ if busy => "in_progress",
-            _ => "interrupted",
-        };
-        if r.state == InstallState::Installed {
-            for f in &r.files {
-                let p = r.root.join(&f.path);
-                if !p.is_file() {
-                    line.broken.push(format!("missing {}", p.display()));
-                }
-            }
-        }
-        line.installed.push(StatusInstall {
-            root: r.root.clone(),
-            state: state.to_string(),
-            files: r.files.iter().map(|f| f.path.clone()).collect(),
-        });
-    }
-    // Registered sources with nothing built: one line each.
-    let mut with_cells: std::collections::HashSet<(String, String)> =
-        std::collections::HashSet::new();
-    for l in lines.values() {
-        with_cells.insert((l.module.clone(), l.version.clone()));
-    }
-    for (m, v) in hashes.keys() {
-        if !with_cells.contains(&(m.clone(), v.clone())) {
-            lines.insert(
-                (m.clone(), v.clone(), String::new(), String::new()),
-                StatusLine {
-                    module: m.clone(),
-                    version: v.clone(),
-                    added: true,
-                    ..StatusLine::default()
-                },
-            );
-        }
-    }
-    let mut out: Vec<StatusLine> = lines.into_values().collect();
-    for l in &mut out {
-        l.state = if l.installed.iter().any(|i| i.state == "installed") {
-            "installed"
-        } else if l.built {
-            "built"
-        } else if l.installed.is_empty() {
-            "added"
-        } else {
-            "installing"
-        }
-        .to_string();
-    }
+    let out = crate::lifecycle::status::lines(store)?;
     if json {
         print_json(&out)?;
         return Ok(exit::OK);
@@ -1000,7 +579,14 @@ pub fn autoinstall(
         };
         let want = |c: &Cell| c.spec.autoinstall && c.tree.release == args.kernel;
         let sources: Vec<(String, String)> = newest.into_iter().collect();
-        results = prepare(store, &sources, &targets, &want, &exec);
+        results = prepare(
+            store,
+            &sources,
+            &targets,
+            &want,
+            &exec,
+            &mut Printer::default(),
+        );
     }
     // Binary-only modules (from tarballs) built for this kernel.
     for b in store.built_all()? {
@@ -1009,7 +595,10 @@ pub fn autoinstall(
             && store.load_source(&b.module, &b.version)?.is_none()
             && !results.iter().any(|(k, _)| k.module == b.module)
         {
-            results.push((b.key(), prepare_binary(ctx, store, &b.key())));
+            results.push((
+                b.key(),
+                prepare_binary(&ctx.profiles, &ctx.home, store, &b.key()),
+            ));
         }
     }
     if results.is_empty() {

@@ -508,6 +508,19 @@ fn resolve_dependencies(cells: &mut [Cell]) -> Result<()> {
 }
 
 impl Plan {
+    /// The cells at positions `needed`, plus everything they depend on, as a plan of its own.
+    pub fn with_dependencies(&self, needed: &[usize]) -> Plan {
+        let mut keep = vec![false; self.cells.len()];
+        let mut stack: Vec<usize> = needed.to_vec();
+        while let Some(i) = stack.pop() {
+            if !keep[i] {
+                keep[i] = true;
+                stack.extend(self.cells[i].deps.iter().copied());
+            }
+        }
+        self.subset(&keep)
+    }
+
     /// The cells `keep` marks, as a plan of its own: dependencies are remapped to the new
     /// positions (and dropped if not kept); each cell keeps its index in the whole plan.
     pub fn subset(&self, keep: &[bool]) -> Plan {

@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicBool;
 use crate::config::Profiles;
 use crate::error::{Error, Result};
 use crate::matrix::pipeline::{self, Options, Progress};
-use crate::matrix::plan::{self, Plan, TargetSetup};
+use crate::matrix::plan::{self, TargetSetup};
 use crate::matrix::provenance::{Inputs, Provenance};
 use crate::state::Home;
 
@@ -98,9 +98,7 @@ pub fn check(
         return Ok(Verdict::InputsDiffer(differ));
     }
     // The cell and what it depends on, nothing else.
-    let mut keep = vec![false; plan.cells.len()];
-    mark(&plan, cell.index, &mut keep);
-    let sub = plan.subset(&keep);
+    let sub = plan.with_dependencies(&[cell.index]);
     let opts = Options {
         force: true,
         cache: None,
@@ -147,20 +145,6 @@ pub fn check(
         true => Verdict::Same,
         false => Verdict::Differs(diffs),
     })
-}
-
-/// Mark `i` and every cell it depends on.
-fn mark(plan: &Plan, i: usize, keep: &mut [bool]) {
-    let Some(pos) = plan.cells.iter().position(|c| c.index == i) else {
-        return;
-    };
-    if keep[pos] {
-        return;
-    }
-    keep[pos] = true;
-    for &d in &plan.cells[pos].deps {
-        mark(plan, plan.cells[d].index, keep);
-    }
 }
 
 /// The inputs (by name) whose values differ; locations (where the source and the tree

@@ -214,11 +214,14 @@ impl View {
                 "mount -t overlay kmx -o lowerdir={at},upperdir=stage/{i}/u,workdir=stage/{i}/w {at}"
             ));
         }
-        let kver = lib_modules.join(&self.release);
-        let link = inside(&kver.join("build"));
-        s.run(format!("mkdir -p {}", q(&inside(&kver))));
-        s.run(format!("rm -rf {}", q(&link)));
-        s.run(format!("ln -s {} {}", q(&self.kdir), q(&link)));
+        // No kernel when a source is registered (`kmx add`): no build link then.
+        if !self.release.is_empty() {
+            let kver = lib_modules.join(&self.release);
+            let link = inside(&kver.join("build"));
+            s.run(format!("mkdir -p {}", q(&inside(&kver))));
+            s.run(format!("rm -rf {}", q(&link)));
+            s.run(format!("ln -s {} {}", q(&self.kdir), q(&link)));
+        }
         if self.known() {
             s.bind(
                 &self.source,

@@ -1,0 +1,310 @@
+//! Making registered modules ready to install: plan the registered sources for the
+//! targets, build (in one parallel run, through [`crate::matrix::pipeline::execute`]) the
+//! cells that are missing or stale, record them in the store, and hand back each cell ready
+//! to install, skipped by a rule, or failed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::manifest::{CellVars, ModuleSpec};
+use crate::config::{Profiles, load_spec};
+use crate::error::{Error, Kind, Result};
+use crate::install::Hook;
+use crate::kernel::registry::{Registry, trees_of};
+use crate::kernel::tree::KernelTree;
+use crate::matrix::pipeline::{self, Options, Progress};
+use crate::matrix::plan::{self, Action, Cell, Plan, TargetSetup};
+use crate::state::Home;
+use crate::state::store::{BuiltFile, BuiltRecord, CellKey, Store, content_hash, now};
+
+/// Evaluate a source's manifest without a kernel (for its name, version and hooks).
+pub fn evaluate_generic(src: &Path) -> Result<ModuleSpec> {
+    let tmp = tempfile::tempdir()
+        .map_err(|e| Error::env(format!("cannot create a temporary directory: {e}")))?;
+    let vars = CellVars {
+        kernelver: String::new(),
+        kernel_source_dir: PathBuf::new(),
+        arch: String::new(),
+        source_dir: src.to_path_buf(),
+        source_tree: tmp.path().to_path_buf(),
+        dkms_tree: tmp.path().join("dkms"),
+        module_hint: None,
+        identity: None,
+        // In the sandbox, like every reading of a dkms.conf, where it can be made.
+        sandbox: crate::sandbox::available()
+            .is_ok()
+            .then(|| Arc::new(Vec::new())),
+    };
+    load_spec(src, &vars)
+}
+
+/// A built cell ready to install, with what installing it needs.
+pub struct Ready {
+    pub record: BuiltRecord,
+    pub cell_dir: PathBuf,
+    pub pre_install: Option<Hook>,
+    pub post_install: Option<Hook>,
+    pub sign_file: Option<PathBuf>,
+}
+
+pub enum Prep {
+    Ready(Box<Ready>),
+    Skipped(String),
+}
+
+pub fn sign_file_of(tree: &KernelTree) -> Option<PathBuf> {
+    Some(tree.kdir.join("scripts/sign-file")).filter(|p| p.is_file())
+}
+
+/// A kernel tree of `target` with `release` on this machine, if any (no toolchain needed).
+pub fn find_tree(
+    profiles: &Profiles,
+    home: &Home,
+    target: &str,
+    release: &str,
+) -> Option<KernelTree> {
+    let registry = Registry::load(home).ok()?;
+    let t = profiles.target(target).ok()?;
+    trees_of(t, &registry)
+        .into_iter()
+        .filter_map(|r| KernelTree::inspect(&r.kdir).ok())
+        .find(|tree| tree.release == release)
+}
+
+fn record_of(cell: &Cell, artifacts: &[crate::matrix::cell::Artifact], hash: &str) -> BuiltRecord {
+    let files = cell
+        .spec
+        .modules
+        .iter()
+        .map(|m| {
+            let file = format!("{}.ko", m.built_name);
+            let sha256 = artifacts
+                .iter()
+                .find(|a| {
+                    a.file
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy() == file)
+                })
+                .map(|a| a.sha256.clone())
+                .unwrap_or_default();
+            BuiltFile {
+                file,
+                sha256,
+                dest_name: m.dest_name.clone(),
+                dest_location: m.dest_location.clone(),
+            }
+        })
+        .collect();
+    BuiltRecord {
+        module: cell.spec.name.clone(),
+        version: cell.spec.version.clone(),
+        release: cell.tree.release.clone(),
+        target: cell.target.target.name.clone(),
+        vermagic: cell.tree.vermagic.to_string(),
+        kdir: cell.tree.kdir.clone(),
+        source_hash: Some(hash.to_string()),
+        files,
+        compress: cell.tree.compress.map(|c| c.extension().to_string()),
+        sig_enabled: cell.tree.module_sig.enabled,
+        sig_force: cell.tree.module_sig.force,
+        sig_hash: cell.tree.module_sig.hash.clone(),
+        autoinstall: cell.spec.autoinstall,
+        origin: "build".to_string(),
+        built_at: now(),
+    }
+}
+
+pub fn cell_key(c: &Cell) -> CellKey {
+    CellKey {
+        module: c.spec.name.clone(),
+        version: c.spec.version.clone(),
+        release: c.tree.release.clone(),
+        target: c.target.target.name.clone(),
+    }
+}
+
+/// The key under which a whole source's failure (before any cell exists) is reported.
+fn source_key(module: &str, version: &str) -> CellKey {
+    CellKey {
+        module: module.to_string(),
+        version: version.to_string(),
+        release: "-".into(),
+        target: "-".into(),
+    }
+}
+
+/// Whether a built record is usable for the source with `hash`: same source, files there.
+fn fresh(store: &Store, rec: &BuiltRecord, hash: &str) -> bool {
+    let dir = store.cell_dir(&rec.module, &rec.version, &rec.release, &rec.target);
+    rec.source_hash.as_deref() == Some(hash)
+        && rec.files.iter().all(|f| dir.join(&f.file).is_file())
+}
+
+/// Plan the registered sources `sources` ((module, version) pairs) for `targets`, pick the
+/// cells `want` accepts, build those that are missing or stale (in one parallel run), and
+/// return each picked cell ready to install, skipped by a rule, or failed.
+pub fn prepare(
+    store: &Store,
+    sources: &[(String, String)],
+    targets: &[Arc<TargetSetup>],
+    want: &dyn Fn(&Cell) -> bool,
+    exec: &Options,
+    progress: &mut dyn Progress,
+) -> Vec<(CellKey, Result<Prep>)> {
+    let mut out = Vec::new();
+    let mut hashes: HashMap<PathBuf, String> = HashMap::new();
+    let mut dirs = Vec::new();
+    for (m, v) in sources {
+        let dir = store.source_copy(m, v);
+        match content_hash(&dir) {
+            Ok(h) => {
+                hashes.insert(dir.clone(), h);
+                dirs.push((m.clone(), v.clone(), dir));
+            }
+            Err(e) => out.push((
+                source_key(m, v),
+                Err(e.hint(format!(
+                    "the registered copy is damaged: `kmx add` the source of {m} {v} again"
+                ))),
+            )),
+        }
+    }
+    // One plan for all (so BUILD_DEPENDS resolve); if that fails, one per source so one
+    // broken manifest does not stop the others.
+    let all: Vec<PathBuf> = dirs.iter().map(|(_, _, d)| d.clone()).collect();
+    let plans: Vec<Plan> = match plan::plan(&all, targets, &store.built()) {
+        Ok(p) => vec![p],
+        Err(_) => {
+            let mut plans = Vec::new();
+            for (m, v, d) in &dirs {
+                match plan::plan(std::slice::from_ref(d), targets, &store.built()) {
+                    Ok(p) => plans.push(p),
+                    Err(e) => out.push((source_key(m, v), Err(e))),
+                }
+            }
+            plans
+        }
+    };
+    for plan in plans {
+        let mut needed = Vec::new();
+        let mut picked = Vec::new();
+        for c in &plan.cells {
+            if !want(c) {
+                continue;
+            }
+            let key = cell_key(c);
+            if let Action::Skip(reason) = &c.action {
+                out.push((key, Ok(Prep::Skipped(reason.clone()))));
+                continue;
+            }
+            let hash = hashes.get(&c.source).cloned().unwrap_or_default();
+            let ok = matches!(store.load_built(&key), Ok(Some(rec)) if fresh(store, &rec, &hash));
+            if !ok {
+                needed.push(c.index);
+            }
+            picked.push(c.index);
+        }
+        let mut failures: HashMap<usize, Error> = HashMap::new();
+        if !needed.is_empty() {
+            let sub = plan.with_dependencies(&needed);
+            let built = crate::process::stop_flag()
+                .and_then(|stop| pipeline::execute(&sub, exec, &stop, progress));
+            match built {
+                Ok(report) => {
+                    for (c, r) in sub.cells.iter().zip(&report.cells) {
+                        let orig = plan
+                            .cells
+                            .iter()
+                            .position(|o| cell_key(o) == cell_key(c))
+                            .unwrap_or(usize::MAX);
+                        // A cell reused unchanged ("fresh") is as good as one built now.
+                        if r.status.has_modules() {
+                            let hash = hashes.get(&c.source).cloned().unwrap_or_default();
+                            if let Err(e) = store.save_built(&record_of(c, &r.artifacts, &hash)) {
+                                failures.insert(orig, e);
+                            }
+                        } else if r.status == crate::matrix::cell::CellStatus::Interrupted {
+                            failures.insert(
+                                orig,
+                                Error::new(Kind::Interrupted, "interrupted: the build was stopped")
+                                    .hint(format!("see the log: {}", r.log.display())),
+                            );
+                        } else {
+                            let mut e = Error::failed(format!(
+                                "build {}: {}",
+                                r.status.word(),
+                                r.reason.clone().unwrap_or_default()
+                            ));
+                            for line in &r.errors {
+                                e = e.caused_by(line);
+                            }
+                            failures
+                                .insert(orig, e.hint(format!("see the log: {}", r.log.display())));
+                        }
+                    }
+                }
+                // The run could not start (no jobserver, no threads, ...): every cell it
+                // held fails with that error, keeping its kind (and exit code).
+                Err(e) => {
+                    for &i in &needed {
+                        failures.insert(i, e.clone());
+                    }
+                }
+            }
+        }
+        for i in picked {
+            let c = &plan.cells[i];
+            let key = cell_key(c);
+            if let Some(e) = failures.remove(&i) {
+                out.push((key, Err(e)));
+                continue;
+            }
+            let hook = |line: &Option<String>| {
+                line.as_ref().map(|l| Hook {
+                    line: l.clone(),
+                    dir: c.source.clone(),
+                })
+            };
+            let res = match store.load_built(&key) {
+                Ok(Some(record)) => Ok(Prep::Ready(Box::new(Ready {
+                    cell_dir: store.cell_dir(&key.module, &key.version, &key.release, &key.target),
+                    record,
+                    pre_install: hook(&c.spec.pre_install),
+                    post_install: hook(&c.spec.post_install),
+                    sign_file: sign_file_of(&c.tree),
+                }))),
+                Ok(None) => Err(Error::failed(format!("{key}: the build left no record"))),
+                Err(e) => Err(e),
+            };
+            out.push((key, res));
+        }
+    }
+    out
+}
+
+/// A cell known only as a built record (imported from a tarball).
+pub fn prepare_binary(
+    profiles: &Profiles,
+    home: &Home,
+    store: &Store,
+    key: &CellKey,
+) -> Result<Prep> {
+    let record = store.load_built(key)?.ok_or_else(|| {
+        Error::usage(format!("{key} is neither registered nor built")).hint(
+            "register its source with `kmx add DIR` or import it with `kmx load-tarball FILE`",
+        )
+    })?;
+    let sign_file = if record.sig_enabled {
+        find_tree(profiles, home, &key.target, &key.release).and_then(|t| sign_file_of(&t))
+    } else {
+        None
+    };
+    Ok(Prep::Ready(Box::new(Ready {
+        cell_dir: store.cell_dir(&key.module, &key.version, &key.release, &key.target),
+        record,
+        pre_install: None,
+        post_install: None,
+        sign_file,
+    })))
+}
