@@ -1095,7 +1095,37 @@ fn the_sandbox_contains_an_unprivileged_users_build_too() {
             keep = keep.display()
         ),
     );
-    // Everything of the test belongs to nobody, who can read the shared trees.
+    // The fetched trees may lie where nobody cannot read them (under /root): the test gets
+    // its own copy of the arm64 tree (its -common half and kbuild too), registered alone.
+    let (release, _, real) = k.tree_of("arm64");
+    let usr = real.parent().unwrap().parent().unwrap();
+    let copy = k.dir().join("trees-copy/usr");
+    std::fs::create_dir_all(copy.join("lib")).unwrap();
+    let mut cp = Command::new("cp");
+    cp.arg("-a").arg(usr.join("src")).arg(&copy);
+    assert!(cp.status().unwrap().success());
+    for e in std::fs::read_dir(usr.join("lib")).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("linux-kbuild-") {
+            let mut cp = Command::new("cp");
+            cp.arg("-a").arg(e.path()).arg(copy.join("lib"));
+            assert!(cp.status().unwrap().success());
+        }
+    }
+    let kdir = copy.join("src").join(real.file_name().unwrap());
+    let reg_path = k.home.join("trees/registry.json");
+    let mut reg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&reg_path).unwrap()).unwrap();
+    reg["trees"] = serde_json::json!([{
+        "target": "arm64",
+        "release": release,
+        "kdir": kdir,
+        "origin": "test copy",
+    }]);
+    std::fs::write(&reg_path, serde_json::to_vec_pretty(&reg).unwrap()).unwrap();
+    // And its own copy of kmx (the build's may lie under /root too).
+    let kmx = k.dir().join("kmx-for-nobody");
+    std::fs::copy(env!("CARGO_BIN_EXE_kmx"), &kmx).unwrap();
+    // Everything of the test belongs to nobody.
     Command::new("chmod")
         .arg("755")
         .arg(src.join("pre.sh"))
@@ -1115,7 +1145,7 @@ fn the_sandbox_contains_an_unprivileged_users_build_too() {
     }
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_kmx"))
+        .arg(&kmx)
         .args(["build", src.to_str().unwrap(), "-t", "arm64"])
         .current_dir(k.dir())
         .env("KMX_HOME", &k.home)
