@@ -1075,6 +1075,21 @@ fn the_sandbox_contains_an_unprivileged_users_build_too() {
     let Some((k, listener, port)) = sandbox_test() else {
         return;
     };
+    // The kernel must let nobody make a user namespace: not in a chroot (a fresh-root test
+    // run), nor with kernel.unprivileged_userns_clone=0. kmx then says so and runs unconfined
+    // (README, trust model); there is nothing to contain.
+    let userns = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["unshare", "--user", "--map-root-user", "true"])
+        .output()
+        .unwrap();
+    if !userns.status.success() {
+        eprintln!(
+            "SKIPPED: this kernel lets no unprivileged user make a user namespace here: {}",
+            String::from_utf8_lossy(&userns.stderr).trim()
+        );
+        return;
+    }
     let keep = k.dir().join("keep");
     write(&keep, "a host file of the user\n");
     let src = hello_source(
