@@ -373,3 +373,23 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// The test hook (`KMX_TEST_PAUSE_AT=<point>`): when `asked` names `point`, say so on stderr
+/// and wait until the run is stopped (Ctrl-C, SIGTERM, SIGHUP) or an hour passes. Returns
+/// whether it paused.
+pub fn pause_for_tests(asked: Option<&str>, point: &str) -> bool {
+    if asked != Some(point) {
+        return false;
+    }
+    eprintln!("kmx: paused at {point} (KMX_TEST_PAUSE_AT)");
+    let stop = stop_flag().ok();
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(3600)
+        && !stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
+}

@@ -155,8 +155,8 @@ fn evaluate_with_timeout(conf: &Path, vars: &CellVars, timeout: Duration) -> Res
     let mut dump = ctx.source(&module, &version)?;
     let (name, ver) = (dump.scalar("PACKAGE_NAME"), dump.scalar("PACKAGE_VERSION"));
     // A file that never reads $module or $module_version cannot depend on the guess.
-    let uses_identity = String::from_utf8_lossy(&text).contains("$module")
-        || String::from_utf8_lossy(&text).contains("${module");
+    let text = String::from_utf8_lossy(&text);
+    let uses_identity = text.contains("$module") || text.contains("${module");
     if uses_identity && !name.is_empty() && !ver.is_empty() && (name != module || ver != version) {
         let (name, ver) = (name.to_string(), ver.to_string());
         dump = ctx.source(&name, &ver)?;

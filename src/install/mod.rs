@@ -404,24 +404,10 @@ fn pause(opts: &Options, point: &str) {
     pause_at(opts.pause_at.as_deref(), point);
 }
 
-/// The test hook: at `point`, if asked, wait an hour, or until Ctrl-C, SIGTERM or SIGHUP
-/// (then go on: the install or uninstall finishes, and the command says it was
-/// interrupted).
+/// The test hook: see [`process::pause_for_tests`]; the install or uninstall then finishes,
+/// and the command says it was interrupted.
 fn pause_at(asked: Option<&str>, point: &str) {
-    if asked == Some(point) {
-        eprintln!("kmx: paused at {point} (KMX_TEST_PAUSE_AT)");
-        let stop = process::stop_flag().ok();
-        let start = std::time::Instant::now();
-        while start.elapsed() < std::time::Duration::from_secs(3600) {
-            if stop
-                .as_ref()
-                .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
-            {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
+    process::pause_for_tests(asked, point);
 }
 
 /// Write one module into the root atomically: as `.kmx-tmp-<pid>-...` next to `dest`

@@ -205,25 +205,18 @@ struct StageError {
     interrupted: bool,
 }
 
-/// The test hook (`KMX_TEST_PAUSE_AT=<point>`, as in `install`): wait at `point` until the
-/// run is stopped (Ctrl-C, SIGTERM, SIGHUP), then end the cell as interrupted.
-fn test_pause(env: &RunEnv, point: &'static str) -> Result<(), StageError> {
-    if std::env::var("KMX_TEST_PAUSE_AT").is_ok_and(|p| p == point) {
-        eprintln!("kmx: paused at {point} (KMX_TEST_PAUSE_AT)");
-        let start = Instant::now();
-        while !env.stop.load(std::sync::atomic::Ordering::Relaxed)
-            && start.elapsed().as_secs() < 3600
-        {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        return Err(StageError {
+/// The test hook ([`process::pause_for_tests`]): after the pause the cell ends interrupted.
+fn test_pause(point: &'static str) -> Result<(), StageError> {
+    let asked = std::env::var("KMX_TEST_PAUSE_AT").ok();
+    match process::pause_for_tests(asked.as_deref(), point) {
+        true => Err(StageError {
             stage: point,
             message: format!("interrupted at {point}"),
             exit_code: None,
             interrupted: true,
-        });
+        }),
+        false => Ok(()),
     }
-    Ok(())
 }
 
 fn stage_err(stage: &'static str, e: Error) -> StageError {
@@ -269,13 +262,10 @@ pub fn make_vars(cell: &Cell, cc: &[String]) -> Vec<(String, String)> {
 /// hashes into the build ID, so they are mapped to the paths DKMS would use
 /// (`/usr/src/<tree>`, `/var/lib/dkms/<name>/<version>/build`).
 fn prefix_maps(cell: &Cell) -> String {
-    let kdir = cell
-        .tree
-        .kdir
-        .canonicalize()
-        .unwrap_or_else(|_| cell.tree.kdir.clone());
-    let parent = kdir.parent().unwrap_or(Path::new("/"));
-    let mut maps = vec![format!("-fdebug-prefix-map={}=/usr/src", parent.display())];
+    let mut maps = vec![format!(
+        "-fdebug-prefix-map={}=/usr/src",
+        trees_dir(&cell.tree).display()
+    )];
     if cell.view.is_none() {
         maps.push(format!(
             "-ffile-prefix-map={}={}",
@@ -284,6 +274,16 @@ fn prefix_maps(cell: &Cell) -> String {
         ));
     }
     maps.join(" ")
+}
+
+/// The directory holding a tree and its siblings (as the compiler sees it: symbolic links
+/// resolved), which [`make_vars`] maps to `/usr/src`.
+pub fn trees_dir(tree: &crate::kernel::KernelTree) -> PathBuf {
+    let kdir = tree
+        .kdir
+        .canonicalize()
+        .unwrap_or_else(|_| tree.kdir.clone());
+    kdir.parent().unwrap_or(Path::new("/")).to_path_buf()
 }
 
 /// The make invocation (a shell command line) for a cell.
@@ -524,7 +524,7 @@ fn run_stages(
         warnings.extend(build_script(cell, env, &mut log, "POST_BUILD", post)?);
     }
 
-    test_pause(env, "before-strip")?;
+    test_pause("before-strip")?;
     // Collect, strip and check every expected module: it must load on the cell's kernel,
     // its symbols resolved by the kernel, this cell's own exports or its dependencies'.
     let tree_symbols = env

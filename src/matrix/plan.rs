@@ -370,17 +370,13 @@ fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
             let c = &cells[i];
             // Where the cell's directories, its source and its tree are on this machine is
             // not an input: the same cell elsewhere is the same cell.
-            let kdir = c
-                .tree
-                .kdir
-                .canonicalize()
-                .unwrap_or_else(|_| c.tree.kdir.clone());
-            let parent = kdir.parent().unwrap_or(Path::new("/")).to_string_lossy();
+            let trees_dir = crate::matrix::cell::trees_dir(&c.tree);
+            let trees_dir = trees_dir.to_string_lossy();
             let normalize = |text: String| {
                 text.replace(&c.work_dir.to_string_lossy().into_owned(), "<work>")
                     .replace(&c.source.to_string_lossy().into_owned(), "<source>")
                     .replace(&c.tree.kdir.to_string_lossy().into_owned(), "<kdir>")
-                    .replace(&format!("{parent}="), "<kdir>/..=")
+                    .replace(&format!("{trees_dir}="), "<kdir>/..=")
             };
             let mut spec = c.spec.clone();
             spec.log.clear();

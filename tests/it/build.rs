@@ -336,14 +336,12 @@ fn ctrl_c_stops_every_make_and_reports_what_finished() {
         .spawn()
         .unwrap();
     // Wait until the makes run (the slow make's `sleep` has started in a work dir).
-    let started = Instant::now();
-    while processes_mentioning("sleep 120", k.dir()).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the slow build never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_process(
+        "sleep 120",
+        k.dir(),
+        Duration::from_secs(60),
+        "the slow build never started",
+    );
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: sending SIGINT to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -870,13 +868,12 @@ fn a_signal_during_planning_kills_what_dkms_conf_started_and_leaves_nothing() {
             .spawn()
             .unwrap();
         let started = Instant::now();
-        while processes_mentioning("sleep 9", k.dir()).is_empty() {
-            assert!(
-                started.elapsed() < Duration::from_secs(8),
-                "dkms.conf never ran"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_process(
+            "sleep 9",
+            k.dir(),
+            Duration::from_secs(8),
+            "dkms.conf never ran",
+        );
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, sig) };
         let output = child.wait_with_output().unwrap();

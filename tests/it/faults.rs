@@ -155,14 +155,12 @@ fn kill_9_during_a_build_leaves_no_make_or_compiler() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while processes_mentioning("sleep 120", k.dir()).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the slow build never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_process(
+        "sleep 120",
+        k.dir(),
+        Duration::from_secs(60),
+        "the slow build never started",
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let killed = Instant::now();

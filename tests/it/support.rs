@@ -336,3 +336,13 @@ pub fn processes_mentioning(needle: &str, dir: &Path) -> Vec<String> {
     }
     found
 }
+
+/// Wait until a process of this test ([`processes_mentioning`]) mentions `needle`; fails
+/// with `what` once `limit` has passed.
+pub fn wait_for_process(needle: &str, dir: &Path, limit: std::time::Duration, what: &str) {
+    let started = std::time::Instant::now();
+    while processes_mentioning(needle, dir).is_empty() {
+        assert!(started.elapsed() < limit, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
