@@ -183,36 +183,58 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
 
 #[derive(Debug, Subcommand)]
 pub enum KernelsCmd {
-    /// Download Debian's prepared kernel build trees (linux-headers) for targets, with a
-    /// private apt state: the system's dpkg configuration is never changed.
-    Fetch {
-        /// Targets to fetch for (repeatable or comma-separated) [default: i386, amd64, arm64, armhf].
-        #[arg(long, short)]
-        target: Vec<String>,
-        /// Pin the Debian kernel ABI, e.g. 6.1.0-50 [default: the newest one available for
-        /// every requested target].
-        #[arg(long)]
-        abi: Option<String>,
-        /// Debian mirror to fetch from.
-        #[arg(long, env = "KMX_DEBIAN_MIRROR", default_value = crate::kernel::fetch::DEFAULT_MIRROR)]
-        mirror: String,
-        /// Debian suite to fetch from.
-        #[arg(long, default_value = crate::kernel::fetch::DEFAULT_SUITE)]
-        suite: String,
-        /// Update the package lists even if they are less than a day old.
-        #[arg(long)]
-        refresh: bool,
-        /// Also fetch each tree's kernel image, its module tree and a static busybox, which
-        /// `kmx smoke` boots under QEMU (about 45-70 MB per target).
-        #[arg(long)]
-        with_image: bool,
-    },
-    /// List every known kernel tree with its target, release and vermagic.
+    /// Download prepared kernel build trees (linux-headers packages) for targets from the
+    /// apt archives their profiles name ([[kernels.source]]: Debian 12 and bookworm-backports
+    /// for the shipped targets), the newest ABI of each, with a private apt state: the
+    /// system's dpkg configuration is never changed.
+    Fetch(FetchArgs),
+    /// List every known kernel tree with its target, release, vermagic and source.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Forget fetched trees of a kernel release and delete their files (a tree another
+    /// target still uses stays).
+    Remove {
+        /// The kernel release, as `kmx kernels list` shows it (e.g. 6.1.0-50-arm64).
+        release: String,
+        /// Only this target's entry.
+        #[arg(long, short)]
+        target: Option<String>,
+    },
+    /// Remove every fetched tree older than the newest ABI of its source, for each target.
+    Prune {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Targets to fetch for (repeatable or comma-separated) [default: i386, amd64, arm64,
+    /// armhf, rpi].
+    #[arg(long, short)]
+    pub target: Vec<String>,
+    /// Pin the kernel ABI, e.g. 6.1.0-50 or 6.12.95+deb12, taken from whichever of the
+    /// target's sources carries it [default: the newest of every source].
+    #[arg(long)]
+    pub abi: Option<String>,
+    /// Debian mirror for sources without their own `url`.
+    #[arg(long, env = "KMX_DEBIAN_MIRROR", value_name = "URL")]
+    pub mirror: Option<String>,
+    /// Fetch from this Debian suite only (e.g. bookworm-backports), instead of the
+    /// targets' configured sources.
+    #[arg(long)]
+    pub suite: Option<String>,
+    /// Update the package lists even if they are less than a day old.
+    #[arg(long)]
+    pub refresh: bool,
+    /// Also fetch each tree's kernel image, its module tree (and device trees) and a
+    /// static busybox, which `kmx smoke` boots under QEMU (about 45-70 MB per tree).
+    #[arg(long)]
+    pub with_image: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -293,6 +293,20 @@ pub fn run_supervised(
     limit: std::time::Duration,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<Ended> {
+    run_supervised_until(cmd, log, limit, stop, &|| false)
+}
+
+/// [`run_supervised`], also asking `done` a few times a second: once it says the process
+/// has finished its work, the process gets two seconds to exit on its own, then its group
+/// is stopped (the result is how it ended: killed by a signal). For a process that cannot
+/// end itself, such as an emulated board without a power-off path.
+pub fn run_supervised_until(
+    cmd: &mut Command,
+    log: &std::fs::File,
+    limit: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    done: &dyn Fn() -> bool,
+) -> Result<Ended> {
     use std::os::unix::process::CommandExt;
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
@@ -338,6 +352,8 @@ pub fn run_supervised(
         let _ = child.wait();
     };
     let mut sleep = Duration::from_millis(2);
+    let mut asked = Instant::now();
+    let mut done_at: Option<Instant> = None;
     loop {
         match child.try_wait() {
             Ok(Some(status)) => {
@@ -362,6 +378,18 @@ pub fn run_supervised(
         if start.elapsed() >= limit {
             kill_group(&mut child);
             return Ok(Ended::TimedOut(limit));
+        }
+        if done_at.is_none() && asked.elapsed() >= Duration::from_millis(250) {
+            asked = Instant::now();
+            if done() {
+                done_at = Some(Instant::now());
+            }
+        }
+        if done_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(2)) {
+            kill_group(&mut child);
+            if let Ok(Some(status)) = child.try_wait() {
+                return Ok(Ended::Exited(status));
+            }
         }
         std::thread::sleep(sleep);
         sleep = (sleep * 2).min(Duration::from_millis(50));

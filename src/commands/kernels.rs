@@ -2,46 +2,61 @@
 
 use serde::Serialize;
 
+use crate::cli::FetchArgs;
 use crate::commands::{Context, print_json};
-use crate::config::profile::DebianKernel;
+use crate::config::profile::{DEBIAN_MIRROR, KernelSource};
 use crate::error::{Error, Result, exit};
-use crate::kernel::fetch::{self, BootRequest, FetchRequest};
+use crate::kernel::fetch::{self, BootRequest, FetchRequest, Want};
 use crate::kernel::registry::{
     BootFiles, RegisteredTree, Registry, TreeHealth, tree_health, trees_of,
 };
 use crate::kernel::tree::KernelTree;
 
-pub fn fetch(
-    ctx: &Context,
-    targets: &[String],
-    abi: Option<String>,
-    mirror: String,
-    suite: String,
-    refresh: bool,
-    with_image: bool,
-) -> Result<i32> {
-    let mut wanted = Vec::new();
-    for t in ctx.profiles.select(targets)? {
-        let debian = t.debian.clone().ok_or_else(|| {
-            Error::usage(format!(
-                "target `{}` has no [debian] section, so kmx cannot fetch trees for it",
+pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
+    let mut wants = Vec::new();
+    let mut boots_dtb = std::collections::HashSet::new();
+    for t in ctx.profiles.select(&args.target)? {
+        let sources: Vec<KernelSource> = match (&args.suite, &t.debian) {
+            (Some(suite), Some(d)) => vec![KernelSource::debian(
+                suite,
+                args.mirror.as_deref(),
+                d.clone(),
+            )],
+            (Some(_), None) => vec![],
+            (None, _) => t
+                .kernel_sources
+                .iter()
+                .map(|s| match &args.mirror {
+                    Some(m) if s.url == DEBIAN_MIRROR => KernelSource {
+                        url: m.clone(),
+                        ..s.clone()
+                    },
+                    _ => s.clone(),
+                })
+                .collect(),
+        };
+        if sources.is_empty() {
+            return Err(Error::usage(format!(
+                "target `{}` names no kernel source, so kmx cannot fetch trees for it",
                 t.name
             ))
             .hint(format!(
-                "add `[debian] arch = \"...\"` and `flavour = \"...\"` to {}, or list its trees under [kernels] paths",
+                "add `[debian] arch = \"...\"` and `flavour = \"...\"`, or a [[kernels.source]], to {}; or list its trees under [kernels] paths",
                 t.file.display()
-            ))
-        })?;
-        wanted.push((t.name.clone(), debian));
+            )));
+        }
+        if t.boot.as_ref().is_some_and(|b| b.dtb.is_some()) {
+            boots_dtb.insert(t.name.clone());
+        }
+        wants.extend(sources.into_iter().map(|source| Want {
+            target: t.name.clone(),
+            source,
+        }));
     }
-    let debian_of: std::collections::HashMap<String, DebianKernel> =
-        wanted.iter().cloned().collect();
     let req = FetchRequest {
-        targets: wanted,
-        abi,
-        mirror,
-        suite,
-        refresh,
+        wants,
+        abi: args.abi.clone(),
+        refresh: args.refresh,
     };
     let trees = fetch::fetch(&ctx.home, &req, &mut |line| eprintln!("{line}"))?;
     let mut registry = Registry::load(&ctx.home)?;
@@ -51,51 +66,141 @@ pub fn fetch(
         tree.check_host_tools()?;
         inspected.push(tree);
     }
-    let boots: Vec<Option<BootFiles>> = if with_image {
-        let wanted: Vec<BootRequest> = trees
-            .iter()
-            .zip(&inspected)
-            .filter_map(|(t, tree)| {
-                Some(BootRequest {
-                    tree: t.clone(),
-                    debian: debian_of.get(&t.target)?.clone(),
-                    release: tree.release.clone(),
-                })
-            })
-            .collect();
-        fetch::fetch_boot(&ctx.home, &req, &wanted, &mut |line| eprintln!("{line}"))?
-            .into_iter()
-            .map(Some)
-            .collect()
+    let requests: Vec<BootRequest> = trees
+        .iter()
+        .zip(&inspected)
+        .map(|(t, tree)| BootRequest {
+            tree: t.clone(),
+            release: tree.release.clone(),
+            dtbs: boots_dtb.contains(&t.target),
+        })
+        .collect();
+    let boots: Vec<Option<BootFiles>> = if args.with_image {
+        fetch::fetch_boot(
+            &ctx.home,
+            &req,
+            args.mirror.as_deref(),
+            &requests,
+            &mut |line| eprintln!("{line}"),
+        )?
+        .into_iter()
+        .map(Some)
+        .collect()
     } else {
         // Keep what an earlier `--with-image` fetched, as long as it is still on disk.
-        trees
+        requests
             .iter()
-            .zip(&inspected)
-            .map(|(t, tree)| {
-                let arch = &debian_of.get(&t.target)?.arch;
-                fetch::existing_boot(&t.sysroot, &tree.release, arch)
+            .map(|r| {
+                fetch::existing_boot(
+                    &r.tree.sysroot,
+                    &r.release,
+                    &r.tree.source.kernel.arch,
+                    r.dtbs,
+                )
             })
             .collect()
     };
     for ((t, tree), boot) in trees.iter().zip(&inspected).zip(boots) {
         let image = if boot.is_some() { " +image" } else { "" };
+        // A tree already there keeps the origin its download recorded (with the version).
+        let origin = registry
+            .for_target(&t.target)
+            .find(|r| r.kdir == t.kdir && !t.new)
+            .map_or_else(|| t.origin.clone(), |r| r.origin.clone());
         registry.register(RegisteredTree {
             target: t.target.clone(),
             release: tree.release.clone(),
             kdir: t.kdir.clone(),
-            origin: t.origin.clone(),
+            origin,
+            source: Some(t.source.label()),
+            abi: Some(t.abi.clone()),
             boot,
         });
         eprintln!(
-            "{:<8} {}{image} {:<22} vermagic \"{}\"",
+            "{:<8} {}{image} {:<24} {:<26} vermagic \"{}\"",
             t.target,
             if t.new { "fetched" } else { "present" },
             tree.release,
+            t.source.label(),
             tree.vermagic
         );
     }
     registry.save(&ctx.home)?;
+    Ok(exit::OK)
+}
+
+/// `kmx kernels remove RELEASE [-t T]`.
+pub fn remove(ctx: &Context, release: &str, target: Option<&str>) -> Result<i32> {
+    let _lock = fetch::apt_lock(&ctx.home)?;
+    let mut registry = Registry::load(&ctx.home)?;
+    let gone =
+        registry.unregister(|t| t.release == release && target.is_none_or(|x| t.target == x));
+    if gone.is_empty() {
+        let known: Vec<String> = registry
+            .trees
+            .iter()
+            .map(|t| format!("{} ({})", t.release, t.target))
+            .collect();
+        return Err(Error::usage(format!(
+            "no fetched tree of release {release}{}",
+            target
+                .map(|t| format!(" for target {t}"))
+                .unwrap_or_default()
+        ))
+        .hint(if known.is_empty() {
+            "no tree is fetched: `kmx kernels list` shows the known ones".to_string()
+        } else {
+            format!("fetched: {}", known.join(", "))
+        }));
+    }
+    forget(ctx, &mut registry, &gone)
+}
+
+/// `kmx kernels prune`: per target and source, every ABI older than the newest.
+pub fn prune(ctx: &Context, dry_run: bool) -> Result<i32> {
+    let _lock = fetch::apt_lock(&ctx.home)?;
+    let mut registry = Registry::load(&ctx.home)?;
+    let newest = |t: &RegisteredTree| -> bool {
+        let key = |r: &RegisteredTree| r.abi.as_deref().map(fetch::abi_key);
+        registry
+            .trees
+            .iter()
+            .filter(|o| o.target == t.target && o.source.is_some() && o.source == t.source)
+            .all(|o| key(o) <= key(t))
+    };
+    let old: Vec<RegisteredTree> = registry
+        .trees
+        .iter()
+        .filter(|t| t.source.is_some() && !newest(t))
+        .cloned()
+        .collect();
+    let gone = if dry_run {
+        old
+    } else {
+        registry.unregister(|t| old.contains(t))
+    };
+    if gone.is_empty() {
+        println!("Nothing to prune: every tree is its source's newest ABI");
+        return Ok(exit::OK);
+    }
+    if dry_run {
+        for t in &gone {
+            println!("would remove {:<8} {} ({})", t.target, t.release, t.origin);
+        }
+        return Ok(exit::OK);
+    }
+    forget(ctx, &mut registry, &gone)
+}
+
+/// Save the registry without `gone`, then delete their files no remaining entry uses.
+fn forget(ctx: &Context, registry: &mut Registry, gone: &[RegisteredTree]) -> Result<i32> {
+    registry.save(&ctx.home)?;
+    for t in gone {
+        println!("removed {:<8} {} ({})", t.target, t.release, t.origin);
+    }
+    for path in fetch::delete_unused(&ctx.home, registry, gone)? {
+        println!("deleted {}", path.display());
+    }
     Ok(exit::OK)
 }
 

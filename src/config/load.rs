@@ -31,6 +31,9 @@ const BUILTIN: &[(&str, &str)] = &[
         "targets/armhf.toml",
         include_str!("../../targets/armhf.toml"),
     ),
+    ("targets/rpi.toml", include_str!("../../targets/rpi.toml")),
+    ("targets/rpi3.toml", include_str!("../../targets/rpi3.toml")),
+    ("targets/rpi4.toml", include_str!("../../targets/rpi4.toml")),
     (
         "toolchains/x86_64-linux-gnu.toml",
         include_str!("../../toolchains/x86_64-linux-gnu.toml"),
@@ -47,11 +50,15 @@ const BUILTIN: &[(&str, &str)] = &[
         "toolchains/arm-linux-gnueabihf.toml",
         include_str!("../../toolchains/arm-linux-gnueabihf.toml"),
     ),
+    (
+        "toolchains/arm-linux-gnueabi.toml",
+        include_str!("../../toolchains/arm-linux-gnueabi.toml"),
+    ),
 ];
 
 /// The default target set: what `kmx build` builds when no `--target` is given and every
 /// one is usable.
-pub const DEFAULT_TARGETS: &[&str] = &["i386", "amd64", "arm64", "armhf"];
+pub const DEFAULT_TARGETS: &[&str] = &["i386", "amd64", "arm64", "armhf", "rpi"];
 
 /// Every target and toolchain profile, resolved.
 #[derive(Debug, Default)]
@@ -271,7 +278,7 @@ mod tests {
     }
 
     #[test]
-    fn shipped_profiles_give_the_four_targets() {
+    fn shipped_profiles_give_the_five_default_targets() {
         let p = Profiles::load(&Sources {
             builtin: true,
             dirs: vec![],
@@ -283,10 +290,17 @@ mod tests {
             .iter()
             .map(|t| t.name.as_str())
             .collect();
-        assert_eq!(names, ["i386", "amd64", "arm64", "armhf"]);
+        assert_eq!(names, ["i386", "amd64", "arm64", "armhf", "rpi"]);
         for t in p.targets.values() {
             p.toolchain_of(t).unwrap();
+            // Every shipped target fetches its trees from Debian 12 at least.
+            assert!(
+                t.kernel_sources.iter().any(|s| s.label() == "debian bookworm"),
+                "{}",
+                t.name
+            );
         }
+        assert_eq!(p.targets["rpi"].kernel_sources[1].label(), "debian bookworm-backports");
     }
 
     #[test]
@@ -324,7 +338,7 @@ mod tests {
     #[test]
     fn missing_directories_are_not_errors() {
         let p = Profiles::load(&Sources::standard(Some("/nonexistent/kmx".into()), None)).unwrap();
-        assert_eq!(p.targets.len(), 4);
+        assert_eq!(p.targets.len(), 7);
     }
 
     #[test]
@@ -338,7 +352,7 @@ mod tests {
         assert_eq!(err.to_string(), "unknown target `armfh`");
         assert_eq!(
             err.hint.as_deref(),
-            Some("did you mean `armhf`? Known targets: amd64, arm64, armhf, i386")
+            Some("did you mean `armhf`? Known targets: amd64, arm64, armhf, i386, rpi, rpi3, rpi4")
         );
     }
 

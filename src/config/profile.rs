@@ -99,11 +99,139 @@ struct KernelsFile {
     fetched: bool,
     #[serde(default)]
     paths: Vec<String>,
+    #[serde(default)]
+    source: Vec<toml::Spanned<SourceFile>>,
+}
+
+/// `[[kernels.source]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceFile {
+    suite: String,
+    url: Option<String>,
+    component: Option<String>,
+    keyring: Option<PathBuf>,
+    arch: Option<String>,
+    flavour: Option<String>,
+    name: Option<String>,
+}
+
+/// Debian's main archive, where `[[kernels.source]]` entries without `url` point.
+pub const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+/// Debian's security archive: the default `url` of a `*-security` suite.
+pub const DEBIAN_SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
+/// The suite a target with `[debian]` and no `[[kernels.source]]` fetches from.
+pub const DEFAULT_SUITE: &str = "bookworm";
+/// The key Debian's archives are signed with (package debian-archive-keyring).
+pub const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// One apt archive a target's kernel trees come from: `kmx kernels fetch` takes the newest
+/// ABI (or a pinned one) of `linux-headers-<ABI>-<flavour>:<arch>` in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelSource {
+    /// What the trees' directory is named after (`debian`, or the archive's host name).
+    pub name: String,
+    pub url: String,
+    pub suite: String,
+    pub component: String,
+    /// The key the archive's Release file is signed with.
+    pub keyring: PathBuf,
+    pub kernel: DebianKernel,
+}
+
+impl KernelSource {
+    /// A Debian suite with Debian's mirror and keyring (`--suite`, or a profile's default).
+    pub fn debian(suite: &str, mirror: Option<&str>, kernel: DebianKernel) -> KernelSource {
+        let url = match mirror {
+            Some(m) => m.to_string(),
+            None if suite.ends_with("-security") => DEBIAN_SECURITY_MIRROR.to_string(),
+            None => DEBIAN_MIRROR.to_string(),
+        };
+        KernelSource {
+            name: "debian".into(),
+            url,
+            suite: suite.to_string(),
+            component: "main".into(),
+            keyring: PathBuf::from(DEBIAN_KEYRING),
+            kernel,
+        }
+    }
+
+    /// How lists and origins name it: `debian bookworm-backports`.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.name, self.suite)
+    }
+
+    /// The archive, suite and component: two sources with the same key share one apt state.
+    pub fn apt_line(&self) -> String {
+        format!(
+            "deb [signed-by={}] {} {} {}",
+            self.keyring.display(),
+            self.url,
+            self.suite,
+            self.component
+        )
+    }
+
+    fn resolve(
+        raw: SourceFile,
+        debian: Option<&DebianKernel>,
+    ) -> std::result::Result<Self, String> {
+        let arch = raw.arch.or_else(|| debian.map(|d| d.arch.clone()));
+        let flavour = raw.flavour.or_else(|| debian.map(|d| d.flavour.clone()));
+        let (Some(arch), Some(flavour)) = (arch, flavour) else {
+            return Err("a kernel source needs `arch` and `flavour` (or a [debian] table to take them from)".into());
+        };
+        let kernel = DebianKernel { arch, flavour };
+        let Some(url) = raw.url else {
+            let mut s = KernelSource::debian(&raw.suite, None, kernel);
+            if let Some(k) = raw.keyring {
+                s.keyring = k;
+            }
+            if let Some(c) = raw.component {
+                s.component = c;
+            }
+            return Ok(s);
+        };
+        let Some(keyring) = raw.keyring else {
+            return Err(format!(
+                "the kernel source {url} needs `keyring`: the file its archive is signed with"
+            ));
+        };
+        let host = url
+            .split("://")
+            .nth(1)
+            .unwrap_or(&url)
+            .split('/')
+            .next()
+            .unwrap_or("apt")
+            .to_string();
+        let name = raw.name.unwrap_or(
+            if url.starts_with(DEBIAN_MIRROR) || url.starts_with(DEBIAN_SECURITY_MIRROR) {
+                "debian".into()
+            } else {
+                host
+            },
+        );
+        if name.is_empty() || name.contains(['/', ' ']) || name.starts_with('.') {
+            return Err(format!(
+                "`name = \"{name}\"` must be a plain word: it names a directory"
+            ));
+        }
+        Ok(KernelSource {
+            name,
+            url: url.trim_end_matches('/').to_string(),
+            suite: raw.suite,
+            component: raw.component.unwrap_or_else(|| "main".into()),
+            keyring,
+            kernel,
+        })
+    }
 }
 
 /// Where Debian publishes this target's kernels: the dpkg architecture and flavour, as in
 /// `linux-headers-<ABI>-<flavour>:<arch>`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DebianKernel {
     pub arch: String,
@@ -124,9 +252,18 @@ pub struct Boot {
     pub cpu: String,
     /// The kernel's serial console device, e.g. `ttyS0` or `ttyAMA0`.
     pub console: String,
-    /// Guest memory in MiB.
+    /// Guest memory in MiB (an emulated board may accept only its own: raspi0 512, raspi3b
+    /// 1024).
     #[serde(default = "default_boot_memory")]
     pub memory: u32,
+    /// Guest CPUs (`-smp`; raspi3b has exactly 4).
+    #[serde(default = "default_boot_smp")]
+    pub smp: u32,
+    /// A device tree from the kernel's image package, relative to its
+    /// `usr/lib/linux-image-<release>/` (e.g. `broadcom/bcm2837-rpi-3-b.dtb`): passed with
+    /// `-dtb`, for boards whose device tree QEMU does not make.
+    #[serde(default)]
+    pub dtb: Option<String>,
     /// Extra kernel command-line arguments, appended after kmx's own.
     #[serde(default)]
     pub append: String,
@@ -137,6 +274,10 @@ pub struct Boot {
 
 fn default_boot_memory() -> u32 {
     512
+}
+
+fn default_boot_smp() -> u32 {
+    1
 }
 
 /// A target profile: one kind of machine modules are built for.
@@ -155,6 +296,9 @@ pub struct Target {
     pub fetched_kernels: bool,
     /// Explicit kernel build directories or globs (`~` expanded).
     pub kernel_paths: Vec<String>,
+    /// Where `kmx kernels fetch` gets this target's trees: `[[kernels.source]]`, or Debian
+    /// 12 (`bookworm`) for a target with `[debian]` and no source.
+    pub kernel_sources: Vec<KernelSource>,
     /// How to boot the target's kernel under QEMU; `None`: `kmx smoke` is not configured.
     pub boot: Option<Boot>,
     pub file: PathBuf,
@@ -167,6 +311,20 @@ impl Target {
     pub fn parse(name: &str, text: &str, file: &Path) -> Result<Target> {
         let raw: TargetFile = parse_toml(text, file)?;
         let toolchain_at = line_col(text, raw.toolchain.span().start);
+        let mut kernel_sources = Vec::new();
+        for spanned in &raw.kernels.source {
+            let source = KernelSource::resolve(spanned.get_ref().clone(), raw.debian.as_ref())
+                .map_err(|why| {
+                    let (line, col) = line_col(text, spanned.span().start);
+                    Error::config(file, why).line(line, col)
+                })?;
+            kernel_sources.push(source);
+        }
+        if kernel_sources.is_empty()
+            && let Some(d) = &raw.debian
+        {
+            kernel_sources.push(KernelSource::debian(DEFAULT_SUITE, None, d.clone()));
+        }
         Ok(Target {
             name: name.to_string(),
             description: raw.description.unwrap_or_default(),
@@ -178,6 +336,7 @@ impl Target {
             debian: raw.debian,
             fetched_kernels: raw.kernels.fetched,
             kernel_paths: raw.kernels.paths,
+            kernel_sources,
             boot: raw.boot,
             file: file.to_path_buf(),
             toolchain_at,
@@ -221,6 +380,41 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 mod tests {
     use super::*;
     use crate::error::render;
+
+    #[test]
+    fn kernel_sources_take_debians_defaults_or_an_archive_with_its_keyring() {
+        let head = "kernel_arch = \"arm64\"\ntoolchain = \"aarch64-linux-gnu\"\n[debian]\narch = \"arm64\"\nflavour = \"arm64\"\n";
+        let file = Path::new("targets/t.toml");
+        // No source: Debian 12.
+        let t = Target::parse("t", head, file).unwrap();
+        assert_eq!(t.kernel_sources.len(), 1);
+        assert_eq!(
+            t.kernel_sources[0].apt_line(),
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main"
+        );
+        let text = format!(
+            "{head}[[kernels.source]]\nsuite = \"bookworm-security\"\n[[kernels.source]]\nurl = \"http://archive.raspberrypi.com/debian/\"\nsuite = \"bookworm\"\nkeyring = \"/k/rpi.gpg\"\nflavour = \"rpi-v8\"\n"
+        );
+        let t = Target::parse("t", &text, file).unwrap();
+        assert_eq!(t.kernel_sources[0].url, DEBIAN_SECURITY_MIRROR);
+        let pi = &t.kernel_sources[1];
+        assert_eq!(pi.label(), "archive.raspberrypi.com bookworm");
+        assert_eq!(
+            pi.apt_line(),
+            "deb [signed-by=/k/rpi.gpg] http://archive.raspberrypi.com/debian bookworm main"
+        );
+        assert_eq!(
+            (pi.kernel.arch.as_str(), pi.kernel.flavour.as_str()),
+            ("arm64", "rpi-v8")
+        );
+        // An archive without its key is refused where it is written.
+        let text = format!("{head}\n[[kernels.source]]\nurl = \"http://x.example/debian\"\nsuite = \"s\"\n");
+        let err = Target::parse("t", &text, file).unwrap_err();
+        assert_eq!(
+            render(&err),
+            "error: targets/t.toml:7:1: the kernel source http://x.example/debian needs `keyring`: the file its archive is signed with"
+        );
+    }
 
     #[test]
     fn toolchain_identity_comes_from_the_triple() {

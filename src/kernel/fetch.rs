@@ -1,11 +1,17 @@
-//! Provisioning kernel build trees from Debian's `linux-headers` packages.
+//! Provisioning kernel build trees from apt archives' `linux-headers` packages.
 //!
-//! Debian ships, per architecture, prepared build trees (`linux-headers-<ABI>-<flavour>`)
-//! plus an arch-independent `-common` part and the host build tools (`linux-kbuild-<series>`,
-//! whose amd64 binaries serve every target tree). kmx fetches them with a PRIVATE apt state
-//! under `$KMX_HOME/apt` (its own lists, cache, sources and architecture list), so it never
-//! changes the system's dpkg architectures and works as non-root, then unpacks them with
-//! `dpkg-deb -x` into one sysroot per ABI (`$KMX_HOME/trees/debian-<ABI>/`).
+//! Debian (and Debian-style archives such as Raspberry Pi OS's or Ubuntu's) ship, per
+//! architecture, prepared build trees (`linux-headers-<ABI>-<flavour>`) plus an
+//! arch-independent common part and the host build tools (`linux-kbuild-<series>`, whose
+//! host-architecture binaries serve every target tree). Each target profile names its
+//! sources (`[[kernels.source]]`: a suite of an archive); kmx fetches from each one the
+//! newest ABI (or a pinned one) through a private apt state (`kernel::apt`), then unpacks the
+//! packages with `dpkg-deb -x` into one sysroot per source and ABI
+//! (`$KMX_HOME/trees/<source name>-<ABI>/`, e.g. `debian-6.12.95+deb12`).
+//!
+//! Both ABI styles work: `6.1.0-50` (Debian 12) and `6.12.95+deb12` (bookworm-backports,
+//! Debian 13), and so do `6.6.74+rpt` (Raspberry Pi OS) or `6.8.0-45` (Ubuntu). The common
+//! part and the kbuild package are read from the flavour package's Depends, not guessed.
 //!
 //! One fix makes the sysroot relocatable: each flavour's `Makefile` is a single absolute
 //! `include /usr/src/linux-headers-<ABI>-common/Makefile`, rewritten here relative to the
@@ -14,34 +20,35 @@
 //! Atomicity: packages are unpacked into a staging directory; each tree directory is then
 //! renamed into the sysroot (shared parts first), so a tree is either complete or absent.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use crate::config::profile::DebianKernel;
+use crate::config::profile::{DebianKernel, KernelSource};
 use crate::error::{Error, Kind, Result};
+use crate::kernel::apt::{self, Apt, host_debian_arch};
 use crate::kernel::registry::BootFiles;
 use crate::process;
 use crate::state::Home;
 
+/// One target's trees to fetch from one source.
+#[derive(Debug, Clone)]
+pub struct Want {
+    pub target: String,
+    pub source: KernelSource,
+}
+
 /// What to fetch, resolved from the command line and the target profiles.
 #[derive(Debug, Clone)]
 pub struct FetchRequest {
-    /// (target name, where Debian publishes its kernels)
-    pub targets: Vec<(String, DebianKernel)>,
-    /// A pinned ABI such as `6.1.0-50`; `None` picks the newest available for every target.
+    pub wants: Vec<Want>,
+    /// A pinned ABI such as `6.1.0-50`, taken from the sources that carry it; `None` picks
+    /// the newest of every source.
     pub abi: Option<String>,
-    pub mirror: String,
-    pub suite: String,
     /// Refresh the package lists even if they are recent.
     pub refresh: bool,
 }
-
-pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
-pub const DEFAULT_SUITE: &str = "bookworm";
-const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
-/// Package lists younger than this are reused without `apt-get update`.
-const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// A tree that is now on disk, ready to be inspected and registered.
 #[derive(Debug, Clone)]
@@ -51,306 +58,232 @@ pub struct FetchedTree {
     pub origin: String,
     /// False when the tree was already there and nothing was downloaded for it.
     pub new: bool,
-    /// The Debian kernel ABI, e.g. `6.1.0-50`.
+    /// The kernel ABI, e.g. `6.1.0-50` or `6.12.95+deb12`.
     pub abi: String,
-    /// The sysroot the tree lives in (`$KMX_HOME/trees/debian-<ABI>`).
+    /// The sysroot the tree lives in (`$KMX_HOME/trees/<source name>-<ABI>`).
     pub sysroot: PathBuf,
+    pub source: KernelSource,
 }
 
-/// The private apt state: every apt call kmx makes goes through here.
-struct Apt {
-    dir: PathBuf,
-    config: PathBuf,
-}
-
-impl Apt {
-    fn prepare(home: &Home, req: &FetchRequest, archs: &[String]) -> Result<Apt> {
-        if !Path::new(KEYRING).exists() {
-            return Err(Error::env(format!("{KEYRING} is missing"))
-                .hint("install Debian's archive keyring: apt-get install debian-archive-keyring"));
-        }
-        which::which("apt-get").map_err(|_| {
-            Error::env("apt-get not found: kmx fetches kernel trees with apt")
-                .hint("run kmx on Debian or a derivative, or point a target at kernel trees with [kernels] paths")
-        })?;
-        let dir = home.apt();
-        for sub in [
-            "lists/partial",
-            "cache/archives/partial",
-            "etc/apt.conf.d",
-            "etc/preferences.d",
-            "etc/sources.list.d",
-        ] {
-            let p = dir.join(sub);
-            std::fs::create_dir_all(&p).map_err(|e| Error::io("create directory", &p, e))?;
-        }
-        let status = dir.join("status");
-        if !status.exists() {
-            std::fs::write(&status, b"").map_err(|e| Error::io("create", &status, e))?;
-        }
-        let sources = format!(
-            "deb [signed-by={KEYRING}] {} {} main\n",
-            req.mirror, req.suite
-        );
-        write_if_changed(&dir.join("etc/sources.list"), &sources)?;
-        let user = std::env::var("USER").ok().filter(|u| !u.is_empty());
-        let user = if crate::process::is_root() {
-            "root".to_string()
-        } else {
-            user.unwrap_or_else(|| "root".into())
-        };
-        let d = dir.display();
-        let arch_list: String = archs.iter().map(|a| format!("\"{a}\"; ")).collect();
-        let conf = format!(
-            "Dir::State \"{d}\";\nDir::State::Lists \"{d}/lists\";\nDir::State::status \"{d}/status\";\n\
-             Dir::Cache \"{d}/cache\";\nDir::Etc \"{d}/etc\";\nDir::Etc::SourceList \"{d}/etc/sources.list\";\n\
-             Dir::Etc::SourceParts \"{d}/etc/sources.list.d\";\nDir::Etc::Parts \"{d}/etc/apt.conf.d\";\n\
-             Dir::Etc::Preferences \"{d}/etc/preferences\";\nDir::Etc::PreferencesParts \"{d}/etc/preferences.d\";\n\
-             APT::Architecture \"{host}\";\nAPT::Architectures {{ {arch_list}}};\nAcquire::Languages \"none\";\n\
-             Acquire::GzipIndexes \"true\";\nAcquire::IndexTargets::deb::Contents-deb::DefaultEnabled \"false\";\n\
-             APT::Sandbox::User \"{user}\";\nDebug::NoLocking \"true\";\n",
-            host = host_debian_arch(),
-        );
-        let config = dir.join("apt.conf");
-        write_if_changed(&config, &conf)?;
-        Ok(Apt { dir, config })
-    }
-
-    fn cmd(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env("APT_CONFIG", &self.config).env("LC_ALL", "C");
-        cmd
-    }
-
-    fn lists_fresh(&self) -> bool {
-        let stamp = self.dir.join("lists/.kmx-updated");
-        std::fs::metadata(stamp)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age < LISTS_MAX_AGE)
-    }
-
-    fn update(&self, mirror: &str) -> Result<()> {
-        let hint = "kmx needs the network to reach the Debian mirror (set --mirror or KMX_DEBIAN_MIRROR for another one)";
-        let out = process::output(
-            self.cmd("apt-get").args(["-q", "update"]),
-            Kind::Environment,
-        )
-        .map_err(|e| e.hint(hint))?;
-        // apt-get update exits 0 when every download failed: read what it said.
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let failures: Vec<&str> = text
-            .lines()
-            .filter(|l| {
-                l.starts_with("Err:") || l.starts_with("E:") || l.starts_with("W: Failed to fetch")
-            })
-            .take(3)
-            .collect();
-        if !failures.is_empty() {
-            return Err(
-                Error::env(format!("cannot update the package lists from {mirror}"))
-                    .caused_by(failures.join("\n"))
-                    .hint(hint),
-            );
-        }
-        let stamp = self.dir.join("lists/.kmx-updated");
-        std::fs::write(&stamp, b"").map_err(|e| Error::io("write", &stamp, e))
-    }
-
-    /// `apt-cache show` for `pkgs`: `Some(text)` if every package exists, `None` if one does
-    /// not; an apt that fails otherwise (a broken state, unreadable lists) is an error.
-    fn show(&self, pkgs: &[String]) -> Result<Option<String>> {
-        let mut cmd = self.cmd("apt-cache");
-        cmd.args(["show", "--no-all-versions"]).args(pkgs);
-        let out = cmd.output().map_err(|e| process::spawn_error(&cmd, e))?;
-        if out.status.success() {
-            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("No packages found") || stderr.contains("Unable to locate package") {
-            return Ok(None);
-        }
-        Err(Error::env(format!(
-            "`{}` failed: {}",
-            process::display_args(&cmd),
-            process::describe_status(out.status)
-        ))
-        .caused_by(process::tail(&out.stderr, 4))
-        .hint(format!(
-            "kmx's apt state in {} may be damaged: run `kmx kernels fetch --refresh`, or delete it",
-            self.dir.display()
-        )))
-    }
-
-    fn pkgnames(&self, prefix: &str) -> Result<Vec<String>> {
-        let out = process::output(
-            self.cmd("apt-cache").args(["pkgnames", prefix]),
-            Kind::Environment,
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect())
-    }
-}
-
-/// The dpkg architecture of this host (the kbuild host tools must run here).
-pub fn host_debian_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "x86" => "i386",
-        "aarch64" => "arm64",
-        "arm" => "armhf",
-        "powerpc64" => "ppc64el",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => other,
-    }
-}
-
-fn write_if_changed(path: &Path, text: &str) -> Result<()> {
-    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
-        return Ok(());
-    }
-    std::fs::write(path, text).map_err(|e| Error::io("write", path, e))
-}
-
-/// Compare Debian kernel ABIs like `6.1.0-50` numerically, component by component.
-fn abi_key(abi: &str) -> Vec<u64> {
-    abi.split(['.', '-'])
+/// Compare kernel ABIs like `6.1.0-50` or `6.12.95+deb12` numerically, number by number.
+pub fn abi_key(abi: &str) -> Vec<u64> {
+    abi.split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
         .map(|p| p.parse().unwrap_or(0))
         .collect()
 }
 
-/// The ABI part of `linux-headers-<ABI>-<flavour>` (ABI = `N.N.N-N`).
-fn abi_of(pkg: &str, flavour: &str) -> Option<String> {
+/// The ABI part of `linux-headers-<ABI>-<flavour>`: `N.N.N`, then `-N` (Debian 12, Ubuntu)
+/// or `+word` (`+deb12`, `+rpt`). Anything else (`6.1.0-50-rt`, `6.12`, `...-common`) is
+/// another flavour or a meta package.
+pub fn abi_of(pkg: &str, flavour: &str) -> Option<String> {
     let abi = pkg
         .strip_prefix("linux-headers-")?
         .strip_suffix(&format!("-{flavour}"))?;
-    let (ver, num) = abi.rsplit_once('-')?;
-    let ok = num.chars().all(|c| c.is_ascii_digit())
-        && !num.is_empty()
-        && ver.split('.').count() == 3
-        && ver
-            .split('.')
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
-    ok.then(|| abi.to_string())
+    let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    let (version, suffix) = match abi.find(['-', '+']) {
+        Some(i) => (&abi[..i], &abi[i..]),
+        None => (abi, ""),
+    };
+    let version_ok = version.split('.').count() == 3 && version.split('.').all(digits);
+    let suffix_ok = match suffix.chars().next() {
+        None => true,
+        Some('-') => digits(&suffix[1..]),
+        Some(_) => {
+            let word = &suffix[1..];
+            !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '~')
+        }
+    };
+    (version_ok && suffix_ok).then(|| abi.to_string())
 }
 
-fn field<'a>(stanza: &'a str, name: &str) -> Option<&'a str> {
-    stanza
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+/// The sysroot of one source's ABI.
+pub fn sysroot_of(home: &Home, source: &KernelSource, abi: &str) -> PathBuf {
+    home.trees().join(format!("{}-{abi}", source.name))
 }
 
-/// Fetch (or find already fetched) trees for every requested target. `say` receives
-/// progress lines.
+/// Fetch (or find already fetched) trees for every requested (target, source). `say`
+/// receives progress lines. A source without a tree for a target is said, not an error; a
+/// target that gets no tree from any of its sources is an error.
 pub fn fetch(
     home: &Home,
     req: &FetchRequest,
     say: &mut dyn FnMut(&str),
 ) -> Result<Vec<FetchedTree>> {
-    let host = host_debian_arch().to_string();
-    let mut archs: Vec<String> = vec![host.clone()];
-    for (_, d) in &req.targets {
-        if !archs.contains(&d.arch) {
-            archs.push(d.arch.clone());
+    let mut groups: BTreeMap<String, Vec<&Want>> = BTreeMap::new();
+    for w in &req.wants {
+        groups.entry(w.source.apt_line()).or_default().push(w);
+    }
+    let mut result: Vec<FetchedTree> = Vec::new();
+    let mut lock = None;
+    for wants in groups.values() {
+        let source = &wants[0].source;
+        // A pinned ABI whose trees are all present needs no apt at all.
+        if let Some(abi) = &req.abi {
+            let sysroot = sysroot_of(home, source, abi);
+            let present: Vec<FetchedTree> = wants
+                .iter()
+                .filter_map(|w| existing(&sysroot, abi, w))
+                .collect();
+            if present.len() == wants.len() {
+                result.extend(present);
+                continue;
+            }
+        }
+        if lock.is_none() {
+            lock = Some(apt_lock(home)?);
+        }
+        // Every state sees the architectures of the whole request, so `fetch_boot` asks the
+        // same of it and reuses its lists.
+        let mut archs = vec![host_debian_arch().to_string()];
+        archs.extend(req.wants.iter().map(|w| w.source.kernel.arch.clone()));
+        let apt = Apt::prepare(home, source, &archs)?;
+        apt.update(req.refresh, say)?;
+        let names = apt.pkgnames("linux-headers-")?;
+        let mut by_abi: BTreeMap<String, Vec<&Want>> = BTreeMap::new();
+        for w in wants {
+            let k = &w.source.kernel;
+            let abi = match &req.abi {
+                Some(abi) => apt
+                    .show(&[format!("linux-headers-{abi}-{}:{}", k.flavour, k.arch)])?
+                    .map(|_| abi.clone()),
+                None => newest_abi(&apt, &names, k)?,
+            };
+            match abi {
+                Some(abi) => by_abi.entry(abi).or_default().push(w),
+                None => say(&format!(
+                    "{}: {} has no linux-headers-{}-{}:{} package",
+                    w.target,
+                    source.label(),
+                    req.abi.as_deref().unwrap_or("<ABI>"),
+                    k.flavour,
+                    k.arch
+                )),
+            }
+        }
+        for (abi, wants) in by_abi {
+            say(&format!("{}: kernel ABI {abi}", source.label()));
+            result.extend(fetch_abi(home, &apt, &abi, &wants, say)?);
         }
     }
-    // A pinned ABI whose trees are all present needs no apt at all.
-    if let Some(abi) = &req.abi {
-        let sysroot = home.trees().join(format!("debian-{abi}"));
-        let present: Vec<FetchedTree> = req
-            .targets
-            .iter()
-            .filter_map(|(t, d)| existing(&sysroot, abi, t, d))
-            .collect();
-        if present.len() == req.targets.len() {
-            say(&format!("Kernel trees for ABI {abi} are already present"));
-            return Ok(present);
+    let mut without: Vec<&str> = req
+        .wants
+        .iter()
+        .map(|w| w.target.as_str())
+        .filter(|t| !result.iter().any(|r| r.target == *t))
+        .collect();
+    without.dedup();
+    if !without.is_empty() {
+        let what = match &req.abi {
+            Some(abi) => format!("ABI {abi}"),
+            None => "any kernel".into(),
+        };
+        return Err(Error::env(format!(
+            "no source of {} has {what}",
+            without.join(", ")
+        ))
+        .hint("`kmx kernels fetch --refresh` updates the package lists; omit --abi to take the newest; the sources are each target's [[kernels.source]] (`kmx targets`)"));
+    }
+    Ok(result)
+}
+
+/// One fetch or removal at a time per home: apt's own locking is off in the private states.
+pub fn apt_lock(home: &Home) -> Result<crate::state::store::Lock> {
+    let dir = home.apt();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    crate::state::store::lock_file(&dir.join("lock"), true, "the kernel tree cache")
+}
+
+/// The newest ABI in this source with a headers package for the flavour and architecture.
+fn newest_abi(apt: &Apt, names: &[String], k: &DebianKernel) -> Result<Option<String>> {
+    let mut candidates: Vec<String> = names.iter().filter_map(|n| abi_of(n, &k.flavour)).collect();
+    candidates.sort_by_key(|a| std::cmp::Reverse(abi_key(a)));
+    candidates.dedup();
+    for abi in candidates {
+        if apt
+            .show(&[format!("linux-headers-{abi}-{}:{}", k.flavour, k.arch)])?
+            .is_some()
+        {
+            return Ok(Some(abi));
         }
     }
-    let apt = Apt::prepare(home, req, &archs)?;
-    // One fetch at a time per home: apt's own locking is off in the private state.
-    let _lock =
-        crate::state::store::lock_file(&apt.dir.join("lock"), true, "the kernel tree cache")?;
-    if req.refresh || !apt.lists_fresh() {
-        say(&format!(
-            "Updating package lists from {} {} ({})",
-            req.mirror,
-            req.suite,
-            archs.join(", ")
-        ));
-        apt.update(&req.mirror)?;
-    }
-    let abi = match &req.abi {
-        Some(abi) => abi.clone(),
-        None => resolve_abi(&apt, &req.targets)?,
-    };
-    say(&format!("Using Debian kernel ABI {abi}"));
-    let sysroot = home.trees().join(format!("debian-{abi}"));
+    Ok(None)
+}
+
+/// Download and unpack one ABI's flavours (with their common part and kbuild tools) into
+/// the source's sysroot for that ABI; trees already there are reused.
+fn fetch_abi(
+    home: &Home,
+    apt: &Apt,
+    abi: &str,
+    wants: &[&Want],
+    say: &mut dyn FnMut(&str),
+) -> Result<Vec<FetchedTree>> {
+    let source = &wants[0].source;
+    let sysroot = sysroot_of(home, source, abi);
     let mut result = Vec::new();
-    let mut missing = Vec::new();
-    for (target, d) in &req.targets {
-        match existing(&sysroot, &abi, target, d) {
+    let mut missing: Vec<&Want> = Vec::new();
+    for w in wants {
+        match existing(&sysroot, abi, w) {
             Some(tree) => result.push(tree),
-            None => missing.push((target.clone(), d.clone())),
+            None => missing.push(w),
         }
     }
     if missing.is_empty() {
-        say("All requested trees are already present");
         return Ok(result);
     }
-    // Which packages: the flavours, the common part, and the host build tools.
-    let flavour_pkgs: Vec<String> = missing
+    let host = host_debian_arch();
+    let flavours: Vec<String> = missing
         .iter()
-        .map(|(_, d)| format!("linux-headers-{abi}-{}:{}", d.flavour, d.arch))
+        .map(|w| format!("linux-headers-{abi}-{}", w.source.kernel.flavour))
         .collect();
-    let info = apt.show(&flavour_pkgs)?.ok_or_else(|| {
+    let qualified: Vec<String> = missing
+        .iter()
+        .zip(&flavours)
+        .map(|(w, p)| format!("{p}:{}", w.source.kernel.arch))
+        .collect();
+    let info = apt.show(&qualified)?.ok_or_else(|| {
         Error::env(format!(
-            "Debian {} has no linux-headers packages for ABI {abi} for: {}",
-            req.suite,
-            flavour_pkgs.join(" ")
+            "{} has no package for ABI {abi} among: {}",
+            source.label(),
+            qualified.join(" ")
         ))
-        .hint("pick an ABI that exists (omit --abi to let kmx choose), or run with --refresh")
+        .hint("run with --refresh, or pick an ABI that exists (omit --abi to let kmx choose)")
     })?;
-    let version = field(&info, "Version").unwrap_or("").to_string();
-    let kbuild = field(&info, "Depends")
-        .and_then(|deps| {
-            deps.split(',')
-                .map(str::trim)
-                .find(|d| d.starts_with("linux-kbuild-"))
-        })
-        .and_then(|d| d.split_whitespace().next())
-        .ok_or_else(|| {
-            Error::env(format!(
-                "cannot find the linux-kbuild dependency of {}",
-                flavour_pkgs[0]
-            ))
-        })?
-        .to_string();
-    let mut pkgs = flavour_pkgs.clone();
-    pkgs.push(format!("linux-headers-{abi}-common"));
-    pkgs.push(format!("{kbuild}:{host}"));
-    let debs = apt.dir.join("debs").join(&abi);
+    let mut pkgs = qualified.clone();
+    let mut versions = BTreeMap::new();
+    for p in &flavours {
+        let stanza = apt::stanza(&info, p).unwrap_or("");
+        versions.insert(
+            p.clone(),
+            apt::field(stanza, "Version").unwrap_or("").to_string(),
+        );
+        let kbuild = apt::depends_on(stanza, "linux-kbuild-");
+        if kbuild.is_empty() {
+            return Err(Error::env(format!("{p} names no linux-kbuild package in its Depends"))
+                .hint("kmx needs the kernel's host build tools (linux-kbuild-*): is this a Debian-style archive?"));
+        }
+        for dep in apt::depends_on(stanza, "linux-headers-")
+            .into_iter()
+            .chain(kbuild.into_iter().map(|k| format!("{k}:{host}")))
+        {
+            if !pkgs.contains(&dep) {
+                pkgs.push(dep);
+            }
+        }
+    }
+    let debs = apt.dir.join("debs").join(abi);
     // Only this download's packages: an older upload of the same ABI must not be unpacked.
     let _ = std::fs::remove_dir_all(&debs);
-    std::fs::create_dir_all(&debs).map_err(|e| Error::io("create directory", &debs, e))?;
     say(&format!(
         "Downloading {} packages: {}",
         pkgs.len(),
         pkgs.join(" ")
     ));
-    process::output(
-        apt.cmd("apt-get").args(["-q", "download"]).args(&pkgs).current_dir(&debs),
-        Kind::Environment,
-    )
-    .map_err(|e| e.hint("check the network and the mirror; `kmx kernels fetch --refresh` updates the package lists"))?;
+    apt.download(&pkgs, &debs)?;
 
     // Unpack everything into a staging dir next to the sysroot, then move trees into place.
     let trees = home.trees();
@@ -364,44 +297,33 @@ pub fn fetch(
         .map_err(|e| Error::io("read directory", &debs, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            pkgs.iter().any(|pkg| {
-                let base = pkg.split(':').next().unwrap_or(pkg);
-                name.starts_with(&format!("{base}_"))
-            })
-        })
         .collect();
     deb_files.sort();
     for deb in &deb_files {
-        process::output(
-            Command::new("dpkg-deb")
-                .arg("-x")
-                .arg(deb)
-                .arg(staging.path()),
-            Kind::Environment,
-        )
-        .map_err(|e| e.hint("dpkg-deb comes with dpkg: apt-get install dpkg"))?;
+        dpkg_extract(deb, staging.path())?;
     }
-    // Shared parts first (kbuild tools, -common), then each flavour.
-    let mut moves: Vec<PathBuf> = Vec::new();
-    let series = kbuild.trim_start_matches("linux-kbuild-");
-    moves.push(PathBuf::from(format!("usr/lib/linux-kbuild-{series}")));
-    moves.push(PathBuf::from(format!("usr/src/linux-kbuild-{series}")));
-    moves.push(PathBuf::from(format!("usr/src/linux-headers-{abi}-common")));
-    for (_, d) in &missing {
-        moves.push(PathBuf::from(format!(
-            "usr/src/linux-headers-{abi}-{}",
-            d.flavour
-        )));
+    // Shared parts first (kbuild tools, common parts), then each flavour: a flavour in the
+    // sysroot implies what it needs is there.
+    let mut shared: Vec<PathBuf> = Vec::new();
+    for dir in ["usr/lib", "usr/src"] {
+        if let Ok(entries) = std::fs::read_dir(staging.path().join(dir)) {
+            for e in entries.flatten() {
+                let rel = Path::new(dir).join(e.file_name());
+                if !flavours.iter().any(|f| rel.ends_with(f)) {
+                    shared.push(rel);
+                }
+            }
+        }
     }
-    for rel in &moves {
-        let from = staging.path().join(rel);
-        let to = sysroot.join(rel);
+    shared.sort();
+    let flavour_dirs = flavours.iter().map(|f| Path::new("usr/src").join(f));
+    for rel in shared.into_iter().chain(flavour_dirs) {
+        let from = staging.path().join(&rel);
+        let to = sysroot.join(&rel);
         if !from.exists() || to.exists() {
             continue;
         }
-        if rel.starts_with("usr/src") && rel.to_string_lossy().contains("linux-headers-") {
+        if rel.starts_with("usr/src") {
             relocate_makefile(&from)?;
         }
         if let Some(parent) = to.parent() {
@@ -410,8 +332,8 @@ pub fn fetch(
         }
         std::fs::rename(&from, &to).map_err(|e| Error::io("move into place", &to, e))?;
     }
-    for (target, d) in &missing {
-        let kdir = sysroot.join(format!("usr/src/linux-headers-{abi}-{}", d.flavour));
+    for (w, p) in missing.iter().zip(&flavours) {
+        let kdir = sysroot.join("usr/src").join(p);
         if !kdir.join("Makefile").exists() {
             return Err(Error::env(format!(
                 "the unpacked package did not provide {}",
@@ -419,59 +341,39 @@ pub fn fetch(
             )));
         }
         result.push(FetchedTree {
-            target: target.clone(),
-            origin: format!(
-                "debian {} linux-headers-{abi}-{} {version}",
-                req.suite, d.flavour
-            ),
+            target: w.target.clone(),
+            origin: format!("{} {p} {}", source.label(), versions[p]),
             kdir,
             new: true,
-            abi: abi.clone(),
+            abi: abi.to_string(),
             sysroot: sysroot.clone(),
+            source: w.source.clone(),
         });
     }
     Ok(result)
 }
 
-fn existing(sysroot: &Path, abi: &str, target: &str, d: &DebianKernel) -> Option<FetchedTree> {
-    let kdir = sysroot.join(format!("usr/src/linux-headers-{abi}-{}", d.flavour));
+fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
+    process::output(
+        Command::new("dpkg-deb").arg("-x").arg(deb).arg(into),
+        Kind::Environment,
+    )
+    .map(|_| ())
+    .map_err(|e| e.hint("dpkg-deb comes with dpkg: apt-get install dpkg"))
+}
+
+fn existing(sysroot: &Path, abi: &str, w: &Want) -> Option<FetchedTree> {
+    let pkg = format!("linux-headers-{abi}-{}", w.source.kernel.flavour);
+    let kdir = sysroot.join("usr/src").join(&pkg);
     kdir.join("Makefile").exists().then(|| FetchedTree {
-        target: target.to_string(),
-        origin: format!("debian linux-headers-{abi}-{}", d.flavour),
+        target: w.target.clone(),
+        origin: format!("{} {pkg}", w.source.label()),
         kdir,
         new: false,
         abi: abi.to_string(),
         sysroot: sysroot.to_path_buf(),
+        source: w.source.clone(),
     })
-}
-
-/// The newest ABI for which every requested target has a headers package.
-fn resolve_abi(apt: &Apt, targets: &[(String, DebianKernel)]) -> Result<String> {
-    let names = apt.pkgnames("linux-headers-")?;
-    let Some((_, first)) = targets.first() else {
-        return Err(Error::usage("no target to fetch kernel trees for"));
-    };
-    let mut candidates: Vec<String> = names
-        .iter()
-        .filter_map(|n| abi_of(n, &first.flavour))
-        .collect();
-    candidates.sort_by_key(|a| std::cmp::Reverse(abi_key(a)));
-    candidates.dedup();
-    for abi in &candidates {
-        let pkgs: Vec<String> = targets
-            .iter()
-            .map(|(_, d)| format!("linux-headers-{abi}-{}:{}", d.flavour, d.arch))
-            .collect();
-        if apt.show(&pkgs)?.is_some() {
-            return Ok(abi.clone());
-        }
-    }
-    let wanted: Vec<String> = targets
-        .iter()
-        .map(|(t, d)| format!("{t} ({}:{})", d.flavour, d.arch))
-        .collect();
-    Err(Error::env(format!("no kernel ABI has linux-headers packages for every requested target: {}", wanted.join(", ")))
-        .hint("fetch the targets one by one (--target), or run with --refresh to update the package lists"))
 }
 
 /// Rewrite `include /usr/src/<X>/Makefile` in a flavour tree's Makefile relative to the tree.
@@ -502,9 +404,10 @@ fn relocate_makefile(tree: &Path) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct BootRequest {
     pub tree: FetchedTree,
-    pub debian: DebianKernel,
     /// The tree's kernel release (`6.1.0-50-amd64`): the image and module tree must match it.
     pub release: String,
+    /// The target boots with a device tree from the image package (`[boot] dtb`).
+    pub dtbs: bool,
 }
 
 /// Where the boot files of `release` live in a sysroot (present or not).
@@ -513,120 +416,192 @@ fn boot_paths(sysroot: &Path, release: &str, arch: &str) -> BootFiles {
         image: sysroot.join(format!("boot/vmlinuz-{release}")),
         modules_dir: sysroot.join(format!("lib/modules/{release}")),
         busybox: sysroot.join(format!("boot/busybox-{arch}")),
+        dtbs: Some(sysroot.join(format!("boot/dtbs/{release}"))),
     }
 }
 
-/// The boot files of a tree when every one of them is on disk.
-pub fn existing_boot(sysroot: &Path, release: &str, arch: &str) -> Option<BootFiles> {
-    let b = boot_paths(sysroot, release, arch);
-    (b.image.is_file() && b.modules_dir.join("modules.dep").is_file() && b.busybox.is_file())
+/// The boot files of a tree when every one of them is on disk (the device trees only
+/// counted when `dtbs`, and only named when present).
+pub fn existing_boot(sysroot: &Path, release: &str, arch: &str, dtbs: bool) -> Option<BootFiles> {
+    let mut b = boot_paths(sysroot, release, arch);
+    let has_dtbs = b.dtbs.as_ref().is_some_and(|d| d.is_dir());
+    if !has_dtbs {
+        b.dtbs = None;
+    }
+    (b.image.is_file()
+        && b.modules_dir.join("modules.dep").is_file()
+        && b.busybox.is_file()
+        && (has_dtbs || !dtbs))
         .then_some(b)
 }
 
-/// Fetch, for each tree, Debian's kernel image of the same release, its module tree
-/// (with `modules.dep` made by `depmod -b`) and `busybox-static` for the architecture, into
-/// the tree's sysroot: `boot/vmlinuz-<release>`, `lib/modules/<release>/`,
-/// `boot/busybox-<arch>`. Each is unpacked in a staging directory and renamed into place,
-/// the image last, so a tree's boot files are complete or absent. Trees whose files are
-/// present cost nothing (no apt call).
+/// Fetch, for each tree, its source's kernel image of the same release, its module tree
+/// (with `modules.dep` made by `depmod -b`), its device trees, and Debian 12's
+/// `busybox-static` for the architecture, into the tree's sysroot: `boot/vmlinuz-<release>`,
+/// `lib/modules/<release>/`, `boot/dtbs/<release>/`, `boot/busybox-<arch>`. Each is unpacked
+/// in a staging directory and renamed into place, the image last, so a tree's boot files
+/// are complete or absent. Trees whose files are present cost nothing (no apt call).
 pub fn fetch_boot(
     home: &Home,
     req: &FetchRequest,
+    debian_mirror: Option<&str>,
     trees: &[BootRequest],
     say: &mut dyn FnMut(&str),
 ) -> Result<Vec<BootFiles>> {
-    let missing: Vec<&BootRequest> = trees
-        .iter()
-        .filter(|t| existing_boot(&t.tree.sysroot, &t.release, &t.debian.arch).is_none())
-        .collect();
-    if missing.is_empty() {
-        return Ok(trees
-            .iter()
-            .map(|t| boot_paths(&t.tree.sysroot, &t.release, &t.debian.arch))
-            .collect());
-    }
-    let host = host_debian_arch().to_string();
-    let mut archs = vec![host];
-    for t in &missing {
-        if !archs.contains(&t.debian.arch) {
-            archs.push(t.debian.arch.clone());
-        }
-    }
-    let apt = Apt::prepare(home, req, &archs)?;
-    // One fetch at a time per home: apt's own locking is off in the private state.
-    let _lock =
-        crate::state::store::lock_file(&apt.dir.join("lock"), true, "the kernel tree cache")?;
-    if req.refresh || !apt.lists_fresh() {
-        say(&format!(
-            "Updating package lists from {} {}",
-            req.mirror, req.suite
-        ));
-        apt.update(&req.mirror)?;
-    }
-    which::which("depmod").map_err(|_| {
-        Error::env("depmod not found: kmx needs it to index the kernel's modules")
-            .hint("apt-get install kmod")
-    })?;
-    for t in missing {
-        let abi = &t.tree.abi;
-        let d = &t.debian;
-        // The signed image is what users run; some architectures (armhf) only have that
-        // name, others also ship `-unsigned` with the same kernel.
-        let signed = format!("linux-image-{abi}-{}", d.flavour);
-        let unsigned = format!("{signed}-unsigned");
-        let mut image_pkg = None;
-        for p in [signed, unsigned] {
-            if apt.show(&[format!("{p}:{}", d.arch)])?.is_some() {
-                image_pkg = Some(p);
-                break;
-            }
-        }
-        let image_pkg = image_pkg.ok_or_else(|| {
-            Error::env(format!(
-                "Debian {} has no linux-image-{abi}-{} package for {}",
-                req.suite, d.flavour, d.arch
-            ))
-            .hint("run with --refresh, or pin an ABI that still has images with --abi")
+    let exists = |t: &BootRequest| {
+        existing_boot(
+            &t.tree.sysroot,
+            &t.release,
+            &t.tree.source.kernel.arch,
+            t.dtbs,
+        )
+    };
+    let missing: Vec<&BootRequest> = trees.iter().filter(|t| exists(t).is_none()).collect();
+    if !missing.is_empty() {
+        let _lock = apt_lock(home)?;
+        which::which("depmod").map_err(|_| {
+            Error::env("depmod not found: kmx needs it to index the kernel's modules")
+                .hint("apt-get install kmod")
         })?;
-        let debs = apt.dir.join("debs").join(abi);
-        std::fs::create_dir_all(&debs).map_err(|e| Error::io("create directory", &debs, e))?;
-        let mut files = Vec::new();
-        for pkg in [image_pkg.as_str(), "busybox-static"] {
-            let deb = match downloaded(&debs, pkg, &d.arch) {
-                Some(deb) => deb,
-                None => {
-                    say(&format!("Downloading {pkg}:{}", d.arch));
-                    process::output(
-                        apt.cmd("apt-get")
-                            .args(["-q", "download"])
-                            .arg(format!("{pkg}:{}", d.arch))
-                            .current_dir(&debs),
-                        Kind::Environment,
-                    )
-                    .map_err(|e| e.hint("check the network and the mirror; `kmx kernels fetch --refresh` updates the package lists"))?;
-                    downloaded(&debs, pkg, &d.arch).ok_or_else(|| {
-                        Error::env(format!("apt-get download left no {pkg} package")).at(&debs)
-                    })?
+        // busybox-static comes from Debian 12 for every source: a backports suite or a
+        // vendor's archive has kernels, not necessarily busybox.
+        // The architectures of every tree, as `fetch` asked for them: the same set keeps the
+        // lists it just made.
+        let mut archs: Vec<String> = vec![host_debian_arch().to_string()];
+        archs.extend(trees.iter().map(|t| t.tree.source.kernel.arch.clone()));
+        let busybox_source = KernelSource::debian(
+            crate::config::profile::DEFAULT_SUITE,
+            debian_mirror,
+            missing[0].tree.source.kernel.clone(),
+        );
+        let busybox_apt = Apt::prepare(home, &busybox_source, &archs)?;
+        busybox_apt.update(req.refresh, say)?;
+        for t in missing {
+            let source = &t.tree.source;
+            let apt = Apt::prepare(home, source, &archs)?;
+            apt.update(req.refresh, say)?;
+            let abi = &t.tree.abi;
+            let d = &source.kernel;
+            // The signed image is what users run; some architectures (armhf) only have that
+            // name, others also ship `-unsigned` with the same kernel.
+            let signed = format!("linux-image-{abi}-{}", d.flavour);
+            let unsigned = format!("{signed}-unsigned");
+            let mut image_pkg = None;
+            for p in [signed, unsigned] {
+                if apt.show(&[format!("{p}:{}", d.arch)])?.is_some() {
+                    image_pkg = Some(p);
+                    break;
                 }
-            };
-            files.push(deb);
+            }
+            let image_pkg = image_pkg.ok_or_else(|| {
+                Error::env(format!(
+                    "{} has no linux-image-{abi}-{} package for {}",
+                    source.label(),
+                    d.flavour,
+                    d.arch
+                ))
+                .hint("run with --refresh, or pin an ABI that still has images with --abi")
+            })?;
+            let image = get_deb(&apt, &image_pkg, &d.arch, abi, say)?;
+            let busybox = get_deb(&busybox_apt, "busybox-static", &d.arch, "busybox", say)?;
+            say(&format!("Unpacking {image_pkg}:{} and busybox", d.arch));
+            install_boot(&t.tree.sysroot, &t.release, &d.arch, &image, &busybox)?;
         }
-        say(&format!("Unpacking {image_pkg}:{} and busybox", d.arch));
-        install_boot(&t.tree.sysroot, &t.release, &d.arch, &files[0], &files[1])?;
     }
     trees
         .iter()
         .map(|t| {
-            existing_boot(&t.tree.sysroot, &t.release, &t.debian.arch).ok_or_else(|| {
+            exists(t).ok_or_else(|| {
                 Error::env(format!(
-                    "the kernel image package did not provide boot/vmlinuz-{} with its modules",
-                    t.release
+                    "the kernel image package did not provide boot/vmlinuz-{} with its modules{}",
+                    t.release,
+                    if t.dtbs { " and device trees" } else { "" }
                 ))
                 .at(&t.tree.sysroot)
-                .hint("check that the tree's release matches the Debian ABI (kmx kernels list)")
+                .hint("check that the tree's release matches the package's ABI (kmx kernels list)")
             })
         })
         .collect()
+}
+
+/// A downloaded `pkg:arch` in the source's `debs/<dir>`, downloading it if needed.
+fn get_deb(
+    apt: &Apt,
+    pkg: &str,
+    arch: &str,
+    dir: &str,
+    say: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    let debs = apt.dir.join("debs").join(dir);
+    if let Some(deb) = downloaded(&debs, pkg, arch) {
+        return Ok(deb);
+    }
+    say(&format!("Downloading {pkg}:{arch}"));
+    apt.download(&[format!("{pkg}:{arch}")], &debs)?;
+    downloaded(&debs, pkg, arch)
+        .ok_or_else(|| Error::env(format!("apt-get download left no {pkg} package")).at(&debs))
+}
+
+/// Delete the files of `gone` (entries already removed from `registry`) that no remaining
+/// entry uses: each tree directory and its boot files, and a sysroot left without trees.
+/// Only paths under the home's trees directory are touched. Each directory is first
+/// renamed to a `.kmx-tmp-` name, so an interrupted removal leaves nothing half-deleted
+/// under a tree's name (the next run sweeps it).
+pub fn delete_unused(
+    home: &Home,
+    registry: &crate::kernel::registry::Registry,
+    gone: &[crate::kernel::registry::RegisteredTree],
+) -> Result<Vec<PathBuf>> {
+    let trees = home.trees();
+    let paths_of = |t: &crate::kernel::registry::RegisteredTree| -> Vec<PathBuf> {
+        let mut v = vec![t.kdir.clone()];
+        if let Some(b) = &t.boot {
+            v.extend([b.image.clone(), b.modules_dir.clone()]);
+            v.extend(b.dtbs.clone());
+        }
+        v
+    };
+    let sysroot_of = |p: &Path| -> Option<PathBuf> {
+        let rel = p.strip_prefix(&trees).ok()?;
+        Some(trees.join(rel.components().next()?))
+    };
+    let used: Vec<PathBuf> = registry.trees.iter().flat_map(paths_of).collect();
+    let used_sysroots: Vec<PathBuf> = registry
+        .trees
+        .iter()
+        .filter_map(|t| sysroot_of(&t.kdir))
+        .collect();
+    let mut deleted = Vec::new();
+    let mut delete = |p: &Path| -> Result<()> {
+        if !p.starts_with(&trees) || p == trees || std::fs::symlink_metadata(p).is_err() {
+            return Ok(());
+        }
+        let doomed = trees.join(format!(
+            "{}{}",
+            crate::state::tmp::prefix(),
+            p.file_name().and_then(|n| n.to_str()).unwrap_or("tree")
+        ));
+        std::fs::rename(p, &doomed).map_err(|e| Error::io("remove", p, e))?;
+        let removed = if doomed.is_dir() {
+            std::fs::remove_dir_all(&doomed)
+        } else {
+            std::fs::remove_file(&doomed)
+        };
+        removed.map_err(|e| Error::io("remove", &doomed, e))?;
+        deleted.push(p.to_path_buf());
+        Ok(())
+    };
+    for t in gone {
+        match sysroot_of(&t.kdir) {
+            Some(root) if !used_sysroots.contains(&root) => delete(&root)?,
+            _ => {
+                for p in paths_of(t).iter().filter(|p| !used.contains(p)) {
+                    delete(p)?;
+                }
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 /// The newest downloaded `<pkg>_<version>_<arch>.deb` in `dir`.
@@ -660,11 +635,7 @@ fn install_boot(
         .map_err(|e| Error::io("create a directory in", parent, e))?;
     let root = staging.path();
     for deb in [image_deb, busybox_deb] {
-        process::output(
-            Command::new("dpkg-deb").arg("-x").arg(deb).arg(root),
-            Kind::Environment,
-        )
-        .map_err(|e| e.hint("dpkg-deb comes with dpkg: apt-get install dpkg"))?;
+        dpkg_extract(deb, root)?;
     }
     // Merged-/usr packages put modules under usr/lib; depmod -b looks in lib/.
     let usr_mods = root.join(format!("usr/lib/modules/{release}"));
@@ -705,6 +676,14 @@ fn install_boot(
     }
     std::fs::rename(&busybox, &dest.busybox)
         .map_err(|e| Error::io("move into place", &dest.busybox, e))?;
+    // Device trees (ARM): Debian's image packages keep them in usr/lib/linux-image-<release>.
+    let dtbs = root.join(format!("usr/lib/linux-image-{release}"));
+    if let Some(dest_dtbs) = dest.dtbs.as_ref().filter(|d| dtbs.is_dir() && !d.exists()) {
+        let parent = dest_dtbs.parent().unwrap_or(sysroot);
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+        std::fs::rename(&dtbs, dest_dtbs)
+            .map_err(|e| Error::io("move into place", dest_dtbs, e))?;
+    }
     std::fs::rename(&image, &dest.image)
         .map_err(|e| Error::io("move into place", &dest.image, e))?;
     Ok(())
@@ -727,13 +706,51 @@ mod tests {
             abi_of("linux-headers-6.1.0-50-686-pae", "686-pae").as_deref(),
             Some("6.1.0-50")
         );
+        // The newer Debian style, Raspberry Pi OS's, Ubuntu's.
+        assert_eq!(
+            abi_of("linux-headers-6.12.95+deb12-armmp", "armmp").as_deref(),
+            Some("6.12.95+deb12")
+        );
+        assert_eq!(
+            abi_of("linux-headers-6.6.74+rpt-rpi-v8", "rpi-v8").as_deref(),
+            Some("6.6.74+rpt")
+        );
+        assert_eq!(
+            abi_of("linux-headers-6.8.0-45-generic", "generic").as_deref(),
+            Some("6.8.0-45")
+        );
+        assert_eq!(
+            abi_of("linux-headers-6.12.95+deb12-rt-arm64", "arm64"),
+            None
+        );
+        assert_eq!(abi_of("linux-headers-6.12-arm64", "arm64"), None);
+        assert_eq!(abi_of("linux-headers-6.12.95+deb12-common", "rpi"), None);
+        assert_eq!(
+            abi_of("linux-headers-6.12.95+deb12-arm64-16k", "arm64"),
+            None
+        );
     }
 
     #[test]
     fn abis_order_numerically() {
-        let mut v = vec!["6.1.0-9", "6.1.0-50", "6.1.0-47", "6.12.0-1"];
+        let mut v = vec![
+            "6.1.0-9",
+            "6.12.95+deb12",
+            "6.1.0-50",
+            "6.12.118+deb12",
+            "6.1.0-47",
+        ];
         v.sort_by_key(|a| std::cmp::Reverse(abi_key(a)));
-        assert_eq!(v, ["6.12.0-1", "6.1.0-50", "6.1.0-47", "6.1.0-9"]);
+        assert_eq!(
+            v,
+            [
+                "6.12.118+deb12",
+                "6.12.95+deb12",
+                "6.1.0-50",
+                "6.1.0-47",
+                "6.1.0-9"
+            ]
+        );
     }
 
     #[test]

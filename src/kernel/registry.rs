@@ -1,6 +1,11 @@
 //! The list of kernel trees kmx fetched (`$KMX_HOME/trees/registry.json`): which target each
 //! tree is for and where it came from. Written atomically; an unreadable registry is an
 //! error naming the file, never silently replaced.
+//!
+//! Paths under the trees directory are stored relative to it, so a home that is moved or
+//! copied keeps a valid registry. Absolute paths (registries written before that, or trees
+//! elsewhere) are kept; one that no longer exists but names a `trees/` directory is looked
+//! for under this home's.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +23,12 @@ pub struct RegisteredTree {
     pub kdir: PathBuf,
     /// Where the tree came from, e.g. `debian bookworm linux-headers-6.1.0-50-arm64 6.1.176-1`.
     pub origin: String,
+    /// The source it was fetched from (`debian bookworm-backports`), for `kernels prune`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The source's kernel ABI (`6.12.95+deb12`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abi: Option<String>,
     /// What `kmx smoke` boots to load modules built against this tree, when fetched with
     /// `kmx kernels fetch --with-image`. Absent in registries written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,6 +45,45 @@ pub struct BootFiles {
     pub modules_dir: PathBuf,
     /// A static busybox for the target's architecture: the guest's only program.
     pub busybox: PathBuf,
+    /// The image package's device trees (ARM), which `[boot] dtb` names a file of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtbs: Option<PathBuf>,
+}
+
+impl RegisteredTree {
+    /// Every path of the entry, to rebase or relativize them together.
+    fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        let mut v = vec![&mut self.kdir];
+        if let Some(b) = &mut self.boot {
+            v.push(&mut b.image);
+            v.push(&mut b.modules_dir);
+            v.push(&mut b.busybox);
+            if let Some(d) = &mut b.dtbs {
+                v.push(d);
+            }
+        }
+        v
+    }
+}
+
+/// A stored path made absolute: relative ones are under `trees`; an absolute one that is
+/// gone but lies in some `.../trees/` directory (a moved home) is taken from `trees`.
+fn absolute(trees: &Path, p: &Path) -> PathBuf {
+    if p.is_relative() {
+        return trees.join(p);
+    }
+    if p.exists() {
+        return p.to_path_buf();
+    }
+    let parts: Vec<_> = p.components().collect();
+    if let Some(i) = parts.iter().rposition(|c| c.as_os_str() == "trees") {
+        let rest: PathBuf = parts[i + 1..].iter().collect();
+        let moved = trees.join(&rest);
+        if !rest.as_os_str().is_empty() && moved.exists() {
+            return moved;
+        }
+    }
+    p.to_path_buf()
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -45,19 +95,37 @@ pub struct Registry {
 impl Registry {
     pub fn load(home: &Home) -> Result<Registry> {
         let path = home.registry();
-        match std::fs::read(&path) {
+        let mut registry: Registry = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 Error::config(&path, format!("cannot parse the tree registry: {e}")).hint(
                     "fix or delete the file, then run `kmx kernels fetch` again to re-register trees",
                 )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::default()),
-            Err(e) => Err(Error::io("read", &path, e)),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Registry::default(),
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        let trees = home.trees();
+        for t in &mut registry.trees {
+            for p in t.paths_mut() {
+                *p = absolute(&trees, p);
+            }
         }
+        Ok(registry)
     }
 
     pub fn save(&self, home: &Home) -> Result<()> {
-        let mut text = serde_json::to_string_pretty(self)
+        let trees = home.trees();
+        let mut stored = Registry {
+            trees: self.trees.clone(),
+        };
+        for t in &mut stored.trees {
+            for p in t.paths_mut() {
+                if let Ok(rel) = p.strip_prefix(&trees) {
+                    *p = rel.to_path_buf();
+                }
+            }
+        }
+        let mut text = serde_json::to_string_pretty(&stored)
             .map_err(|e| Error::env(format!("cannot serialize the tree registry: {e}")))?;
         text.push('\n');
         write_atomic(&home.registry(), text.as_bytes())
@@ -81,6 +149,13 @@ impl Registry {
         self.trees
             .sort_by(|a, b| (&a.target, &a.release).cmp(&(&b.target, &b.release)));
         true
+    }
+
+    /// Remove the entries `drop` selects; returns them.
+    pub fn unregister(&mut self, drop: impl Fn(&RegisteredTree) -> bool) -> Vec<RegisteredTree> {
+        let (gone, kept) = std::mem::take(&mut self.trees).into_iter().partition(drop);
+        self.trees = kept;
+        gone
     }
 
     pub fn for_target<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a RegisteredTree> {
@@ -148,6 +223,57 @@ mod tests {
         assert_eq!(reg.trees[0].boot, None);
         let again = serde_json::to_string(&reg).unwrap();
         assert_eq!(again, old);
+    }
+
+    #[test]
+    fn paths_are_stored_relative_and_survive_a_moved_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Home {
+            root: dir.path().join("a"),
+        };
+        let kdir = a
+            .trees()
+            .join("debian-6.1.0-50/usr/src/linux-headers-6.1.0-50-arm64");
+        std::fs::create_dir_all(&kdir).unwrap();
+        let mut reg = Registry::default();
+        reg.register(RegisteredTree {
+            target: "arm64".into(),
+            release: "6.1.0-50-arm64".into(),
+            kdir: kdir.clone(),
+            origin: "debian bookworm".into(),
+            source: Some("debian bookworm".into()),
+            abi: Some("6.1.0-50".into()),
+            boot: None,
+        });
+        reg.save(&a).unwrap();
+        let text = std::fs::read_to_string(a.registry()).unwrap();
+        assert!(
+            text.contains("\"kdir\": \"debian-6.1.0-50/usr/src/linux-headers-6.1.0-50-arm64\""),
+            "{text}"
+        );
+        assert_eq!(Registry::load(&a).unwrap().trees[0].kdir, kdir);
+        // Moved: the relative path follows the home.
+        std::fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
+        let b = Home {
+            root: dir.path().join("b"),
+        };
+        let moved = Registry::load(&b).unwrap();
+        assert_eq!(
+            moved.trees[0].kdir,
+            b.trees()
+                .join("debian-6.1.0-50/usr/src/linux-headers-6.1.0-50-arm64")
+        );
+        // An old registry with absolute paths into the old home's trees/ is rebased too.
+        let old = format!(
+            r#"{{"trees":[{{"target":"arm64","release":"r","kdir":"{}","origin":"o"}}]}}"#,
+            kdir.display()
+        );
+        std::fs::write(b.registry(), old).unwrap();
+        assert_eq!(
+            Registry::load(&b).unwrap().trees[0].kdir,
+            b.trees()
+                .join("debian-6.1.0-50/usr/src/linux-headers-6.1.0-50-arm64")
+        );
     }
 }
 

@@ -275,6 +275,8 @@ pub fn smoke(
                 release: cell.tree.release.clone(),
                 kdir: kdir.clone(),
                 origin: cell.target.target.file.display().to_string(),
+                source: None,
+                abi: None,
                 boot: None,
             });
         let kos = rep.artifacts.iter().map(|a| a.file.clone()).collect();

@@ -8,6 +8,9 @@
 //! hung or died while loading it), the urgent console lines after its `KMX-BEGIN` are all
 //! there is.
 
+/// The guest's last line: every module was tried.
+pub const DONE: &str = "KMX-DONE";
+
 /// What the console says about one module (by index in the load order).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ModuleLog {
@@ -83,7 +86,7 @@ pub fn parse(log: &str, modules: usize) -> Console {
                 c.kernel_started = true;
                 continue;
             }
-            "KMX-DONE" => {
+            DONE => {
                 c.done = true;
                 in_dmesg = None;
                 current = None;

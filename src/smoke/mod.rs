@@ -304,15 +304,24 @@ fn prepare_and_boot(
     guest::write_initramfs(&initramfs, &files.busybox, &order)?;
     let log_path = dir.path().join("console.log");
     let log = std::fs::File::create(&log_path).map_err(|e| Error::io("create", &log_path, e))?;
-    let mut cmd = qemu::command(boot, &files.image, &initramfs);
+    let mut cmd = qemu::command(boot, files, &initramfs)?;
     let start = Instant::now();
-    let ended = process::run_supervised(&mut cmd, &log, opts.timeout, stop).map_err(|e| {
-        let hint = format!(
-            "install QEMU: apt-get install {}",
-            qemu::package_of(&boot.qemu)
-        );
-        e.hint(hint)
-    })?;
+    // Some boards cannot power off (raspi3b): the guest's last line ends the run.
+    let done = || {
+        std::fs::read(&log_path).is_ok_and(|t| {
+            t.windows(console::DONE.len() + 1).any(|w| {
+                w.starts_with(console::DONE.as_bytes()) && matches!(w[w.len() - 1], b'\n' | b'\r')
+            })
+        })
+    };
+    let ended =
+        process::run_supervised_until(&mut cmd, &log, opts.timeout, stop, &done).map_err(|e| {
+            let hint = format!(
+                "install QEMU: apt-get install {}",
+                qemu::package_of(&boot.qemu)
+            );
+            e.hint(hint)
+        })?;
     let seconds = start.elapsed().as_secs_f64();
     drop(log);
     let text = std::fs::read(&log_path).map_err(|e| Error::io("read", &log_path, e))?;
@@ -636,6 +645,8 @@ mod tests {
             cpu: "cortex-a57".into(),
             console: "ttyAMA0".into(),
             memory: 512,
+            smp: 1,
+            dtb: None,
             append: String::new(),
             qemu_args: vec![],
         }

@@ -1,9 +1,11 @@
-//! The QEMU command line for a target's `[boot]` profile. Pure: no process is started here.
+//! The QEMU command line for a target's `[boot]` profile. No process is started here.
 
 use std::path::Path;
 use std::process::Command;
 
 use crate::config::profile::Boot;
+use crate::error::{Error, Result};
+use crate::kernel::registry::BootFiles;
 
 /// Kernel arguments kmx always passes before the profile's `append`: the console the log is
 /// read from, power off (not reboot: QEMU runs with `-no-reboot`) on panic, and only urgent
@@ -17,10 +19,17 @@ pub fn kernel_args(boot: &Boot) -> String {
     args
 }
 
-pub fn command(boot: &Boot, image: &Path, initramfs: &Path) -> Command {
+/// The QEMU command booting `files` with `initramfs`; an error when the profile names a
+/// device tree the kernel's image package does not have.
+pub fn command(boot: &Boot, files: &BootFiles, initramfs: &Path) -> Result<Command> {
     let mut cmd = Command::new(&boot.qemu);
     cmd.args(["-M", &boot.machine, "-cpu", &boot.cpu])
-        .args(["-m", &boot.memory.to_string(), "-smp", "1"])
+        .args([
+            "-m",
+            &boot.memory.to_string(),
+            "-smp",
+            &boot.smp.to_string(),
+        ])
         .args([
             "-nodefaults",
             "-display",
@@ -30,12 +39,31 @@ pub fn command(boot: &Boot, image: &Path, initramfs: &Path) -> Command {
             "-no-reboot",
         ])
         .arg("-kernel")
-        .arg(image)
+        .arg(&files.image)
         .arg("-initrd")
-        .arg(initramfs)
-        .args(["-append", &kernel_args(boot)])
+        .arg(initramfs);
+    if let Some(dtb) = &boot.dtb {
+        let file = files.dtbs.as_ref().map(|d| d.join(dtb));
+        match file.filter(|f| f.is_file()) {
+            Some(f) => {
+                cmd.arg("-dtb").arg(f);
+            }
+            None => {
+                return Err(Error::env(format!(
+                    "the kernel's device tree {dtb} is not among its fetched boot files{}",
+                    files
+                        .dtbs
+                        .as_ref()
+                        .map(|d| format!(" ({})", d.display()))
+                        .unwrap_or_default()
+                ))
+                .hint("fetch the image with its device trees: kmx kernels fetch --with-image; check [boot] dtb against the image package's usr/lib/linux-image-<release>/"));
+            }
+        }
+    }
+    cmd.args(["-append", &kernel_args(boot)])
         .args(&boot.qemu_args);
-    cmd
+    Ok(cmd)
 }
 
 /// The Debian package that provides a QEMU system emulator, for hints.
@@ -61,14 +89,18 @@ mod tests {
             cpu: "cortex-a15".into(),
             console: "ttyAMA0".into(),
             memory: 512,
+            smp: 1,
+            dtb: None,
             append: "loglevel=7".into(),
             qemu_args: vec![],
         };
-        let cmd = command(
-            &boot,
-            Path::new("/b/vmlinuz"),
-            Path::new("/w/initramfs.cpio"),
-        );
+        let files = BootFiles {
+            image: "/b/vmlinuz".into(),
+            modules_dir: "/b/modules".into(),
+            busybox: "/b/busybox".into(),
+            dtbs: None,
+        };
+        let cmd = command(&boot, &files, Path::new("/w/initramfs.cpio")).unwrap();
         assert_eq!(
             crate::process::display(&cmd),
             "qemu-system-arm -M virt,highmem=off -cpu cortex-a15 -m 512 -smp 1 -nodefaults -display none -serial stdio -no-reboot -kernel /b/vmlinuz -initrd /w/initramfs.cpio -append 'console=ttyAMA0 panic=-1 quiet loglevel=7'"
