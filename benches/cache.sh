@@ -17,6 +17,8 @@ cache_args=(--cache-size 1G)
 # A private home that knows the fetched trees, so cleaning its cache touches nothing else.
 mkdir -p "$work/home/trees"
 cp "$KMX_HOME/trees/registry.json" "$work/home/trees/"
+# The registry's paths are relative to trees/: link each fetched sysroot.
+for d in "$KMX_HOME"/trees/*/; do ln -s "$d" "$work/home/trees/$(basename "$d")"; done
 export KMX_HOME="$work/home"
 
 # The same generated multi-file module as benches/build-matrix.sh.

@@ -58,7 +58,9 @@ RANDOM=$SEED
 work=$(mktemp -d /tmp/kmx-faults.XXXXXX)
 mark=$work/run-home          # the HOME of every kmx of this run, inherited by its children
 mkdir -p "$mark" "$work/home/trees"
+# The fetched trees, shared: the registry's paths are relative to trees/, so link each sysroot.
 cp "$TREES/trees/registry.json" "$work/home/trees/"
+for d in "$TREES"/trees/*/; do ln -s "$d" "$work/home/trees/$(basename "$d")"; done
 export KMX_HOME=$work/home XDG_CONFIG_HOME=$work/xdg
 unset KMX_CONFIG_DIR KMX_STATE_DIR
 state=$KMX_HOME/state
@@ -255,7 +257,7 @@ done
 sig_total=0 sig_bad=0
 if [ "$SIGNALS" = 1 ]; then
   echo "signals: INT, TERM and HUP at planning, make, strip/check, install and depmod"
-  mkdir -p "$work/slowplan" "$work/sigroot"
+  mkdir -p "$work/slowplan" "$work/sigroot/$mods"
   cp "$work/hello/"{hello.c,Kbuild} "$work/slowplan/"
   sed 's/^PACKAGE_NAME=.*/PACKAGE_NAME="slowplan"/' "$work/hello/dkms.conf" > "$work/slowplan/dkms.conf"
   printf 'if [ -n "$kernelver" ]; then sleep 31; fi\n' >> "$work/slowplan/dkms.conf"

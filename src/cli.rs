@@ -283,13 +283,18 @@ pub struct InstallArgs {
     /// The target the module is built for.
     #[arg(long, short)]
     pub target: String,
-    /// The kernel release to install for, e.g. 6.1.0-50-arm64 (never the running kernel's
-    /// unless you name it).
+    /// The kernel release to install for, e.g. 6.1.0-50-arm64 [default, with --root IMG:
+    /// every kernel IMG has in lib/modules that one of the target's trees provides; with
+    /// the root /, it must be named].
     #[arg(long, short)]
-    pub kernel: String,
+    pub kernel: Option<String>,
     /// The root to install into: `/`, or an image root being assembled.
     #[arg(long, default_value = "/", value_name = "DIR")]
     pub root: PathBuf,
+    /// Install for --kernel even if the image has no lib/modules/<release> yet (kmx never
+    /// creates it otherwise).
+    #[arg(long, requires = "kernel")]
+    pub create: bool,
     /// Do not run `depmod -b ROOT RELEASE` afterwards.
     #[arg(long)]
     pub no_depmod: bool,
@@ -302,9 +307,10 @@ pub struct InstallArgs {
 
 #[derive(Debug, Args)]
 pub struct AutoinstallArgs {
-    /// The kernel release that arrived, e.g. 6.1.0-51-arm64.
+    /// The kernel release that arrived, e.g. 6.1.0-51-arm64 [default, with --root IMG:
+    /// every kernel IMG has in lib/modules].
     #[arg(long, short)]
-    pub kernel: String,
+    pub kernel: Option<String>,
     /// The root to install into.
     #[arg(long, default_value = "/", value_name = "DIR")]
     pub root: PathBuf,

@@ -207,6 +207,8 @@ fn forget(ctx: &Context, registry: &mut Registry, gone: &[RegisteredTree]) -> Re
 #[derive(Serialize)]
 struct TreeRow {
     target: String,
+    /// `debian bookworm-backports`, or the profile file naming the tree under `paths`.
+    source: String,
     #[serde(flatten)]
     health: TreeHealth,
 }
@@ -216,9 +218,15 @@ pub fn list(ctx: &Context, json: bool) -> Result<i32> {
     let mut rows = Vec::new();
     for target in ctx.profiles.targets.values() {
         for r in trees_of(target, &registry) {
+            let source = registry
+                .for_target(&target.name)
+                .find(|t| t.kdir == r.kdir)
+                .and_then(|t| t.source.clone())
+                .unwrap_or_else(|| r.origin.clone());
             let (health, _) = tree_health(r, target);
             rows.push(TreeRow {
                 target: target.name.clone(),
+                source,
                 health,
             });
         }
@@ -233,21 +241,37 @@ pub fn list(ctx: &Context, json: bool) -> Result<i32> {
         );
         return Ok(exit::OK);
     }
-    println!(
-        "{:<8} {:<22} {:<52} {:<8} KDIR",
-        "TARGET", "RELEASE", "VERMAGIC", "SYMVERS"
+    let width = |f: &dyn Fn(&TreeRow) -> usize, title: &str| {
+        rows.iter().map(f).max().unwrap_or(0).max(title.len())
+    };
+    let wt = width(&|r| r.target.len(), "TARGET");
+    let wr = width(
+        &|r| r.health.release.as_deref().map_or(1, str::len),
+        "RELEASE",
     );
-    for TreeRow { target, health: h } in &rows {
+    let ws = width(&|r| r.source.len(), "SOURCE");
+    println!(
+        "{:<wt$}  {:<wr$}  {:<ws$}  {:<7}  VERMAGIC",
+        "TARGET", "RELEASE", "SOURCE", "SYMVERS"
+    );
+    for r in &rows {
+        let h = &r.health;
         match &h.error {
             None => println!(
-                "{:<8} {:<22} {:<52} {:<8} {}",
-                target,
+                "{:<wt$}  {:<wr$}  {:<ws$}  {:<7}  \"{}\"",
+                r.target,
                 h.release.as_deref().unwrap_or(""),
-                format!("\"{}\"", h.vermagic.as_deref().unwrap_or("")),
+                r.source,
                 if h.module_symvers { "yes" } else { "no" },
+                h.vermagic.as_deref().unwrap_or(""),
+            ),
+            Some(e) => println!(
+                "{:<wt$}  {:<wr$}  {:<ws$}  error: {e} ({})",
+                r.target,
+                "?",
+                r.source,
                 h.kdir.display()
             ),
-            Some(e) => println!("{target:<8} {:<22} error: {e}", "?"),
         }
     }
     Ok(exit::OK)

@@ -11,7 +11,7 @@ use super::progress::Printer;
 use super::{Context, print_json};
 use crate::cli::{AutoinstallArgs, InstallArgs, SignArgs, UninstallArgs};
 use crate::error::{Error, Kind, Result, exit};
-use crate::install::{self, SignKey};
+use crate::install::{self, SignKey, image};
 use crate::lifecycle::prepare::{Prep, Ready, evaluate_generic, prepare, prepare_binary};
 use crate::matrix::pipeline::{Options, setup_targets};
 use crate::matrix::plan::Cell;
@@ -214,19 +214,146 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
     let pause = pause_at();
     let _lock = store.lock(wait)?;
     let version = pick_version(store, &module, version)?;
-    let key = CellKey {
-        module: module.clone(),
-        version: version.clone(),
-        release: args.kernel.clone(),
-        target: args.target.clone(),
-    };
-    let prep = if store.load_source(&module, &version)?.is_some() {
+    let releases = releases_to_install(ctx, store, args, &root, &module, &version)?;
+    let mut code = exit::OK;
+    for release in &releases {
+        let key = CellKey {
+            module: module.clone(),
+            version: version.clone(),
+            release: release.clone(),
+            target: args.target.clone(),
+        };
+        code = code.max(install_release(
+            ctx, store, args, &root, &key, &sign, &pause,
+        )?);
+        if code == exit::INTERRUPTED {
+            break;
+        }
+    }
+    Ok(code)
+}
+
+/// The image kernels `kmx install` installs for: `--kernel`'s (which an image root must
+/// have, unless `--create`), or every release the image has whose architecture is the
+/// target's and that one of the target's trees (or a binary-only build) provides.
+fn releases_to_install(
+    ctx: &Context,
+    store: &Store,
+    args: &InstallArgs,
+    root: &Path,
+    module: &str,
+    version: &str,
+) -> Result<Vec<String>> {
+    let target = ctx.profiles.target(&args.target)?;
+    let identity = ctx.profiles.toolchain_of(target)?.identity;
+    let is_image = root != Path::new("/");
+    if let Some(release) = &args.kernel {
+        if is_image && !args.create && !image::has_release(root, release) {
+            let has = image::releases(root);
+            return Err(Error::usage(format!(
+                "the image has no kernel {release}: {} does not exist, and kmx does not create it",
+                root.join("lib/modules").join(release).display()
+            ))
+            .hint(if has.is_empty() {
+                "install the kernel package into the image first, or pass --create to install anyway".to_string()
+            } else {
+                format!("the image's kernels: {}; or pass --create to install for {release} anyway", has.join(", "))
+            }));
+        }
+        image::check_arch(root, release, &target.name, identity)?;
+        return Ok(vec![release.clone()]);
+    }
+    if !is_image {
+        return Err(Error::usage("name the kernel release to install for with --kernel").hint(
+            "kmx installs into / only for a kernel you name; with --root IMG it finds the image's kernels",
+        ));
+    }
+    let found = image::releases(root);
+    if found.is_empty() {
+        return Err(Error::usage(format!(
+            "the image {} has no kernel: neither lib/modules nor usr/lib/modules holds a release",
+            root.display()
+        ))
+        .hint(
+            "install the kernel package into the image first, or name one with --kernel R --create",
+        ));
+    }
+    // Releases of the target's architecture, or of an unknown one (no module, no config);
+    // when none is known to be the target's and one is known not to be, that is the error.
+    let (mut same_arch, mut known_same, mut refusal) = (Vec::new(), false, None);
+    for r in found.iter() {
+        match image::check_arch(root, r, &target.name, identity) {
+            Ok(known) => {
+                known_same |= known;
+                same_arch.push(r.clone());
+            }
+            Err(e) => refusal = refusal.or(Some(e)),
+        }
+    }
+    if !known_same && let Some(e) = refusal {
+        return Err(e);
+    }
+    let (same_arch, elsewhere): (Vec<String>, Vec<String>) = same_arch
+        .into_iter()
+        .partition(|r| image::has_release(root, r));
+    for r in &elsewhere {
+        eprintln!(
+            "note: {r} is only in {}: kmx installs under lib/modules, which it does not create (name it with --kernel {r} --create)",
+            root.join("usr/lib/modules").display()
+        );
+    }
+    let registry = crate::kernel::registry::Registry::load(&ctx.home)?;
+    let mut provided: Vec<String> = crate::kernel::registry::trees_of(target, &registry)
+        .iter()
+        .filter_map(|r| crate::kernel::KernelTree::inspect(&r.kdir).ok())
+        .map(|t| t.release)
+        .collect();
+    provided.extend(
+        store
+            .built_all()?
+            .into_iter()
+            .filter(|b| b.module == module && b.version == version && b.target == target.name)
+            .map(|b| b.release),
+    );
+    let wanted: Vec<String> = same_arch
+        .into_iter()
+        .filter(|r| provided.contains(r))
+        .collect();
+    if wanted.is_empty() {
+        provided.sort();
+        provided.dedup();
+        return Err(Error::usage(format!(
+            "none of the image's kernels ({}) is one target `{}` has a tree for",
+            found.join(", "),
+            target.name
+        ))
+        .hint(format!(
+            "the target's trees: {}; `kmx kernels fetch -t {}` fetches its sources' newest, or add the image's kernel tree under [kernels] paths",
+            if provided.is_empty() { "none".to_string() } else { provided.join(", ") },
+            target.name
+        )));
+    }
+    Ok(wanted)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn install_release(
+    ctx: &Context,
+    store: &Store,
+    args: &InstallArgs,
+    root: &Path,
+    key: &CellKey,
+    sign: &Option<SignKey>,
+    pause: &Option<String>,
+) -> Result<i32> {
+    let (module, version) = (&key.module, &key.version);
+    let prep = if store.load_source(module, version)?.is_some() {
         let mut notes = Vec::new();
         let targets = setup_targets(
             &ctx.profiles,
             &ctx.home,
             std::slice::from_ref(&args.target),
-            std::slice::from_ref(&args.kernel),
+            std::slice::from_ref(&key.release),
             &mut notes,
         )?;
         for n in &notes {
@@ -238,7 +365,7 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
             cache: Some(Cache::new(ctx.home.cell_cache(), DEFAULT_MAX_BYTES)),
             ..Options::default()
         };
-        let want = |c: &Cell| c.target.target.name == args.target && c.tree.release == args.kernel;
+        let want = |c: &Cell| c.target.target.name == args.target && c.tree.release == key.release;
         let mut res = prepare(
             store,
             &[(module.clone(), version.clone())],
@@ -252,12 +379,12 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
             None => {
                 return Err(Error::env(format!(
                     "target {} has no kernel tree with release {}",
-                    args.target, args.kernel
+                    args.target, key.release
                 )));
             }
         }
     } else {
-        prepare_binary(&ctx.profiles, &ctx.home, store, &key)?
+        prepare_binary(&ctx.profiles, &ctx.home, store, key)?
     };
     match prep {
         Prep::Skipped(reason) => {
@@ -265,8 +392,8 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
             Ok(exit::OK)
         }
         Prep::Ready(ready) => {
-            let inst = do_install(store, &root, &ready, !args.no_depmod, &sign, &pause)?;
-            eprintln!("{}", describe_install(&key, &inst));
+            let inst = do_install(store, root, &ready, !args.no_depmod, sign, pause)?;
+            eprintln!("{}", describe_install(key, &inst));
             // A signal while the root was being written: that install was finished (never
             // left half done); the exit code still says interrupted.
             if interrupted() {
@@ -545,6 +672,45 @@ pub fn autoinstall(
     let sign = sign_key(ctx, &args.sign)?;
     let pause = pause_at();
     let _lock = store.lock(wait)?;
+    let releases = match &args.kernel {
+        Some(k) => vec![k.clone()],
+        None if root == Path::new("/") => {
+            return Err(
+                Error::usage("name the kernel release that arrived with --kernel")
+                    .hint("with --root IMG, kmx installs for every kernel the image has"),
+            );
+        }
+        None => image::releases(&root),
+    };
+    if releases.is_empty() {
+        eprintln!(
+            "nothing to install: the image {} has no kernel in lib/modules",
+            root.display()
+        );
+        return Ok(exit::OK);
+    }
+    let mut code = exit::OK;
+    for release in &releases {
+        code = code.max(autoinstall_release(
+            ctx, store, args, &root, release, &sign, &pause,
+        )?);
+        if code == exit::INTERRUPTED {
+            break;
+        }
+    }
+    Ok(code)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn autoinstall_release(
+    ctx: &Context,
+    store: &Store,
+    args: &AutoinstallArgs,
+    root: &Path,
+    release: &String,
+    sign: &Option<SignKey>,
+    pause: &Option<String>,
+) -> Result<i32> {
     // The newest registered version of each module.
     let mut newest: BTreeMap<String, String> = BTreeMap::new();
     for s in store.sources_all()? {
@@ -562,7 +728,7 @@ pub fn autoinstall(
             &ctx.profiles,
             &ctx.home,
             &[],
-            std::slice::from_ref(&args.kernel),
+            std::slice::from_ref(release),
             &mut notes,
         )?;
         for n in notes
@@ -577,7 +743,7 @@ pub fn autoinstall(
             cache: Some(Cache::new(ctx.home.cell_cache(), DEFAULT_MAX_BYTES)),
             ..Options::default()
         };
-        let want = |c: &Cell| c.spec.autoinstall && c.tree.release == args.kernel;
+        let want = |c: &Cell| c.spec.autoinstall && c.tree.release == *release;
         let sources: Vec<(String, String)> = newest.into_iter().collect();
         results = prepare(
             store,
@@ -590,7 +756,7 @@ pub fn autoinstall(
     }
     // Binary-only modules (from tarballs) built for this kernel.
     for b in store.built_all()? {
-        if b.release == args.kernel
+        if b.release == *release
             && b.autoinstall
             && store.load_source(&b.module, &b.version)?.is_none()
             && !results.iter().any(|(k, _)| k.module == b.module)
@@ -604,7 +770,7 @@ pub fn autoinstall(
     if results.is_empty() {
         eprintln!(
             "nothing to install for {}: no registered module has AUTOINSTALL=yes",
-            args.kernel
+            release
         );
         return Ok(exit::OK);
     }
@@ -613,7 +779,7 @@ pub fn autoinstall(
         let outcome = prep.and_then(|p| match p {
             Prep::Skipped(reason) => Ok(Err(reason)),
             Prep::Ready(ready) => {
-                do_install(store, &root, &ready, !args.no_depmod, &sign, &pause).map(Ok)
+                do_install(store, root, &ready, !args.no_depmod, sign, pause).map(Ok)
             }
         });
         match outcome {
@@ -633,7 +799,7 @@ pub fn autoinstall(
     }
     eprintln!(
         "\nautoinstall for {} into {}: {installed} installed, {skipped} skipped, {} failed{}",
-        args.kernel,
+        release,
         root.display(),
         failed.len(),
         if failed.is_empty() {

@@ -295,12 +295,17 @@ mod tests {
             p.toolchain_of(t).unwrap();
             // Every shipped target fetches its trees from Debian 12 at least.
             assert!(
-                t.kernel_sources.iter().any(|s| s.label() == "debian bookworm"),
+                t.kernel_sources
+                    .iter()
+                    .any(|s| s.label() == "debian bookworm"),
                 "{}",
                 t.name
             );
         }
-        assert_eq!(p.targets["rpi"].kernel_sources[1].label(), "debian bookworm-backports");
+        assert_eq!(
+            p.targets["rpi"].kernel_sources[1].label(),
+            "debian bookworm-backports"
+        );
     }
 
     #[test]

@@ -408,7 +408,9 @@ mod tests {
             ("arm64", "rpi-v8")
         );
         // An archive without its key is refused where it is written.
-        let text = format!("{head}\n[[kernels.source]]\nurl = \"http://x.example/debian\"\nsuite = \"s\"\n");
+        let text = format!(
+            "{head}\n[[kernels.source]]\nurl = \"http://x.example/debian\"\nsuite = \"s\"\n"
+        );
         let err = Target::parse("t", &text, file).unwrap_err();
         assert_eq!(
             render(&err),

@@ -70,7 +70,7 @@ fn kill_9_while_writing_into_the_root_leaves_nothing_after_the_next_run() {
     k.run(&["add", hello_source(k.dir(), "hello", "").to_str().unwrap()])
         .ok();
     let root = k.dir().join("rootfs");
-    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(root.join(format!("lib/modules/{release}"))).unwrap();
     let install = [
         "install",
         "hello",
@@ -364,11 +364,12 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
             root.to_str().unwrap(),
         ])
     };
-    std::fs::create_dir_all(&good).unwrap();
+    std::fs::create_dir_all(good.join(format!("lib/modules/{release}"))).unwrap();
     install(&good).ok();
     let ko = good.join(format!("lib/modules/{release}/updates/dkms/hello.ko"));
     let before = std::fs::read(&ko).unwrap();
     let full = Small::mount(&k.dir().join("small-root"), 8);
+    std::fs::create_dir_all(full.0.join(format!("lib/modules/{release}"))).unwrap();
     let run = install(&full.0);
     assert_ne!(run.code(), 0);
     assert!(

@@ -65,6 +65,7 @@ fn add_install_into_an_image_root_for_arm64_and_armhf_status_stale_and_uninstall
     // The kernel's own module of the same name, which the install must move aside.
     let in_tree = root.join(format!("lib/modules/{armhf}/kernel/drivers/misc/hello.ko"));
     write(&in_tree, "the kernel's own hello.ko");
+    std::fs::create_dir_all(root.join(format!("lib/modules/{arm64}"))).unwrap();
 
     k.run(&["add", src.to_str().unwrap()]).ok();
     let before = k.run(&["status"]).ok().stdout();
@@ -297,7 +298,7 @@ fn kill_9_mid_install_leaves_state_consistent_a_rerun_completes_and_installs_wai
     let in_tree = root.join(format!("lib/modules/{release}/kernel/hello.ko"));
     write(&in_tree, "in-tree");
     let other_root = k.dir().join("other");
-    std::fs::create_dir_all(&other_root).unwrap();
+    std::fs::create_dir_all(other_root.join(format!("lib/modules/{release}"))).unwrap();
     let install = |root: &Path| {
         vec![
             "install".to_string(),
@@ -518,7 +519,7 @@ fn tarball_round_trip_installs_without_source_and_hostile_archives_are_refused()
     k.run(&["add", hello_source(k.dir(), "hello", "").to_str().unwrap()])
         .ok();
     let root = k.dir().join("rootfs");
-    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(root.join(format!("lib/modules/{release}"))).unwrap();
     k.run(&[
         "install",
         "hello",
@@ -558,7 +559,7 @@ fn tarball_round_trip_installs_without_source_and_hostile_archives_are_refused()
         (Some("built"), Some(false))
     );
     let root2 = other.dir().join("rootfs");
-    std::fs::create_dir_all(&root2).unwrap();
+    std::fs::create_dir_all(root2.join(format!("lib/modules/{release}"))).unwrap();
     other
         .run(&[
             "install",
@@ -735,7 +736,7 @@ fn a_deleted_image_root_is_forgotten_by_uninstall_and_remove() {
     k.run(&["add", src.to_str().unwrap()]).ok();
     let roots: Vec<PathBuf> = ["img-a", "img-b"].iter().map(|r| k.dir().join(r)).collect();
     let install = |root: &Path| {
-        std::fs::create_dir_all(root).unwrap();
+        std::fs::create_dir_all(root.join(format!("lib/modules/{arm64}"))).unwrap();
         k.run(&[
             "install",
             "hello",

@@ -73,15 +73,16 @@ impl Kmx {
         }
     }
 
-    /// A fresh home that knows the fetched trees (the registry is copied; trees are shared
-    /// read-only). `None` when trees are missing outside CI.
+    /// A fresh home that knows the fetched trees (the registry is copied, its paths made
+    /// absolute, as the fetched home's trees are shared read-only). `None` when trees are
+    /// missing outside CI.
     pub fn with_trees() -> Option<Kmx> {
         let fetched = fetched_home()?;
         let k = Kmx::empty();
         std::fs::create_dir_all(k.home.join("trees")).unwrap();
-        std::fs::copy(
-            fetched.join("trees/registry.json"),
+        std::fs::write(
             k.home.join("trees/registry.json"),
+            registry_of(&fetched).to_string(),
         )
         .unwrap();
         Some(k)
@@ -120,6 +121,26 @@ pub fn fetched_home() -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// A home's registry with every path absolute (kmx stores the trees' own relative to
+/// `HOME/trees`, so that a home can be moved).
+pub fn registry_of(home: &Path) -> serde_json::Value {
+    let trees = home.join("trees");
+    let mut reg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(trees.join("registry.json")).unwrap()).unwrap();
+    let absolute = |v: &mut serde_json::Value| {
+        if let Some(p) = v.as_str().filter(|p| !p.starts_with('/')) {
+            *v = serde_json::Value::from(trees.join(p).display().to_string());
+        }
+    };
+    for t in reg["trees"].as_array_mut().unwrap() {
+        absolute(&mut t["kdir"]);
+        if let Some(boot) = t.get_mut("boot").and_then(|b| b.as_object_mut()) {
+            boot.values_mut().for_each(absolute);
+        }
+    }
+    reg
 }
 
 /// The repository root.
