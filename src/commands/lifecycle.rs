@@ -9,7 +9,9 @@ use std::process::Command;
 
 use super::progress::Printer;
 use super::{Context, print_json};
-use crate::cli::{AutoinstallArgs, InstallArgs, SignArgs, UninstallArgs};
+use crate::cli::{
+    AutoinstallArgs, InstallArgs, PackageArgs, PackageFormat, SignArgs, UninstallArgs,
+};
 use crate::error::{Error, Kind, Result, exit};
 use crate::install::{self, SignKey};
 use crate::lifecycle::prepare::{Prep, Ready, evaluate_generic, prepare, prepare_binary};
@@ -716,6 +718,27 @@ pub fn tarball(
     targets: &[String],
     output: &Path,
 ) -> Result<i32> {
+    let cells = select_built(store, module, targets, &[])?;
+    let n = tarball_create(store, &cells, output)?;
+    for c in &cells {
+        eprintln!("  {}", c.key());
+    }
+    eprintln!(
+        "wrote {}: {} cells, {n} files",
+        output.display(),
+        cells.len()
+    );
+    Ok(exit::OK)
+}
+
+/// The built cells in the store that `tarball` and `package` export: MODULE[/VERSION],
+/// targets and kernel releases (empty: all). None is an error.
+fn select_built(
+    store: &Store,
+    module: Option<&str>,
+    targets: &[String],
+    kernels: &[String],
+) -> Result<Vec<BuiltRecord>> {
     let filter = module.map(split_module).transpose()?;
     let cells: Vec<BuiltRecord> = store
         .built_all()?
@@ -725,20 +748,78 @@ pub fn tarball(
                 .as_ref()
                 .is_none_or(|(m, v)| b.module == *m && v.as_ref().is_none_or(|v| *v == b.version))
                 && (targets.is_empty() || targets.contains(&b.target))
+                && (kernels.is_empty() || kernels.contains(&b.release))
         })
         .collect();
     if cells.is_empty() {
         return Err(Error::usage("nothing built matches; nothing to export")
             .hint("`kmx status` lists what is built; `kmx install` builds"));
     }
-    let n = tarball_create(store, &cells, output)?;
+    Ok(cells)
+}
+
+/// `kmx package --format deb`: one Debian package per built cell, its modules prepared
+/// exactly as `kmx install` prepares them.
+pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> {
+    let PackageFormat::Deb = args.format;
+    let cells = select_built(store, args.module.as_deref(), &args.target, &args.kernel)?;
+    let sign = sign_key(ctx, &args.sign)?;
+    // Everything is checked before the first package is written: a profile for every
+    // target with its Debian architecture, and no two cells making the same package.
+    let mut plan = Vec::new();
+    let mut names: BTreeMap<String, CellKey> = BTreeMap::new();
     for c in &cells {
-        eprintln!("  {}", c.key());
+        let profile = ctx
+            .profiles
+            .target(&c.target)
+            .map_err(|e| e.caused_by(format!("{} was built for target `{}`", c.key(), c.target)))?;
+        let arch = profile.debian.as_ref().map(|d| d.arch.clone()).ok_or_else(|| {
+            Error::config(
+                &profile.file,
+                format!(
+                    "target `{}` has no [debian] table, so kmx does not know its Debian architecture",
+                    c.target
+                ),
+            )
+            .hint("add `[debian]` with `arch = \"arm64\"` (the target's dpkg architecture) and its kernel `flavour`")
+        })?;
+        let deb = install::deb::package_name(&c.module, &c.release)?;
+        let version = install::deb::check_version(&c.module, &c.version)?;
+        let file = install::deb::file_name(&deb, &version, &arch);
+        if let Some(other) = names.insert(file.clone(), c.key()) {
+            return Err(
+                Error::usage(format!("{} and {} would both be {file}", other, c.key()))
+                    .hint("package one of them at a time (-t TARGET)"),
+            );
+        }
+        plan.push((c, arch));
+    }
+    std::fs::create_dir_all(&args.output)
+        .map_err(|e| Error::io("create directory", &args.output, e))?;
+    for (c, arch) in plan {
+        let Prep::Ready(ready) = prepare_binary(&ctx.profiles, &ctx.home, store, &c.key())? else {
+            continue;
+        };
+        let opts = install::Options {
+            sign: sign.clone(),
+            sign_file: ready.sign_file.clone(),
+            ..install::Options::default()
+        };
+        let meta = install::deb::Meta {
+            arch,
+            maintainer: args.maintainer.clone(),
+        };
+        let w = install::deb::write(&ready.record, &ready.cell_dir, &opts, &meta, &args.output)?;
+        eprintln!("{}: {} ({})", c.key(), w.file.display(), w.package);
+        for n in &w.notes {
+            eprintln!("  note: {n}");
+        }
+        println!("{}", w.file.display());
     }
     eprintln!(
-        "wrote {}: {} cells, {n} files",
-        output.display(),
-        cells.len()
+        "wrote {} Debian package(s) into {}",
+        names.len(),
+        args.output.display()
     );
     Ok(exit::OK)
 }

@@ -30,7 +30,7 @@ use crate::state::store::{
 use crate::state::write_atomic_mode;
 use crate::verify::module::Module;
 
-
+pub mod deb;
 pub mod tarball;
 
 /// A signing key pair (PEM private key, X.509 certificate).
