@@ -218,6 +218,13 @@ pub struct PackageArgs {
     /// The directory to write the packages into (created if missing).
     #[arg(long, short, value_name = "DIR")]
     pub output: PathBuf,
+    /// The packages' Debian architecture [default: the target profile's `[debian] arch`].
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
+    /// The package the modules depend on; `{release}` is the kernel release (for kernels
+    /// not packaged by Debian, e.g. a board vendor's).
+    #[arg(long, default_value = "linux-image-{release}", value_name = "PACKAGE")]
+    pub depends: String,
     /// The packages' Maintainer field.
     #[arg(
         long,

@@ -758,22 +758,17 @@ fn select_built(
     Ok(cells)
 }
 
-/// `kmx package --format deb`: one Debian package per built cell, its modules prepared
-/// exactly as `kmx install` prepares them.
-pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> {
-    let PackageFormat::Deb = args.format;
-    let cells = select_built(store, args.module.as_deref(), &args.target, &args.kernel)?;
-    let sign = sign_key(ctx, &args.sign)?;
-    // Everything is checked before the first package is written: a profile for every
-    // target with its Debian architecture, and no two cells making the same package.
-    let mut plan = Vec::new();
-    let mut names: BTreeMap<String, CellKey> = BTreeMap::new();
-    for c in &cells {
-        let profile = ctx
-            .profiles
-            .target(&c.target)
-            .map_err(|e| e.caused_by(format!("{} was built for target `{}`", c.key(), c.target)))?;
-        let arch = profile.debian.as_ref().map(|d| d.arch.clone()).ok_or_else(|| {
+/// The Debian architecture of the target `c` was built for: its profile's `[debian] arch`.
+fn debian_arch(ctx: &Context, c: &BuiltRecord) -> Result<String> {
+    let profile = ctx
+        .profiles
+        .target(&c.target)
+        .map_err(|e| e.caused_by(format!("{} was built for target `{}`", c.key(), c.target)))?;
+    profile
+        .debian
+        .as_ref()
+        .map(|d| d.arch.clone())
+        .ok_or_else(|| {
             Error::config(
                 &profile.file,
                 format!(
@@ -781,8 +776,26 @@ pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> 
                     c.target
                 ),
             )
-            .hint("add `[debian]` with `arch = \"arm64\"` (the target's dpkg architecture) and its kernel `flavour`")
-        })?;
+            .hint("pass --arch (the dpkg architecture, e.g. --arch arm64), or add `[debian]` with `arch` and the kernel `flavour` to the profile")
+        })
+}
+
+/// `kmx package --format deb`: one Debian package per built cell, its modules prepared
+/// exactly as `kmx install` prepares them.
+pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> {
+    let PackageFormat::Deb = args.format;
+    let cells = select_built(store, args.module.as_deref(), &args.target, &args.kernel)?;
+    let sign = sign_key(ctx, &args.sign)?;
+    // Everything is checked before the first package is written: a Debian architecture
+    // for every target (--arch, or its profile's), names and versions Debian accepts, and
+    // no two cells making the same package.
+    let mut plan = Vec::new();
+    let mut names: BTreeMap<String, CellKey> = BTreeMap::new();
+    for c in &cells {
+        let arch = match &args.arch {
+            Some(arch) => install::deb::check_arch(arch)?,
+            None => debian_arch(ctx, c)?,
+        };
         let deb = install::deb::package_name(&c.module, &c.release)?;
         let version = install::deb::check_version(&c.module, &c.version)?;
         let file = install::deb::file_name(&deb, &version, &arch);
@@ -807,6 +820,7 @@ pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> 
         };
         let meta = install::deb::Meta {
             arch,
+            depends: args.depends.replace("{release}", &c.release),
             maintainer: args.maintainer.clone(),
         };
         let w = install::deb::write(&ready.record, &ready.cell_dir, &opts, &meta, &args.output)?;
@@ -816,9 +830,10 @@ pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> 
         }
         println!("{}", w.file.display());
     }
+    let n = names.len();
     eprintln!(
-        "wrote {} Debian package(s) into {}",
-        names.len(),
+        "wrote {n} Debian package{} into {}",
+        if n == 1 { "" } else { "s" },
         args.output.display()
     );
     Ok(exit::OK)

@@ -21,6 +21,8 @@ use crate::state::store::BuiltRecord;
 pub struct Meta {
     /// The target's Debian architecture (`[debian] arch` of its profile).
     pub arch: String,
+    /// The Depends field: the kernel's image package (`linux-image-<release>`).
+    pub depends: String,
     /// The Maintainer field.
     pub maintainer: String,
 }
@@ -89,6 +91,21 @@ pub fn check_version(module: &str, version: &str) -> Result<String> {
     Ok(rest.to_string())
 }
 
+/// Check an architecture given by hand (`--arch`): a dpkg architecture name.
+pub fn check_arch(arch: &str) -> Result<String> {
+    let ok = arch.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && arch
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        return Err(Error::usage(format!(
+            "`{arch}` is not a Debian architecture name"
+        ))
+        .hint("name one as dpkg does: amd64, i386, arm64, armhf, riscv64, ... (`dpkg-architecture -L` lists them)"));
+    }
+    Ok(arch.to_string())
+}
+
 /// The package's file name: `<package>_<version without epoch>_<arch>.deb`.
 pub fn file_name(package: &str, version: &str, arch: &str) -> String {
     format!("{package}_{version}_{arch}.deb")
@@ -96,7 +113,6 @@ pub fn file_name(package: &str, version: &str, arch: &str) -> String {
 
 /// The control file.
 fn control(built: &BuiltRecord, package: &str, meta: &Meta, installed_kib: u64) -> String {
-    let image = format!("linux-image-{}", built.release);
     let modules: Vec<&str> = built.files.iter().map(|f| f.dest_name.as_str()).collect();
     format!(
         "Package: {package}\n\
@@ -105,17 +121,19 @@ fn control(built: &BuiltRecord, package: &str, meta: &Meta, installed_kib: u64) 
          Architecture: {arch}\n\
          Maintainer: {maintainer}\n\
          Installed-Size: {installed_kib}\n\
-         Depends: {image}\n\
+         Depends: {depends}\n\
          Provides: {source}-modules\n\
          Section: kernel\n\
          Priority: optional\n\
          Description: {module} {version} kernel modules for Linux {release}\n \
          The {module} modules ({list}) built by kmx for the {target} target against\n \
-         kernel {release} (vermagic \"{vermagic}\"), installed under\n \
-         /lib/modules/{release}.\n",
+         kernel {release}, installed under /lib/modules/{release}.\n \
+         .\n \
+         vermagic: {vermagic}\n",
         source = debian_word(&built.module).unwrap_or_default(),
         version = built.version,
         arch = meta.arch,
+        depends = meta.depends,
         maintainer = meta.maintainer,
         module = built.module,
         list = modules.join(", "),
@@ -248,6 +266,8 @@ mod tests {
                 format!("m's version `{bad}` is not a Debian package version")
             );
         }
+        assert_eq!(check_arch("riscv64").unwrap(), "riscv64");
+        assert!(check_arch("arm 64").is_err() && check_arch("-x").is_err());
         assert_eq!(
             file_name("hello-modules-6.1.0-50-arm64", "1.0", "arm64"),
             "hello-modules-6.1.0-50-arm64_1.0_arm64.deb"
