@@ -121,7 +121,7 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         check: bool,
     },
     /// Build and install every registered AUTOINSTALL module for a kernel release, for
-    /// every target whose trees provide it (what the kernel hooks in contrib/kernel run).
+    /// every target whose trees provide it (what the kernel hooks in /etc/kernel run).
     /// One module failing does not stop the others; exits 1 if any failed.
     Autoinstall(AutoinstallArgs),
     /// Module signing keys.
