@@ -688,13 +688,7 @@ pub fn keys_generate(ctx: &Context, dir: Option<PathBuf>, cn: &str, force: bool)
     .arg(&tkey)
     .arg("-out")
     .arg(&tcert);
-    process::output(&mut cmd, Kind::Failed).map_err(|e| {
-        if e.kind == Kind::Environment {
-            e.hint("install openssl")
-        } else {
-            e
-        }
-    })?;
+    process::output(&mut cmd, Kind::Failed).map_err(|e| e.hint_if_missing("install openssl"))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tkey, std::fs::Permissions::from_mode(0o600))
@@ -824,7 +818,12 @@ pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> 
             maintainer: args.maintainer.clone(),
         };
         let w = install::deb::write(&ready.record, &ready.cell_dir, &opts, &meta, &args.output)?;
-        eprintln!("{}: {} ({})", c.key(), w.file.display(), w.package);
+        eprintln!(
+            "packaged {}: {}{}",
+            c.key(),
+            w.file.display(),
+            if w.signed { " (signed)" } else { "" }
+        );
         for n in &w.notes {
             eprintln!("  note: {n}");
         }

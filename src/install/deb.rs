@@ -32,6 +32,8 @@ pub struct Meta {
 pub struct Written {
     pub file: PathBuf,
     pub package: String,
+    /// Every module in it carries a signature.
+    pub signed: bool,
     pub notes: Vec<String>,
 }
 
@@ -218,18 +220,14 @@ pub fn write(
     cmd.args(["--root-owner-group", "-Zxz", "--build"])
         .arg(&root)
         .arg(&built_deb);
-    process::output(&mut cmd, Kind::Failed).map_err(|e| {
-        if e.kind == Kind::Environment {
-            e.hint("install dpkg (it provides dpkg-deb)")
-        } else {
-            e
-        }
-    })?;
+    process::output(&mut cmd, Kind::Failed)
+        .map_err(|e| e.hint_if_missing("install dpkg (it provides dpkg-deb)"))?;
     let dest = out_dir.join(&name);
     std::fs::rename(&built_deb, &dest).map_err(|e| Error::io("rename into place", &dest, e))?;
     Ok(Written {
         file: dest,
         package,
+        signed: files.iter().all(|f| f.signed),
         notes,
     })
 }

@@ -539,13 +539,9 @@ fn compress(ext: &str, file: &Path) -> Result<Vec<u8>> {
     let mut cmd = Command::new(prog);
     cmd.args(args).arg(file);
     let out = process::output(&mut cmd, Kind::Failed).map_err(|e| {
-        if e.kind == Kind::Environment {
-            e.hint(format!(
-                "the kernel wants .ko.{ext} modules: install {package}"
-            ))
-        } else {
-            e
-        }
+        e.hint_if_missing(format!(
+            "the kernel wants .ko.{ext} modules: install {package}"
+        ))
     })?;
     Ok(out.stdout)
 }
@@ -558,13 +554,7 @@ pub fn depmod(root: &Path, release: &str) -> Result<()> {
     let mut cmd = Command::new("depmod");
     cmd.arg("-b").arg(root).arg(release);
     process::output(&mut cmd, Kind::Failed)
-        .map_err(|e| {
-            if e.kind == Kind::Environment {
-                e.hint("install kmod, or pass --no-depmod")
-            } else {
-                e
-            }
-        })
+        .map_err(|e| e.hint_if_missing("install kmod, or pass --no-depmod"))
         .map(|_| ())
 }
 
