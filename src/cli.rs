@@ -16,6 +16,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Extra configuration directory holding targets/ and toolchains/ (overrides the
     /// shipped profiles and ~/.config/kmx).
@@ -120,7 +121,7 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         check: bool,
     },
     /// Build and install every registered AUTOINSTALL module for a kernel release, for
-    /// every target whose trees provide it (what the kernel hooks in contrib/kernel run).
+    /// every target whose trees provide it (what the kernel hooks in /etc/kernel run).
     /// One module failing does not stop the others; exits 1 if any failed.
     Autoinstall(AutoinstallArgs),
     /// Module signing keys.
@@ -138,6 +139,11 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         #[arg(long, short, value_name = "FILE")]
         output: PathBuf,
     },
+    /// Write built modules as Debian binary packages, one per module, kernel release and
+    /// target (`<module>-modules-<release>_<version>_<arch>.deb`): the modules at their
+    /// DEST_MODULE_LOCATION, compressed and signed as `kmx install` does, depending on the
+    /// kernel's linux-image package, with maintainer scripts that run depmod.
+    Package(PackageArgs),
     /// Import an archive written by `kmx tarball` into the state store as built modules
     /// (like DKMS's ldtarball); `kmx install` then installs them without building.
     LoadTarball {
@@ -153,6 +159,20 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a shell completion script for kmx on stdout, e.g.
+    /// `kmx completions bash > /etc/bash_completion.d/kmx`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write kmx's man pages (kmx.1, and kmx-build.1, kmx-kernels-fetch.1, ... for every
+    /// subcommand) into a directory.
+    Man {
+        /// The directory to write them into (created if missing).
+        #[arg(long, short, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Boot each target's real kernel under QEMU and load modules in it: the kernel's own
     /// verdict (loaded, refused with its message, crashed in init). Needs
@@ -179,6 +199,48 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `kmx package`.
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    /// Only this module, as MODULE or MODULE/VERSION [default: every built module].
+    pub module: Option<String>,
+    /// The package format.
+    #[arg(long, value_enum, default_value_t = PackageFormat::Deb)]
+    pub format: PackageFormat,
+    /// Only these targets (repeatable or comma-separated) [default: all].
+    #[arg(long, short, value_delimiter = ',')]
+    pub target: Vec<String>,
+    /// Only these kernel releases (repeatable or comma-separated) [default: all].
+    #[arg(long, short, value_delimiter = ',', value_name = "RELEASE")]
+    pub kernel: Vec<String>,
+    /// The directory to write the packages into (created if missing).
+    #[arg(long, short, value_name = "DIR")]
+    pub output: PathBuf,
+    /// The packages' Debian architecture [default: the target profile's `[debian] arch`].
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
+    /// The package the modules depend on; `{release}` is the kernel release (for kernels
+    /// not packaged by Debian, e.g. a board vendor's).
+    #[arg(long, default_value = "linux-image-{release}", value_name = "PACKAGE")]
+    pub depends: String,
+    /// The packages' Maintainer field.
+    #[arg(
+        long,
+        default_value = "kmx <root@localhost>",
+        value_name = "MAINTAINER"
+    )]
+    pub maintainer: String,
+    #[command(flatten)]
+    pub sign: SignArgs,
+}
+
+/// `kmx package --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PackageFormat {
+    /// Debian binary packages (.deb), built with dpkg-deb.
+    Deb,
 }
 
 #[derive(Debug, Subcommand)]
@@ -517,6 +579,42 @@ pub struct VerifyArgs {
     /// Threads reading and checking modules [default: number of CPUs].
     #[arg(long, short, env = "KMX_JOBS", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
+}
+
+/// Parse the command line. A usage error (exit 2) is reported as if no environment
+/// variable had filled a flag: clap counts a flag filled from the environment (`KMX_HOME`)
+/// as given, and would show `kmx build --home <DIR> <SOURCE>...` as the usage.
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<T> = args.into_iter().collect();
+    let first = match Cli::command().try_get_matches_from(args.iter().cloned()) {
+        Ok(m) => return Cli::from_arg_matches(&m),
+        Err(e) => e,
+    };
+    if !first.use_stderr() {
+        return Err(first); // --help, --version
+    }
+    match without_env(Cli::command()).try_get_matches_from(args) {
+        Err(again) if again.kind() == first.kind() => Err(again),
+        _ => Err(first),
+    }
+}
+
+/// `cmd` with no argument filled from the environment, in every subcommand.
+fn without_env(cmd: clap::Command) -> clap::Command {
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    let mut cmd = cmd.mut_args(|a| a.env(None::<&str>));
+    for n in names {
+        cmd = cmd.mut_subcommand(n, without_env);
+    }
+    cmd
 }
 
 /// A size such as `500M`, `2G` or `1048576` (bytes).

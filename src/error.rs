@@ -93,6 +93,15 @@ impl Error {
         self.hint = Some(hint.into());
         self
     }
+    /// [`Error::hint`] only when the machine lacks something ([`Kind::Environment`]: a
+    /// program not found, ...): what to install.
+    pub fn hint_if_missing(self, hint: impl Into<String>) -> Error {
+        if self.kind == Kind::Environment {
+            self.hint(hint)
+        } else {
+            self
+        }
+    }
     pub fn caused_by(mut self, cause: impl fmt::Display) -> Error {
         self.causes.push(cause.to_string());
         self

@@ -1,8 +1,6 @@
 //! The kmx binary: parse the command line, run, print errors, exit with the right code.
 //! Everything else lives in the library.
 
-use clap::Parser;
-
 // Reading thousands of modules in parallel makes many small, short-lived allocations;
 // mimalloc's thread-local free lists serve them without glibc malloc's locking.
 #[global_allocator]
@@ -11,7 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     // Before anything opens a file: the descriptors MAKEFLAGS names are still make's.
     kmx::matrix::jobserver::capture_from_env();
-    let cli = kmx::cli::Cli::parse();
+    let cli = kmx::cli::parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let code = match kmx::commands::run(cli) {
         Ok(code) => code,
         Err(err) => {

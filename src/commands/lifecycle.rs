@@ -9,7 +9,9 @@ use std::process::Command;
 
 use super::progress::Printer;
 use super::{Context, print_json};
-use crate::cli::{AutoinstallArgs, InstallArgs, SignArgs, UninstallArgs};
+use crate::cli::{
+    AutoinstallArgs, InstallArgs, PackageArgs, PackageFormat, SignArgs, UninstallArgs,
+};
 use crate::error::{Error, Kind, Result, exit};
 use crate::install::{self, SignKey, image};
 use crate::lifecycle::prepare::{Prep, Ready, evaluate_generic, prepare, prepare_binary};
@@ -852,13 +854,7 @@ pub fn keys_generate(ctx: &Context, dir: Option<PathBuf>, cn: &str, force: bool)
     .arg(&tkey)
     .arg("-out")
     .arg(&tcert);
-    process::output(&mut cmd, Kind::Failed).map_err(|e| {
-        if e.kind == Kind::Environment {
-            e.hint("install openssl")
-        } else {
-            e
-        }
-    })?;
+    process::output(&mut cmd, Kind::Failed).map_err(|e| e.hint_if_missing("install openssl"))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tkey, std::fs::Permissions::from_mode(0o600))
@@ -882,6 +878,27 @@ pub fn tarball(
     targets: &[String],
     output: &Path,
 ) -> Result<i32> {
+    let cells = select_built(store, module, targets, &[])?;
+    let n = tarball_create(store, &cells, output)?;
+    for c in &cells {
+        eprintln!("  {}", c.key());
+    }
+    eprintln!(
+        "wrote {}: {} cells, {n} files",
+        output.display(),
+        cells.len()
+    );
+    Ok(exit::OK)
+}
+
+/// The built cells in the store that `tarball` and `package` export: MODULE[/VERSION],
+/// targets and kernel releases (empty: all). None is an error.
+fn select_built(
+    store: &Store,
+    module: Option<&str>,
+    targets: &[String],
+    kernels: &[String],
+) -> Result<Vec<BuiltRecord>> {
     let filter = module.map(split_module).transpose()?;
     let cells: Vec<BuiltRecord> = store
         .built_all()?
@@ -891,20 +908,98 @@ pub fn tarball(
                 .as_ref()
                 .is_none_or(|(m, v)| b.module == *m && v.as_ref().is_none_or(|v| *v == b.version))
                 && (targets.is_empty() || targets.contains(&b.target))
+                && (kernels.is_empty() || kernels.contains(&b.release))
         })
         .collect();
     if cells.is_empty() {
         return Err(Error::usage("nothing built matches; nothing to export")
             .hint("`kmx status` lists what is built; `kmx install` builds"));
     }
-    let n = tarball_create(store, &cells, output)?;
+    Ok(cells)
+}
+
+/// The Debian architecture of the target `c` was built for: its profile's `[debian] arch`.
+fn debian_arch(ctx: &Context, c: &BuiltRecord) -> Result<String> {
+    let profile = ctx
+        .profiles
+        .target(&c.target)
+        .map_err(|e| e.caused_by(format!("{} was built for target `{}`", c.key(), c.target)))?;
+    profile
+        .debian
+        .as_ref()
+        .map(|d| d.arch.clone())
+        .ok_or_else(|| {
+            Error::config(
+                &profile.file,
+                format!(
+                    "target `{}` has no [debian] table, so kmx does not know its Debian architecture",
+                    c.target
+                ),
+            )
+            .hint("pass --arch (the dpkg architecture, e.g. --arch arm64), or add `[debian]` with `arch` and the kernel `flavour` to the profile")
+        })
+}
+
+/// `kmx package --format deb`: one Debian package per built cell, its modules prepared
+/// exactly as `kmx install` prepares them.
+pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> {
+    let PackageFormat::Deb = args.format;
+    let cells = select_built(store, args.module.as_deref(), &args.target, &args.kernel)?;
+    let sign = sign_key(ctx, &args.sign)?;
+    // Everything is checked before the first package is written: a Debian architecture
+    // for every target (--arch, or its profile's), names and versions Debian accepts, and
+    // no two cells making the same package.
+    let mut plan = Vec::new();
+    let mut names: BTreeMap<String, CellKey> = BTreeMap::new();
     for c in &cells {
-        eprintln!("  {}", c.key());
+        let arch = match &args.arch {
+            Some(arch) => install::deb::check_arch(arch)?,
+            None => debian_arch(ctx, c)?,
+        };
+        let deb = install::deb::package_name(&c.module, &c.release)?;
+        let version = install::deb::check_version(&c.module, &c.version)?;
+        let file = install::deb::file_name(&deb, &version, &arch);
+        if let Some(other) = names.insert(file.clone(), c.key()) {
+            return Err(
+                Error::usage(format!("{} and {} would both be {file}", other, c.key()))
+                    .hint("package one of them at a time (-t TARGET)"),
+            );
+        }
+        plan.push((c, arch));
     }
+    std::fs::create_dir_all(&args.output)
+        .map_err(|e| Error::io("create directory", &args.output, e))?;
+    for (c, arch) in plan {
+        let Prep::Ready(ready) = prepare_binary(&ctx.profiles, &ctx.home, store, &c.key())? else {
+            continue;
+        };
+        let opts = install::Options {
+            sign: sign.clone(),
+            sign_file: ready.sign_file.clone(),
+            ..install::Options::default()
+        };
+        let meta = install::deb::Meta {
+            arch,
+            depends: args.depends.replace("{release}", &c.release),
+            maintainer: args.maintainer.clone(),
+        };
+        let w = install::deb::write(&ready.record, &ready.cell_dir, &opts, &meta, &args.output)?;
+        eprintln!(
+            "packaged {}: {}{}",
+            c.key(),
+            w.file.display(),
+            if w.signed { " (signed)" } else { "" }
+        );
+        for n in &w.notes {
+            eprintln!("  note: {n}");
+        }
+        println!("{}", w.file.display());
+    }
+    let n = names.len();
     eprintln!(
-        "wrote {}: {} cells, {n} files",
-        output.display(),
-        cells.len()
+        "wrote {n} Debian package{} into {}",
+        if n == 1 { "" } else { "s" },
+        args.output.display()
     );
     Ok(exit::OK)
 }

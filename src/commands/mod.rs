@@ -2,6 +2,7 @@
 //! print; commands do.
 
 pub mod build;
+mod docs;
 mod doctor;
 mod kernels;
 mod lifecycle;
@@ -54,6 +55,12 @@ pub fn run(cli: Cli) -> Result<i32> {
 }
 
 fn run_in(cli: Cli) -> Result<i32> {
+    // Generated from the command line alone: no profiles, no home.
+    match &cli.command {
+        Cmd::Completions { shell } => return docs::completions(*shell),
+        Cmd::Man { out } => return docs::man(out),
+        _ => {}
+    }
     let ctx = Context::load(&cli)?;
     let wait = !cli.global.no_wait;
     let store = &ctx.store;
@@ -92,6 +99,9 @@ fn run_in(cli: Cli) -> Result<i32> {
             target,
             output,
         } => lifecycle::tarball(store, module.as_deref(), &target, &output),
+        Cmd::Package(args) => lifecycle::package(&ctx, store, &args),
+        Cmd::Completions { shell } => docs::completions(shell),
+        Cmd::Man { out } => docs::man(&out),
         Cmd::LoadTarball { file } => lifecycle::load_tarball(store, &file, wait),
         Cmd::Build(args) => build::run(&ctx, &args),
         Cmd::Cache(cmd) => build::cache(&ctx, &cmd),

@@ -30,6 +30,7 @@ use crate::state::store::{
 use crate::state::write_atomic_mode;
 use crate::verify::module::Module;
 
+pub mod deb;
 pub mod image;
 pub mod tarball;
 
@@ -160,38 +161,38 @@ pub fn check_inside(root: &Path, path: &Path) -> Result<()> {
 }
 
 /// The final bytes of one module: signed (if asked) and compressed as the kernel wants.
-struct Prepared {
-    rel: PathBuf,
-    bytes: Vec<u8>,
-    sha256: String,
-    signed: bool,
+pub struct Prepared {
+    /// Where it goes, relative to the root: `lib/modules/<release>/<location>/<name>.ko[.<ext>]`.
+    pub rel: PathBuf,
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+    pub signed: bool,
 }
 
-/// Install the built cell `built` (files in `cell_dir`) into `root` (canonical).
-pub fn install(
-    store: &Store,
-    root: &Path,
+/// The module files of the built cell `built` (files in `cell_dir`) exactly as they go
+/// into a root: each at its DEST_MODULE_LOCATION, signed with `opts.sign` when the kernel
+/// checks signatures (CONFIG_MODULE_SIG), compressed as its CONFIG_MODULE_COMPRESS_* says,
+/// and read back with the module reader (right vermagic). Work files go under `stage`;
+/// nothing is written anywhere else. Notes (why a module is not signed) go to `notes`.
+/// `kmx install` writes these into a root; `kmx package` into a Debian package.
+pub fn prepare_files(
     built: &BuiltRecord,
     cell_dir: &Path,
     opts: &Options,
-) -> Result<Installed> {
-    let key = built.key();
-    let mut notes = Vec::new();
+    stage: &Path,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Prepared>> {
     let ext = built.compress.as_deref();
-    // 1. Destinations, checked before anything is written.
     let mut dests = Vec::new();
     for f in &built.files {
-        let rel = dest_relative(
+        dests.push(dest_relative(
             &built.module,
             &built.release,
             &f.dest_location,
             &f.dest_name,
             ext,
-        )?;
-        check_inside(root, &root.join(&rel))?;
-        dests.push(rel);
+        )?);
     }
-    // 3. Signed and compressed bytes, prepared off to the side.
     let sign = match (&opts.sign, built.sig_enabled) {
         (Some(k), true) => match &opts.sign_file {
             Some(tool) => Some((k, tool)),
@@ -216,11 +217,10 @@ pub fn install(
         ))
         .hint("run `kmx keys generate` (or pass --sign-key/--sign-cert) and make sure the kernel tree is fetched"));
     }
-    let stage = crate::state::tmp::dir_in(&store.dir)?;
     let mut prepared = Vec::new();
-    for (f, rel) in built.files.iter().zip(&dests) {
+    for (f, rel) in built.files.iter().zip(dests) {
         let src = cell_dir.join(&f.file);
-        let staged = stage.path().join(&f.file);
+        let staged = stage.join(&f.file);
         std::fs::copy(&src, &staged).map_err(|e| {
             Error::io("copy", &src, e).hint(format!(
                 "the built cell is damaged; rebuild it with `kmx install` after `kmx remove {}/{}`",
@@ -251,11 +251,31 @@ pub fn install(
         }
         let signed = module.signature.is_some();
         prepared.push(Prepared {
-            rel: rel.clone(),
+            rel,
             sha256: sha256(&bytes),
             bytes,
             signed,
         });
+    }
+    Ok(prepared)
+}
+
+/// Install the built cell `built` (files in `cell_dir`) into `root` (canonical).
+pub fn install(
+    store: &Store,
+    root: &Path,
+    built: &BuiltRecord,
+    cell_dir: &Path,
+    opts: &Options,
+) -> Result<Installed> {
+    let key = built.key();
+    let mut notes = Vec::new();
+    // 1. Signed and compressed bytes, prepared off to the side; 2. their destinations,
+    // checked before anything is written into the root.
+    let stage = crate::state::tmp::dir_in(&store.dir)?;
+    let prepared = prepare_files(built, cell_dir, opts, stage.path(), &mut notes)?;
+    for p in &prepared {
+        check_inside(root, &root.join(&p.rel))?;
     }
     // 4. In-tree modules of the same name are moved aside (those already recorded stay so).
     let previous = store.load_install(root, &key)?;
@@ -520,13 +540,9 @@ fn compress(ext: &str, file: &Path) -> Result<Vec<u8>> {
     let mut cmd = Command::new(prog);
     cmd.args(args).arg(file);
     let out = process::output(&mut cmd, Kind::Failed).map_err(|e| {
-        if e.kind == Kind::Environment {
-            e.hint(format!(
-                "the kernel wants .ko.{ext} modules: install {package}"
-            ))
-        } else {
-            e
-        }
+        e.hint_if_missing(format!(
+            "the kernel wants .ko.{ext} modules: install {package}"
+        ))
     })?;
     Ok(out.stdout)
 }
@@ -539,13 +555,7 @@ pub fn depmod(root: &Path, release: &str) -> Result<()> {
     let mut cmd = Command::new("depmod");
     cmd.arg("-b").arg(root).arg(release);
     process::output(&mut cmd, Kind::Failed)
-        .map_err(|e| {
-            if e.kind == Kind::Environment {
-                e.hint("install kmod, or pass --no-depmod")
-            } else {
-                e
-            }
-        })
+        .map_err(|e| e.hint_if_missing("install kmod, or pass --no-depmod"))
         .map(|_| ())
 }
 
