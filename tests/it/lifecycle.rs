@@ -789,3 +789,115 @@ fn a_deleted_image_root_is_forgotten_by_uninstall_and_remove() {
     let status = k.run(&["status", "--json"]).ok().json();
     assert_eq!(status.as_array().map(Vec::len), Some(0), "{status}");
 }
+
+/// Issue 12, item 5: an image says which kernels it runs. Without --kernel, `install --root`
+/// installs for each release in the image (merged /usr: lib is a link to usr/lib) that the
+/// target has a tree for; a target of another architecture than the image's kernel (read
+/// from the image's own module) is refused; no `lib/modules/<release>` is ever created
+/// unless asked with --create.
+#[test]
+fn install_into_an_image_finds_its_kernels_refuses_another_arch_and_creates_nothing() {
+    let Some(k) = Kmx::with_all_trees() else {
+        return;
+    };
+    let trees = k.run(&["kernels", "list", "--json"]).ok().json();
+    let arm64: Vec<(String, String)> = trees
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["target"] == "arm64")
+        .map(|t| {
+            (
+                t["release"].as_str().unwrap().to_string(),
+                t["vermagic"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(arm64.len() >= 2, "two arm64 kernels are fetched: {arm64:?}");
+    let (r1, magic1) = &arm64[0];
+    let (r2, magic2) = &arm64[1];
+    k.run(&["add", hello_source(k.dir(), "hello", "").to_str().unwrap()])
+        .ok();
+    // The image: merged /usr, both kernels, the first with one real module of its own.
+    let img = k.dir().join("img");
+    std::fs::create_dir_all(img.join("usr/lib/modules")).unwrap();
+    std::os::unix::fs::symlink("usr/lib", img.join("lib")).unwrap();
+    let (_, _, kdir) = k.tree_of("arm64");
+    let own = kdir
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .join(format!("lib/modules/{r1}/kernel/lib/crc7.ko"));
+    let kernel_lib = img.join(format!("usr/lib/modules/{r1}/kernel/lib"));
+    std::fs::create_dir_all(&kernel_lib).unwrap();
+    if own.is_file() {
+        std::fs::copy(&own, kernel_lib.join("crc7.ko")).unwrap();
+    } else {
+        // Trees fetched without images: the kernel's config says the architecture.
+        std::fs::create_dir_all(img.join("boot")).unwrap();
+        std::fs::copy(kdir.join(".config"), img.join(format!("boot/config-{r1}"))).unwrap();
+    }
+    std::fs::create_dir_all(img.join(format!("usr/lib/modules/{r2}"))).unwrap();
+    let listing = |root: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root.join("usr/lib/modules"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing(&img);
+    let root = img.to_str().unwrap();
+
+    // Another architecture: refused, naming the image's own module.
+    let wrong = k
+        .run(&["install", "hello", "-t", "armhf", "--root", root])
+        .expect(2);
+    assert!(
+        wrong
+            .stderr()
+            .contains(&format!("the image's kernel {r1} is ELF64"))
+            && wrong.stderr().contains("target `armhf` builds ELF32"),
+        "{}",
+        wrong.stderr()
+    );
+    // A kernel the image does not have: refused, nothing created.
+    let missing = k
+        .run(&[
+            "install",
+            "hello",
+            "-t",
+            "arm64",
+            "-k",
+            "6.1.0-99-arm64",
+            "--root",
+            root,
+        ])
+        .expect(2);
+    assert!(
+        missing
+            .stderr()
+            .contains("the image has no kernel 6.1.0-99-arm64")
+            && missing.stderr().contains("--create"),
+        "{}",
+        missing.stderr()
+    );
+    assert_eq!(listing(&img), before);
+
+    // The right target: both of the image's kernels, each module with its kernel's vermagic.
+    let run = k
+        .run(&["install", "hello", "-t", "arm64", "--root", root])
+        .ok();
+    for (release, magic) in [(r1, magic1), (r2, magic2)] {
+        let dir = img.join(format!("usr/lib/modules/{release}/updates/dkms"));
+        let ko = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", dir.display(), run.stderr()))
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains("hello.ko"))
+            .unwrap();
+        assert_eq!(modinfo("vermagic", &ko), *magic);
+    }
+    assert_eq!(listing(&img), before, "no kernel directory was created");
+}

@@ -73,18 +73,37 @@ impl Kmx {
         }
     }
 
-    /// A fresh home that knows the fetched trees (the registry is copied, its paths made
-    /// absolute, as the fetched home's trees are shared read-only). `None` when trees are
-    /// missing outside CI.
+    /// A fresh home that knows one fetched tree (Debian 12's) for each of the four `TARGETS`:
+    /// the matrix most tests reason about. The registry is copied, its paths made absolute,
+    /// as the fetched home's trees are shared read-only. `None` when trees are missing
+    /// outside CI.
     pub fn with_trees() -> Option<Kmx> {
+        Kmx::with_registry(|reg| {
+            let mut seen = Vec::new();
+            reg.retain(|t| {
+                let target = t["target"].as_str().unwrap().to_string();
+                let keep = TARGETS.contains(&target.as_str()) && !seen.contains(&target);
+                seen.push(target);
+                keep
+            });
+        })
+    }
+
+    /// A fresh home that knows every fetched tree: both kernel versions, the Raspberry Pi
+    /// targets.
+    pub fn with_all_trees() -> Option<Kmx> {
+        Kmx::with_registry(|_| {})
+    }
+
+    fn with_registry(select: impl FnOnce(&mut Vec<serde_json::Value>)) -> Option<Kmx> {
         let fetched = fetched_home()?;
         let k = Kmx::empty();
         std::fs::create_dir_all(k.home.join("trees")).unwrap();
-        std::fs::write(
-            k.home.join("trees/registry.json"),
-            registry_of(&fetched).to_string(),
-        )
-        .unwrap();
+        let mut reg = registry_of(&fetched);
+        let trees = reg["trees"].as_array_mut().unwrap();
+        trees.sort_by(|a, b| a["release"].as_str().cmp(&b["release"].as_str()));
+        select(trees);
+        std::fs::write(k.home.join("trees/registry.json"), reg.to_string()).unwrap();
         Some(k)
     }
 

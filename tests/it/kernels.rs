@@ -1,0 +1,212 @@
+//! Several kernel versions per target, where trees come from (Debian suites or any apt
+//! archive given by URL and keyring), and a home that keeps working when moved.
+
+use std::path::Path;
+
+use crate::support::*;
+
+/// The example builds for every default target and every fetched kernel in one run: Debian
+/// 12's 6.1 and bookworm-backports' 6.12 (which has no i386 kernel) for i386, amd64, arm64,
+/// armhf and the Raspberry Pi Zero/1 target. Each .ko carries its own tree's vermagic (kmod's
+/// modinfo reads it) and `kmx verify` passes it against that tree.
+#[test]
+fn the_example_builds_for_every_target_and_kernel_version_with_each_trees_vermagic() {
+    let Some(k) = Kmx::with_all_trees() else {
+        return;
+    };
+    let trees = k.run(&["kernels", "list", "--json"]).ok().json();
+    let trees = trees.as_array().unwrap();
+    let default = ["i386", "amd64", "arm64", "armhf", "rpi"];
+    let wanted: Vec<(&str, &str, &str)> = trees
+        .iter()
+        .filter(|t| default.contains(&t["target"].as_str().unwrap()))
+        .map(|t| {
+            (
+                t["target"].as_str().unwrap(),
+                t["release"].as_str().unwrap(),
+                t["vermagic"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // What `./dev test` fetched: two kernel versions wherever Debian has them.
+    for target in ["amd64", "arm64", "armhf", "rpi"] {
+        let series: Vec<&str> = wanted
+            .iter()
+            .filter(|w| w.0 == target)
+            .map(|w| w.1.split('.').take(2).collect::<Vec<_>>().join("."))
+            .map(|s| if s.starts_with("6.12") { "6.12" } else { "6.1" })
+            .collect();
+        assert!(
+            series.contains(&"6.1") && series.contains(&"6.12"),
+            "{target}: {series:?}"
+        );
+    }
+    assert!(wanted.len() >= 9, "{wanted:?}");
+
+    let out = k.dir().join("out");
+    let run = k
+        .run(&[
+            "build",
+            repo().join("examples/hello").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .ok();
+    let said = format!("{}{}", run.stdout(), run.stderr());
+    assert!(
+        said.contains(&format!("{} built, 0 skipped, 0 failed", wanted.len())),
+        "{said}"
+    );
+    for (target, release, vermagic) in &wanted {
+        let dir = out.join(format!("hello/1.0/{release}/{target}"));
+        assert_eq!(modinfo("vermagic", &dir.join("hello.ko")), *vermagic);
+        k.run(&["verify", "-t", target, "-k", release, dir.to_str().unwrap()])
+            .ok();
+    }
+}
+
+/// A profile (in a config directory) whose trees come from an apt archive given by URL,
+/// suite and keyring: Debian's own archive here, as Raspberry Pi OS's or a vendor's would be.
+/// Fetched, listed with its source, built; the home then moved keeps a valid registry; an
+/// older ABI is pruned and a release removed, with their files.
+#[test]
+fn an_apt_archive_source_is_fetched_listed_moved_pruned_and_removed() {
+    if fetched_home().is_none() {
+        return;
+    }
+    let k = Kmx::empty();
+    let conf = k.dir().join("conf");
+    write(
+        &conf.join("targets/pizero.toml"),
+        "kernel_arch = \"arm\"\ntoolchain = \"arm-linux-gnueabi\"\n\
+         [kernels]\nfetched = true\n\
+         [[kernels.source]]\nname = \"vendor\"\nurl = \"http://deb.debian.org/debian\"\nsuite = \"bookworm\"\n\
+         component = \"main\"\nkeyring = \"/usr/share/keyrings/debian-archive-keyring.gpg\"\n\
+         arch = \"armel\"\nflavour = \"rpi\"\n",
+    );
+    let conf = conf.to_str().unwrap();
+    let hello = repo().join("examples/hello");
+    let hello = hello.to_str().unwrap();
+
+    // A keyring that is not there: a clear error naming it, before any download.
+    write(
+        &k.dir().join("bad/targets/pizero.toml"),
+        "kernel_arch = \"arm\"\ntoolchain = \"arm-linux-gnueabi\"\n[kernels]\nfetched = true\n\
+         [[kernels.source]]\nurl = \"http://archive.example/debian\"\nsuite = \"s\"\nkeyring = \"/nonexistent/key.gpg\"\n\
+         arch = \"armel\"\nflavour = \"rpi\"\n",
+    );
+    let bad = k
+        .run(&[
+            "--config-dir",
+            k.dir().join("bad").to_str().unwrap(),
+            "kernels",
+            "fetch",
+            "-t",
+            "pizero",
+        ])
+        .expect(3);
+    assert!(
+        bad.stderr().contains("/nonexistent/key.gpg is missing")
+            && bad.stderr().contains("keyring"),
+        "{}",
+        bad.stderr()
+    );
+
+    // Two ABIs of the source: an older one pinned, then the newest.
+    let older = "6.1.0-47";
+    k.run(&[
+        "--config-dir",
+        conf,
+        "kernels",
+        "fetch",
+        "-t",
+        "pizero",
+        "--abi",
+        older,
+    ])
+    .ok();
+    let fetched = k
+        .run(&["--config-dir", conf, "kernels", "fetch", "-t", "pizero"])
+        .ok();
+    let list = k
+        .run(&["--config-dir", conf, "kernels", "list", "--json"])
+        .ok()
+        .json();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}\n{}", fetched.stderr());
+    for t in list {
+        assert_eq!(t["source"], "vendor bookworm", "{t}");
+        assert!(t["error"].is_null(), "{t}");
+    }
+    let newest = list
+        .iter()
+        .map(|t| t["release"].as_str().unwrap().to_string())
+        .find(|r| !r.starts_with(older))
+        .unwrap();
+    assert!(
+        k.home.join(format!("trees/vendor-{older}")).is_dir(),
+        "one sysroot per source and ABI"
+    );
+    let table = k
+        .run(&["--config-dir", conf, "kernels", "list"])
+        .ok()
+        .stdout();
+    assert!(
+        table.starts_with("TARGET  RELEASE ") && table.contains("vendor bookworm  yes "),
+        "{table}"
+    );
+
+    // Moved: the registry's paths follow the home.
+    let moved = k.dir().join("moved-home");
+    std::fs::rename(&k.home, &moved).unwrap();
+    let m = k.env("KMX_HOME", moved.to_str().unwrap());
+    let list = m
+        .run(&["--config-dir", conf, "kernels", "list", "--json"])
+        .ok()
+        .json();
+    for t in list.as_array().unwrap() {
+        assert!(t["error"].is_null(), "{t}");
+        assert!(
+            Path::new(t["kdir"].as_str().unwrap()).starts_with(&moved),
+            "{t}"
+        );
+    }
+    let out = m.dir().join("out");
+    m.run(&[
+        "--config-dir",
+        conf,
+        "build",
+        hello,
+        "-t",
+        "pizero",
+        "-k",
+        &newest,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    let ko = out.join(format!("hello/1.0/{newest}/pizero/hello.ko"));
+    assert!(modinfo("vermagic", &ko).starts_with(&format!("{newest} ")));
+
+    // Prune: the older ABI of the source goes, with its sysroot.
+    let said = m
+        .run(&["--config-dir", conf, "kernels", "prune"])
+        .ok()
+        .stdout();
+    assert!(
+        said.contains(&format!("removed pizero   {older}-rpi")),
+        "{said}"
+    );
+    assert!(!moved.join(format!("trees/vendor-{older}")).exists());
+    // Remove: the newest too; nothing of it is left.
+    m.run(&["--config-dir", conf, "kernels", "remove", &newest])
+        .ok();
+    let left: Vec<_> = std::fs::read_dir(moved.join("trees"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["registry.json"]);
+    m.run(&["--config-dir", conf, "kernels", "remove", &newest])
+        .expect(2);
+}
