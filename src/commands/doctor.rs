@@ -275,10 +275,13 @@ pub fn doctor(ctx: &Context, names: &[String], json: bool) -> Result<i32> {
                 _ => {}
             }
             if h.trees.is_empty() {
-                println!(
-                    "  trees     none: run `kmx kernels fetch --target {}`, or list trees under [kernels] paths",
-                    h.target
-                );
+                let hint = ctx
+                    .profiles
+                    .targets
+                    .get(&h.target)
+                    .map(|t| t.no_tree_hint())
+                    .unwrap_or_default();
+                println!("  trees     none: {hint}");
             }
             for t in &h.trees {
                 match &t.error {

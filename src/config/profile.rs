@@ -344,6 +344,25 @@ impl Target {
     }
 }
 
+impl Target {
+    /// What to do when the target has no kernel tree: fetch from its sources, or, when it
+    /// names none, list trees under `[kernels] paths`.
+    pub fn no_tree_hint(&self) -> String {
+        if self.kernel_sources.is_empty() {
+            format!(
+                "list its kernel trees under [kernels] paths in {} (it names no [[kernels.source]] to fetch from)",
+                self.file.display()
+            )
+        } else {
+            format!(
+                "run `kmx kernels fetch --target {}`, or list trees under [kernels] paths in {}",
+                self.name,
+                self.file.display()
+            )
+        }
+    }
+}
+
 fn default_dkms_arch(kernel_arch: &str) -> &str {
     match kernel_arch {
         "x86" => "x86_64",
@@ -388,6 +407,19 @@ mod tests {
         // No source: Debian 12.
         let t = Target::parse("t", head, file).unwrap();
         assert_eq!(t.kernel_sources.len(), 1);
+        assert!(t.no_tree_hint().starts_with("run `kmx kernels fetch --target t`"));
+        // Neither [debian] nor a source: nothing to fetch from, and the hint says so.
+        let bare = Target::parse(
+            "b",
+            "kernel_arch = \"arm64\"\ntoolchain = \"aarch64-linux-gnu\"\n",
+            file,
+        )
+        .unwrap();
+        assert!(bare.kernel_sources.is_empty());
+        assert_eq!(
+            bare.no_tree_hint(),
+            "list its kernel trees under [kernels] paths in targets/t.toml (it names no [[kernels.source]] to fetch from)"
+        );
         assert_eq!(
             t.kernel_sources[0].apt_line(),
             "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main"

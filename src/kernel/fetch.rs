@@ -191,10 +191,19 @@ pub fn fetch(
 }
 
 /// One fetch or removal at a time per home: apt's own locking is off in the private states.
+/// Holding it, the single apt state earlier versions kept directly in `HOME/apt` (now one per
+/// source) is removed: its lists and downloads are no longer read.
 pub fn apt_lock(home: &Home) -> Result<crate::state::store::Lock> {
     let dir = home.apt();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-    crate::state::store::lock_file(&dir.join("lock"), true, "the kernel tree cache")
+    let lock = crate::state::store::lock_file(&dir.join("lock"), true, "the kernel tree cache")?;
+    for old in ["lists", "cache", "etc", "debs"] {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    for old in ["status", "apt.conf"] {
+        let _ = std::fs::remove_file(dir.join(old));
+    }
+    Ok(lock)
 }
 
 /// The newest ABI in this source with a headers package for the flavour and architecture.

@@ -141,7 +141,7 @@ pub fn setup_targets(
                 let err = match broken.into_iter().next() {
                     Some(e) => e,
                     None if !kernels.is_empty() => Error::env(format!("target `{}` has no kernel tree with release {}", target.name, kernels.join(" or "))).hint("`kmx kernels list` shows the releases kmx knows"),
-                    None => Error::env(format!("target `{}` has no kernel tree", target.name)).hint(format!("run `kmx kernels fetch --target {}`, or list trees under [kernels] paths in {}", target.name, target.file.display())),
+                    None => Error::env(format!("target `{}` has no kernel tree", target.name)).hint(target.no_tree_hint()),
                 };
                 return Err(err);
             }

@@ -130,7 +130,10 @@ fn built(k: &Kmx) -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let doctor = k.run(&["doctor", "--json"]).ok().json();
+        let doctor = k
+            .run(&["doctor", "--json", "-t", &TARGETS.join(",")])
+            .ok()
+            .json();
         let jobs: Vec<(String, String, PathBuf)> = doctor
             .as_array()
             .unwrap()
