@@ -73,15 +73,29 @@ impl Kmx {
         }
     }
 
-    /// A fresh home that knows the fetched trees (the registry is copied; trees are shared
-    /// read-only). `None` when trees are missing outside CI.
+    /// A fresh home that knows the fetched trees (the registry is copied, its paths made
+    /// absolute with [`registry_path`] since kmx stores them relative to the fetched home's
+    /// trees directory; trees are shared read-only). `None` when trees are missing outside
+    /// CI.
     pub fn with_trees() -> Option<Kmx> {
         let fetched = fetched_home()?;
         let k = Kmx::empty();
         std::fs::create_dir_all(k.home.join("trees")).unwrap();
-        std::fs::copy(
-            fetched.join("trees/registry.json"),
+        let mut reg = fetched_registry(&fetched);
+        let absolute = |p: &mut serde_json::Value| {
+            if let Some(v) = p.as_str() {
+                *p = registry_path(&fetched, v).display().to_string().into();
+            }
+        };
+        for tree in reg["trees"].as_array_mut().unwrap() {
+            absolute(&mut tree["kdir"]);
+            if let Some(boot) = tree.get_mut("boot").and_then(|b| b.as_object_mut()) {
+                boot.values_mut().for_each(absolute);
+            }
+        }
+        std::fs::write(
             k.home.join("trees/registry.json"),
+            serde_json::to_vec_pretty(&reg).unwrap(),
         )
         .unwrap();
         Some(k)
@@ -119,6 +133,25 @@ pub fn fetched_home() -> Option<PathBuf> {
             eprintln!("SKIPPED: {why}");
             None
         }
+    }
+}
+
+/// The registry `kmx kernels fetch` wrote in `home` (`trees/registry.json`).
+pub fn fetched_registry(home: &Path) -> serde_json::Value {
+    let path = home.join("trees/registry.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A path of `home`'s registry made absolute: kmx stores the paths under the trees
+/// directory relative to it (`debian-6.1.0-50/boot/vmlinuz-...`); older registries and
+/// trees elsewhere have absolute ones, kept.
+pub fn registry_path(home: &Path, value: &str) -> PathBuf {
+    let p = Path::new(value);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        home.join("trees").join(p)
     }
 }
 
