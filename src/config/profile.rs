@@ -407,7 +407,10 @@ mod tests {
         // No source: Debian 12.
         let t = Target::parse("t", head, file).unwrap();
         assert_eq!(t.kernel_sources.len(), 1);
-        assert!(t.no_tree_hint().starts_with("run `kmx kernels fetch --target t`"));
+        assert!(
+            t.no_tree_hint()
+                .starts_with("run `kmx kernels fetch --target t`")
+        );
         // Neither [debian] nor a source: nothing to fetch from, and the hint says so.
         let bare = Target::parse(
             "b",

@@ -140,8 +140,14 @@ pub fn setup_targets(
             if trees.is_empty() {
                 let err = match broken.into_iter().next() {
                     Some(e) => e,
-                    None if !kernels.is_empty() => Error::env(format!("target `{}` has no kernel tree with release {}", target.name, kernels.join(" or "))).hint("`kmx kernels list` shows the releases kmx knows"),
-                    None => Error::env(format!("target `{}` has no kernel tree", target.name)).hint(target.no_tree_hint()),
+                    None if !kernels.is_empty() => Error::env(format!(
+                        "target `{}` has no kernel tree with release {}",
+                        target.name,
+                        kernels.join(" or ")
+                    ))
+                    .hint("`kmx kernels list` shows the releases kmx knows"),
+                    None => Error::env(format!("target `{}` has no kernel tree", target.name))
+                        .hint(target.no_tree_hint()),
                 };
                 return Err(err);
             }

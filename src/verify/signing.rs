@@ -16,10 +16,19 @@
 //!   enforced;
 //! - a digest or key type the kernel lacks: `-ENOPKG`, tolerated likewise.
 //!
+//! Keys: RSA (RSASSA-PKCS1-v1_5, what Debian's 6.1 kernels sign with) and ECDSA on NIST P-256
+//! and P-384 (the kernel's `ecdsa-nist-p256`/`ecdsa-nist-p384`; Debian's 6.12 kernels sign
+//! with a P-384 key). For ECDSA the signature is the DER `ECDSA-Sig-Value` (x962 encoding)
+//! over the same digest RSA signs: of the signed attributes when present, else of the
+//! module. A signature whose algorithm is not the key's is rejected, as
+//! `public_key_verify_signature` does.
+//!
 //! Crates: x509-cert (RustCrypto) parses certificates, rsa (RustCrypto, pure Rust, constant
-//! time) checks RSASSA-PKCS1-v1_5; the PKCS#7 message itself is read by the module reader's
-//! small DER reader, which already existed for `modinfo`'s fields.
+//! time) checks RSASSA-PKCS1-v1_5, p256 and p384 (RustCrypto, pure Rust) check ECDSA; the
+//! PKCS#7 message itself is read by the module reader's small DER reader, which already
+//! existed for `modinfo`'s fields.
 
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use rsa::pkcs1::DecodeRsaPublicKey;
 use rsa::pkcs1v15::Pkcs1v15Sign;
 use sha2::Digest;
@@ -32,6 +41,15 @@ use super::module::SignedMessage;
 /// that sign-file also writes as the signature algorithm.
 const RSA_OID_PREFIX: &[u8] = &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01];
 const NIST_HASH: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02];
+/// id-ecPublicKey, 1.2.840.10045.2.1: an elliptic-curve key, its curve in the parameters.
+const EC_PUBLIC_KEY_OID: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
+/// prime256v1 (NIST P-256), 1.2.840.10045.3.1.7.
+const P256_OID: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+/// secp384r1 (NIST P-384), 1.3.132.0.34.
+const P384_OID: &[u8] = &[0x2B, 0x81, 0x04, 0x00, 0x22];
+/// ecdsa-with-*, 1.2.840.10045.4: ecdsa-with-SHA1 (.4.1) and ecdsa-with-SHA{224,256,384,512}
+/// (.4.3.{1,2,3,4}), what sign-file writes as the signature algorithm of an ECDSA key.
+const ECDSA_SIG_OID_PREFIX: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04];
 
 /// The digests module signing uses (CONFIG_MODULE_SIG_SHA*), by OID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +90,155 @@ impl Hash {
     }
 }
 
+/// A public key kmx can check signatures with.
+#[derive(Debug, Clone)]
+enum PublicKey {
+    Rsa(rsa::PublicKey),
+    /// ecdsa-nist-p256.
+    P256(p256::ecdsa::VerifyingKey),
+    /// ecdsa-nist-p384.
+    P384(p384::ecdsa::VerifyingKey),
+}
+
+/// Why a signature's algorithm does not fit its key.
+enum Rejected {
+    /// The kernel rejects it (`-EKEYREJECTED`).
+    Bad(String),
+    /// kmx cannot tell (an algorithm it lacks).
+    Unchecked(String),
+}
+
+impl PublicKey {
+    /// The key of a certificate's SubjectPublicKeyInfo; `None` for key types kmx lacks.
+    fn from_spki(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Option<PublicKey> {
+        let algorithm = spki.algorithm.oid.as_bytes();
+        let bytes = spki.subject_public_key.as_bytes()?;
+        if algorithm.starts_with(RSA_OID_PREFIX) {
+            return rsa::PublicKey::from_pkcs1_der(bytes)
+                .ok()
+                .map(PublicKey::Rsa);
+        }
+        if algorithm != EC_PUBLIC_KEY_OID {
+            return None;
+        }
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()?
+            .decode_as::<x509_cert::der::asn1::ObjectIdentifier>()
+            .ok()?;
+        match curve.as_bytes() {
+            P256_OID => p256::ecdsa::VerifyingKey::from_sec1_bytes(bytes)
+                .ok()
+                .map(PublicKey::P256),
+            P384_OID => p384::ecdsa::VerifyingKey::from_sec1_bytes(bytes)
+                .ok()
+                .map(PublicKey::P384),
+            _ => None,
+        }
+    }
+
+    /// Whether a signature made with the algorithm `signature_oid` can be this key's. An
+    /// ECDSA key with an RSA signature is what the kernel rejects (`-EKEYREJECTED`); an RSA
+    /// key with any other signature stays unchecked, as kmx always said.
+    fn fits(&self, signature_oid: &[u8]) -> Result<(), Rejected> {
+        match self {
+            PublicKey::Rsa(_) if signature_oid.starts_with(RSA_OID_PREFIX) => Ok(()),
+            PublicKey::Rsa(_) => Err(Rejected::Unchecked(
+                "its signature algorithm is not RSA".to_string(),
+            )),
+            PublicKey::P256(_) | PublicKey::P384(_)
+                if signature_oid.starts_with(ECDSA_SIG_OID_PREFIX) =>
+            {
+                Ok(())
+            }
+            PublicKey::P256(_) | PublicKey::P384(_)
+                if signature_oid.starts_with(RSA_OID_PREFIX) =>
+            {
+                Err(Rejected::Bad(
+                    "the signature is RSA but the key is ECDSA".to_string(),
+                ))
+            }
+            PublicKey::P256(_) | PublicKey::P384(_) => Err(Rejected::Unchecked(
+                "its signature algorithm is not one kmx implements".to_string(),
+            )),
+        }
+    }
+
+    /// Whether `signature` is this key's over `digest` (made with `hash`): PKCS#1 v1.5 for
+    /// RSA, a DER `ECDSA-Sig-Value` for ECDSA (the digest taken as the kernel does, its
+    /// leftmost bits when longer than the curve's order).
+    fn verify(&self, hash: Hash, digest: &[u8], signature: &[u8]) -> bool {
+        match self {
+            PublicKey::Rsa(key) => key.verify(hash.scheme(), digest, signature).is_ok(),
+            PublicKey::P256(key) => ecdsa_sig_value(signature)
+                .and_then(|(r, s)| fixed_scalars(r, s, 32))
+                .and_then(|rs| p256::ecdsa::Signature::from_slice(&rs).ok())
+                .is_some_and(|sig| key.verify_prehash(digest, &sig).is_ok()),
+            PublicKey::P384(key) => ecdsa_sig_value(signature)
+                .and_then(|(r, s)| fixed_scalars(r, s, 48))
+                .and_then(|rs| p384::ecdsa::Signature::from_slice(&rs).ok())
+                .is_some_and(|sig| key.verify_prehash(digest, &sig).is_ok()),
+        }
+    }
+}
+
+/// `r || s`, each left-padded to the curve's `size` bytes (what `Signature::from_slice`
+/// takes, and refuses when zero or not below the order); `None` for an integer longer than
+/// that (out of range).
+fn fixed_scalars(r: &[u8], s: &[u8], size: usize) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; 2 * size];
+    for (i, x) in [r, s].into_iter().enumerate() {
+        if x.len() > size {
+            return None;
+        }
+        let end = (i + 1) * size;
+        out[end - x.len()..end].copy_from_slice(x);
+    }
+    Some(out)
+}
+
+/// The two INTEGERs of a DER `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }`, as
+/// unsigned big-endian bytes (leading zeros stripped); `None` when it is not one, or an
+/// integer is negative.
+fn ecdsa_sig_value(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    /// One DER element of tag `tag` at the start of `data`: its contents and what follows.
+    fn element(data: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (&t, rest) = data.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        if t != tag {
+            return None;
+        }
+        let (len, rest) = match first {
+            0..=0x7F => (usize::from(first), rest),
+            0x81 => {
+                let (&len, rest) = rest.split_first()?;
+                (usize::from(len), rest)
+            }
+            0x82 => {
+                let len = rest.get(..2)?;
+                (usize::from(len[0]) << 8 | usize::from(len[1]), &rest[2..])
+            }
+            _ => return None,
+        };
+        (len <= rest.len()).then(|| rest.split_at(len))
+    }
+    fn unsigned(int: &[u8]) -> Option<&[u8]> {
+        if int.first()? & 0x80 != 0 {
+            return None;
+        }
+        let start = int.iter().position(|&b| b != 0).unwrap_or(int.len());
+        Some(&int[start..])
+    }
+    let (seq, trailing) = element(der, 0x30)?;
+    let (r, rest) = element(seq, 0x02)?;
+    let (s, rest) = element(rest, 0x02)?;
+    if !rest.is_empty() || !trailing.is_empty() {
+        return None;
+    }
+    Some((unsigned(r)?, unsigned(s)?))
+}
+
 /// The digest of `data` with the algorithm `oid` names; `None` for digests kmx lacks.
 pub fn digest(oid: &[u8], data: &[u8]) -> Option<Vec<u8>> {
     Hash::from_oid(oid).map(|h| h.digest(data))
@@ -89,8 +256,9 @@ pub struct TrustedKey {
     pub subject_key_id: Option<Vec<u8>>,
     /// The subject's common name, for messages.
     pub name: String,
-    /// The RSA key; `None` for other key types (kmx cannot check those).
-    key: Option<rsa::PublicKey>,
+    /// The key (RSA, ECDSA P-256 or P-384); `None` for other key types (kmx cannot check
+    /// those).
+    key: Option<PublicKey>,
     /// The certificate, DER (what the cache stores).
     pub der: Vec<u8>,
     /// The hash of [`Verified`] entries with this key, its certificate already absorbed:
@@ -110,10 +278,7 @@ impl TrustedKey {
         let tbs = cert.tbs_certificate();
         let enc = |e: x509_cert::der::Error| CertError(e.to_string());
         let spki = tbs.subject_public_key_info();
-        let key = (spki.algorithm.oid.as_bytes().starts_with(RSA_OID_PREFIX))
-            .then(|| spki.subject_public_key.as_bytes())
-            .flatten()
-            .and_then(|bytes| rsa::PublicKey::from_pkcs1_der(bytes).ok());
+        let key = PublicKey::from_spki(spki);
         let subject_key_id = tbs
             .get_extension::<x509_cert::ext::pkix::SubjectKeyIdentifier>()
             .ok()
@@ -278,13 +443,21 @@ pub fn verify(message: &SignedMessage, keyring: &Keyring) -> Verdict {
         || keyring.keys.iter().any(|k| issued_by(signer, k));
     let Some(key) = &signer.key else {
         return Verdict::Unchecked {
-            why: format!("the key of \"{}\" is not an RSA key", signer.name),
+            why: format!(
+                "the key of \"{}\" is not an RSA, ECDSA P-256 or ECDSA P-384 key",
+                signer.name
+            ),
         };
     };
-    if !message.signature_oid.starts_with(RSA_OID_PREFIX) {
-        return Verdict::Unchecked {
-            why: "its signature algorithm is not RSA".to_string(),
-        };
+    match key.fits(&message.signature_oid) {
+        Ok(()) => {}
+        Err(Rejected::Unchecked(why)) => return Verdict::Unchecked { why },
+        Err(Rejected::Bad(why)) => {
+            return Verdict::Bad {
+                key: signer.name.clone(),
+                why,
+            };
+        }
     }
     // With signed attributes, the signature covers them, and their messageDigest must be
     // the content's digest (pkcs7_digest).
@@ -309,11 +482,7 @@ pub fn verify(message: &SignedMessage, keyring: &Keyring) -> Verdict {
     };
     let entry = Verified::entry(signer, &signed_digest, &message.signature);
     let known = keyring.verified.known.contains(&entry);
-    if !known
-        && key
-            .verify(hash.scheme(), &signed_digest, &message.signature)
-            .is_err()
-    {
+    if !known && !key.verify(hash, &signed_digest, &message.signature) {
         return Verdict::Bad {
             key: signer.name.clone(),
             why: "the signature does not match the module's digest".to_string(),
@@ -330,7 +499,7 @@ pub fn verify(message: &SignedMessage, keyring: &Keyring) -> Verdict {
     }
 }
 
-/// `cert` is signed by `issuer`'s key (RSA, SHA-2).
+/// `cert` is signed by `issuer`'s key (RSA or ECDSA, SHA-2).
 fn issued_by(cert: &TrustedKey, issuer: &TrustedKey) -> bool {
     if cert.issuer != issuer.subject {
         return false;
@@ -344,23 +513,24 @@ fn issued_by(cert: &TrustedKey, issuer: &TrustedKey) -> bool {
     let Ok(tbs) = parsed.tbs_certificate().to_der() else {
         return false;
     };
-    // sha{256,384,512,224}WithRSAEncryption: 1.2.840.113549.1.1.{11,12,13,14}.
-    let hash = match parsed
-        .signature_algorithm()
-        .oid
-        .as_bytes()
-        .strip_prefix(RSA_OID_PREFIX)
-    {
-        Some([11]) => Hash::Sha256,
-        Some([12]) => Hash::Sha384,
-        Some([13]) => Hash::Sha512,
-        Some([14]) => Hash::Sha224,
+    // sha{256,384,512,224}WithRSAEncryption: 1.2.840.113549.1.1.{11,12,13,14};
+    // ecdsa-with-SHA{224,256,384,512}: 1.2.840.10045.4.3.{1,2,3,4}.
+    let oid = parsed.signature_algorithm().oid;
+    let oid = oid.as_bytes();
+    let hash = match (
+        oid.strip_prefix(RSA_OID_PREFIX),
+        oid.strip_prefix(ECDSA_SIG_OID_PREFIX),
+    ) {
+        (Some([11]), _) | (_, Some([3, 2])) => Hash::Sha256,
+        (Some([12]), _) | (_, Some([3, 3])) => Hash::Sha384,
+        (Some([13]), _) | (_, Some([3, 4])) => Hash::Sha512,
+        (Some([14]), _) | (_, Some([3, 1])) => Hash::Sha224,
         _ => return false,
     };
     let Some(sig) = parsed.signature().as_bytes() else {
         return false;
     };
-    key.verify(hash.scheme(), &hash.digest(&tbs), sig).is_ok()
+    key.fits(oid).is_ok() && key.verify(hash, &hash.digest(&tbs), sig)
 }
 
 /// Every X.509 certificate stored whole in `data` (a kernel image's `system_certificate_list`,
@@ -489,5 +659,201 @@ mod tests {
         );
         assert!(parse_cert_file(&[0x30, 0x82, 0xFF, 0xFF, 0x30]).is_err());
         assert!(scan_certificates(&[0x30, 0x82, 0x01, 0x10, 0x30, 0x82]).is_empty());
+    }
+
+    fn repo_file(rel: &str) -> Vec<u8> {
+        std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+    }
+
+    fn keyring(certs: &[&str]) -> Keyring {
+        Keyring {
+            keys: certs
+                .iter()
+                .map(|c| TrustedKey::from_der(&repo_file(&format!("tests/fixtures/certs/{c}"))))
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            source: "test".to_string(),
+            verified: Default::default(),
+        }
+    }
+
+    /// The signature of a module (plain or compressed), its digest computed.
+    fn message(module: &[u8]) -> SignedMessage {
+        let module = super::super::module::Module::parse(module).unwrap();
+        *module.signature.unwrap().message.unwrap()
+    }
+
+    /// The module without compression, and where its code starts and ends (its first
+    /// executable section that is not empty: `.text`, or `.init.text` in a module that has
+    /// only an init function).
+    fn plain_with_text(rel: &str) -> (Vec<u8>, std::ops::Range<usize>) {
+        let bytes = repo_file(rel);
+        let plain = match super::super::decompress::Compression::detect(&bytes) {
+            Some(format) => super::super::decompress::decompress_held(
+                &bytes,
+                format,
+                super::super::decompress::DEFAULT_LIMIT,
+            )
+            .unwrap()
+            .to_vec(),
+            None => bytes,
+        };
+        let elf = goblin::elf::Elf::parse(&plain).unwrap();
+        let text = elf
+            .section_headers
+            .iter()
+            .find(|sh| {
+                sh.is_executable()
+                    && sh.sh_size > 0
+                    && sh.sh_type == goblin::elf::section_header::SHT_PROGBITS
+            })
+            .unwrap();
+        let range = text.sh_offset as usize..(text.sh_offset + text.sh_size) as usize;
+        assert!(!range.is_empty());
+        (plain, range)
+    }
+
+    const DEBIAN_612: &str = "tests/data/signing/pretimeout_panic-6.12.95+deb12-arm64.ko.xz";
+    const DEBIAN_612_CERT: &str = "debian-6.12.95+deb12-arm64-signing-key.der";
+    const KEY: &str = "Build time autogenerated kernel key";
+
+    #[test]
+    fn a_debian_612_module_verifies_with_its_kernels_p384_key() {
+        let ring = keyring(&[DEBIAN_612_CERT]);
+        assert!(matches!(ring.keys[0].key, Some(PublicKey::P384(_))));
+        let msg = message(&repo_file(DEBIAN_612));
+        assert!(msg.signature_oid.starts_with(ECDSA_SIG_OID_PREFIX));
+        assert!(msg.signed_attrs.is_none());
+        assert_eq!(
+            verify(&msg, &ring),
+            Verdict::Good {
+                key: KEY.to_string()
+            }
+        );
+        // Remembered; a second check of the same signature takes the cache and agrees.
+        let found = ring.verified.found.lock().unwrap().clone();
+        assert_eq!(found.len(), 1);
+        let cached = Keyring {
+            verified: std::sync::Arc::new(Verified {
+                known: found.into_iter().collect(),
+                ..Default::default()
+            }),
+            ..ring.clone()
+        };
+        assert_eq!(
+            verify(&msg, &cached),
+            Verdict::Good {
+                key: KEY.to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn a_debian_612_module_with_one_byte_of_code_changed_is_bad() {
+        let ring = keyring(&[DEBIAN_612_CERT]);
+        let (mut plain, text) = plain_with_text(DEBIAN_612);
+        assert!(matches!(
+            verify(&message(&plain), &ring),
+            Verdict::Good { .. }
+        ));
+        plain[text.start + text.len() / 2] ^= 0x01;
+        assert_eq!(
+            verify(&message(&plain), &ring),
+            Verdict::Bad {
+                key: KEY.to_string(),
+                why: "the signature does not match the module's digest".to_string()
+            }
+        );
+        assert!(ring.verified.found.lock().unwrap().len() <= 1);
+    }
+
+    #[test]
+    fn a_changed_or_malformed_ecdsa_signature_is_bad() {
+        let ring = keyring(&[DEBIAN_612_CERT]);
+        let good = message(&repo_file(DEBIAN_612));
+        let bad = |msg: &SignedMessage| matches!(verify(msg, &ring), Verdict::Bad { .. });
+        // One bit of r; one of s; s = 0; not DER; trailing bytes; r longer than the order.
+        let mut m = good.clone();
+        m.signature[8] ^= 0x04;
+        assert!(bad(&m));
+        let mut m = good.clone();
+        let last = m.signature.len() - 1;
+        m.signature[last] ^= 0x01;
+        assert!(bad(&m));
+        let zero_s = vec![0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x00];
+        assert_eq!(ecdsa_sig_value(&zero_s), Some((&[1u8][..], &[][..])));
+        let mut m = good.clone();
+        m.signature = zero_s;
+        assert!(bad(&m));
+        let mut m = good.clone();
+        m.signature = good.signature[2..].to_vec();
+        assert!(bad(&m));
+        let mut m = good.clone();
+        m.signature.push(0);
+        assert!(bad(&m));
+        let mut m = good.clone();
+        m.signature = [
+            &[0x30, 0x36, 0x02, 0x31, 0x01][..],
+            &[0xFF; 48],
+            &[0x02, 0x01, 0x01],
+        ]
+        .concat();
+        assert!(bad(&m));
+        // The ECDSA key with an RSA signature algorithm: the kernel rejects it.
+        let mut m = good.clone();
+        m.signature_oid = vec![0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 1];
+        assert_eq!(
+            verify(&m, &ring),
+            Verdict::Bad {
+                key: KEY.to_string(),
+                why: "the signature is RSA but the key is ECDSA".to_string()
+            }
+        );
+        assert!(ring.verified.found.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_ecdsa_signature_by_a_key_the_kernel_does_not_trust_is_unknown() {
+        let msg = message(&repo_file(DEBIAN_612));
+        // 6.1's RSA key, and another ECDSA key.
+        let ring = keyring(&["debian-6.1.0-50-arm64-signing-key.der", "test-p256.der"]);
+        assert_eq!(verify(&msg, &ring), Verdict::UnknownKey);
+        // The certificate carried in the message but trusted by no key: checked, not trusted.
+        let mut carried = msg.clone();
+        carried.certificates = vec![repo_file(&format!(
+            "tests/fixtures/certs/{DEBIAN_612_CERT}"
+        ))];
+        assert_eq!(verify(&carried, &ring), Verdict::UnknownKey);
+        assert_eq!(
+            verify(&carried, &keyring(&[DEBIAN_612_CERT])),
+            Verdict::Good {
+                key: KEY.to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn p256_signatures_made_by_openssl_as_sign_file_does_verify() {
+        let ring = keyring(&["test-p256.der"]);
+        assert!(matches!(ring.keys[0].key, Some(PublicKey::P256(_))));
+        // Self-signed with ecdsa-with-SHA256: an ECDSA issuer is checked too.
+        assert!(issued_by(&ring.keys[0], &ring.keys[0]));
+        let p384 = keyring(&[DEBIAN_612_CERT]);
+        assert!(issued_by(&p384.keys[0], &p384.keys[0]));
+        let good = Verdict::Good {
+            key: "kmx test P-256 key".to_string(),
+        };
+        for (rel, attrs) in [
+            ("tests/data/signing/hello-i386-p256-signed.ko", false),
+            ("tests/data/signing/hello-i386-p256-attrs-signed.ko", true),
+        ] {
+            let (mut plain, text) = plain_with_text(rel);
+            let msg = message(&plain);
+            assert_eq!(msg.signed_attrs.is_some(), attrs, "{rel}");
+            assert_eq!(verify(&msg, &ring), good, "{rel}");
+            plain[text.start] ^= 0x80;
+            let changed = verify(&message(&plain), &ring);
+            assert!(matches!(changed, Verdict::Bad { .. }), "{rel}: {changed:?}");
+        }
     }
 }

@@ -506,16 +506,27 @@ fn the_example_loads_on_6_12_kernels_and_on_emulated_raspberry_pi_boards() {
                     .to_string()
             })
             .collect();
-        let mut args = vec!["smoke", "-t", target, "--json", "--timeout", "180"];
-        args.extend(dirs.iter().map(String::as_str));
-        let run = run_booting(&k, &args).ok();
-        let json = run.json();
-        let reports = json.as_array().unwrap_or_else(|| panic!("{json}"));
-        assert_eq!(reports.len(), dirs.len(), "{json}");
-        for r in reports {
-            assert_eq!(r["status"], "booted", "{target}: {r}");
+        for dir in &dirs {
+            // One boot at a time: emulated boards are slow, and the machine is shared.
+            let run = run_booting(
+                &k,
+                &["smoke", "-t", target, "--json", "--timeout", "180", dir],
+            );
+            let json = run.json();
+            let r = &json[0];
+            // A failed boot shows the guest's console, to tell a kernel's fault from QEMU's.
+            let console = r["console_log"]
+                .as_str()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .map(|t| t.lines().rev().take(40).collect::<Vec<_>>().join("\n"))
+                .unwrap_or_default();
+            assert_eq!(
+                r["status"], "booted",
+                "{target}: {r}\nconsole, last lines first:\n{console}"
+            );
             assert_eq!(r["modules"][0]["name"], "hello", "{target}: {r}");
             assert_eq!(r["modules"][0]["outcome"], "loaded", "{target}: {r}");
+            assert_eq!(run.code(), 0, "{target}: {r}");
         }
     }
 }

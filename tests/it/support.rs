@@ -142,15 +142,32 @@ pub fn fetched_home() -> Option<PathBuf> {
     }
 }
 
-/// A home's registry with every path absolute (kmx stores the trees' own relative to
-/// `HOME/trees`, so that a home can be moved).
+/// The registry `kmx kernels fetch` wrote in `home` (`trees/registry.json`).
+pub fn fetched_registry(home: &Path) -> serde_json::Value {
+    let path = home.join("trees/registry.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A path of `home`'s registry made absolute: kmx stores the paths under the trees
+/// directory relative to it (`debian-6.1.0-50/boot/vmlinuz-...`); older registries and
+/// trees elsewhere have absolute ones, kept.
+pub fn registry_path(home: &Path, value: &str) -> PathBuf {
+    let p = Path::new(value);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        home.join("trees").join(p)
+    }
+}
+
+/// A home's registry with every path absolute, as a test home that shares the fetched
+/// trees needs it.
 pub fn registry_of(home: &Path) -> serde_json::Value {
-    let trees = home.join("trees");
-    let mut reg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(trees.join("registry.json")).unwrap()).unwrap();
+    let mut reg = fetched_registry(home);
     let absolute = |v: &mut serde_json::Value| {
-        if let Some(p) = v.as_str().filter(|p| !p.starts_with('/')) {
-            *v = serde_json::Value::from(trees.join(p).display().to_string());
+        if let Some(p) = v.as_str() {
+            *v = registry_path(home, p).display().to_string().into();
         }
     };
     for t in reg["trees"].as_array_mut().unwrap() {
