@@ -91,7 +91,15 @@ impl Apt {
                 .unwrap_or_else(|| "root".into())
         };
         let d = dir.display();
+        // The architectures asked for, and those the lists already have (a later fetch for
+        // fewer targets reuses them instead of updating for a smaller set).
         let mut archs: Vec<String> = archs.to_vec();
+        if let Ok(stamp) = std::fs::read_to_string(dir.join("lists/.kmx-updated"))
+            && let Some((line, listed)) = stamp.split_once('\n')
+            && line == sources.trim_end()
+        {
+            archs.extend(listed.split_whitespace().map(str::to_string));
+        }
         archs.sort();
         archs.dedup();
         let arch_list: String = archs.iter().map(|a| format!("\"{a}\"; ")).collect();
