@@ -370,6 +370,10 @@ pub struct BuildArgs {
     /// Either way DKMS's directories are the cell's own, and dkms.conf is evaluated strictly.
     #[arg(long, value_enum, default_value_t = SandboxMode::Strict, value_name = "MODE")]
     pub sandbox: SandboxMode,
+    /// Keep each cell's build tree (OUT/.work/<cell>/build) after a successful build; a
+    /// failed cell's is always kept, and named in the summary.
+    #[arg(long)]
+    pub keep_build_dir: bool,
     /// Neither use nor fill kmx's build cache (cells fresh in OUT are still reused unless
     /// --force).
     #[arg(long)]

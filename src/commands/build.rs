@@ -64,6 +64,7 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
         cache: (!args.no_cache).then(|| Cache::new(ctx.home.cell_cache(), args.cache_size)),
         force: args.force,
         open_sandbox: args.sandbox == crate::cli::SandboxMode::Open,
+        keep_build_dir: args.keep_build_dir,
     };
     let stop = crate::process::stop_flag()?;
     let mut report = pipeline::execute(&plan, &opts, &stop, &mut Printer::default())?;

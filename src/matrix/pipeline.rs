@@ -40,6 +40,9 @@ pub struct Options {
     /// Build steps see the host writable and the network, as under DKMS
     /// (`--sandbox open`); otherwise they are confined ([`crate::sandbox::Policy::strict`]).
     pub open_sandbox: bool,
+    /// Keep each built cell's build tree in `<out>/.work` (`--keep-build-dir`); otherwise
+    /// only a failed cell's is kept.
+    pub keep_build_dir: bool,
 }
 
 impl Default for Options {
@@ -52,6 +55,7 @@ impl Default for Options {
             cache: None,
             force: false,
             open_sandbox: false,
+            keep_build_dir: false,
         }
     }
 }
@@ -238,6 +242,8 @@ pub fn execute(
         progress.event(plan, ev)
     })?;
     progress.end();
+    // Every cell's build tree is gone unless one was kept: then so is the work directory.
+    let _ = std::fs::remove_dir(plan.out.join(".work"));
     let report = Report::new(plan, &results, started.elapsed().as_secs_f64());
     if let Some(cache) = &opts.cache {
         cache.trim();

@@ -32,6 +32,9 @@ pub struct CellReport {
     pub command: String,
     pub log: PathBuf,
     pub out_dir: PathBuf,
+    /// A failed cell's build tree, kept for a look at what failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_dir: Option<PathBuf>,
     #[serde(default)]
     pub artifacts: Vec<crate::matrix::cell::Artifact>,
     /// What went wrong without failing the cell (e.g. a PRE_BUILD that exited non-zero).
@@ -59,9 +62,12 @@ pub struct CellSmoke {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Totals {
     pub built: usize,
-    /// Unchanged since a stored build: reused without running make.
+    /// Unchanged since a stored build: its output directory reused untouched.
     #[serde(default)]
     pub fresh: usize,
+    /// Unchanged since a stored build: copied from the build cache.
+    #[serde(default)]
+    pub restored: usize,
     pub skipped: usize,
     pub failed: usize,
     pub interrupted: usize,
@@ -114,6 +120,7 @@ impl Report {
                     command: r.command.clone(),
                     log: c.log.clone(),
                     out_dir: c.out_dir.clone(),
+                    build_dir: None,
                     artifacts: Vec::new(),
                     warnings: Vec::new(),
                     smoke: None,
@@ -123,9 +130,12 @@ impl Report {
                     Outcome::Built {
                         artifacts,
                         fresh,
+                        restored,
                         warnings,
                     } => {
-                        if *fresh {
+                        if *restored {
+                            totals.restored += 1;
+                        } else if *fresh {
                             totals.fresh += 1;
                         } else {
                             totals.built += 1;
@@ -143,8 +153,10 @@ impl Report {
                         message,
                         errors,
                         exit_code,
+                        build_dir,
                     } => {
                         totals.failed += 1;
+                        rep.build_dir = build_dir.clone();
                         rep.stage = Some(stage.clone());
                         rep.reason = Some(message.clone());
                         rep.errors = errors.clone();
@@ -247,6 +259,9 @@ impl Report {
                 out.push_str(&format!("\n    {e}"));
             }
             out.push_str(&format!("\n    log: {}", c.log.display()));
+            if let Some(dir) = &c.build_dir {
+                out.push_str(&format!("\n    build directory kept: {}", dir.display()));
+            }
         }
         for c in &self.cells {
             let Some(smoke) = &c.smoke else { continue };
@@ -284,11 +299,11 @@ impl Report {
         out.push_str(&format!(
             "\n{} built, {}{} skipped, {} failed{} in {:.1}s\n",
             t.built,
-            if t.fresh > 0 {
-                format!("{} fresh, ", t.fresh)
-            } else {
-                String::new()
-            },
+            [(t.restored, "restored"), (t.fresh, "fresh")]
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, what)| format!("{n} {what}, "))
+                .collect::<String>(),
             t.skipped,
             t.failed,
             [(t.cancelled, "cancelled"), (t.interrupted, "interrupted")]
@@ -380,6 +395,7 @@ impl Report {
             match c.status {
                 CellStatus::Built => totals.built += 1,
                 CellStatus::Fresh => totals.fresh += 1,
+                CellStatus::Restored => totals.restored += 1,
                 CellStatus::Skipped => totals.skipped += 1,
                 CellStatus::Interrupted => totals.interrupted += 1,
                 CellStatus::Cancelled => totals.cancelled += 1,

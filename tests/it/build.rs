@@ -277,9 +277,20 @@ fn a_target_that_fails_to_compile_does_not_stop_the_others() {
                 !Path::new(c["out_dir"].as_str().unwrap()).exists(),
                 "a failed cell leaves no artifact dir"
             );
+            // Its build tree is kept, outside the artifact directory, and named.
+            let kept = c["build_dir"].as_str().expect("build_dir of a failed cell");
+            assert!(Path::new(kept).join("noexclusive.c").is_file(), "{kept}");
+            assert!(kept.contains("/kmx-out/.work/"), "{kept}");
+            assert!(
+                run.stderr()
+                    .contains(&format!("build directory kept: {kept}")),
+                "{}",
+                run.stderr()
+            );
         } else {
             assert_eq!(c["status"], "built");
             assert!(Path::new(c["artifacts"][0]["file"].as_str().unwrap()).is_file());
+            assert!(c.get("build_dir").is_none(), "{c}");
         }
     }
     let err = run.stderr();
