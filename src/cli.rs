@@ -107,9 +107,22 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         #[arg(long)]
         no_depmod: bool,
     },
-    /// One line per module, version, kernel and target: added, built, installed (where),
+    /// One line per module, version, target and kernel: added, built, installed (where),
     /// stale (source changed since the build), broken (files missing).
     Status {
+        /// Only this module, as MODULE or MODULE/VERSION.
+        #[arg(conflicts_with = "check")]
+        module: Option<String>,
+        /// Only this kernel release.
+        #[arg(long, short, conflicts_with = "check")]
+        kernel: Option<String>,
+        /// Only this target.
+        #[arg(long, short, conflicts_with = "check")]
+        target: Option<String>,
+        /// `table`, or `dkms`: DKMS's own lines (`hello/1.0, 6.1.0-50-arm64, aarch64:
+        /// installed`), with the target's DKMS arch, for scripts written for `dkms status`.
+        #[arg(long, value_enum, default_value_t = StatusFormat::Table, conflicts_with_all = ["check", "json"])]
+        format: StatusFormat,
         /// Print JSON instead of a table.
         #[arg(long, conflicts_with = "check")]
         json: bool,
@@ -321,7 +334,9 @@ pub struct UninstallArgs {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Module source directories, each with a dkms.conf or a kmx.toml.
+    /// Module source directories, each with a dkms.conf or a kmx.toml; or modules
+    /// registered with `kmx add`, as NAME or NAME/VERSION (built into the state store for
+    /// `install`, `tarball` and `status`, like `dkms build`).
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<PathBuf>,
     /// Targets to build for (repeatable or comma-separated) [default: every usable one of
@@ -331,9 +346,10 @@ pub struct BuildArgs {
     /// Only build for these kernel releases (repeatable), e.g. 6.1.0-50-arm64.
     #[arg(long, short)]
     pub kernel: Vec<String>,
-    /// Output directory: artifacts go to OUT/<module>/<version>/<kernel>/<target>/.
-    #[arg(long, short, default_value = "kmx-out", value_name = "OUT")]
-    pub out: PathBuf,
+    /// Output directory: artifacts go to OUT/<module>/<version>/<kernel>/<target>/
+    /// [default: kmx-out; registered modules: the state store].
+    #[arg(long, short, value_name = "OUT")]
+    pub out: Option<PathBuf>,
     /// Parallel jobs: the make jobserver's slots, shared by every cell [default: number of
     /// CPUs]. With a remote launcher (distcc) it may exceed the local cores.
     #[arg(long, short, env = "KMX_JOBS", value_parser = parse_jobs)]
@@ -498,6 +514,13 @@ pub struct VerifyArgs {
 /// A size such as `500M`, `2G` or `1048576` (bytes).
 fn size(s: &str) -> Result<u64, String> {
     crate::state::cache::parse_size(s).ok_or_else(|| "write a size such as 500M or 2G".to_string())
+}
+
+/// `kmx status --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    Table,
+    Dkms,
 }
 
 /// `--sandbox`: how far build steps are confined.

@@ -128,21 +128,32 @@ pub fn list(ctx: &Context, json: bool) -> Result<i32> {
         );
         return Ok(exit::OK);
     }
+    // Columns as wide as their widest cell (vermagic strings differ in length by flavour).
+    let magic = |h: &TreeHealth| format!("\"{}\"", h.vermagic.as_deref().unwrap_or(""));
+    let width = |f: &dyn Fn(&TreeRow) -> usize, title: &str| {
+        rows.iter().map(f).chain([title.len()]).max().unwrap_or(0)
+    };
+    let wt = width(&|r| r.target.len(), "TARGET");
+    let wk = width(
+        &|r| r.health.release.as_deref().map_or(1, str::len),
+        "KERNEL",
+    );
+    let wv = width(&|r| magic(&r.health).len(), "VERMAGIC");
     println!(
-        "{:<8} {:<22} {:<52} {:<8} KDIR",
-        "TARGET", "RELEASE", "VERMAGIC", "SYMVERS"
+        "{:<wt$}  {:<wk$}  {:<wv$}  {:<7}  KDIR",
+        "TARGET", "KERNEL", "VERMAGIC", "SYMVERS"
     );
     for TreeRow { target, health: h } in &rows {
         match &h.error {
             None => println!(
-                "{:<8} {:<22} {:<52} {:<8} {}",
+                "{:<wt$}  {:<wk$}  {:<wv$}  {:<7}  {}",
                 target,
                 h.release.as_deref().unwrap_or(""),
-                format!("\"{}\"", h.vermagic.as_deref().unwrap_or("")),
+                magic(h),
                 if h.module_symvers { "yes" } else { "no" },
                 h.kdir.display()
             ),
-            Some(e) => println!("{target:<8} {:<22} error: {e}", "?"),
+            Some(e) => println!("{target:<wt$}  {:<wk$}  error: {e}", "?"),
         }
     }
     Ok(exit::OK)

@@ -12,7 +12,8 @@ mod verify;
 
 use crate::cli::{Cli, Cmd, KernelsCmd, KeysCmd, ProvenanceCmd, ReportCmd};
 use crate::config::{Profiles, Sources, load::user_config_dir};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::state::store::valid_component;
 use crate::state::{Home, Store};
 
 /// What every command needs: the profiles and kmx's home.
@@ -80,7 +81,26 @@ fn run_in(cli: Cli) -> Result<i32> {
             no_depmod,
         } => lifecycle::remove_cmd(store, &module, all, no_depmod, wait),
         Cmd::Status { check: true, .. } => lifecycle::check(store),
-        Cmd::Status { json, .. } => lifecycle::status(store, json),
+        Cmd::Status {
+            module,
+            kernel,
+            target,
+            format,
+            json,
+            ..
+        } => {
+            let (module, version) = match module.as_deref().map(split_module).transpose()? {
+                Some((m, v)) => (Some(m), v),
+                None => (None, None),
+            };
+            let filter = crate::lifecycle::status::Filter {
+                module,
+                version,
+                kernel,
+                target,
+            };
+            lifecycle::status(&ctx, &filter, format, json)
+        }
         Cmd::Autoinstall(args) => lifecycle::autoinstall(&ctx, store, &args, wait),
         Cmd::Keys(KeysCmd::Generate {
             dir,
@@ -93,7 +113,7 @@ fn run_in(cli: Cli) -> Result<i32> {
             output,
         } => lifecycle::tarball(store, module.as_deref(), &target, &output),
         Cmd::LoadTarball { file } => lifecycle::load_tarball(store, &file, wait),
-        Cmd::Build(args) => build::run(&ctx, &args),
+        Cmd::Build(args) => build::run(&ctx, &args, wait),
         Cmd::Cache(cmd) => build::cache(&ctx, &cmd),
         Cmd::Report(ReportCmd::Merge { reports, json }) => build::merge(&reports, json),
         Cmd::Provenance(ProvenanceCmd::Check {
@@ -121,6 +141,20 @@ fn run_in(cli: Cli) -> Result<i32> {
             json,
         } => smoke::smoke(&ctx, &paths, &enforced, &target, timeout, json),
     }
+}
+
+/// `MODULE` or `MODULE/VERSION`.
+pub(crate) fn split_module(arg: &str) -> Result<(String, Option<String>)> {
+    let (m, v) = match arg.split_once('/') {
+        Some((m, v)) => (m, Some(v.to_string())),
+        None => (arg, None),
+    };
+    if !valid_component(m) || v.as_deref().is_some_and(|v| !valid_component(v)) {
+        return Err(Error::usage(format!(
+            "`{arg}` is not MODULE or MODULE/VERSION"
+        )));
+    }
+    Ok((m.to_string(), v))
 }
 
 /// Print JSON to stdout, buffered: stdout is line-buffered, and a report of thousands of

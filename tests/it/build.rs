@@ -305,6 +305,22 @@ fn a_target_that_fails_to_compile_does_not_stop_the_others() {
 }
 
 #[test]
+fn a_source_that_is_neither_a_directory_nor_registered_is_a_usage_error() {
+    let k = Kmx::empty();
+    for arg in ["/nonexistent", "nope", "nope/1.0"] {
+        let run = k.run(&["build", arg]).expect(2);
+        assert_eq!(
+            run.stderr(),
+            format!(
+                "error: `{arg}` is neither a module source directory nor a registered module\n  \
+                 hint: give a directory holding a dkms.conf or kmx.toml, or NAME[/VERSION] of a \
+                 module registered with `kmx add DIR` (`kmx status` lists them)\n"
+            )
+        );
+    }
+}
+
+#[test]
 fn malformed_dkms_conf_is_a_usage_error_naming_the_file() {
     let Some(k) = Kmx::with_trees() else { return };
     let run = k

@@ -309,3 +309,20 @@ fn a_missing_config_dir_is_a_usage_error_naming_it() {
         run.stderr()
     );
 }
+
+#[test]
+fn kernels_list_puts_target_before_kernel_and_lines_up_every_column() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let text = k.run(&["kernels", "list"]).ok().stdout();
+    let head = text.lines().next().unwrap();
+    assert!(head.starts_with("TARGET  KERNEL  "), "{text}");
+    let (magic, symvers) = (
+        head.find("VERMAGIC").unwrap(),
+        head.find("SYMVERS").unwrap(),
+    );
+    assert_eq!(text.lines().count(), 5, "{text}");
+    for line in text.lines().skip(1) {
+        assert_eq!(&line[magic..magic + 1], "\"", "{text}");
+        assert_eq!(&line[symvers - 2..symvers + 3], "  yes", "{text}");
+    }
+}

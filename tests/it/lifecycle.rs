@@ -56,6 +56,84 @@ fn wait_for_stderr(child: &mut Child, what: &str) -> Vec<String> {
 }
 
 #[test]
+fn build_name_version_builds_a_registered_module_for_the_matrix_and_status_filters() {
+    let Some(k) = Kmx::with_trees() else { return };
+    // Not at ./hello: a directory of that name would be built as a source directory.
+    let src = hello_source(&k.dir().join("src"), "hello", "");
+    k.run(&["add", src.to_str().unwrap()]).ok();
+    assert_eq!(
+        k.run(&["status", "--format", "dkms"]).ok().stdout(),
+        "hello/1.0: added\n"
+    );
+    // Like `dkms build`: the whole matrix, into the store.
+    let report = k.run(&["build", "hello/1.0", "--json"]).ok().json();
+    assert_eq!(report["totals"]["built"], 4, "{report}");
+    assert!(
+        report["cells"][0]["out_dir"]
+            .as_str()
+            .unwrap()
+            .starts_with(k.home.join("state/built").to_str().unwrap()),
+        "{report}"
+    );
+    let (i386, _, _) = k.tree_of("i386");
+    let (amd64, _, _) = k.tree_of("amd64");
+    let (arm64, _, _) = k.tree_of("arm64");
+    let (armhf, _, _) = k.tree_of("armhf");
+    assert_eq!(
+        k.run(&["status", "--format", "dkms"]).ok().stdout(),
+        format!(
+            "hello/1.0, {amd64}, x86_64: built\nhello/1.0, {arm64}, aarch64: built\n\
+             hello/1.0, {armhf}, armv7l: built\nhello/1.0, {i386}, i686: built\n"
+        )
+    );
+    // Filters: module, target, kernel; TARGET before KERNEL as in `kmx build`.
+    let table = k.run(&["status", "hello", "-t", "arm64"]).ok().stdout();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["MODULE", "VERSION", "TARGET", "KERNEL", "STATUS"],
+            vec!["hello", "1.0", "arm64", arm64.as_str(), "built"]
+        ]
+    );
+    assert_eq!(
+        k.run(&["status", "hello/1.0", "-k", &amd64, "--format", "dkms"])
+            .ok()
+            .stdout(),
+        format!("hello/1.0, {amd64}, x86_64: built\n")
+    );
+    // A kernel with nothing built: the module is only added there, as DKMS says.
+    assert_eq!(
+        k.run(&["status", "-k", "9.9.9", "--format", "dkms"])
+            .ok()
+            .stdout(),
+        "hello/1.0: added\n"
+    );
+    assert_eq!(
+        k.run(&["status", "other", "--json"]).ok().json(),
+        serde_json::json!([])
+    );
+    // The whole matrix is in the store: tarball exports four cells, install builds nothing.
+    let tar = k.run(&["tarball", "-o", "all.tar"]).ok();
+    assert!(tar.stderr().contains("4 cells"), "{}", tar.stderr());
+    let again = k.run(&["build", "hello", "--json"]).ok().json();
+    assert_eq!(again["totals"]["fresh"], 4, "{again}");
+    // Registered modules go to the store: --out is refused, and so is a mix.
+    let out = k.run(&["build", "hello", "--out", "x"]).expect(2);
+    assert!(out.stderr().contains("not into --out"), "{}", out.stderr());
+    let mixed = k.run(&["build", "hello", src.to_str().unwrap()]).expect(2);
+    assert!(
+        mixed.stderr().contains("cannot be built in one run"),
+        "{}",
+        mixed.stderr()
+    );
+    assert_eq!(k.run(&["status", "--check"]).ok().code(), 0);
+}
+
+#[test]
 fn add_install_into_an_image_root_for_arm64_and_armhf_status_stale_and_uninstall_restores() {
     let Some(k) = Kmx::with_trees() else { return };
     let src = hello_source(k.dir(), "hello", "");
@@ -105,6 +183,14 @@ fn add_install_into_an_image_root_for_arm64_and_armhf_status_stale_and_uninstall
         );
     }
     assert!(!in_tree.exists(), "the in-tree module must be moved aside");
+    // DKMS's own line shape, with DKMS's arch names and its original_module note.
+    assert_eq!(
+        k.run(&["status", "--format", "dkms"]).ok().stdout(),
+        format!(
+            "hello/1.0, {arm64}, aarch64: installed\n\
+             hello/1.0, {armhf}, armv7l: installed (original_module exists)\n"
+        )
+    );
     let text = k.run(&["status"]).ok().stdout();
     assert_eq!(text.lines().count(), 3, "{text}");
     assert!(
