@@ -129,6 +129,8 @@ pub fn setup_targets(
     let explicit = !names.is_empty();
     let registry = Registry::load(home)?;
     let mut out = Vec::new();
+    // The releases of the targets that have trees, but none with a release of --kernel.
+    let mut other_releases: Vec<(String, Vec<String>)> = Vec::new();
     for target in profiles.select(names)? {
         let mut attempt = || -> Result<TargetSetup> {
             let toolchain = profiles.toolchain_of(target)?.clone();
@@ -140,12 +142,16 @@ pub fn setup_targets(
                     Err(e) => broken.push(e),
                 }
             }
+            let releases: Vec<String> = trees.iter().map(|t| t.release.clone()).collect();
             let trees = plan::filter_trees(trees, kernels);
             if trees.is_empty() {
                 let err = match broken.into_iter().next() {
                     Some(e) => e,
-                    None if !kernels.is_empty() => Error::env(format!("target `{}` has no kernel tree with release {}", target.name, kernels.join(" or "))).hint("`kmx kernels list` shows the releases kmx knows"),
-                    None => Error::env(format!("target `{}` has no kernel tree", target.name)).hint(format!("run `kmx kernels fetch --target {}`, or list trees under [kernels] paths in {}", target.name, target.file.display())),
+                    None if !releases.is_empty() => {
+                        other_releases.push((target.name.clone(), releases.clone()));
+                        missing_release(kernels, &[(target.name.clone(), releases)], Some(&target.name))
+                    }
+                    None => Error::env(format!("target `{}` has no kernel tree", target.name)).hint(format!("run `kmx kernels fetch --target {}`, or list trees under [kernels] paths in {}", target.name, crate::config::load::where_to_change(&target.file))),
                 };
                 return Err(err);
             }
@@ -168,6 +174,10 @@ pub fn setup_targets(
             )),
         }
     }
+    if out.is_empty() && !other_releases.is_empty() {
+        // Every target has trees, just not of the release asked for: say which exist.
+        return Err(missing_release(kernels, &other_releases, None));
+    }
     if out.is_empty() {
         return Err(Error::env(format!(
             "no usable target among {}",
@@ -176,6 +186,50 @@ pub fn setup_targets(
         .hint("`kmx doctor` says what each target lacks"));
     }
     Ok(out)
+}
+
+/// No tree has a release of `kernels` (`--kernel`): the error names the releases each
+/// target has, and the hint how to fetch Debian's trees of the release asked for.
+fn missing_release(
+    kernels: &[String],
+    have: &[(String, Vec<String>)],
+    target: Option<&str>,
+) -> Error {
+    let known: Vec<String> = have
+        .iter()
+        .flat_map(|(t, rs)| rs.iter().map(move |r| format!("{r} ({t})")))
+        .collect();
+    let whose = match target {
+        Some(t) => format!("target `{t}` has no kernel tree"),
+        None => "no target has a kernel tree".to_string(),
+    };
+    let abis: Vec<String> = kernels.iter().filter_map(|k| debian_abi(k)).collect();
+    let fetch = match (abis.first(), target) {
+        (Some(abi), Some(t)) => format!(
+            ", or fetch Debian's {abi} trees with `kmx kernels fetch --abi {abi} --target {t}`"
+        ),
+        (Some(abi), None) => {
+            format!(", or fetch Debian's {abi} trees with `kmx kernels fetch --abi {abi}`")
+        }
+        (None, _) => ", or list its tree under [kernels] paths in a target profile".into(),
+    };
+    Error::env(format!(
+        "{whose} with release {}; kmx has {}",
+        kernels.join(" or "),
+        known.join(", ")
+    ))
+    .hint(format!(
+        "build for one of those (`kmx kernels list` shows them){fetch}"
+    ))
+}
+
+/// The Debian kernel ABI of a Debian release (`6.1.0-51` of `6.1.0-51-arm64`), if it is one.
+fn debian_abi(release: &str) -> Option<String> {
+    let mut parts = release.splitn(3, '-');
+    let (version, abi, _flavour) = (parts.next()?, parts.next()?, parts.next()?);
+    let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    (version.split('.').count() == 3 && version.split('.').all(numeric) && numeric(abi))
+        .then(|| format!("{version}-{abi}"))
 }
 
 impl Dag for Plan {

@@ -321,6 +321,47 @@ fn a_source_that_is_neither_a_directory_nor_registered_is_a_usage_error() {
 }
 
 #[test]
+fn a_kernel_release_not_fetched_names_the_releases_there_are_and_how_to_fetch_it() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let hello = repo().join("examples/hello").display().to_string();
+    let run = k.run(&["build", &hello, "-k", "6.1.0-51-arm64"]).expect(3);
+    assert_eq!(
+        run.stderr(),
+        "error: no target has a kernel tree with release 6.1.0-51-arm64; kmx has \
+         6.1.0-50-686-pae (i386), 6.1.0-50-amd64 (amd64), 6.1.0-50-arm64 (arm64), \
+         6.1.0-50-armmp (armhf)\n  hint: build for one of those (`kmx kernels list` shows \
+         them), or fetch Debian's 6.1.0-51 trees with `kmx kernels fetch --abi 6.1.0-51`\n"
+    );
+    let run = k
+        .run(&["build", &hello, "-k", "6.1.0-51-arm64", "-t", "arm64"])
+        .expect(3);
+    assert!(
+        run.stderr().starts_with(
+            "error: target `arm64` has no kernel tree with release 6.1.0-51-arm64; kmx has \
+             6.1.0-50-arm64 (arm64)\n"
+        ) && run
+            .stderr()
+            .contains("`kmx kernels fetch --abi 6.1.0-51 --target arm64`"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn a_target_without_trees_hints_at_a_profile_in_the_config_dir_not_the_checkout() {
+    let k = Kmx::empty();
+    let hello = repo().join("examples/hello").display().to_string();
+    let run = k.run(&["build", &hello, "-t", "arm64"]).expect(3);
+    assert_eq!(
+        run.stderr(),
+        "error: target `arm64` has no kernel tree\n  hint: run `kmx kernels fetch --target \
+         arm64`, or list trees under [kernels] paths in ~/.config/kmx/targets/arm64.toml (or \
+         DIR/targets/arm64.toml with --config-dir DIR), which replaces the profile shipped \
+         with kmx\n"
+    );
+}
+
+#[test]
 fn malformed_dkms_conf_is_a_usage_error_naming_the_file() {
     let Some(k) = Kmx::with_trees() else { return };
     let run = k
