@@ -375,6 +375,7 @@ pub fn smoke(
                 cell.smoke = Some(CellSmoke {
                     status: target_report.status,
                     message: target_report.message.clone(),
+                    hint: target_report.hint.clone(),
                     console_log: target_report.console_log.clone(),
                     modules,
                 });

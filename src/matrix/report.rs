@@ -54,6 +54,9 @@ pub struct CellSmoke {
     /// How the boot went, for the whole (target, kernel).
     pub status: crate::smoke::Status,
     pub message: Option<String>,
+    /// What to do when the kernel could not be booted (`kmx kernels fetch --with-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
     pub console_log: Option<PathBuf>,
     /// This cell's modules only.
     pub modules: Vec<crate::smoke::ModuleReport>,
@@ -268,10 +271,13 @@ impl Report {
             let label = c.label();
             if smoke.status != crate::smoke::Status::Booted || smoke.modules.is_empty() {
                 out.push_str(&format!(
-                    "\nsmoke {label}: {} {}",
+                    "\nsmoke {label}: {}: {}",
                     smoke.status.word(),
                     smoke.message.as_deref().unwrap_or("")
                 ));
+                if let Some(hint) = &smoke.hint {
+                    out.push_str(&format!("\n    hint: {hint}"));
+                }
             }
             for m in &smoke.modules {
                 let msg = m
@@ -296,8 +302,10 @@ impl Report {
             out.push('\n');
         }
         let t = &self.totals;
+        // With --smoke, "0 failed" alone would read as all good while no kernel booted.
+        let smoke = self.smoke_tally();
         out.push_str(&format!(
-            "\n{} built, {}{} skipped, {} failed{} in {:.1}s\n",
+            "\n{} built, {}{} skipped, {} failed{}{} in {:.1}s\n",
             t.built,
             [(t.restored, "restored"), (t.fresh, "fresh")]
                 .iter()
@@ -306,6 +314,7 @@ impl Report {
                 .collect::<String>(),
             t.skipped,
             t.failed,
+            if smoke.is_some() { " to build" } else { "" },
             [(t.cancelled, "cancelled"), (t.interrupted, "interrupted")]
                 .iter()
                 .filter(|(n, _)| *n > 0)
@@ -313,7 +322,55 @@ impl Report {
                 .collect::<String>(),
             self.wall_secs
         ));
+        if let Some(tally) = smoke {
+            out.push_str(&tally);
+        }
         out
+    }
+
+    /// With `--smoke`: the modules loaded, refused, crashed and not loaded because their
+    /// kernel could not be booted, so a summary never reads as all good when it was not.
+    fn smoke_tally(&self) -> Option<String> {
+        use crate::smoke::{Outcome, Status};
+        let smoked: Vec<&CellSmoke> = self.cells.iter().filter_map(|c| c.smoke.as_ref()).collect();
+        if smoked.is_empty() {
+            return None;
+        }
+        let count = |o: Outcome| {
+            smoked
+                .iter()
+                .flat_map(|s| &s.modules)
+                .filter(|m| m.outcome == o)
+                .count()
+        };
+        // A cell whose kernel was not booted may list no module at all: count its modules.
+        let unbooted: usize = self
+            .cells
+            .iter()
+            .filter_map(|c| c.smoke.as_ref().map(|s| (c, s)))
+            .filter(|(_, s)| {
+                !matches!(s.status, Status::Booted | Status::NotConfigured) && s.modules.is_empty()
+            })
+            .map(|(c, _)| c.artifacts.len())
+            .sum();
+        let not_configured = smoked
+            .iter()
+            .filter(|s| s.status == Status::NotConfigured)
+            .count();
+        let mut line = format!(
+            "smoke: {} loaded, {} refused, {} crashed, {} not loaded (kernel not booted)",
+            count(Outcome::Loaded),
+            count(Outcome::Refused),
+            count(Outcome::Crashed),
+            count(Outcome::NotRun) + unbooted,
+        );
+        if not_configured > 0 {
+            line.push_str(&format!(
+                ", {not_configured} {} without a [boot] table",
+                if not_configured == 1 { "cell" } else { "cells" }
+            ));
+        }
+        Some(line + "\n")
     }
 }
 

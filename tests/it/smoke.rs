@@ -433,3 +433,37 @@ fn build_with_smoke_puts_each_kernels_verdict_into_the_report() {
         "{err}"
     );
 }
+
+#[test]
+fn build_smoke_without_kernel_images_hints_at_fetching_them_and_never_reads_as_all_good() {
+    let Some(k) = Kmx::with_trees() else { return };
+    // The trees without their images, as after a plain `kmx kernels fetch`.
+    let registry = k.home.join("trees/registry.json");
+    let mut reg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&registry).unwrap()).unwrap();
+    for t in reg["trees"].as_array_mut().unwrap() {
+        t.as_object_mut().unwrap().remove("boot");
+    }
+    std::fs::write(&registry, reg.to_string()).unwrap();
+    let hello = repo().join("examples/hello").display().to_string();
+    let run = k
+        .run(&["build", &hello, "--smoke", "-t", "arm64"])
+        .expect(4);
+    let err = run.stderr();
+    assert!(
+        err.contains(
+            "smoke hello 1.0 arm64 6.1.0-50-arm64: harness-failed: no kernel image for \
+             6.1.0-50-arm64\n    hint: run `kmx kernels fetch --with-image --target arm64`"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "1 built, 0 skipped, 0 failed to build in \
+             "
+        ) && err
+            .ends_with("smoke: 0 loaded, 0 refused, 0 crashed, 1 not loaded (kernel not booted)\n"),
+        "{err}"
+    );
+    assert!(!err.contains(" 0 failed in "), "{err}");
+}
