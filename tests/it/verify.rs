@@ -84,7 +84,7 @@ fn compressed_and_signed_modules() {
     assert_eq!(check(m, "modversions")["summary"], "5 of 5 CRCs match");
     assert_eq!(
         check(m, "signature")["summary"],
-        "unsigned: the kernel (CONFIG_MODULE_SIG) loads it tainted, and refuses it under module.sig_enforce=1 or Secure Boot"
+        "unsigned: the kernel (CONFIG_MODULE_SIG) loads it tainted, and refuses it under module.sig_enforce=1 or Secure Boot; sign it with a key the kernel trusts (`kmx keys generate` makes one; `kmx install` signs with it)"
     );
     assert_eq!(check(m, "signature")["status"], "warn");
 
