@@ -15,6 +15,10 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+/// How long `kmx smoke` and `kmx build --smoke` wait for a boot by default: an emulated
+/// ARM kernel on a busy 2-core machine needs more than a minute.
+pub const SMOKE_TIMEOUT_SECS: u64 = 120;
+
 #[derive(Debug, Args)]
 pub struct Global {
     /// Extra configuration directory holding targets/ and toolchains/ (overrides the
@@ -181,7 +185,7 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         #[arg(long, short)]
         target: Vec<String>,
         /// Give up on a boot after this many seconds.
-        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        #[arg(long, default_value_t = SMOKE_TIMEOUT_SECS, value_name = "SECS")]
         timeout: u64,
         /// Also load this .ko (repeatable) in the same boot, after the others and after
         /// turning on module.sig_enforce, as a kernel booted with module.sig_enforce=1 would
@@ -375,7 +379,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub smoke: bool,
     /// With --smoke: give up on a boot after this many seconds.
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    #[arg(long, default_value_t = SMOKE_TIMEOUT_SECS, value_name = "SECS")]
     pub smoke_timeout: u64,
     /// Rebuild every cell, even those whose inputs did not change.
     #[arg(long)]
@@ -581,5 +585,19 @@ mod tests {
         );
         assert_eq!(args.cache_size, 500 << 20);
         assert!(Cli::try_parse_from(["kmx", "build", "x", "--cache-size", "lots"]).is_err());
+    }
+
+    #[test]
+    fn smoke_and_build_smoke_wait_as_long_for_a_boot() {
+        let smoke = Cli::try_parse_from(["kmx", "smoke", "x.ko"]).expect("parses");
+        let Cmd::Smoke { timeout, .. } = smoke.command else {
+            panic!("not smoke")
+        };
+        let build = Cli::try_parse_from(["kmx", "build", "x", "--smoke"]).expect("parses");
+        let Cmd::Build(args) = build.command else {
+            panic!("not build")
+        };
+        assert_eq!(timeout, args.smoke_timeout);
+        assert_eq!(timeout, SMOKE_TIMEOUT_SECS);
     }
 }

@@ -11,7 +11,7 @@ use crate::matrix::cell;
 use crate::matrix::jobserver::Jobserver;
 use crate::matrix::pipeline::{self, Options};
 use crate::matrix::plan::{self, Action, Plan};
-use crate::matrix::report::Report;
+use crate::matrix::report::{Report, count};
 use crate::matrix::shard::{self, Shard};
 use crate::state::cache::Cache;
 
@@ -131,9 +131,9 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
         };
         plan = shard::select(&plan, shard, &costs);
         eprintln!(
-            "Shard {shard}: {} of {} cells",
+            "Shard {shard}: {} of {}",
             plan.cells.len(),
-            plan.total
+            count(plan.total, "cell")
         );
     }
     if let Some(why) = &plan.no_namespace {
@@ -275,8 +275,10 @@ fn print_plan(plan: &Plan, args: &BuildArgs) {
     }
     let s = plan.summary();
     println!(
-        "{} cells: {} to build, {} skipped",
-        s.cells, s.to_build, s.skipped
+        "{}: {} to build, {} skipped",
+        count(s.cells, "cell"),
+        s.to_build,
+        s.skipped
     );
 }
 
@@ -290,7 +292,8 @@ pub fn cache(ctx: &Context, cmd: &CacheCmd) -> Result<i32> {
         CacheCmd::Stats => {
             let (n, bytes) = cache.stats();
             println!(
-                "{n} cells, {:.1} MiB in {}",
+                "{}, {:.1} MiB in {}",
+                count(n, "cell"),
                 bytes as f64 / (1 << 20) as f64,
                 cache.dir.display()
             );
@@ -298,7 +301,8 @@ pub fn cache(ctx: &Context, cmd: &CacheCmd) -> Result<i32> {
         CacheCmd::Clean { max_size } => {
             let (n, bytes) = cache.trim_to(max_size.unwrap_or(0));
             println!(
-                "removed {n} cells, {:.1} MiB",
+                "removed {}, {:.1} MiB",
+                count(n, "cell"),
                 bytes as f64 / (1 << 20) as f64
             );
         }

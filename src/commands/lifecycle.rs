@@ -747,9 +747,10 @@ pub fn tarball(
         eprintln!("  {}", c.key());
     }
     eprintln!(
-        "wrote {}: {} cells, {n} files",
+        "wrote {}: {}, {}",
         output.display(),
-        cells.len()
+        crate::matrix::report::count(cells.len(), "cell"),
+        crate::matrix::report::count(n, "file")
     );
     Ok(exit::OK)
 }
@@ -764,6 +765,10 @@ pub fn load_tarball(store: &Store, file: &Path, wait: bool) -> Result<i32> {
     for c in &cells {
         eprintln!("imported {}", c.key());
     }
-    eprintln!("loaded {} cells from {}", cells.len(), file.display());
+    eprintln!(
+        "loaded {} from {}",
+        crate::matrix::report::count(cells.len(), "cell"),
+        file.display()
+    );
     Ok(exit::OK)
 }

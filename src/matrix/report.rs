@@ -10,6 +10,14 @@ use crate::matrix::cell::{CellStatus, Outcome};
 use crate::matrix::plan::Plan;
 use crate::matrix::scheduler::CellResult;
 
+/// `1 cell`, `2 cells`: a count with its noun (nouns whose plural takes an s).
+pub fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 /// One cell in the machine-readable report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CellReport {
@@ -336,7 +344,7 @@ impl Report {
         if smoked.is_empty() {
             return None;
         }
-        let count = |o: Outcome| {
+        let modules = |o: Outcome| {
             smoked
                 .iter()
                 .flat_map(|s| &s.modules)
@@ -359,15 +367,15 @@ impl Report {
             .count();
         let mut line = format!(
             "smoke: {} loaded, {} refused, {} crashed, {} not loaded (kernel not booted)",
-            count(Outcome::Loaded),
-            count(Outcome::Refused),
-            count(Outcome::Crashed),
-            count(Outcome::NotRun) + unbooted,
+            modules(Outcome::Loaded),
+            modules(Outcome::Refused),
+            modules(Outcome::Crashed),
+            modules(Outcome::NotRun) + unbooted,
         );
         if not_configured > 0 {
             line.push_str(&format!(
-                ", {not_configured} {} without a [boot] table",
-                if not_configured == 1 { "cell" } else { "cells" }
+                ", {} without a [boot] table",
+                count(not_configured, "cell")
             ));
         }
         Some(line + "\n")
@@ -404,9 +412,9 @@ impl Report {
         for (path, r) in parts {
             if r.plan_cells != total {
                 return Err(crate::Error::usage(format!(
-                    "{} is from a plan of {} cells, the first report's has {total}",
+                    "{} is from a plan of {}, the first report's has {total}",
                     path.display(),
-                    r.plan_cells
+                    count(r.plan_cells, "cell")
                 ))
                 .hint("merge the reports of one build only"));
             }
@@ -424,9 +432,10 @@ impl Report {
                     }
                     None => {
                         return Err(crate::Error::usage(format!(
-                            "{}: cell index {} is outside the plan of {total} cells",
+                            "{}: cell index {} is outside the plan of {}",
                             path.display(),
-                            c.index
+                            c.index,
+                            count(total, "cell")
                         )));
                     }
                 }
@@ -467,5 +476,15 @@ impl Report {
             plan_cells: total,
             shard: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_cell_is_not_one_cells() {
+        assert_eq!(super::count(1, "cell"), "1 cell");
+        assert_eq!(super::count(0, "cell"), "0 cells");
+        assert_eq!(super::count(4, "file"), "4 files");
     }
 }

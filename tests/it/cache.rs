@@ -218,6 +218,9 @@ fn built_restored_and_fresh_cells_hold_the_same_files_and_are_told_apart() {
         "{}",
         fresh.stderr()
     );
+    // One entry: "1 cell", not "1 cells".
+    let stats = k.run(&["cache", "stats"]).ok().stdout();
+    assert!(stats.starts_with("1 cell, "), "{stats}");
     // verify counts the module once.
     let verified = k.run(&["verify", "b", "--target", "arm64"]).ok();
     assert!(
