@@ -158,6 +158,7 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
         force: args.force,
         open_sandbox: args.sandbox == crate::cli::SandboxMode::Open,
         keep_build_dir: args.keep_build_dir,
+        durations: Some(ctx.home.durations()),
     };
     let stop = crate::process::stop_flag()?;
     let mut report = pipeline::execute(&plan, &opts, &stop, &mut Printer::default())?;

@@ -43,6 +43,9 @@ pub struct Options {
     /// Keep each built cell's build tree in `<out>/.work` (`--keep-build-dir`); otherwise
     /// only a failed cell's is kept.
     pub keep_build_dir: bool,
+    /// Where the durations of earlier builds are kept, for the progress's estimate of the
+    /// time left ([`crate::state::durations`]); `None`: no estimate.
+    pub durations: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -56,6 +59,7 @@ impl Default for Options {
             force: false,
             open_sandbox: false,
             keep_build_dir: false,
+            durations: None,
         }
     }
 }
@@ -72,8 +76,9 @@ impl Options {
 /// Where a run reports its progress (the commands print it; tests may ignore it).
 pub trait Progress {
     /// The run starts: at most `jobs` cells at once, on the calling make's jobserver
-    /// (`inherited`) or on kmx's own with `jobs` slots.
-    fn begin(&mut self, plan: &Plan, jobs: usize, inherited: bool);
+    /// (`inherited`) or on kmx's own with `jobs` slots. `estimates`: per cell of the plan,
+    /// how long its last build took, where known.
+    fn begin(&mut self, plan: &Plan, jobs: usize, inherited: bool, estimates: &[Option<f64>]);
     fn event(&mut self, plan: &Plan, ev: &Event);
     fn end(&mut self);
 }
@@ -290,7 +295,16 @@ pub fn execute(
             .collect();
         cell::run(c, &env, &deps_symvers)
     };
-    progress.begin(plan, jobs, jobserver.is_inherited());
+    let mut durations = opts
+        .durations
+        .as_deref()
+        .map(crate::state::durations::Durations::load);
+    let estimates: Vec<Option<f64>> = plan
+        .cells
+        .iter()
+        .map(|c| durations.as_ref().and_then(|d| d.get(&c.label())))
+        .collect();
+    progress.begin(plan, jobs, jobserver.is_inherited(), &estimates);
     let started = Instant::now();
     let results = scheduler::execute(plan, jobs, opts.fail_fast, stop, &run, &mut |ev| {
         progress.event(plan, ev)
@@ -299,6 +313,16 @@ pub fn execute(
     // Every cell's build tree is gone unless one was kept: then so is the work directory.
     let _ = std::fs::remove_dir(plan.out.join(".work"));
     let report = Report::new(plan, &results, started.elapsed().as_secs_f64());
+    if let Some(d) = &mut durations {
+        // Only cells that ran make: a reused cell's few milliseconds say nothing of a build.
+        for (c, r) in plan.cells.iter().zip(&results) {
+            if r.outcome.status() == crate::matrix::cell::CellStatus::Built {
+                d.set(&c.label(), r.duration.as_secs_f64());
+            }
+        }
+        // An estimate lost costs nothing but the estimate.
+        let _ = d.save();
+    }
     if let Some(cache) = &opts.cache {
         cache.trim();
     }

@@ -1259,3 +1259,57 @@ fn the_sandbox_contains_an_unprivileged_users_build_too() {
         assert!(log.contains(said), "{said}: {log}");
     }
 }
+
+/// What kmx writes (stdout and stderr together) when run on a terminal (a pseudo-terminal
+/// made by util-linux `script`) with `TERM=term`.
+fn on_a_terminal(k: &Kmx, term: &str, args: &[&str]) -> String {
+    let probe = k.command(args);
+    let mut line = vec![probe.get_program().to_string_lossy().into_owned()];
+    line.extend(args.iter().map(|a| format!("'{a}'")));
+    let cmd = k.command(&[]);
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .current_dir(k.dir())
+        .env("TERM", term)
+        .stdin(std::process::Stdio::null());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => script.env(key, v),
+            None => script.env_remove(key),
+        };
+    }
+    let out = script.output().expect("util-linux script runs");
+    String::from_utf8_lossy(&out.stdout).replace('\r', "\n")
+}
+
+#[test]
+fn on_a_terminal_a_bar_estimates_the_time_left_from_earlier_runs_and_term_dumb_gets_lines() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let hello = repo().join("examples/hello").display().to_string();
+    let args = ["build", hello.as_str(), "-t", "arm64,armhf", "--force"];
+    // The first run knows no durations: a bar, no estimate, every cell's line.
+    let first = on_a_terminal(&k, "xterm", &args);
+    assert!(first.contains("[0/2] ["), "{first}");
+    assert!(!first.contains("ETA"), "{first}");
+    assert!(
+        first.contains("] built       hello 1.0 arm64 6.1.0-50-arm64 ("),
+        "{first}"
+    );
+    // The second estimates from the first.
+    let second = on_a_terminal(&k, "xterm", &args);
+    assert!(second.contains(" ETA "), "{second}");
+    // TERM=dumb on a terminal: no bar, and the plain per-cell lines are all there.
+    let dumb = on_a_terminal(&k, "dumb", &args);
+    assert!(!dumb.contains("ETA") && !dumb.contains("[0/2]"), "{dumb}");
+    for target in ["arm64 6.1.0-50-arm64", "armhf 6.1.0-50-armmp"] {
+        assert!(
+            dumb.contains(&format!("built       hello 1.0 {target} (")),
+            "{dumb}"
+        );
+    }
+    assert!(
+        dumb.starts_with("Building 2 cells (0 skipped by rules) with "),
+        "{dumb}"
+    );
+}
