@@ -421,7 +421,11 @@ pub struct BuildArgs {
 #[derive(Debug, Subcommand)]
 pub enum CacheCmd {
     /// Entries and size of the build cache.
-    Stats,
+    Stats {
+        /// Print JSON instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove cache entries: all of them, or the least recently used until the cache fits
     /// --max-size.
     Clean {

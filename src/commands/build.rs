@@ -197,7 +197,7 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
     }
     eprint!("{}", report.render());
     if args.json {
-        print_json(&report)?;
+        print_json("build-report", &report)?;
     }
     Ok(code)
 }
@@ -290,7 +290,14 @@ pub fn cache(ctx: &Context, cmd: &CacheCmd) -> Result<i32> {
         crate::state::cache::DEFAULT_MAX_BYTES,
     );
     match cmd {
-        CacheCmd::Stats => {
+        CacheCmd::Stats { json: true } => {
+            let (n, bytes) = cache.stats();
+            print_json(
+                "cache-stats",
+                &serde_json::json!({ "dir": cache.dir, "cells": n, "bytes": bytes }),
+            )?;
+        }
+        CacheCmd::Stats { json: false } => {
             let (n, bytes) = cache.stats();
             println!(
                 "{}, {:.1} MiB in {}",
@@ -320,7 +327,7 @@ pub fn merge(paths: &[std::path::PathBuf], json: bool) -> Result<i32> {
     let merged = Report::merge(&parts)?;
     eprint!("{}", merged.render());
     if json {
-        print_json(&merged)?;
+        print_json("build-report", &merged)?;
     }
     Ok(merged.exit_code())
 }

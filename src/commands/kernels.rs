@@ -119,7 +119,7 @@ pub fn list(ctx: &Context, json: bool) -> Result<i32> {
         }
     }
     if json {
-        print_json(&rows)?;
+        print_json("kernels", &serde_json::json!({ "trees": rows }))?;
         return Ok(exit::OK);
     }
     if rows.is_empty() {

@@ -432,7 +432,7 @@ pub fn status(
     let known = !all.is_empty();
     let out = filter.apply(all);
     if json {
-        print_json(&out)?;
+        print_json("status", &serde_json::json!({ "lines": out }))?;
         return Ok(exit::OK);
     }
     if format == crate::cli::StatusFormat::Dkms {

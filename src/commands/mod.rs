@@ -158,12 +158,22 @@ pub(crate) fn split_module(arg: &str) -> Result<(String, Option<String>)> {
 }
 
 /// Print JSON to stdout, buffered: stdout is line-buffered, and a report of thousands of
-/// modules has hundreds of thousands of lines.
-pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+/// modules has hundreds of thousands of lines. Every JSON output is an object whose
+/// `schema` names its format and version, `kmx.<schema>/1`, described by
+/// `docs/schemas/kmx.<schema>-1.json`; a change that breaks a reader bumps the version.
+pub(crate) fn print_json<T: serde::Serialize>(schema: &str, value: &T) -> Result<()> {
     use std::io::Write;
+    let mut value = serde_json::to_value(value)
+        .map_err(|e| crate::Error::env(format!("cannot write JSON output: {e}")))?;
+    let Some(fields) = value.as_object_mut() else {
+        return Err(crate::Error::env(format!(
+            "kmx bug: the JSON output {schema} is not an object"
+        )));
+    };
+    fields.insert("schema".into(), format!("kmx.{schema}/1").into());
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    serde_json::to_writer_pretty(&mut out, value)
+    serde_json::to_writer_pretty(&mut out, &value)
         .map_err(|e| crate::Error::env(format!("cannot write JSON output: {e}")))?;
     writeln!(out)
         .and_then(|_| out.flush())

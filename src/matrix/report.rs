@@ -87,8 +87,18 @@ pub struct Totals {
     pub cancelled: usize,
 }
 
+/// The format of a build report (`report.json`, `kmx build --json`), with its version.
+pub const SCHEMA: &str = "kmx.build-report/1";
+
+fn schema() -> String {
+    SCHEMA.to_string()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// [`SCHEMA`]; reports written before it existed have none, and are read as this one.
+    #[serde(default = "schema")]
+    pub schema: String,
     pub cells: Vec<CellReport>,
     pub totals: Totals,
     pub wall_secs: f64,
@@ -190,6 +200,7 @@ impl Report {
             })
             .collect();
         Report {
+            schema: schema(),
             cells,
             totals,
             wall_secs: (wall_secs * 1000.0).round() / 1000.0,
@@ -393,10 +404,21 @@ impl Report {
     /// Read a report written by `kmx build`.
     pub fn load(path: &std::path::Path) -> crate::Result<Report> {
         let bytes = std::fs::read(path).map_err(|e| crate::Error::io("read", path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| {
+        let report: Report = serde_json::from_slice(&bytes).map_err(|e| {
             crate::Error::config(path, format!("not a kmx build report: {e}"))
                 .hint("pass the report.json files that `kmx build --shard I/N` wrote")
-        })
+        })?;
+        if report.schema != SCHEMA {
+            return Err(crate::Error::config(
+                path,
+                format!(
+                    "a build report of format {}; this kmx reads {SCHEMA}",
+                    report.schema
+                ),
+            )
+            .hint("merge reports written by the same version of kmx"));
+        }
+        Ok(report)
     }
 
     /// One report from the reports of all shards of a plan: cells in plan order, totals
@@ -470,6 +492,7 @@ impl Report {
         }
         let wall_secs = parts.iter().map(|(_, r)| r.wall_secs).fold(0.0, f64::max);
         Ok(Report {
+            schema: schema(),
             cells,
             totals,
             wall_secs,

@@ -19,7 +19,7 @@ fn example_builds_for_the_four_targets_with_each_trees_vermagic() {
     assert_eq!(report["totals"]["built"], 4, "{report}");
     let trees = k.run(&["kernels", "list", "--json"]).ok().json();
     for target in TARGETS {
-        let tree = trees
+        let tree = trees["trees"]
             .as_array()
             .unwrap()
             .iter()
@@ -620,7 +620,7 @@ fn dkms_shaped_packages_build_for_four_targets_in_one_run_without_touching_the_h
     assert_eq!(report["totals"]["built"], 4 * packages.len(), "{report}");
     let trees = k.run(&["kernels", "list", "--json"]).ok().json();
     for c in report["cells"].as_array().unwrap() {
-        let tree = trees
+        let tree = trees["trees"]
             .as_array()
             .unwrap()
             .iter()
@@ -1011,7 +1011,7 @@ fn dkms_conf_runs_sandboxed_when_planning_and_in_a_dry_run() {
         assert!(!made.exists(), "{args:?}: dkms.conf wrote a host file");
         assert!(keep.is_file(), "{args:?}: dkms.conf deleted a host file");
         let trees = k.run(&["kernels", "list", "--json"]).ok().json();
-        for t in trees.as_array().unwrap() {
+        for t in trees["trees"].as_array().unwrap() {
             let kdir = Path::new(t["kdir"].as_str().unwrap());
             assert!(
                 !kdir.join("made-by-dkms-conf").exists(),

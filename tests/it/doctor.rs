@@ -7,7 +7,8 @@ fn doctor_finds_four_usable_targets_whose_vermagic_matches_real_modules() {
     let Some(k) = Kmx::with_trees() else { return };
     let run = k.run(&["doctor", "--json"]).ok();
     let report = run.json();
-    let targets = report.as_array().unwrap();
+    assert_eq!(report["schema"], "kmx.doctor/1");
+    let targets = report["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 4);
     for t in targets {
         let name = t["target"].as_str().unwrap();

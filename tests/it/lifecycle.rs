@@ -17,7 +17,8 @@ fn modules_dep(root: &Path, release: &str) -> String {
 /// The one status line (JSON) for module/kernel/target.
 fn status_of(k: &Kmx, module: &str, kernel: &str, target: &str) -> serde_json::Value {
     let all = k.run(&["status", "--json"]).ok().json();
-    all.as_array()
+    all["lines"]
+        .as_array()
         .unwrap()
         .iter()
         .find(|l| l["module"] == module && l["kernel"] == kernel && l["target"] == target)
@@ -114,7 +115,7 @@ fn build_name_version_builds_a_registered_module_for_the_matrix_and_status_filte
     );
     assert_eq!(
         k.run(&["status", "other", "--json"]).ok().json(),
-        serde_json::json!([])
+        serde_json::json!({ "schema": "kmx.status/1", "lines": [] })
     );
     // The whole matrix is in the store: tarball exports four cells, install builds nothing.
     let tar = k.run(&["tarball", "-o", "all.tar"]).ok();
@@ -275,7 +276,7 @@ fn add_install_into_an_image_root_for_arm64_and_armhf_status_stale_and_uninstall
             .exists()
     );
     assert_eq!(
-        k.run(&["status", "--json"]).ok().json(),
+        k.run(&["status", "--json"]).ok().json()["lines"],
         serde_json::json!([])
     );
 }
@@ -361,7 +362,7 @@ fn xz_and_signing_from_the_tree_config_and_autoinstall_for_a_second_kernel_of_on
     let line = status_of(&k, "hello", release, "arm64");
     assert_eq!(line["state"], "installed");
     let all = k.run(&["status", "--json"]).ok().json();
-    let broken = all
+    let broken = all["lines"]
         .as_array()
         .unwrap()
         .iter()
@@ -589,7 +590,8 @@ fn destinations_escaping_the_root_are_refused() {
     );
     let all = k.run(&["status", "--json"]).ok().json();
     assert!(
-        all.as_array()
+        all["lines"]
+            .as_array()
             .unwrap()
             .iter()
             .all(|l| l["installed"].as_array().unwrap().is_empty()),
@@ -872,5 +874,9 @@ fn a_deleted_image_root_is_forgotten_by_uninstall_and_remove() {
     let ko = roots[1].join(format!("lib/modules/{arm64}/updates/dkms/hello.ko"));
     assert!(!ko.exists(), "remove left {}", ko.display());
     let status = k.run(&["status", "--json"]).ok().json();
-    assert_eq!(status.as_array().map(Vec::len), Some(0), "{status}");
+    assert_eq!(
+        status["lines"].as_array().map(Vec::len),
+        Some(0),
+        "{status}"
+    );
 }

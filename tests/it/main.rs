@@ -12,5 +12,6 @@ mod doctor;
 mod faults;
 mod lifecycle;
 mod reproducible;
+mod schemas;
 mod smoke;
 mod verify;

@@ -131,7 +131,7 @@ fn built(k: &Kmx) -> &'static Built {
     BUILT.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
         let doctor = k.run(&["doctor", "--json"]).ok().json();
-        let jobs: Vec<(String, String, PathBuf)> = doctor
+        let jobs: Vec<(String, String, PathBuf)> = doctor["targets"]
             .as_array()
             .unwrap()
             .iter()
@@ -170,7 +170,7 @@ fn everything() -> Option<&'static serde_json::Value> {
 }
 
 fn module<'a>(report: &'a serde_json::Value, target: &str, name: &str) -> &'a serde_json::Value {
-    let t = report
+    let t = report["boots"]
         .as_array()
         .unwrap()
         .iter()
@@ -285,7 +285,7 @@ fn oops_in_init_is_reported_as_a_crash_and_the_run_goes_on() {
 fn module_using_an_in_tree_module_loads_after_it() {
     let Some(report) = everything() else { return };
     for t in TARGETS {
-        let target = report
+        let target = report["boots"]
             .as_array()
             .unwrap()
             .iter()
@@ -353,7 +353,7 @@ fn kernel_image_of_the_wrong_architecture_is_a_harness_failure() {
         started.elapsed()
     );
     let report = run.json();
-    let t = &report[0];
+    let t = &report["boots"][0];
     assert_eq!(t["status"], "harness-failed", "{t:#}");
     let msg = t["message"].as_str().unwrap();
     assert!(

@@ -167,7 +167,7 @@ impl Kmx {
     /// (release, vermagic, kdir) of the first tree of `target` this home knows.
     pub fn tree_of(&self, target: &str) -> (String, String, PathBuf) {
         let list = self.run(&["kernels", "list", "--json"]).ok().json();
-        let t = list
+        let t = list["trees"]
             .as_array()
             .unwrap()
             .iter()
