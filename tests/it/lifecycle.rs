@@ -823,18 +823,7 @@ fn a_deleted_image_root_is_forgotten_by_uninstall_and_remove() {
     k.run(&["add", src.to_str().unwrap()]).ok();
     let roots: Vec<PathBuf> = ["img-a", "img-b"].iter().map(|r| k.dir().join(r)).collect();
     let install = |root: &Path| {
-        std::fs::create_dir_all(root).unwrap();
-        k.run(&[
-            "install",
-            "hello",
-            "-t",
-            "arm64",
-            "-k",
-            &arm64,
-            "--root",
-            root.to_str().unwrap(),
-        ])
-        .ok();
+        k.install_into("hello", "arm64", &arm64, root).ok();
     };
     for root in &roots {
         install(root);

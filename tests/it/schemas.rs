@@ -127,30 +127,13 @@ fn real_json_outputs_validate_against_their_schemas() {
     let src = hello_source(&k.dir().join("src"), "hello", "");
     k.run(&["add", src.to_str().unwrap()]).ok();
     assert_valid("status", &k.run(&["status", "--json"]).ok().json());
-    let root = k.dir().join("rootfs");
-    std::fs::create_dir_all(&root).unwrap();
     let (arm64, _, _) = k.tree_of("arm64");
-    k.run(&[
-        "install",
-        "hello",
-        "-t",
-        "arm64",
-        "-k",
-        &arm64,
-        "--root",
-        root.to_str().unwrap(),
-    ])
-    .ok();
+    k.install_into("hello", "arm64", &arm64, &k.dir().join("rootfs"))
+        .ok();
     assert_valid("status", &k.run(&["status", "--json"]).ok().json());
 
     // A smoke run that cannot boot (no kernel images): its report and hint.
-    let registry = k.home.join("trees/registry.json");
-    let mut reg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&registry).unwrap()).unwrap();
-    for t in reg["trees"].as_array_mut().unwrap() {
-        t.as_object_mut().unwrap().remove("boot");
-    }
-    std::fs::write(&registry, reg.to_string()).unwrap();
+    k.without_images();
     let ko = k
         .dir()
         .join(format!("other/hello/1.0/{arm64}/arm64/hello.ko"));

@@ -438,13 +438,7 @@ fn build_with_smoke_puts_each_kernels_verdict_into_the_report() {
 fn build_smoke_without_kernel_images_hints_at_fetching_them_and_never_reads_as_all_good() {
     let Some(k) = Kmx::with_trees() else { return };
     // The trees without their images, as after a plain `kmx kernels fetch`.
-    let registry = k.home.join("trees/registry.json");
-    let mut reg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&registry).unwrap()).unwrap();
-    for t in reg["trees"].as_array_mut().unwrap() {
-        t.as_object_mut().unwrap().remove("boot");
-    }
-    std::fs::write(&registry, reg.to_string()).unwrap();
+    k.without_images();
     let hello = repo().join("examples/hello").display().to_string();
     let run = k
         .run(&["build", &hello, "--smoke", "-t", "arm64"])
