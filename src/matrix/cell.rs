@@ -396,6 +396,10 @@ pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, Str
             )
         };
         if let Some(found) = fresh_in_place(cell) {
+            if !env.opts.keep_build_dir {
+                // What a build stopped between its rename and its clean-up left.
+                let _ = std::fs::remove_dir_all(&cell.work_dir);
+            }
             return fresh(found, false);
         }
         match env.opts.cache.as_ref().map(|c| restore(cell, c)) {
