@@ -25,7 +25,7 @@ mapfile -t cells < <("$KMX" kernels list --json | python3 -c '
 import json, sys
 arch = {"i386": ("x86", "i686-linux-gnu-"), "amd64": ("x86", "x86_64-linux-gnu-"),
         "arm64": ("arm64", "aarch64-linux-gnu-"), "armhf": ("arm", "arm-linux-gnueabihf-")}
-for t in json.load(sys.stdin):
+for t in json.load(sys.stdin)["trees"]:
     if t["target"] in arch:
         a, p = arch[t["target"]]
         print(t["target"], a, p, t["kdir"])')

@@ -103,7 +103,7 @@ cross = {"i386": ("x86", "i686-linux-gnu-", "i686"),
          "amd64": ("x86", "x86_64-linux-gnu-", "x86_64"),
          "arm64": ("arm64", "aarch64-linux-gnu-", "aarch64"),
          "armhf": ("arm", "arm-linux-gnueabihf-", "armv7l")}
-for t in json.load(open(sys.argv[1])):
+for t in json.load(open(sys.argv[1]))["trees"]:
     if t["target"] in cross and not t.get("error"):
         print(t["target"], t["release"], t["kdir"], *cross[t["target"]])
 PY

@@ -97,7 +97,7 @@ left_processes() {
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
-release=$(kmx kernels list --json | jq -r '[.[] | select(.target == "arm64")][0].release')
+release=$(kmx kernels list --json | jq -r '[.trees[] | select(.target == "arm64")][0].release')
 if [ -z "$release" ] || [ "$release" = null ]; then
   echo "fault-injection: no arm64 tree in $TREES" >&2; exit 2
 fi
@@ -249,7 +249,7 @@ for i in $(seq 1 "$ITER"); do
   if grep -q '"interrupted"\|"in_progress"' <<< "$status"; then
     problem "$i $op" "an install is still interrupted after the re-run"
   fi
-  n=$(jq '[.[] | select(.module == "hello") | .installed[] | select(.state == "installed")] | length' <<< "$status")
+  n=$(jq '[.lines[] | select(.module == "hello") | .installed[] | select(.state == "installed")] | length' <<< "$status")
   [ "$n" = "$installed" ] || problem "$i $op" "status lists $n installs, expected $installed"
 done
 

@@ -63,6 +63,7 @@ fn run(cells: usize) -> (f64, u64) {
         let outcome = Outcome::Built {
             artifacts: Vec::new(),
             fresh: false,
+            restored: false,
             warnings: Vec::new(),
         };
         (outcome, String::new())

@@ -15,6 +15,10 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+/// How long `kmx smoke` and `kmx build --smoke` wait for a boot by default: an emulated
+/// ARM kernel on a busy 2-core machine needs more than a minute.
+pub const SMOKE_TIMEOUT_SECS: u64 = 120;
+
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct Global {
@@ -108,9 +112,22 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         #[arg(long)]
         no_depmod: bool,
     },
-    /// One line per module, version, kernel and target: added, built, installed (where),
+    /// One line per module, version, target and kernel: added, built, installed (where),
     /// stale (source changed since the build), broken (files missing).
     Status {
+        /// Only this module, as MODULE or MODULE/VERSION.
+        #[arg(conflicts_with = "check")]
+        module: Option<String>,
+        /// Only this kernel release.
+        #[arg(long, short, conflicts_with = "check")]
+        kernel: Option<String>,
+        /// Only this target.
+        #[arg(long, short, conflicts_with = "check")]
+        target: Option<String>,
+        /// `table`, or `dkms`: DKMS's own lines (`hello/1.0, 6.1.0-50-arm64, aarch64:
+        /// installed`), with the target's DKMS arch, for scripts written for `dkms status`.
+        #[arg(long, value_enum, default_value_t = StatusFormat::Table, conflicts_with_all = ["check", "json"])]
+        format: StatusFormat,
         /// Print JSON instead of a table.
         #[arg(long, conflicts_with = "check")]
         json: bool,
@@ -188,7 +205,7 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         #[arg(long, short)]
         target: Vec<String>,
         /// Give up on a boot after this many seconds.
-        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        #[arg(long, default_value_t = SMOKE_TIMEOUT_SECS, value_name = "SECS")]
         timeout: u64,
         /// Also load this .ko (repeatable) in the same boot, after the others and after
         /// turning on module.sig_enforce, as a kernel booted with module.sig_enforce=1 would
@@ -411,7 +428,9 @@ pub struct UninstallArgs {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Module source directories, each with a dkms.conf or a kmx.toml.
+    /// Module source directories, each with a dkms.conf or a kmx.toml; or modules
+    /// registered with `kmx add`, as NAME or NAME/VERSION (built into the state store for
+    /// `install`, `tarball` and `status`, like `dkms build`).
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<PathBuf>,
     /// Targets to build for (repeatable or comma-separated) [default: every usable one of
@@ -421,9 +440,10 @@ pub struct BuildArgs {
     /// Only build for these kernel releases (repeatable), e.g. 6.1.0-50-arm64.
     #[arg(long, short)]
     pub kernel: Vec<String>,
-    /// Output directory: artifacts go to OUT/<module>/<version>/<kernel>/<target>/.
-    #[arg(long, short, default_value = "kmx-out", value_name = "OUT")]
-    pub out: PathBuf,
+    /// Output directory: artifacts go to OUT/<module>/<version>/<kernel>/<target>/
+    /// [default: kmx-out; registered modules: the state store].
+    #[arg(long, short, value_name = "OUT")]
+    pub out: Option<PathBuf>,
     /// Parallel jobs: the make jobserver's slots, shared by every cell [default: number of
     /// CPUs]. With a remote launcher (distcc) it may exceed the local cores.
     #[arg(long, short, env = "KMX_JOBS", value_parser = parse_jobs)]
@@ -449,7 +469,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub smoke: bool,
     /// With --smoke: give up on a boot after this many seconds.
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    #[arg(long, default_value_t = SMOKE_TIMEOUT_SECS, value_name = "SECS")]
     pub smoke_timeout: u64,
     /// Rebuild every cell, even those whose inputs did not change.
     #[arg(long)]
@@ -460,6 +480,10 @@ pub struct BuildArgs {
     /// Either way DKMS's directories are the cell's own, and dkms.conf is evaluated strictly.
     #[arg(long, value_enum, default_value_t = SandboxMode::Strict, value_name = "MODE")]
     pub sandbox: SandboxMode,
+    /// Keep each cell's build tree (OUT/.work/<cell>/build) after a successful build; a
+    /// failed cell's is always kept, and named in the summary.
+    #[arg(long)]
+    pub keep_build_dir: bool,
     /// Neither use nor fill kmx's build cache (cells fresh in OUT are still reused unless
     /// --force).
     #[arg(long)]
@@ -487,7 +511,11 @@ pub struct BuildArgs {
 #[derive(Debug, Subcommand)]
 pub enum CacheCmd {
     /// Entries and size of the build cache.
-    Stats,
+    Stats {
+        /// Print JSON instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove cache entries: all of them, or the least recently used until the cache fits
     /// --max-size.
     Clean {
@@ -622,6 +650,13 @@ fn size(s: &str) -> Result<u64, String> {
     crate::state::cache::parse_size(s).ok_or_else(|| "write a size such as 500M or 2G".to_string())
 }
 
+/// `kmx status --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    Table,
+    Dkms,
+}
+
 /// `--sandbox`: how far build steps are confined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SandboxMode {
@@ -680,5 +715,19 @@ mod tests {
         );
         assert_eq!(args.cache_size, 500 << 20);
         assert!(Cli::try_parse_from(["kmx", "build", "x", "--cache-size", "lots"]).is_err());
+    }
+
+    #[test]
+    fn smoke_and_build_smoke_wait_as_long_for_a_boot() {
+        let smoke = Cli::try_parse_from(["kmx", "smoke", "x.ko"]).expect("parses");
+        let Cmd::Smoke { timeout, .. } = smoke.command else {
+            panic!("not smoke")
+        };
+        let build = Cli::try_parse_from(["kmx", "build", "x", "--smoke"]).expect("parses");
+        let Cmd::Build(args) = build.command else {
+            panic!("not build")
+        };
+        assert_eq!(timeout, args.smoke_timeout);
+        assert_eq!(timeout, SMOKE_TIMEOUT_SECS);
     }
 }

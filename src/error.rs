@@ -149,9 +149,53 @@ pub fn render_inline(err: &Error) -> String {
     out
 }
 
+/// An error as JSON output holds it: the message, its causes and its hint as fields of
+/// their own, never formatted into one string. Shown as text, it reads as
+/// [`render_inline`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl From<&Error> for Problem {
+    fn from(err: &Error) -> Problem {
+        Problem {
+            message: err.to_string(),
+            causes: err.causes.clone(),
+            hint: err.hint.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        for cause in &self.causes {
+            write!(f, "\n  caused by: {cause}")?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_problem_keeps_the_hint_apart_and_reads_as_the_error() {
+        let e = Error::env("gcc-12 not found").hint("apt-get install gcc-12");
+        let p = Problem::from(&e);
+        assert_eq!(p.message, "gcc-12 not found");
+        assert_eq!(p.hint.as_deref(), Some("apt-get install gcc-12"));
+        assert_eq!(p.to_string(), render_inline(&e));
+    }
 
     #[test]
     fn renders_path_line_cause_and_hint() {

@@ -35,7 +35,7 @@ def main():
 
     packages = open(os.path.join(run, "packages")).read().split()
     targets = [line.split()[0] for line in open(os.path.join(run, "cells")) if line.strip()]
-    trees = {t["target"]: t for t in json.load(open(os.path.join(run, "trees.json")))}
+    trees = {t["target"]: t for t in json.load(open(os.path.join(run, "trees.json")))["trees"]}
     src_root = os.path.join(os.path.dirname(run), "src")
     # kmx names a cell by PACKAGE_NAME and PACKAGE_VERSION; the source directory
     # usr/src/<name>-<version> says which package that is.
@@ -70,7 +70,7 @@ def main():
                            for f in sorted(os.listdir(os.path.join(cell_dir, "modules")))]
             c = kmx.get((p, t))
             k_status = c["status"] if c else "missing"
-            if k_status == "fresh":
+            if k_status in ("fresh", "restored"):
                 k_status = "built"
             k_files = [x["file"] for x in (c.get("artifacts") or [])] if c else []
             k_files = [f for f in k_files if ".ko" in os.path.basename(f)]

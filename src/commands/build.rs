@@ -1,20 +1,113 @@
 //! `kmx build`: resolve targets, plan, run the scheduler, report.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{BuildArgs, CacheCmd};
 use crate::commands::progress::Printer;
 use crate::commands::{Context, print_json};
-use crate::error::{Result, exit};
+use crate::error::{Error, Result, exit};
 use crate::matrix::cell;
 use crate::matrix::jobserver::Jobserver;
 use crate::matrix::pipeline::{self, Options};
 use crate::matrix::plan::{self, Action, Plan};
-use crate::matrix::report::Report;
+use crate::matrix::report::{Report, count};
 use crate::matrix::shard::{self, Shard};
 use crate::state::cache::Cache;
 
-pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
+/// What `kmx build` builds: source directories into OUT, or registered modules (with the
+/// content hash of each one's registered copy) into the state store, like `dkms build`.
+enum Sources {
+    Dirs(Vec<PathBuf>),
+    Registered(Vec<(PathBuf, String)>),
+}
+
+/// Each SOURCE is a directory, or else NAME or NAME/VERSION of a registered module (the
+/// newest registered version when none is named). Anything else is a usage error (exit 2),
+/// found before any target is set up.
+fn resolve_sources(ctx: &Context, args: &BuildArgs) -> Result<Sources> {
+    let store = &ctx.store;
+    let mut dirs = Vec::new();
+    let mut registered = Vec::new();
+    for s in &args.sources {
+        if s.is_dir() {
+            dirs.push(s.clone());
+            continue;
+        }
+        let text = s.to_string_lossy();
+        let not_found = || {
+            Error::usage(format!(
+                "`{text}` is neither a module source directory nor a registered module"
+            ))
+            .hint(
+                "give a directory holding a dkms.conf or kmx.toml, or NAME[/VERSION] of a \
+                 module registered with `kmx add DIR` (`kmx status` lists them)",
+            )
+        };
+        let Ok((module, version)) = super::split_module(&text) else {
+            return Err(not_found());
+        };
+        let version = match version {
+            Some(v) => v,
+            None => match store
+                .versions_of(&module)?
+                .into_iter()
+                .rev()
+                .find(|v| matches!(store.load_source(&module, v), Ok(Some(_))))
+            {
+                Some(v) => v,
+                None => return Err(not_found()),
+            },
+        };
+        let Some(_) = store.load_source(&module, &version)? else {
+            return Err(match store.versions_of(&module)?.contains(&version) {
+                true => Error::usage(format!(
+                    "{module}/{version} was imported without its source (kmx load-tarball): \
+                     it cannot be built here"
+                ))
+                .hint(format!(
+                    "register its source with `kmx add DIR` to build {module}"
+                )),
+                false => not_found(),
+            });
+        };
+        let copy = store.source_copy(&module, &version);
+        let hash = crate::state::store::content_hash(&copy).map_err(|e| {
+            e.hint(format!(
+                "the registered copy is damaged: `kmx add` the source of {module} {version} again"
+            ))
+        })?;
+        registered.push((copy, hash));
+    }
+    match (dirs.is_empty(), registered.is_empty()) {
+        (_, true) => Ok(Sources::Dirs(dirs)),
+        (true, false) if args.out.is_some() => Err(Error::usage(
+            "registered modules are built into the state store, not into --out",
+        )
+        .hint("drop --out; `kmx tarball` exports what the store holds")),
+        (true, false) => Ok(Sources::Registered(registered)),
+        (false, false) => Err(Error::usage(
+            "directories and registered modules cannot be built in one run: directories are \
+             built into OUT, registered modules into the state store",
+        )
+        .hint("run kmx build once for each")),
+    }
+}
+
+pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
+    let sources = resolve_sources(ctx, args)?;
+    // Registered modules are built into the store under its lock, as `install` does.
+    let (dirs, out, hashes, _lock) = match sources {
+        Sources::Dirs(dirs) => {
+            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("kmx-out"));
+            (dirs, out, Vec::new(), None)
+        }
+        Sources::Registered(reg) => {
+            let lock = ctx.store.lock(wait)?;
+            let (dirs, hashes) = reg.into_iter().unzip();
+            (dirs, ctx.store.built(), hashes, Some(lock))
+        }
+    };
     let mut notes = Vec::new();
     let targets = pipeline::setup_targets(
         &ctx.profiles,
@@ -28,8 +121,8 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
     }
     // What a killed earlier build left in the output directory (its owner is dead: no lock
     // is needed to know it is garbage).
-    crate::state::tmp::sweep_output(&args.out);
-    let mut plan = plan::plan(&args.sources, &targets, &args.out)?;
+    crate::state::tmp::sweep_output(&out);
+    let mut plan = plan::plan(&dirs, &targets, &out)?;
     if let Some(spec) = &args.shard {
         let shard: Shard = spec.parse()?;
         let costs = match &args.costs {
@@ -38,9 +131,9 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
         };
         plan = shard::select(&plan, shard, &costs);
         eprintln!(
-            "Shard {shard}: {} of {} cells",
+            "Shard {shard}: {} of {}",
             plan.cells.len(),
-            plan.total
+            count(plan.total, "cell")
         );
     }
     if let Some(why) = &plan.no_namespace {
@@ -64,10 +157,27 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
         cache: (!args.no_cache).then(|| Cache::new(ctx.home.cell_cache(), args.cache_size)),
         force: args.force,
         open_sandbox: args.sandbox == crate::cli::SandboxMode::Open,
+        keep_build_dir: args.keep_build_dir,
+        durations: Some(ctx.home.durations()),
     };
     let stop = crate::process::stop_flag()?;
     let mut report = pipeline::execute(&plan, &opts, &stop, &mut Printer::default())?;
     let mut code = report.exit_code();
+    if !hashes.is_empty() {
+        // Record every cell with modules in the store, as `install` would have.
+        let source_hash = |c: &plan::Cell| {
+            let source = |d: &PathBuf| d.canonicalize().ok();
+            dirs.iter()
+                .zip(&hashes)
+                .find(|(d, _)| source(d).as_ref() == Some(&c.source))
+                .map(|(_, h)| h.as_str())
+        };
+        for (c, r) in plan.cells.iter().zip(&report.cells) {
+            if let (true, Some(hash)) = (r.status.has_modules(), source_hash(c)) {
+                crate::lifecycle::prepare::record_built(&ctx.store, c, &r.artifacts, hash)?;
+            }
+        }
+    }
     if args.smoke && code != exit::INTERRUPTED {
         eprintln!("Booting the kernels under QEMU to load the built modules");
         let boots = pipeline::smoke(
@@ -87,7 +197,7 @@ pub fn run(ctx: &Context, args: &BuildArgs) -> Result<i32> {
     }
     eprint!("{}", report.render());
     if args.json {
-        print_json(&report)?;
+        print_json("build-report", &report)?;
     }
     Ok(code)
 }
@@ -166,8 +276,10 @@ fn print_plan(plan: &Plan, args: &BuildArgs) {
     }
     let s = plan.summary();
     println!(
-        "{} cells: {} to build, {} skipped",
-        s.cells, s.to_build, s.skipped
+        "{}: {} to build, {} skipped",
+        count(s.cells, "cell"),
+        s.to_build,
+        s.skipped
     );
 }
 
@@ -178,10 +290,18 @@ pub fn cache(ctx: &Context, cmd: &CacheCmd) -> Result<i32> {
         crate::state::cache::DEFAULT_MAX_BYTES,
     );
     match cmd {
-        CacheCmd::Stats => {
+        CacheCmd::Stats { json: true } => {
+            let (n, bytes) = cache.stats();
+            print_json(
+                "cache-stats",
+                &serde_json::json!({ "dir": cache.dir, "cells": n, "bytes": bytes }),
+            )?;
+        }
+        CacheCmd::Stats { json: false } => {
             let (n, bytes) = cache.stats();
             println!(
-                "{n} cells, {:.1} MiB in {}",
+                "{}, {:.1} MiB in {}",
+                count(n, "cell"),
                 bytes as f64 / (1 << 20) as f64,
                 cache.dir.display()
             );
@@ -189,7 +309,8 @@ pub fn cache(ctx: &Context, cmd: &CacheCmd) -> Result<i32> {
         CacheCmd::Clean { max_size } => {
             let (n, bytes) = cache.trim_to(max_size.unwrap_or(0));
             println!(
-                "removed {n} cells, {:.1} MiB",
+                "removed {}, {:.1} MiB",
+                count(n, "cell"),
                 bytes as f64 / (1 << 20) as f64
             );
         }
@@ -206,7 +327,7 @@ pub fn merge(paths: &[std::path::PathBuf], json: bool) -> Result<i32> {
     let merged = Report::merge(&parts)?;
     eprint!("{}", merged.render());
     if json {
-        print_json(&merged)?;
+        print_json("build-report", &merged)?;
     }
     Ok(merged.exit_code())
 }

@@ -16,8 +16,8 @@ pub struct TargetHealth {
     pub toolchain: String,
     pub identity: String,
     pub compiler: Option<Compiler>,
-    /// Why the compiler is unusable, with the hint.
-    pub compiler_error: Option<String>,
+    /// Why the compiler is unusable, and the hint.
+    pub compiler_error: Option<crate::error::Problem>,
     pub trees: Vec<TreeHealth>,
     pub usable: bool,
 }
@@ -43,7 +43,7 @@ pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHeal
     };
     let (identity, compiler, compiler_error) = match compiler {
         Ok((id, c)) => (id, Some(c), None),
-        Err(e) => (String::new(), None, Some(crate::error::render_inline(&e))),
+        Err(e) => (String::new(), None, Some((&e).into())),
     };
     let usable = compiler.is_some() && trees.iter().any(|t| t.error.is_none());
     TargetHealth {
@@ -68,7 +68,7 @@ pub fn targets(ctx: &Context, json: bool) -> Result<i32> {
         .map(|t| assess(ctx, t, &registry))
         .collect();
     if json {
-        print_json(&all)?;
+        print_json("targets", &serde_json::json!({ "targets": all }))?;
         return Ok(exit::OK);
     }
     println!(
@@ -252,7 +252,7 @@ pub fn doctor(ctx: &Context, names: &[String], json: bool) -> Result<i32> {
     let all: Vec<TargetHealth> = selected.iter().map(|t| assess(ctx, t, &registry)).collect();
     let mut broken = all.iter().filter(|h| !h.usable).count();
     if json {
-        print_json(&all)?;
+        print_json("doctor", &serde_json::json!({ "targets": all }))?;
     } else {
         if !print_host() {
             broken = all.len();

@@ -232,7 +232,7 @@ pub fn list(ctx: &Context, json: bool) -> Result<i32> {
         }
     }
     if json {
-        print_json(&rows)?;
+        print_json("kernels", &serde_json::json!({ "trees": rows }))?;
         return Ok(exit::OK);
     }
     if rows.is_empty() {
@@ -241,24 +241,25 @@ pub fn list(ctx: &Context, json: bool) -> Result<i32> {
         );
         return Ok(exit::OK);
     }
+    // Columns as wide as their widest cell (vermagic strings differ in length by flavour).
     let width = |f: &dyn Fn(&TreeRow) -> usize, title: &str| {
-        rows.iter().map(f).max().unwrap_or(0).max(title.len())
+        rows.iter().map(f).chain([title.len()]).max().unwrap_or(0)
     };
     let wt = width(&|r| r.target.len(), "TARGET");
-    let wr = width(
+    let wk = width(
         &|r| r.health.release.as_deref().map_or(1, str::len),
-        "RELEASE",
+        "KERNEL",
     );
     let ws = width(&|r| r.source.len(), "SOURCE");
     println!(
-        "{:<wt$}  {:<wr$}  {:<ws$}  {:<7}  VERMAGIC",
-        "TARGET", "RELEASE", "SOURCE", "SYMVERS"
+        "{:<wt$}  {:<wk$}  {:<ws$}  {:<7}  VERMAGIC",
+        "TARGET", "KERNEL", "SOURCE", "SYMVERS"
     );
     for r in &rows {
         let h = &r.health;
         match &h.error {
             None => println!(
-                "{:<wt$}  {:<wr$}  {:<ws$}  {:<7}  \"{}\"",
+                "{:<wt$}  {:<wk$}  {:<ws$}  {:<7}  \"{}\"",
                 r.target,
                 h.release.as_deref().unwrap_or(""),
                 r.source,
@@ -266,7 +267,7 @@ pub fn list(ctx: &Context, json: bool) -> Result<i32> {
                 h.vermagic.as_deref().unwrap_or(""),
             ),
             Some(e) => println!(
-                "{:<wt$}  {:<wr$}  {:<ws$}  error: {e} ({})",
+                "{:<wt$}  {:<wk$}  {:<ws$}  error: {e} ({})",
                 r.target,
                 "?",
                 r.source,

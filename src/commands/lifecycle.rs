@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::progress::Printer;
-use super::{Context, print_json};
+use super::{Context, print_json, split_module};
 use crate::cli::{
     AutoinstallArgs, InstallArgs, PackageArgs, PackageFormat, SignArgs, UninstallArgs,
 };
@@ -33,20 +33,6 @@ fn pause_at() -> Option<String> {
 /// Whether Ctrl-C, SIGTERM or SIGHUP arrived (for commands that handle them).
 fn interrupted() -> bool {
     process::stop_flag().is_ok_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
-}
-
-/// `MODULE` or `MODULE/VERSION`.
-fn split_module(arg: &str) -> Result<(String, Option<String>)> {
-    let (m, v) = match arg.split_once('/') {
-        Some((m, v)) => (m, Some(v.to_string())),
-        None => (arg, None),
-    };
-    if !valid_component(m) || v.as_deref().is_some_and(|v| !valid_component(v)) {
-        return Err(Error::usage(format!(
-            "`{arg}` is not MODULE or MODULE/VERSION"
-        )));
-    }
-    Ok((m.to_string(), v))
 }
 
 /// The version to act on: the named one, or the newest registered or built.
@@ -565,14 +551,39 @@ fn warn_on_failure(name: &str, line: &str, dir: &Path) {
     }
 }
 
-pub fn status(store: &Store, json: bool) -> Result<i32> {
-    let out = crate::lifecycle::status::lines(store)?;
+pub fn status(
+    ctx: &Context,
+    filter: &crate::lifecycle::status::Filter,
+    format: crate::cli::StatusFormat,
+    json: bool,
+) -> Result<i32> {
+    let all = crate::lifecycle::status::lines(&ctx.store)?;
+    let known = !all.is_empty();
+    let out = filter.apply(all);
     if json {
-        print_json(&out)?;
+        print_json("status", &serde_json::json!({ "lines": out }))?;
+        return Ok(exit::OK);
+    }
+    if format == crate::cli::StatusFormat::Dkms {
+        // DKMS's arch is the target's `dkms_arch`; a target this machine has no profile
+        // for (a build imported from a tarball) shows under its own name.
+        for l in &out {
+            let target = l.target.as_deref().unwrap_or("");
+            let arch = ctx
+                .profiles
+                .target(target)
+                .map_or(target, |t| t.dkms_arch.as_str());
+            if let Some(line) = crate::lifecycle::status::dkms_line(l, arch) {
+                println!("{line}");
+            }
+        }
         return Ok(exit::OK);
     }
     if out.is_empty() {
-        println!("no modules registered (kmx add DIR registers one)");
+        match known {
+            true => println!("no module matches (kmx status without filters lists them all)"),
+            false => println!("no modules registered (kmx add DIR registers one)"),
+        }
         return Ok(exit::OK);
     }
     let rows: Vec<[String; 5]> = out
@@ -608,13 +619,13 @@ pub fn status(store: &Store, json: bool) -> Result<i32> {
             [
                 l.module.clone(),
                 l.version.clone(),
-                l.kernel.clone().unwrap_or_else(|| "-".into()),
                 l.target.clone().unwrap_or_else(|| "-".into()),
+                l.kernel.clone().unwrap_or_else(|| "-".into()),
                 st,
             ]
         })
         .collect();
-    let head = ["MODULE", "VERSION", "KERNEL", "TARGET", "STATUS"];
+    let head = ["MODULE", "VERSION", "TARGET", "KERNEL", "STATUS"];
     let w: Vec<usize> = (0..4)
         .map(|i| {
             rows.iter()
@@ -997,8 +1008,8 @@ pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> 
     }
     let n = names.len();
     eprintln!(
-        "wrote {n} Debian package{} into {}",
-        if n == 1 { "" } else { "s" },
+        "wrote {} into {}",
+        crate::matrix::report::count(n, "Debian package"),
         args.output.display()
     );
     Ok(exit::OK)
@@ -1014,6 +1025,10 @@ pub fn load_tarball(store: &Store, file: &Path, wait: bool) -> Result<i32> {
     for c in &cells {
         eprintln!("imported {}", c.key());
     }
-    eprintln!("loaded {} cells from {}", cells.len(), file.display());
+    eprintln!(
+        "loaded {} from {}",
+        crate::matrix::report::count(cells.len(), "cell"),
+        file.display()
+    );
     Ok(exit::OK)
 }

@@ -13,7 +13,8 @@ mod verify;
 
 use crate::cli::{Cli, Cmd, KernelsCmd, KeysCmd, ProvenanceCmd, ReportCmd};
 use crate::config::{Profiles, Sources, load::user_config_dir};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::state::store::valid_component;
 use crate::state::{Home, Store};
 
 /// What every command needs: the profiles and kmx's home.
@@ -87,7 +88,26 @@ fn run_in(cli: Cli) -> Result<i32> {
             no_depmod,
         } => lifecycle::remove_cmd(store, &module, all, no_depmod, wait),
         Cmd::Status { check: true, .. } => lifecycle::check(store),
-        Cmd::Status { json, .. } => lifecycle::status(store, json),
+        Cmd::Status {
+            module,
+            kernel,
+            target,
+            format,
+            json,
+            ..
+        } => {
+            let (module, version) = match module.as_deref().map(split_module).transpose()? {
+                Some((m, v)) => (Some(m), v),
+                None => (None, None),
+            };
+            let filter = crate::lifecycle::status::Filter {
+                module,
+                version,
+                kernel,
+                target,
+            };
+            lifecycle::status(&ctx, &filter, format, json)
+        }
         Cmd::Autoinstall(args) => lifecycle::autoinstall(&ctx, store, &args, wait),
         Cmd::Keys(KeysCmd::Generate {
             dir,
@@ -103,7 +123,7 @@ fn run_in(cli: Cli) -> Result<i32> {
         Cmd::Completions { shell } => docs::completions(shell),
         Cmd::Man { out } => docs::man(&out),
         Cmd::LoadTarball { file } => lifecycle::load_tarball(store, &file, wait),
-        Cmd::Build(args) => build::run(&ctx, &args),
+        Cmd::Build(args) => build::run(&ctx, &args, wait),
         Cmd::Cache(cmd) => build::cache(&ctx, &cmd),
         Cmd::Report(ReportCmd::Merge { reports, json }) => build::merge(&reports, json),
         Cmd::Provenance(ProvenanceCmd::Check {
@@ -130,13 +150,37 @@ fn run_in(cli: Cli) -> Result<i32> {
     }
 }
 
+/// `MODULE` or `MODULE/VERSION`.
+pub(crate) fn split_module(arg: &str) -> Result<(String, Option<String>)> {
+    let (m, v) = match arg.split_once('/') {
+        Some((m, v)) => (m, Some(v.to_string())),
+        None => (arg, None),
+    };
+    if !valid_component(m) || v.as_deref().is_some_and(|v| !valid_component(v)) {
+        return Err(Error::usage(format!(
+            "`{arg}` is not MODULE or MODULE/VERSION"
+        )));
+    }
+    Ok((m.to_string(), v))
+}
+
 /// Print JSON to stdout, buffered: stdout is line-buffered, and a report of thousands of
-/// modules has hundreds of thousands of lines.
-pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+/// modules has hundreds of thousands of lines. Every JSON output is an object whose
+/// `schema` names its format and version, `kmx.<schema>/1`, described by
+/// `docs/schemas/kmx.<schema>-1.json`; a change that breaks a reader bumps the version.
+pub(crate) fn print_json<T: serde::Serialize>(schema: &str, value: &T) -> Result<()> {
     use std::io::Write;
+    let mut value = serde_json::to_value(value)
+        .map_err(|e| crate::Error::env(format!("cannot write JSON output: {e}")))?;
+    let Some(fields) = value.as_object_mut() else {
+        return Err(crate::Error::env(format!(
+            "kmx bug: the JSON output {schema} is not an object"
+        )));
+    };
+    fields.insert("schema".into(), format!("kmx.{schema}/1").into());
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    serde_json::to_writer_pretty(&mut out, value)
+    serde_json::to_writer_pretty(&mut out, &value)
         .map_err(|e| crate::Error::env(format!("cannot write JSON output: {e}")))?;
     writeln!(out)
         .and_then(|_| out.flush())

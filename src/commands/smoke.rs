@@ -136,7 +136,7 @@ pub fn smoke(
     }
     let reports = smoke::run(&jobs, &opts, &stop);
     if json {
-        print_json(&reports)?;
+        print_json("smoke-report", &serde_json::json!({ "boots": reports }))?;
     } else {
         print_text(&reports);
     }

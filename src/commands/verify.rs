@@ -250,11 +250,14 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
                 }
             })
             .collect();
-        print_json(&JsonReport {
-            kernels,
-            modules: &reports,
-            totals: &totals,
-        })?;
+        print_json(
+            "verify-report",
+            &JsonReport {
+                kernels,
+                modules: &reports,
+                totals: &totals,
+            },
+        )?;
         eprintln!("{summary}");
     } else {
         print_text(&reports, args.verbose, trees.trees.is_empty());

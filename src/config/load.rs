@@ -56,6 +56,21 @@ const BUILTIN: &[(&str, &str)] = &[
     ),
 ];
 
+/// Where a user changes the profile read from `file`: that file, or, for a profile shipped
+/// with kmx (compiled in: a copy in a source checkout is never read), a file of the same
+/// name in the user's configuration directory or a `--config-dir`, which replaces it.
+pub fn where_to_change(file: &Path) -> String {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR"));
+    match file.strip_prefix(shipped) {
+        Ok(rel) if BUILTIN.iter().any(|(r, _)| Path::new(r) == rel) => format!(
+            "~/.config/kmx/{0} (or DIR/{0} with --config-dir DIR), which replaces the profile \
+             shipped with kmx",
+            rel.display()
+        ),
+        _ => file.display().to_string(),
+    }
+}
+
 /// The default target set: what `kmx build` builds when no `--target` is given and every
 /// one is usable.
 pub const DEFAULT_TARGETS: &[&str] = &["i386", "amd64", "arm64", "armhf", "rpi"];
@@ -306,6 +321,19 @@ mod tests {
             p.targets["rpi"].kernel_sources[1].label(),
             "debian bookworm-backports"
         );
+    }
+
+    #[test]
+    fn a_shipped_profile_is_changed_by_a_copy_in_the_config_dir_a_users_in_place() {
+        let profiles = Profiles::load(&Sources::standard(None, None)).unwrap();
+        let arm64 = profiles.target("arm64").unwrap();
+        assert_eq!(
+            where_to_change(&arm64.file),
+            "~/.config/kmx/targets/arm64.toml (or DIR/targets/arm64.toml with --config-dir \
+             DIR), which replaces the profile shipped with kmx"
+        );
+        let mine = Path::new("/home/me/.config/kmx/targets/arm64.toml");
+        assert_eq!(where_to_change(mine), mine.display().to_string());
     }
 
     #[test]

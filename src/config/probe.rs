@@ -41,7 +41,7 @@ impl Toolchain {
                 None => err.hint(format!(
                     "install a compiler for {} or set `cc` in {}",
                     self.triple,
-                    self.file.display()
+                    crate::config::load::where_to_change(&self.file)
                 )),
             }
         })?;

@@ -170,7 +170,7 @@ pub struct TreeHealth {
     pub release: Option<String>,
     pub vermagic: Option<String>,
     pub module_symvers: bool,
-    pub error: Option<String>,
+    pub error: Option<crate::error::Problem>,
 }
 
 /// Inspect a tree `target` points at and check that it can build for it: its host tools
@@ -205,7 +205,7 @@ pub fn tree_health(r: TreeRef, target: &crate::config::Target) -> (TreeHealth, O
                 release: None,
                 vermagic: None,
                 module_symvers: false,
-                error: Some(crate::error::render_inline(&e)),
+                error: Some((&e).into()),
             },
             None,
         ),

@@ -156,7 +156,7 @@ impl KernelTree {
     pub fn check_arch(&self, target: &crate::config::Target) -> Result<()> {
         let fix = format!(
             "list this tree under the profile of its architecture, or correct [kernels] paths in {}",
-            target.file.display()
+            crate::config::load::where_to_change(&target.file)
         );
         if self.arch != target.kernel_arch {
             return Err(Error::env(format!(

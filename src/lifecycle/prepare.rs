@@ -115,6 +115,17 @@ fn record_of(cell: &Cell, artifacts: &[crate::matrix::cell::Artifact], hash: &st
     }
 }
 
+/// Record a cell a run built (or reused) from a registered source whose copy has
+/// `source_hash`, as `install`, `tarball` and `status` find it.
+pub fn record_built(
+    store: &Store,
+    cell: &Cell,
+    artifacts: &[crate::matrix::cell::Artifact],
+    source_hash: &str,
+) -> Result<()> {
+    store.save_built(&record_of(cell, artifacts, source_hash))
+}
+
 pub fn cell_key(c: &Cell) -> CellKey {
     CellKey {
         module: c.spec.name.clone(),
@@ -221,7 +232,7 @@ pub fn prepare(
                         // A cell reused unchanged ("fresh") is as good as one built now.
                         if r.status.has_modules() {
                             let hash = hashes.get(&c.source).cloned().unwrap_or_default();
-                            if let Err(e) = store.save_built(&record_of(c, &r.artifacts, &hash)) {
+                            if let Err(e) = record_built(store, c, &r.artifacts, &hash) {
                                 failures.insert(orig, e);
                             }
                         } else if r.status == crate::matrix::cell::CellStatus::Interrupted {

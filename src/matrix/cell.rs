@@ -119,10 +119,12 @@ pub struct Artifact {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
-    /// Built now, or (`fresh`) unchanged since a stored build and reused without running make.
+    /// Built now, or (`fresh`) unchanged since a stored build and reused without running make:
+    /// left untouched in the output directory, or (`restored`) copied from the build cache.
     Built {
         artifacts: Vec<Artifact>,
         fresh: bool,
+        restored: bool,
         /// What went wrong without failing the cell (a PRE_BUILD that exited non-zero).
         warnings: Vec<String>,
     },
@@ -134,6 +136,8 @@ pub enum Outcome {
         message: String,
         errors: Vec<String>,
         exit_code: Option<i32>,
+        /// The cell's build tree, kept for a look at what failed.
+        build_dir: Option<PathBuf>,
     },
     /// Not attempted because a dependency did not build.
     DependencyFailed {
@@ -147,6 +151,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn status(&self) -> CellStatus {
         match self {
+            Outcome::Built { restored: true, .. } => CellStatus::Restored,
             Outcome::Built { fresh: true, .. } => CellStatus::Fresh,
             Outcome::Built { .. } => CellStatus::Built,
             Outcome::Skipped { .. } => CellStatus::Skipped,
@@ -164,8 +169,10 @@ impl Outcome {
 #[serde(rename_all = "snake_case")]
 pub enum CellStatus {
     Built,
-    /// Unchanged since a stored build: reused without running make.
+    /// Unchanged since a stored build: its output directory reused untouched.
     Fresh,
+    /// Unchanged since a stored build: copied from the build cache without running make.
+    Restored,
     Skipped,
     Failed,
     DependencyFailed,
@@ -180,6 +187,7 @@ impl CellStatus {
         match self {
             CellStatus::Built => "built",
             CellStatus::Fresh => "fresh",
+            CellStatus::Restored => "restored",
             CellStatus::Skipped => "skipped",
             CellStatus::Failed => "FAILED",
             CellStatus::DependencyFailed => "dep-failed",
@@ -189,7 +197,10 @@ impl CellStatus {
     }
     /// Built now or reused: the cell's modules are there.
     pub fn has_modules(self) -> bool {
-        matches!(self, CellStatus::Built | CellStatus::Fresh)
+        matches!(
+            self,
+            CellStatus::Built | CellStatus::Fresh | CellStatus::Restored
+        )
     }
     /// Failed itself or because a dependency did.
     pub fn is_failed(self) -> bool {
@@ -373,21 +384,26 @@ pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, Str
     let command = make_line(cell);
     let mut notes = Vec::new();
     if !env.opts.force {
-        let fresh = |(artifacts, warnings)| {
+        let fresh = |(artifacts, warnings), restored| {
             (
                 Outcome::Built {
                     artifacts,
                     fresh: true,
+                    restored,
                     warnings,
                 },
                 command.clone(),
             )
         };
         if let Some(found) = fresh_in_place(cell) {
-            return fresh(found);
+            if !env.opts.keep_build_dir {
+                // What a build stopped between its rename and its clean-up left.
+                let _ = std::fs::remove_dir_all(&cell.work_dir);
+            }
+            return fresh(found, false);
         }
         match env.opts.cache.as_ref().map(|c| restore(cell, c)) {
-            Some(Ok(artifacts)) => return fresh((artifacts, Vec::new())),
+            Some(Ok(artifacts)) => return fresh((artifacts, Vec::new()), true),
             Some(Err(Some(why))) => {
                 notes.push(format!("cache entry was damaged and is rebuilt: {why}"))
             }
@@ -395,17 +411,25 @@ pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, Str
         }
     }
     let outcome = match run_stages(cell, env, deps_symvers, &command, &notes) {
-        Ok((artifacts, warnings)) => Outcome::Built {
-            artifacts,
-            fresh: false,
-            warnings,
-        },
+        Ok((artifacts, warnings)) => {
+            if !env.opts.keep_build_dir {
+                // The modules are in place; the build tree is of no more use.
+                let _ = std::fs::remove_dir_all(&cell.work_dir);
+            }
+            Outcome::Built {
+                artifacts,
+                fresh: false,
+                restored: false,
+                warnings,
+            }
+        }
         Err(e) if e.interrupted => Outcome::Interrupted,
         Err(e) => Outcome::Failed {
             stage: e.stage.to_string(),
             message: e.message,
             errors: first_errors(&cell.log, &cell.build_dir(), 5),
             exit_code: e.exit_code,
+            build_dir: Some(cell.build_dir()).filter(|d| d.is_dir()),
         },
     };
     (outcome, command)
@@ -577,6 +601,12 @@ fn run_stages(
             others.add_module(&m.built_name, &module.exported);
         }
     }
+    // The finished cell is staged beside the build tree and renamed into place: the output
+    // directory holds the modules, Module.symvers, cell.json, provenance.json and make.log,
+    // never the build tree (which stays in the work directory).
+    let stage = cell.stage_dir();
+    let _ = std::fs::remove_dir_all(&stage);
+    mk(&stage)?;
     let mut artifacts = Vec::new();
     for (m, path) in &built {
         crate::verify::built::check(
@@ -587,7 +617,7 @@ fn run_stages(
             &others,
         )
         .map_err(|e| stage_err("check", e))?;
-        let dest = cell.work_dir.join(format!("{}.ko", m.built_name));
+        let dest = stage.join(format!("{}.ko", m.built_name));
         std::fs::copy(path, &dest)
             .map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
         artifacts.push(Artifact {
@@ -597,19 +627,14 @@ fn run_stages(
     }
     let symvers = cell.build_dir().join("Module.symvers");
     if symvers.is_file() {
-        let dest = cell.work_dir.join("Module.symvers");
+        let dest = stage.join("Module.symvers");
         std::fs::copy(&symvers, &dest)
             .map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
     }
     let build_secs = started.elapsed().as_secs_f64();
     let _ = writeln!(log, "# built in {build_secs:.1}s");
     drop(log);
-    let _ = std::fs::copy(&cell.log, cell.work_dir.join("make.log"));
-    // The dkms_tree links point into the work dir, which is about to move; the namespace's
-    // directories are of no use after the build.
-    for dir in ["dkms_tree", "src", "ns"] {
-        let _ = std::fs::remove_dir_all(cell.work_dir.join(dir));
-    }
+    let _ = std::fs::copy(&cell.log, stage.join("make.log"));
     let mut files: Vec<String> = cell
         .spec
         .modules
@@ -619,7 +644,7 @@ fn run_stages(
     files.extend(
         ["Module.symvers", "make.log"]
             .iter()
-            .filter(|f| cell.work_dir.join(f).is_file())
+            .filter(|f| stage.join(f).is_file())
             .map(|f| f.to_string()),
     );
     let record = CellRecord {
@@ -635,15 +660,14 @@ fn run_stages(
         if let Err(e) = cache.store(
             &cell.fingerprint,
             &cell.label(),
-            &cell.work_dir,
+            &stage,
             &record.files,
             build_secs,
         ) {
             let _ = append_log(&cell.log, &format!("# warning: not cached: {e}"));
         }
     }
-    crate::state::replace_dir(&cell.work_dir, &cell.out_dir)
-        .map_err(|e| stage_err("collect", e))?;
+    crate::state::replace_dir(&stage, &cell.out_dir).map_err(|e| stage_err("collect", e))?;
     Ok((artifacts, warnings))
 }
 
@@ -691,12 +715,12 @@ pub fn provenance(cell: &Cell, artifacts: &[Artifact]) -> Option<Provenance> {
     })
 }
 
-/// `cell.json` and `provenance.json` into a finished cell's work directory.
+/// `cell.json` and `provenance.json` into a finished cell's staging directory.
 fn write_record(cell: &Cell, record: &CellRecord) -> Result<()> {
+    let dir = &cell.stage_dir();
     if let Some(p) = provenance(cell, &record.artifacts) {
-        p.write(&cell.work_dir)?;
+        p.write(dir)?;
     }
-    let dir = &cell.work_dir;
     let json = serde_json::to_vec_pretty(record)
         .map_err(|e| Error::env(format!("cannot serialize cell.json: {e}")))?;
     crate::state::write_atomic(&dir.join("cell.json"), &json)
@@ -744,10 +768,11 @@ fn restore_entry(
     entry: &crate::state::cache::Entry,
     dir: &Path,
 ) -> Option<Vec<Artifact>> {
-    let _ = std::fs::remove_dir_all(&cell.work_dir);
-    std::fs::create_dir_all(&cell.work_dir).ok()?;
+    let stage = cell.stage_dir();
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage).ok()?;
     for f in &entry.files {
-        std::fs::copy(dir.join(&f.name), cell.work_dir.join(&f.name)).ok()?;
+        std::fs::copy(dir.join(&f.name), stage.join(&f.name)).ok()?;
     }
     let artifacts: Vec<Artifact> = entry
         .files
@@ -767,8 +792,10 @@ fn restore_entry(
     };
     write_record(cell, &record).ok()?;
     let _ = std::fs::create_dir_all(cell.log.parent()?);
-    let _ = std::fs::copy(cell.work_dir.join("make.log"), &cell.log);
-    crate::state::replace_dir(&cell.work_dir, &cell.out_dir).ok()?;
+    let _ = std::fs::copy(stage.join("make.log"), &cell.log);
+    crate::state::replace_dir(&stage, &cell.out_dir).ok()?;
+    // An earlier failed build's tree is of no more use.
+    let _ = std::fs::remove_dir_all(&cell.work_dir);
     Some(artifacts)
 }
 

@@ -40,6 +40,12 @@ pub struct Options {
     /// Build steps see the host writable and the network, as under DKMS
     /// (`--sandbox open`); otherwise they are confined ([`crate::sandbox::Policy::strict`]).
     pub open_sandbox: bool,
+    /// Keep each built cell's build tree in `<out>/.work` (`--keep-build-dir`); otherwise
+    /// only a failed cell's is kept.
+    pub keep_build_dir: bool,
+    /// Where the durations of earlier builds are kept, for the progress's estimate of the
+    /// time left ([`crate::state::durations`]); `None`: no estimate.
+    pub durations: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -52,6 +58,8 @@ impl Default for Options {
             cache: None,
             force: false,
             open_sandbox: false,
+            keep_build_dir: false,
+            durations: None,
         }
     }
 }
@@ -68,8 +76,9 @@ impl Options {
 /// Where a run reports its progress (the commands print it; tests may ignore it).
 pub trait Progress {
     /// The run starts: at most `jobs` cells at once, on the calling make's jobserver
-    /// (`inherited`) or on kmx's own with `jobs` slots.
-    fn begin(&mut self, plan: &Plan, jobs: usize, inherited: bool);
+    /// (`inherited`) or on kmx's own with `jobs` slots. `estimates`: per cell of the plan,
+    /// how long its last build took, where known.
+    fn begin(&mut self, plan: &Plan, jobs: usize, inherited: bool, estimates: &[Option<f64>]);
     fn event(&mut self, plan: &Plan, ev: &Event);
     fn end(&mut self);
 }
@@ -125,6 +134,8 @@ pub fn setup_targets(
     let explicit = !names.is_empty();
     let registry = Registry::load(home)?;
     let mut out = Vec::new();
+    // The releases of the targets that have trees, but none with a release of --kernel.
+    let mut other_releases: Vec<(String, Vec<String>)> = Vec::new();
     for target in profiles.select(names)? {
         let mut attempt = || -> Result<TargetSetup> {
             let toolchain = profiles.toolchain_of(target)?.clone();
@@ -136,16 +147,19 @@ pub fn setup_targets(
                     Err(e) => broken.push(e),
                 }
             }
+            let releases: Vec<String> = trees.iter().map(|t| t.release.clone()).collect();
             let trees = plan::filter_trees(trees, kernels);
             if trees.is_empty() {
                 let err = match broken.into_iter().next() {
                     Some(e) => e,
-                    None if !kernels.is_empty() => Error::env(format!(
-                        "target `{}` has no kernel tree with release {}",
-                        target.name,
-                        kernels.join(" or ")
-                    ))
-                    .hint("`kmx kernels list` shows the releases kmx knows"),
+                    None if !releases.is_empty() => {
+                        other_releases.push((target.name.clone(), releases.clone()));
+                        missing_release(
+                            kernels,
+                            &[(target.name.clone(), releases)],
+                            Some(&target.name),
+                        )
+                    }
                     None => Error::env(format!("target `{}` has no kernel tree", target.name))
                         .hint(target.no_tree_hint()),
                 };
@@ -170,6 +184,10 @@ pub fn setup_targets(
             )),
         }
     }
+    if out.is_empty() && !other_releases.is_empty() {
+        // Every target has trees, just not of the release asked for: say which exist.
+        return Err(missing_release(kernels, &other_releases, None));
+    }
     if out.is_empty() {
         return Err(Error::env(format!(
             "no usable target among {}",
@@ -178,6 +196,50 @@ pub fn setup_targets(
         .hint("`kmx doctor` says what each target lacks"));
     }
     Ok(out)
+}
+
+/// No tree has a release of `kernels` (`--kernel`): the error names the releases each
+/// target has, and the hint how to fetch Debian's trees of the release asked for.
+fn missing_release(
+    kernels: &[String],
+    have: &[(String, Vec<String>)],
+    target: Option<&str>,
+) -> Error {
+    let known: Vec<String> = have
+        .iter()
+        .flat_map(|(t, rs)| rs.iter().map(move |r| format!("{r} ({t})")))
+        .collect();
+    let whose = match target {
+        Some(t) => format!("target `{t}` has no kernel tree"),
+        None => "no target has a kernel tree".to_string(),
+    };
+    let abis: Vec<String> = kernels.iter().filter_map(|k| debian_abi(k)).collect();
+    let fetch = match (abis.first(), target) {
+        (Some(abi), Some(t)) => format!(
+            ", or fetch Debian's {abi} trees with `kmx kernels fetch --abi {abi} --target {t}`"
+        ),
+        (Some(abi), None) => {
+            format!(", or fetch Debian's {abi} trees with `kmx kernels fetch --abi {abi}`")
+        }
+        (None, _) => ", or list its tree under [kernels] paths in a target profile".into(),
+    };
+    Error::env(format!(
+        "{whose} with release {}; kmx has {}",
+        kernels.join(" or "),
+        known.join(", ")
+    ))
+    .hint(format!(
+        "build for one of those (`kmx kernels list` shows them){fetch}"
+    ))
+}
+
+/// The Debian kernel ABI of a Debian release (`6.1.0-51` of `6.1.0-51-arm64`), if it is one.
+fn debian_abi(release: &str) -> Option<String> {
+    let mut parts = release.splitn(3, '-');
+    let (version, abi, _flavour) = (parts.next()?, parts.next()?, parts.next()?);
+    let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    (version.split('.').count() == 3 && version.split('.').all(numeric) && numeric(abi))
+        .then(|| format!("{version}-{abi}"))
 }
 
 impl Dag for Plan {
@@ -238,13 +300,34 @@ pub fn execute(
             .collect();
         cell::run(c, &env, &deps_symvers)
     };
-    progress.begin(plan, jobs, jobserver.is_inherited());
+    let mut durations = opts
+        .durations
+        .as_deref()
+        .map(crate::state::durations::Durations::load);
+    let estimates: Vec<Option<f64>> = plan
+        .cells
+        .iter()
+        .map(|c| durations.as_ref().and_then(|d| d.get(&c.label())))
+        .collect();
+    progress.begin(plan, jobs, jobserver.is_inherited(), &estimates);
     let started = Instant::now();
     let results = scheduler::execute(plan, jobs, opts.fail_fast, stop, &run, &mut |ev| {
         progress.event(plan, ev)
     })?;
     progress.end();
+    // Every cell's build tree is gone unless one was kept: then so is the work directory.
+    let _ = std::fs::remove_dir(plan.out.join(".work"));
     let report = Report::new(plan, &results, started.elapsed().as_secs_f64());
+    if let Some(d) = &mut durations {
+        // Only cells that ran make: a reused cell's few milliseconds say nothing of a build.
+        for (c, r) in plan.cells.iter().zip(&results) {
+            if r.outcome.status() == crate::matrix::cell::CellStatus::Built {
+                d.set(&c.label(), r.duration.as_secs_f64());
+            }
+        }
+        // An estimate lost costs nothing but the estimate.
+        let _ = d.save();
+    }
     if let Some(cache) = &opts.cache {
         cache.trim();
     }
@@ -323,6 +406,7 @@ pub fn smoke(
                 cell.smoke = Some(CellSmoke {
                     status: target_report.status,
                     message: target_report.message.clone(),
+                    hint: target_report.hint.clone(),
                     console_log: target_report.console_log.clone(),
                     modules,
                 });

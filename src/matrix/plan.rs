@@ -80,7 +80,8 @@ pub struct Cell {
     pub action: Action,
     /// Indexes of the cells (same target and kernel) this one needs built first.
     pub deps: Vec<usize>,
-    /// Where the cell works while building (replaced on every run).
+    /// Where the cell works while building, `<out>/.work/<slot>` (replaced on every run;
+    /// removed after a successful build unless `--keep-build-dir`, kept after a failure).
     pub work_dir: PathBuf,
     /// Where the finished cell lives: `<out>/<module>/<version>/<release>/<target>`.
     pub out_dir: PathBuf,
@@ -111,6 +112,10 @@ impl Cell {
     /// The build directory on the host.
     pub fn build_dir(&self) -> PathBuf {
         self.work_dir.join("build")
+    }
+    /// Where the finished cell is put together before it is renamed to [`Cell::out_dir`].
+    pub fn stage_dir(&self) -> PathBuf {
+        self.work_dir.join("cell")
     }
     /// The build directory as the cell's steps see it: DKMS's
     /// `/var/lib/dkms/<name>/<version>/build` in the cell's namespace.

@@ -10,6 +10,14 @@ use crate::matrix::cell::{CellStatus, Outcome};
 use crate::matrix::plan::Plan;
 use crate::matrix::scheduler::CellResult;
 
+/// `1 cell`, `2 cells`: a count with its noun (nouns whose plural takes an s).
+pub fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 /// One cell in the machine-readable report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CellReport {
@@ -32,6 +40,9 @@ pub struct CellReport {
     pub command: String,
     pub log: PathBuf,
     pub out_dir: PathBuf,
+    /// A failed cell's build tree, kept for a look at what failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_dir: Option<PathBuf>,
     #[serde(default)]
     pub artifacts: Vec<crate::matrix::cell::Artifact>,
     /// What went wrong without failing the cell (e.g. a PRE_BUILD that exited non-zero).
@@ -51,6 +62,9 @@ pub struct CellSmoke {
     /// How the boot went, for the whole (target, kernel).
     pub status: crate::smoke::Status,
     pub message: Option<String>,
+    /// What to do when the kernel could not be booted (`kmx kernels fetch --with-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
     pub console_log: Option<PathBuf>,
     /// This cell's modules only.
     pub modules: Vec<crate::smoke::ModuleReport>,
@@ -59,9 +73,12 @@ pub struct CellSmoke {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Totals {
     pub built: usize,
-    /// Unchanged since a stored build: reused without running make.
+    /// Unchanged since a stored build: its output directory reused untouched.
     #[serde(default)]
     pub fresh: usize,
+    /// Unchanged since a stored build: copied from the build cache.
+    #[serde(default)]
+    pub restored: usize,
     pub skipped: usize,
     pub failed: usize,
     pub interrupted: usize,
@@ -70,8 +87,18 @@ pub struct Totals {
     pub cancelled: usize,
 }
 
+/// The format of a build report (`report.json`, `kmx build --json`), with its version.
+pub const SCHEMA: &str = "kmx.build-report/1";
+
+fn schema() -> String {
+    SCHEMA.to_string()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// [`SCHEMA`]; reports written before it existed have none, and are read as this one.
+    #[serde(default = "schema")]
+    pub schema: String,
     pub cells: Vec<CellReport>,
     pub totals: Totals,
     pub wall_secs: f64,
@@ -114,6 +141,7 @@ impl Report {
                     command: r.command.clone(),
                     log: c.log.clone(),
                     out_dir: c.out_dir.clone(),
+                    build_dir: None,
                     artifacts: Vec::new(),
                     warnings: Vec::new(),
                     smoke: None,
@@ -123,9 +151,12 @@ impl Report {
                     Outcome::Built {
                         artifacts,
                         fresh,
+                        restored,
                         warnings,
                     } => {
-                        if *fresh {
+                        if *restored {
+                            totals.restored += 1;
+                        } else if *fresh {
                             totals.fresh += 1;
                         } else {
                             totals.built += 1;
@@ -143,8 +174,10 @@ impl Report {
                         message,
                         errors,
                         exit_code,
+                        build_dir,
                     } => {
                         totals.failed += 1;
+                        rep.build_dir = build_dir.clone();
                         rep.stage = Some(stage.clone());
                         rep.reason = Some(message.clone());
                         rep.errors = errors.clone();
@@ -167,6 +200,7 @@ impl Report {
             })
             .collect();
         Report {
+            schema: schema(),
             cells,
             totals,
             wall_secs: (wall_secs * 1000.0).round() / 1000.0,
@@ -247,16 +281,22 @@ impl Report {
                 out.push_str(&format!("\n    {e}"));
             }
             out.push_str(&format!("\n    log: {}", c.log.display()));
+            if let Some(dir) = &c.build_dir {
+                out.push_str(&format!("\n    build directory kept: {}", dir.display()));
+            }
         }
         for c in &self.cells {
             let Some(smoke) = &c.smoke else { continue };
             let label = c.label();
             if smoke.status != crate::smoke::Status::Booted || smoke.modules.is_empty() {
                 out.push_str(&format!(
-                    "\nsmoke {label}: {} {}",
+                    "\nsmoke {label}: {}: {}",
                     smoke.status.word(),
                     smoke.message.as_deref().unwrap_or("")
                 ));
+                if let Some(hint) = &smoke.hint {
+                    out.push_str(&format!("\n    hint: {hint}"));
+                }
             }
             for m in &smoke.modules {
                 let msg = m
@@ -281,16 +321,19 @@ impl Report {
             out.push('\n');
         }
         let t = &self.totals;
+        // With --smoke, "0 failed" alone would read as all good while no kernel booted.
+        let smoke = self.smoke_tally();
         out.push_str(&format!(
-            "\n{} built, {}{} skipped, {} failed{} in {:.1}s\n",
+            "\n{} built, {}{} skipped, {} failed{}{} in {:.1}s\n",
             t.built,
-            if t.fresh > 0 {
-                format!("{} fresh, ", t.fresh)
-            } else {
-                String::new()
-            },
+            [(t.restored, "restored"), (t.fresh, "fresh")]
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, what)| format!("{n} {what}, "))
+                .collect::<String>(),
             t.skipped,
             t.failed,
+            if smoke.is_some() { " to build" } else { "" },
             [(t.cancelled, "cancelled"), (t.interrupted, "interrupted")]
                 .iter()
                 .filter(|(n, _)| *n > 0)
@@ -298,7 +341,55 @@ impl Report {
                 .collect::<String>(),
             self.wall_secs
         ));
+        if let Some(tally) = smoke {
+            out.push_str(&tally);
+        }
         out
+    }
+
+    /// With `--smoke`: the modules loaded, refused, crashed and not loaded because their
+    /// kernel could not be booted, so a summary never reads as all good when it was not.
+    fn smoke_tally(&self) -> Option<String> {
+        use crate::smoke::{Outcome, Status};
+        let smoked: Vec<&CellSmoke> = self.cells.iter().filter_map(|c| c.smoke.as_ref()).collect();
+        if smoked.is_empty() {
+            return None;
+        }
+        let modules = |o: Outcome| {
+            smoked
+                .iter()
+                .flat_map(|s| &s.modules)
+                .filter(|m| m.outcome == o)
+                .count()
+        };
+        // A cell whose kernel was not booted may list no module at all: count its modules.
+        let unbooted: usize = self
+            .cells
+            .iter()
+            .filter_map(|c| c.smoke.as_ref().map(|s| (c, s)))
+            .filter(|(_, s)| {
+                !matches!(s.status, Status::Booted | Status::NotConfigured) && s.modules.is_empty()
+            })
+            .map(|(c, _)| c.artifacts.len())
+            .sum();
+        let not_configured = smoked
+            .iter()
+            .filter(|s| s.status == Status::NotConfigured)
+            .count();
+        let mut line = format!(
+            "smoke: {} loaded, {} refused, {} crashed, {} not loaded (kernel not booted)",
+            modules(Outcome::Loaded),
+            modules(Outcome::Refused),
+            modules(Outcome::Crashed),
+            modules(Outcome::NotRun) + unbooted,
+        );
+        if not_configured > 0 {
+            line.push_str(&format!(
+                ", {} without a [boot] table",
+                count(not_configured, "cell")
+            ));
+        }
+        Some(line + "\n")
     }
 }
 
@@ -313,10 +404,21 @@ impl Report {
     /// Read a report written by `kmx build`.
     pub fn load(path: &std::path::Path) -> crate::Result<Report> {
         let bytes = std::fs::read(path).map_err(|e| crate::Error::io("read", path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| {
+        let report: Report = serde_json::from_slice(&bytes).map_err(|e| {
             crate::Error::config(path, format!("not a kmx build report: {e}"))
                 .hint("pass the report.json files that `kmx build --shard I/N` wrote")
-        })
+        })?;
+        if report.schema != SCHEMA {
+            return Err(crate::Error::config(
+                path,
+                format!(
+                    "a build report of format {}; this kmx reads {SCHEMA}",
+                    report.schema
+                ),
+            )
+            .hint("merge reports written by the same version of kmx"));
+        }
+        Ok(report)
     }
 
     /// One report from the reports of all shards of a plan: cells in plan order, totals
@@ -332,9 +434,9 @@ impl Report {
         for (path, r) in parts {
             if r.plan_cells != total {
                 return Err(crate::Error::usage(format!(
-                    "{} is from a plan of {} cells, the first report's has {total}",
+                    "{} is from a plan of {}, the first report's has {total}",
                     path.display(),
-                    r.plan_cells
+                    count(r.plan_cells, "cell")
                 ))
                 .hint("merge the reports of one build only"));
             }
@@ -352,9 +454,10 @@ impl Report {
                     }
                     None => {
                         return Err(crate::Error::usage(format!(
-                            "{}: cell index {} is outside the plan of {total} cells",
+                            "{}: cell index {} is outside the plan of {}",
                             path.display(),
-                            c.index
+                            c.index,
+                            count(total, "cell")
                         )));
                     }
                 }
@@ -380,6 +483,7 @@ impl Report {
             match c.status {
                 CellStatus::Built => totals.built += 1,
                 CellStatus::Fresh => totals.fresh += 1,
+                CellStatus::Restored => totals.restored += 1,
                 CellStatus::Skipped => totals.skipped += 1,
                 CellStatus::Interrupted => totals.interrupted += 1,
                 CellStatus::Cancelled => totals.cancelled += 1,
@@ -388,11 +492,22 @@ impl Report {
         }
         let wall_secs = parts.iter().map(|(_, r)| r.wall_secs).fold(0.0, f64::max);
         Ok(Report {
+            schema: schema(),
             cells,
             totals,
             wall_secs,
             plan_cells: total,
             shard: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_cell_is_not_one_cells() {
+        assert_eq!(super::count(1, "cell"), "1 cell");
+        assert_eq!(super::count(0, "cell"), "0 cells");
+        assert_eq!(super::count(4, "file"), "4 files");
     }
 }

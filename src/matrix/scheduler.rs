@@ -243,6 +243,7 @@ pub fn execute(
                             message: format!("kmx bug: the cell's worker panicked: {what}"),
                             errors: Vec::new(),
                             exit_code: None,
+                            build_dir: None,
                         };
                         (outcome, String::new())
                     });
@@ -331,6 +332,7 @@ mod tests {
         let outcome = Outcome::Built {
             artifacts: Vec::new(),
             fresh: false,
+            restored: false,
             warnings: Vec::new(),
         };
         (outcome, "make".into())
@@ -342,6 +344,7 @@ mod tests {
             message: "make failed".into(),
             errors: Vec::new(),
             exit_code: Some(2),
+            build_dir: None,
         };
         (outcome, "make".into())
     }

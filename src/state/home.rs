@@ -44,6 +44,10 @@ impl Home {
     pub fn apt(&self) -> PathBuf {
         self.root.join("apt")
     }
+    /// How long each cell took when last built ([`crate::state::durations`]).
+    pub fn durations(&self) -> PathBuf {
+        self.root.join("cache").join("durations.json")
+    }
     /// The build cache of finished cells.
     pub fn cell_cache(&self) -> PathBuf {
         self.root.join("cache").join("cells")

@@ -3,6 +3,7 @@
 //! ([`home::write_atomic`]).
 
 pub mod cache;
+pub mod durations;
 pub mod home;
 pub mod store;
 pub mod tmp;

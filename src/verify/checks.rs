@@ -895,7 +895,7 @@ pub fn signature(module: &Module, kernel: Option<Kernel>, opts: Options) -> Chec
             Check::new(
                 kind,
                 Status::Warn,
-                "unsigned: the kernel (CONFIG_MODULE_SIG) loads it tainted, and refuses it under module.sig_enforce=1 or Secure Boot",
+                "unsigned: the kernel (CONFIG_MODULE_SIG) loads it tainted, and refuses it under module.sig_enforce=1 or Secure Boot; sign it with a key the kernel trusts (`kmx keys generate` makes one; `kmx install` signs with it)",
             )
         };
     };

@@ -19,7 +19,7 @@ fn example_builds_for_the_four_targets_with_each_trees_vermagic() {
     assert_eq!(report["totals"]["built"], 4, "{report}");
     let trees = k.run(&["kernels", "list", "--json"]).ok().json();
     for target in TARGETS {
-        let tree = trees
+        let tree = trees["trees"]
             .as_array()
             .unwrap()
             .iter()
@@ -277,9 +277,20 @@ fn a_target_that_fails_to_compile_does_not_stop_the_others() {
                 !Path::new(c["out_dir"].as_str().unwrap()).exists(),
                 "a failed cell leaves no artifact dir"
             );
+            // Its build tree is kept, outside the artifact directory, and named.
+            let kept = c["build_dir"].as_str().expect("build_dir of a failed cell");
+            assert!(Path::new(kept).join("noexclusive.c").is_file(), "{kept}");
+            assert!(kept.contains("/kmx-out/.work/"), "{kept}");
+            assert!(
+                run.stderr()
+                    .contains(&format!("build directory kept: {kept}")),
+                "{}",
+                run.stderr()
+            );
         } else {
             assert_eq!(c["status"], "built");
             assert!(Path::new(c["artifacts"][0]["file"].as_str().unwrap()).is_file());
+            assert!(c.get("build_dir").is_none(), "{c}");
         }
     }
     let err = run.stderr();
@@ -290,6 +301,63 @@ fn a_target_that_fails_to_compile_does_not_stop_the_others() {
     assert!(
         err.contains("asm/msr.h: No such file or directory"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_source_that_is_neither_a_directory_nor_registered_is_a_usage_error() {
+    let k = Kmx::empty();
+    for arg in ["/nonexistent", "nope", "nope/1.0"] {
+        let run = k.run(&["build", arg]).expect(2);
+        assert_eq!(
+            run.stderr(),
+            format!(
+                "error: `{arg}` is neither a module source directory nor a registered module\n  \
+                 hint: give a directory holding a dkms.conf or kmx.toml, or NAME[/VERSION] of a \
+                 module registered with `kmx add DIR` (`kmx status` lists them)\n"
+            )
+        );
+    }
+}
+
+#[test]
+fn a_kernel_release_not_fetched_names_the_releases_there_are_and_how_to_fetch_it() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let hello = repo().join("examples/hello").display().to_string();
+    let run = k.run(&["build", &hello, "-k", "6.1.0-51-arm64"]).expect(3);
+    assert_eq!(
+        run.stderr(),
+        "error: no target has a kernel tree with release 6.1.0-51-arm64; kmx has \
+         6.1.0-50-686-pae (i386), 6.1.0-50-amd64 (amd64), 6.1.0-50-arm64 (arm64), \
+         6.1.0-50-armmp (armhf)\n  hint: build for one of those (`kmx kernels list` shows \
+         them), or fetch Debian's 6.1.0-51 trees with `kmx kernels fetch --abi 6.1.0-51`\n"
+    );
+    let run = k
+        .run(&["build", &hello, "-k", "6.1.0-51-arm64", "-t", "arm64"])
+        .expect(3);
+    assert!(
+        run.stderr().starts_with(
+            "error: target `arm64` has no kernel tree with release 6.1.0-51-arm64; kmx has \
+             6.1.0-50-arm64 (arm64)\n"
+        ) && run
+            .stderr()
+            .contains("`kmx kernels fetch --abi 6.1.0-51 --target arm64`"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn a_target_without_trees_hints_at_a_profile_in_the_config_dir_not_the_checkout() {
+    let k = Kmx::empty();
+    let hello = repo().join("examples/hello").display().to_string();
+    let run = k.run(&["build", &hello, "-t", "arm64"]).expect(3);
+    assert_eq!(
+        run.stderr(),
+        "error: target `arm64` has no kernel tree\n  hint: run `kmx kernels fetch --target \
+         arm64`, or list trees under [kernels] paths in ~/.config/kmx/targets/arm64.toml (or \
+         DIR/targets/arm64.toml with --config-dir DIR), which replaces the profile shipped \
+         with kmx\n"
     );
 }
 
@@ -552,7 +620,7 @@ fn dkms_shaped_packages_build_for_four_targets_in_one_run_without_touching_the_h
     assert_eq!(report["totals"]["built"], 4 * packages.len(), "{report}");
     let trees = k.run(&["kernels", "list", "--json"]).ok().json();
     for c in report["cells"].as_array().unwrap() {
-        let tree = trees
+        let tree = trees["trees"]
             .as_array()
             .unwrap()
             .iter()
@@ -943,7 +1011,7 @@ fn dkms_conf_runs_sandboxed_when_planning_and_in_a_dry_run() {
         assert!(!made.exists(), "{args:?}: dkms.conf wrote a host file");
         assert!(keep.is_file(), "{args:?}: dkms.conf deleted a host file");
         let trees = k.run(&["kernels", "list", "--json"]).ok().json();
-        for t in trees.as_array().unwrap() {
+        for t in trees["trees"].as_array().unwrap() {
             let kdir = Path::new(t["kdir"].as_str().unwrap());
             assert!(
                 !kdir.join("made-by-dkms-conf").exists(),
@@ -1190,4 +1258,58 @@ fn the_sandbox_contains_an_unprivileged_users_build_too() {
     ] {
         assert!(log.contains(said), "{said}: {log}");
     }
+}
+
+/// What kmx writes (stdout and stderr together) when run on a terminal (a pseudo-terminal
+/// made by util-linux `script`) with `TERM=term`.
+fn on_a_terminal(k: &Kmx, term: &str, args: &[&str]) -> String {
+    let probe = k.command(args);
+    let mut line = vec![probe.get_program().to_string_lossy().into_owned()];
+    line.extend(args.iter().map(|a| format!("'{a}'")));
+    let cmd = k.command(&[]);
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .current_dir(k.dir())
+        .env("TERM", term)
+        .stdin(std::process::Stdio::null());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => script.env(key, v),
+            None => script.env_remove(key),
+        };
+    }
+    let out = script.output().expect("util-linux script runs");
+    String::from_utf8_lossy(&out.stdout).replace('\r', "\n")
+}
+
+#[test]
+fn on_a_terminal_a_bar_estimates_the_time_left_from_earlier_runs_and_term_dumb_gets_lines() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let hello = repo().join("examples/hello").display().to_string();
+    let args = ["build", hello.as_str(), "-t", "arm64,armhf", "--force"];
+    // The first run knows no durations: a bar, no estimate, every cell's line.
+    let first = on_a_terminal(&k, "xterm", &args);
+    assert!(first.contains("[0/2] ["), "{first}");
+    assert!(!first.contains("ETA"), "{first}");
+    assert!(
+        first.contains("] built       hello 1.0 arm64 6.1.0-50-arm64 ("),
+        "{first}"
+    );
+    // The second estimates from the first.
+    let second = on_a_terminal(&k, "xterm", &args);
+    assert!(second.contains(" ETA "), "{second}");
+    // TERM=dumb on a terminal: no bar, and the plain per-cell lines are all there.
+    let dumb = on_a_terminal(&k, "dumb", &args);
+    assert!(!dumb.contains("ETA") && !dumb.contains("[0/2]"), "{dumb}");
+    for target in ["arm64 6.1.0-50-arm64", "armhf 6.1.0-50-armmp"] {
+        assert!(
+            dumb.contains(&format!("built       hello 1.0 {target} (")),
+            "{dumb}"
+        );
+    }
+    assert!(
+        dumb.starts_with("Building 2 cells (0 skipped by rules) with "),
+        "{dumb}"
+    );
 }

@@ -60,7 +60,8 @@ fn a_noop_rebuild_reports_every_cell_fresh_without_running_make() {
         .run(&["build", &hello, "--out", "elsewhere", "--json"])
         .ok()
         .json();
-    assert_eq!(other["totals"]["fresh"], 4, "{other}");
+    assert_eq!(other["totals"]["restored"], 4, "{other}");
+    assert_eq!(other["totals"]["fresh"], 0, "{other}");
     assert!(
         k.dir()
             .join("elsewhere/hello/1.0/6.1.0-50-amd64/amd64/hello.ko")
@@ -167,7 +168,81 @@ fn a_corrupted_cache_entry_is_rebuilt_not_reused() {
         "6.1.0-50-arm64 SMP mod_unload modversions aarch64"
     );
     std::fs::remove_dir_all(k.dir().join("kmx-out")).unwrap();
-    assert_eq!(k.run(&args).ok().json()["totals"]["fresh"], 1);
+    assert_eq!(k.run(&args).ok().json()["totals"]["restored"], 1);
+}
+
+/// The names in a directory, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn built_restored_and_fresh_cells_hold_the_same_files_and_are_told_apart() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let hello = repo().join("examples/hello").display().to_string();
+    let args = |out: &'static str| ["build", hello.as_str(), "-t", "arm64", "--out", out];
+    let cell = |out: &str| k.dir().join(out).join("hello/1.0/6.1.0-50-arm64/arm64");
+    let expected = [
+        "Module.symvers",
+        "cell.json",
+        "hello.ko",
+        "make.log",
+        "provenance.json",
+    ];
+    // Built: the artifact directory holds the cell's files only, and no build tree is
+    // left anywhere in OUT.
+    let built = k.run(&args("a")).ok();
+    assert!(
+        built.stderr().contains("1 built, 0 skipped"),
+        "{}",
+        built.stderr()
+    );
+    assert_eq!(listing(&cell("a")), expected);
+    assert!(!k.dir().join("a/.work").exists());
+    // Restored from the cache into another directory: the same files, said `restored`.
+    let restored = k.run(&args("b")).ok();
+    assert_eq!(listing(&cell("b")), expected);
+    let err = restored.stderr();
+    assert!(err.contains("0 built, 1 restored, 0 skipped"), "{err}");
+    assert!(err.contains(" restored "), "{err}");
+    // Untouched: `fresh`.
+    let fresh = k.run(&args("b")).ok();
+    assert!(
+        fresh.stderr().contains("0 built, 1 fresh, 0 skipped"),
+        "{}",
+        fresh.stderr()
+    );
+    // One entry: "1 cell", not "1 cells".
+    let stats = k.run(&["cache", "stats"]).ok().stdout();
+    assert!(stats.starts_with("1 cell, "), "{stats}");
+    // verify counts the module once.
+    let verified = k.run(&["verify", "b", "--target", "arm64"]).ok();
+    assert!(
+        verified
+            .stdout()
+            .contains("1 module checked against 6.1.0-50-arm64: 0 passed, 1 warned"),
+        "{}",
+        verified.stdout()
+    );
+    // --keep-build-dir keeps the build tree, outside the artifact directory.
+    let mut keep = args("c").to_vec();
+    keep.extend(["--force", "--keep-build-dir"]);
+    k.run(&keep).ok();
+    assert_eq!(listing(&cell("c")), expected);
+    let work = k.dir().join("c/.work");
+    let kept: Vec<PathBuf> = std::fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("build/hello.ko"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].is_file(), "{kept:?}");
 }
 
 #[test]

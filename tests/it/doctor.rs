@@ -9,7 +9,8 @@ fn doctor_finds_four_usable_targets_whose_vermagic_matches_real_modules() {
     let four = "i386,amd64,arm64,armhf";
     let run = k.run(&["doctor", "--json", "-t", four]).ok();
     let report = run.json();
-    let targets = report.as_array().unwrap();
+    assert_eq!(report["schema"], "kmx.doctor/1");
+    let targets = report["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 4);
     for t in targets {
         let name = t["target"].as_str().unwrap();
@@ -310,4 +311,21 @@ fn a_missing_config_dir_is_a_usage_error_naming_it() {
         "{}",
         run.stderr()
     );
+}
+
+#[test]
+fn kernels_list_puts_target_before_kernel_and_lines_up_every_column() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let text = k.run(&["kernels", "list"]).ok().stdout();
+    let head = text.lines().next().unwrap();
+    assert!(head.starts_with("TARGET  KERNEL  "), "{text}");
+    let (magic, symvers) = (
+        head.find("VERMAGIC").unwrap(),
+        head.find("SYMVERS").unwrap(),
+    );
+    assert_eq!(text.lines().count(), 5, "{text}");
+    for line in text.lines().skip(1) {
+        assert_eq!(&line[magic..magic + 1], "\"", "{text}");
+        assert_eq!(&line[symvers - 2..symvers + 3], "  yes", "{text}");
+    }
 }

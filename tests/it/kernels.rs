@@ -15,7 +15,7 @@ fn the_example_builds_for_every_target_and_kernel_version_with_each_trees_vermag
         return;
     };
     let trees = k.run(&["kernels", "list", "--json"]).ok().json();
-    let trees = trees.as_array().unwrap();
+    let trees = trees["trees"].as_array().unwrap();
     let default = ["i386", "amd64", "arm64", "armhf", "rpi"];
     let wanted: Vec<(&str, &str, &str)> = trees
         .iter()
@@ -132,7 +132,7 @@ fn an_apt_archive_source_is_fetched_listed_moved_pruned_and_removed() {
         .run(&["--config-dir", conf, "kernels", "list", "--json"])
         .ok()
         .json();
-    let list = list.as_array().unwrap();
+    let list = list["trees"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{list:?}\n{}", fetched.stderr());
     for t in list {
         assert_eq!(t["source"], "vendor bookworm", "{t}");
@@ -164,7 +164,7 @@ fn an_apt_archive_source_is_fetched_listed_moved_pruned_and_removed() {
         .run(&["--config-dir", conf, "kernels", "list", "--json"])
         .ok()
         .json();
-    for t in list.as_array().unwrap() {
+    for t in list["trees"].as_array().unwrap() {
         assert!(t["error"].is_null(), "{t}");
         assert!(
             Path::new(t["kdir"].as_str().unwrap()).starts_with(&moved),

@@ -17,7 +17,8 @@ fn modules_dep(root: &Path, release: &str) -> String {
 /// The one status line (JSON) for module/kernel/target.
 fn status_of(k: &Kmx, module: &str, kernel: &str, target: &str) -> serde_json::Value {
     let all = k.run(&["status", "--json"]).ok().json();
-    all.as_array()
+    all["lines"]
+        .as_array()
         .unwrap()
         .iter()
         .find(|l| l["module"] == module && l["kernel"] == kernel && l["target"] == target)
@@ -53,6 +54,84 @@ fn wait_for_stderr(child: &mut Child, what: &str) -> Vec<String> {
         "no `{what}` on stderr within 120 s; saw:\n{}",
         seen.join("\n")
     );
+}
+
+#[test]
+fn build_name_version_builds_a_registered_module_for_the_matrix_and_status_filters() {
+    let Some(k) = Kmx::with_trees() else { return };
+    // Not at ./hello: a directory of that name would be built as a source directory.
+    let src = hello_source(&k.dir().join("src"), "hello", "");
+    k.run(&["add", src.to_str().unwrap()]).ok();
+    assert_eq!(
+        k.run(&["status", "--format", "dkms"]).ok().stdout(),
+        "hello/1.0: added\n"
+    );
+    // Like `dkms build`: the whole matrix, into the store.
+    let report = k.run(&["build", "hello/1.0", "--json"]).ok().json();
+    assert_eq!(report["totals"]["built"], 4, "{report}");
+    assert!(
+        report["cells"][0]["out_dir"]
+            .as_str()
+            .unwrap()
+            .starts_with(k.home.join("state/built").to_str().unwrap()),
+        "{report}"
+    );
+    let (i386, _, _) = k.tree_of("i386");
+    let (amd64, _, _) = k.tree_of("amd64");
+    let (arm64, _, _) = k.tree_of("arm64");
+    let (armhf, _, _) = k.tree_of("armhf");
+    assert_eq!(
+        k.run(&["status", "--format", "dkms"]).ok().stdout(),
+        format!(
+            "hello/1.0, {amd64}, x86_64: built\nhello/1.0, {arm64}, aarch64: built\n\
+             hello/1.0, {armhf}, armv7l: built\nhello/1.0, {i386}, i686: built\n"
+        )
+    );
+    // Filters: module, target, kernel; TARGET before KERNEL as in `kmx build`.
+    let table = k.run(&["status", "hello", "-t", "arm64"]).ok().stdout();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["MODULE", "VERSION", "TARGET", "KERNEL", "STATUS"],
+            vec!["hello", "1.0", "arm64", arm64.as_str(), "built"]
+        ]
+    );
+    assert_eq!(
+        k.run(&["status", "hello/1.0", "-k", &amd64, "--format", "dkms"])
+            .ok()
+            .stdout(),
+        format!("hello/1.0, {amd64}, x86_64: built\n")
+    );
+    // A kernel with nothing built: the module is only added there, as DKMS says.
+    assert_eq!(
+        k.run(&["status", "-k", "9.9.9", "--format", "dkms"])
+            .ok()
+            .stdout(),
+        "hello/1.0: added\n"
+    );
+    assert_eq!(
+        k.run(&["status", "other", "--json"]).ok().json(),
+        serde_json::json!({ "schema": "kmx.status/1", "lines": [] })
+    );
+    // The whole matrix is in the store: tarball exports four cells, install builds nothing.
+    let tar = k.run(&["tarball", "-o", "all.tar"]).ok();
+    assert!(tar.stderr().contains("4 cells"), "{}", tar.stderr());
+    let again = k.run(&["build", "hello", "--json"]).ok().json();
+    assert_eq!(again["totals"]["fresh"], 4, "{again}");
+    // Registered modules go to the store: --out is refused, and so is a mix.
+    let out = k.run(&["build", "hello", "--out", "x"]).expect(2);
+    assert!(out.stderr().contains("not into --out"), "{}", out.stderr());
+    let mixed = k.run(&["build", "hello", src.to_str().unwrap()]).expect(2);
+    assert!(
+        mixed.stderr().contains("cannot be built in one run"),
+        "{}",
+        mixed.stderr()
+    );
+    assert_eq!(k.run(&["status", "--check"]).ok().code(), 0);
 }
 
 #[test]
@@ -106,6 +185,14 @@ fn add_install_into_an_image_root_for_arm64_and_armhf_status_stale_and_uninstall
         );
     }
     assert!(!in_tree.exists(), "the in-tree module must be moved aside");
+    // DKMS's own line shape, with DKMS's arch names and its original_module note.
+    assert_eq!(
+        k.run(&["status", "--format", "dkms"]).ok().stdout(),
+        format!(
+            "hello/1.0, {arm64}, aarch64: installed\n\
+             hello/1.0, {armhf}, armv7l: installed (original_module exists)\n"
+        )
+    );
     let text = k.run(&["status"]).ok().stdout();
     assert_eq!(text.lines().count(), 3, "{text}");
     assert!(
@@ -190,7 +277,7 @@ fn add_install_into_an_image_root_for_arm64_and_armhf_status_stale_and_uninstall
             .exists()
     );
     assert_eq!(
-        k.run(&["status", "--json"]).ok().json(),
+        k.run(&["status", "--json"]).ok().json()["lines"],
         serde_json::json!([])
     );
 }
@@ -276,7 +363,7 @@ fn xz_and_signing_from_the_tree_config_and_autoinstall_for_a_second_kernel_of_on
     let line = status_of(&k, "hello", release, "arm64");
     assert_eq!(line["state"], "installed");
     let all = k.run(&["status", "--json"]).ok().json();
-    let broken = all
+    let broken = all["lines"]
         .as_array()
         .unwrap()
         .iter()
@@ -504,7 +591,8 @@ fn destinations_escaping_the_root_are_refused() {
     );
     let all = k.run(&["status", "--json"]).ok().json();
     assert!(
-        all.as_array()
+        all["lines"]
+            .as_array()
             .unwrap()
             .iter()
             .all(|l| l["installed"].as_array().unwrap().is_empty()),
@@ -736,18 +824,7 @@ fn a_deleted_image_root_is_forgotten_by_uninstall_and_remove() {
     k.run(&["add", src.to_str().unwrap()]).ok();
     let roots: Vec<PathBuf> = ["img-a", "img-b"].iter().map(|r| k.dir().join(r)).collect();
     let install = |root: &Path| {
-        std::fs::create_dir_all(root.join(format!("lib/modules/{arm64}"))).unwrap();
-        k.run(&[
-            "install",
-            "hello",
-            "-t",
-            "arm64",
-            "-k",
-            &arm64,
-            "--root",
-            root.to_str().unwrap(),
-        ])
-        .ok();
+        k.install_into("hello", "arm64", &arm64, root).ok();
     };
     for root in &roots {
         install(root);
@@ -787,7 +864,11 @@ fn a_deleted_image_root_is_forgotten_by_uninstall_and_remove() {
     let ko = roots[1].join(format!("lib/modules/{arm64}/updates/dkms/hello.ko"));
     assert!(!ko.exists(), "remove left {}", ko.display());
     let status = k.run(&["status", "--json"]).ok().json();
-    assert_eq!(status.as_array().map(Vec::len), Some(0), "{status}");
+    assert_eq!(
+        status["lines"].as_array().map(Vec::len),
+        Some(0),
+        "{status}"
+    );
 }
 
 /// Issue 12, item 5: an image says which kernels it runs. Without --kernel, `install --root`
@@ -801,7 +882,7 @@ fn install_into_an_image_finds_its_kernels_refuses_another_arch_and_creates_noth
         return;
     };
     let trees = k.run(&["kernels", "list", "--json"]).ok().json();
-    let arm64: Vec<(String, String)> = trees
+    let arm64: Vec<(String, String)> = trees["trees"]
         .as_array()
         .unwrap()
         .iter()

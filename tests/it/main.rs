@@ -15,5 +15,6 @@ mod kernels;
 mod lifecycle;
 mod package;
 mod reproducible;
+mod schemas;
 mod smoke;
 mod verify;

@@ -134,7 +134,7 @@ fn built(k: &Kmx) -> &'static Built {
             .run(&["doctor", "--json", "-t", &TARGETS.join(",")])
             .ok()
             .json();
-        let jobs: Vec<(String, String, PathBuf)> = doctor
+        let jobs: Vec<(String, String, PathBuf)> = doctor["targets"]
             .as_array()
             .unwrap()
             .iter()
@@ -173,7 +173,7 @@ fn everything() -> Option<&'static serde_json::Value> {
 }
 
 fn module<'a>(report: &'a serde_json::Value, target: &str, name: &str) -> &'a serde_json::Value {
-    let t = report
+    let t = report["boots"]
         .as_array()
         .unwrap()
         .iter()
@@ -288,7 +288,7 @@ fn oops_in_init_is_reported_as_a_crash_and_the_run_goes_on() {
 fn module_using_an_in_tree_module_loads_after_it() {
     let Some(report) = everything() else { return };
     for t in TARGETS {
-        let target = report
+        let target = report["boots"]
             .as_array()
             .unwrap()
             .iter()
@@ -356,7 +356,7 @@ fn kernel_image_of_the_wrong_architecture_is_a_harness_failure() {
         started.elapsed()
     );
     let report = run.json();
-    let t = &report[0];
+    let t = &report["boots"][0];
     assert_eq!(t["status"], "harness-failed", "{t:#}");
     let msg = t["message"].as_str().unwrap();
     assert!(
@@ -449,7 +449,7 @@ fn the_example_loads_on_6_12_kernels_and_on_emulated_raspberry_pi_boards() {
     }
     let k = Kmx::with_all_trees().unwrap();
     let trees = k.run(&["kernels", "list", "--json"]).ok().json();
-    let mut cells: Vec<(String, String)> = trees
+    let mut cells: Vec<(String, String)> = trees["trees"]
         .as_array()
         .unwrap()
         .iter()
@@ -513,7 +513,7 @@ fn the_example_loads_on_6_12_kernels_and_on_emulated_raspberry_pi_boards() {
                 &["smoke", "-t", target, "--json", "--timeout", "180", dir],
             );
             let json = run.json();
-            let r = &json[0];
+            let r = &json["boots"][0];
             // A failed boot shows the guest's console, to tell a kernel's fault from QEMU's.
             let console = r["console_log"]
                 .as_str()
@@ -529,4 +529,32 @@ fn the_example_loads_on_6_12_kernels_and_on_emulated_raspberry_pi_boards() {
             assert_eq!(run.code(), 0, "{target}: {r}");
         }
     }
+}
+
+#[test]
+fn build_smoke_without_kernel_images_hints_at_fetching_them_and_never_reads_as_all_good() {
+    let Some(k) = Kmx::with_trees() else { return };
+    // The trees without their images, as after a plain `kmx kernels fetch`.
+    k.without_images();
+    let hello = repo().join("examples/hello").display().to_string();
+    let run = k
+        .run(&["build", &hello, "--smoke", "-t", "arm64"])
+        .expect(4);
+    let err = run.stderr();
+    assert!(
+        err.contains(
+            "smoke hello 1.0 arm64 6.1.0-50-arm64: harness-failed: no kernel image for \
+             6.1.0-50-arm64\n    hint: run `kmx kernels fetch --with-image --target arm64`"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "1 built, 0 skipped, 0 failed to build in \
+             "
+        ) && err
+            .ends_with("smoke: 0 loaded, 0 refused, 0 crashed, 1 not loaded (kernel not booted)\n"),
+        "{err}"
+    );
+    assert!(!err.contains(" 0 failed in "), "{err}");
 }

@@ -221,10 +221,32 @@ impl Kmx {
         cmd
     }
 
+    /// `kmx install MODULE -t TARGET -k RELEASE --root ROOT`, ROOT made first.
+    pub fn install_into(&self, module: &str, target: &str, release: &str, root: &Path) -> Run {
+        // An image that runs that kernel: kmx never creates a kernel's directory in a root.
+        std::fs::create_dir_all(root.join("lib/modules").join(release)).unwrap();
+        let root = root.to_str().unwrap();
+        self.run(&[
+            "install", module, "-t", target, "-k", release, "--root", root,
+        ])
+    }
+
+    /// Forget the kernel images of every tree (as after a `kmx kernels fetch` without
+    /// `--with-image`): the trees stay.
+    pub fn without_images(&self) {
+        let registry = self.home.join("trees/registry.json");
+        let mut reg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&registry).unwrap()).unwrap();
+        for t in reg["trees"].as_array_mut().unwrap() {
+            t.as_object_mut().unwrap().remove("boot");
+        }
+        std::fs::write(&registry, reg.to_string()).unwrap();
+    }
+
     /// (release, vermagic, kdir) of the first tree of `target` this home knows.
     pub fn tree_of(&self, target: &str) -> (String, String, PathBuf) {
         let list = self.run(&["kernels", "list", "--json"]).ok().json();
-        let t = list
+        let t = list["trees"]
             .as_array()
             .unwrap()
             .iter()

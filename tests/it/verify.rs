@@ -84,7 +84,7 @@ fn compressed_and_signed_modules() {
     assert_eq!(check(m, "modversions")["summary"], "5 of 5 CRCs match");
     assert_eq!(
         check(m, "signature")["summary"],
-        "unsigned: the kernel (CONFIG_MODULE_SIG) loads it tainted, and refuses it under module.sig_enforce=1 or Secure Boot"
+        "unsigned: the kernel (CONFIG_MODULE_SIG) loads it tainted, and refuses it under module.sig_enforce=1 or Secure Boot; sign it with a key the kernel trusts (`kmx keys generate` makes one; `kmx install` signs with it)"
     );
     assert_eq!(check(m, "signature")["status"], "warn");
 
@@ -676,7 +676,9 @@ fn modversions_shapes_and_arm_cpu_level_follow_the_kernel() {
 /// modules, rpi's ARMv7 ones).
 #[test]
 fn every_module_of_debians_kernels_passes_with_signatures_verified() {
-    let Some(k) = Kmx::with_all_trees() else { return };
+    let Some(k) = Kmx::with_all_trees() else {
+        return;
+    };
     let fetched = fetched_home().unwrap();
     let reg = fetched_registry(&fetched);
     let mut counts = Vec::new();
