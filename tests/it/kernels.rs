@@ -152,7 +152,7 @@ fn an_apt_archive_source_is_fetched_listed_moved_pruned_and_removed() {
         .ok()
         .stdout();
     assert!(
-        table.starts_with("TARGET  RELEASE ") && table.contains("vendor bookworm  yes "),
+        table.starts_with("TARGET  KERNEL ") && table.contains("vendor bookworm  yes "),
         "{table}"
     );
 
