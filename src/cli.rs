@@ -78,7 +78,7 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
 3 the kernel tree is missing or unreadable."
     )]
     Verify(VerifyArgs),
-    /// Fetch and list kernel build trees.
+    /// Fetch, list and remove kernel build trees.
     #[command(subcommand)]
     Kernels(KernelsCmd),
     /// List target profiles with their toolchain and kernel trees.
@@ -94,7 +94,8 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         /// The module source directory.
         source: PathBuf,
     },
-    /// Build a registered module for one target and kernel if needed, then install its .ko
+    /// Build a registered module for one target and kernel (with --root IMG and no --kernel:
+    /// each of the image's kernels) if needed, then install its .ko
     /// files under ROOT/lib/modules/RELEASE (compressed and signed as that kernel wants)
     /// and run depmod.
     Install(InstallArgs),
