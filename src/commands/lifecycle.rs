@@ -203,22 +203,81 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
     let _lock = store.lock(wait)?;
     let version = pick_version(store, &module, version)?;
     let releases = releases_to_install(ctx, store, args, &root, &module, &version)?;
-    let mut code = exit::OK;
-    for release in &releases {
-        let key = CellKey {
-            module: module.clone(),
-            version: version.clone(),
-            release: release.clone(),
-            target: args.target.clone(),
+    // One plan for every release: dkms.conf is read and the cells are built (in parallel)
+    // once, then each is installed.
+    let preps: Vec<(CellKey, Result<Prep>)> = if store.load_source(&module, &version)?.is_some() {
+        let mut notes = Vec::new();
+        let targets = setup_targets(
+            &ctx.profiles,
+            &ctx.home,
+            std::slice::from_ref(&args.target),
+            &releases,
+            &mut notes,
+        )?;
+        for n in &notes {
+            eprintln!("{n}");
+        }
+        let exec = Options {
+            jobs: args.jobs,
+            // The same build cache as `kmx build`: a cell built there is not built again.
+            cache: Some(Cache::new(ctx.home.cell_cache(), DEFAULT_MAX_BYTES)),
+            ..Options::default()
         };
-        code = code.max(install_release(
-            ctx, store, args, &root, &key, &sign, &pause,
-        )?);
-        if code == exit::INTERRUPTED {
-            break;
+        let want =
+            |c: &Cell| c.target.target.name == args.target && releases.contains(&c.tree.release);
+        let preps = prepare(
+            store,
+            &[(module.clone(), version.clone())],
+            &targets,
+            &want,
+            &exec,
+            &mut Printer::default(),
+        );
+        if let Some(r) = releases
+            .iter()
+            .find(|r| !preps.iter().any(|(k, _)| k.release == **r))
+        {
+            return Err(Error::env(format!(
+                "target {} has no kernel tree with release {r}",
+                args.target
+            )));
+        }
+        preps
+    } else {
+        releases
+            .iter()
+            .map(|release| {
+                let key = CellKey {
+                    module: module.clone(),
+                    version: version.clone(),
+                    release: release.clone(),
+                    target: args.target.clone(),
+                };
+                let prep = prepare_binary(&ctx.profiles, &ctx.home, store, &key);
+                (key, prep)
+            })
+            .collect()
+    };
+    for (key, prep) in preps {
+        match prep? {
+            Prep::Skipped(reason) => {
+                eprintln!("nothing to install: {key} is skipped by a rule: {reason}");
+            }
+            Prep::Ready(ready) => {
+                let inst = do_install(store, &root, &ready, !args.no_depmod, &sign, &pause)?;
+                eprintln!("{}", describe_install(&key, &inst));
+                // A signal while the root was being written: that install was finished
+                // (never left half done); the exit code still says interrupted.
+                if interrupted() {
+                    eprintln!(
+                        "interrupted (the install above had started and was completed first)"
+                    );
+                    return Ok(exit::INTERRUPTED);
+                }
+            }
         }
     }
-    Ok(code)
+    Ok(exit::OK)
 }
 
 /// The image kernels `kmx install` installs for: `--kernel`'s (which an image root must
@@ -256,40 +315,7 @@ fn releases_to_install(
             "kmx installs into / only for a kernel you name; with --root IMG it finds the image's kernels",
         ));
     }
-    let found = image::releases(root);
-    if found.is_empty() {
-        return Err(Error::usage(format!(
-            "the image {} has no kernel: neither lib/modules nor usr/lib/modules holds a release",
-            root.display()
-        ))
-        .hint(
-            "install the kernel package into the image first, or name one with --kernel R --create",
-        ));
-    }
-    // Releases of the target's architecture, or of an unknown one (no module, no config);
-    // when none is known to be the target's and one is known not to be, that is the error.
-    let (mut same_arch, mut known_same, mut refusal) = (Vec::new(), false, None);
-    for r in found.iter() {
-        match image::check_arch(root, r, &target.name, identity) {
-            Ok(known) => {
-                known_same |= known;
-                same_arch.push(r.clone());
-            }
-            Err(e) => refusal = refusal.or(Some(e)),
-        }
-    }
-    if !known_same && let Some(e) = refusal {
-        return Err(e);
-    }
-    let (same_arch, elsewhere): (Vec<String>, Vec<String>) = same_arch
-        .into_iter()
-        .partition(|r| image::has_release(root, r));
-    for r in &elsewhere {
-        eprintln!(
-            "note: {r} is only in {}: kmx installs under lib/modules, which it does not create (name it with --kernel {r} --create)",
-            root.join("usr/lib/modules").display()
-        );
-    }
+    let (found, same_arch) = image::kernels_for(root, &target.name, identity)?;
     let registry = crate::kernel::registry::Registry::load(&ctx.home)?;
     let mut provided: Vec<String> = crate::kernel::registry::trees_of(target, &registry)
         .iter()
@@ -322,75 +348,6 @@ fn releases_to_install(
         )));
     }
     Ok(wanted)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn install_release(
-    ctx: &Context,
-    store: &Store,
-    args: &InstallArgs,
-    root: &Path,
-    key: &CellKey,
-    sign: &Option<SignKey>,
-    pause: &Option<String>,
-) -> Result<i32> {
-    let (module, version) = (&key.module, &key.version);
-    let prep = if store.load_source(module, version)?.is_some() {
-        let mut notes = Vec::new();
-        let targets = setup_targets(
-            &ctx.profiles,
-            &ctx.home,
-            std::slice::from_ref(&args.target),
-            std::slice::from_ref(&key.release),
-            &mut notes,
-        )?;
-        for n in &notes {
-            eprintln!("{n}");
-        }
-        let exec = Options {
-            jobs: args.jobs,
-            // The same build cache as `kmx build`: a cell built there is not built again.
-            cache: Some(Cache::new(ctx.home.cell_cache(), DEFAULT_MAX_BYTES)),
-            ..Options::default()
-        };
-        let want = |c: &Cell| c.target.target.name == args.target && c.tree.release == key.release;
-        let mut res = prepare(
-            store,
-            &[(module.clone(), version.clone())],
-            &targets,
-            &want,
-            &exec,
-            &mut Printer::default(),
-        );
-        match res.pop() {
-            Some((_, r)) => r?,
-            None => {
-                return Err(Error::env(format!(
-                    "target {} has no kernel tree with release {}",
-                    args.target, key.release
-                )));
-            }
-        }
-    } else {
-        prepare_binary(&ctx.profiles, &ctx.home, store, key)?
-    };
-    match prep {
-        Prep::Skipped(reason) => {
-            eprintln!("nothing to install: {key} is skipped by a rule: {reason}");
-            Ok(exit::OK)
-        }
-        Prep::Ready(ready) => {
-            let inst = do_install(store, root, &ready, !args.no_depmod, sign, pause)?;
-            eprintln!("{}", describe_install(key, &inst));
-            // A signal while the root was being written: that install was finished (never
-            // left half done); the exit code still says interrupted.
-            if interrupted() {
-                eprintln!("interrupted (the install above had started and was completed first)");
-                return Ok(exit::INTERRUPTED);
-            }
-            Ok(exit::OK)
-        }
-    }
 }
 
 pub fn uninstall_cmd(store: &Store, args: &UninstallArgs, wait: bool) -> Result<i32> {

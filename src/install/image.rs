@@ -123,6 +123,49 @@ pub fn check_arch(root: &Path, release: &str, target: &str, wanted: ElfIdentity)
     .hint("pick the target of the image's architecture with --target (`kmx targets` lists them)"))
 }
 
+/// The image's kernel releases (all of them), and those `target`'s modules may be installed
+/// for: of the target's architecture, or of one the image does not say (no module, no
+/// config), and under `lib/modules` (kmx does not create it; a release only in
+/// `usr/lib/modules` of an image whose `lib` is no link is named in a note). An image
+/// without kernels, or whose kernels are all of another architecture, is an error.
+pub fn kernels_for(
+    root: &Path,
+    target: &str,
+    wanted: ElfIdentity,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let found = releases(root);
+    if found.is_empty() {
+        return Err(Error::usage(format!(
+            "the image {} has no kernel: neither lib/modules nor usr/lib/modules holds a release",
+            root.display()
+        ))
+        .hint(
+            "install the kernel package into the image first, or name one with --kernel R --create",
+        ));
+    }
+    let (mut usable, mut known_same, mut refusal) = (Vec::new(), false, None);
+    for r in &found {
+        match check_arch(root, r, target, wanted) {
+            Ok(known) => {
+                known_same |= known;
+                if has_release(root, r) {
+                    usable.push(r.clone());
+                } else {
+                    eprintln!(
+                        "note: {r} is only in {}: kmx installs under lib/modules, which it does not create (name it with --kernel {r} --create)",
+                        root.join("usr/lib/modules").display()
+                    );
+                }
+            }
+            Err(e) => refusal = refusal.or(Some(e)),
+        }
+    }
+    match refusal {
+        Some(e) if !known_same => Err(e),
+        _ => Ok((found, usable)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
