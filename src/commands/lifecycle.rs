@@ -225,7 +225,7 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
         };
         let want =
             |c: &Cell| c.target.target.name == args.target && releases.contains(&c.tree.release);
-        let preps = prepare(
+        let mut preps = prepare(
             store,
             &[(module.clone(), version.clone())],
             &targets,
@@ -233,6 +233,13 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
             &exec,
             &mut Printer::default(),
         );
+        // A failure (or an interruption) of planning or of a build comes first: it may have
+        // left no cell for a release.
+        if let Some(i) = preps.iter().position(|(_, r)| r.is_err())
+            && let (_, Err(e)) = preps.swap_remove(i)
+        {
+            return Err(e);
+        }
         if let Some(r) = releases
             .iter()
             .find(|r| !preps.iter().any(|(k, _)| k.release == **r))
