@@ -15,11 +15,11 @@ use crate::matrix::report::{Report, count};
 use crate::matrix::shard::{self, Shard};
 use crate::state::cache::Cache;
 
-/// What `kmx build` builds: source directories into OUT, or registered modules (with the
-/// content hash of each one's registered copy) into the state store, like `dkms build`.
+/// What `kmx build` builds: source directories into OUT, or registered modules (their
+/// registered copies) into the state store, like `dkms build`.
 enum Sources {
     Dirs(Vec<PathBuf>),
-    Registered(Vec<(PathBuf, String)>),
+    Registered(Vec<PathBuf>),
 }
 
 /// Each SOURCE is a directory, or else NAME or NAME/VERSION of a registered module (the
@@ -72,12 +72,13 @@ fn resolve_sources(ctx: &Context, args: &BuildArgs) -> Result<Sources> {
             });
         };
         let copy = store.source_copy(&module, &version);
-        let hash = crate::state::store::content_hash(&copy).map_err(|e| {
+        // A damaged copy is named here, with what to do, before any planning.
+        crate::state::store::content_hash(&copy).map_err(|e| {
             e.hint(format!(
                 "the registered copy is damaged: `kmx add` the source of {module} {version} again"
             ))
         })?;
-        registered.push((copy, hash));
+        registered.push(copy);
     }
     match (dirs.is_empty(), registered.is_empty()) {
         (_, true) => Ok(Sources::Dirs(dirs)),
@@ -97,15 +98,15 @@ fn resolve_sources(ctx: &Context, args: &BuildArgs) -> Result<Sources> {
 pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
     let sources = resolve_sources(ctx, args)?;
     // Registered modules are built into the store under its lock, as `install` does.
-    let (dirs, out, hashes, _lock) = match sources {
+    let registered = matches!(sources, Sources::Registered(_));
+    let (dirs, out, _lock) = match sources {
         Sources::Dirs(dirs) => {
             let out = args.out.clone().unwrap_or_else(|| PathBuf::from("kmx-out"));
-            (dirs, out, Vec::new(), None)
+            (dirs, out, None)
         }
-        Sources::Registered(reg) => {
+        Sources::Registered(dirs) => {
             let lock = ctx.store.lock(wait)?;
-            let (dirs, hashes) = reg.into_iter().unzip();
-            (dirs, ctx.store.built(), hashes, Some(lock))
+            (dirs, ctx.store.built(), Some(lock))
         }
     };
     let mut notes = Vec::new();
@@ -163,17 +164,11 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
     let stop = crate::process::stop_flag()?;
     let mut report = pipeline::execute(&plan, &opts, &stop, &mut Printer::default())?;
     let mut code = report.exit_code();
-    if !hashes.is_empty() {
+    if registered {
         // Record every cell with modules in the store, as `install` would have.
-        let source_hash = |c: &plan::Cell| {
-            let source = |d: &PathBuf| d.canonicalize().ok();
-            dirs.iter()
-                .zip(&hashes)
-                .find(|(d, _)| source(d).as_ref() == Some(&c.source))
-                .map(|(_, h)| h.as_str())
-        };
         for (c, r) in plan.cells.iter().zip(&report.cells) {
-            if let (true, Some(hash)) = (r.status.has_modules(), source_hash(c)) {
+            if r.status.has_modules() {
+                let hash = crate::lifecycle::prepare::source_hash(c);
                 crate::lifecycle::prepare::record_built(&ctx.store, c, &r.artifacts, hash)?;
             }
         }

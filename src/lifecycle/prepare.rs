@@ -155,6 +155,12 @@ fn fresh(store: &Store, rec: &BuiltRecord, hash: &str) -> bool {
 /// Plan the registered sources `sources` ((module, version) pairs) for `targets`, pick the
 /// cells `want` accepts, build those that are missing or stale (in one parallel run), and
 /// return each picked cell ready to install, skipped by a rule, or failed.
+/// The hash of a cell's source contents, as planning computed it (the fingerprint's input,
+/// the same [`content_hash`] a build record keeps).
+pub fn source_hash(c: &Cell) -> &str {
+    c.inputs.as_ref().map_or("", |i| i.source.sha256.as_str())
+}
+
 pub fn prepare(
     store: &Store,
     sources: &[(String, String)],
@@ -164,15 +170,12 @@ pub fn prepare(
     progress: &mut dyn Progress,
 ) -> Vec<(CellKey, Result<Prep>)> {
     let mut out = Vec::new();
-    let mut hashes: HashMap<PathBuf, String> = HashMap::new();
     let mut dirs = Vec::new();
     for (m, v) in sources {
         let dir = store.source_copy(m, v);
+        // A damaged copy is named here, with what to do, before any planning.
         match content_hash(&dir) {
-            Ok(h) => {
-                hashes.insert(dir.clone(), h);
-                dirs.push((m.clone(), v.clone(), dir));
-            }
+            Ok(_) => dirs.push((m.clone(), v.clone(), dir)),
             Err(e) => out.push((
                 source_key(m, v),
                 Err(e.hint(format!(
@@ -209,8 +212,7 @@ pub fn prepare(
                 out.push((key, Ok(Prep::Skipped(reason.clone()))));
                 continue;
             }
-            let hash = hashes.get(&c.source).cloned().unwrap_or_default();
-            let ok = matches!(store.load_built(&key), Ok(Some(rec)) if fresh(store, &rec, &hash));
+            let ok = matches!(store.load_built(&key), Ok(Some(rec)) if fresh(store, &rec, source_hash(c)));
             if !ok {
                 needed.push(c.index);
             }
@@ -224,15 +226,11 @@ pub fn prepare(
             match built {
                 Ok(report) => {
                     for (c, r) in sub.cells.iter().zip(&report.cells) {
-                        let orig = plan
-                            .cells
-                            .iter()
-                            .position(|o| cell_key(o) == cell_key(c))
-                            .unwrap_or(usize::MAX);
+                        // Subset cells keep their index in the whole plan.
+                        let orig = c.index;
                         // A cell reused unchanged ("fresh") is as good as one built now.
                         if r.status.has_modules() {
-                            let hash = hashes.get(&c.source).cloned().unwrap_or_default();
-                            if let Err(e) = record_built(store, c, &r.artifacts, &hash) {
+                            if let Err(e) = record_built(store, c, &r.artifacts, source_hash(c)) {
                                 failures.insert(orig, e);
                             }
                         } else if r.status == crate::matrix::cell::CellStatus::Interrupted {
