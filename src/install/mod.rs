@@ -435,20 +435,9 @@ fn pause_at(asked: Option<&str>, point: &str) {
 /// (0644 from the start, fsynced), then renamed. A kmx killed before the rename leaves only
 /// that name, which the next run removes (crate::state::tmp): the root never keeps it.
 fn write_into_root(dest: &Path, bytes: &[u8], opts: &Options) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::PermissionsExt;
-    let dir = dest.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    let mut tmp = crate::state::tmp::file_in(dir)?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-        .map_err(|e| Error::io("set permissions of", tmp.path(), e))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| Error::io("write", tmp.path(), e))?;
-    pause(opts, "writing-module");
-    tmp.persist(dest)
-        .map_err(|e| Error::io("rename into place", dest, e.error))?;
-    Ok(())
+    crate::state::home::write_atomic_then(dest, bytes, Some(0o644), &|| {
+        pause(opts, "writing-module")
+    })
 }
 
 fn remove_in_root(root: &Path, rel: &Path) -> Result<()> {

@@ -94,19 +94,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// [`write_atomic`] with the file's permission bits set before it appears (a temporary file
 /// is created 0600; installed modules must be 0644).
 pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
+    write_atomic_then(path, bytes, mode, &|| {})
+}
+
+/// [`write_atomic_mode`], calling `before_rename` once the data is on disk under the
+/// temporary name (the test hook of installs into a root).
+pub fn write_atomic_then(
+    path: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+    before_rename: &dyn Fn(),
+) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     // Named `.kmx-tmp-<pid>-...`: if kmx is killed before the rename, the next run's sweep
     // (crate::state::tmp) knows it for kmx's own and removes it.
     let mut tmp = crate::state::tmp::file_in(dir)?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| Error::io("write", tmp.path(), e))?;
     if let Some(mode) = mode {
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io("set permissions of", tmp.path(), e))?;
     }
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| Error::io("write", tmp.path(), e))?;
+    before_rename();
     tmp.persist(path)
         .map_err(|e| Error::io("rename into place", path, e.error))?;
     Ok(())
