@@ -843,7 +843,6 @@ fn build_script(
     }
 }
 
-/// Run a shell step, logging its command line and outcome.
 /// The first lines a failed patch wrote to the log (from byte `start`), without kmx's own
 /// `#` and `$` lines: at most five, each at most 200 characters.
 fn patch_output(log: &Path, start: u64) -> Vec<String> {
@@ -861,6 +860,7 @@ fn patch_output(log: &Path, start: u64) -> Vec<String> {
         .collect()
 }
 
+/// Run a shell step, logging its command line and outcome.
 fn step(
     cell: &Cell,
     env: &RunEnv,

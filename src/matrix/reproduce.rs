@@ -132,10 +132,12 @@ pub fn check(
             sections: Vec::new(),
             reason: None,
         };
-        let old = beside.join(&o.file);
-        let old_intact = crate::digest::sha256_file(&old).is_ok_and(|d| d == o.sha256);
-        if let (true, Some(new)) = (old_intact, new)
-            && let (Ok(a), Ok(b)) = (std::fs::read(&old), std::fs::read(&new.file))
+        // The recorded file, read once: hashed to know it is the one recorded, then compared.
+        let old = std::fs::read(beside.join(&o.file))
+            .ok()
+            .filter(|bytes| crate::digest::sha256(bytes) == o.sha256);
+        if let (Some(a), Some(new)) = (old, new)
+            && let Ok(b) = std::fs::read(&new.file)
         {
             (diff.sections, diff.reason) = compare_elf(&a, &b);
         }
@@ -210,8 +212,13 @@ fn compare_elf(a: &[u8], b: &[u8]) -> (Vec<String>, Option<String>) {
         }
         if let (Some(x), Some(y)) = (&x, &y) {
             let (sx, sy) = (strings(x), strings(y));
-            let only_x: Vec<&String> = sx.iter().filter(|s| !sy.contains(s)).collect();
-            let only_y: Vec<&String> = sy.iter().filter(|s| !sx.contains(s)).collect();
+            // Sets for the lookups: .debug_str holds tens of thousands of strings.
+            let (in_x, in_y): (
+                std::collections::HashSet<&String>,
+                std::collections::HashSet<&String>,
+            ) = (sx.iter().collect(), sy.iter().collect());
+            let only_x: Vec<&String> = sx.iter().filter(|s| !in_y.contains(s)).collect();
+            let only_y: Vec<&String> = sy.iter().filter(|s| !in_x.contains(s)).collect();
             for (p, q) in only_x.iter().zip(&only_y) {
                 changed.push(((*p).clone(), (*q).clone()));
             }
