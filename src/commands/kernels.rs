@@ -14,7 +14,6 @@ use crate::kernel::tree::KernelTree;
 
 pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
     let mut wants = Vec::new();
-    let mut boots_dtb = std::collections::HashSet::new();
     for t in ctx.profiles.select(&args.target)? {
         let sources: Vec<KernelSource> = match (&args.suite, &t.debian) {
             (Some(suite), Some(d)) => vec![KernelSource::debian(
@@ -45,9 +44,6 @@ pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
                 t.file.display()
             )));
         }
-        if t.boot.as_ref().is_some_and(|b| b.dtb.is_some()) {
-            boots_dtb.insert(t.name.clone());
-        }
         wants.extend(sources.into_iter().map(|source| Want {
             target: t.name.clone(),
             source,
@@ -72,33 +68,23 @@ pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
         .map(|(t, tree)| BootRequest {
             tree: t.clone(),
             release: tree.release.clone(),
-            dtbs: boots_dtb.contains(&t.target),
+            // The target boots with a device tree from the image package.
+            dtbs: ctx.profiles.targets[&t.target]
+                .boot
+                .as_ref()
+                .is_some_and(|b| b.dtb.is_some()),
         })
         .collect();
     let boots: Vec<Option<BootFiles>> = if args.with_image {
-        fetch::fetch_boot(
-            &ctx.home,
-            &req,
-            args.mirror.as_deref(),
-            &requests,
-            &mut |line| eprintln!("{line}"),
-        )?
+        fetch::fetch_boot(&ctx.home, args.mirror.as_deref(), &requests, &mut |line| {
+            eprintln!("{line}")
+        })?
         .into_iter()
         .map(Some)
         .collect()
     } else {
         // Keep what an earlier `--with-image` fetched, as long as it is still on disk.
-        requests
-            .iter()
-            .map(|r| {
-                fetch::existing_boot(
-                    &r.tree.sysroot,
-                    &r.release,
-                    &r.tree.source.kernel.arch,
-                    r.dtbs,
-                )
-            })
-            .collect()
+        requests.iter().map(BootRequest::existing).collect()
     };
     for ((t, tree), boot) in trees.iter().zip(&inspected).zip(boots) {
         let image = if boot.is_some() { " +image" } else { "" };

@@ -238,6 +238,13 @@ pub struct DebianKernel {
     pub flavour: String,
 }
 
+impl DebianKernel {
+    /// The headers package of kernel ABI `abi`: `linux-headers-<ABI>-<flavour>`.
+    pub fn headers(&self, abi: &str) -> String {
+        format!("linux-headers-{abi}-{}", self.flavour)
+    }
+}
+
 /// `[boot]`: how `kmx smoke` boots this target's kernel under QEMU to load modules in it.
 /// kmx always passes `-nodefaults -display none -serial stdio -no-reboot -smp 1` and the
 /// kernel arguments `console=<console> panic=-1 quiet`, then `append`.

@@ -148,7 +148,7 @@ pub fn fetch(
             let k = &w.source.kernel;
             let abi = match &req.abi {
                 Some(abi) => apt
-                    .show(&[format!("linux-headers-{abi}-{}:{}", k.flavour, k.arch)])?
+                    .show(&[format!("{}:{}", k.headers(abi), k.arch)])?
                     .map(|_| abi.clone()),
                 None => newest_abi(&apt, &names, k)?,
             };
@@ -213,7 +213,7 @@ fn newest_abi(apt: &Apt, names: &[String], k: &DebianKernel) -> Result<Option<St
     candidates.dedup();
     for abi in candidates {
         if apt
-            .show(&[format!("linux-headers-{abi}-{}:{}", k.flavour, k.arch)])?
+            .show(&[format!("{}:{}", k.headers(&abi), k.arch)])?
             .is_some()
         {
             return Ok(Some(abi));
@@ -247,7 +247,7 @@ fn fetch_abi(
     let host = host_debian_arch();
     let flavours: Vec<String> = missing
         .iter()
-        .map(|w| format!("linux-headers-{abi}-{}", w.source.kernel.flavour))
+        .map(|w| w.source.kernel.headers(abi))
         .collect();
     let qualified: Vec<String> = missing
         .iter()
@@ -372,7 +372,7 @@ fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
 }
 
 fn existing(sysroot: &Path, abi: &str, w: &Want) -> Option<FetchedTree> {
-    let pkg = format!("linux-headers-{abi}-{}", w.source.kernel.flavour);
+    let pkg = w.source.kernel.headers(abi);
     let kdir = sysroot.join("usr/src").join(&pkg);
     kdir.join("Makefile").exists().then(|| FetchedTree {
         target: w.target.clone(),
@@ -419,6 +419,18 @@ pub struct BootRequest {
     pub dtbs: bool,
 }
 
+impl BootRequest {
+    /// The tree's boot files when every one of them is on disk.
+    pub fn existing(&self) -> Option<BootFiles> {
+        existing_boot(
+            &self.tree.sysroot,
+            &self.release,
+            &self.tree.source.kernel.arch,
+            self.dtbs,
+        )
+    }
+}
+
 /// Where the boot files of `release` live in a sysroot (present or not).
 fn boot_paths(sysroot: &Path, release: &str, arch: &str) -> BootFiles {
     BootFiles {
@@ -431,7 +443,7 @@ fn boot_paths(sysroot: &Path, release: &str, arch: &str) -> BootFiles {
 
 /// The boot files of a tree when every one of them is on disk (the device trees only
 /// counted when `dtbs`, and only named when present).
-pub fn existing_boot(sysroot: &Path, release: &str, arch: &str, dtbs: bool) -> Option<BootFiles> {
+fn existing_boot(sysroot: &Path, release: &str, arch: &str, dtbs: bool) -> Option<BootFiles> {
     let mut b = boot_paths(sysroot, release, arch);
     let has_dtbs = b.dtbs.as_ref().is_some_and(|d| d.is_dir());
     if !has_dtbs {
@@ -450,22 +462,14 @@ pub fn existing_boot(sysroot: &Path, release: &str, arch: &str, dtbs: bool) -> O
 /// `lib/modules/<release>/`, `boot/dtbs/<release>/`, `boot/busybox-<arch>`. Each is unpacked
 /// in a staging directory and renamed into place, the image last, so a tree's boot files
 /// are complete or absent. Trees whose files are present cost nothing (no apt call).
+/// Called after [`fetch`] in the same run, it does not refresh the lists `fetch` just made.
 pub fn fetch_boot(
     home: &Home,
-    req: &FetchRequest,
     debian_mirror: Option<&str>,
     trees: &[BootRequest],
     say: &mut dyn FnMut(&str),
 ) -> Result<Vec<BootFiles>> {
-    let exists = |t: &BootRequest| {
-        existing_boot(
-            &t.tree.sysroot,
-            &t.release,
-            &t.tree.source.kernel.arch,
-            t.dtbs,
-        )
-    };
-    let missing: Vec<&BootRequest> = trees.iter().filter(|t| exists(t).is_none()).collect();
+    let missing: Vec<&BootRequest> = trees.iter().filter(|t| t.existing().is_none()).collect();
     if !missing.is_empty() {
         let _lock = apt_lock(home)?;
         which::which("depmod").map_err(|_| {
@@ -484,11 +488,19 @@ pub fn fetch_boot(
             missing[0].tree.source.kernel.clone(),
         );
         let busybox_apt = Apt::prepare(home, &busybox_source, &archs)?;
-        busybox_apt.update(req.refresh, say)?;
+        busybox_apt.update(false, say)?;
+        // One state per source, prepared once.
+        let mut apts: BTreeMap<String, Apt> = BTreeMap::new();
         for t in missing {
             let source = &t.tree.source;
-            let apt = Apt::prepare(home, source, &archs)?;
-            apt.update(req.refresh, say)?;
+            let apt = match apts.entry(source.apt_line()) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let apt = Apt::prepare(home, source, &archs)?;
+                    apt.update(false, say)?;
+                    e.insert(apt)
+                }
+            };
             let abi = &t.tree.abi;
             let d = &source.kernel;
             // The signed image is what users run; some architectures (armhf) only have that
@@ -511,7 +523,7 @@ pub fn fetch_boot(
                 ))
                 .hint("run with --refresh, or pin an ABI that still has images with --abi")
             })?;
-            let image = get_deb(&apt, &image_pkg, &d.arch, abi, say)?;
+            let image = get_deb(apt, &image_pkg, &d.arch, abi, say)?;
             let busybox = get_deb(&busybox_apt, "busybox-static", &d.arch, "busybox", say)?;
             say(&format!("Unpacking {image_pkg}:{} and busybox", d.arch));
             install_boot(&t.tree.sysroot, &t.release, &d.arch, &image, &busybox)?;
@@ -520,7 +532,7 @@ pub fn fetch_boot(
     trees
         .iter()
         .map(|t| {
-            exists(t).ok_or_else(|| {
+            t.existing().ok_or_else(|| {
                 Error::env(format!(
                     "the kernel image package did not provide boot/vmlinuz-{} with its modules{}",
                     t.release,
