@@ -1209,7 +1209,7 @@ fn hex_colons(bytes: &[u8]) -> String {
 /// A minimal DER reader for the one thing kmx needs from a module's PKCS#7 signature: the
 /// first SignerInfo's issuer common name, serial number and digest algorithm (what kmod's
 /// `modinfo` shows). Definite lengths only (DER; the kernel's sign-file writes DER).
-mod pkcs7 {
+pub(crate) mod pkcs7 {
     use std::fmt;
 
     use super::SignedMessage;
@@ -1305,6 +1305,25 @@ mod pkcs7 {
             }
             Ok(Reader(contents))
         }
+    }
+
+    /// The two INTEGERs of a DER `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }`,
+    /// as unsigned big-endian bytes (leading zeros stripped); `None` when it is not one, or
+    /// an integer is negative.
+    pub fn ecdsa_sig_value(der: &[u8]) -> Option<(&[u8], &[u8])> {
+        fn unsigned(int: &[u8]) -> Option<&[u8]> {
+            if int.first()? & 0x80 != 0 {
+                return None;
+            }
+            let start = int.iter().position(|&b| b != 0).unwrap_or(int.len());
+            Some(&int[start..])
+        }
+        let mut outer = Reader(der);
+        let mut seq = outer.element(SEQUENCE, "ECDSA-Sig-Value").ok()?;
+        let r = seq.element(INTEGER, "r").ok()?;
+        let s = seq.element(INTEGER, "s").ok()?;
+        (seq.is_empty() && outer.is_empty()).then_some(())?;
+        Some((unsigned(r.0)?, unsigned(s.0)?))
     }
 
     pub fn signer_info(der: &[u8]) -> Result<SignerInfo, DerError> {

@@ -36,6 +36,7 @@ use x509_cert::Certificate;
 use x509_cert::der::{Decode, Encode};
 
 use super::module::SignedMessage;
+use super::module::pkcs7::ecdsa_sig_value;
 
 /// 1.2.840.113549.1.1.1, and the sha*WithRSAEncryption OIDs (1.2.840.113549.1.1.{11,12,13,14})
 /// that sign-file also writes as the signature algorithm.
@@ -196,47 +197,6 @@ fn fixed_scalars(r: &[u8], s: &[u8], size: usize) -> Option<Vec<u8>> {
         out[end - x.len()..end].copy_from_slice(x);
     }
     Some(out)
-}
-
-/// The two INTEGERs of a DER `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }`, as
-/// unsigned big-endian bytes (leading zeros stripped); `None` when it is not one, or an
-/// integer is negative.
-fn ecdsa_sig_value(der: &[u8]) -> Option<(&[u8], &[u8])> {
-    /// One DER element of tag `tag` at the start of `data`: its contents and what follows.
-    fn element(data: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-        let (&t, rest) = data.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        if t != tag {
-            return None;
-        }
-        let (len, rest) = match first {
-            0..=0x7F => (usize::from(first), rest),
-            0x81 => {
-                let (&len, rest) = rest.split_first()?;
-                (usize::from(len), rest)
-            }
-            0x82 => {
-                let len = rest.get(..2)?;
-                (usize::from(len[0]) << 8 | usize::from(len[1]), &rest[2..])
-            }
-            _ => return None,
-        };
-        (len <= rest.len()).then(|| rest.split_at(len))
-    }
-    fn unsigned(int: &[u8]) -> Option<&[u8]> {
-        if int.first()? & 0x80 != 0 {
-            return None;
-        }
-        let start = int.iter().position(|&b| b != 0).unwrap_or(int.len());
-        Some(&int[start..])
-    }
-    let (seq, trailing) = element(der, 0x30)?;
-    let (r, rest) = element(seq, 0x02)?;
-    let (s, rest) = element(rest, 0x02)?;
-    if !rest.is_empty() || !trailing.is_empty() {
-        return None;
-    }
-    Some((unsigned(r)?, unsigned(s)?))
 }
 
 /// The digest of `data` with the algorithm `oid` names; `None` for digests kmx lacks.
