@@ -95,7 +95,9 @@ for p in "${packages[@]}"; do
   sources+=("${d[0]%/}")
 done
 
-# 2. The four cells' trees, from kmx (the same trees for both builders).
+# 2. The four cells' trees, from kmx (the same trees for both builders): one per target, the
+# oldest release (Debian 12's 6.1). The DKMS side and the table key cells by target, so a
+# second kernel version of a target is left out rather than compared with the first's.
 "$KMX" kernels list --json >"$run/trees.json"
 python3 - "$run/trees.json" >"$run/cells" <<'PY'
 import json, sys
@@ -103,12 +105,16 @@ cross = {"i386": ("x86", "i686-linux-gnu-", "i686"),
          "amd64": ("x86", "x86_64-linux-gnu-", "x86_64"),
          "arm64": ("arm64", "aarch64-linux-gnu-", "aarch64"),
          "armhf": ("arm", "arm-linux-gnueabihf-", "armv7l")}
-for t in json.load(open(sys.argv[1]))["trees"]:
-    if t["target"] in cross and not t.get("error"):
+trees = json.load(open(sys.argv[1]))["trees"]
+seen = set()
+for t in sorted(trees, key=lambda t: t.get("release") or ""):
+    if t["target"] in cross and not t.get("error") and t["target"] not in seen:
+        seen.add(t["target"])
         print(t["target"], t["release"], t["kdir"], *cross[t["target"]])
 PY
 [ "$(wc -l <"$run/cells")" -ge 1 ] || die "no kernel tree: run ./dev setup (kmx kernels fetch)"
 targets=$(awk '{print $1}' "$run/cells" | paste -sd,)
+kernels=$(awk '{print "--kernel " $2}' "$run/cells" | paste -sd' ')
 
 # DKMS's helpers: a strip that strips for the target, one signing key for every cell.
 mkdir -p "$run/tools" "$root/mok"
@@ -136,7 +142,8 @@ echo "DKMS wall time: ${t_dkms}s"
 echo "== kmx: one build of ${#sources[@]} sources x $targets, --jobs $jobs"
 t0=$(now)
 set +e
-"$KMX" build "${sources[@]}" --target "$targets" --out "$run/kmx" --json --jobs "$jobs" \
+# shellcheck disable=SC2086 # --kernel R words
+"$KMX" build "${sources[@]}" --target "$targets" $kernels --out "$run/kmx" --json --jobs "$jobs" \
   --force --no-cache --state-dir "$run/kmx-state" >"$run/kmx-report.json" 2>"$run/kmx-build.log"
 kmx_rc=$?
 set -e

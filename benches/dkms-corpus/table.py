@@ -34,8 +34,12 @@ def main():
     run = a.run
 
     packages = open(os.path.join(run, "packages")).read().split()
-    targets = [line.split()[0] for line in open(os.path.join(run, "cells")) if line.strip()]
-    trees = {t["target"]: t for t in json.load(open(os.path.join(run, "trees.json")))["trees"]}
+    cells = [line.split() for line in open(os.path.join(run, "cells")) if line.strip()]
+    targets = [c[0] for c in cells]
+    # The tree of each target's cell (its release): a target may have trees of several.
+    release_of = {c[0]: c[1] for c in cells}
+    trees = {t["target"]: t for t in json.load(open(os.path.join(run, "trees.json")))["trees"]
+             if t.get("release") == release_of.get(t["target"])}
     src_root = os.path.join(os.path.dirname(run), "src")
     # kmx names a cell by PACKAGE_NAME and PACKAGE_VERSION; the source directory
     # usr/src/<name>-<version> says which package that is.
