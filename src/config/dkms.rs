@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-use super::manifest::{self, BuiltModule, CellVars, Format, ModuleSpec};
+use super::manifest::{self, BuiltModule, CellVars, Format, ModuleField, ModuleSpec};
 use crate::{Error, Result, process, sandbox};
 
 /// How long one evaluation of a dkms.conf may take.
@@ -500,23 +500,21 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
             .filter(|s| !s.is_empty())
             .unwrap_or(&built)
             .to_string();
-        for (key, value) in [("BUILT_MODULE_NAME", &built), ("DEST_MODULE_NAME", &dest)] {
-            if value.ends_with(".o") || value.ends_with(".ko") {
-                return Err(
-                    err(format!("{key}[{i}]={value:?} must not end in .o or .ko"))
-                        .hint("name the module without its suffix"),
-                );
-            }
-        }
         let dest_location = manifest::trim_slashes(d.get("DEST_MODULE_LOCATION", i)).to_string();
         if dest_location.is_empty() {
             return Err(err(format!("DEST_MODULE_LOCATION[{i}] is missing"))
                 .hint("DKMS requires it too; /updates/dkms is the usual value"));
         }
-        if !manifest::valid_dest_location(&dest_location) {
-            return Err(err(format!(
-                "DEST_MODULE_LOCATION[{i}]={dest_location:?} does not start with /kernel, /updates or /extra"
-            )));
+        let location = manifest::trim_slashes(d.get("BUILT_MODULE_LOCATION", i));
+        for (field, value) in [
+            (ModuleField::BuiltName, built.as_str()),
+            (ModuleField::BuiltLocation, location),
+            (ModuleField::DestName, dest.as_str()),
+            (ModuleField::DestLocation, dest_location.as_str()),
+        ] {
+            if let Err(why) = manifest::check_module_field(field, value) {
+                return Err(err(format!("{}[{i}]={value:?} {why}", field.dkms_name())));
+            }
         }
         let strip = match d.get("STRIP", i).chars().next() {
             Some('n' | 'N') => false,
@@ -526,7 +524,6 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
         if i == 0 {
             strip0 = strip;
         }
-        let location = manifest::trim_slashes(d.get("BUILT_MODULE_LOCATION", i));
         let dup = spec.modules.iter().find_map(|m: &BuiltModule| {
             if m.built_name == built && m.built_location == Path::new(location) {
                 Some(format!(

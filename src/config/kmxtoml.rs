@@ -39,7 +39,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::manifest::CellVars;
-use super::manifest::{self, BuiltModule, Format, ModuleSpec};
+use super::manifest::{self, BuiltModule, Format, ModuleField, ModuleSpec};
 use crate::{Error, Result};
 
 #[derive(Deserialize)]
@@ -188,25 +188,25 @@ fn parse(path: &Path, text: &str, kernelver: &str) -> Result<ModuleSpec> {
 
     for m in &f.module {
         let dest = m.dest_name.as_ref().unwrap_or(&m.name);
-        for (key, v) in [("name", &m.name), ("dest_name", dest)] {
-            let s = v.get_ref();
-            if s.is_empty() || s.contains('/') || s.ends_with(".ko") || s.ends_with(".o") {
+        let location = Spanned::new(m.name.span(), m.location.clone());
+        let checked = [
+            ("name", ModuleField::BuiltName, &m.name),
+            ("location", ModuleField::BuiltLocation, &location),
+            ("dest_name", ModuleField::DestName, dest),
+        ];
+        for (key, field, v) in checked.into_iter().chain(
+            m.dest_location
+                .iter()
+                .map(|l| ("dest_location", ModuleField::DestLocation, l)),
+        ) {
+            if let Err(why) = manifest::check_module_field(field, v.get_ref()) {
                 return Err(err_at(
                     v.span().start,
-                    format!("module {key} {s:?} must be a file name without .ko"),
+                    format!("module {key} {:?} {why}", v.get_ref()),
                 ));
             }
         }
         let dest_location = match &m.dest_location {
-            Some(loc) if !manifest::valid_dest_location(loc.get_ref()) => {
-                return Err(err_at(
-                    loc.span().start,
-                    format!(
-                        "dest_location {:?} does not start with /kernel, /updates or /extra",
-                        loc.get_ref()
-                    ),
-                ));
-            }
             Some(loc) => manifest::trim_slashes(loc.get_ref()).to_string(),
             None => manifest::DEFAULT_DEST_LOCATION.to_string(),
         };
@@ -398,7 +398,7 @@ mod tests {
             err(
                 "[package]\nname = \"a\"\nversion = \"1\"\n[[module]]\nname = \"a\"\ndest_location = \"/lib\"\n"
             ),
-            "error: kmx.toml:6:17: dest_location \"/lib\" does not start with /kernel, /updates or /extra"
+            "error: kmx.toml:6:17: module dest_location \"/lib\" does not start with /kernel, /updates or /extra"
         );
         assert_eq!(
             err("[package]\nname = \"a\"\nversion = \"1\"\n[exclusive]\nconfig = [\"PCI\"]\n"),

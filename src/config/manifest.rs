@@ -219,11 +219,71 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     version_key(a).cmp(&version_key(b))
 }
 
-/// DKMS's rule for DEST_MODULE_LOCATION.
-pub(crate) fn valid_dest_location(loc: &str) -> bool {
-    ["/kernel", "/updates", "/extra"]
-        .iter()
-        .any(|p| loc.starts_with(p))
+/// One of a module's four names and places, as a package writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleField {
+    /// BUILT_MODULE_NAME: the `.ko`'s file name in the build directory, without `.ko`.
+    BuiltName,
+    /// BUILT_MODULE_LOCATION: its directory, relative to the build directory.
+    BuiltLocation,
+    /// DEST_MODULE_NAME: the installed file's name, without `.ko`.
+    DestName,
+    /// DEST_MODULE_LOCATION: its directory under `/lib/modules/<kver>`.
+    DestLocation,
+}
+
+impl ModuleField {
+    /// The dkms.conf name of the field (kmx.toml's messages say theirs).
+    pub fn dkms_name(self) -> &'static str {
+        match self {
+            ModuleField::BuiltName => "BUILT_MODULE_NAME",
+            ModuleField::BuiltLocation => "BUILT_MODULE_LOCATION",
+            ModuleField::DestName => "DEST_MODULE_NAME",
+            ModuleField::DestLocation => "DEST_MODULE_LOCATION",
+        }
+    }
+}
+
+/// The one rule for a module's names and places, applied wherever a package's values enter
+/// kmx (`add`, `build`, `load-tarball`, `install`, `package`): a name is a plain file name
+/// (not empty, no `/`, no leading `.`, no NUL, no `.ko`/`.o` suffix); BUILT_MODULE_LOCATION
+/// is a relative path without `..`; DEST_MODULE_LOCATION starts with /kernel, /updates or
+/// /extra (DKMS's rule) and has no `..`. So no value can name a file outside the cell's
+/// build directory or outside `/lib/modules/<kver>`. `Err` says what is wrong with `value`.
+pub fn check_module_field(field: ModuleField, value: &str) -> Result<(), String> {
+    if value.contains('\0') {
+        return Err("contains a NUL byte".into());
+    }
+    let parent = || value.split('/').any(|c| c == "..");
+    match field {
+        ModuleField::BuiltName | ModuleField::DestName => {
+            if value.is_empty() || value.contains('/') || value.starts_with('.') {
+                return Err("must be a plain file name (no `/`, not starting with `.`)".into());
+            }
+            if value.ends_with(".ko") || value.ends_with(".o") {
+                return Err("must not end in .o or .ko: name the module without its suffix".into());
+            }
+        }
+        ModuleField::BuiltLocation if value.starts_with('/') => {
+            return Err("must be relative to the build directory".into());
+        }
+        ModuleField::BuiltLocation if parent() => {
+            return Err("must not contain `..`: it would leave the build directory".into());
+        }
+        ModuleField::BuiltLocation => {}
+        ModuleField::DestLocation => {
+            if !["/kernel", "/updates", "/extra"]
+                .iter()
+                .any(|p| value.starts_with(p))
+            {
+                return Err("does not start with /kernel, /updates or /extra".into());
+            }
+            if parent() {
+                return Err("must not contain `..`: it would leave /lib/modules/<kver>".into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Drop trailing slashes (but keep a lone "/").
@@ -303,6 +363,53 @@ impl CellVars {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_names_and_places_never_leave_the_build_directory_or_lib_modules() {
+        use ModuleField::*;
+        for (field, value) in [
+            (BuiltName, "hello"),
+            (BuiltName, "snd-hda_x.y"),
+            (BuiltLocation, ""),
+            (BuiltLocation, "src/core"),
+            (BuiltLocation, "./src"),
+            (DestName, "hello"),
+            (DestLocation, "/updates/dkms"),
+            (DestLocation, "/kernel/drivers/net"),
+            (DestLocation, "/extra"),
+        ] {
+            assert_eq!(
+                check_module_field(field, value),
+                Ok(()),
+                "{field:?} {value:?}"
+            );
+        }
+        for (field, value, why) in [
+            (BuiltName, "", "must be a plain file name"),
+            (
+                BuiltName,
+                "../../../../tmp/x/plant",
+                "must be a plain file name",
+            ),
+            (BuiltName, "a/b", "must be a plain file name"),
+            (BuiltName, "..", "must be a plain file name"),
+            (BuiltName, ".hidden", "must be a plain file name"),
+            (BuiltName, "hello.ko", "must not end in .o or .ko"),
+            (DestName, "x.o", "must not end in .o or .ko"),
+            (DestName, "../x", "must be a plain file name"),
+            (BuiltName, "a\0b", "contains a NUL byte"),
+            (BuiltLocation, "../../..", "must not contain `..`"),
+            (BuiltLocation, "src/../../x", "must not contain `..`"),
+            (BuiltLocation, "/tmp/x", "must be relative"),
+            (DestLocation, "/updates/../../", "must not contain `..`"),
+            (DestLocation, "/kernel/..", "must not contain `..`"),
+            (DestLocation, "/lib", "does not start with /kernel"),
+            (DestLocation, "updates", "does not start with /kernel"),
+        ] {
+            let got = check_module_field(field, value).expect_err(value);
+            assert!(got.contains(why), "{field:?} {value:?}: {got}");
+        }
+    }
 
     #[test]
     fn version_key_pads_like_dkms_ver() {

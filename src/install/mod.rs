@@ -21,6 +21,7 @@ use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
+use crate::config::manifest::{ModuleField, check_module_field};
 use crate::digest::sha256;
 use crate::error::{Error, Kind, Result};
 use crate::process;
@@ -103,17 +104,26 @@ pub fn dest_relative(
     name: &str,
     ext: Option<&str>,
 ) -> Result<PathBuf> {
-    let escape = |what: &str, value: &str| {
+    let escape = |what: &str, value: &str, why: &str| {
         Error::usage(format!(
-            "module `{module}`: {what} {value:?} would leave /lib/modules/{release}; refusing to install"
+            "module `{module}`: {what} {value:?} {why}; refusing to install"
         ))
         .hint("DEST_MODULE_LOCATION must start with /kernel, /updates or /extra without `..`; DEST_MODULE_NAME must be a plain file name")
     };
     if !valid_component(release) {
-        return Err(escape("the kernel release", release));
+        return Err(escape(
+            "the kernel release",
+            release,
+            &format!("would leave /lib/modules/{release}"),
+        ));
     }
-    if !valid_component(name) {
-        return Err(escape("DEST_MODULE_NAME", name));
+    for (field, value) in [
+        (ModuleField::DestName, name),
+        (ModuleField::DestLocation, location),
+    ] {
+        if let Err(why) = check_module_field(field, value) {
+            return Err(escape(field.dkms_name(), value, &why));
+        }
     }
     let mut rel = PathBuf::from("lib/modules").join(release);
     for (i, c) in Path::new(location).components().enumerate() {
@@ -121,7 +131,13 @@ pub fn dest_relative(
             Component::RootDir if i == 0 => {}
             Component::CurDir => {}
             Component::Normal(part) => rel.push(part),
-            _ => return Err(escape("DEST_MODULE_LOCATION", location)),
+            _ => {
+                return Err(escape(
+                    "DEST_MODULE_LOCATION",
+                    location,
+                    "is not a plain path",
+                ));
+            }
         }
     }
     let file = match ext {
@@ -578,7 +594,7 @@ mod tests {
         let err = dest_relative("m", "6.1", "/updates/../../../etc", "hello", None).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "module `m`: DEST_MODULE_LOCATION \"/updates/../../../etc\" would leave /lib/modules/6.1; refusing to install"
+            "module `m`: DEST_MODULE_LOCATION \"/updates/../../../etc\" must not contain `..`: it would leave /lib/modules/<kver>; refusing to install"
         );
         assert!(dest_relative("m", "6.1", "/updates", "../x", None).is_err());
         assert!(dest_relative("m", "..", "/updates", "x", None).is_err());

@@ -1,6 +1,7 @@
 //! Running one cell: copy the source into the cell's own work directory, apply patches, run
-//! PRE_BUILD, make, POST_BUILD, collect and strip every expected module, check each `.ko`
-//! (ELF identity and vermagic), then move the work directory into place in one rename.
+//! PRE_BUILD, make, POST_BUILD, copy every expected module out of the build directory
+//! without following a link ([`super::collect`]), strip and check each copy (ELF identity
+//! and vermagic), then move the finished cell into place in one rename.
 //!
 //! A cell never prints: everything its commands say goes to its log file, and its outcome is
 //! returned to the scheduler. Every child runs under [`process::run_supervised`], so a
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::sha256_file;
 use crate::error::{Error, Result};
 use crate::kernel::symvers::Symvers;
+use crate::matrix::collect;
 use crate::matrix::jobserver::Jobserver;
 use crate::matrix::pipeline::Options;
 use crate::matrix::plan::Cell;
@@ -554,11 +556,20 @@ fn run_stages(
     let tree_symbols = env
         .symbols_of(&cell.tree)
         .map_err(|e| stage_err("check", e))?;
+    // The finished cell is staged beside the build tree and renamed into place: the output
+    // directory holds the modules, Module.symvers, cell.json, provenance.json and make.log,
+    // never the build tree (which stays in the work directory). The package wrote the build
+    // tree: every file is taken out of it without following a link ([`collect`]), and
+    // strip, the checks and the cache work on kmx's own copy in the stage.
+    let stage = cell.stage_dir();
+    let build = cell.build_dir();
+    let _ = std::fs::remove_dir_all(&stage);
+    mk(&stage)?;
     let mut built = Vec::new();
     for m in &cell.spec.modules {
         let rel = m.built_location.join(format!("{}.ko", m.built_name));
-        let path = cell.build_dir().join(&rel);
-        if !path.is_file() {
+        let copy = stage.join(format!("{}.ko", m.built_name));
+        if !collect::copy_out(&build, &rel, &copy).map_err(|e| stage_err("collect", e))? {
             return Err(StageError {
                 stage: "collect",
                 message: format!(
@@ -576,24 +587,25 @@ fn run_stages(
             let line = format!(
                 "{} --strip-debug {}",
                 process::quote(&strip),
-                process::quote(&path.to_string_lossy())
+                process::quote(&copy.to_string_lossy())
             );
             step(cell, env, &mut log, "strip", &line, Where::Host)?;
         }
-        built.push((m, path));
+        built.push((m, copy));
     }
     // What the cell's modules may resolve besides the kernel: the dependencies' exports and
     // every export of the cell itself, wherever its makes wrote them (a package that builds
     // a core module in one directory and its users in others has a Module.symvers in each;
     // the modules themselves say what they export even where no Module.symvers does).
     let mut others = Others::default();
-    let own_symvers = find_files(&cell.build_dir(), "Module.symvers");
-    for file in deps_symvers
-        .iter()
-        .chain(&own_symvers)
-        .filter(|f| f.is_file())
-    {
+    for file in deps_symvers.iter().filter(|f| f.is_file()) {
         let symvers = Symvers::load(file).map_err(|e| stage_err("check", e))?;
+        others.add_symvers(&symvers);
+    }
+    for file in find_files(&build, "Module.symvers") {
+        let rel = file.strip_prefix(&build).unwrap_or(&file);
+        let text = read_built(&build, rel).map_err(|e| stage_err("check", e))?;
+        let symvers = Symvers::parse(&text, &file).map_err(|e| stage_err("check", e))?;
         others.add_symvers(&symvers);
     }
     for (m, path) in &built {
@@ -601,12 +613,6 @@ fn run_stages(
             others.add_module(&m.built_name, &module.exported);
         }
     }
-    // The finished cell is staged beside the build tree and renamed into place: the output
-    // directory holds the modules, Module.symvers, cell.json, provenance.json and make.log,
-    // never the build tree (which stays in the work directory).
-    let stage = cell.stage_dir();
-    let _ = std::fs::remove_dir_all(&stage);
-    mk(&stage)?;
     let mut artifacts = Vec::new();
     for (m, path) in &built {
         crate::verify::built::check(
@@ -617,20 +623,17 @@ fn run_stages(
             &others,
         )
         .map_err(|e| stage_err("check", e))?;
-        let dest = stage.join(format!("{}.ko", m.built_name));
-        std::fs::copy(path, &dest)
-            .map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
         artifacts.push(Artifact {
             file: cell.out_dir.join(format!("{}.ko", m.built_name)),
-            sha256: sha256_file(&dest).map_err(|e| stage_err("collect", e))?,
+            sha256: sha256_file(path).map_err(|e| stage_err("collect", e))?,
         });
     }
-    let symvers = cell.build_dir().join("Module.symvers");
-    if symvers.is_file() {
-        let dest = stage.join("Module.symvers");
-        std::fs::copy(&symvers, &dest)
-            .map_err(|e| stage_err("collect", Error::io("copy", &dest, e)))?;
-    }
+    collect::copy_out(
+        &build,
+        Path::new("Module.symvers"),
+        &stage.join("Module.symvers"),
+    )
+    .map_err(|e| stage_err("collect", e))?;
     let build_secs = started.elapsed().as_secs_f64();
     let _ = writeln!(log, "# built in {build_secs:.1}s");
     drop(log);
@@ -977,6 +980,18 @@ fn logged(
             })
         }
     }
+}
+
+/// The text of `rel` under the build directory `build`, read without following a link
+/// ([`collect::open_in`]).
+fn read_built(build: &Path, rel: &Path) -> Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    if let Some(mut f) = collect::open_in(build, rel)? {
+        f.read_to_string(&mut text)
+            .map_err(|e| Error::io("read", build.join(rel), e))?;
+    }
+    Ok(text)
 }
 
 /// Every regular file called `name` under `dir` (symbolic links are not followed).

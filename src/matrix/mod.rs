@@ -4,6 +4,7 @@
 //! pipeline: the one front door the commands call.
 
 pub mod cell;
+pub mod collect;
 pub mod fingerprint;
 pub mod jobserver;
 pub mod pipeline;

@@ -536,21 +536,13 @@ fn destinations_escaping_the_root_are_refused() {
         "evil",
         "PACKAGE_NAME=evil\nDEST_MODULE_LOCATION[0]=\"/updates/../../../../outside\"\n",
     );
-    k.run(&["add", evil.to_str().unwrap()]).ok();
-    let run = k
-        .run(&[
-            "install",
-            "evil",
-            "-t",
-            "arm64",
-            "-k",
-            &release,
-            "--root",
-            root.to_str().unwrap(),
-        ])
-        .expect(2);
+    // Refused where it enters (`add`), by the rule every entry point applies; a record
+    // that carries it anyway (a crafted tarball) is tested in hostile.rs.
+    let run = k.run(&["add", evil.to_str().unwrap()]).expect(2);
     assert!(
-        run.stderr().contains(r#"module `evil`: DEST_MODULE_LOCATION "/updates/../../../../outside" would leave /lib/modules/"#),
+        run.stderr().contains(
+            r#"DEST_MODULE_LOCATION[0]="/updates/../../../../outside" must not contain `..`"#
+        ),
         "{}",
         run.stderr()
     );
