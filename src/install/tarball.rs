@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::manifest::{ModuleField, check_module_field};
 use crate::digest::sha256;
 use crate::error::{Error, Result};
 use crate::state::store::{BUILT_RECORD, BuiltRecord, Store, valid_component};
@@ -115,7 +116,7 @@ pub fn create(store: &Store, cells: &[BuiltRecord], out: &Path) -> Result<usize>
 /// below `built/` (or None for the manifest).
 fn entry_path(file: &Path, raw: &Path) -> Result<Option<PathBuf>> {
     let refuse = |why: &str| {
-        Error::failed(format!(
+        Error::usage(format!(
             "entry {:?} {why}; refusing to import",
             raw.display().to_string()
         ))
@@ -139,6 +140,10 @@ fn entry_path(file: &Path, raw: &Path) -> Result<Option<PathBuf>> {
     }
     if parts.len() > 1 && !parts[1..].iter().all(|p| valid_component(p)) {
         return Err(refuse("has a name kmx does not accept"));
+    }
+    // NAME_MAX: a longer name is the archive's fault, not the machine's.
+    if parts.iter().any(|p| p.len() > 255) {
+        return Err(refuse("has a name longer than 255 bytes"));
     }
     if parts.len() > 6 {
         return Err(refuse(
@@ -199,7 +204,7 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
                 .flatten()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            return Err(Error::failed(format!(
+            return Err(Error::usage(format!(
                 "entry {:?} is a link to {target:?}, which could point outside the store; refusing to import",
                 raw.display().to_string()
             ))
@@ -211,7 +216,7 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
             continue;
         }
         if !kind.is_file() {
-            return Err(Error::failed(format!(
+            return Err(Error::usage(format!(
                 "entry {:?} is not a regular file; refusing to import",
                 raw.display().to_string()
             ))
@@ -228,7 +233,7 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
             .at(file)
         })?;
         if size > limit {
-            return Err(Error::failed(format!(
+            return Err(Error::usage(format!(
                 "entry {:?} is {size} bytes, more than a module may be ({limit} bytes); refusing to import",
                 raw.display().to_string()
             ))
@@ -243,9 +248,9 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
                     .read_to_end(&mut bytes)
                     .map_err(|e| corrupt(file, e))?;
                 let m: Manifest = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::failed(format!("cannot parse {MANIFEST}: {e}")).at(file))?;
+                    .map_err(|e| Error::usage(format!("cannot parse {MANIFEST}: {e}")).at(file))?;
                 if m.format != 1 {
-                    return Err(Error::failed(format!(
+                    return Err(Error::usage(format!(
                         "{MANIFEST} has format {}, this kmx reads format 1",
                         m.format
                     ))
@@ -256,7 +261,7 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
             }
             Some(rel) => {
                 if rel.components().count() != 5 {
-                    return Err(Error::failed(format!(
+                    return Err(Error::usage(format!(
                         "entry {:?} is not built/<module>/<version>/<release>/<target>/<file>; refusing to import",
                         raw.display().to_string()
                     ))
@@ -275,7 +280,7 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
                     &dest,
                 )?;
                 if written > limit {
-                    return Err(Error::failed(format!(
+                    return Err(Error::usage(format!(
                         "entry {:?} holds more than its header says; refusing to import",
                         raw.display().to_string()
                     ))
@@ -285,7 +290,7 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
         }
     }
     if !saw_manifest {
-        return Err(Error::failed(format!("no {MANIFEST} in the archive"))
+        return Err(Error::usage(format!("no {MANIFEST} in the archive"))
             .at(file)
             .hint("only archives written by `kmx tarball` can be imported"));
     }
@@ -324,10 +329,10 @@ fn check_cell(file: &Path, base: &Path, dir: &Path) -> Result<BuiltRecord> {
     let rel = dir.strip_prefix(base).unwrap_or(dir);
     let rec_path = dir.join(BUILT_RECORD);
     let bytes = std::fs::read(&rec_path).map_err(|_| {
-        Error::failed(format!("cell {} has no {BUILT_RECORD}", rel.display())).at(file)
+        Error::usage(format!("cell {} has no {BUILT_RECORD}", rel.display())).at(file)
     })?;
     let rec: BuiltRecord = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::failed(format!(
+        Error::usage(format!(
             "cannot parse {}/{BUILT_RECORD}: {e}",
             rel.display()
         ))
@@ -337,7 +342,7 @@ fn check_cell(file: &Path, base: &Path, dir: &Path) -> Result<BuiltRecord> {
         .iter()
         .collect();
     if expected != rel {
-        return Err(Error::failed(format!(
+        return Err(Error::usage(format!(
             "{}/{BUILT_RECORD} describes {}, not its own directory",
             rel.display(),
             rec.key()
@@ -347,15 +352,28 @@ fn check_cell(file: &Path, base: &Path, dir: &Path) -> Result<BuiltRecord> {
     for f in &rec.files {
         if !valid_component(&f.file) {
             return Err(
-                Error::failed(format!("{} names a bad file {:?}", rel.display(), f.file)).at(file),
+                Error::usage(format!("{} names a bad file {:?}", rel.display(), f.file)).at(file),
             );
+        }
+        for (field, value) in [
+            (ModuleField::DestName, &f.dest_name),
+            (ModuleField::DestLocation, &f.dest_location),
+        ] {
+            if let Err(why) = check_module_field(field, value) {
+                return Err(Error::usage(format!(
+                    "{}/{BUILT_RECORD}: {} {value:?} {why}; refusing to import",
+                    rel.display(),
+                    field.dkms_name()
+                ))
+                .at(file));
+            }
         }
         let path = dir.join(&f.file);
         let data = std::fs::read(&path).map_err(|_| {
-            Error::failed(format!("cell {} lacks {}", rel.display(), f.file)).at(file)
+            Error::usage(format!("cell {} lacks {}", rel.display(), f.file)).at(file)
         })?;
         if sha256(&data) != f.sha256 {
-            return Err(Error::failed(format!(
+            return Err(Error::usage(format!(
                 "{}/{} does not match the SHA-256 in its record",
                 rel.display(),
                 f.file
@@ -365,7 +383,7 @@ fn check_cell(file: &Path, base: &Path, dir: &Path) -> Result<BuiltRecord> {
         }
         let module = Module::parse(&data).map_err(|e| e.into_error(&path))?;
         if module.vermagic() != Some(rec.vermagic.as_str()) {
-            return Err(Error::failed(format!(
+            return Err(Error::usage(format!(
                 "{}/{} has vermagic {:?}, its record says {:?}",
                 rel.display(),
                 f.file,
