@@ -295,6 +295,7 @@ pub fn install(
     }
     // 4. In-tree modules of the same name are moved aside (those already recorded stay so).
     let previous = store.load_install(root, &key)?;
+    let first = previous.is_none();
     let mut displaced: Vec<Displaced> = previous
         .as_ref()
         .map(|p| p.displaced.clone())
@@ -365,20 +366,38 @@ pub fn install(
     let mut intent = record.clone();
     intent.files.extend(stale.iter().cloned());
     store.save_install(&intent)?;
-    for d in &displaced {
-        move_file(&root.join(&d.original), &d.saved)?;
-    }
-    for f in &stale {
-        remove_in_root(root, &f.path)?;
-    }
-    for p in &prepared {
-        let dest = root.join(&p.rel);
-        check_inside(root, &dest)?;
-        write_into_root(&dest, &p.bytes, opts)?;
-    }
-    pause(opts, "before-depmod");
-    if opts.depmod {
-        depmod(root, &built.release)?;
+    let acted = (|| -> Result<()> {
+        for d in &displaced {
+            move_file(&root.join(&d.original), &d.saved)?;
+        }
+        for f in &stale {
+            remove_in_root(root, &f.path)?;
+        }
+        for p in &prepared {
+            let dest = root.join(&p.rel);
+            check_inside(root, &dest)?;
+            write_into_root(&dest, &p.bytes, opts)?;
+        }
+        pause(opts, "before-depmod");
+        if opts.depmod {
+            depmod(root, &built.release)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = acted {
+        // A first install that failed (a read-only root, a full disk) is undone and
+        // forgotten, not left for `status` to call interrupted; one that cannot be undone,
+        // or that replaced an earlier install, keeps its intent for a re-run to complete.
+        if first && undo_install(root, &intent).is_ok() {
+            store.delete_install(&intent)?;
+            return Err(e.caused_by(format!(
+                "install of {} {} into {} (nothing of it was left in the root)",
+                built.module,
+                built.version,
+                root.display()
+            )));
+        }
+        return Err(e);
     }
     record.state = InstallState::Installed;
     record.updated_at = now();
@@ -389,6 +408,23 @@ pub fn install(
         notes.push(format!("warning: {}", crate::error::render_inline(&e)));
     }
     Ok(Installed { record, notes })
+}
+
+/// Put the root back as it was before a first install whose action failed: remove the files
+/// it wrote (those holding the bytes it meant to write), put back what it moved aside.
+fn undo_install(root: &Path, record: &InstallRecord) -> Result<()> {
+    for f in &record.files {
+        let path = root.join(&f.path);
+        if std::fs::read(&path).is_ok_and(|b| sha256(&b) == f.sha256) {
+            remove_in_root(root, &f.path)?;
+        }
+    }
+    for d in &record.displaced {
+        if std::fs::symlink_metadata(&d.saved).is_ok() {
+            move_file(&d.saved, &root.join(&d.original))?;
+        }
+    }
+    Ok(())
 }
 
 /// Undo an install: remove its files, restore what it moved aside, run depmod, drop the
