@@ -76,12 +76,22 @@ pub fn add(ctx: &Context, store: &Store, source: &Path, wait: bool) -> Result<i3
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+    // A refused first add (a FIFO in the source, a full disk) leaves no empty
+    // `sources/<name>/<version>` for `status --check` to blame on a killed kmx: the
+    // directories it made are removed if they are empty (`remove_dir` removes nothing else).
+    let forget = || {
+        if previous.is_none() {
+            let _ = std::fs::remove_dir(&dir);
+            let _ = dir.parent().map(std::fs::remove_dir);
+        }
+    };
     let new = dir.join(format!(".src-new-{}", std::process::id()));
     let copied = crate::matrix::cell::copy_tree(&src, &new).and_then(|_| content_hash(&new));
     let hash = match copied {
         Ok(hash) => hash,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&new);
+            forget();
             return Err(e);
         }
     };
@@ -102,6 +112,7 @@ pub fn add(ctx: &Context, store: &Store, source: &Path, wait: bool) -> Result<i3
         // Put the registered copy back as it was.
         let _ = std::fs::rename(&old, &copy);
         let _ = std::fs::remove_dir_all(&new);
+        forget();
         return Err(Error::io("move into place", &copy, e));
     }
     // The record first: a kill between the swap and the record leaves the least behind.
