@@ -605,7 +605,8 @@ pub struct VerifyArgs {
     /// Also list passing modules, and every check's evidence.
     #[arg(long, short)]
     pub verbose: bool,
-    /// Threads reading and checking modules [default: number of CPUs].
+    /// Threads reading and checking modules, at most one per module and per CPU [default:
+    /// number of CPUs].
     #[arg(long, short, env = "KMX_JOBS", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
 }
@@ -673,10 +674,18 @@ fn words(s: &str) -> Result<Words, String> {
     Ok(Words(s.split_whitespace().map(str::to_string).collect()))
 }
 
-/// `--jobs`: a whole number of at least 1 (0 jobs would build nothing, forever).
+/// The most `--jobs` kmx accepts: more parallel compiles than any machine or compile farm
+/// kmx builds for. Beyond it a typo (`-j 100000`) would ask for a make jobserver of that
+/// many slots (a pipe holding one byte each: Linux refuses past 64 KiB).
+pub const MAX_JOBS: usize = 1024;
+
+/// `--jobs`: a whole number from 1 (0 jobs would build nothing, forever) to [`MAX_JOBS`].
 fn parse_jobs(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
+        Ok(n) if n > MAX_JOBS => Err(format!(
+            "must be at most {MAX_JOBS}: kmx runs one thread per cell or module it works on at once, never more than the work needs"
+        )),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
@@ -697,6 +706,14 @@ mod tests {
             let err = Cli::try_parse_from(args).expect_err("-j 0 must be refused");
             assert!(err.to_string().contains("must be at least 1"), "{err}");
         }
+        for args in [
+            ["kmx", "build", "src", "-j", "100000"],
+            ["kmx", "verify", "x.ko", "-j", "1025"],
+        ] {
+            let err = Cli::try_parse_from(args).expect_err("an absurd -j must be refused");
+            assert!(err.to_string().contains("must be at most 1024"), "{err}");
+        }
+        assert!(Cli::try_parse_from(["kmx", "build", "src", "-j", "1024"]).is_ok());
         let cli = Cli::try_parse_from([
             "kmx",
             "build",

@@ -120,8 +120,12 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         collect(&args.paths, &mut notes)
     })?;
 
+    // Threads bounded by the work and the machine: one per module at most, and no more
+    // than the CPUs (each may hold a decompressed module; more would only wait).
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = args.jobs.unwrap_or(cpus).min(cpus).min(files.len()).max(1);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(args.jobs.unwrap_or(0))
+        .num_threads(threads)
         .thread_name(|i| format!("kmx-verify-{i}"))
         .build()
         .map_err(|e| Error::env(format!("cannot start worker threads: {e}")))?;

@@ -170,8 +170,9 @@ pub fn execute(
 ) -> Result<Vec<CellResult>> {
     let n = dag.len();
     let jobs = jobs.max(1);
+    // One thread per cell that can run at once: never more than there are cells.
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs)
+        .num_threads(jobs.min(n).max(1))
         .thread_name(|i| format!("kmx-cell-{i}"))
         .build()
         .map_err(|e| Error::env(format!("cannot start worker threads: {e}")))?;
