@@ -721,7 +721,7 @@ fn tarball_round_trip_installs_without_source_and_hostile_archives_are_refused()
     for (file, why) in cases {
         let run = other
             .run(&["load-tarball", file.to_str().unwrap()])
-            .expect(1);
+            .expect(2);
         assert!(
             run.stderr().contains(why),
             "{}: {}",

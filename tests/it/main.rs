@@ -11,6 +11,7 @@ mod differential;
 mod docs;
 mod doctor;
 mod faults;
+mod hostile;
 mod kernels;
 mod lifecycle;
 mod package;
