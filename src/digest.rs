@@ -59,17 +59,25 @@ impl Fingerprint {
     }
 }
 
+/// What a FIFO, socket or device is called in messages; `None` for files, directories and
+/// links.
+pub fn special_kind(ft: &std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        Some("a named pipe (FIFO)")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else if ft.is_block_device() || ft.is_char_device() {
+        Some("a device file")
+    } else {
+        None
+    }
+}
+
 /// Refuse what a source tree must not hold: FIFOs, sockets and devices. Opening a FIFO
 /// blocks until someone writes to it, so a walk that opened one would hang.
 pub fn refuse_special(path: &Path, ft: &std::fs::FileType) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let what = if ft.is_fifo() {
-        "a named pipe (FIFO)"
-    } else if ft.is_socket() {
-        "a socket"
-    } else if ft.is_block_device() || ft.is_char_device() {
-        "a device file"
-    } else {
+    let Some(what) = special_kind(ft) else {
         return Ok(());
     };
     Err(Error::config(path, format!("is {what}, not a file"))

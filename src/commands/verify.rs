@@ -599,6 +599,14 @@ fn collect(paths: &[PathBuf], notes: &mut Vec<String>) -> Result<(Vec<PathBuf>, 
                 .at(path)
                 .hint("pass module files or a directory holding them, e.g. lib/modules/RELEASE"));
             }
+        } else if let Some(what) = crate::digest::special_kind(&meta.file_type()) {
+            // Reading a device or FIFO would read without end (or block), outside the
+            // decompression budget a module file has.
+            return Err(Error::usage(format!("is {what}, not a module file"))
+                .at(path)
+                .hint(
+                    "pass module files (.ko, .ko.xz, .ko.zst, .ko.gz) or directories holding them",
+                ));
         } else {
             files.push(path.clone());
         }
@@ -627,16 +635,26 @@ fn walk(
             walk(&entry.path(), files, symvers, notes)?;
         } else if kind.is_symlink() {
             // Symlinks are not followed (a link to a directory could make the walk loop),
-            // but a loop is said: it is a broken link the user may not know about, not
-            // something to skip in silence. The rest of the run goes on.
-            if let Err(e) = std::fs::metadata(entry.path())
-                && e.raw_os_error() == Some(libc::ELOOP)
-            {
-                notes.push(format!(
+            // but a loop, and a dangling link named like a module, is said: a broken link
+            // the user may not know about, not something to skip in silence. The rest of
+            // the run goes on. (`build` and `source` in lib/modules/RELEASE often dangle
+            // on an image: not modules, not said.)
+            match std::fs::metadata(entry.path()) {
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => notes.push(format!(
                     "warning: {}: skipped: a symlink loop ({e})",
                     entry.path().display()
-                ));
+                )),
+                Err(e) if MODULE_SUFFIXES.iter().any(|s| name.ends_with(s)) => notes.push(format!(
+                    "warning: {}: skipped: a symlink to nothing ({e})",
+                    entry.path().display()
+                )),
+                _ => {}
             }
+        } else if let Some(what) = crate::digest::special_kind(&kind) {
+            notes.push(format!(
+                "warning: {}: skipped: {what}, not a file",
+                entry.path().display()
+            ));
         } else if kind.is_file() {
             if MODULE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
                 files.push(entry.path());

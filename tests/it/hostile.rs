@@ -469,3 +469,52 @@ fn a_first_install_that_cannot_write_is_undone_not_recorded_as_interrupted() {
     let status = k.run(&["status", "--json"]).ok().stdout();
     assert!(status.contains("\"installed\""), "{status}");
 }
+
+#[test]
+fn verify_refuses_named_devices_and_fifos_and_a_scan_says_what_it_skipped() {
+    let k = Kmx::empty();
+    let dir = k.dir().join("mods");
+    std::fs::create_dir_all(&dir).unwrap();
+    let module = files_under(&repo().join("tests/data/modules/arm64"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "ko"))
+        .expect("a test module");
+    std::fs::copy(&module, dir.join("real.ko")).unwrap();
+    let st = Command::new("mkfifo")
+        .arg(dir.join("pipe.ko"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::os::unix::fs::symlink(dir.join("nothing.ko"), dir.join("gone.ko")).unwrap();
+    let zero = k.dir().join("zero.ko");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    // Named: refused before a byte is read (it read 256 MiB of zeros per name).
+    let run = k
+        .run(&["verify", "-t", "arm64", zero.to_str().unwrap()])
+        .expect(2);
+    assert!(
+        run.stderr().contains(&format!(
+            "{}: is a device file, not a module file",
+            zero.display()
+        )),
+        "{}",
+        run.stderr()
+    );
+    // Scanned: the real module is checked, the others named as skipped.
+    let run = k
+        .run(&["verify", "-t", "arm64", dir.to_str().unwrap()])
+        .ok();
+    assert!(run.stdout().contains("1 passed") || run.stderr().contains("1 passed"));
+    for said in [
+        format!(
+            "{}: skipped: a named pipe (FIFO), not a file",
+            dir.join("pipe.ko").display()
+        ),
+        format!(
+            "{}: skipped: a symlink to nothing",
+            dir.join("gone.ko").display()
+        ),
+    ] {
+        assert!(run.stderr().contains(&said), "{said}\n{}", run.stderr());
+    }
+}
