@@ -5,7 +5,7 @@
 //! to the caller's [`Progress`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -260,6 +260,29 @@ impl Dag for Plan {
     }
 }
 
+/// Hold the output directory for one run: two runs into one `--out` would share every
+/// cell's work directory and log (one failed with the other's output, naming a build
+/// directory the other had removed). The second waits, saying so, and then finds the
+/// first's cells fresh. A lock on the directory itself (flock), so nothing is added to it;
+/// the kernel drops it when kmx dies.
+fn lock_out(out: &Path) -> Result<std::fs::File> {
+    use fs4::FileExt;
+    std::fs::create_dir_all(out).map_err(|e| Error::io("create directory", out, e))?;
+    let dir = std::fs::File::open(out).map_err(|e| Error::io("open", out, e))?;
+    match FileExt::try_lock(&dir) {
+        Ok(()) => {}
+        Err(fs4::TryLockError::WouldBlock) => {
+            eprintln!(
+                "kmx: waiting for another kmx building into {}",
+                out.display()
+            );
+            FileExt::lock(&dir).map_err(|e| Error::io("lock", out, e))?;
+        }
+        Err(fs4::TryLockError::Error(e)) => return Err(Error::io("lock", out, e)),
+    }
+    Ok(dir)
+}
+
 /// Run every cell of `plan`, write `<out>/report.json`, and return the report.
 pub fn execute(
     plan: &Plan,
@@ -267,6 +290,7 @@ pub fn execute(
     stop: &AtomicBool,
     progress: &mut dyn Progress,
 ) -> Result<Report> {
+    let _out = lock_out(&plan.out)?;
     let jobs = opts.jobs();
     let jobserver = Jobserver::for_run(jobs)?;
     let passthrough = passthrough_env();

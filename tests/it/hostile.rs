@@ -518,3 +518,48 @@ fn verify_refuses_named_devices_and_fifos_and_a_scan_says_what_it_skipped() {
         assert!(run.stderr().contains(&said), "{said}\n{}", run.stderr());
     }
 }
+
+#[test]
+fn two_builds_into_one_output_directory_take_turns() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let src = hello_source(k.dir(), "hello", "PRE_BUILD=slow.sh\n");
+    script(&src, "slow.sh", "sleep 3\n");
+    let out = k.dir().join("out");
+    let args = [
+        "build",
+        src.to_str().unwrap(),
+        "-t",
+        "arm64",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    let first = k
+        .command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_process(
+        "slow.sh",
+        k.dir(),
+        std::time::Duration::from_secs(60),
+        "the first build never ran its PRE_BUILD",
+    );
+    let second = k.run(&args).ok();
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{first:?}");
+    assert!(
+        second.stderr().contains(&format!(
+            "waiting for another kmx building into {}",
+            out.display()
+        )),
+        "{}",
+        second.stderr()
+    );
+    // It waited: the first's cells were there, whole, when it looked.
+    let report = second.json();
+    for c in report["cells"].as_array().unwrap() {
+        assert_eq!(c["status"], "fresh", "{report}");
+    }
+}
