@@ -688,8 +688,31 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
             "{at}: {n} is not a DKMS directive; ignored (fine if it only helps build another value)"
         ));
     }
-    spec.log = d.log;
+    spec.log = kept_output(d.log);
     Ok(spec)
+}
+
+/// What a cell keeps of what dkms.conf printed while it was read: it goes into every cell's
+/// log (and from there into `make.log` and the cache), and a file that prints megabytes
+/// would be stored that many times over. The first [`KEPT_OUTPUT`] bytes, and a line saying
+/// how much was cut.
+const KEPT_OUTPUT: usize = 64 * 1024;
+
+fn kept_output(mut log: String) -> String {
+    if log.len() <= KEPT_OUTPUT {
+        return log;
+    }
+    let mut cut = KEPT_OUTPUT;
+    while !log.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let more = log.len() - cut;
+    log.truncate(cut);
+    log.push_str(&format!(
+        "\n[kmx: {more} more bytes of dkms.conf's output not kept]\n"
+    ));
+    log.shrink_to_fit();
+    log
 }
 
 /// An upper-case name that is neither a known directive, a kernel config symbol (files
@@ -720,6 +743,22 @@ fn looks_like_directive(n: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_dkms_conf_prints_is_kept_up_to_64_kib() {
+        assert_eq!(kept_output("said\n".into()), "said\n");
+        let long = "é".repeat(KEPT_OUTPUT);
+        let kept = kept_output(long);
+        assert!(kept.len() < KEPT_OUTPUT + 100, "{}", kept.len());
+        assert!(
+            kept.ends_with(&format!(
+                "\n[kmx: {} more bytes of dkms.conf's output not kept]\n",
+                KEPT_OUTPUT * 2 - KEPT_OUTPUT
+            )),
+            "{}",
+            &kept[kept.len() - 80..]
+        );
+    }
     use crate::error::render;
 
     fn fixture(name: &str) -> PathBuf {
