@@ -109,6 +109,22 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
             (dirs, ctx.store.built(), Some(lock))
         }
     };
+    // Paths go into make's command line, the cells' logs and the JSON report as text: one
+    // that is not UTF-8 is refused here, by name, rather than mangled into a make that
+    // fails with exit 125 and a report that cannot be written.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    for (what, path) in [
+        ("the output directory", cwd.join(&out)),
+        ("KMX_HOME", ctx.home.root.clone()),
+    ]
+    .into_iter()
+    .chain(dirs.iter().map(|d| ("the module source", cwd.join(d))))
+    {
+        if path.to_str().is_none() {
+            return Err(Error::usage(format!("{what} {path:?} is not valid UTF-8"))
+                .hint("kmx passes paths to make and writes them into JSON reports, which need UTF-8: rename it or choose another directory"));
+        }
+    }
     let mut notes = Vec::new();
     let targets = pipeline::setup_targets(
         &ctx.profiles,

@@ -563,3 +563,32 @@ fn two_builds_into_one_output_directory_take_turns() {
         assert_eq!(c["status"], "fresh", "{report}");
     }
 }
+
+#[test]
+fn a_path_that_is_not_utf8_is_refused_by_name_before_anything_builds() {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(k) = Kmx::with_trees() else { return };
+    let hello = repo().join("examples/hello");
+    let out = k.dir().join(std::ffi::OsStr::from_bytes(b"out-\xfe"));
+    let mut cmd = k.command(&["build", hello.to_str().unwrap(), "-t", "arm64", "-o"]);
+    let run = cmd.arg(&out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the output directory")
+            && stderr.contains("out-\\xFE\" is not valid UTF-8"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "it built into it");
+    // The control: the same build into a UTF-8 name builds.
+    let fine = k.dir().join("out-þ");
+    k.run(&[
+        "build",
+        hello.to_str().unwrap(),
+        "-t",
+        "arm64",
+        "-o",
+        fine.to_str().unwrap(),
+    ])
+    .ok();
+}
