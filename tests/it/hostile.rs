@@ -53,6 +53,29 @@ fn only_cell(report: &serde_json::Value) -> serde_json::Value {
     cells[0].clone()
 }
 
+/// Build hello for arm64 into `out` with `plant` as its POST_BUILD: the cell must fail at
+/// `collect` with `said` in its reason (the payload ran: the link was there, and refused).
+fn refused_at_collect(k: &Kmx, plant: &str, out: &Path, said: &str) {
+    let evil = hello_source(k.dir(), "evil", "POST_BUILD=plant.sh\n");
+    script(&evil, "plant.sh", plant);
+    let args = [
+        "build",
+        evil.to_str().unwrap(),
+        "-t",
+        "arm64",
+        "--json",
+        "-o",
+    ];
+    let run = k.command(&args).arg(out).output().unwrap();
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let cell = only_cell(&report);
+    assert_eq!(cell["status"], "failed", "{cell}");
+    assert_eq!(cell["stage"], "collect", "{cell}");
+    let reason = cell["reason"].as_str().unwrap_or_else(|| panic!("{cell}"));
+    assert!(reason.contains(said), "{reason}");
+}
+
 #[test]
 fn a_module_symlinked_to_a_host_file_is_refused_and_the_host_file_stays_byte_identical() {
     let Some(k) = Kmx::with_trees() else { return };
@@ -92,35 +115,15 @@ fn a_module_symlinked_to_a_host_file_is_refused_and_the_host_file_stays_byte_ide
         "strip changes the victim"
     );
 
-    let evil = hello_source(k.dir(), "evil", "POST_BUILD=plant.sh\n");
-    script(
-        &evil,
-        "plant.sh",
-        &format!("rm -f hello.ko\nln -s {} hello.ko\n", victim.display()),
-    );
     let out = k.dir().join("out");
-    let run = k
-        .run(&[
-            "build",
-            evil.to_str().unwrap(),
-            "-t",
-            "arm64",
-            "--json",
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .expect(1);
-    let cell = only_cell(&run.json());
-    assert_eq!(cell["status"], "failed", "{cell}");
-    assert_eq!(cell["stage"], "collect", "{cell}");
-    let message = cell["reason"].as_str().unwrap_or_else(|| panic!("{cell}"));
-    // The planted link was there (the payload ran) and was refused, not followed.
-    assert!(
-        message.contains(&format!(
+    refused_at_collect(
+        &k,
+        &format!("rm -f hello.ko\nln -s {} hello.ko\n", victim.display()),
+        &out,
+        &format!(
             "hello.ko in the build directory is a symbolic link to {}",
             victim.display()
-        )),
-        "{message}"
+        ),
     );
     assert_eq!(
         std::fs::read(&victim).unwrap(),
@@ -144,37 +147,19 @@ fn a_module_symvers_symlinked_to_a_secret_is_refused_and_never_copied() {
         std::process::id()
     );
     std::fs::write(&secret, &marker).unwrap();
-    let evil = hello_source(k.dir(), "evil", "POST_BUILD=plant.sh\n");
+    let out = k.dir().join("out");
     // The build's own Module.symvers exists (modpost wrote it) before it is replaced.
-    script(
-        &evil,
-        "plant.sh",
+    refused_at_collect(
+        &k,
         &format!(
             "test -f Module.symvers\nrm Module.symvers\nln -s {} Module.symvers\n",
             secret.display()
         ),
-    );
-    let out = k.dir().join("out");
-    let run = k
-        .run(&[
-            "build",
-            evil.to_str().unwrap(),
-            "-t",
-            "arm64",
-            "--json",
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .expect(1);
-    let cell = only_cell(&run.json());
-    assert_eq!(cell["stage"], "collect", "{cell}");
-    let message = cell["reason"].as_str().unwrap_or_else(|| panic!("{cell}"));
-    assert!(
-        message.contains(&format!(
+        &out,
+        &format!(
             "Module.symvers in the build directory is a symbolic link to {}",
             secret.display()
-        )),
-        "{message}"
+        ),
     );
     // The secret is nowhere kmx writes: output, cache, state (tarballs and packages are
     // made from those).
