@@ -16,6 +16,7 @@ mod kernels;
 mod lifecycle;
 mod package;
 mod reproducible;
+mod sandbox;
 mod schemas;
 mod smoke;
 mod verify;
