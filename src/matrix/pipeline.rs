@@ -5,7 +5,7 @@
 //! to the caller's [`Progress`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -102,6 +102,19 @@ fn passthrough_env() -> Vec<(String, String)> {
                 || k.starts_with("DISTCC_")
         })
         .collect()
+}
+
+/// distcc's state directory as distcc resolves it (DISTCC_DIR, else `$HOME/.distcc`),
+/// created when missing so the sandbox can show it writable.
+fn distcc_dir(passthrough: &[(String, String)]) -> Option<PathBuf> {
+    let var = |k: &str| passthrough.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+    let dir = match (var("DISTCC_DIR"), var("HOME")) {
+        (Some(d), _) => PathBuf::from(d),
+        (None, Some(home)) => Path::new(home).join(".distcc"),
+        (None, None) => return None,
+    };
+    std::fs::create_dir_all(&dir).ok()?;
+    dir.is_absolute().then_some(dir)
 }
 
 /// ccache's cache directory as ccache itself resolves it (CCACHE_DIR, its config files,
@@ -279,11 +292,21 @@ pub fn execute(
         true => ccache_dir(&passthrough),
         false => None,
     };
+    let uses_distcc = plan.cells.iter().any(|c| {
+        crate::matrix::cell::launcher_names(c, opts.launcher.as_deref())
+            .iter()
+            .any(|n| n == "distcc" || n == "pump")
+    });
+    let distcc_dir = match uses_distcc && !opts.open_sandbox {
+        true => distcc_dir(&passthrough),
+        false => None,
+    };
     let env = RunEnv {
         jobserver: &jobserver,
         opts,
         stop,
         ccache_dir,
+        distcc_dir,
         passthrough,
         tree_symbols: plan
             .cells
