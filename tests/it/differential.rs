@@ -667,9 +667,9 @@ fn verify_agrees_with_the_real_kernels_on_every_variant() {
     let reg = std::fs::read_to_string(k.home.join("trees/registry.json")).unwrap();
     let registry: serde_json::Value = serde_json::from_str(&reg).unwrap();
     if !reg.contains("\"image\"") {
-        let why = "fetched trees have no kernel images: run `kmx kernels fetch --with-image`";
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-        eprintln!("SKIPPED: {why}");
+        skip_or_fail(
+            "fetched trees have no kernel images (QEMU boots them): run `./dev test`, or `kmx kernels fetch --with-image`",
+        );
         return;
     }
     let tmp = k.dir().join("differential");

@@ -323,7 +323,7 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
     let Some(k) = Kmx::with_trees() else { return };
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+        skip_or_fail("mounting a small tmpfs needs root (CI and `./dev test` as root run it)");
         return;
     }
     let (release, _, _) = k.tree_of("arm64");

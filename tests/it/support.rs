@@ -126,17 +126,46 @@ impl Kmx {
     }
 }
 
-/// The home `./dev test` fetched trees into, or None (SKIPPED) outside CI.
+/// Whether a missing prerequisite (trees, images, root) must fail the test instead of
+/// skipping it: under `./dev test` (it sets `KMX_TEST_HOME`: whoever sets it asked for the
+/// integration tests) and under CI (`CI=true`).
+pub fn prerequisites_required() -> bool {
+    std::env::var_os("KMX_TEST_HOME").is_some() || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A test that cannot run here: fails under `./dev test` and CI ([`prerequisites_required`]),
+/// else says SKIPPED, with the test's name and why, on the real stderr (cargo test shows it
+/// even for a passing test: `eprintln!` would be captured and hidden).
+#[track_caller]
+pub fn skip_or_fail(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    if prerequisites_required() {
+        panic!("{test} cannot run: {why}");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// The home `./dev test` fetched trees into; None (SKIPPED) when there is none and
+/// [`prerequisites_required`] is false.
 pub fn fetched_home() -> Option<PathBuf> {
     let home = std::env::var_os("KMX_TEST_HOME").map(PathBuf::from);
     match home {
         Some(h) if h.join("trees/registry.json").is_file() => Some(h),
-        _ => {
-            let why = "no fetched kernel trees: run `./dev test` (it sets KMX_TEST_HOME)";
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{why}");
-            }
-            eprintln!("SKIPPED: {why}");
+        Some(h) => {
+            skip_or_fail(&format!(
+                "KMX_TEST_HOME={} has no fetched kernel trees (trees/registry.json): run `./dev test`",
+                h.display()
+            ));
+            None
+        }
+        None => {
+            skip_or_fail(
+                "no fetched kernel trees: run `./dev test` (it fetches them and sets KMX_TEST_HOME)",
+            );
             None
         }
     }
