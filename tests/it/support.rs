@@ -272,7 +272,36 @@ impl Kmx {
         std::fs::write(&registry, reg.to_string()).unwrap();
     }
 
-    /// (release, vermagic, kdir) of the first tree of `target` this home knows.
+    /// The release of the first tree of `target` this home knows (its registry's order:
+    /// Debian 12's in a [`Kmx::with_trees`] home), as fetched: never written into a test, so
+    /// that the suite follows the ABI Debian publishes.
+    pub fn release_of(&self, target: &str) -> String {
+        let reg = fetched_registry(&self.home);
+        let t = reg["trees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == target)
+            .unwrap_or_else(|| panic!("no tree for {target}: {reg}"));
+        t["release"].as_str().unwrap().to_string()
+    }
+
+    /// The kernel ABI of this home's trees of the four `TARGETS` (`6.1.0-50`: the release
+    /// without its flavour), as fetched.
+    pub fn abi(&self) -> String {
+        let reg = fetched_registry(&self.home);
+        let t = reg["trees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| TARGETS.contains(&t["target"].as_str().unwrap()) && t["abi"].is_string())
+            .unwrap_or_else(|| panic!("no fetched tree with an ABI: {reg}"));
+        t["abi"].as_str().unwrap().to_string()
+    }
+
+    /// (release, vermagic, kdir) of the first tree of `target` this home knows: the release
+    /// and kdir as `kmx kernels list` says, the vermagic NOT kmx's but what the tree itself
+    /// gives a module ([`reference_vermagic`]: plain make there, modinfo).
     pub fn tree_of(&self, target: &str) -> (String, String, PathBuf) {
         let list = self.run(&["kernels", "list", "--json"]).ok().json();
         let t = list["trees"]
@@ -281,10 +310,11 @@ impl Kmx {
             .iter()
             .find(|t| t["target"] == target)
             .unwrap_or_else(|| panic!("no tree for {target}: {list}"));
+        let kdir = PathBuf::from(t["kdir"].as_str().unwrap());
         (
             t["release"].as_str().unwrap().to_string(),
-            t["vermagic"].as_str().unwrap().to_string(),
-            PathBuf::from(t["kdir"].as_str().unwrap()),
+            reference_vermagic(target, &kdir),
+            kdir,
         )
     }
 
@@ -401,8 +431,10 @@ pub fn plain_make(target: &str, kdir: &Path, dir: &Path) {
     let (arch, prefix) = match target {
         "i386" => ("x86", "i686-linux-gnu-"),
         "amd64" => ("x86", "x86_64-linux-gnu-"),
-        "arm64" => ("arm64", "aarch64-linux-gnu-"),
-        _ => ("arm", "arm-linux-gnueabihf-"),
+        "arm64" | "rpi3" | "rpi4" => ("arm64", "aarch64-linux-gnu-"),
+        "rpi" => ("arm", "arm-linux-gnueabi-"),
+        "armhf" => ("arm", "arm-linux-gnueabihf-"),
+        other => panic!("plain_make: no compiler known for target {other}"),
     };
     let out = Command::new("make")
         .arg("-C")
@@ -445,12 +477,86 @@ pub fn processes_mentioning(needle: &str, dir: &Path) -> Vec<String> {
     found
 }
 
+/// How long a bounded wait waits before it fails: a safety net against a hang on a loaded
+/// machine, never a measure of how fast kmx is (that is for `benches/`).
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Wait until `done()` holds, polling; fails with `what` after [`PATIENCE`].
+#[track_caller]
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < PATIENCE, "{what} (waited {PATIENCE:?})");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Wait until a process of this test ([`processes_mentioning`]) mentions `needle`; fails
-/// with `what` once `limit` has passed.
+/// with `what` once `limit` has passed (give it [`PATIENCE`]).
+#[track_caller]
 pub fn wait_for_process(needle: &str, dir: &Path, limit: std::time::Duration, what: &str) {
     let started = std::time::Instant::now();
     while processes_mentioning(needle, dir).is_empty() {
         assert!(started.elapsed() < limit, "{what}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Wait for `child` to end (its stdout and stderr, if piped, are small enough for the pipe);
+/// fails with `what` after [`PATIENCE`], the child killed.
+#[track_caller]
+pub fn wait_for_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let mut status = None;
+    let started = std::time::Instant::now();
+    while status.is_none() {
+        status = child.try_wait().unwrap();
+        if status.is_none() && started.elapsed() >= PATIENCE {
+            let _ = child.kill();
+            panic!("{what} (waited {PATIENCE:?})");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    status.unwrap()
+}
+
+/// What is left to read of a finished child's piped stderr.
+pub fn stderr_of(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut text).unwrap();
+    }
+    text
+}
+
+/// The vermagic a module built against `kdir` carries, from an oracle that is not kmx: the
+/// bundled example built in a scratch copy with plain make (the tree's own kbuild composes
+/// the string) and read back with kmod's modinfo. Computed once per tree per test binary.
+pub fn reference_vermagic(target: &str, kdir: &Path) -> String {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Slots = Mutex<HashMap<PathBuf, Arc<OnceLock<String>>>>;
+    static BUILT: OnceLock<Slots> = OnceLock::new();
+    let slot = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(kdir.to_path_buf())
+        .or_default()
+        .clone();
+    slot.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["hello.c", "Kbuild"] {
+            std::fs::copy(repo().join("examples/hello").join(f), tmp.path().join(f)).unwrap();
+        }
+        plain_make(target, kdir, tmp.path());
+        let magic = modinfo("vermagic", &tmp.path().join("hello.ko"));
+        assert!(
+            !magic.is_empty(),
+            "plain make against {} made a module without vermagic",
+            kdir.display()
+        );
+        magic
+    })
+    .clone()
 }
