@@ -7,8 +7,10 @@ use crate::support::*;
 
 /// The example builds for every default target and every fetched kernel in one run: Debian
 /// 12's 6.1 and bookworm-backports' 6.12 (which has no i386 kernel) for i386, amd64, arm64,
-/// armhf and the Raspberry Pi Zero/1 target. Each .ko carries its own tree's vermagic (kmod's
-/// modinfo reads it) and `kmx verify` passes it against that tree.
+/// armhf and the Raspberry Pi Zero/1 target. Each .ko carries its own tree's vermagic as the
+/// tree composes it (the same source built there with plain make, read with kmod's modinfo),
+/// which is also what the kernel's own modules carry where its image was fetched, and what
+/// `kmx kernels list` computes; `kmx verify` passes it against that tree.
 #[test]
 fn the_example_builds_for_every_target_and_kernel_version_with_each_trees_vermagic() {
     let Some(k) = Kmx::with_all_trees() else {
@@ -17,7 +19,7 @@ fn the_example_builds_for_every_target_and_kernel_version_with_each_trees_vermag
     let trees = k.run(&["kernels", "list", "--json"]).ok().json();
     let trees = trees["trees"].as_array().unwrap();
     let default = ["i386", "amd64", "arm64", "armhf", "rpi"];
-    let wanted: Vec<(&str, &str, &str)> = trees
+    let wanted: Vec<(&str, &str, &str, &Path)> = trees
         .iter()
         .filter(|t| default.contains(&t["target"].as_str().unwrap()))
         .map(|t| {
@@ -25,6 +27,7 @@ fn the_example_builds_for_every_target_and_kernel_version_with_each_trees_vermag
                 t["target"].as_str().unwrap(),
                 t["release"].as_str().unwrap(),
                 t["vermagic"].as_str().unwrap(),
+                Path::new(t["kdir"].as_str().unwrap()),
             )
         })
         .collect();
@@ -42,26 +45,70 @@ fn the_example_builds_for_every_target_and_kernel_version_with_each_trees_vermag
         );
     }
     assert!(wanted.len() >= 9, "{wanted:?}");
-
-    let out = k.dir().join("out");
-    let run = k
-        .run(&[
-            "build",
-            repo().join("examples/hello").to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .ok();
+    // The oracle, built while kmx builds.
+    let (reference, run) = std::thread::scope(|s| {
+        let reference: Vec<_> = wanted
+            .iter()
+            .map(|(target, _, _, kdir)| s.spawn(move || reference_vermagic(target, kdir)))
+            .collect();
+        let out = k.dir().join("out");
+        let run = k
+            .run(&[
+                "build",
+                repo().join("examples/hello").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .ok();
+        let reference: Vec<String> = reference.into_iter().map(|h| h.join().unwrap()).collect();
+        (reference, run)
+    });
     let said = format!("{}{}", run.stdout(), run.stderr());
     assert!(
         said.contains(&format!("{} built, 0 skipped, 0 failed", wanted.len())),
         "{said}"
     );
-    for (target, release, vermagic) in &wanted {
-        let dir = out.join(format!("hello/1.0/{release}/{target}"));
-        assert_eq!(modinfo("vermagic", &dir.join("hello.ko")), *vermagic);
+    let fetched = fetched_registry(&fetched_home().unwrap());
+    let mut against_image = 0;
+    for ((target, release, listed, _), expected) in wanted.iter().zip(&reference) {
+        assert!(
+            expected.starts_with(&format!("{release} ")),
+            "{target}: plain make says {expected:?}"
+        );
+        let dir = k.dir().join(format!("out/hello/1.0/{release}/{target}"));
+        assert_eq!(
+            modinfo("vermagic", &dir.join("hello.ko")),
+            *expected,
+            "{target} {release}: kmx's module against plain make's"
+        );
+        assert_eq!(listed, expected, "{target} {release}: kmx kernels list");
+        // The kernel's own modules, where the image was fetched: any module of its tree.
+        let modules_dir = fetched["trees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == *target && t["release"] == *release)
+            .and_then(|t| t["boot"]["modules_dir"].as_str())
+            .map(|d| registry_path(&fetched_home().unwrap(), d));
+        if let Some(modules_dir) = modules_dir {
+            // The first module depmod listed.
+            let dep = std::fs::read_to_string(modules_dir.join("modules.dep")).unwrap();
+            let first = dep.lines().next().unwrap().split(':').next().unwrap();
+            let own = modules_dir.join(first);
+            assert_eq!(
+                modinfo("vermagic", &own),
+                *expected,
+                "{target} {release}: the image's {}",
+                own.display()
+            );
+            against_image += 1;
+        }
         k.run(&["verify", "-t", target, "-k", release, dir.to_str().unwrap()])
             .ok();
+    }
+    if prerequisites_required() {
+        // `./dev test` fetches every default target's images: 6.1 and 6.12 both checked.
+        assert_eq!(against_image, wanted.len(), "trees without images");
     }
 }
 
