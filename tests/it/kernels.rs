@@ -159,8 +159,13 @@ fn an_apt_archive_source_is_fetched_listed_moved_pruned_and_removed() {
         bad.stderr()
     );
 
-    // Two ABIs of the source: an older one pinned, then the newest.
-    let older = "6.1.0-47";
+    // Two ABIs of the source: the newest, then an older one the archive still lists
+    // (read from the package lists that fetch downloaded, never written here: the archive
+    // drops old ABIs), pinned.
+    let fetched = k
+        .run(&["--config-dir", conf, "kernels", "fetch", "-t", "pizero"])
+        .ok();
+    let older = older_abi_listed(&k.home, "armel", "rpi");
     k.run(&[
         "--config-dir",
         conf,
@@ -169,12 +174,10 @@ fn an_apt_archive_source_is_fetched_listed_moved_pruned_and_removed() {
         "-t",
         "pizero",
         "--abi",
-        older,
+        &older,
     ])
     .ok();
-    let fetched = k
-        .run(&["--config-dir", conf, "kernels", "fetch", "-t", "pizero"])
-        .ok();
+    let older = older.as_str();
     let list = k
         .run(&["--config-dir", conf, "kernels", "list", "--json"])
         .ok()
@@ -256,4 +259,62 @@ fn an_apt_archive_source_is_fetched_listed_moved_pruned_and_removed() {
     assert_eq!(left, ["registry.json"]);
     m.run(&["--config-dir", conf, "kernels", "remove", &newest])
         .expect(2);
+}
+
+/// The newest ABI but one of `linux-headers-<ABI>-<flavour>` in the `arch` package lists
+/// that `kmx kernels fetch` downloaded under `home` (apt-helper reads them compressed).
+fn older_abi_listed(home: &Path, arch: &str, flavour: &str) -> String {
+    fn find(dir: &Path, suffix: &str, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                find(&p, suffix, out);
+            } else if p.to_string_lossy().contains(suffix) {
+                out.push(p);
+            }
+        }
+    }
+    let mut lists = Vec::new();
+    find(home, &format!("_binary-{arch}_Packages"), &mut lists);
+    assert!(
+        !lists.is_empty(),
+        "no {arch} package lists under {}",
+        home.display()
+    );
+    let mut abis = Vec::new();
+    for list in &lists {
+        let out = std::process::Command::new("/usr/lib/apt/apt-helper")
+            .arg("cat-file")
+            .arg(list)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "apt-helper cat-file {}",
+            list.display()
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(abi) = line
+                .strip_prefix("Package: linux-headers-")
+                .and_then(|rest| rest.strip_suffix(&format!("-{flavour}")))
+            {
+                if abi.starts_with(|c: char| c.is_ascii_digit()) {
+                    abis.push(abi.to_string());
+                }
+            }
+        }
+    }
+    let key = |abi: &str| -> Vec<u64> {
+        abi.split(|c: char| !c.is_ascii_digit())
+            .filter(|n| !n.is_empty())
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    abis.sort_by_key(|a| key(a));
+    abis.dedup();
+    assert!(
+        abis.len() >= 2,
+        "the archive lists one {flavour} ABI only ({abis:?}): nothing older to pin"
+    );
+    abis[abis.len() - 2].clone()
 }

@@ -165,7 +165,15 @@ fn everything() -> Option<&'static serde_json::Value> {
         let mut args = vec!["smoke", "--json", "--timeout", "120"];
         args.extend(dirs);
         let run = run_booting(&k, &args).expect(1);
-        Some(run.json())
+        // Each boot's raw console, kept with the report (its file goes with this home).
+        let mut report = run.json();
+        for boot in report["boots"].as_array_mut().unwrap() {
+            let log = boot["console_log"].as_str().unwrap_or_default().to_string();
+            let text = std::fs::read_to_string(&log)
+                .unwrap_or_else(|e| panic!("console log {log}: {e}: {boot:#}"));
+            boot["console_text"] = text.into();
+        }
+        Some(report)
     })
     .as_ref()
 }
@@ -330,7 +338,7 @@ fn module_using_an_in_tree_module_loads_after_it() {
         // ran, which the kernel allows only once crc_itu_t is loaded (it is a module of
         // this kernel, not built in: loaded the other way round, the kernel says
         // "Unknown symbol crc_itu_t").
-        let console = std::fs::read_to_string(target["console_log"].as_str().unwrap()).unwrap();
+        let console = target["console_text"].as_str().unwrap();
         assert!(
             console.contains("kmx_dep: crc_itu_t says "),
             "{t}: {console}"
