@@ -297,10 +297,9 @@ fn older_abi_listed(home: &Path, arch: &str, flavour: &str) -> String {
             if let Some(abi) = line
                 .strip_prefix("Package: linux-headers-")
                 .and_then(|rest| rest.strip_suffix(&format!("-{flavour}")))
+                && abi.starts_with(|c: char| c.is_ascii_digit())
             {
-                if abi.starts_with(|c: char| c.is_ascii_digit()) {
-                    abis.push(abi.to_string());
-                }
+                abis.push(abi.to_string());
             }
         }
     }
