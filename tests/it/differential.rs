@@ -932,19 +932,15 @@ fn real_dkms_and_kmx_agree_on_a_corpus_subset() {
         "tp-smapi-dkms",
         "acpi-call-dkms",
     ];
-    let out = Command::new("bash")
-        .arg(repo().join("benches/dkms-corpus.sh"))
-        .args(["--packages", &packages.join(",")])
-        .env("KMX", env!("CARGO_BIN_EXE_kmx"))
-        .env("KMX_HOME", &home)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text) = run_bench(
+        "dkms-corpus.sh",
+        &["--packages", &packages.join(",")],
+        &[
+            ("KMX", env!("CARGO_BIN_EXE_kmx").as_ref()),
+            ("KMX_HOME", home.as_os_str()),
+        ],
     );
-    assert!(out.status.success(), "{text}");
+    assert!(ok, "{text}");
     let cells = packages.len() * TARGETS.len();
     assert!(
         text.contains(&format!(

@@ -267,25 +267,19 @@ fn a_failing_patch_shows_what_patch_said() {
 fn fault_injection_short_run() {
     let Some(home) = fetched_home() else { return };
     const ITERATIONS: usize = 24;
-    let out = Command::new("bash")
-        .arg(repo().join("benches/fault-injection.sh"))
-        .args([
+    let (ok, text) = run_bench(
+        "fault-injection.sh",
+        &[
             "--iterations",
             &ITERATIONS.to_string(),
             "--seed",
             "11",
             "--kmx",
-        ])
-        .arg(env!("CARGO_BIN_EXE_kmx"))
-        .env("KMX_TEST_HOME", &home)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+            env!("CARGO_BIN_EXE_kmx"),
+        ],
+        &[("KMX_TEST_HOME", home.as_os_str())],
     );
-    assert!(out.status.success(), "{text}");
+    assert!(ok, "{text}");
     // Each iteration says whether its kill landed: "[3] build: killed after 812 ms".
     let iterations: Vec<&str> = text
         .lines()

@@ -276,27 +276,37 @@ impl Kmx {
     /// Debian 12's in a [`Kmx::with_trees`] home), as fetched: never written into a test, so
     /// that the suite follows the ABI Debian publishes.
     pub fn release_of(&self, target: &str) -> String {
-        let reg = fetched_registry(&self.home);
-        let t = reg["trees"]
-            .as_array()
+        self.registered(&format!("a tree of {target}"), |t| t["target"] == target)["release"]
+            .as_str()
             .unwrap()
-            .iter()
-            .find(|t| t["target"] == target)
-            .unwrap_or_else(|| panic!("no tree for {target}: {reg}"));
-        t["release"].as_str().unwrap().to_string()
+            .to_string()
     }
 
     /// The kernel ABI of this home's trees of the four `TARGETS` (`6.1.0-50`: the release
     /// without its flavour), as fetched.
     pub fn abi(&self) -> String {
+        self.registered("a fetched tree with an ABI", |t| {
+            TARGETS.contains(&t["target"].as_str().unwrap()) && t["abi"].is_string()
+        })["abi"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The first tree of this home's registry that `wanted` accepts.
+    fn registered(
+        &self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let reg = fetched_registry(&self.home);
-        let t = reg["trees"]
+        reg["trees"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|t| TARGETS.contains(&t["target"].as_str().unwrap()) && t["abi"].is_string())
-            .unwrap_or_else(|| panic!("no fetched tree with an ABI: {reg}"));
-        t["abi"].as_str().unwrap().to_string()
+            .find(|t| wanted(t))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {what}: {reg}"))
     }
 
     /// (release, vermagic, kdir) of the first tree of `target` this home knows: the release
@@ -559,4 +569,23 @@ pub fn reference_vermagic(target: &str, kdir: &Path) -> String {
         magic
     })
     .clone()
+}
+
+/// Run a script of `benches/` with bash and `envs`: whether it succeeded, and what it
+/// printed (stdout, then stderr).
+pub fn run_bench(script: &str, args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> (bool, String) {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("benches").join(script)).args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run benches/{script}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
