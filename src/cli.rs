@@ -93,6 +93,9 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
     Add {
         /// The module source directory.
         source: PathBuf,
+        /// How far its dkms.conf is confined while it is read (see `kmx build --sandbox`).
+        #[arg(long, value_enum, default_value_t = SandboxMode::Strict, value_name = "MODE")]
+        sandbox: SandboxMode,
     },
     /// Build a registered module for one target and kernel (with --root IMG and no --kernel:
     /// each of the image's kernels) if needed, then install its .ko
@@ -475,10 +478,11 @@ pub struct BuildArgs {
     /// Rebuild every cell, even those whose inputs did not change.
     #[arg(long)]
     pub force: bool,
-    /// How far build steps (PATCH, PRE_BUILD, make, POST_BUILD) are confined. strict: the
-    /// host read-only, /tmp private, no network (kept with distcc, icecc or sccache), every
-    /// process ended with its step. open: the host writable and the network, as under DKMS.
-    /// Either way DKMS's directories are the cell's own, and dkms.conf is evaluated strictly.
+    /// How far dkms.conf and the build steps (PATCH, PRE_BUILD, make, POST_BUILD) are
+    /// confined. strict: no capabilities, the host read-only, /tmp and /run private, no
+    /// network (kept with distcc, icecc or sccache), no other process visible, secrets
+    /// hidden, every process ended with its step. open: the host writable, its network and
+    /// processes, as under DKMS. Either way DKMS's directories are the cell's own.
     #[arg(long, value_enum, default_value_t = SandboxMode::Strict, value_name = "MODE")]
     pub sandbox: SandboxMode,
     /// Keep each cell's build tree (OUT/.work/<cell>/build) after a successful build; a
@@ -663,6 +667,15 @@ pub enum StatusFormat {
 pub enum SandboxMode {
     Strict,
     Open,
+}
+
+impl From<SandboxMode> for crate::sandbox::Mode {
+    fn from(m: SandboxMode) -> Self {
+        match m {
+            SandboxMode::Strict => crate::sandbox::Mode::Strict,
+            SandboxMode::Open => crate::sandbox::Mode::Open,
+        }
+    }
 }
 
 /// The words of a command line given as one argument (`--launcher "ccache distcc"`).

@@ -123,7 +123,7 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
     // What a killed earlier build left in the output directory (its owner is dead: no lock
     // is needed to know it is garbage).
     crate::state::tmp::sweep_output(&out);
-    let mut plan = plan::plan(&dirs, &targets, &out)?;
+    let mut plan = plan::plan(&dirs, &targets, &out, args.sandbox.into())?;
     if let Some(spec) = &args.shard {
         let shard: Shard = spec.parse()?;
         let costs = match &args.costs {
@@ -139,11 +139,12 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
     }
     if let Some(why) = &plan.no_namespace {
         eprintln!(
-            "warning: cells run without their private mount namespace ({why}): dkms.conf and \
+            "warning: cells run without the sandbox ({why}): dkms.conf and \
              build steps run unconfined on the host, and sources that build against \
              /lib/modules/<release>/build, /usr/src/<name>-<version> or \
              /var/lib/dkms/<name>/<version>/build will fail\n  \
-             hint: run kmx as root, or allow user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
+             hint: install bubblewrap; as another user than root, allow user namespaces \
+             (sysctl kernel.unprivileged_userns_clone=1)"
         );
     }
     if args.dry_run {
@@ -221,11 +222,11 @@ fn print_plan(plan: &Plan, args: &BuildArgs) {
     if plan.no_namespace.is_none() {
         match args.sandbox {
             crate::cli::SandboxMode::Strict => println!(
-                "sandbox: strict (dkms.conf and build steps: the host read-only, /tmp private, \
-                 no network unless the launcher compiles remotely)"
+                "sandbox: strict (dkms.conf and build steps: no capabilities, the host \
+                 read-only, /tmp private, no network unless the launcher compiles remotely)"
             ),
             crate::cli::SandboxMode::Open => println!(
-                "sandbox: open (dkms.conf: strict; build steps: the host writable and the \
+                "sandbox: open (dkms.conf and build steps: the host writable and the \
                  network, as under DKMS)"
             ),
         }

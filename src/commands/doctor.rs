@@ -135,21 +135,9 @@ const HOST_TOOLS: &[HostTool] = &[
     ),
     tool("make", "make", "every build", true),
     tool(
-        "unshare",
-        "util-linux",
-        "the cells' private mount namespace",
-        false,
-    ),
-    tool(
-        "mount",
-        "mount",
-        "the cells' private mount namespace",
-        false,
-    ),
-    tool(
-        "chroot",
-        "coreutils",
-        "the cells' private mount namespace",
+        "bwrap",
+        "bubblewrap",
+        "the sandbox every dkms.conf and build step runs in",
         false,
     ),
     tool(
@@ -196,7 +184,7 @@ const HOST_TOOLS: &[HostTool] = &[
 
 /// The host tools that are missing, as (tool, where it was looked for).
 fn missing_host_tools() -> Vec<&'static HostTool> {
-    // sbin may be missing from a user's PATH; kmx finds chroot there too.
+    // sbin may be missing from a user's PATH; kmx looks there too.
     let path = format!(
         "{}:/usr/sbin:/sbin",
         std::env::var("PATH").unwrap_or_default()
@@ -212,10 +200,10 @@ fn print_host() -> bool {
     let missing = missing_host_tools();
     match crate::sandbox::available() {
         Ok(()) => println!(
-            "host: private mount namespaces ok (each cell sees /lib/modules/<release>/build, /usr/src and /var/lib/dkms as its own)"
+            "host: sandbox ok (bubblewrap; each cell sees /lib/modules/<release>/build, /usr/src and /var/lib/dkms as its own)"
         ),
         Err(why) => println!(
-            "host: no private mount namespace ({why}): sources that hard-code /lib/modules/<release>/build, /usr/src or /var/lib/dkms paths will fail\n  hint: run kmx as root, or allow user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
+            "host: no sandbox ({why}): dkms.conf and build steps run unconfined, and sources that hard-code /lib/modules/<release>/build, /usr/src or /var/lib/dkms paths will fail\n  hint: install bubblewrap (apt-get install bubblewrap); as another user than root, allow user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
         ),
     }
     if missing.is_empty() {

@@ -46,12 +46,18 @@ fn pick_version(store: &Store, module: &str, version: Option<String>) -> Result<
     })
 }
 
-pub fn add(ctx: &Context, store: &Store, source: &Path, wait: bool) -> Result<i32> {
+pub fn add(
+    ctx: &Context,
+    store: &Store,
+    source: &Path,
+    mode: crate::sandbox::Mode,
+    wait: bool,
+) -> Result<i32> {
     let _ = ctx;
     let src = source
         .canonicalize()
         .map_err(|e| Error::io("open module source", source, e))?;
-    let spec = evaluate_generic(&src)?;
+    let spec = evaluate_generic(&src, mode)?;
     for (what, v) in [
         ("PACKAGE_NAME", &spec.name),
         ("PACKAGE_VERSION", &spec.version),
@@ -484,7 +490,7 @@ pub fn remove_cmd(
             }
         }
         if copy.is_dir()
-            && let Ok(spec) = evaluate_generic(&copy)
+            && let Ok(spec) = evaluate_generic(&copy, Default::default())
             && let Some(line) = &spec.post_remove
         {
             warn_on_failure("POST_REMOVE", line, &copy);

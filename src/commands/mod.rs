@@ -79,7 +79,7 @@ fn run_in(cli: Cli) -> Result<i32> {
         crate::process::stop_flag()?;
     }
     match cli.command {
-        Cmd::Add { source } => lifecycle::add(&ctx, store, &source, wait),
+        Cmd::Add { source, sandbox } => lifecycle::add(&ctx, store, &source, sandbox.into(), wait),
         Cmd::Install(args) => lifecycle::install_cmd(&ctx, store, &args, wait),
         Cmd::Uninstall(args) => lifecycle::uninstall_cmd(store, &args, wait),
         Cmd::Remove {

@@ -115,10 +115,6 @@ fn evaluate_with_timeout(conf: &Path, vars: &CellVars, timeout: Duration) -> Res
     // The files bash reads and writes, in one directory the sandbox shows at EVAL_DIR.
     let files = tmp.path().join("files");
     fs::create_dir(&files).map_err(|e| Error::io("create", &files, e))?;
-    if vars.sandbox.is_some() {
-        let scratch = tmp.path().join("ns");
-        fs::create_dir(&scratch).map_err(|e| Error::io("create", &scratch, e))?;
-    }
     let copy = files.join("dkms.conf");
     fs::write(&copy, strip_cr(&text)).map_err(|e| Error::io("write", &copy, e))?;
     let wrapper = files.join("evaluate.sh");
@@ -212,7 +208,7 @@ struct Eval<'a> {
     conf: &'a Path,
     /// The files bash reads and writes (the copy, the wrapper, the dump).
     files: &'a Path,
-    /// The evaluation's temporary directory (holds `files`, the log, the sandbox's scratch).
+    /// The evaluation's temporary directory (holds `files` and the log).
     dir: &'a Path,
     vars: &'a CellVars,
     timeout: Duration,
@@ -334,15 +330,12 @@ impl Eval<'_> {
         };
         let text = fs::read(&log_path).map_err(|e| Error::io("read", &log_path, e))?;
         let text = String::from_utf8_lossy(&text);
-        let setup_failed =
-            self.vars.sandbox.is_some() && status.code() == Some(sandbox::SETUP_FAILED);
-        if let Some(why) = text
-            .lines()
-            .find(|l| setup_failed && l.starts_with("kmx: cannot make"))
+        if self.vars.sandbox.is_some()
+            && let Some(why) = sandbox::setup_failure(status.code(), &text)
         {
-            return Err(Error::env(why.trim_start_matches("kmx: ").to_string())
+            return Err(Error::env(format!("cannot make the sandbox: {why}"))
                 .at(self.conf)
-                .hint("kmx evaluates dkms.conf in a sandbox where namespaces can be made; `kmx doctor` says why they cannot"));
+                .hint("kmx evaluates dkms.conf in a sandbox (bubblewrap); `kmx doctor` says why one cannot be made"));
         }
         let copy = seen.join("dkms.conf");
         Ok((
@@ -356,7 +349,7 @@ impl Eval<'_> {
 
     /// The sandbox for this evaluation: the cell's kernel, source and identity (when
     /// known), the other sources of the run, no network, the host read-only.
-    fn view(&self, others: &[sandbox::Source]) -> sandbox::View {
+    fn view(&self, others: &std::sync::Arc<Vec<sandbox::Source>>) -> sandbox::View {
         let (name, version) = self.vars.identity.clone().unwrap_or_default();
         sandbox::View {
             release: self.vars.kernelver.clone(),
@@ -364,11 +357,11 @@ impl Eval<'_> {
             name,
             version,
             source: self.vars.source_dir.clone(),
-            others: others.to_vec(),
-            scratch: self.dir.join("ns"),
+            others: others.clone(),
             purpose: sandbox::Purpose::Evaluate {
                 files: self.files.to_path_buf(),
             },
+            policy: self.vars.mode.policy(),
         }
     }
 
@@ -752,6 +745,7 @@ mod tests {
             module_hint: None,
             identity: None,
             sandbox: None,
+            mode: Default::default(),
         };
         (tmp, vars)
     }

@@ -261,6 +261,8 @@ pub struct CellVars {
     /// Evaluate a dkms.conf inside the sandbox ([`crate::sandbox`]), where these other
     /// sources of the run are under /usr/src; `None` = on the host's paths.
     pub sandbox: Option<std::sync::Arc<Vec<crate::sandbox::Source>>>,
+    /// How far the sandbox confines it (`--sandbox open`: as under DKMS).
+    pub mode: crate::sandbox::Mode,
 }
 
 /// Why `value` cannot be a module's name or version (`None` when it can): it names
@@ -296,6 +298,7 @@ impl CellVars {
             module_hint: None,
             identity: None,
             sandbox: None,
+            mode: Default::default(),
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::state::Home;
 use crate::state::store::{BuiltFile, BuiltRecord, CellKey, Store, content_hash, now};
 
 /// Evaluate a source's manifest without a kernel (for its name, version and hooks).
-pub fn evaluate_generic(src: &Path) -> Result<ModuleSpec> {
+pub fn evaluate_generic(src: &Path, mode: crate::sandbox::Mode) -> Result<ModuleSpec> {
     let tmp = tempfile::tempdir()
         .map_err(|e| Error::env(format!("cannot create a temporary directory: {e}")))?;
     let vars = CellVars {
@@ -35,6 +35,7 @@ pub fn evaluate_generic(src: &Path) -> Result<ModuleSpec> {
         sandbox: crate::sandbox::available()
             .is_ok()
             .then(|| Arc::new(Vec::new())),
+        mode,
     };
     load_spec(src, &vars)
 }
@@ -187,12 +188,17 @@ pub fn prepare(
     // One plan for all (so BUILD_DEPENDS resolve); if that fails, one per source so one
     // broken manifest does not stop the others.
     let all: Vec<PathBuf> = dirs.iter().map(|(_, _, d)| d.clone()).collect();
-    let plans: Vec<Plan> = match plan::plan(&all, targets, &store.built()) {
+    let plans: Vec<Plan> = match plan::plan(&all, targets, &store.built(), Default::default()) {
         Ok(p) => vec![p],
         Err(_) => {
             let mut plans = Vec::new();
             for (m, v, d) in &dirs {
-                match plan::plan(std::slice::from_ref(d), targets, &store.built()) {
+                match plan::plan(
+                    std::slice::from_ref(d),
+                    targets,
+                    &store.built(),
+                    Default::default(),
+                ) {
                     Ok(p) => plans.push(p),
                     Err(e) => out.push((source_key(m, v), Err(e))),
                 }

@@ -25,7 +25,7 @@ use crate::matrix::pipeline::Options;
 use crate::matrix::plan::Cell;
 use crate::matrix::provenance::{self, Provenance};
 use crate::process::{self, Ended};
-use crate::sandbox::{Policy, Purpose};
+use crate::sandbox::Policy;
 use crate::state::cache::{Cache, Miss};
 use crate::verify::checks::{Others, TreeSymbols};
 
@@ -324,11 +324,8 @@ fn shell(cell: &Cell, env: &RunEnv, line: &str, extra_symbols: &str, where_: Whe
     match (&cell.view, where_) {
         (Some(view), Where::Cell) => {
             let mut view = view.clone();
-            let policy = env.policy(cell);
-            let private_tmp = policy.read_only_host;
-            if let Purpose::Build { policy: p, .. } = &mut view.purpose {
-                *p = policy;
-            }
+            view.policy = env.policy(cell);
+            let private_tmp = view.policy.confined;
             let mut cmd = with_cell_env(
                 view.command(&cell.step_dir(), line),
                 cell,
@@ -460,7 +457,6 @@ fn run_stages(
         // The namespace shows a copy of its own at /usr/src/<name>-<version>.
         Some(view) => {
             copy_tree(&cell.source, &view.source).map_err(|e| stage_err("prepare", e))?;
-            mk(&view.scratch)?;
         }
         // No namespace: $dkms_tree/<module>/<version>/build links to the build directory.
         None => link_dkms_tree(cell).map_err(|e| stage_err("prepare", e))?,
@@ -873,22 +869,14 @@ fn step(
     logged(&mut cmd, line, log, env, stage)
 }
 
-/// Why the namespace a step was to run in could not be made, from what the step wrote to
-/// `log` after `start`: the set-up script's own line, or `unshare`'s (it fails before the
-/// script runs, e.g. when user namespaces are not allowed). `None` when the step ran.
-fn namespace_failure(log: &File, start: u64) -> Option<String> {
+/// Why the sandbox a step was to run in could not be made, from what the step wrote to
+/// `log` after `start` and its exit `code`: bubblewrap's own message. `None` when the step
+/// ran.
+fn namespace_failure(log: &File, start: u64, code: Option<i32>) -> Option<String> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 64 * 1024];
     let n = log.read_at(&mut buf, start).ok()?;
-    let text = String::from_utf8_lossy(&buf[..n]);
-    let first = text.lines().find(|l| !l.trim().is_empty())?;
-    if first.starts_with("unshare: ") {
-        return Some(first.to_string());
-    }
-    text.lines().find_map(|l| {
-        l.strip_prefix("kmx: cannot make the cell's private mount namespace: ")
-            .map(|why| format!("this set-up command failed: {why}"))
-    })
+    crate::sandbox::setup_failure(code, &String::from_utf8_lossy(&buf[..n]))
 }
 
 /// Run `cmd` (which runs the shell line `line`), logging its environment, the line and how
@@ -911,11 +899,11 @@ fn logged(
             );
         }
     }
-    let in_namespace = cmd.get_program() == "unshare";
+    let in_namespace = Path::new(cmd.get_program()).file_name() == Some("bwrap".as_ref());
     if in_namespace {
         let _ = writeln!(
             log,
-            "# in the cell's private mount namespace (DKMS's directories are the cell's own)"
+            "# in the cell's sandbox (DKMS's directories are the cell's own)"
         );
     }
     let _ = writeln!(log, "$ {line}");
@@ -933,14 +921,14 @@ fn logged(
             let what = process::describe_status(status);
             let _ = writeln!(log, "# {stage}: {what} ({secs:.1}s)");
             let namespace = match in_namespace {
-                true => namespace_failure(log, start),
+                true => namespace_failure(log, start, status.code()),
                 false => None,
             };
             Err(StageError {
                 stage,
                 message: match namespace {
                     Some(why) => {
-                        format!("{stage}: kmx could not make the cell's private namespace: {why}")
+                        format!("{stage}: kmx could not make the cell's sandbox: {why}")
                     }
                     None if status.code() == Some(127) => format!(
                         "{stage} failed: {what} (a command was not found: `kmx doctor` lists the host tools kmx needs)"
@@ -1072,23 +1060,17 @@ mod tests {
     #[test]
     fn a_namespace_that_cannot_be_made_is_named_with_the_reason() {
         let (f, start) = log_with(
-            "unshare: from an earlier step\n",
-            "unshare: unshare failed: Operation not permitted\n",
+            "bwrap: from an earlier step\n",
+            "bwrap: Can't mkdir /var/lib/dkms: Read-only file system\n",
         );
         assert_eq!(
-            namespace_failure(f.as_file(), start).as_deref(),
-            Some("unshare: unshare failed: Operation not permitted")
-        );
-        let (f, start) = log_with(
-            "",
-            "mount: overlay: permission denied\nkmx: cannot make the cell's private mount namespace: mount -t overlay kmx\n",
-        );
-        assert_eq!(
-            namespace_failure(f.as_file(), start).as_deref(),
-            Some("this set-up command failed: mount -t overlay kmx")
+            namespace_failure(f.as_file(), start, Some(1)).as_deref(),
+            Some("bwrap: Can't mkdir /var/lib/dkms: Read-only file system")
         );
         // A step that ran and failed is not a namespace failure, even if it mentions one.
-        let (f, start) = log_with("", "make: *** [Makefile:2: all] Error 1\nunshare: x\n");
-        assert_eq!(namespace_failure(f.as_file(), start), None);
+        let (f, start) = log_with("", "make: *** [Makefile:2: all] Error 1\nbwrap: x\n");
+        assert_eq!(namespace_failure(f.as_file(), start, Some(1)), None);
+        let (f, start) = log_with("", "bwrap: x\n");
+        assert_eq!(namespace_failure(f.as_file(), start, Some(2)), None);
     }
 }

@@ -7,7 +7,7 @@
 //! nothing is dropped silently. A missing dependency or a cycle is an error before anything
 //! builds.
 //!
-//! Where a private mount namespace can be made ([`namespace::available`]), every cell sees
+//! Where the sandbox can be made ([`namespace::available`]), every cell sees
 //! DKMS's own directories (`/var/lib/dkms`, `/usr/src`, `/lib/modules/<release>/build`) as
 //! its own, and its dkms.conf is evaluated with DKMS's values for `$dkms_tree` and
 //! `$source_tree`; elsewhere with per-cell directories on the host.
@@ -157,7 +157,12 @@ pub fn filter_trees(trees: Vec<Arc<KernelTree>>, kernels: &[String]) -> Vec<Arc<
         .collect()
 }
 
-pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Result<Plan> {
+pub fn plan(
+    sources: &[PathBuf],
+    targets: &[Arc<TargetSetup>],
+    out: &Path,
+    mode: namespace::Mode,
+) -> Result<Plan> {
     use rayon::prelude::*;
     let out = std::path::absolute(out).map_err(|e| Error::io("resolve", out, e))?;
     let sources = sources
@@ -188,7 +193,7 @@ pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Re
             let mut others = sources
                 .par_iter()
                 .map(|src| {
-                    let vars = cell_vars(src, ts, tree, None, Some(empty.clone()));
+                    let vars = cell_vars(src, ts, tree, None, Some(empty.clone()), mode);
                     let spec = load_spec(src, &vars)?;
                     Ok(namespace::Source {
                         name: spec.name,
@@ -207,9 +212,7 @@ pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Re
     let mut cells = slots
         .into_par_iter()
         .enumerate()
-        .map(|(index, (si, source, ts, tree))| {
-            plan_cell(index, si, source, ts, tree, &out, sandbox.as_ref())
-        })
+        .map(|(index, slot)| plan_cell(index, slot, &out, sandbox.as_ref(), mode))
         .collect::<Result<Vec<Cell>>>()?;
     if let Some(others) = &sandbox {
         for c in &mut cells {
@@ -219,13 +222,12 @@ pub fn plan(sources: &[PathBuf], targets: &[Arc<TargetSetup>], out: &Path) -> Re
                 name: c.spec.name.clone(),
                 version: c.spec.version.clone(),
                 source: c.work_dir.join("src"),
-                others: others.to_vec(),
-                scratch: c.work_dir.join("ns"),
+                others: others.clone(),
                 // The run sets the policy of each step (its options, the cell's launcher).
                 purpose: namespace::Purpose::Build {
                     build: c.build_dir(),
-                    policy: namespace::Policy::strict(),
                 },
+                policy: mode.policy(),
             });
         }
     }
@@ -249,6 +251,7 @@ fn cell_vars(
     tree: &KernelTree,
     work_dir: Option<&Path>,
     sandbox: Option<Arc<Vec<namespace::Source>>>,
+    mode: namespace::Mode,
 ) -> CellVars {
     let (source_tree, dkms_tree) = match (&sandbox, work_dir) {
         (None, Some(work)) => (source.to_path_buf(), work.join("dkms_tree")),
@@ -270,17 +273,19 @@ fn cell_vars(
         module_hint: None,
         identity,
         sandbox,
+        mode,
     }
 }
 
+/// One slot of the matrix: the source's index, the source, the target and the tree.
+type Slot = (usize, PathBuf, Arc<TargetSetup>, Arc<KernelTree>);
+
 fn plan_cell(
     index: usize,
-    si: usize,
-    source: PathBuf,
-    ts: Arc<TargetSetup>,
-    tree: Arc<KernelTree>,
+    (si, source, ts, tree): Slot,
     out: &Path,
     sandbox: Option<&Arc<Vec<namespace::Source>>>,
+    mode: namespace::Mode,
 ) -> Result<Cell> {
     // The work dir must be known before the manifest is evaluated: dkms.conf files refer to
     // $dkms_tree/<module>/<version>/build. Name it by source, target and kernel; the spec
@@ -295,7 +300,7 @@ fn plan_cell(
         tree.release
     );
     let work_dir = out.join(".work").join(&slot);
-    let vars = cell_vars(&source, &ts, &tree, Some(&work_dir), sandbox.cloned());
+    let vars = cell_vars(&source, &ts, &tree, Some(&work_dir), sandbox.cloned(), mode);
     let spec = load_spec(&source, &vars)?;
     if let Some((name, version)) = &vars.identity
         && (name, version) != (&spec.name, &spec.version)

@@ -77,7 +77,7 @@ pub fn check(
         true => vec![record.inputs.source.dir.clone()],
         false => sources.to_vec(),
     };
-    let plan = plan::plan(&sources, targets, out)?;
+    let plan = plan::plan(&sources, targets, out, Default::default())?;
     let Some(cell) = plan.cells.iter().find(|c| {
         c.spec.name == record.module
             && c.target.target.name == record.target

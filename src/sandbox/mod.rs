@@ -1,13 +1,14 @@
-//! The sandbox: a private view of the file system (and, for dkms.conf, of the network and the
-//! process table) for one cell, where DKMS's own directories are as DKMS would have them on a
-//! machine where the package is installed, and the host is protected.
+//! The sandbox: the view of the machine one step of one cell gets (a dkms.conf evaluation,
+//! a patch, PRE_BUILD, make, POST_BUILD), made by the kernel and entered before the step's
+//! first instruction.
+//!
+//! ## DKMS's directories, per cell
 //!
 //! Real packages build against paths they do not get from DKMS's variables: the hard-coded
 //! `/lib/modules/<release>/build` (in a MAKE line, or a Makefile at any depth of the source),
 //! `/usr/src/<name>-<version>` and `/var/lib/dkms/<name>/<version>/build` written literally
 //! in dkms.conf, another package's source found with `find /usr/src`. Guessing which sources
-//! need which path always misses one, so every evaluation of a dkms.conf and every build step
-//! of every cell (patch, PRE_BUILD, make, POST_BUILD) runs in a private mount namespace where
+//! need which path always misses one, so in every step's view
 //!
 //! - `/lib/modules/<release>/build` is the cell's kernel tree,
 //! - `/usr/src/<name>-<version>` is the cell's source (its own copy, for a build step),
@@ -15,43 +16,77 @@
 //!   so `find $dkms_tree/.../build` descends it) and `.../source` links to the source,
 //! - the other sources of the run are read-only at `/usr/src/<other>-<version>`,
 //!
-//! and `$dkms_tree` / `$source_tree` are `/var/lib/dkms` / `/usr/src`, as in DKMS. No two
-//! cells share a directory, and the host's copies of those three directories are never
-//! written: the namespace sees the host's root through a recursive bind, and the three DKMS
-//! directories (or, where one is missing, its nearest existing parent) through overlays whose
-//! upper layers live on a tmpfs mounted inside the namespace. A tmpfs, because the kernel
-//! refuses an overlay upper directory that lies on overlayfs, the root of most containers.
-//! The steps then run chrooted into that view, so the build directory's path is the same for
-//! every cell and every output directory.
+//! and `$dkms_tree` / `$source_tree` are `/var/lib/dkms` / `/usr/src`, as in DKMS. The
+//! host's entries of those three directories stay visible (read-only), except the cell's
+//! own names, which the cell's directories replace; the host's copies are never written.
+//! No two cells share a directory.
+//!
+//! ## Confinement
 //!
 //! A dkms.conf is a third party's bash, evaluated (as root, from kernel hooks) before anything
-//! is built, also by `--dry-run`; PRE_BUILD, POST_BUILD and the package's Makefiles are its
-//! code too. So both run confined ([`Policy::strict`]): every mount of the host is read-only,
-//! `/tmp` is copy-on-write (the host's files there readable, writes private to the step),
-//! there is no network (a new network namespace with only a loopback that is down), and
-//! every step runs in a new PID namespace, so everything it starts dies with it. A build
-//! step can write its build directory, its copy of the source and the directories its policy
-//! names (a compiler cache); a build with a remote compiler launcher keeps the network.
-//! `--sandbox open` gives build steps the host as DKMS does ([`Policy::open`]).
+//! is built, also by `--dry-run` and `kmx add`; PRE_BUILD, POST_BUILD and the package's
+//! Makefiles are its code too. The view is made by bubblewrap (`bwrap`, Debian's
+//! `bubblewrap`: the sandbox Flatpak is built on), which sets it up with system calls in one
+//! process and then execs the step. Under the strict policy ([`Policy::strict`], what every
+//! evaluation and, by default, every build step gets):
 //!
-//! Root gets the namespaces directly; other users through a user namespace where the kernel
-//! allows it. Where none can be made (a container without CAP_SYS_ADMIN, user namespaces
-//! disabled), [`available`] says why and cells run on the host's paths: the plan and the
-//! summary say so.
+//! - a new user namespace where the kernel allows one (root maps to root; `bwrap
+//!   --disable-userns` forbids nesting another), with every capability dropped and the
+//!   bounding set cleared, and `no_new_privs` (a set-uid program gains nothing);
+//! - a new mount namespace entered with `pivot_root`, the old root detached: the host's
+//!   root is bound read-only, recursively, and mounts inherited across the user namespace
+//!   are locked read-only by the kernel (no remount can lift it);
+//! - new PID, IPC, UTS and cgroup namespaces and a fresh `/proc` for the step's own PID
+//!   namespace (no host process to signal, trace or reach through `/proc/<pid>/root`); the
+//!   step dies with kmx (`--die-with-parent`), and everything it starts dies with it;
+//! - a new network namespace with only its own loopback (no host address, no abstract Unix
+//!   socket of the host), unless the step's compiler launcher needs the network (distcc,
+//!   icecc, sccache);
+//! - a minimal `/dev` (null, zero, full, random, urandom, tty, pts, shm), an empty private
+//!   `/tmp` and `/run` (no host socket under `/run` or `/tmp`), a new session (no `TIOCSTI`
+//!   into kmx's terminal);
+//! - the machine's secrets hidden ([`SECRETS`]: shadow files, SSH keys, module-signing
+//!   keys).
+//!
+//! A build step can write its build directory, its copy of the source and the directories
+//! its policy names (a compiler cache). The host is readable otherwise, as it must be for a
+//! build (compilers, headers, the kernel trees wherever they are).
+//!
+//! `--sandbox open` ([`Policy::open`]) gives build steps the host as DKMS does: writable,
+//! with its network, processes and devices, capabilities kept; only DKMS's three directories
+//! are the cell's own.
+//!
+//! Where user namespaces cannot be made (user namespaces disabled, or kmx running in a
+//! chroot, where the kernel refuses them), root still gets every other namespace: the step
+//! runs as root without capabilities on a read-only host. Where no sandbox can be made at
+//! all (no bubblewrap, another user without user namespaces), [`available`] says why and
+//! cells run on the host's paths: the plan and the summary say so.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-
-use crate::process::quote;
 
 /// DKMS's `$dkms_tree` inside a cell.
 pub const DKMS_TREE: &str = "/var/lib/dkms";
 /// DKMS's `$source_tree` inside a cell.
 pub const SOURCE_TREE: &str = "/usr/src";
 
-/// Exit status of the set-up part of the step when a mount could not be made.
-pub const SETUP_FAILED: i32 = 125;
+/// Files and directories of the host that no step reads, though the rest of the host is
+/// readable: password hashes, SSH keys, and the keys modules are signed with (DKMS's machine
+/// owner key, kmx's own), which would let a package sign anything the machine trusts.
+pub const SECRETS: &[&str] = &[
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/ssh",
+    "/root/.ssh",
+    "/root/.gnupg",
+    "/var/lib/dkms/mok.key",
+    "/var/lib/shim-signed/mok",
+    "/var/lib/kmx/keys",
+];
 
 /// The build directory a cell's steps see: DKMS's `$dkms_tree/<name>/<version>/build`.
 pub fn build_dir(name: &str, version: &str) -> PathBuf {
@@ -79,46 +114,66 @@ pub struct Source {
 #[derive(Debug, Clone)]
 pub enum Purpose {
     /// A build step: the cell's build directory (this host directory) and its copy of the
-    /// source are writable; the rest as `policy` says.
-    Build { build: PathBuf, policy: Policy },
-    /// Evaluating a dkms.conf: the host read-only, no network, `files` (a host directory,
-    /// writable) at [`EVAL_DIR`].
+    /// source are writable.
+    Build { build: PathBuf },
+    /// Evaluating a dkms.conf: `files` (a host directory, writable) at [`EVAL_DIR`], the
+    /// source read-only.
     Evaluate { files: PathBuf },
 }
 
-/// How far a build step is confined, beyond DKMS's directories (which are always private).
+/// `--sandbox`: the run's choice, for dkms.conf and build steps alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// [`Policy::strict`].
+    #[default]
+    Strict,
+    /// [`Policy::open`]: as under DKMS.
+    Open,
+}
+
+impl Mode {
+    /// The policy a step of this mode starts from (a build step may keep the network or a
+    /// cache directory: see the build's own policy).
+    pub fn policy(self) -> Policy {
+        match self {
+            Mode::Strict => Policy::strict(),
+            Mode::Open => Policy::open(),
+        }
+    }
+}
+
+/// How far a step is confined, beyond DKMS's directories (which are always private).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
-    /// Every mount of the host read-only; `/tmp` copy-on-write (the host's files readable,
-    /// writes private); only the cell's directories and `writable` can be written.
-    pub read_only_host: bool,
-    /// The host's network; `false`: a network namespace with only a loopback that is down.
+    /// The confinement described in the module's documentation; `false`: the host as
+    /// under DKMS (writable, its processes, devices, capabilities).
+    pub confined: bool,
+    /// The host's network; `false`: a network namespace with only its own loopback.
     pub network: bool,
     /// Host directories that stay writable (a compiler cache).
     pub writable: Vec<PathBuf>,
 }
 
 impl Policy {
-    /// The host read-only, no network: what a dkms.conf evaluation gets, and build steps by
-    /// default.
+    /// Confined, no network: what every step gets by default.
     pub fn strict() -> Policy {
         Policy {
-            read_only_host: true,
+            confined: true,
             network: false,
             writable: Vec::new(),
         }
     }
-    /// The host writable and the network, as under DKMS (`--sandbox open`).
+    /// The host as under DKMS (`--sandbox open`).
     pub fn open() -> Policy {
         Policy {
-            read_only_host: false,
+            confined: false,
             network: true,
             writable: Vec::new(),
         }
     }
 }
 
-/// What one cell's namespace holds, in host paths.
+/// What one cell's view holds, in host paths.
 #[derive(Debug, Clone)]
 pub struct View {
     /// The kernel release and its tree, for `/lib/modules/<release>/build`.
@@ -133,169 +188,314 @@ pub struct View {
     /// cell's own copy), read-only for an evaluation.
     pub source: PathBuf,
     /// Other sources of the run, read-only under /usr/src.
-    pub others: Vec<Source>,
-    /// A directory of the cell's own (on any file system) that holds the namespace's mount
-    /// points; nothing is written into it but two empty directories.
-    pub scratch: PathBuf,
+    pub others: std::sync::Arc<Vec<Source>>,
     pub purpose: Purpose,
+    pub policy: Policy,
+}
+
+/// How bubblewrap is run here, found once per process by [`available`].
+#[derive(Debug, Clone)]
+struct Runner {
+    bwrap: PathBuf,
+    /// Whether a user namespace can be made (not in a chroot, not disabled).
+    user_ns: bool,
 }
 
 impl View {
-    /// The command that runs `line` with bash from `cwd` (a path inside the view).
+    /// The command that runs `line` with bash from `cwd` (a path inside the view). Only
+    /// called where [`available`] said yes; otherwise the command says why it cannot run.
     pub fn command(&self, cwd: &Path, line: &str) -> Command {
-        let mut cmd = Command::new("unshare");
-        // A PID namespace of its own: whatever the step starts dies with it.
-        cmd.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--pid",
-            "--fork",
-            "--kill-child",
-        ]);
-        if !self.policy().network {
-            cmd.arg("--net");
+        match runner() {
+            Ok(runner) => {
+                let mut cmd = Command::new(&runner.bwrap);
+                cmd.args(self.args(runner.user_ns, crate::process::is_root(), cwd));
+                cmd.args(["bash", "-c", line]);
+                if self.policy.confined {
+                    use std::os::unix::process::CommandExt;
+                    // A descriptor kmx inherited from its caller (a directory of the host
+                    // opened by a hook, say) would reach past the read-only view: none
+                    // crosses into the step. A jobserver's, configured after this, does.
+                    // SAFETY: only async-signal-safe system calls between fork and exec.
+                    unsafe { cmd.pre_exec(close_inherited) };
+                }
+                cmd
+            }
+            Err(why) => {
+                let mut cmd = Command::new("bash");
+                cmd.args(["-c", "echo \"bwrap: $0\" >&2; exit 1", &why]);
+                cmd
+            }
         }
-        if !crate::process::is_root() {
-            cmd.arg("--map-root-user");
-        }
-        cmd.args(["bash", "-c", &self.script(cwd, line)]);
-        cmd
     }
 
     fn known(&self) -> bool {
         !self.name.is_empty() && !self.version.is_empty()
     }
 
-    /// How far the view is confined: a build step's policy; always strict for dkms.conf.
-    fn policy(&self) -> std::borrow::Cow<'_, Policy> {
-        match &self.purpose {
-            Purpose::Build { policy, .. } => std::borrow::Cow::Borrowed(policy),
-            Purpose::Evaluate { .. } => std::borrow::Cow::Owned(Policy::strict()),
+    /// bubblewrap's arguments, up to the command: namespaces, then the view, mount by mount
+    /// in order (a later mount covers an earlier one).
+    fn args(&self, user_ns: bool, root: bool, cwd: &Path) -> Vec<OsString> {
+        let policy = &self.policy;
+        let confined = policy.confined;
+        let mut a = Args(Vec::new());
+        // Root under `--sandbox open` is root as under DKMS: no user namespace.
+        if (user_ns && confined) || !root {
+            a.flags(&["--unshare-user"]);
+            if confined {
+                a.flags(&["--disable-userns"]);
+            }
         }
-    }
+        a.flags(&["--die-with-parent"]);
+        if confined {
+            a.flags(&[
+                "--unshare-pid",
+                "--unshare-ipc",
+                "--unshare-uts",
+                "--unshare-cgroup-try",
+                "--new-session",
+                "--cap-drop",
+                "ALL",
+            ]);
+            if !policy.network {
+                a.flags(&["--unshare-net"]);
+            }
+            a.mount("--ro-bind", Path::new("/"), Path::new("/"));
+            a.at("--proc", Path::new("/proc"));
+            a.at("--dev", Path::new("/dev"));
+            a.at("--tmpfs", Path::new("/tmp"));
+            a.at("--tmpfs", &resolve(Path::new("/run")));
+        } else {
+            // As under DKMS: root keeps its capabilities (a user keeps none in any case).
+            if root {
+                a.flags(&["--cap-add", "ALL"]);
+            }
+            a.mount("--dev-bind", Path::new("/"), Path::new("/"));
+        }
+        let bind = if confined { "--ro-bind" } else { "--bind" };
 
-    /// The set-up script: mounts, then `chroot` into the view and run the line.
-    fn script(&self, cwd: &Path, line: &str) -> String {
-        let mut s = Script(String::from(
-            "fail() { echo \"kmx: cannot make the cell's private mount namespace: $*\" >&2; exit 125; }\n",
-        ));
-        let evaluate = matches!(self.purpose, Purpose::Evaluate { .. });
-        let policy = self.policy();
-        s.run(format!("cd {}", q(&self.scratch)));
-        s.run("mkdir -p root stage".into());
-        // The host as it is; then a tmpfs for the overlays' upper layers.
-        s.run("mount --rbind / root".into());
-        if policy.read_only_host {
-            // Every mount of the host read-only (a recursive bind makes only the top one so).
-            s.0.push_str(concat!(
-                "top=$(pwd -P)/root\n",
-                "while read -r _ _ _ _ mp _; do\n",
-                "  printf -v mp '%b' \"$mp\"\n",
-                "  case $mp in \"$top\"|\"$top\"/*) mount -o remount,bind,ro \"$mp\" || fail \"cannot make $mp read-only\" ;; esac\n",
-                "done </proc/self/mountinfo\n",
-            ));
-        }
-        s.run("mount -t tmpfs -o mode=0700 kmx stage".into());
+        // /lib/modules/<release>/build: the cell's tree (resolved: the tree may be the
+        // host's own /lib/modules/<release>/build).
         let lib_modules = resolve(Path::new("/lib/modules"));
-        let mut roots = vec![
-            lib_modules.clone(),
-            resolve(Path::new(SOURCE_TREE)),
-            resolve(Path::new(DKMS_TREE)),
-        ];
-        if policy.read_only_host {
-            // Writes to /tmp land on the overlay; the host's files there stay readable.
-            roots.push(resolve(Path::new("/tmp")));
-        }
-        for (i, point) in overlay_points(&roots).iter().enumerate() {
-            let at = q(&inside(point));
-            s.run(format!("mkdir stage/{i} stage/{i}/u stage/{i}/w"));
-            s.run(format!(
-                "mount -t overlay kmx -o lowerdir={at},upperdir=stage/{i}/u,workdir=stage/{i}/w {at}"
-            ));
-        }
-        // No kernel when a source is registered (`kmx add`): no build link then.
+        let kdir = self
+            .kdir
+            .canonicalize()
+            .unwrap_or_else(|_| self.kdir.clone());
         if !self.release.is_empty() {
-            let kver = lib_modules.join(&self.release);
-            let link = inside(&kver.join("build"));
-            s.run(format!("mkdir -p {}", q(&inside(&kver))));
-            s.run(format!("rm -rf {}", q(&link)));
-            s.run(format!("ln -s {} {}", q(&self.kdir), q(&link)));
+            let release = lib_modules.join(&self.release);
+            a.shadow(&lib_modules, &[self.release.as_str()], bind);
+            if release.is_dir() {
+                a.dir(&release);
+                a.rebind_entries(&release, &["build", "source"], bind);
+            } else {
+                a.dir(&release);
+            }
+            a.symlink(&kdir, &release.join("build"));
         }
+        // /usr/src and /var/lib/dkms: the host's entries, and the cell's own.
+        let source_tree = resolve(Path::new(SOURCE_TREE));
+        let dkms_tree = resolve(Path::new(DKMS_TREE));
+        let mut own_sources: Vec<String> = self
+            .others
+            .iter()
+            .map(|o| format!("{}-{}", o.name, o.version))
+            .collect();
         if self.known() {
-            s.bind(
-                &self.source,
-                &source_dir(&self.name, &self.version),
-                evaluate,
-            );
-            let build = build_dir(&self.name, &self.version);
+            own_sources.push(format!("{}-{}", self.name, self.version));
+        }
+        let own: Vec<&str> = own_sources.iter().map(String::as_str).collect();
+        a.shadow(&source_tree, &own, bind);
+        let dkms_own: &[&str] = if self.known() { &[&self.name] } else { &[] };
+        a.shadow(&dkms_tree, dkms_own, bind);
+        if self.known() {
+            let module = dkms_tree.join(&self.name).join(&self.version);
+            let source = source_tree.join(format!("{}-{}", self.name, self.version));
             match &self.purpose {
-                Purpose::Build { build: host, .. } => s.bind(host, &build, false),
+                Purpose::Build { build } => {
+                    a.mount("--bind", &self.source, &source);
+                    a.mount("--bind", build, &module.join("build"));
+                }
                 Purpose::Evaluate { .. } => {
-                    s.run(format!("mkdir -p {}", q(&inside(&resolve(&build)))));
+                    a.mount("--ro-bind", &self.source, &source);
+                    a.dir(&module.join("build"));
+                }
+            }
+            a.symlink(
+                &source_dir(&self.name, &self.version),
+                &module.join("source"),
+            );
+        }
+        for o in self.others.iter() {
+            if (&o.name, &o.version) != (&self.name, &self.version) {
+                let at = source_tree.join(format!("{}-{}", o.name, o.version));
+                a.mount("--ro-bind", &o.dir, &at);
+            }
+        }
+        if confined {
+            // What the step reaches by its host path and the private /tmp and /run would
+            // hide: the tree (with what its links reach: Debian's `-common` half, the
+            // kbuild directory), the source that a first reading of dkms.conf runs in. The
+            // whole directory under /tmp or /run that holds each is shown read-only.
+            let hidden = [PathBuf::from("/tmp"), resolve(Path::new("/run"))];
+            let mut reached = vec![kdir.clone(), self.kdir.clone()];
+            if !self.known() {
+                reached.push(self.source.clone());
+            }
+            let mut shown: Vec<PathBuf> = Vec::new();
+            for p in reached {
+                let Some(h) = hidden.iter().find(|h| p.starts_with(h)) else {
+                    continue;
+                };
+                let Some(top) = p.strip_prefix(h).ok().and_then(|r| r.components().next()) else {
+                    continue;
+                };
+                let top = h.join(top);
+                if top.exists() && !shown.contains(&top) {
+                    a.mount("--ro-bind", &top, &top);
+                    shown.push(top);
                 }
             }
         }
-        for o in &self.others {
-            if (&o.name, &o.version) != (&self.name, &self.version) {
-                s.bind(&o.dir, &source_dir(&o.name, &o.version), true);
-            }
-        }
-        if self.known() {
-            let source_link = inside(&resolve(
-                &Path::new(DKMS_TREE)
-                    .join(&self.name)
-                    .join(&self.version)
-                    .join("source"),
-            ));
-            s.run(format!("rm -rf {}", q(&source_link)));
-            s.run(format!(
-                "ln -s {} {}",
-                q(&source_dir(&self.name, &self.version)),
-                q(&source_link)
-            ));
-        }
         if let Purpose::Evaluate { files } = &self.purpose {
-            s.bind(files, Path::new(EVAL_DIR), false);
+            a.mount("--bind", files, Path::new(EVAL_DIR));
         }
         for dir in &policy.writable {
-            s.bind(dir, dir, false);
+            a.mount("--bind", dir, dir);
         }
-        // chroot lives in sbin, which a user's PATH may lack.
-        s.0.push_str(&format!(
-            "exec \"$(PATH=$PATH:/usr/sbin:/sbin command -v chroot)\" root /bin/bash -c 'cd \"$0\" && exec bash -c \"$1\"' {} {}\n",
-            q(cwd),
-            quote(line)
-        ));
-        s.0
+        if confined {
+            for secret in SECRETS {
+                let path = Path::new(secret);
+                match path.symlink_metadata() {
+                    Ok(m) if m.is_dir() => a.at("--tmpfs", path),
+                    Ok(_) => a.mount("--ro-bind", Path::new("/dev/null"), path),
+                    Err(_) => {}
+                }
+            }
+        }
+        a.at("--chdir", cwd);
+        a.0
     }
 }
 
-fn q(p: &Path) -> String {
-    quote(&p.to_string_lossy())
+/// Mark every descriptor above standard error close-on-exec (`close_range`, Linux 5.11;
+/// `fcntl` one by one before it).
+fn close_inherited() -> std::io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range and fcntl are async-signal-safe and take plain integers.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) == 0 {
+            return Ok(());
+        }
+        let max = match libc::sysconf(libc::_SC_OPEN_MAX) {
+            n if n > 3 => n.min(1 << 20) as libc::c_int,
+            _ => 1024,
+        };
+        for fd in 3..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    Ok(())
 }
 
-/// The set-up script being written: each command stops it with [`SETUP_FAILED`] if it fails.
-struct Script(String);
+/// bubblewrap's argument list being written.
+struct Args(Vec<OsString>);
 
-impl Script {
-    fn run(&mut self, cmd: String) {
-        self.0.push_str(&cmd);
-        self.0.push_str(&format!(" || fail {}\n", quote(&cmd)));
+impl Args {
+    fn flags(&mut self, flags: &[&str]) {
+        self.0.extend(flags.iter().map(OsString::from));
+    }
+    fn at(&mut self, op: &str, path: &Path) {
+        self.0.push(op.into());
+        self.0.push(path.into());
+    }
+    fn mount(&mut self, op: &str, from: &Path, to: &Path) {
+        self.0.push(op.into());
+        self.0.push(from.into());
+        self.0.push(to.into());
+    }
+    fn dir(&mut self, path: &Path) {
+        self.at("--dir", path);
+    }
+    fn symlink(&mut self, target: &Path, at: &Path) {
+        self.mount("--symlink", target, at);
     }
 
-    /// Show host directory `from` at `to` (a path inside the view).
-    fn bind(&mut self, from: &Path, to: &Path, read_only: bool) {
-        let to = inside(&resolve(to));
-        self.run(format!("mkdir -p {}", q(&to)));
-        let opt = if read_only { " -o ro" } else { "" };
-        self.run(format!("mount --bind{opt} {} {}", q(from), q(&to)));
+    /// Make host directory `dir` the view's own (a tmpfs, writable by nobody but the view)
+    /// with the host's entries shown again by `bind`, except `except`, which the view
+    /// places itself. A missing `dir` is made in its nearest existing parent, shadowed the
+    /// same way (bubblewrap cannot create a directory on the read-only host).
+    fn shadow(&mut self, dir: &Path, except: &[&str], bind: &str) {
+        let mut missing = Vec::new();
+        let mut existing = dir;
+        while !existing.is_dir() {
+            match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    missing.push(name.to_string_lossy().into_owned());
+                    existing = parent;
+                }
+                _ => return,
+            }
+        }
+        if existing == Path::new("/") {
+            // Never shadow the root: the view makes its directories inside it instead.
+            let mut at = PathBuf::from("/");
+            for name in missing.iter().rev() {
+                at.push(name);
+                self.dir(&at);
+            }
+            return;
+        }
+        match missing.last() {
+            Some(first) => {
+                self.at("--tmpfs", existing);
+                self.rebind_entries(existing, &[first.as_str()], bind);
+                let mut at = existing.to_path_buf();
+                for name in missing.iter().rev() {
+                    at.push(name);
+                    self.dir(&at);
+                }
+            }
+            None => {
+                self.at("--tmpfs", dir);
+                self.rebind_entries(dir, except, bind);
+            }
+        }
+    }
+
+    /// Show again what host directory `dir` holds (a tmpfs now covers it), but `except`:
+    /// directories and files bound by `bind`, symbolic links made again; sockets, FIFOs and
+    /// devices are left out.
+    fn rebind_entries(&mut self, dir: &Path, except: &[&str], bind: &str) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            if except.iter().any(|x| name.as_os_str() == *x) {
+                continue;
+            }
+            let path = e.path();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_symlink() {
+                if let Ok(target) = std::fs::read_link(&path) {
+                    self.symlink(&target, &path);
+                }
+            } else if kind.is_dir() || kind.is_file() {
+                self.mount(bind, &path, &path);
+            }
+        }
     }
 }
 
-/// `path` under the view's root, relative to the scratch directory.
-fn inside(path: &Path) -> PathBuf {
-    Path::new("root").join(path.strip_prefix("/").unwrap_or(path))
+/// Why a step's sandbox could not be made, from what the step printed (`text`, its first
+/// lines) and its exit status: bubblewrap's own message. `None` when the step itself ran.
+pub fn setup_failure(code: Option<i32>, text: &str) -> Option<String> {
+    if code != Some(1) {
+        return None;
+    }
+    let first = text.lines().find(|l| !l.trim().is_empty())?;
+    first.starts_with("bwrap: ").then(|| first.to_string())
 }
 
 /// `path` with its existing part resolved on the host (`/lib` is `/usr/lib` with a merged
@@ -321,103 +521,215 @@ fn resolve(path: &Path) -> PathBuf {
     }
 }
 
-/// Where overlays go so that each of `dirs` can be created and written in the view: the
-/// directory itself when it exists, its nearest existing parent otherwise; never one inside
-/// another (overlays stacked on overlays hit the kernel's depth limit on an overlayfs root).
-fn overlay_points(dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut points: Vec<PathBuf> = dirs
-        .iter()
-        .map(|d| {
-            let mut p = d.as_path();
-            while !p.is_dir() {
-                p = p.parent().unwrap_or(Path::new("/"));
-            }
-            p.to_path_buf()
-        })
-        .collect();
-    points.sort();
-    points.dedup();
-    let all = points.clone();
-    points.retain(|p| !all.iter().any(|q| q != p && p.starts_with(q)));
-    points
-}
-
-/// Whether cells get their private namespace here: `Err` says why not. Probed once per
-/// process by making one, with the same script a cell uses.
+/// Whether cells get their sandbox here: `Err` says why not. Probed once per process.
 pub fn available() -> Result<(), String> {
-    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
-    PROBE.get_or_init(probe).clone()
+    runner().map(|_| ())
 }
 
-fn probe() -> Result<(), String> {
-    let tmp =
-        tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+fn runner() -> Result<&'static Runner, String> {
+    static RUNNER: OnceLock<Result<Runner, String>> = OnceLock::new();
+    RUNNER.get_or_init(probe).as_ref().map_err(Clone::clone)
+}
+
+/// Find bubblewrap and whether it can make a user namespace here, by making the strict view
+/// of a cell and running a step in it that must see its build directory and tree link.
+fn probe() -> Result<Runner, String> {
+    let path = format!(
+        "{}:/usr/sbin:/sbin",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let bwrap = which::which_in("bwrap", Some(&path), "/")
+        .map_err(|_| "bwrap not found (install bubblewrap)".to_string())?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".kmx-probe-")
+        .tempdir_in(std::env::temp_dir())
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let dir = tmp.path();
-    for d in ["build", "src", "ns", "files"] {
+    for d in ["build", "src"] {
         std::fs::create_dir(dir.join(d)).map_err(|e| format!("cannot create {d}: {e}"))?;
     }
-    let build = View {
+    let view = View {
         release: "0.0.0-kmx-probe".into(),
         kdir: dir.join("src"),
         name: "kmx-probe".into(),
         version: "0".into(),
         source: dir.join("src"),
-        others: Vec::new(),
-        scratch: dir.join("ns"),
+        others: Default::default(),
         purpose: Purpose::Build {
             build: dir.join("build"),
-            policy: Policy::strict(),
         },
+        policy: Policy::strict(),
     };
-    let evaluate = View {
-        purpose: Purpose::Evaluate {
-            files: dir.join("files"),
-        },
-        ..build.clone()
-    };
-    let cwd = build_dir(&build.name, &build.version);
+    let cwd = build_dir(&view.name, &view.version);
     let check = "test -L /lib/modules/0.0.0-kmx-probe/build && touch made-here";
-    try_view(&build, &cwd, check, &dir.join("build/made-here"))?;
-    let check = format!("touch {EVAL_DIR}/made-here");
-    try_view(&evaluate, &cwd, &check, &dir.join("files/made-here"))
-}
-
-/// Run `check` in `view`; Ok when it succeeded and `made` exists.
-fn try_view(view: &View, cwd: &Path, check: &str, made: &Path) -> Result<(), String> {
-    let out = view
-        .command(cwd, check)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run unshare: {e} (install util-linux)"))?;
-    if out.status.success() && made.is_file() {
-        return Ok(());
+    let made = dir.join("build/made-here");
+    let mut last = String::new();
+    let root = crate::process::is_root();
+    // A user namespace first; root without one where the kernel refuses it (a chroot).
+    for user_ns in [true, false] {
+        if !user_ns && !root {
+            break;
+        }
+        let out = Command::new(&bwrap)
+            .args(view.args(user_ns, root, &cwd))
+            .args(["bash", "-c", check])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", bwrap.display()))?;
+        if out.status.success() && made.is_file() {
+            return Ok(Runner { bwrap, user_ns });
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message")
+            .trim()
+            .to_string();
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let why = stderr
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no message")
-        .trim()
-        .to_string();
-    Err(why)
+    Err(last)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn view(purpose: Purpose, policy: Policy) -> View {
+        View {
+            release: "6.1.0-50-arm64".into(),
+            kdir: "/home/a b/kdir".into(),
+            name: "m".into(),
+            version: "1".into(),
+            source: "/out/w/src".into(),
+            others: std::sync::Arc::new(vec![Source {
+                name: "o".into(),
+                version: "2".into(),
+                dir: "/srcs/o".into(),
+            }]),
+            purpose,
+            policy,
+        }
+    }
+
+    fn words(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Whether `seq` appears in `all` as consecutive words.
+    fn has(all: &[String], seq: &[&str]) -> bool {
+        all.windows(seq.len()).any(|w| w == seq)
+    }
+
     #[test]
-    fn overlay_points_never_nest() {
-        let p = |s: &str| PathBuf::from(s);
+    fn a_strict_view_drops_everything_and_places_the_cells_directories() {
+        let v = view(
+            Purpose::Build {
+                build: "/out/w/build".into(),
+            },
+            Policy::strict(),
+        );
+        let a = words(&v.args(true, true, &build_dir("m", "1")));
+        for flag in [
+            "--unshare-user",
+            "--disable-userns",
+            "--unshare-pid",
+            "--unshare-net",
+            "--new-session",
+            "--die-with-parent",
+        ] {
+            assert!(a.iter().any(|w| w == flag), "{flag} missing: {a:?}");
+        }
+        assert!(has(&a, &["--cap-drop", "ALL"]), "{a:?}");
+        assert!(has(&a, &["--ro-bind", "/", "/"]), "{a:?}");
+        assert!(has(&a, &["--proc", "/proc"]) && has(&a, &["--dev", "/dev"]));
+        assert!(has(&a, &["--tmpfs", "/tmp"]), "{a:?}");
+        let dkms = resolve(Path::new(DKMS_TREE));
+        let src = resolve(Path::new(SOURCE_TREE));
+        let build = dkms.join("m/1/build").to_string_lossy().into_owned();
+        let own = src.join("m-1").to_string_lossy().into_owned();
+        let other = src.join("o-2").to_string_lossy().into_owned();
+        assert!(has(&a, &["--bind", "/out/w/build", &build]), "{a:?}");
+        assert!(has(&a, &["--bind", "/out/w/src", &own]), "{a:?}");
+        assert!(has(&a, &["--ro-bind", "/srcs/o", &other]), "{a:?}");
+        assert!(has(&a, &["--chdir", "/var/lib/dkms/m/1/build"]), "{a:?}");
+        // The host is never bound writable.
+        assert!(!a.iter().any(|w| w == "--dev-bind"), "{a:?}");
+    }
+
+    #[test]
+    fn an_open_view_is_the_host_as_under_dkms() {
+        let v = view(
+            Purpose::Build {
+                build: "/out/w/build".into(),
+            },
+            Policy::open(),
+        );
+        let a = words(&v.args(false, true, &build_dir("m", "1")));
+        assert!(has(&a, &["--dev-bind", "/", "/"]), "{a:?}");
+        assert!(has(&a, &["--cap-add", "ALL"]), "{a:?}");
+        for flag in ["--unshare-net", "--unshare-pid", "--new-session", "--proc"] {
+            assert!(!a.iter().any(|w| w == flag), "{flag} present: {a:?}");
+        }
+    }
+
+    #[test]
+    fn an_evaluation_is_strict_and_sees_its_source_read_only() {
+        let v = view(
+            Purpose::Evaluate {
+                files: "/out/e".into(),
+            },
+            Policy::strict(),
+        );
+        let a = words(&v.args(false, true, Path::new("/usr/src/m-1")));
+        let src = resolve(Path::new(SOURCE_TREE));
+        let own = src.join("m-1").to_string_lossy().into_owned();
+        assert!(has(&a, &["--ro-bind", "/out/w/src", &own]), "{a:?}");
+        assert!(has(&a, &["--bind", "/out/e", EVAL_DIR]), "{a:?}");
+        assert!(has(&a, &["--unshare-net"]) && has(&a, &["--cap-drop", "ALL"]));
+        // Root without a user namespace (a chroot): no --unshare-user, still no caps.
+        assert!(!a.iter().any(|w| w == "--unshare-user"), "{a:?}");
+    }
+
+    #[test]
+    fn shadowing_a_directory_shows_the_hosts_entries_but_the_views_own() {
         let tmp = tempfile::tempdir().unwrap();
-        let a = tmp.path().join("a");
-        std::fs::create_dir_all(a.join("b")).unwrap();
-        // a/b exists, a/c does not (its parent a is used), and a/b is inside a.
-        let points = overlay_points(&[a.join("b"), a.join("c/d")]);
-        assert_eq!(points, vec![a.clone()]);
-        let points = overlay_points(&[a.join("b"), p("/nonexistent-kmx/x")]);
-        assert_eq!(points, vec![p("/")]);
+        let d = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(d.join("keep")).unwrap();
+        std::fs::create_dir(d.join("mine")).unwrap();
+        std::fs::write(d.join("file"), "x").unwrap();
+        std::os::unix::fs::symlink("keep", d.join("link")).unwrap();
+        let mut a = Args(Vec::new());
+        a.shadow(&d, &["mine"], "--ro-bind");
+        let a = words(&a.0);
+        let p = |n: &str| d.join(n).to_string_lossy().into_owned();
+        assert!(has(&a, &["--tmpfs", &d.to_string_lossy()]), "{a:?}");
+        assert!(has(&a, &["--ro-bind", &p("keep"), &p("keep")]), "{a:?}");
+        assert!(has(&a, &["--ro-bind", &p("file"), &p("file")]), "{a:?}");
+        assert!(has(&a, &["--symlink", "keep", &p("link")]), "{a:?}");
+        assert!(!a.iter().any(|w| w == &p("mine")), "{a:?}");
+        // A missing directory is made in its nearest existing parent.
+        let mut a = Args(Vec::new());
+        a.shadow(&d.join("new/deeper"), &[], "--ro-bind");
+        let a = words(&a.0);
+        assert!(has(&a, &["--dir", &p("new")]), "{a:?}");
+        assert!(has(&a, &["--dir", &p("new/deeper")]), "{a:?}");
+        assert!(has(&a, &["--ro-bind", &p("keep"), &p("keep")]), "{a:?}");
+    }
+
+    #[test]
+    fn a_setup_failure_is_bubblewraps_own_first_line() {
+        assert_eq!(
+            setup_failure(Some(1), "\nbwrap: Can't mkdir /x: Read-only file system\n").as_deref(),
+            Some("bwrap: Can't mkdir /x: Read-only file system")
+        );
+        assert_eq!(setup_failure(Some(2), "bwrap: x\n"), None);
+        assert_eq!(
+            setup_failure(Some(1), "make: *** Error 1\nbwrap: x\n"),
+            None
+        );
     }
 
     #[test]
@@ -429,41 +741,6 @@ mod tests {
         assert_eq!(
             resolve(&real.join("lib/modules/6.1/build")),
             real.join("usr/modules/6.1/build")
-        );
-    }
-
-    #[test]
-    fn the_script_quotes_paths_and_runs_the_line_chrooted() {
-        let view = View {
-            release: "6.1.0-50-arm64".into(),
-            kdir: "/home/a b/kdir".into(),
-            name: "m".into(),
-            version: "1".into(),
-            source: "/out/w/src".into(),
-            others: vec![Source {
-                name: "o".into(),
-                version: "2".into(),
-                dir: "/srcs/o".into(),
-            }],
-            scratch: "/out/w/ns".into(),
-            purpose: Purpose::Build {
-                build: "/out/w/build".into(),
-                policy: Policy::open(),
-            },
-        };
-        let s = view.script(&build_dir("m", "1"), "make 'x'");
-        assert!(s.contains("ln -s '/home/a b/kdir' root/"), "{s}");
-        assert!(
-            s.contains("mount --bind /out/w/build root/var/lib/dkms/m/1/build"),
-            "{s}"
-        );
-        assert!(
-            s.contains("mount --bind -o ro /srcs/o root/usr/src/o-2"),
-            "{s}"
-        );
-        assert!(
-            s.ends_with("/var/lib/dkms/m/1/build 'make '\\''x'\\'''\n"),
-            "{s}"
         );
     }
 }

@@ -35,7 +35,7 @@ fn doctor_finds_four_usable_targets_whose_vermagic_matches_real_modules() {
     let text = k.run(&["doctor", "-t", four]).ok().stdout();
     assert!(text.ends_with("4 of 4 targets usable\n"), "{text}");
     assert!(
-        text.starts_with("host: private mount namespaces ok")
+        text.starts_with("host: sandbox ok (bubblewrap")
             && text.contains("\nhost: all 15 tools kmx runs are installed\n"),
         "{text}"
     );

@@ -17,6 +17,7 @@ mod kernels;
 mod lifecycle;
 mod package;
 mod reproducible;
+mod sandbox;
 mod schemas;
 mod smoke;
 mod verify;

@@ -59,7 +59,16 @@ pub struct Kmx {
 impl Kmx {
     /// A fresh, empty home.
     pub fn empty() -> Kmx {
-        let tmp = tempfile::tempdir().unwrap();
+        Kmx::empty_in(&std::env::temp_dir())
+    }
+
+    /// A fresh, empty home in a new directory under `parent` (tests of what the sandbox
+    /// protects keep their files outside /tmp, which every step gets privately).
+    pub fn empty_in(parent: &Path) -> Kmx {
+        let tmp = tempfile::Builder::new()
+            .prefix("kmx-test-")
+            .tempdir_in(parent)
+            .unwrap();
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
         Kmx {
@@ -93,6 +102,19 @@ impl Kmx {
     /// targets.
     pub fn with_all_trees() -> Option<Kmx> {
         Kmx::with_registry(|_| {})
+    }
+
+    /// [`Kmx::with_trees`] with the home and working directory under `parent`.
+    pub fn with_trees_in(parent: &Path) -> Option<Kmx> {
+        let k = Kmx::with_trees()?;
+        let moved = Kmx::empty_in(parent);
+        std::fs::create_dir_all(moved.home.join("trees")).unwrap();
+        std::fs::copy(
+            k.home.join("trees/registry.json"),
+            moved.home.join("trees/registry.json"),
+        )
+        .unwrap();
+        Some(moved)
     }
 
     fn with_registry(select: impl FnOnce(&mut Vec<serde_json::Value>)) -> Option<Kmx> {
