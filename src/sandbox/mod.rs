@@ -261,6 +261,7 @@ impl View {
             }
             a.mount("--ro-bind", Path::new("/"), Path::new("/"));
             a.at("--proc", Path::new("/proc"));
+            a.mask_proc();
             a.at("--dev", Path::new("/dev"));
             a.at("--tmpfs", Path::new("/tmp"));
             a.at("--tmpfs", &resolve(Path::new("/run")));
@@ -400,6 +401,38 @@ fn close_inherited() -> std::io::Result<()> {
 struct Args(Vec<OsString>);
 
 impl Args {
+    /// What of the new `/proc` would still reach the whole machine, covered as container
+    /// runtimes do: sysctls and `/proc/fs` read-only (the kernel checks no capability for
+    /// most sysctls, only that the writer is root), `/proc/sysrq-trigger` (a write reboots
+    /// the host) and the kernel's own files hidden.
+    fn mask_proc(&mut self) {
+        for dir in ["sys", "fs"] {
+            let path = Path::new("/proc").join(dir);
+            if path.is_dir() {
+                self.mount("--ro-bind", &path, &path);
+            }
+        }
+        for file in [
+            "sysrq-trigger",
+            "kcore",
+            "keys",
+            "latency_stats",
+            "timer_list",
+            "sched_debug",
+        ] {
+            let path = Path::new("/proc").join(file);
+            if path.exists() {
+                self.mount("--ro-bind", Path::new("/dev/null"), &path);
+            }
+        }
+        for dir in ["acpi", "scsi"] {
+            let path = Path::new("/proc").join(dir);
+            if path.is_dir() {
+                self.at("--tmpfs", &path);
+            }
+        }
+    }
+
     fn flags(&mut self, flags: &[&str]) {
         self.0.extend(flags.iter().map(OsString::from));
     }

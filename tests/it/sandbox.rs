@@ -29,6 +29,8 @@ const ATTACKS: &[&str] = &[
     "suid",      // a set-uid root shell
     "fd",        // a directory descriptor kmx inherited from its caller
     "sys",       // a sysfs setting
+    "proc-sys",  // a sysctl that is not namespaced (/proc/sys/vm)
+    "sysrq",     // /proc/sysrq-trigger (h: the kernel logs its help, harmlessly)
     "dev",       // a device node (/dev/kmsg, or one made with mknod)
     "kill",      // kill(2) of a host process
     "ptrace",    // ptrace(2) of a host process
@@ -92,7 +94,8 @@ t unshare -Urm bash -c "mount -o remount,bind,rw /; echo x > $V/unshare-$ctx"
 t "$(PATH=$PATH:/usr/sbin:/sbin command -v chroot)" "/proc/$(cat @PIDS@/kill-$ctx)/root" bash -c "echo x > $V/chroot-$ctx"
 t @SUID@ -p -c "mount -o remount,bind,rw / ; echo x > $V/suid-$ctx"
 for f in /proc/self/fd/*; do [ -d "$f" ] && t bash -c "echo x > $f/fd-$ctx"; done
-t bash -c "echo @SYSVALUE@ > @SYSKNOB@"
+for kv in @KNOBS@; do t bash -c "echo ${kv#*=} > ${kv%%=*}"; done
+t bash -c "echo h > /proc/sysrq-trigger"
 t bash -c "echo '@TOKEN@ dev $ctx' > /dev/kmsg" ||
   t bash -c "mknod /tmp/kmsg c 1 11 && echo '@TOKEN@ dev $ctx' > /tmp/kmsg"
 t kill -9 "$(cat @PIDS@/kill-$ctx)"
@@ -123,7 +126,9 @@ struct Host {
     unix: std::os::unix::net::UnixListener,
     unix_path: PathBuf,
     abstract_: std::os::unix::net::UnixListener,
-    knob: Option<(PathBuf, String)>,
+    /// Settings of the whole machine the payload tries to change: (attack, path, value
+    /// before), restored at the end.
+    knobs: Vec<(&'static str, PathBuf, String)>,
 }
 
 impl Host {
@@ -163,21 +168,34 @@ impl Host {
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(token.as_bytes()).unwrap();
         let abstract_ = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
         abstract_.set_nonblocking(true).unwrap();
-        // A sysfs setting root may change, harmless for a moment, restored at the end.
-        let knob = ["/sys/kernel/mm/transparent_hugepage/khugepaged/alloc_sleep_millisecs"]
-            .iter()
-            .map(PathBuf::from)
-            .find_map(|p| {
-                let v = std::fs::read_to_string(&p).ok()?;
-                Some((p, v.trim().to_string()))
-            });
-        if knob.is_none() {
-            eprintln!("NOTE: no sysfs setting to aim at; the /sys attempt is not checked");
+        // Settings root may change, harmless for a moment, restored at the end.
+        let knobs: Vec<(&'static str, PathBuf, String)> = [
+            (
+                "sys",
+                "/sys/kernel/mm/transparent_hugepage/khugepaged/alloc_sleep_millisecs",
+            ),
+            ("proc-sys", "/proc/sys/vm/stat_interval"),
+        ]
+        .iter()
+        .filter_map(|(attack, p)| {
+            let v = std::fs::read_to_string(p).ok()?;
+            Some((*attack, PathBuf::from(p), v.trim().to_string()))
+        })
+        .collect();
+        if !Path::new("/proc/sysrq-trigger").exists() {
+            eprintln!(
+                "NOTE: this kernel has no /proc/sysrq-trigger: the sysrq attempt is not checked"
+            );
         }
-        let sys_value = knob
-            .as_ref()
-            .map(|(_, v)| (v.parse::<u64>().unwrap_or(0) + 7).to_string())
-            .unwrap_or_default();
+        for attack in ["sys", "proc-sys"] {
+            if !knobs.iter().any(|k| k.0 == attack) {
+                eprintln!("NOTE: no setting to aim at for {attack}: not checked");
+            }
+        }
+        let knob_words: Vec<String> = knobs
+            .iter()
+            .map(|(_, p, v)| format!("{}={}", p.display(), v.parse::<u64>().unwrap_or(0) + 7))
+            .collect();
         let payload = PAYLOAD
             .replace("@VICTIM@", &victim.display().to_string())
             .replace("@KDIR@", &kdir.display().to_string())
@@ -198,13 +216,7 @@ impl Host {
             )
             .replace("@SOCKET@", &unix_path.display().to_string())
             .replace("@ABSTRACT@", &token)
-            .replace(
-                "@SYSKNOB@",
-                &knob
-                    .as_ref()
-                    .map_or("/dev/null".into(), |(p, _)| p.display().to_string()),
-            )
-            .replace("@SYSVALUE@", &sys_value);
+            .replace("@KNOBS@", &knob_words.join(" "));
         write(&work.join("escape.sh"), &payload);
         std::fs::create_dir_all(k.dir().join("kmx-out")).unwrap();
         Host {
@@ -220,7 +232,7 @@ impl Host {
             unix,
             unix_path,
             abstract_,
-            knob,
+            knobs,
         }
     }
 
@@ -353,6 +365,22 @@ impl Host {
     }
 }
 
+impl Host {
+    /// The settings the payload changed, as the test found them.
+    fn changed_knobs(&self) -> Vec<&'static str> {
+        self.knobs
+            .iter()
+            .filter(|(_, p, v)| std::fs::read_to_string(p).is_ok_and(|now| now.trim() != v))
+            .map(|k| k.0)
+            .collect()
+    }
+    fn restore_knobs(&self) {
+        for (_, p, v) in &self.knobs {
+            let _ = std::fs::write(p, v);
+        }
+    }
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         for c in self.canaries.values_mut() {
@@ -360,9 +388,7 @@ impl Drop for Host {
             let _ = c.wait();
         }
         let _ = std::fs::remove_file(&self.unix_path);
-        if let Some((p, v)) = &self.knob {
-            let _ = std::fs::write(p, v);
-        }
+        self.restore_knobs();
         if let Ok(entries) = std::fs::read_dir(&self.kdir) {
             for e in entries.flatten() {
                 if e.file_name()
@@ -445,6 +471,7 @@ fn no_payload_escapes_the_sandbox_and_each_succeeds_under_open() {
             host.canaries_for(c);
         }
         let sandbox = ["--sandbox", mode];
+        let sysrq_before = dmesg().matches("sysrq: HELP").count();
         // build: dkms.conf at planning, then PRE_BUILD, MAKE, POST_BUILD.
         let src = host.source(k.dir(), mode, "build");
         let build = run_with_fd(
@@ -516,6 +543,7 @@ fn no_payload_escapes_the_sandbox_and_each_succeeds_under_open() {
 
         let connected = host.connections();
         let dmesg = dmesg();
+        let sysrq_after = dmesg.matches("sysrq: HELP").count();
         for ctx in &ctxs {
             let got = host.reached(ctx, &dmesg, &connected);
             let applicable: Vec<&str> = ATTACKS
@@ -523,15 +551,16 @@ fn no_payload_escapes_the_sandbox_and_each_succeeds_under_open() {
                 .copied()
                 .filter(|a| *a != "symlink" || ctx.ends_with("-post"))
                 .filter(|a| *a != "tcp6" || host.tcp6.is_some())
-                .filter(|a| *a != "sys" || host.knob.is_some())
+                .filter(|a| {
+                    !["sys", "proc-sys"].contains(a) || host.knobs.iter().any(|k| k.0 == *a)
+                })
+                .filter(|a| *a != "sysrq" || Path::new("/proc/sysrq-trigger").exists())
                 .collect();
-            let sys_hit = host
-                .knob
-                .as_ref()
-                .is_some_and(|(p, v)| std::fs::read_to_string(p).is_ok_and(|now| now.trim() != v));
+            // A changed setting does not say which context changed it: it counts for each.
             let mut got = got;
-            if sys_hit {
-                got.push("sys");
+            got.extend(host.changed_knobs());
+            if sysrq_after > sysrq_before {
+                got.push("sysrq");
             }
             report.push(format!("{ctx}: reached {got:?}"));
             match mode {
@@ -562,10 +591,8 @@ fn no_payload_escapes_the_sandbox_and_each_succeeds_under_open() {
                 String::from_utf8_lossy(&left.stdout)
             );
         }
-        // Each mode aims at a fresh setting.
-        if let Some((p, v)) = &host.knob {
-            let _ = std::fs::write(p, v);
-        }
+        // Each mode aims at the setting as it was.
+        host.restore_knobs();
     }
     eprintln!("{}", report.join("\n"));
 }
