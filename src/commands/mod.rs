@@ -63,6 +63,8 @@ fn run_in(cli: Cli) -> Result<i32> {
         _ => {}
     }
     let ctx = Context::load(&cli)?;
+    // kmx's own signing keys are a secret of the machine wherever its home is.
+    crate::sandbox::hide_also(vec![ctx.home.root.join("keys")]);
     let wait = !cli.global.no_wait;
     let store = &ctx.store;
     // Commands that evaluate dkms.conf or build handle Ctrl-C, SIGTERM and SIGHUP from the

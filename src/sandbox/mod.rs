@@ -62,7 +62,10 @@
 //! all (no bubblewrap, another user without user namespaces), [`available`] says why and
 //! cells run on the host's paths: the plan and the summary say so.
 
+mod seccomp;
+
 use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -87,6 +90,14 @@ pub const SECRETS: &[&str] = &[
     "/var/lib/shim-signed/mok",
     "/var/lib/kmx/keys",
 ];
+
+/// More secrets of this run (kmx's own keys, in whichever home it uses), said once before
+/// any step runs; a second call changes nothing.
+pub fn hide_also(paths: Vec<PathBuf>) {
+    let _ = MORE_SECRETS.set(paths);
+}
+
+static MORE_SECRETS: OnceLock<Vec<PathBuf>> = OnceLock::new();
 
 /// The build directory a cell's steps see: DKMS's `$dkms_tree/<name>/<version>/build`.
 pub fn build_dir(name: &str, version: &str) -> PathBuf {
@@ -214,15 +225,29 @@ impl View {
             Ok(runner) => {
                 let mut cmd = Command::new(&runner.bwrap);
                 cmd.args(self.args(runner.user_ns, crate::process::is_root(), cwd));
-                cmd.args(["bash", "-c", line]);
                 if self.policy.confined {
                     use std::os::unix::process::CommandExt;
                     // A descriptor kmx inherited from its caller (a directory of the host
                     // opened by a hook, say) would reach past the read-only view: none
                     // crosses into the step. A jobserver's, configured after this, does.
+                    // The caller's session keyring (a login's) is left behind too.
                     // SAFETY: only async-signal-safe system calls between fork and exec.
-                    unsafe { cmd.pre_exec(close_inherited) };
+                    unsafe { cmd.pre_exec(leave_the_caller) };
+                    if let Some(fd) = seccomp::program(!self.policy.network).and_then(filter_fd) {
+                        cmd.arg("--seccomp").arg(fd.as_raw_fd().to_string());
+                        // SAFETY: fcntl is async-signal-safe; the descriptor lives as long
+                        // as the command (the closure owns it).
+                        unsafe {
+                            cmd.pre_exec(move || {
+                                match libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) {
+                                    -1 => Err(std::io::Error::last_os_error()),
+                                    _ => Ok(()),
+                                }
+                            })
+                        };
+                    }
                 }
+                cmd.args(["bash", "-c", line]);
                 cmd
             }
             Err(why) => {
@@ -380,8 +405,12 @@ impl View {
             a.mount("--bind", dir, dir);
         }
         if confined {
-            for secret in SECRETS {
-                let path = Path::new(secret);
+            let more = MORE_SECRETS.get().map(Vec::as_slice).unwrap_or_default();
+            for path in SECRETS
+                .iter()
+                .map(Path::new)
+                .chain(more.iter().map(PathBuf::as_path))
+            {
                 match path.symlink_metadata() {
                     Ok(m) if m.is_dir() => a.at("--tmpfs", path),
                     Ok(_) => a.mount("--ro-bind", Path::new("/dev/null"), path),
@@ -394,12 +423,32 @@ impl View {
     }
 }
 
-/// Mark every descriptor above standard error close-on-exec (`close_range`, Linux 5.11;
-/// `fcntl` one by one before it).
-fn close_inherited() -> std::io::Result<()> {
+/// A pipe holding the seccomp program, for bubblewrap to read (the program is a few hundred
+/// bytes: it fits a pipe's buffer, and the write end is closed before bubblewrap starts).
+fn filter_fd(program: Vec<u8>) -> Option<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    let (read, write) = std::io::pipe().ok()?;
+    let mut write = write;
+    write.write_all(&program).ok()?;
+    drop(write);
+    Some(read.into())
+}
+
+/// Between fork and exec of a confined step's bubblewrap: a new, empty session keyring
+/// (`KEYCTL_JOIN_SESSION_KEYRING`; the caller's may hold a login's keys), and every
+/// descriptor above standard error close-on-exec (`close_range`, Linux 5.11; `fcntl` one by
+/// one before it).
+fn leave_the_caller() -> std::io::Result<()> {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    // SAFETY: close_range and fcntl are async-signal-safe and take plain integers.
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl, close_range and fcntl are async-signal-safe and take plain integers
+    // (a null name: an anonymous keyring).
     unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        );
         if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) == 0 {
             return Ok(());
         }
