@@ -15,7 +15,7 @@ use crate::cli::{
 use crate::error::{Error, Kind, Result, exit};
 use crate::install::{self, SignKey, image};
 use crate::lifecycle::prepare::{Prep, Ready, evaluate_generic, prepare, prepare_binary};
-use crate::matrix::pipeline::{Options, setup_targets};
+use crate::matrix::pipeline::{Options, setup_targets_in};
 use crate::matrix::plan::Cell;
 use crate::process;
 use crate::state::cache::{Cache, DEFAULT_MAX_BYTES};
@@ -207,11 +207,12 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
     // once, then each is installed.
     let preps: Vec<(CellKey, Result<Prep>)> = if store.load_source(&module, &version)?.is_some() {
         let mut notes = Vec::new();
-        let targets = setup_targets(
+        let targets = setup_targets_in(
             &ctx.profiles,
             &ctx.home,
             std::slice::from_ref(&args.target),
             &releases,
+            &root,
             &mut notes,
         )?;
         for n in &notes {
@@ -323,7 +324,8 @@ fn releases_to_install(
         ));
     }
     let (found, same_arch) = image::kernels_for(root, &target.name, identity)?;
-    let registry = crate::kernel::registry::Registry::load(&ctx.home)?;
+    let mut registry = crate::kernel::registry::Registry::load(&ctx.home)?;
+    registry.add_installed(&ctx.profiles, root);
     let mut provided: Vec<String> = crate::kernel::registry::trees_of(target, &registry)
         .iter()
         .filter_map(|r| crate::kernel::KernelTree::inspect(&r.kdir).ok())
@@ -489,7 +491,7 @@ pub fn remove_cmd(
         {
             warn_on_failure("POST_REMOVE", line, &copy);
         }
-        for base in [store.built(), store.sources()] {
+        for base in [store.built(), store.sources(), store.dir.join("failed")] {
             let dir = base.join(&module).join(v);
             if dir.exists() {
                 // Renamed first so a crash never leaves a half-deleted directory that looks live.
@@ -579,6 +581,12 @@ pub fn status(
             }
             if !l.broken.is_empty() {
                 st.push_str(&format!(" [broken: {}]", l.broken.join("; ")));
+            }
+            if let Some(f) = &l.failed {
+                if l.state != "failed" {
+                    st.push_str(" [last build failed]");
+                }
+                st.push_str(&format!(": {} (log: {})", f.reason, f.log.display()));
             }
             [
                 l.module.clone(),
@@ -701,11 +709,12 @@ fn autoinstall_release(
     let mut results: Vec<(CellKey, Result<Prep>)> = Vec::new();
     if !newest.is_empty() {
         let mut notes = Vec::new();
-        let targets = setup_targets(
+        let targets = setup_targets_in(
             &ctx.profiles,
             &ctx.home,
             &[],
             std::slice::from_ref(release),
+            root,
             &mut notes,
         )?;
         for n in notes

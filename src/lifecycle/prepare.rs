@@ -16,7 +16,9 @@ use crate::kernel::tree::KernelTree;
 use crate::matrix::pipeline::{self, Options, Progress};
 use crate::matrix::plan::{self, Action, Cell, Plan, TargetSetup};
 use crate::state::Home;
-use crate::state::store::{BuiltFile, BuiltRecord, CellKey, Store, content_hash, now};
+use crate::state::store::{
+    BuiltFile, BuiltRecord, CellKey, FailedRecord, Store, content_hash, now,
+};
 
 /// Evaluate a source's manifest without a kernel (for its name, version and hooks).
 pub fn evaluate_generic(src: &Path) -> Result<ModuleSpec> {
@@ -123,7 +125,8 @@ pub fn record_built(
     artifacts: &[crate::matrix::cell::Artifact],
     source_hash: &str,
 ) -> Result<()> {
-    store.save_built(&record_of(cell, artifacts, source_hash))
+    store.save_built(&record_of(cell, artifacts, source_hash))?;
+    store.clear_failed(&cell_key(cell))
 }
 
 pub fn cell_key(c: &Cell) -> CellKey {
@@ -247,6 +250,22 @@ pub fn prepare(
                             ));
                             for line in &r.errors {
                                 e = e.caused_by(line);
+                            }
+                            // Recorded for `kmx status`: a hook's build has no one watching.
+                            let failed = FailedRecord {
+                                module: c.spec.name.clone(),
+                                version: c.spec.version.clone(),
+                                release: c.tree.release.clone(),
+                                target: c.target.target.name.clone(),
+                                reason: crate::error::render_inline(&e),
+                                log: r.log.clone(),
+                                failed_at: now(),
+                            };
+                            if let Err(err) = store.save_failed(&failed) {
+                                e = e.caused_by(format!(
+                                    "and the failure could not be recorded: {}",
+                                    crate::error::render_inline(&err)
+                                ));
                             }
                             failures
                                 .insert(orig, e.hint(format!("see the log: {}", r.log.display())));

@@ -17,7 +17,7 @@ pub struct StatusLine {
     pub version: String,
     pub kernel: Option<String>,
     pub target: Option<String>,
-    /// added, built, installed
+    /// added, built, installed, failed (the last build failed; nothing installed)
     pub state: String,
     pub added: bool,
     pub built: bool,
@@ -28,6 +28,15 @@ pub struct StatusLine {
     pub installed: Vec<StatusInstall>,
     /// An install moved a kernel module of the same name aside (DKMS's `original_module`).
     pub original_module: bool,
+    /// The last build of this cell failed (a kernel hook's build, above all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<StatusFailure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusFailure {
+    pub reason: String,
+    pub log: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +117,15 @@ pub fn lines(store: &Store) -> Result<Vec<StatusLine>> {
             files: r.files.iter().map(|f| f.path.clone()).collect(),
         });
     }
+    for f in store.failed_all()? {
+        let k = f.key();
+        let line = line_of(&mut lines, &k);
+        line.added |= hashes.contains_key(&(k.module.clone(), k.version.clone()));
+        line.failed = Some(StatusFailure {
+            reason: f.reason,
+            log: f.log,
+        });
+    }
     // Registered sources with nothing built: one line each.
     let mut with_cells: HashSet<(String, String)> = HashSet::new();
     for l in lines.values() {
@@ -130,6 +148,8 @@ pub fn lines(store: &Store) -> Result<Vec<StatusLine>> {
     for l in &mut out {
         l.state = if l.installed.iter().any(|i| i.state == "installed") {
             "installed"
+        } else if l.failed.is_some() {
+            "failed"
         } else if l.built {
             "built"
         } else if l.installed.is_empty() {

@@ -5,7 +5,7 @@
 //! to the caller's [`Progress`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::config::Profiles;
 use crate::config::load::DEFAULT_TARGETS;
 use crate::error::{Error, Result, render_inline};
-use crate::kernel::registry::{RegisteredTree, Registry, trees_of, usable_tree};
+use crate::kernel::registry::{RegisteredTree, Registry, installed_tree, trees_of, usable_tree};
 use crate::matrix::cell::{self, RunEnv};
 use crate::matrix::jobserver::Jobserver;
 use crate::matrix::plan::{self, Action, Plan, TargetSetup};
@@ -131,8 +131,25 @@ pub fn setup_targets(
     kernels: &[String],
     notes: &mut Vec<String>,
 ) -> Result<Vec<Arc<TargetSetup>>> {
+    setup_targets_in(profiles, home, names, kernels, Path::new("/"), notes)
+}
+
+/// [`setup_targets`] with the kernels installed in `root` (`/`: this machine) as trees too.
+/// An installed kernel is built for only when `kernels` names its release (`-k`, the
+/// kernel hooks): a plain `kmx build` keeps to the fetched and profiled trees.
+pub fn setup_targets_in(
+    profiles: &Profiles,
+    home: &Home,
+    names: &[String],
+    kernels: &[String],
+    root: &Path,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Arc<TargetSetup>>> {
     let explicit = !names.is_empty();
-    let registry = Registry::load(home)?;
+    let mut registry = Registry::load(home)?;
+    if !kernels.is_empty() {
+        registry.add_installed(profiles, root);
+    }
     let mut out = Vec::new();
     // The releases of the targets that have trees, but none with a release of --kernel.
     let mut other_releases: Vec<(String, Vec<String>)> = Vec::new();
@@ -142,7 +159,12 @@ pub fn setup_targets(
             let mut trees = Vec::new();
             let mut broken = Vec::new();
             for r in trees_of(target, &registry) {
-                match usable_tree(&r.kdir, target) {
+                let checked = match &r.installed {
+                    Some(release) if !kernels.contains(release) => continue,
+                    Some(release) => installed_tree(&r.kdir, release, target),
+                    None => usable_tree(&r.kdir, target),
+                };
+                match checked {
                     Ok(t) => trees.push(Arc::new(t)),
                     Err(e) => broken.push(e),
                 }
@@ -367,6 +389,7 @@ pub fn smoke(
                 source: None,
                 abi: None,
                 boot: None,
+                installed: false,
             });
         let kos = rep.artifacts.iter().map(|a| a.file.clone()).collect();
         groups
