@@ -155,6 +155,46 @@ fn sign_key(ctx: &Context, args: &SignArgs) -> Result<Option<SignKey>> {
     Ok((key.is_file() && cert.is_file()).then_some(SignKey { key, cert }))
 }
 
+/// With no key configured, the key a kernel that checks signatures (CONFIG_MODULE_SIG)
+/// needs, as DKMS finds one: on this machine (root `/`) kmx's own, else DKMS's
+/// (`/var/lib/dkms/mok.key`), else one generated now; in an image root only DKMS's, when
+/// the image has one. Said on stderr with how to enroll it. A key that cannot be made is a
+/// warning: the modules are installed unsigned, or refused where the kernel forces
+/// signatures.
+fn machine_sign(ctx: &Context, root: &Path, preps: &[(CellKey, Result<Prep>)]) -> Option<SignKey> {
+    let wanted = preps
+        .iter()
+        .any(|(_, p)| matches!(p, Ok(Prep::Ready(r)) if r.record.sig_enabled));
+    if !wanted {
+        return None;
+    }
+    let found = if root == Path::new("/") {
+        install::mok::machine_key(&ctx.home.root.join("keys"), root)
+    } else {
+        let (key, cert) = (
+            root.join(install::mok::DKMS_KEY),
+            root.join(install::mok::DKMS_CERT),
+        );
+        if !(key.is_file() && cert.is_file()) {
+            return None;
+        }
+        Ok(install::mok::MachineKey::Dkms(SignKey { key, cert }))
+    };
+    match found {
+        Ok(k) => {
+            eprintln!("{}", k.describe());
+            Some(k.key().clone())
+        }
+        Err(e) => {
+            eprintln!(
+                "warning: no key to sign modules with: {}",
+                crate::error::render_inline(&e)
+            );
+            None
+        }
+    }
+}
+
 fn do_install(
     store: &Store,
     root: &Path,
@@ -266,6 +306,7 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
             })
             .collect()
     };
+    let sign = sign.or_else(|| machine_sign(ctx, &root, &preps));
     for (key, prep) in preps {
         match prep? {
             Prep::Skipped(reason) => {
@@ -760,6 +801,8 @@ fn autoinstall_release(
         );
         return Ok(exit::OK);
     }
+    let sign = sign.clone().or_else(|| machine_sign(ctx, root, &results));
+    let sign = &sign;
     let (mut installed, mut skipped, mut failed) = (0, 0, Vec::new());
     for (key, prep) in results {
         let outcome = prep.and_then(|p| match p {
@@ -805,53 +848,13 @@ fn autoinstall_release(
 
 pub fn keys_generate(ctx: &Context, dir: Option<PathBuf>, cn: &str, force: bool) -> Result<i32> {
     let dir = dir.unwrap_or_else(|| ctx.home.root.join("keys"));
-    let (key, cert) = (dir.join("mok.key"), dir.join("mok.der"));
-    if !force && (key.exists() || cert.exists()) {
-        return Err(Error::usage("a key pair is already there").at(&dir).hint(
-            "pass --force to replace it (modules signed with the old key will need re-signing)",
-        ));
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-    let tmp = crate::state::tmp::dir_in(&dir)?;
-    let (tkey, tcert) = (tmp.path().join("mok.key"), tmp.path().join("mok.der"));
-    if cn.contains(['/', '=']) {
-        return Err(Error::usage("--common-name must not contain `/` or `=`"));
-    }
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "36500",
-        "-outform", "DER",
-    ])
-    .arg("-subj")
-    .arg(format!("/CN={cn}"))
-    .args([
-        "-addext",
-        "basicConstraints=critical,CA:FALSE",
-        "-addext",
-        "keyUsage=digitalSignature",
-        "-addext",
-        "extendedKeyUsage=codeSigning",
-        "-addext",
-        "subjectKeyIdentifier=hash",
-    ])
-    .arg("-keyout")
-    .arg(&tkey)
-    .arg("-out")
-    .arg(&tcert);
-    process::output(&mut cmd, Kind::Failed).map_err(|e| e.hint_if_missing("install openssl"))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tkey, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io("set permissions of", &tkey, e))?;
-    }
-    std::fs::rename(&tkey, &key).map_err(|e| Error::io("move into place", &key, e))?;
-    std::fs::rename(&tcert, &cert).map_err(|e| Error::io("move into place", &cert, e))?;
-    println!("{}", key.display());
-    println!("{}", cert.display());
+    let k = install::mok::generate(&dir, cn, force)?;
+    println!("{}", k.key.display());
+    println!("{}", k.cert.display());
     eprintln!(
         "generated a signing key pair (RSA 2048, codeSigning) in {}; to load signed modules on a machine with Secure Boot, enroll the certificate: mokutil --import {}",
         dir.display(),
-        cert.display()
+        k.cert.display()
     );
     Ok(exit::OK)
 }

@@ -32,6 +32,7 @@ use crate::verify::module::Module;
 
 pub mod deb;
 pub mod image;
+pub mod mok;
 pub mod tarball;
 
 /// A signing key pair (PEM private key, X.509 certificate).

@@ -32,7 +32,10 @@ impl InstalledKernel {
 
     /// `installed: /lib/modules/<release>/build` (the path as it is inside the root).
     pub fn origin(&self, root: &Path) -> String {
-        let inside = self.build_link.strip_prefix(root).unwrap_or(&self.build_link);
+        let inside = self
+            .build_link
+            .strip_prefix(root)
+            .unwrap_or(&self.build_link);
         format!("installed: /{}", inside.display())
     }
 }
@@ -135,7 +138,11 @@ pub fn target_for<'a>(profiles: &'a Profiles, tree: &KernelTree) -> Option<&'a T
 /// The target of an installed kernel whose tree cannot be read (headers missing): the
 /// default target whose Debian flavour ends the release, else, on this machine (`root` =
 /// `/`), the default target of the machine's Debian architecture.
-pub fn target_by_name<'a>(profiles: &'a Profiles, root: &Path, release: &str) -> Option<&'a Target> {
+pub fn target_by_name<'a>(
+    profiles: &'a Profiles,
+    root: &Path,
+    release: &str,
+) -> Option<&'a Target> {
     let defaults = || {
         DEFAULT_TARGETS
             .iter()

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
 use crate::config::load::Profiles;
+use crate::error::{Error, Result};
 use crate::kernel::installed;
 use crate::kernel::tree::KernelTree;
 use crate::state::{Home, write_atomic};
@@ -122,7 +122,12 @@ impl Registry {
     pub fn save(&self, home: &Home) -> Result<()> {
         let trees = home.trees();
         let mut stored = Registry {
-            trees: self.trees.iter().filter(|t| !t.installed).cloned().collect(),
+            trees: self
+                .trees
+                .iter()
+                .filter(|t| !t.installed)
+                .cloned()
+                .collect(),
         };
         for t in &mut stored.trees {
             for p in t.paths_mut() {
@@ -238,12 +243,16 @@ pub fn installed_tree(
             tree.release
         ))
         .at(kdir)
-        .hint(format!("apt-get install --reinstall linux-headers-{release}")));
+        .hint(format!(
+            "apt-get install --reinstall linux-headers-{release}"
+        )));
     }
     if tree.config.builtin("CONFIG_MODVERSIONS") && tree.symvers.is_none() {
         return Err(Error::env("the tree has no Module.symvers")
             .at(kdir)
-            .hint(format!("apt-get install --reinstall linux-headers-{release}")));
+            .hint(format!(
+                "apt-get install --reinstall linux-headers-{release}"
+            )));
     }
     Ok(tree)
 }

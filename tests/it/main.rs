@@ -13,6 +13,7 @@ mod doctor;
 mod faults;
 mod kernels;
 mod lifecycle;
+mod machine;
 mod package;
 mod reproducible;
 mod schemas;
