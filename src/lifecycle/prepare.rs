@@ -257,7 +257,15 @@ pub fn prepare(
                                 version: c.spec.version.clone(),
                                 release: c.tree.release.clone(),
                                 target: c.target.target.name.clone(),
-                                reason: crate::error::render_inline(&e),
+                                // One line: what failed and the first error; the log has the rest.
+                                reason: [r
+                                    .reason
+                                    .clone()
+                                    .unwrap_or_else(|| r.status.word().to_string())]
+                                .into_iter()
+                                .chain(r.errors.first().cloned())
+                                .collect::<Vec<_>>()
+                                .join("; "),
                                 log: r.log.clone(),
                                 failed_at: now(),
                             };
