@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::config::Profiles;
 use crate::config::load::DEFAULT_TARGETS;
 use crate::error::{Error, Result, render_inline};
+use crate::kernel::KernelTree;
 use crate::kernel::registry::{RegisteredTree, Registry, installed_tree, trees_of, usable_tree};
 use crate::matrix::cell::{self, RunEnv};
 use crate::matrix::jobserver::Jobserver;
@@ -158,6 +159,7 @@ pub fn setup_targets_in(
             let toolchain = profiles.toolchain_of(target)?.clone();
             let mut trees = Vec::new();
             let mut broken = Vec::new();
+            let mut installed: Vec<String> = Vec::new();
             for r in trees_of(target, &registry) {
                 let checked = match &r.installed {
                     Some(release) if !kernels.contains(release) => continue,
@@ -165,6 +167,14 @@ pub fn setup_targets_in(
                     None => usable_tree(&r.kdir, target),
                 };
                 match checked {
+                    // The machine's own headers stand for its kernel: a fetched or profiled
+                    // tree of the same release is left out rather than built twice.
+                    Ok(t) if r.installed.is_some() => {
+                        trees.retain(|o: &Arc<KernelTree>| o.release != t.release);
+                        installed.push(t.release.clone());
+                        trees.push(Arc::new(t));
+                    }
+                    Ok(t) if installed.contains(&t.release) => {}
                     Ok(t) => trees.push(Arc::new(t)),
                     Err(e) => broken.push(e),
                 }

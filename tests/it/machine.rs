@@ -6,7 +6,8 @@
 //! installs a kernel's headers: `lib/modules/<release>/build` is an ABSOLUTE link to
 //! `/usr/src/linux-headers-<release>`, which kmx must resolve inside the root. The headers
 //! are a copy of the fetched Debian 12 amd64 tree, its `-common` and `linux-kbuild`
-//! siblings linked in, as the package's files sit next to each other.
+//! siblings linked in, as the package's files sit next to each other. The hooks' test home
+//! also knows the fetched tree of that release, as a machine that ran `kmx kernels fetch`.
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -186,7 +187,8 @@ fn the_hooks_build_sign_with_dkms_key_install_record_a_failure_and_remove_with_t
     let Some(fetched) = fetched_home() else {
         return;
     };
-    let k = Kmx::empty();
+    // A home that also fetched RELEASE: the machine's own headers are built against, once.
+    let Some(k) = Kmx::with_trees() else { return };
     let Some(root) = image_root(&k, &fetched) else {
         return;
     };
@@ -230,6 +232,18 @@ fn the_hooks_build_sign_with_dkms_key_install_record_a_failure_and_remove_with_t
         format!("{RELEASE} SMP preempt mod_unload modversions ")
     );
     assert_eq!(modinfo("signer", &ko), "DKMS module signing key");
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(k.home.join(format!(
+            "state/built/hello/1.0/{RELEASE}/amd64/kmx-built.json"
+        )))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        PathBuf::from(record["kdir"].as_str().unwrap()),
+        root.join(format!("usr/src/linux-headers-{RELEASE}")),
+        "{record}"
+    );
     let dep =
         std::fs::read_to_string(root.join(format!("lib/modules/{RELEASE}/modules.dep"))).unwrap();
     assert!(dep.contains("updates/dkms/hello.ko:"), "{dep}");
