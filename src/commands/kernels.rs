@@ -257,7 +257,7 @@ pub fn list(ctx: &Context, json: bool, root: &std::path::Path) -> Result<i32> {
             Some(e) => println!(
                 "{:<wt$}  {:<wk$}  {:<ws$}  error: {e} ({})",
                 r.target,
-                "?",
+                h.release.as_deref().unwrap_or("?"),
                 r.source,
                 h.kdir.display()
             ),

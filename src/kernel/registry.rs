@@ -281,7 +281,8 @@ pub fn tree_health(r: TreeRef, target: &crate::config::Target) -> (TreeHealth, O
             TreeHealth {
                 kdir: r.kdir,
                 origin: r.origin,
-                release: None,
+                // An installed kernel's release is known even when its tree is unusable.
+                release: r.installed,
                 vermagic: None,
                 module_symvers: false,
                 error: Some((&e).into()),

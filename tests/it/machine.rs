@@ -156,6 +156,7 @@ fn installed_kernels_are_trees_listed_with_their_source_and_missing_headers_name
         .find(|t| t["error"].to_string().contains(HEADERLESS))
         .unwrap_or_else(|| panic!("{list}"));
     assert_eq!(bad["target"], "amd64", "{bad}");
+    assert_eq!(bad["release"], HEADERLESS, "{bad}");
     assert!(
         bad["error"]["hint"]
             .to_string()
