@@ -155,6 +155,17 @@ fn sign_key(ctx: &Context, args: &SignArgs) -> Result<Option<SignKey>> {
     Ok((key.is_file() && cert.is_file()).then_some(SignKey { key, cert }))
 }
 
+/// Whether this very build is installed in `root` and its files are there: autoinstall
+/// then has nothing to do (DKMS's hooks run twice when headers and image arrive together).
+fn installed_already(store: &Store, root: &Path, ready: &Ready) -> bool {
+    matches!(
+        store.load_install(root, &ready.record.key()),
+        Ok(Some(rec)) if rec.state == crate::state::store::InstallState::Installed
+            && rec.updated_at >= ready.record.built_at
+            && rec.files.iter().all(|f| rec.root.join(&f.path).is_file())
+    )
+}
+
 /// With no key configured, the key a kernel that checks signatures (CONFIG_MODULE_SIG)
 /// needs, as DKMS finds one: on this machine (root `/`) kmx's own, else DKMS's
 /// (`/var/lib/dkms/mok.key`), else one generated now; in an image root only DKMS's, when
@@ -760,7 +771,8 @@ fn autoinstall_release(
         )?;
         for n in notes
             .iter()
-            .filter(|n| !n.contains("has no kernel tree with release"))
+            // Targets with no tree of this release (or none at all) are not news here.
+            .filter(|n| !n.contains("has no kernel tree"))
         {
             eprintln!("{n}");
         }
@@ -805,20 +817,24 @@ fn autoinstall_release(
     let sign = &sign;
     let (mut installed, mut skipped, mut failed) = (0, 0, Vec::new());
     for (key, prep) in results {
-        let outcome = prep.and_then(|p| match p {
-            Prep::Skipped(reason) => Ok(Err(reason)),
-            Prep::Ready(ready) => {
-                do_install(store, root, &ready, !args.no_depmod, sign, pause).map(Ok)
-            }
-        });
-        match outcome {
-            Ok(Ok(inst)) => {
-                installed += 1;
-                eprintln!("{}", describe_install(&key, &inst));
-            }
-            Ok(Err(reason)) => {
+        let outcome = match prep {
+            Ok(Prep::Skipped(reason)) => {
                 skipped += 1;
                 eprintln!("skipped {key}: {reason}");
+                continue;
+            }
+            Ok(Prep::Ready(ready)) if installed_already(store, root, &ready) => {
+                installed += 1;
+                eprintln!("{key}: already installed");
+                continue;
+            }
+            Ok(Prep::Ready(ready)) => do_install(store, root, &ready, !args.no_depmod, sign, pause),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(inst) => {
+                installed += 1;
+                eprintln!("{}", describe_install(&key, &inst));
             }
             Err(e) => {
                 eprintln!("FAILED {key}: {}", crate::error::render_inline(&e));

@@ -291,6 +291,15 @@ fn the_hooks_build_sign_with_dkms_key_install_record_a_failure_and_remove_with_t
     let again = hook(&k, "postinst.d/50-kmx", RELEASE, &root);
     assert_eq!(again.code(), 0, "{}", again.stderr());
     assert!(!again.stderr().contains("WARNING"), "{}", again.stderr());
+    // What was installed and has not changed is not installed again (the image's hook runs
+    // after the headers' one).
+    assert!(
+        again
+            .stderr()
+            .contains(&format!("hello 1.0 amd64 {RELEASE}: already installed")),
+        "{}",
+        again.stderr()
+    );
     let line = k.run(&["status", "--json", "-k", RELEASE]).ok().json();
     assert!(
         line["lines"]
