@@ -41,23 +41,6 @@ fn package_for(pkg: &str, tree_cc: Option<&str>, own_cc: bool) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::package_for;
-
-    #[test]
-    fn the_package_named_is_the_one_of_the_compiler_version_the_tree_calls() {
-        assert_eq!(package_for("gcc-12", Some("gcc-14"), false), "gcc-14");
-        assert_eq!(
-            package_for("gcc-aarch64-linux-gnu", Some("gcc-14"), false),
-            "gcc-14-aarch64-linux-gnu"
-        );
-        assert_eq!(package_for("gcc-12", Some("gcc-12"), false), "gcc-12");
-        assert_eq!(package_for("gcc-12", None, false), "gcc-12");
-        assert_eq!(package_for("gcc-12", Some("gcc-14"), true), "gcc-12");
-    }
-}
-
 impl Toolchain {
     /// The compiler's name for a kernel tree that calls `tree_cc` (e.g. Debian's `gcc-12`;
     /// `None` means plain `gcc`). The profile's `cc` overrides both.
@@ -103,5 +86,22 @@ impl Toolchain {
             version_line,
             version,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::package_for;
+
+    #[test]
+    fn the_package_named_is_the_one_of_the_compiler_version_the_tree_calls() {
+        assert_eq!(package_for("gcc-12", Some("gcc-14"), false), "gcc-14");
+        assert_eq!(
+            package_for("gcc-aarch64-linux-gnu", Some("gcc-14"), false),
+            "gcc-14-aarch64-linux-gnu"
+        );
+        assert_eq!(package_for("gcc-12", Some("gcc-12"), false), "gcc-12");
+        assert_eq!(package_for("gcc-12", None, false), "gcc-12");
+        assert_eq!(package_for("gcc-12", Some("gcc-14"), true), "gcc-12");
     }
 }

@@ -59,14 +59,16 @@ pub fn sign_file_of(tree: &KernelTree) -> Option<PathBuf> {
     Some(tree.kdir.join("scripts/sign-file")).filter(|p| p.is_file())
 }
 
-/// A kernel tree of `target` with `release` on this machine, if any (no toolchain needed).
+/// A kernel tree of `target` with `release` on this machine (fetched, profiled, or an
+/// installed kernel's headers), if any (no toolchain needed).
 pub fn find_tree(
     profiles: &Profiles,
     home: &Home,
     target: &str,
     release: &str,
 ) -> Option<KernelTree> {
-    let registry = Registry::load(home).ok()?;
+    let mut registry = Registry::load(home).ok()?;
+    registry.add_installed(profiles, Path::new("/"));
     let t = profiles.target(target).ok()?;
     trees_of(t, &registry)
         .into_iter()
