@@ -393,12 +393,7 @@ impl Store {
 
     /// Forget that a cell failed (it built, or its module was removed).
     pub fn clear_failed(&self, k: &CellKey) -> Result<()> {
-        let path = self.failed_path(k);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", &path, e)),
-        }
+        remove_record(&self.failed_path(k))
     }
 
     /// Every failed cell, with a record.
@@ -465,12 +460,7 @@ impl Store {
     }
 
     pub fn delete_install(&self, rec: &InstallRecord) -> Result<()> {
-        let path = self.install_record_path(&rec.root, &rec.key());
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", &path, e)),
-        }
+        remove_record(&self.install_record_path(&rec.root, &rec.key()))
     }
 
     /// Every install record, of every root.
@@ -711,6 +701,15 @@ fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>>
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Remove a record file; one already gone is fine.
+fn remove_record(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
     }
 }
 
