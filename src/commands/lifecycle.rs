@@ -585,13 +585,17 @@ pub fn status(
     if format == crate::cli::StatusFormat::Dkms {
         // DKMS's arch is the target's `dkms_arch`; a target this machine has no profile
         // for (a build imported from a tarball) shows under its own name.
+        let mut printed = std::collections::HashSet::new();
         for l in &out {
             let target = l.target.as_deref().unwrap_or("");
             let arch = ctx
                 .profiles
                 .target(target)
                 .map_or(target, |t| t.dkms_arch.as_str());
-            if let Some(line) = crate::lifecycle::status::dkms_line(l, arch) {
+            // Several failed kernels of one module are one `added` line, as in DKMS.
+            if let Some(line) = crate::lifecycle::status::dkms_line(l, arch)
+                && printed.insert(line.clone())
+            {
                 println!("{line}");
             }
         }

@@ -214,11 +214,13 @@ impl Filter {
 /// `hello/1.0: added`, or `hello/1.0, 6.1.0-50-arm64, aarch64: built` (or `installed`)
 /// with `arch` the target's DKMS arch, and DKMS's own suffixes: ` (original_module exists)`
 /// when the install moved a kernel module aside, ` (WARNING! Missing some built modules!)`
-/// when a built module is gone. `None` for a line DKMS has no word for (an install
-/// interrupted before anything was built).
+/// when a built module is gone; `hello/1.0: added` for a registered module whose build
+/// failed. `None` for a line DKMS has no word for (an install interrupted before anything
+/// was built).
 pub fn dkms_line(l: &StatusLine, arch: &str) -> Option<String> {
     let (Some(kernel), true) = (&l.kernel, l.built || l.state == "installed") else {
-        return (l.added && l.kernel.is_none())
+        // A registered module whose build failed is, to DKMS, just added.
+        return (l.added && (l.kernel.is_none() || l.state == "failed"))
             .then(|| format!("{}/{}: added", l.module, l.version));
     };
     let state = match l.state.as_str() {
@@ -250,6 +252,13 @@ mod tests {
             built: state != "added",
             ..StatusLine::default()
         }
+    }
+
+    #[test]
+    fn a_failed_build_reads_as_added_to_dkms() {
+        let mut l = line("failed", Some("6.1.0-50-amd64"));
+        l.built = false;
+        assert_eq!(dkms_line(&l, "x86_64").as_deref(), Some("hello/1.0: added"));
     }
 
     #[test]
