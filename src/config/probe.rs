@@ -21,10 +21,10 @@ pub struct Compiler {
     pub version: String,
 }
 
-/// The Debian package of the compiler a tree calls: the profile's package (`gcc-12`,
-/// `gcc-aarch64-linux-gnu`) with the version the tree wants (`gcc-14`, or
-/// `gcc-14-aarch64-linux-gnu` for a tree that calls `gcc-14`). Unchanged when the profile
-/// names its own `cc` or the tree calls plain `gcc`.
+/// The Debian package of the compiler a tree calls: a versioned host package (`gcc-12`)
+/// with the version the tree wants (`gcc-14` for a tree that calls `gcc-14`). Unchanged
+/// when the profile names its own `cc`, the tree calls plain `gcc`, or the package is not
+/// versioned.
 fn package_for(pkg: &str, tree_cc: Option<&str>, own_cc: bool) -> String {
     let Some(version) = tree_cc.and_then(|cc| cc.strip_prefix("gcc-")) else {
         return pkg.to_string();
@@ -32,10 +32,12 @@ fn package_for(pkg: &str, tree_cc: Option<&str>, own_cc: bool) -> String {
     if own_cc || version.is_empty() || !version.chars().all(|c| c.is_ascii_digit()) {
         return pkg.to_string();
     }
+    // Only a versioned host package (`gcc-12`) says which version it brings; an unversioned
+    // cross package (`gcc-aarch64-linux-gnu`) brings the distribution's default, whose
+    // version kmx cannot know: kept as written.
     match pkg.strip_prefix("gcc-") {
-        Some(rest) if rest.chars().all(|c| c.is_ascii_digit()) => format!("gcc-{version}"),
-        Some(rest) if !rest.starts_with(|c: char| c.is_ascii_digit()) => {
-            format!("gcc-{version}-{rest}")
+        Some(rest) if !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit()) => {
+            format!("gcc-{version}")
         }
         _ => pkg.to_string(),
     }
@@ -97,8 +99,8 @@ mod tests {
     fn the_package_named_is_the_one_of_the_compiler_version_the_tree_calls() {
         assert_eq!(package_for("gcc-12", Some("gcc-14"), false), "gcc-14");
         assert_eq!(
-            package_for("gcc-aarch64-linux-gnu", Some("gcc-14"), false),
-            "gcc-14-aarch64-linux-gnu"
+            package_for("gcc-aarch64-linux-gnu", Some("gcc-12"), false),
+            "gcc-aarch64-linux-gnu"
         );
         assert_eq!(package_for("gcc-12", Some("gcc-12"), false), "gcc-12");
         assert_eq!(package_for("gcc-12", None, false), "gcc-12");
