@@ -133,6 +133,7 @@ fn installed_kernels_are_trees_listed_with_their_source_and_missing_headers_name
         .run(&["kernels", "list", "--root", r, "--json"])
         .ok()
         .json();
+    crate::schemas::assert_valid("kernels", &list);
     let trees = list["trees"].as_array().unwrap();
     assert_eq!(trees.len(), 2, "{list}");
     let good = trees.iter().find(|t| t["release"] == RELEASE).unwrap();
@@ -251,6 +252,7 @@ fn the_hooks_build_sign_with_dkms_key_install_record_a_failure_and_remove_with_t
 
     // Recorded: status says failed for that kernel, with the log, which exists.
     let status = k.run(&["status", "--json"]).ok().json();
+    crate::schemas::assert_valid("status", &status);
     let line = status["lines"]
         .as_array()
         .unwrap()
