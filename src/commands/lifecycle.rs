@@ -155,23 +155,10 @@ fn sign_key(ctx: &Context, args: &SignArgs) -> Result<Option<SignKey>> {
     Ok((key.is_file() && cert.is_file()).then_some(SignKey { key, cert }))
 }
 
-/// Whether this very build is installed in `root` and its files are there: autoinstall
-/// then has nothing to do (DKMS's hooks run twice when headers and image arrive together).
-fn installed_already(store: &Store, root: &Path, ready: &Ready) -> bool {
-    matches!(
-        store.load_install(root, &ready.record.key()),
-        Ok(Some(rec)) if rec.state == crate::state::store::InstallState::Installed
-            && rec.updated_at >= ready.record.built_at
-            && rec.files.iter().all(|f| rec.root.join(&f.path).is_file())
-    )
-}
-
-/// With no key configured, the key a kernel that checks signatures (CONFIG_MODULE_SIG)
-/// needs, as DKMS finds one: on this machine (root `/`) kmx's own, else DKMS's
-/// (`/var/lib/dkms/mok.key`), else one generated now; in an image root only DKMS's, when
-/// the image has one. Said on stderr with how to enroll it. A key that cannot be made is a
-/// warning: the modules are installed unsigned, or refused where the kernel forces
-/// signatures.
+/// With no key configured, the key for the modules about to be installed into `root`
+/// ([`install::mok::for_root`]), said on stderr with how to enroll it. A key that cannot be
+/// made is a warning: the modules are installed unsigned, or refused where the kernel
+/// forces signatures.
 fn machine_sign(ctx: &Context, root: &Path, preps: &[(CellKey, Result<Prep>)]) -> Option<SignKey> {
     let wanted = preps
         .iter()
@@ -179,19 +166,7 @@ fn machine_sign(ctx: &Context, root: &Path, preps: &[(CellKey, Result<Prep>)]) -
     if !wanted {
         return None;
     }
-    let found = if root == Path::new("/") {
-        install::mok::machine_key(&ctx.home.root.join("keys"), root)
-    } else {
-        let (key, cert) = (
-            root.join(install::mok::DKMS_KEY),
-            root.join(install::mok::DKMS_CERT),
-        );
-        if !(key.is_file() && cert.is_file()) {
-            return None;
-        }
-        Ok(install::mok::MachineKey::Dkms(SignKey { key, cert }))
-    };
-    match found {
+    match install::mok::for_root(&ctx.home.root.join("keys"), root)? {
         Ok(k) => {
             eprintln!("{}", k.describe());
             Some(k.key().clone())
@@ -827,7 +802,7 @@ fn autoinstall_release(
                 eprintln!("skipped {key}: {reason}");
                 continue;
             }
-            Ok(Prep::Ready(ready)) if installed_already(store, root, &ready) => {
+            Ok(Prep::Ready(ready)) if install::is_installed(store, root, &ready.record) => {
                 installed += 1;
                 eprintln!("{key}: already installed");
                 continue;

@@ -50,6 +50,18 @@ pub struct Hook {
     pub dir: PathBuf,
 }
 
+/// Whether this very build (`built`) is installed in `root` and its files are there: the
+/// kernel hooks then have nothing to do (they run twice when headers and image arrive
+/// together, as DKMS's do).
+pub fn is_installed(store: &Store, root: &Path, built: &BuiltRecord) -> bool {
+    matches!(
+        store.load_install(root, &built.key()),
+        Ok(Some(rec)) if rec.state == InstallState::Installed
+            && rec.updated_at >= built.built_at
+            && rec.files.iter().all(|f| rec.root.join(&f.path).is_file())
+    )
+}
+
 /// How to install one cell.
 #[derive(Debug, Clone, Default)]
 pub struct Options {

@@ -78,6 +78,18 @@ pub fn machine_key(keys_dir: &Path, root: &Path) -> Result<MachineKey> {
     generate(keys_dir, "kmx module signing key", false).map(MachineKey::Generated)
 }
 
+/// The key for modules installed into `root` when none is configured, as DKMS finds one:
+/// on this machine (root `/`) [`machine_key`] (kmx's own, DKMS's, or one generated now); in
+/// an image root only the image's DKMS key, when it has one (`None` otherwise: kmx does
+/// not make keys for images on its own).
+pub fn for_root(keys_dir: &Path, root: &Path) -> Option<Result<MachineKey>> {
+    if root == Path::new("/") {
+        return Some(machine_key(keys_dir, root));
+    }
+    let (key, cert) = (root.join(DKMS_KEY), root.join(DKMS_CERT));
+    (key.is_file() && cert.is_file()).then_some(Ok(MachineKey::Dkms(SignKey { key, cert })))
+}
+
 /// Generate a key pair (RSA 2048, X.509 for code signing, 100 years, as DKMS's) in `dir`
 /// as `mok.key` (mode 0600) and `mok.der`. Refuses to replace a pair unless `force`.
 pub fn generate(dir: &Path, cn: &str, force: bool) -> Result<SignKey> {
@@ -141,6 +153,13 @@ mod tests {
         assert!(matches!(k, MachineKey::Dkms(_)), "{k:?}");
         assert_eq!(k.key().key, root.join(DKMS_KEY));
         assert!(!keys.exists(), "nothing generated when DKMS has a key");
+        // In an image root: the image's DKMS key, and none made when it has none.
+        assert!(matches!(
+            for_root(&keys, &root),
+            Some(Ok(MachineKey::Dkms(_)))
+        ));
+        let bare = dir.path().join("bare");
+        assert!(for_root(&keys, &bare).is_none());
         // Without DKMS's key: generated once, then kept.
         std::fs::remove_file(root.join(DKMS_CERT)).unwrap();
         if which::which("openssl").is_err() {
