@@ -471,9 +471,12 @@ mod tests {
         assert_eq!(armmp.compress, None);
         assert_eq!(armmp.symvers, None);
         assert_eq!(inspect("686-pae").arch, "x86");
-        // No .kernelvariables: ARCH from .config, compiler plain gcc.
+        // No .kernelvariables: ARCH from .config, the compiler CONFIG_CC_VERSION_TEXT names.
         let marvell = inspect("marvell");
-        assert_eq!((marvell.arch.as_str(), marvell.compiler), ("arm", None));
+        assert_eq!(
+            (marvell.arch.as_str(), marvell.compiler.as_deref()),
+            ("arm", Some("gcc-12"))
+        );
         assert_eq!(marvell.compress, Some(Compression::Xz));
         assert!(!marvell.module_sig.enabled);
         let rt = inspect("rt-amd64");

@@ -154,17 +154,6 @@ pub struct FailedRecord {
     pub failed_at: u64,
 }
 
-impl FailedRecord {
-    pub fn key(&self) -> CellKey {
-        CellKey {
-            module: self.module.clone(),
-            version: self.version.clone(),
-            release: self.release.clone(),
-            target: self.target.clone(),
-        }
-    }
-}
-
 /// The store at one directory.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -645,27 +634,22 @@ impl std::fmt::Display for CellKey {
     }
 }
 
-impl BuiltRecord {
-    pub fn key(&self) -> CellKey {
-        CellKey {
-            module: self.module.clone(),
-            version: self.version.clone(),
-            release: self.release.clone(),
-            target: self.target.clone(),
+/// `key()` of the records of one cell (module, version, release, target).
+macro_rules! cell_keyed {
+    ($($record:ty),*) => {$(
+        impl $record {
+            pub fn key(&self) -> CellKey {
+                CellKey {
+                    module: self.module.clone(),
+                    version: self.version.clone(),
+                    release: self.release.clone(),
+                    target: self.target.clone(),
+                }
+            }
         }
-    }
+    )*};
 }
-
-impl InstallRecord {
-    pub fn key(&self) -> CellKey {
-        CellKey {
-            module: self.module.clone(),
-            version: self.version.clone(),
-            release: self.release.clone(),
-            target: self.target.clone(),
-        }
-    }
-}
+cell_keyed!(BuiltRecord, InstallRecord, FailedRecord);
 
 /// The key of a root in the store: 16 hex digits of the SHA-256 of its path.
 pub fn root_key(root: &Path) -> String {
