@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use crate::config::Profiles;
 use crate::config::load::DEFAULT_TARGETS;
 use crate::error::{Error, Result, render_inline};
-use crate::kernel::registry::{RegisteredTree, Registry, trees_of, usable_tree};
+use crate::kernel::KernelTree;
+use crate::kernel::registry::{RegisteredTree, Registry, installed_tree, trees_of, usable_tree};
 use crate::matrix::cell::{self, RunEnv};
 use crate::matrix::jobserver::Jobserver;
 use crate::matrix::plan::{self, Action, Plan, TargetSetup};
@@ -144,8 +145,25 @@ pub fn setup_targets(
     kernels: &[String],
     notes: &mut Vec<String>,
 ) -> Result<Vec<Arc<TargetSetup>>> {
+    setup_targets_in(profiles, home, names, kernels, Path::new("/"), notes)
+}
+
+/// [`setup_targets`] with the kernels installed in `root` (`/`: this machine) as trees too.
+/// An installed kernel is built for only when `kernels` names its release (`-k`, the
+/// kernel hooks): a plain `kmx build` keeps to the fetched and profiled trees.
+pub fn setup_targets_in(
+    profiles: &Profiles,
+    home: &Home,
+    names: &[String],
+    kernels: &[String],
+    root: &Path,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Arc<TargetSetup>>> {
     let explicit = !names.is_empty();
-    let registry = Registry::load(home)?;
+    let mut registry = Registry::load(home)?;
+    if !kernels.is_empty() {
+        registry.add_installed(profiles, root);
+    }
     let mut out = Vec::new();
     // The releases of the targets that have trees, but none with a release of --kernel.
     let mut other_releases: Vec<(String, Vec<String>)> = Vec::new();
@@ -154,8 +172,22 @@ pub fn setup_targets(
             let toolchain = profiles.toolchain_of(target)?.clone();
             let mut trees = Vec::new();
             let mut broken = Vec::new();
+            let mut installed: Vec<String> = Vec::new();
             for r in trees_of(target, &registry) {
-                match usable_tree(&r.kdir, target) {
+                let checked = match &r.installed {
+                    Some(release) if !kernels.contains(release) => continue,
+                    Some(release) => installed_tree(&r.kdir, release, target),
+                    None => usable_tree(&r.kdir, target),
+                };
+                match checked {
+                    // The machine's own headers stand for its kernel: a fetched or profiled
+                    // tree of the same release is left out rather than built twice.
+                    Ok(t) if r.installed.is_some() => {
+                        trees.retain(|o: &Arc<KernelTree>| o.release != t.release);
+                        installed.push(t.release.clone());
+                        trees.push(Arc::new(t));
+                    }
+                    Ok(t) if installed.contains(&t.release) => {}
                     Ok(t) => trees.push(Arc::new(t)),
                     Err(e) => broken.push(e),
                 }
@@ -390,6 +422,7 @@ pub fn smoke(
                 source: None,
                 abi: None,
                 boot: None,
+                installed: false,
             });
         let kos = rep.artifacts.iter().map(|a| a.file.clone()).collect();
         groups

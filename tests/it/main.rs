@@ -15,6 +15,7 @@ mod doctor;
 mod faults;
 mod kernels;
 mod lifecycle;
+mod machine;
 mod package;
 mod reproducible;
 mod sandbox;

@@ -317,11 +317,13 @@ fn kmx_deb_installs_into_a_fresh_root_and_runs_version_and_targets_there() {
     ] {
         assert!(root.join(f).is_file(), "{f} missing");
     }
-    for hook in ["postinst.d", "prerm.d"] {
-        let path = root.join("etc/kernel").join(hook).join("kmx");
+    // postinst.d's runs before initramfs-tools (run-parts' lexical order), as DKMS's does.
+    let hooks = ["postinst.d/50-kmx", "header_postinst.d/kmx", "prerm.d/kmx"];
+    for hook in hooks {
+        let path = root.join("etc/kernel").join(hook);
         assert_eq!(
             std::fs::read(&path).unwrap(),
-            std::fs::read(repo().join("contrib/kernel").join(hook).join("kmx")).unwrap()
+            std::fs::read(repo().join("contrib/kernel").join(hook)).unwrap()
         );
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
@@ -334,11 +336,12 @@ fn kmx_deb_installs_into_a_fresh_root_and_runs_version_and_targets_there() {
             .arg(format!("--root={}", root.display()))
             .args(["-W", "-f", "${Conffiles}", "kmx"]),
     );
-    assert!(
-        conffiles.contains("/etc/kernel/postinst.d/kmx")
-            && conffiles.contains("/etc/kernel/prerm.d/kmx"),
-        "{conffiles}"
-    );
+    for hook in hooks {
+        assert!(
+            conffiles.contains(&format!("/etc/kernel/{hook}")),
+            "{hook}: {conffiles}"
+        );
+    }
     let page = run_ok(
         Command::new("man")
             .arg("-l")
