@@ -288,7 +288,7 @@ if [ "$SIGNALS" = 1 ]; then
       log=$work/sig-$sig-$phase
       case $phase in
         planning) module=slowplan; wait_for='sleep 31'; pause= ;;
-        make) module=slow; wait_for='sleep 120'; pause= ;;
+        make) module=slow; wait_for='sleep 86400'; pause= ;;
         strip) module=stripme; wait_for='paused at before-strip'; pause=before-strip ;;
         install) module=hello; wait_for='paused at writing-module'; pause=writing-module ;;
         depmod) module=hello; wait_for='paused at before-depmod'; pause=before-depmod ;;

@@ -180,6 +180,10 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Whose installed kernels (`lib/modules/<release>/build`) to check too: this
+        /// machine's, or an image root's.
+        #[arg(long, default_value = "/", value_name = "DIR")]
+        root: PathBuf,
     },
     /// Print a shell completion script for kmx on stdout, e.g.
     /// `kmx completions bash > /etc/bash_completion.d/kmx`.
@@ -271,11 +275,17 @@ pub enum KernelsCmd {
     /// for the shipped targets), the newest ABI of each, with a private apt state: the
     /// system's dpkg configuration is never changed.
     Fetch(FetchArgs),
-    /// List every known kernel tree with its target, release, vermagic and source.
+    /// List every known kernel tree with its target, release, vermagic and source: the
+    /// fetched ones, the ones profiles list, and the kernels installed on the machine (or in
+    /// --root), which kmx builds for when asked for by release (`-k`, the kernel hooks).
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Whose installed kernels (`lib/modules/<release>/build`) to list: this machine's,
+        /// or an image root's.
+        #[arg(long, default_value = "/", value_name = "DIR")]
+        root: PathBuf,
     },
     /// Forget fetched trees of a kernel release and delete their files (a tree another
     /// target still uses stays).

@@ -60,7 +60,8 @@ pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHeal
 }
 
 pub fn targets(ctx: &Context, json: bool) -> Result<i32> {
-    let registry = Registry::load(&ctx.home)?;
+    let mut registry = Registry::load(&ctx.home)?;
+    registry.add_installed(&ctx.profiles, std::path::Path::new("/"));
     let all: Vec<TargetHealth> = ctx
         .profiles
         .targets
@@ -234,8 +235,9 @@ fn print_host() -> bool {
     !missing.iter().any(|t| t.required)
 }
 
-pub fn doctor(ctx: &Context, names: &[String], json: bool) -> Result<i32> {
-    let registry = Registry::load(&ctx.home)?;
+pub fn doctor(ctx: &Context, names: &[String], json: bool, root: &std::path::Path) -> Result<i32> {
+    let mut registry = Registry::load(&ctx.home)?;
+    registry.add_installed(&ctx.profiles, root);
     let selected = ctx.profiles.select(names)?;
     let all: Vec<TargetHealth> = selected.iter().map(|t| assess(ctx, t, &registry)).collect();
     let mut broken = all.iter().filter(|h| !h.usable).count();

@@ -101,6 +101,7 @@ pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
             source: Some(t.source.label()),
             abi: Some(t.abi.clone()),
             boot,
+            installed: false,
         });
         eprintln!(
             "{:<8} {}{image} {:<24} {:<26} vermagic \"{}\"",
@@ -199,8 +200,9 @@ struct TreeRow {
     health: TreeHealth,
 }
 
-pub fn list(ctx: &Context, json: bool) -> Result<i32> {
-    let registry = Registry::load(&ctx.home)?;
+pub fn list(ctx: &Context, json: bool, root: &std::path::Path) -> Result<i32> {
+    let mut registry = Registry::load(&ctx.home)?;
+    registry.add_installed(&ctx.profiles, root);
     let mut rows = Vec::new();
     for target in ctx.profiles.targets.values() {
         for r in trees_of(target, &registry) {
@@ -255,7 +257,7 @@ pub fn list(ctx: &Context, json: bool) -> Result<i32> {
             Some(e) => println!(
                 "{:<wt$}  {:<wk$}  {:<ws$}  error: {e} ({})",
                 r.target,
-                "?",
+                h.release.as_deref().unwrap_or("?"),
                 r.source,
                 h.kdir.display()
             ),

@@ -15,7 +15,7 @@ use crate::cli::{
 use crate::error::{Error, Kind, Result, exit};
 use crate::install::{self, SignKey, image};
 use crate::lifecycle::prepare::{Prep, Ready, evaluate_generic, prepare, prepare_binary};
-use crate::matrix::pipeline::{Options, setup_targets};
+use crate::matrix::pipeline::{Options, setup_targets_in};
 use crate::matrix::plan::Cell;
 use crate::process;
 use crate::state::cache::{Cache, DEFAULT_MAX_BYTES};
@@ -172,6 +172,32 @@ fn sign_key(ctx: &Context, args: &SignArgs) -> Result<Option<SignKey>> {
     Ok((key.is_file() && cert.is_file()).then_some(SignKey { key, cert }))
 }
 
+/// With no key configured, the key for the modules about to be installed into `root`
+/// ([`install::mok::for_root`]), said on stderr with how to enroll it. A key that cannot be
+/// made is a warning: the modules are installed unsigned, or refused where the kernel
+/// forces signatures.
+fn machine_sign(ctx: &Context, root: &Path, preps: &[(CellKey, Result<Prep>)]) -> Option<SignKey> {
+    let wanted = preps
+        .iter()
+        .any(|(_, p)| matches!(p, Ok(Prep::Ready(r)) if r.record.sig_enabled));
+    if !wanted {
+        return None;
+    }
+    match install::mok::for_root(&ctx.home.root.join("keys"), root)? {
+        Ok(k) => {
+            eprintln!("{}", k.describe());
+            Some(k.key().clone())
+        }
+        Err(e) => {
+            eprintln!(
+                "warning: no key to sign modules with: {}",
+                crate::error::render_inline(&e)
+            );
+            None
+        }
+    }
+}
+
 fn do_install(
     store: &Store,
     root: &Path,
@@ -224,11 +250,12 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
     // once, then each is installed.
     let preps: Vec<(CellKey, Result<Prep>)> = if store.load_source(&module, &version)?.is_some() {
         let mut notes = Vec::new();
-        let targets = setup_targets(
+        let targets = setup_targets_in(
             &ctx.profiles,
             &ctx.home,
             std::slice::from_ref(&args.target),
             &releases,
+            &root,
             &mut notes,
         )?;
         for n in &notes {
@@ -282,6 +309,7 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
             })
             .collect()
     };
+    let sign = sign.or_else(|| machine_sign(ctx, &root, &preps));
     for (key, prep) in preps {
         match prep? {
             Prep::Skipped(reason) => {
@@ -340,7 +368,8 @@ fn releases_to_install(
         ));
     }
     let (found, same_arch) = image::kernels_for(root, &target.name, identity)?;
-    let registry = crate::kernel::registry::Registry::load(&ctx.home)?;
+    let mut registry = crate::kernel::registry::Registry::load(&ctx.home)?;
+    registry.add_installed(&ctx.profiles, root);
     let mut provided: Vec<String> = crate::kernel::registry::trees_of(target, &registry)
         .iter()
         .filter_map(|r| crate::kernel::KernelTree::inspect(&r.kdir).ok())
@@ -506,7 +535,7 @@ pub fn remove_cmd(
         {
             warn_on_failure("POST_REMOVE", line, &copy);
         }
-        for base in [store.built(), store.sources()] {
+        for base in [store.built(), store.sources(), store.dir.join("failed")] {
             let dir = base.join(&module).join(v);
             if dir.exists() {
                 // Renamed first so a crash never leaves a half-deleted directory that looks live.
@@ -548,13 +577,17 @@ pub fn status(
     if format == crate::cli::StatusFormat::Dkms {
         // DKMS's arch is the target's `dkms_arch`; a target this machine has no profile
         // for (a build imported from a tarball) shows under its own name.
+        let mut printed = std::collections::HashSet::new();
         for l in &out {
             let target = l.target.as_deref().unwrap_or("");
             let arch = ctx
                 .profiles
                 .target(target)
                 .map_or(target, |t| t.dkms_arch.as_str());
-            if let Some(line) = crate::lifecycle::status::dkms_line(l, arch) {
+            // Several failed kernels of one module are one `added` line, as in DKMS.
+            if let Some(line) = crate::lifecycle::status::dkms_line(l, arch)
+                && printed.insert(line.clone())
+            {
                 println!("{line}");
             }
         }
@@ -596,6 +629,12 @@ pub fn status(
             }
             if !l.broken.is_empty() {
                 st.push_str(&format!(" [broken: {}]", l.broken.join("; ")));
+            }
+            if let Some(f) = &l.failed {
+                if l.state != "failed" {
+                    st.push_str(" [last build failed]");
+                }
+                st.push_str(&format!(": {} (log: {})", f.reason, f.log.display()));
             }
             [
                 l.module.clone(),
@@ -718,16 +757,18 @@ fn autoinstall_release(
     let mut results: Vec<(CellKey, Result<Prep>)> = Vec::new();
     if !newest.is_empty() {
         let mut notes = Vec::new();
-        let targets = setup_targets(
+        let targets = setup_targets_in(
             &ctx.profiles,
             &ctx.home,
             &[],
             std::slice::from_ref(release),
+            root,
             &mut notes,
         )?;
         for n in notes
             .iter()
-            .filter(|n| !n.contains("has no kernel tree with release"))
+            // Targets with no tree of this release (or none at all) are not news here.
+            .filter(|n| !n.contains("has no kernel tree"))
         {
             eprintln!("{n}");
         }
@@ -768,22 +809,28 @@ fn autoinstall_release(
         );
         return Ok(exit::OK);
     }
+    let sign = sign.clone().or_else(|| machine_sign(ctx, root, &results));
+    let sign = &sign;
     let (mut installed, mut skipped, mut failed) = (0, 0, Vec::new());
     for (key, prep) in results {
-        let outcome = prep.and_then(|p| match p {
-            Prep::Skipped(reason) => Ok(Err(reason)),
-            Prep::Ready(ready) => {
-                do_install(store, root, &ready, !args.no_depmod, sign, pause).map(Ok)
-            }
-        });
-        match outcome {
-            Ok(Ok(inst)) => {
-                installed += 1;
-                eprintln!("{}", describe_install(&key, &inst));
-            }
-            Ok(Err(reason)) => {
+        let outcome = match prep {
+            Ok(Prep::Skipped(reason)) => {
                 skipped += 1;
                 eprintln!("skipped {key}: {reason}");
+                continue;
+            }
+            Ok(Prep::Ready(ready)) if install::is_installed(store, root, &ready.record) => {
+                installed += 1;
+                eprintln!("{key}: already installed");
+                continue;
+            }
+            Ok(Prep::Ready(ready)) => do_install(store, root, &ready, !args.no_depmod, sign, pause),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(inst) => {
+                installed += 1;
+                eprintln!("{}", describe_install(&key, &inst));
             }
             Err(e) => {
                 eprintln!("FAILED {key}: {}", crate::error::render_inline(&e));
@@ -813,53 +860,13 @@ fn autoinstall_release(
 
 pub fn keys_generate(ctx: &Context, dir: Option<PathBuf>, cn: &str, force: bool) -> Result<i32> {
     let dir = dir.unwrap_or_else(|| ctx.home.root.join("keys"));
-    let (key, cert) = (dir.join("mok.key"), dir.join("mok.der"));
-    if !force && (key.exists() || cert.exists()) {
-        return Err(Error::usage("a key pair is already there").at(&dir).hint(
-            "pass --force to replace it (modules signed with the old key will need re-signing)",
-        ));
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-    let tmp = crate::state::tmp::dir_in(&dir)?;
-    let (tkey, tcert) = (tmp.path().join("mok.key"), tmp.path().join("mok.der"));
-    if cn.contains(['/', '=']) {
-        return Err(Error::usage("--common-name must not contain `/` or `=`"));
-    }
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "36500",
-        "-outform", "DER",
-    ])
-    .arg("-subj")
-    .arg(format!("/CN={cn}"))
-    .args([
-        "-addext",
-        "basicConstraints=critical,CA:FALSE",
-        "-addext",
-        "keyUsage=digitalSignature",
-        "-addext",
-        "extendedKeyUsage=codeSigning",
-        "-addext",
-        "subjectKeyIdentifier=hash",
-    ])
-    .arg("-keyout")
-    .arg(&tkey)
-    .arg("-out")
-    .arg(&tcert);
-    process::output(&mut cmd, Kind::Failed).map_err(|e| e.hint_if_missing("install openssl"))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tkey, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io("set permissions of", &tkey, e))?;
-    }
-    std::fs::rename(&tkey, &key).map_err(|e| Error::io("move into place", &key, e))?;
-    std::fs::rename(&tcert, &cert).map_err(|e| Error::io("move into place", &cert, e))?;
-    println!("{}", key.display());
-    println!("{}", cert.display());
+    let k = install::mok::generate(&dir, cn, force)?;
+    println!("{}", k.key.display());
+    println!("{}", k.cert.display());
     eprintln!(
         "generated a signing key pair (RSA 2048, codeSigning) in {}; to load signed modules on a machine with Secure Boot, enroll the certificate: mokutil --import {}",
         dir.display(),
-        cert.display()
+        k.cert.display()
     );
     Ok(exit::OK)
 }

@@ -63,6 +63,8 @@ fn run_in(cli: Cli) -> Result<i32> {
         _ => {}
     }
     let ctx = Context::load(&cli)?;
+    // kmx's own signing keys are a secret of the machine wherever its home is.
+    crate::sandbox::hide_also(vec![ctx.home.root.join("keys")]);
     let wait = !cli.global.no_wait;
     let store = &ctx.store;
     // Commands that evaluate dkms.conf or build handle Ctrl-C, SIGTERM and SIGHUP from the
@@ -133,13 +135,13 @@ fn run_in(cli: Cli) -> Result<i32> {
         }) => provenance::check(&ctx, &records, &sources, keep.as_deref()),
         Cmd::Verify(args) => verify::run(&ctx, &args),
         Cmd::Kernels(KernelsCmd::Fetch(args)) => kernels::fetch(&ctx, &args),
-        Cmd::Kernels(KernelsCmd::List { json }) => kernels::list(&ctx, json),
+        Cmd::Kernels(KernelsCmd::List { json, root }) => kernels::list(&ctx, json, &root),
         Cmd::Kernels(KernelsCmd::Remove { release, target }) => {
             kernels::remove(&ctx, &release, target.as_deref())
         }
         Cmd::Kernels(KernelsCmd::Prune { dry_run }) => kernels::prune(&ctx, dry_run),
         Cmd::Targets { json } => doctor::targets(&ctx, json),
-        Cmd::Doctor { target, json } => doctor::doctor(&ctx, &target, json),
+        Cmd::Doctor { target, json, root } => doctor::doctor(&ctx, &target, json, &root),
         Cmd::Smoke {
             paths,
             target,

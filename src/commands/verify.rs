@@ -290,7 +290,12 @@ fn select_trees(
             fixed: false,
         });
     }
-    let registry = Registry::load(&ctx.home)?;
+    let mut registry = Registry::load(&ctx.home)?;
+    // `--kernel R`: the machine's installed kernel R is a tree too (`kmx verify
+    // /lib/modules/R/updates -t amd64 --kernel R` checks what the hooks installed).
+    if args.kernel.is_some() {
+        registry.add_installed(&ctx.profiles, Path::new("/"));
+    }
     let image_of = |kdir: &Path| -> Option<PathBuf> {
         let canonical = std::fs::canonicalize(kdir).ok();
         registry

@@ -21,6 +21,28 @@ pub struct Compiler {
     pub version: String,
 }
 
+/// The Debian package of the compiler a tree calls: a versioned host package (`gcc-12`)
+/// with the version the tree wants (`gcc-14` for a tree that calls `gcc-14`). Unchanged
+/// when the profile names its own `cc`, the tree calls plain `gcc`, or the package is not
+/// versioned.
+fn package_for(pkg: &str, tree_cc: Option<&str>, own_cc: bool) -> String {
+    let Some(version) = tree_cc.and_then(|cc| cc.strip_prefix("gcc-")) else {
+        return pkg.to_string();
+    };
+    if own_cc || version.is_empty() || !version.chars().all(|c| c.is_ascii_digit()) {
+        return pkg.to_string();
+    }
+    // Only a versioned host package (`gcc-12`) says which version it brings; an unversioned
+    // cross package (`gcc-aarch64-linux-gnu`) brings the distribution's default, whose
+    // version kmx cannot know: kept as written.
+    match pkg.strip_prefix("gcc-") {
+        Some(rest) if !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit()) => {
+            format!("gcc-{version}")
+        }
+        _ => pkg.to_string(),
+    }
+}
+
 impl Toolchain {
     /// The compiler's name for a kernel tree that calls `tree_cc` (e.g. Debian's `gcc-12`;
     /// `None` means plain `gcc`). The profile's `cc` overrides both.
@@ -37,7 +59,10 @@ impl Toolchain {
         let path = which::which(&name).map_err(|_| {
             let err = Error::env(format!("{name} not found"));
             match &self.debian_package {
-                Some(pkg) => err.hint(format!("apt-get install {pkg}")),
+                Some(pkg) => err.hint(format!(
+                    "apt-get install {}",
+                    package_for(pkg, tree_cc, self.cc.is_some())
+                )),
                 None => err.hint(format!(
                     "install a compiler for {} or set `cc` in {}",
                     self.triple,
@@ -63,5 +88,22 @@ impl Toolchain {
             version_line,
             version,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::package_for;
+
+    #[test]
+    fn the_package_named_is_the_one_of_the_compiler_version_the_tree_calls() {
+        assert_eq!(package_for("gcc-12", Some("gcc-14"), false), "gcc-14");
+        assert_eq!(
+            package_for("gcc-aarch64-linux-gnu", Some("gcc-12"), false),
+            "gcc-aarch64-linux-gnu"
+        );
+        assert_eq!(package_for("gcc-12", Some("gcc-12"), false), "gcc-12");
+        assert_eq!(package_for("gcc-12", None, false), "gcc-12");
+        assert_eq!(package_for("gcc-12", Some("gcc-14"), true), "gcc-12");
     }
 }

@@ -33,6 +33,7 @@ use crate::verify::module::Module;
 
 pub mod deb;
 pub mod image;
+pub mod mok;
 pub mod tarball;
 
 /// A signing key pair (PEM private key, X.509 certificate).
@@ -48,6 +49,18 @@ pub struct SignKey {
 pub struct Hook {
     pub line: String,
     pub dir: PathBuf,
+}
+
+/// Whether this very build (`built`) is installed in `root` and its files are there: the
+/// kernel hooks then have nothing to do (they run twice when headers and image arrive
+/// together, as DKMS's do).
+pub fn is_installed(store: &Store, root: &Path, built: &BuiltRecord) -> bool {
+    matches!(
+        store.load_install(root, &built.key()),
+        Ok(Some(rec)) if rec.state == InstallState::Installed
+            && rec.updated_at >= built.built_at
+            && rec.files.iter().all(|f| rec.root.join(&f.path).is_file())
+    )
 }
 
 /// How to install one cell.

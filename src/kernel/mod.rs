@@ -3,6 +3,7 @@
 
 pub mod apt;
 pub mod fetch;
+pub mod installed;
 pub mod kconfig;
 pub mod registry;
 pub mod symvers;

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::load::Profiles;
 use crate::error::{Error, Result};
+use crate::kernel::installed;
 use crate::kernel::tree::KernelTree;
 use crate::state::{Home, write_atomic};
 
@@ -33,6 +35,10 @@ pub struct RegisteredTree {
     /// `kmx kernels fetch --with-image`. Absent in registries written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<BootFiles>,
+    /// A kernel installed on the machine or in an image root (`lib/modules/<release>/build`),
+    /// found when the registry is read ([`Registry::add_installed`]), never stored.
+    #[serde(skip)]
+    pub installed: bool,
 }
 
 /// The distribution kernel matching a tree, and the guest userland to boot it with.
@@ -116,7 +122,12 @@ impl Registry {
     pub fn save(&self, home: &Home) -> Result<()> {
         let trees = home.trees();
         let mut stored = Registry {
-            trees: self.trees.clone(),
+            trees: self
+                .trees
+                .iter()
+                .filter(|t| !t.installed)
+                .cloned()
+                .collect(),
         };
         for t in &mut stored.trees {
             for p in t.paths_mut() {
@@ -158,6 +169,35 @@ impl Registry {
         gone
     }
 
+    /// Add the kernels installed in `root` (`/` for this machine) as trees of the target of
+    /// their architecture ([`installed::target_for`]). A kernel without headers is added
+    /// too, with its `build` link as the tree: `kmx doctor` then names the package to
+    /// install. Such entries are never saved.
+    pub fn add_installed(&mut self, profiles: &Profiles, root: &Path) {
+        for k in installed::kernels(root) {
+            let origin = k.origin(root);
+            let tree = k.kdir.as_deref().and_then(|d| KernelTree::inspect(d).ok());
+            let target = match &tree {
+                Some(t) => installed::target_for(profiles, t),
+                None => installed::target_by_name(profiles, root, &k.release),
+            };
+            let Some(target) = target else { continue };
+            if self.trees.iter().any(|t| Some(&t.kdir) == k.kdir.as_ref()) {
+                continue;
+            }
+            self.trees.push(RegisteredTree {
+                target: target.name.clone(),
+                release: k.release.clone(),
+                kdir: k.kdir.clone().unwrap_or(k.build_link.clone()),
+                origin,
+                source: Some("installed".into()),
+                abi: None,
+                boot: None,
+                installed: true,
+            });
+        }
+    }
+
     pub fn for_target<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a RegisteredTree> {
         self.trees.iter().filter(move |t| t.target == target)
     }
@@ -182,11 +222,50 @@ pub fn usable_tree(kdir: &Path, target: &crate::config::Target) -> Result<Kernel
     Ok(tree)
 }
 
+/// [`usable_tree`] for a kernel installed on the machine: missing headers are named by
+/// their Debian package (DKMS only says "headers ... cannot be found").
+pub fn installed_tree(
+    kdir: &Path,
+    release: &str,
+    target: &crate::config::Target,
+) -> Result<KernelTree> {
+    if !kdir.is_dir() {
+        return Err(Error::env(format!(
+            "the headers of the installed kernel {release} are not installed"
+        ))
+        .at(kdir)
+        .hint(format!("apt-get install linux-headers-{release}")));
+    }
+    let tree = usable_tree(kdir, target)?;
+    if tree.release != release {
+        return Err(Error::env(format!(
+            "is the tree of kernel {}, not of {release} it is installed for",
+            tree.release
+        ))
+        .at(kdir)
+        .hint(format!(
+            "apt-get install --reinstall linux-headers-{release}"
+        )));
+    }
+    if tree.config.builtin("CONFIG_MODVERSIONS") && tree.symvers.is_none() {
+        return Err(Error::env("the tree has no Module.symvers")
+            .at(kdir)
+            .hint(format!(
+                "apt-get install --reinstall linux-headers-{release}"
+            )));
+    }
+    Ok(tree)
+}
+
 /// How one tree a target points at is: its health, and the tree when it is usable.
 pub fn tree_health(r: TreeRef, target: &crate::config::Target) -> (TreeHealth, Option<KernelTree>) {
     // A MODVERSIONS tree without Module.symvers builds modules the kernel refuses: a
     // problem for doctor to name (a build still runs and its check fails the cell).
-    match usable_tree(&r.kdir, target).and_then(|t| t.check_modversions().map(|_| t)) {
+    let checked = match &r.installed {
+        Some(release) => installed_tree(&r.kdir, release, target),
+        None => usable_tree(&r.kdir, target),
+    };
+    match checked.and_then(|t| t.check_modversions().map(|_| t)) {
         Ok(t) => (
             TreeHealth {
                 kdir: r.kdir,
@@ -202,7 +281,8 @@ pub fn tree_health(r: TreeRef, target: &crate::config::Target) -> (TreeHealth, O
             TreeHealth {
                 kdir: r.kdir,
                 origin: r.origin,
-                release: None,
+                // An installed kernel's release is known even when its tree is unusable.
+                release: r.installed,
                 vermagic: None,
                 module_symvers: false,
                 error: Some((&e).into()),
@@ -244,6 +324,7 @@ mod tests {
             source: Some("debian bookworm".into()),
             abi: Some("6.1.0-50".into()),
             boot: None,
+            installed: false,
         });
         reg.save(&a).unwrap();
         let text = std::fs::read_to_string(a.registry()).unwrap();
@@ -281,8 +362,13 @@ mod tests {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TreeRef {
     pub kdir: PathBuf,
-    /// `fetched: <origin>`, or the profile file that names the path.
+    /// `fetched: <origin>`, `installed: /lib/modules/<release>/build`, or the profile file
+    /// that names the path.
     pub origin: String,
+    /// The release of a kernel installed on the machine (or image): such a tree is built
+    /// for only when asked for by release, and its missing headers are named by package.
+    #[serde(skip)]
+    pub installed: Option<String>,
 }
 
 /// Every tree a target profile points at: the fetched ones (when `[kernels] fetched = true`)
@@ -291,11 +377,18 @@ pub struct TreeRef {
 /// if it does not exist, so the user is told about it.
 pub fn trees_of(target: &crate::config::Target, registry: &Registry) -> Vec<TreeRef> {
     let mut out: Vec<TreeRef> = Vec::new();
-    if target.fetched_kernels {
-        for t in registry.for_target(&target.name) {
+    for t in registry.for_target(&target.name) {
+        if t.installed {
+            out.push(TreeRef {
+                kdir: t.kdir.clone(),
+                origin: t.origin.clone(),
+                installed: Some(t.release.clone()),
+            });
+        } else if target.fetched_kernels {
             out.push(TreeRef {
                 kdir: t.kdir.clone(),
                 origin: format!("fetched: {}", t.origin),
+                installed: None,
             });
         }
     }
@@ -323,6 +416,7 @@ pub fn trees_of(target: &crate::config::Target, registry: &Registry) -> Vec<Tree
                 out.push(TreeRef {
                     kdir,
                     origin: origin.clone(),
+                    installed: None,
                 });
             }
         }

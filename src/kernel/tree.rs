@@ -115,11 +115,17 @@ impl KernelTree {
                     .hint("kmx reads CONFIG_X86, CONFIG_ARM64, CONFIG_ARM, CONFIG_PPC, CONFIG_RISCV, CONFIG_MIPS, CONFIG_S390, CONFIG_LOONGARCH; is this a complete .config?"));
             }
         };
-        let compiler = make_variable(&variables, "CC")
-            .and_then(|cc| cc.split_whitespace().last())
-            .map(|cc| cc.trim_start_matches("$(CROSS_COMPILE)"))
-            .filter(|&cc| cc != "gcc" && !cc.is_empty())
-            .map(str::to_string);
+        // Debian's `.kernelvariables` names it; a tree without one (an Ubuntu or self-built
+        // kernel's headers) says in CONFIG_CC_VERSION_TEXT which compiler built the kernel.
+        let compiler = match make_variable(&variables, "CC") {
+            Some(cc) => cc
+                .split_whitespace()
+                .last()
+                .map(|cc| cc.trim_start_matches("$(CROSS_COMPILE)"))
+                .filter(|&cc| cc != "gcc" && !cc.is_empty())
+                .map(str::to_string),
+            None => config.get("CONFIG_CC_VERSION_TEXT").and_then(versioned_gcc),
+        };
         let symvers = Some(kdir.join("Module.symvers")).filter(|p| p.is_file());
         let module_sig = SigConfig {
             enabled: config.builtin("CONFIG_MODULE_SIG"),
@@ -284,6 +290,17 @@ fn read_optional(path: &Path) -> Result<Option<String>> {
 }
 
 /// The value of a simple `[override] NAME = value` (or `:=`) assignment in a makefile.
+/// The versioned GCC a CONFIG_CC_VERSION_TEXT names (`gcc-13` of
+/// `x86_64-linux-gnu-gcc-13 (Ubuntu 13.2.0-23ubuntu4) 13.2.0`); `None` for plain `gcc` or
+/// another compiler.
+fn versioned_gcc(text: &str) -> Option<String> {
+    let word = text.split_whitespace().next()?;
+    let at = word.rfind("gcc-")?;
+    let version = &word[at + 4..];
+    (!version.is_empty() && version.chars().all(|c| c.is_ascii_digit()))
+        .then(|| word[at..].to_string())
+}
+
 fn make_variable<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines().find_map(|line| {
         let line = line.trim();
@@ -378,6 +395,20 @@ fn host_identity() -> Option<ElfIdentity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_compiler_of_a_tree_without_kernelvariables_comes_from_cc_version_text() {
+        assert_eq!(
+            versioned_gcc("x86_64-linux-gnu-gcc-13 (Ubuntu 13.2.0-23ubuntu4) 13.2.0").as_deref(),
+            Some("gcc-13")
+        );
+        assert_eq!(
+            versioned_gcc("gcc-12 (Debian 12.2.0-14) 12.2.0").as_deref(),
+            Some("gcc-12")
+        );
+        assert_eq!(versioned_gcc("gcc (GCC) 13.2.1 20230801"), None);
+        assert_eq!(versioned_gcc("Debian clang version 16.0.6 (15)"), None);
+    }
     use crate::error::render;
 
     fn fixture(name: &str) -> PathBuf {
@@ -440,9 +471,12 @@ mod tests {
         assert_eq!(armmp.compress, None);
         assert_eq!(armmp.symvers, None);
         assert_eq!(inspect("686-pae").arch, "x86");
-        // No .kernelvariables: ARCH from .config, compiler plain gcc.
+        // No .kernelvariables: ARCH from .config, the compiler CONFIG_CC_VERSION_TEXT names.
         let marvell = inspect("marvell");
-        assert_eq!((marvell.arch.as_str(), marvell.compiler), ("arm", None));
+        assert_eq!(
+            (marvell.arch.as_str(), marvell.compiler.as_deref()),
+            ("arm", Some("gcc-12"))
+        );
         assert_eq!(marvell.compress, Some(Compression::Xz));
         assert!(!marvell.module_sig.enabled);
         let rt = inspect("rt-amd64");

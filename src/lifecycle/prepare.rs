@@ -16,7 +16,9 @@ use crate::kernel::tree::KernelTree;
 use crate::matrix::pipeline::{self, Options, Progress};
 use crate::matrix::plan::{self, Action, Cell, Plan, TargetSetup};
 use crate::state::Home;
-use crate::state::store::{BuiltFile, BuiltRecord, CellKey, Store, content_hash, now};
+use crate::state::store::{
+    BuiltFile, BuiltRecord, CellKey, FailedRecord, Store, content_hash, now,
+};
 
 /// Evaluate a source's manifest without a kernel (for its name, version and hooks).
 pub fn evaluate_generic(src: &Path, mode: crate::sandbox::Mode) -> Result<ModuleSpec> {
@@ -58,14 +60,16 @@ pub fn sign_file_of(tree: &KernelTree) -> Option<PathBuf> {
     Some(tree.kdir.join("scripts/sign-file")).filter(|p| p.is_file())
 }
 
-/// A kernel tree of `target` with `release` on this machine, if any (no toolchain needed).
+/// A kernel tree of `target` with `release` on this machine (fetched, profiled, or an
+/// installed kernel's headers), if any (no toolchain needed).
 pub fn find_tree(
     profiles: &Profiles,
     home: &Home,
     target: &str,
     release: &str,
 ) -> Option<KernelTree> {
-    let registry = Registry::load(home).ok()?;
+    let mut registry = Registry::load(home).ok()?;
+    registry.add_installed(profiles, Path::new("/"));
     let t = profiles.target(target).ok()?;
     trees_of(t, &registry)
         .into_iter()
@@ -124,7 +128,8 @@ pub fn record_built(
     artifacts: &[crate::matrix::cell::Artifact],
     source_hash: &str,
 ) -> Result<()> {
-    store.save_built(&record_of(cell, artifacts, source_hash))
+    store.save_built(&record_of(cell, artifacts, source_hash))?;
+    store.clear_failed(&cell_key(cell))
 }
 
 pub fn cell_key(c: &Cell) -> CellKey {
@@ -253,6 +258,30 @@ pub fn prepare(
                             ));
                             for line in &r.errors {
                                 e = e.caused_by(line);
+                            }
+                            // Recorded for `kmx status`: a hook's build has no one watching.
+                            let failed = FailedRecord {
+                                module: c.spec.name.clone(),
+                                version: c.spec.version.clone(),
+                                release: c.tree.release.clone(),
+                                target: c.target.target.name.clone(),
+                                // One line: what failed and the first error; the log has the rest.
+                                reason: [r
+                                    .reason
+                                    .clone()
+                                    .unwrap_or_else(|| r.status.word().to_string())]
+                                .into_iter()
+                                .chain(r.errors.first().cloned())
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                                log: r.log.clone(),
+                                failed_at: now(),
+                            };
+                            if let Err(err) = store.save_failed(&failed) {
+                                e = e.caused_by(format!(
+                                    "and the failure could not be recorded: {}",
+                                    crate::error::render_inline(&err)
+                                ));
                             }
                             failures
                                 .insert(orig, e.hint(format!("see the log: {}", r.log.display())));

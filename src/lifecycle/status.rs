@@ -17,7 +17,7 @@ pub struct StatusLine {
     pub version: String,
     pub kernel: Option<String>,
     pub target: Option<String>,
-    /// added, built, installed
+    /// added, built, installed, failed (the last build failed; nothing installed)
     pub state: String,
     pub added: bool,
     pub built: bool,
@@ -28,6 +28,15 @@ pub struct StatusLine {
     pub installed: Vec<StatusInstall>,
     /// An install moved a kernel module of the same name aside (DKMS's `original_module`).
     pub original_module: bool,
+    /// The last build of this cell failed (a kernel hook's build, above all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<StatusFailure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusFailure {
+    pub reason: String,
+    pub log: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +117,15 @@ pub fn lines(store: &Store) -> Result<Vec<StatusLine>> {
             files: r.files.iter().map(|f| f.path.clone()).collect(),
         });
     }
+    for f in store.failed_all()? {
+        let k = f.key();
+        let line = line_of(&mut lines, &k);
+        line.added |= hashes.contains_key(&(k.module.clone(), k.version.clone()));
+        line.failed = Some(StatusFailure {
+            reason: f.reason,
+            log: f.log,
+        });
+    }
     // Registered sources with nothing built: one line each.
     let mut with_cells: HashSet<(String, String)> = HashSet::new();
     for l in lines.values() {
@@ -130,6 +148,8 @@ pub fn lines(store: &Store) -> Result<Vec<StatusLine>> {
     for l in &mut out {
         l.state = if l.installed.iter().any(|i| i.state == "installed") {
             "installed"
+        } else if l.failed.is_some() {
+            "failed"
         } else if l.built {
             "built"
         } else if l.installed.is_empty() {
@@ -194,11 +214,13 @@ impl Filter {
 /// `hello/1.0: added`, or `hello/1.0, 6.1.0-50-arm64, aarch64: built` (or `installed`)
 /// with `arch` the target's DKMS arch, and DKMS's own suffixes: ` (original_module exists)`
 /// when the install moved a kernel module aside, ` (WARNING! Missing some built modules!)`
-/// when a built module is gone. `None` for a line DKMS has no word for (an install
-/// interrupted before anything was built).
+/// when a built module is gone; `hello/1.0: added` for a registered module whose build
+/// failed. `None` for a line DKMS has no word for (an install interrupted before anything
+/// was built).
 pub fn dkms_line(l: &StatusLine, arch: &str) -> Option<String> {
     let (Some(kernel), true) = (&l.kernel, l.built || l.state == "installed") else {
-        return (l.added && l.kernel.is_none())
+        // A registered module whose build failed is, to DKMS, just added.
+        return (l.added && (l.kernel.is_none() || l.state == "failed"))
             .then(|| format!("{}/{}: added", l.module, l.version));
     };
     let state = match l.state.as_str() {
@@ -230,6 +252,13 @@ mod tests {
             built: state != "added",
             ..StatusLine::default()
         }
+    }
+
+    #[test]
+    fn a_failed_build_reads_as_added_to_dkms() {
+        let mut l = line("failed", Some("6.1.0-50-amd64"));
+        l.built = false;
+        assert_eq!(dkms_line(&l, "x86_64").as_deref(), Some("hello/1.0: added"));
     }
 
     #[test]

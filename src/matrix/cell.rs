@@ -45,6 +45,9 @@ pub struct RunEnv<'a> {
     /// ccache's cache directory, when a cell's launcher is ccache: it stays writable in the
     /// sandbox.
     pub ccache_dir: Option<PathBuf>,
+    /// distcc's state directory (DISTCC_DIR, or ~/.distcc), when a cell's launcher is distcc
+    /// or pump: distcc writes its locks there.
+    pub distcc_dir: Option<PathBuf>,
 }
 
 /// Launchers that compile elsewhere (or through a local server): their cells keep the
@@ -80,6 +83,13 @@ impl RunEnv<'_> {
             .any(|n| NETWORK_LAUNCHERS.contains(&n.as_str()));
         if names.iter().any(|n| n == "ccache") {
             policy.writable.extend(self.ccache_dir.iter().cloned());
+        }
+        if names.iter().any(|n| n == "distcc" || n == "pump") {
+            policy.writable.extend(self.distcc_dir.iter().cloned());
+        }
+        if names.iter().any(|n| n == "icecc") {
+            // The local iceccd's socket.
+            policy.shown.push(PathBuf::from("/run/icecc"));
         }
         policy
     }
@@ -322,11 +332,24 @@ fn makeflags_vars(vars: &[(String, String)]) -> String {
 /// A command run by bash in the build directory with the cell's environment: inside the
 /// cell's private namespace where it has one ([`crate::sandbox`]) and `where_`
 /// asks for it.
-fn shell(cell: &Cell, env: &RunEnv, line: &str, extra_symbols: &str, where_: Where) -> Command {
+fn shell(
+    cell: &Cell,
+    env: &RunEnv,
+    line: &str,
+    deps_symvers: &[PathBuf],
+    where_: Where,
+) -> Command {
+    let extra_symbols = deps_symvers
+        .iter()
+        .map(|p| p.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let extra_symbols = extra_symbols.as_str();
     match (&cell.view, where_) {
         (Some(view), Where::Cell) => {
             let mut view = view.clone();
             view.policy = env.policy(cell);
+            view.policy.shown.extend(deps_symvers.iter().cloned());
             let private_tmp = view.policy.confined;
             let mut cmd = with_cell_env(
                 view.command(&cell.step_dir(), line),
@@ -466,11 +489,6 @@ fn run_stages(
 
     let cc = cc_words(cell, env.opts.launcher.as_deref());
     let vars = make_vars(cell, &cc);
-    let extra_symbols: String = deps_symvers
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
     let _ = writeln!(log, "# kmx build of {}", cell.label());
     let _ = writeln!(log, "# kernel tree: {}", cell.tree.kdir.display());
     let _ = writeln!(
@@ -494,7 +512,8 @@ fn run_stages(
     }
 
     for patch in &cell.spec.patches {
-        let file = cell.build_dir().join("patches").join(patch);
+        // Where the step sees it: the build directory is DKMS's path in the sandbox.
+        let file = cell.step_dir().join("patches").join(patch);
         let line = format!(
             "patch -p1 --forward --batch < {}",
             process::quote(&file.to_string_lossy())
@@ -525,7 +544,7 @@ fn run_stages(
         .acquire()
         .map_err(|e| stage_err("make", Error::env(format!("jobserver: {e}"))))?;
     let make_result = {
-        let mut cmd = shell(cell, env, command, &extra_symbols, Where::Cell);
+        let mut cmd = shell(cell, env, command, deps_symvers, Where::Cell);
         // The jobserver's flags (and the inherited descriptors), then kmx's variables after
         // `--`, where make reads command-line definitions from MAKEFLAGS.
         env.jobserver.configure_make(&mut cmd);
@@ -868,7 +887,7 @@ fn step(
     line: &str,
     where_: Where,
 ) -> Result<(), StageError> {
-    let mut cmd = shell(cell, env, line, "", where_);
+    let mut cmd = shell(cell, env, line, &[], where_);
     logged(&mut cmd, line, log, env, stage)
 }
 

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use crate::config::Profiles;
 use crate::config::load::DEFAULT_TARGETS;
 use crate::error::{Error, Result, render_inline};
-use crate::kernel::registry::{RegisteredTree, Registry, trees_of, usable_tree};
+use crate::kernel::KernelTree;
+use crate::kernel::registry::{RegisteredTree, Registry, installed_tree, trees_of, usable_tree};
 use crate::matrix::cell::{self, RunEnv};
 use crate::matrix::jobserver::Jobserver;
 use crate::matrix::plan::{self, Action, Plan, TargetSetup};
@@ -104,6 +105,19 @@ fn passthrough_env() -> Vec<(String, String)> {
         .collect()
 }
 
+/// distcc's state directory as distcc resolves it (DISTCC_DIR, else `$HOME/.distcc`),
+/// created when missing so the sandbox can show it writable.
+fn distcc_dir(passthrough: &[(String, String)]) -> Option<PathBuf> {
+    let var = |k: &str| passthrough.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+    let dir = match (var("DISTCC_DIR"), var("HOME")) {
+        (Some(d), _) => PathBuf::from(d),
+        (None, Some(home)) => Path::new(home).join(".distcc"),
+        (None, None) => return None,
+    };
+    std::fs::create_dir_all(&dir).ok()?;
+    dir.is_absolute().then_some(dir)
+}
+
 /// ccache's cache directory as ccache itself resolves it (CCACHE_DIR, its config files,
 /// XDG_CACHE_HOME, HOME), created when missing so the sandbox can show it writable; `None`
 /// when ccache cannot say (the steps then fail to cache, and the log says why).
@@ -131,8 +145,25 @@ pub fn setup_targets(
     kernels: &[String],
     notes: &mut Vec<String>,
 ) -> Result<Vec<Arc<TargetSetup>>> {
+    setup_targets_in(profiles, home, names, kernels, Path::new("/"), notes)
+}
+
+/// [`setup_targets`] with the kernels installed in `root` (`/`: this machine) as trees too.
+/// An installed kernel is built for only when `kernels` names its release (`-k`, the
+/// kernel hooks): a plain `kmx build` keeps to the fetched and profiled trees.
+pub fn setup_targets_in(
+    profiles: &Profiles,
+    home: &Home,
+    names: &[String],
+    kernels: &[String],
+    root: &Path,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Arc<TargetSetup>>> {
     let explicit = !names.is_empty();
-    let registry = Registry::load(home)?;
+    let mut registry = Registry::load(home)?;
+    if !kernels.is_empty() {
+        registry.add_installed(profiles, root);
+    }
     let mut out = Vec::new();
     // The releases of the targets that have trees, but none with a release of --kernel.
     let mut other_releases: Vec<(String, Vec<String>)> = Vec::new();
@@ -141,8 +172,22 @@ pub fn setup_targets(
             let toolchain = profiles.toolchain_of(target)?.clone();
             let mut trees = Vec::new();
             let mut broken = Vec::new();
+            let mut installed: Vec<String> = Vec::new();
             for r in trees_of(target, &registry) {
-                match usable_tree(&r.kdir, target) {
+                let checked = match &r.installed {
+                    Some(release) if !kernels.contains(release) => continue,
+                    Some(release) => installed_tree(&r.kdir, release, target),
+                    None => usable_tree(&r.kdir, target),
+                };
+                match checked {
+                    // The machine's own headers stand for its kernel: a fetched or profiled
+                    // tree of the same release is left out rather than built twice.
+                    Ok(t) if r.installed.is_some() => {
+                        trees.retain(|o: &Arc<KernelTree>| o.release != t.release);
+                        installed.push(t.release.clone());
+                        trees.push(Arc::new(t));
+                    }
+                    Ok(t) if installed.contains(&t.release) => {}
                     Ok(t) => trees.push(Arc::new(t)),
                     Err(e) => broken.push(e),
                 }
@@ -303,11 +348,21 @@ pub fn execute(
         true => ccache_dir(&passthrough),
         false => None,
     };
+    let uses_distcc = plan.cells.iter().any(|c| {
+        crate::matrix::cell::launcher_names(c, opts.launcher.as_deref())
+            .iter()
+            .any(|n| n == "distcc" || n == "pump")
+    });
+    let distcc_dir = match uses_distcc && !opts.open_sandbox {
+        true => distcc_dir(&passthrough),
+        false => None,
+    };
     let env = RunEnv {
         jobserver: &jobserver,
         opts,
         stop,
         ccache_dir,
+        distcc_dir,
         passthrough,
         tree_symbols: plan
             .cells
@@ -391,6 +446,7 @@ pub fn smoke(
                 source: None,
                 abi: None,
                 boot: None,
+                installed: false,
             });
         let kos = rep.artifacts.iter().map(|a| a.file.clone()).collect();
         groups

@@ -62,7 +62,10 @@
 //! all (no bubblewrap, another user without user namespaces), [`available`] says why and
 //! cells run on the host's paths: the plan and the summary say so.
 
+mod seccomp;
+
 use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -87,6 +90,14 @@ pub const SECRETS: &[&str] = &[
     "/var/lib/shim-signed/mok",
     "/var/lib/kmx/keys",
 ];
+
+/// More secrets of this run (kmx's own keys, in whichever home it uses), said once before
+/// any step runs; a second call changes nothing.
+pub fn hide_also(paths: Vec<PathBuf>) {
+    let _ = MORE_SECRETS.set(paths);
+}
+
+static MORE_SECRETS: OnceLock<Vec<PathBuf>> = OnceLock::new();
 
 /// The build directory a cell's steps see: DKMS's `$dkms_tree/<name>/<version>/build`.
 pub fn build_dir(name: &str, version: &str) -> PathBuf {
@@ -152,6 +163,9 @@ pub struct Policy {
     pub network: bool,
     /// Host directories that stay writable (a compiler cache).
     pub writable: Vec<PathBuf>,
+    /// Host paths the step reads by their own path though a private `/tmp` or `/run` would
+    /// hide them (a dependency's `Module.symvers`, icecc's daemon socket): shown read-only.
+    pub shown: Vec<PathBuf>,
 }
 
 impl Policy {
@@ -161,6 +175,7 @@ impl Policy {
             confined: true,
             network: false,
             writable: Vec::new(),
+            shown: Vec::new(),
         }
     }
     /// The host as under DKMS (`--sandbox open`).
@@ -169,6 +184,7 @@ impl Policy {
             confined: false,
             network: true,
             writable: Vec::new(),
+            shown: Vec::new(),
         }
     }
 }
@@ -209,15 +225,29 @@ impl View {
             Ok(runner) => {
                 let mut cmd = Command::new(&runner.bwrap);
                 cmd.args(self.args(runner.user_ns, crate::process::is_root(), cwd));
-                cmd.args(["bash", "-c", line]);
                 if self.policy.confined {
                     use std::os::unix::process::CommandExt;
                     // A descriptor kmx inherited from its caller (a directory of the host
                     // opened by a hook, say) would reach past the read-only view: none
                     // crosses into the step. A jobserver's, configured after this, does.
+                    // The caller's session keyring (a login's) is left behind too.
                     // SAFETY: only async-signal-safe system calls between fork and exec.
-                    unsafe { cmd.pre_exec(close_inherited) };
+                    unsafe { cmd.pre_exec(leave_the_caller) };
+                    if let Some(fd) = seccomp::program(!self.policy.network).and_then(filter_fd) {
+                        cmd.arg("--seccomp").arg(fd.as_raw_fd().to_string());
+                        // SAFETY: fcntl is async-signal-safe; the descriptor lives as long
+                        // as the command (the closure owns it).
+                        unsafe {
+                            cmd.pre_exec(move || {
+                                match libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) {
+                                    -1 => Err(std::io::Error::last_os_error()),
+                                    _ => Ok(()),
+                                }
+                            })
+                        };
+                    }
                 }
+                cmd.args(["bash", "-c", line]);
                 cmd
             }
             Err(why) => {
@@ -281,17 +311,6 @@ impl View {
             .kdir
             .canonicalize()
             .unwrap_or_else(|_| self.kdir.clone());
-        if !self.release.is_empty() {
-            let release = lib_modules.join(&self.release);
-            a.shadow(&lib_modules, &[self.release.as_str()], bind);
-            if release.is_dir() {
-                a.dir(&release);
-                a.rebind_entries(&release, &["build", "source"], bind);
-            } else {
-                a.dir(&release);
-            }
-            a.symlink(&kdir, &release.join("build"));
-        }
         // /usr/src and /var/lib/dkms: the host's entries, and the cell's own.
         let source_tree = resolve(Path::new(SOURCE_TREE));
         let dkms_tree = resolve(Path::new(DKMS_TREE));
@@ -303,10 +322,31 @@ impl View {
         if self.known() {
             own_sources.push(format!("{}-{}", self.name, self.version));
         }
-        let own: Vec<&str> = own_sources.iter().map(String::as_str).collect();
-        a.shadow(&source_tree, &own, bind);
-        let dkms_own: &[&str] = if self.known() { &[&self.name] } else { &[] };
-        a.shadow(&dkms_tree, dkms_own, bind);
+        let mut shadows = vec![
+            (
+                source_tree.as_path(),
+                own_sources.iter().map(String::as_str).collect(),
+            ),
+            (
+                dkms_tree.as_path(),
+                match self.known() {
+                    true => vec![self.name.as_str()],
+                    false => Vec::new(),
+                },
+            ),
+        ];
+        if !self.release.is_empty() {
+            shadows.push((lib_modules.as_path(), vec![self.release.as_str()]));
+        }
+        a.shadow(&shadows, bind);
+        if !self.release.is_empty() {
+            let release = lib_modules.join(&self.release);
+            a.dir(&release);
+            if release.is_dir() {
+                a.rebind_entries(&release, &["build", "source"], bind);
+            }
+            a.symlink(&kdir, &release.join("build"));
+        }
         if self.known() {
             let module = dkms_tree.join(&self.name).join(&self.version);
             let source = source_tree.join(format!("{}-{}", self.name, self.version));
@@ -334,13 +374,15 @@ impl View {
         if confined {
             // What the step reaches by its host path and the private /tmp and /run would
             // hide: the tree (with what its links reach: Debian's `-common` half, the
-            // kbuild directory), the source that a first reading of dkms.conf runs in. The
-            // whole directory under /tmp or /run that holds each is shown read-only.
+            // kbuild directory), the source that a first reading of dkms.conf runs in, what
+            // the policy shows. The whole directory under /tmp or /run that holds each is
+            // shown read-only.
             let hidden = [PathBuf::from("/tmp"), resolve(Path::new("/run"))];
             let mut reached = vec![kdir.clone(), self.kdir.clone()];
             if !self.known() {
                 reached.push(self.source.clone());
             }
+            reached.extend(policy.shown.iter().cloned());
             let mut shown: Vec<PathBuf> = Vec::new();
             for p in reached {
                 let Some(h) = hidden.iter().find(|h| p.starts_with(h)) else {
@@ -363,8 +405,12 @@ impl View {
             a.mount("--bind", dir, dir);
         }
         if confined {
-            for secret in SECRETS {
-                let path = Path::new(secret);
+            let more = MORE_SECRETS.get().map(Vec::as_slice).unwrap_or_default();
+            for path in SECRETS
+                .iter()
+                .map(Path::new)
+                .chain(more.iter().map(PathBuf::as_path))
+            {
                 match path.symlink_metadata() {
                     Ok(m) if m.is_dir() => a.at("--tmpfs", path),
                     Ok(_) => a.mount("--ro-bind", Path::new("/dev/null"), path),
@@ -377,12 +423,32 @@ impl View {
     }
 }
 
-/// Mark every descriptor above standard error close-on-exec (`close_range`, Linux 5.11;
-/// `fcntl` one by one before it).
-fn close_inherited() -> std::io::Result<()> {
+/// A pipe holding the seccomp program, for bubblewrap to read (the program is a few hundred
+/// bytes: it fits a pipe's buffer, and the write end is closed before bubblewrap starts).
+fn filter_fd(program: Vec<u8>) -> Option<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    let (read, write) = std::io::pipe().ok()?;
+    let mut write = write;
+    write.write_all(&program).ok()?;
+    drop(write);
+    Some(read.into())
+}
+
+/// Between fork and exec of a confined step's bubblewrap: a new, empty session keyring
+/// (`KEYCTL_JOIN_SESSION_KEYRING`; the caller's may hold a login's keys), and every
+/// descriptor above standard error close-on-exec (`close_range`, Linux 5.11; `fcntl` one by
+/// one before it).
+fn leave_the_caller() -> std::io::Result<()> {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    // SAFETY: close_range and fcntl are async-signal-safe and take plain integers.
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl, close_range and fcntl are async-signal-safe and take plain integers
+    // (a null name: an anonymous keyring).
     unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        );
         if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) == 0 {
             return Ok(());
         }
@@ -452,45 +518,52 @@ impl Args {
         self.mount("--symlink", target, at);
     }
 
-    /// Make host directory `dir` the view's own (a tmpfs, writable by nobody but the view)
-    /// with the host's entries shown again by `bind`, except `except`, which the view
-    /// places itself. A missing `dir` is made in its nearest existing parent, shadowed the
-    /// same way (bubblewrap cannot create a directory on the read-only host).
-    fn shadow(&mut self, dir: &Path, except: &[&str], bind: &str) {
-        let mut missing = Vec::new();
-        let mut existing = dir;
-        while !existing.is_dir() {
-            match (existing.parent(), existing.file_name()) {
-                (Some(parent), Some(name)) => {
-                    missing.push(name.to_string_lossy().into_owned());
-                    existing = parent;
+    /// Make each host directory of `dirs` the view's own (a tmpfs, writable by nobody but
+    /// the view) with the host's entries shown again by `bind`, except the names given with
+    /// it, which the view places itself. A missing directory is made in its nearest
+    /// existing parent, shadowed the same way (bubblewrap cannot create a directory on the
+    /// read-only host). Outer directories first, so an inner one's tmpfs is never covered.
+    fn shadow(&mut self, dirs: &[(&Path, Vec<&str>)], bind: &str) {
+        let mut points: Vec<(PathBuf, Vec<String>)> = Vec::new();
+        let mut make = Vec::new();
+        for (dir, except) in dirs {
+            let mut missing = Vec::new();
+            let mut existing = dir.to_path_buf();
+            while !existing.is_dir() {
+                match (existing.parent(), existing.file_name()) {
+                    (Some(parent), Some(name)) => {
+                        missing.push(name.to_os_string());
+                        existing = parent.to_path_buf();
+                    }
+                    _ => break,
                 }
-                _ => return,
             }
-        }
-        if existing == Path::new("/") {
-            // Never shadow the root: the view makes its directories inside it instead.
-            let mut at = PathBuf::from("/");
+            let names: Vec<String> = match missing.last() {
+                Some(first) => vec![first.to_string_lossy().into_owned()],
+                None => except.iter().map(|n| n.to_string()).collect(),
+            };
+            let mut at = existing.clone();
             for name in missing.iter().rev() {
                 at.push(name);
-                self.dir(&at);
+                make.push(at.clone());
             }
-            return;
+            match points.iter_mut().find(|(p, _)| *p == existing) {
+                Some((_, known)) => known.extend(names),
+                None => points.push((existing, names)),
+            }
         }
-        match missing.last() {
-            Some(first) => {
-                self.at("--tmpfs", existing);
-                self.rebind_entries(existing, &[first.as_str()], bind);
-                let mut at = existing.to_path_buf();
-                for name in missing.iter().rev() {
-                    at.push(name);
-                    self.dir(&at);
-                }
+        points.sort_by_key(|(p, _)| p.components().count());
+        for (point, names) in &points {
+            // The root itself cannot be covered: a directory missing there fails bwrap,
+            // which says so.
+            if point != Path::new("/") {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                self.at("--tmpfs", point);
+                self.rebind_entries(point, &names, bind);
             }
-            None => {
-                self.at("--tmpfs", dir);
-                self.rebind_entries(dir, except, bind);
-            }
+        }
+        for dir in make {
+            self.dir(&dir);
         }
     }
 
@@ -735,7 +808,7 @@ mod tests {
         std::fs::write(d.join("file"), "x").unwrap();
         std::os::unix::fs::symlink("keep", d.join("link")).unwrap();
         let mut a = Args(Vec::new());
-        a.shadow(&d, &["mine"], "--ro-bind");
+        a.shadow(&[(&d, vec!["mine"])], "--ro-bind");
         let a = words(&a.0);
         let p = |n: &str| d.join(n).to_string_lossy().into_owned();
         assert!(has(&a, &["--tmpfs", &d.to_string_lossy()]), "{a:?}");
@@ -743,13 +816,17 @@ mod tests {
         assert!(has(&a, &["--ro-bind", &p("file"), &p("file")]), "{a:?}");
         assert!(has(&a, &["--symlink", "keep", &p("link")]), "{a:?}");
         assert!(!a.iter().any(|w| w == &p("mine")), "{a:?}");
-        // A missing directory is made in its nearest existing parent.
+        // A missing directory is made in its nearest existing parent, after every tmpfs:
+        // an outer one (for the missing `new`) never covers an inner one (`keep`'s own).
         let mut a = Args(Vec::new());
-        a.shadow(&d.join("new/deeper"), &[], "--ro-bind");
+        let new = d.join("new/deeper");
+        let keep = d.join("keep");
+        a.shadow(&[(&keep, vec![]), (&new, vec![])], "--ro-bind");
         let a = words(&a.0);
-        assert!(has(&a, &["--dir", &p("new")]), "{a:?}");
-        assert!(has(&a, &["--dir", &p("new/deeper")]), "{a:?}");
-        assert!(has(&a, &["--ro-bind", &p("keep"), &p("keep")]), "{a:?}");
+        let at = |seq: &[&str]| a.windows(seq.len()).position(|w| w == seq).unwrap();
+        assert!(at(&["--tmpfs", &d.to_string_lossy()]) < at(&["--tmpfs", &p("keep")]));
+        assert!(at(&["--tmpfs", &p("keep")]) < at(&["--dir", &p("new")]));
+        assert!(at(&["--dir", &p("new")]) < at(&["--dir", &p("new/deeper")]));
     }
 
     #[test]

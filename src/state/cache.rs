@@ -298,9 +298,15 @@ mod tests {
     fn trim_removes_least_recently_used_first() {
         let (_d, cache) = cache_with("old");
         let src = cache.dir.parent().unwrap().join("src");
-        std::thread::sleep(Duration::from_millis(20));
         cache
             .store("new", "n", &src, &["m.ko".into()], 1.0)
+            .unwrap();
+        // The LRU clock is the entry's mtime: "old" last used an hour ago (set, not slept
+        // for: two stores in a row may share a timestamp).
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::open(cache.dir.join("old"))
+            .unwrap()
+            .set_modified(hour_ago)
             .unwrap();
         let (n, _) = cache.trim_to(cache.stats().1 - 1);
         assert_eq!(n, 1);

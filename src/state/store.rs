@@ -14,6 +14,9 @@
 //! installs/<root-key>/<module>/<version>/<release>/<target>.json
 //!                                              one install into one root (InstallRecord)
 //! displaced/<root-key>/<release>/<path>        in-tree modules moved aside by an install
+//! failed/<module>/<version>/<release>/<target>.json
+//!                                              the last build of a cell failed (FailedRecord);
+//!                                              removed when the cell builds
 //! ```
 //!
 //! `<root-key>` is the first 16 hex digits of the SHA-256 of the root's canonical path; the
@@ -132,6 +135,23 @@ pub struct InstallRecord {
     pub files: Vec<InstalledFile>,
     pub displaced: Vec<Displaced>,
     pub updated_at: u64,
+}
+
+/// The last build of a cell failed (the kernel hooks' builds above all: nobody watches
+/// them). `kmx status` shows the cell as `failed` with the log; a later successful build
+/// removes the record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedRecord {
+    pub module: String,
+    pub version: String,
+    pub release: String,
+    pub target: String,
+    /// What failed, e.g. `make failed: exit status 2`, with the first error lines.
+    pub reason: String,
+    /// The build log, kept.
+    pub log: PathBuf,
+    pub failed_at: u64,
 }
 
 /// The store at one directory.
@@ -347,6 +367,44 @@ impl Store {
         Ok(v)
     }
 
+    fn failed_path(&self, k: &CellKey) -> PathBuf {
+        self.dir
+            .join("failed")
+            .join(&k.module)
+            .join(&k.version)
+            .join(&k.release)
+            .join(format!("{}.json", k.target))
+    }
+
+    pub fn save_failed(&self, rec: &FailedRecord) -> Result<()> {
+        save_record(&self.failed_path(&rec.key()), rec)
+    }
+
+    /// Forget that a cell failed (it built, or its module was removed).
+    pub fn clear_failed(&self, k: &CellKey) -> Result<()> {
+        remove_record(&self.failed_path(k))
+    }
+
+    /// Every failed cell, with a record.
+    pub fn failed_all(&self) -> Result<Vec<FailedRecord>> {
+        let mut out = Vec::new();
+        for m in subdirs(&self.dir.join("failed"))? {
+            for v in subdirs(&m)? {
+                for r in subdirs(&v)? {
+                    for f in files(&r)?
+                        .into_iter()
+                        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    {
+                        if let Some(rec) = read_record::<FailedRecord>(&f)? {
+                            out.push(rec);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn load_built(&self, k: &CellKey) -> Result<Option<BuiltRecord>> {
         read_record(
             &self
@@ -391,12 +449,7 @@ impl Store {
     }
 
     pub fn delete_install(&self, rec: &InstallRecord) -> Result<()> {
-        let path = self.install_record_path(&rec.root, &rec.key());
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", &path, e)),
-        }
+        remove_record(&self.install_record_path(&rec.root, &rec.key()))
     }
 
     /// Every install record, of every root.
@@ -581,27 +634,22 @@ impl std::fmt::Display for CellKey {
     }
 }
 
-impl BuiltRecord {
-    pub fn key(&self) -> CellKey {
-        CellKey {
-            module: self.module.clone(),
-            version: self.version.clone(),
-            release: self.release.clone(),
-            target: self.target.clone(),
+/// `key()` of the records of one cell (module, version, release, target).
+macro_rules! cell_keyed {
+    ($($record:ty),*) => {$(
+        impl $record {
+            pub fn key(&self) -> CellKey {
+                CellKey {
+                    module: self.module.clone(),
+                    version: self.version.clone(),
+                    release: self.release.clone(),
+                    target: self.target.clone(),
+                }
+            }
         }
-    }
+    )*};
 }
-
-impl InstallRecord {
-    pub fn key(&self) -> CellKey {
-        CellKey {
-            module: self.module.clone(),
-            version: self.version.clone(),
-            release: self.release.clone(),
-            target: self.target.clone(),
-        }
-    }
-}
+cell_keyed!(BuiltRecord, InstallRecord, FailedRecord);
 
 /// The key of a root in the store: 16 hex digits of the SHA-256 of its path.
 pub fn root_key(root: &Path) -> String {
@@ -637,6 +685,15 @@ fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>>
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Remove a record file; one already gone is fine.
+fn remove_record(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
     }
 }
 

@@ -96,13 +96,19 @@ pub struct Budget {
 struct Held {
     now: usize,
     peak: usize,
+    /// Streams waiting in [`Budget::take`] (what a test waits for instead of sleeping).
+    waiting: usize,
 }
 
 impl Budget {
     pub const fn new(total: usize) -> Budget {
         Budget {
             total,
-            state: std::sync::Mutex::new(Held { now: 0, peak: 0 }),
+            state: std::sync::Mutex::new(Held {
+                now: 0,
+                peak: 0,
+                waiting: 0,
+            }),
             freed: std::sync::Condvar::new(),
         }
     }
@@ -120,10 +126,12 @@ impl Budget {
             return Share { budget: self, n: 0 };
         };
         while held.now + n > self.total {
+            held.waiting += 1;
             held = match self.freed.wait(held) {
                 Ok(h) => h,
                 Err(_) => return Share { budget: self, n: 0 },
             };
+            held.waiting -= 1;
         }
         held.now += n;
         held.peak = held.peak.max(held.now);
@@ -715,7 +723,19 @@ mod tests {
             let worker = scope.spawn(|| {
                 decompress_within(&packed, Compression::Gzip, limit, &budget).map(|o| o.len())
             });
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            // It waits for the budget: the test sees it waiting (no sleep, no race).
+            let started = std::time::Instant::now();
+            while budget.state.lock().unwrap().waiting == 0 {
+                assert!(
+                    !worker.is_finished(),
+                    "it finished without waiting for the budget"
+                );
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(300),
+                    "it never waited for the budget"
+                );
+                std::thread::yield_now();
+            }
             assert!(!worker.is_finished(), "it should wait for the budget");
             drop(held);
             // The lying trailer makes flate2 report a corrupt stream once it is all read:

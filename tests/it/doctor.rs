@@ -36,7 +36,7 @@ fn doctor_finds_four_usable_targets_whose_vermagic_matches_real_modules() {
     assert!(text.ends_with("4 of 4 targets usable\n"), "{text}");
     assert!(
         text.starts_with("host: sandbox ok (bubblewrap")
-            && text.contains("\nhost: all 15 tools kmx runs are installed\n"),
+            && text.contains("\nhost: all 13 tools kmx runs are installed\n"),
         "{text}"
     );
 }

@@ -19,7 +19,7 @@ fn wait_for_stderr(child: &mut Child, what: &str) {
             }
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + PATIENCE;
     let mut seen = Vec::new();
     while Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -37,7 +37,10 @@ fn wait_for_stderr(child: &mut Child, what: &str) {
             );
         }
     }
-    panic!("no `{what}` within 120 s; stderr:\n{}", seen.join("\n"));
+    panic!(
+        "no `{what}` within {PATIENCE:?}; stderr:\n{}",
+        seen.join("\n")
+    );
 }
 
 /// Every name under `dir` (recursively, not following links) that is a kmx temporary.
@@ -156,25 +159,18 @@ fn kill_9_during_a_build_leaves_no_make_or_compiler() {
         .spawn()
         .unwrap();
     wait_for_process(
-        "sleep 120",
+        "sleep 86400",
         k.dir(),
-        Duration::from_secs(60),
+        PATIENCE,
         "the slow build never started",
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    let killed = Instant::now();
-    loop {
-        let left = processes_mentioning("", k.dir());
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(5),
-            "left running after kill -9 of kmx: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The guardian and the kernel kill them: they may take a moment to go, but the step
+    // sleeps a day, so nothing of it ends by itself.
+    wait_until("left running after kill -9 of kmx", || {
+        processes_mentioning("", k.dir()).is_empty()
+    });
 }
 
 /// A truncated or garbage archive is bad input: exit 2 naming the file (it was exit 3, "the
@@ -264,25 +260,45 @@ fn a_failing_patch_shows_what_patch_said() {
 
 /// The fault-injection script, short: random SIGKILLs of add, build, install, uninstall,
 /// remove and load-tarball, each checked by `status --check` and a filesystem scan, and
-/// INT/TERM/HUP at planning, make and install.
+/// INT/TERM/HUP at planning, make and install. Long enough that kills land mid-run: a run
+/// whose every operation completed before its kill would check nothing, so the kills are
+/// counted from the script's own per-iteration lines and must be a good share of them.
 #[test]
 fn fault_injection_short_run() {
     let Some(home) = fetched_home() else { return };
-    let out = Command::new("bash")
-        .arg(repo().join("benches/fault-injection.sh"))
-        .args(["--iterations", "6", "--seed", "11", "--kmx"])
-        .arg(env!("CARGO_BIN_EXE_kmx"))
-        .env("KMX_TEST_HOME", &home)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    const ITERATIONS: usize = 24;
+    let (ok, text) = run_bench(
+        "fault-injection.sh",
+        &[
+            "--iterations",
+            &ITERATIONS.to_string(),
+            "--seed",
+            "11",
+            "--kmx",
+            env!("CARGO_BIN_EXE_kmx"),
+        ],
+        &[("KMX_TEST_HOME", home.as_os_str())],
     );
-    assert!(out.status.success(), "{text}");
+    assert!(ok, "{text}");
+    // Each iteration says whether its kill landed: "[3] build: killed after 812 ms".
+    let iterations: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with('[') && l.contains("] "))
+        .collect();
+    assert_eq!(iterations.len(), ITERATIONS, "{text}");
+    let killed = iterations
+        .iter()
+        .filter(|l| l.contains(": killed after "))
+        .count();
+    // (a 16-iteration run landed 5, the default 60 land about 25: the delay adapts)
     assert!(
-        text.contains("6 iterations: 0 inconsistencies, 0 leftovers"),
+        killed >= ITERATIONS / 6,
+        "only {killed} of {ITERATIONS} kills landed while kmx ran: the run checked little\n{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{ITERATIONS} iterations: 0 inconsistencies, 0 leftovers ({killed} killed mid-run)"
+        )),
         "{text}"
     );
     // INT, TERM and HUP at planning, make, strip/check, install and depmod.
@@ -323,7 +339,7 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
     let Some(k) = Kmx::with_trees() else { return };
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+        skip_or_fail("mounting a small tmpfs needs root (CI and `./dev test` as root run it)");
         return;
     }
     let (release, _, _) = k.tree_of("arm64");
@@ -398,9 +414,27 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
     assert!(err.contains("No space left on device"), "{err}");
+    // It names a file ("<source>/firmware.bin: cannot copy: No space left on device"), but
+    // the source's, not the full home it was copied into: a known gap of the copy error
+    // (src/matrix/cell.rs), reported; once fixed, assert `err.contains(home.0)` here.
+    assert!(
+        err.contains("firmware.bin") || err.contains(home.0.to_str().unwrap()),
+        "the error must name a file: {err}"
+    );
     assert!(
         temporaries(&home.0).is_empty(),
         "{:?}",
         temporaries(&home.0)
+    );
+    // The retry in a home with room works, and the module is registered there.
+    k.run(&["add", big.to_str().unwrap()]).ok();
+    let status = k.run(&["status", "--json"]).ok().json();
+    assert!(
+        status["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["module"] == "big"),
+        "{status}"
     );
 }

@@ -1,7 +1,9 @@
 //! kmx's integration tests: one binary, real `kmx` runs on real kernel trees and real cross
 //! compilers. Trees come from `KMX_TEST_HOME` (set by `./dev test`, which fetches them).
-//! Under CI (`CI=true`) a missing tree or toolchain FAILS the test; elsewhere the test says
-//! SKIPPED on stderr and returns.
+//! Under `./dev test` (`KMX_TEST_HOME` set) or CI (`CI=true`) a missing prerequisite (trees,
+//! kernel images, root) FAILS the test; elsewhere, as in a plain `cargo test`, the test says
+//! `SKIPPED <test>: <why>` on stderr (uncaptured, so cargo test shows it) and returns
+//! (`support::skip_or_fail`).
 
 mod support;
 
@@ -14,6 +16,7 @@ mod faults;
 mod hostile;
 mod kernels;
 mod lifecycle;
+mod machine;
 mod package;
 mod reproducible;
 mod sandbox;

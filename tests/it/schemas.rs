@@ -20,7 +20,7 @@ fn schema(name: &str) -> serde_json::Value {
 }
 
 /// Fails with every violation when `output` does not validate against its schema.
-fn assert_valid(name: &str, output: &serde_json::Value) {
+pub(crate) fn assert_valid(name: &str, output: &serde_json::Value) {
     assert_eq!(output["schema"], format!("kmx.{name}/1"), "{output}");
     let validator = jsonschema::validator_for(&schema(name)).expect("schema compiles");
     let errors: Vec<String> = validator

@@ -18,16 +18,14 @@ fn run_booting(k: &Kmx, args: &[&str]) -> Run {
     k.run(args)
 }
 
-/// A Kmx whose registry has boot files, or None (SKIPPED) outside CI.
+/// A Kmx whose registry has boot files, or None (SKIPPED, see [`skip_or_fail`]).
 fn with_images() -> Option<Kmx> {
     let k = Kmx::with_trees()?;
     let reg = std::fs::read_to_string(k.home.join("trees/registry.json")).unwrap();
     if !reg.contains("\"image\"") {
-        let why = "fetched trees have no kernel images: run `kmx kernels fetch --with-image`";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{why}");
-        }
-        eprintln!("SKIPPED: {why}");
+        skip_or_fail(
+            "fetched trees have no kernel images (QEMU boots them): run `./dev test`, or `kmx kernels fetch --with-image`",
+        );
         return None;
     }
     Some(k)
@@ -167,7 +165,15 @@ fn everything() -> Option<&'static serde_json::Value> {
         let mut args = vec!["smoke", "--json", "--timeout", "120"];
         args.extend(dirs);
         let run = run_booting(&k, &args).expect(1);
-        Some(run.json())
+        // Each boot's raw console, kept with the report (its file goes with this home).
+        let mut report = run.json();
+        for boot in report["boots"].as_array_mut().unwrap() {
+            let log = boot["console_log"].as_str().unwrap_or_default().to_string();
+            let text = std::fs::read_to_string(&log)
+                .unwrap_or_else(|e| panic!("console log {log}: {e}: {boot:#}"));
+            boot["console_text"] = text.into();
+        }
+        Some(report)
     })
     .as_ref()
 }
@@ -213,7 +219,8 @@ fn hello_loads_on_all_four_real_kernels() {
     for t in TARGETS {
         assert!(
             text.lines()
-                .any(|l| l.starts_with(&format!("{t:<8} 6.1.0-")) && l.contains(" booted in ")),
+                .any(|l| l.starts_with(&format!("{t:<8} {} ", k.release_of(t)))
+                    && l.contains(" booted in ")),
             "{text}"
         );
     }
@@ -232,15 +239,20 @@ fn hello_loads_on_all_four_real_kernels() {
 #[test]
 fn tampered_vermagic_is_refused_with_the_kernels_message() {
     let Some(report) = everything() else { return };
+    let Some(k) = with_images() else { return };
+    let b = built(&k);
     for t in TARGETS {
         let m = module(report, t, "kmx_magic");
         assert_eq!(m["outcome"], "refused", "{t}: {m:#}");
-        let msg = m["message"].as_str().unwrap();
-        assert!(
-            msg.starts_with("kmx_magic: version magic '6.1.0-50-")
-                && msg.contains(" modversionz ")
-                && msg.contains("' should be '6.1.0-50-"),
-            "{t}: {msg}"
+        // The kernel compares with its own vermagic: the one plain make gave hello.
+        let dir = &b.dirs.iter().find(|(n, _)| n == t).unwrap().1;
+        let tampered = modinfo("vermagic", &dir.join("kmx_magic.ko"));
+        let kernels = modinfo("vermagic", &dir.join("hello.ko"));
+        assert!(tampered.contains(" modversionz "), "{t}: {tampered}");
+        assert_eq!(
+            m["message"],
+            format!("kmx_magic: version magic '{tampered}' should be '{kernels}'"),
+            "{t}: {m:#}"
         );
         assert_ne!(m["insmod_status"], 0, "{t}");
     }
@@ -322,6 +334,33 @@ fn module_using_an_in_tree_module_loads_after_it() {
                 .any(|l| l.starts_with("kmx_dep: crc_itu_t says ")),
             "{t}: {m:#}"
         );
+        // The load order as the kernel saw it, read from its raw console: kmx_dep's init
+        // ran, which the kernel allows only once crc_itu_t is loaded (it is a module of
+        // this kernel, not built in: loaded the other way round, the kernel says
+        // "Unknown symbol crc_itu_t").
+        let console = target["console_text"].as_str().unwrap();
+        assert!(
+            console.contains("kmx_dep: crc_itu_t says "),
+            "{t}: {console}"
+        );
+        assert!(
+            !console.contains("kmx_dep: Unknown symbol crc_itu_t"),
+            "{t}: {console}"
+        );
+        let release = target["release"].as_str().unwrap();
+        let fetched = fetched_home().unwrap();
+        let modules_dir = fetched_registry(&fetched)["trees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|tree| tree["target"] == t && tree["release"] == release)
+            .map(|tree| registry_path(&fetched, tree["boot"]["modules_dir"].as_str().unwrap()))
+            .unwrap_or_else(|| panic!("{t}: no fetched tree of {release}"));
+        let builtin = std::fs::read_to_string(modules_dir.join("modules.builtin")).unwrap();
+        assert!(
+            !builtin.contains("crc-itu-t.ko"),
+            "{t}: crc_itu_t is built into this kernel: the test cannot tell the order"
+        );
     }
 }
 
@@ -340,7 +379,6 @@ fn kernel_image_of_the_wrong_architecture_is_a_harness_failure() {
     }
     std::fs::write(&reg_path, serde_json::to_string(&reg).unwrap()).unwrap();
     let amd64 = &b.dirs.iter().find(|(t, _)| t == "amd64").unwrap().1;
-    let started = std::time::Instant::now();
     let run = k
         .run(&[
             "smoke",
@@ -350,11 +388,6 @@ fn kernel_image_of_the_wrong_architecture_is_a_harness_failure() {
             amd64.join("hello.ko").to_str().unwrap(),
         ])
         .expect(4);
-    assert!(
-        started.elapsed().as_secs() < 45,
-        "took {:?}",
-        started.elapsed()
-    );
     let report = run.json();
     let t = &report["boots"][0];
     assert_eq!(t["status"], "harness-failed", "{t:#}");
@@ -386,7 +419,8 @@ fn target_without_boot_table_is_not_configured_not_failed() {
     let text = run.stdout();
     assert!(
         text.starts_with(&format!(
-            "arm64    6.1.0-50-arm64         smoke: not configured ({}/targets/arm64.toml has no [boot] table)\n",
+            "arm64    {:<22} smoke: not configured ({}/targets/arm64.toml has no [boot] table)\n",
+            k.release_of("arm64"),
             cfg.display()
         )),
         "{text}"
@@ -398,6 +432,7 @@ fn module_for_an_unknown_kernel_says_which_release_and_what_to_do() {
     let Some(k) = with_images() else { return };
     let b = built(&k);
     let arm64 = &b.dirs.iter().find(|(t, _)| t == "arm64").unwrap().1;
+    let release = k.release_of("arm64");
     std::fs::write(k.home.join("trees/registry.json"), "{\"trees\":[]}").unwrap();
     let run = k
         .run(&["smoke", arm64.join("hello.ko").to_str().unwrap()])
@@ -405,7 +440,9 @@ fn module_for_an_unknown_kernel_says_which_release_and_what_to_do() {
     let err = run.stderr();
     assert!(
         err.starts_with("error: ")
-            && err.contains("/arm64/hello.ko: no known kernel tree has release `6.1.0-50-arm64`")
+            && err.contains(&format!(
+                "/arm64/hello.ko: no known kernel tree has release `{release}`"
+            ))
             && err.contains("hint: fetch kernels with `kmx kernels fetch --with-image`"),
         "{err}"
     );
@@ -432,7 +469,10 @@ fn build_with_smoke_puts_each_kernels_verdict_into_the_report() {
     }
     let err = run.stderr();
     assert!(
-        err.contains("smoke hello 1.0 armhf 6.1.0-50-armmp: hello loaded"),
+        err.contains(&format!(
+            "smoke hello 1.0 armhf {}: hello loaded",
+            k.release_of("armhf")
+        )),
         "{err}"
     );
 }
@@ -472,10 +512,9 @@ fn the_example_loads_on_6_12_kernels_and_on_emulated_raspberry_pi_boards() {
         "{cells:?}"
     );
     if count("rpi3") == 0 {
-        let why =
-            "no rpi3 trees: `./dev test` fetches them (kmx kernels fetch -t rpi3 --with-image)";
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-        eprintln!("SKIPPED (rpi3): {why}");
+        skip_or_fail(
+            "no rpi3 trees (its part skipped): `./dev test` fetches them (kmx kernels fetch -t rpi3 --with-image)",
+        );
     }
     let out = k.dir().join("out");
     let targets: Vec<&str> = {
@@ -542,10 +581,11 @@ fn build_smoke_without_kernel_images_hints_at_fetching_them_and_never_reads_as_a
         .expect(4);
     let err = run.stderr();
     assert!(
-        err.contains(
-            "smoke hello 1.0 arm64 6.1.0-50-arm64: harness-failed: no kernel image for \
-             6.1.0-50-arm64\n    hint: run `kmx kernels fetch --with-image --target arm64`"
-        ),
+        err.contains(&format!(
+            "smoke hello 1.0 arm64 {release}: harness-failed: no kernel image for \
+             {release}\n    hint: run `kmx kernels fetch --with-image --target arm64`",
+            release = k.release_of("arm64")
+        )),
         "{err}"
     );
     assert!(

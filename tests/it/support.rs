@@ -148,17 +148,46 @@ impl Kmx {
     }
 }
 
-/// The home `./dev test` fetched trees into, or None (SKIPPED) outside CI.
+/// Whether a missing prerequisite (trees, images, root) must fail the test instead of
+/// skipping it: under `./dev test` (it sets `KMX_TEST_HOME`: whoever sets it asked for the
+/// integration tests) and under CI (`CI=true`).
+pub fn prerequisites_required() -> bool {
+    std::env::var_os("KMX_TEST_HOME").is_some() || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A test that cannot run here: fails under `./dev test` and CI ([`prerequisites_required`]),
+/// else says SKIPPED, with the test's name and why, on the real stderr (cargo test shows it
+/// even for a passing test: `eprintln!` would be captured and hidden).
+#[track_caller]
+pub fn skip_or_fail(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    if prerequisites_required() {
+        panic!("{test} cannot run: {why}");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// The home `./dev test` fetched trees into; None (SKIPPED) when there is none and
+/// [`prerequisites_required`] is false.
 pub fn fetched_home() -> Option<PathBuf> {
     let home = std::env::var_os("KMX_TEST_HOME").map(PathBuf::from);
     match home {
         Some(h) if h.join("trees/registry.json").is_file() => Some(h),
-        _ => {
-            let why = "no fetched kernel trees: run `./dev test` (it sets KMX_TEST_HOME)";
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{why}");
-            }
-            eprintln!("SKIPPED: {why}");
+        Some(h) => {
+            skip_or_fail(&format!(
+                "KMX_TEST_HOME={} has no fetched kernel trees (trees/registry.json): run `./dev test`",
+                h.display()
+            ));
+            None
+        }
+        None => {
+            skip_or_fail(
+                "no fetched kernel trees: run `./dev test` (it fetches them and sets KMX_TEST_HOME)",
+            );
             None
         }
     }
@@ -265,7 +294,46 @@ impl Kmx {
         std::fs::write(&registry, reg.to_string()).unwrap();
     }
 
-    /// (release, vermagic, kdir) of the first tree of `target` this home knows.
+    /// The release of the first tree of `target` this home knows (its registry's order:
+    /// Debian 12's in a [`Kmx::with_trees`] home), as fetched: never written into a test, so
+    /// that the suite follows the ABI Debian publishes.
+    pub fn release_of(&self, target: &str) -> String {
+        self.registered(&format!("a tree of {target}"), |t| t["target"] == target)["release"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The kernel ABI of this home's trees of the four `TARGETS` (`6.1.0-50`: the release
+    /// without its flavour), as fetched.
+    pub fn abi(&self) -> String {
+        self.registered("a fetched tree with an ABI", |t| {
+            TARGETS.contains(&t["target"].as_str().unwrap()) && t["abi"].is_string()
+        })["abi"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The first tree of this home's registry that `wanted` accepts.
+    fn registered(
+        &self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let reg = fetched_registry(&self.home);
+        reg["trees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| wanted(t))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {what}: {reg}"))
+    }
+
+    /// (release, vermagic, kdir) of the first tree of `target` this home knows: the release
+    /// and kdir as `kmx kernels list` says, the vermagic NOT kmx's but what the tree itself
+    /// gives a module ([`reference_vermagic`]: plain make there, modinfo).
     pub fn tree_of(&self, target: &str) -> (String, String, PathBuf) {
         let list = self.run(&["kernels", "list", "--json"]).ok().json();
         let t = list["trees"]
@@ -274,10 +342,11 @@ impl Kmx {
             .iter()
             .find(|t| t["target"] == target)
             .unwrap_or_else(|| panic!("no tree for {target}: {list}"));
+        let kdir = PathBuf::from(t["kdir"].as_str().unwrap());
         (
             t["release"].as_str().unwrap().to_string(),
-            t["vermagic"].as_str().unwrap().to_string(),
-            PathBuf::from(t["kdir"].as_str().unwrap()),
+            reference_vermagic(target, &kdir),
+            kdir,
         )
     }
 
@@ -394,8 +463,10 @@ pub fn plain_make(target: &str, kdir: &Path, dir: &Path) {
     let (arch, prefix) = match target {
         "i386" => ("x86", "i686-linux-gnu-"),
         "amd64" => ("x86", "x86_64-linux-gnu-"),
-        "arm64" => ("arm64", "aarch64-linux-gnu-"),
-        _ => ("arm", "arm-linux-gnueabihf-"),
+        "arm64" | "rpi3" | "rpi4" => ("arm64", "aarch64-linux-gnu-"),
+        "rpi" => ("arm", "arm-linux-gnueabi-"),
+        "armhf" => ("arm", "arm-linux-gnueabihf-"),
+        other => panic!("plain_make: no compiler known for target {other}"),
     };
     let out = Command::new("make")
         .arg("-C")
@@ -438,12 +509,105 @@ pub fn processes_mentioning(needle: &str, dir: &Path) -> Vec<String> {
     found
 }
 
+/// How long a bounded wait waits before it fails: a safety net against a hang on a loaded
+/// machine, never a measure of how fast kmx is (that is for `benches/`).
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Wait until `done()` holds, polling; fails with `what` after [`PATIENCE`].
+#[track_caller]
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < PATIENCE, "{what} (waited {PATIENCE:?})");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Wait until a process of this test ([`processes_mentioning`]) mentions `needle`; fails
-/// with `what` once `limit` has passed.
+/// with `what` once `limit` has passed (give it [`PATIENCE`]).
+#[track_caller]
 pub fn wait_for_process(needle: &str, dir: &Path, limit: std::time::Duration, what: &str) {
     let started = std::time::Instant::now();
     while processes_mentioning(needle, dir).is_empty() {
         assert!(started.elapsed() < limit, "{what}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Wait for `child` to end (its stdout and stderr, if piped, are small enough for the pipe);
+/// fails with `what` after [`PATIENCE`], the child killed.
+#[track_caller]
+pub fn wait_for_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let mut status = None;
+    let started = std::time::Instant::now();
+    while status.is_none() {
+        status = child.try_wait().unwrap();
+        if status.is_none() && started.elapsed() >= PATIENCE {
+            let _ = child.kill();
+            panic!("{what} (waited {PATIENCE:?})");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    status.unwrap()
+}
+
+/// What is left to read of a finished child's piped stderr.
+pub fn stderr_of(child: &mut std::process::Child) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_string(&mut text).unwrap();
+    }
+    text
+}
+
+/// The vermagic a module built against `kdir` carries, from an oracle that is not kmx: the
+/// bundled example built in a scratch copy with plain make (the tree's own kbuild composes
+/// the string) and read back with kmod's modinfo. Computed once per tree per test binary.
+pub fn reference_vermagic(target: &str, kdir: &Path) -> String {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Slots = Mutex<HashMap<PathBuf, Arc<OnceLock<String>>>>;
+    static BUILT: OnceLock<Slots> = OnceLock::new();
+    let slot = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(kdir.to_path_buf())
+        .or_default()
+        .clone();
+    slot.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["hello.c", "Kbuild"] {
+            std::fs::copy(repo().join("examples/hello").join(f), tmp.path().join(f)).unwrap();
+        }
+        plain_make(target, kdir, tmp.path());
+        let magic = modinfo("vermagic", &tmp.path().join("hello.ko"));
+        assert!(
+            !magic.is_empty(),
+            "plain make against {} made a module without vermagic",
+            kdir.display()
+        );
+        magic
+    })
+    .clone()
+}
+
+/// Run a script of `benches/` with bash and `envs`: whether it succeeded, and what it
+/// printed (stdout, then stderr).
+pub fn run_bench(script: &str, args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> (bool, String) {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("benches").join(script)).args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run benches/{script}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }

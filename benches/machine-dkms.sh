@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# kmx as the machine's own DKMS, end to end, against Debian's real DKMS (issue 23).
+#
+#   benches/machine-dkms.sh                 (on the host, as root: runs both sides, compares)
+#   benches/machine-dkms.sh inside kmx|dkms (one side, inside a fresh Debian 12 root)
+#   benches/machine-dkms.sh compare KMX_LOG DKMS_LOG   (the RESULT lines of two sides' logs)
+#
+# Each side runs in its own freshly installed Debian 12 root (../shared/tools/fresh-run.sh,
+# or $FRESH_RUN): the tool installed with apt (kmx: its own .deb, `./dev package`; DKMS:
+# Debian's `dkms`), the bundled example (examples/hello, AUTOINSTALL=yes) registered, then
+# `apt-get install linux-headers-amd64 linux-image-amd64`, exactly as a user upgrades a
+# kernel. What each left is printed as `RESULT` lines: the module's path under
+# /lib/modules, its vermagic, whether its signature verifies with that tool's own key
+# (openssl cms over the module's appended PKCS#7), modules.dep, whether the initramfs has
+# it, the `status` line (kmx status --format dkms / dkms status), the hook order, and what
+# removing the kernel leaves. The host side prints both and compares them line by line:
+# the keys differ by design (each tool its own), nothing else may.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+result() { echo "RESULT $*"; }
+
+# The appended signature of module $1 verifies with DER certificate $2: split the module
+# (content | PKCS#7 | struct module_signature (12 bytes, sig_len big-endian in its last 4) |
+# "~Module signature appended~\n" (28 bytes)) and let openssl check it.
+sig_valid() {
+  local ko=$1 cert=$2 tmp size len
+  tmp=$(mktemp -d)
+  size=$(stat -c %s "$ko")
+  [ "$(tail -c 28 "$ko")" = "~Module signature appended~" ] || { echo unsigned; rm -rf "$tmp"; return; }
+  len=$(tail -c 32 "$ko" | head -c 4 | od -An -tu1 | awk '{print $1*16777216+$2*65536+$3*256+$4}')
+  head -c $((size - 40 - len)) "$ko" >"$tmp/content"
+  tail -c $((40 + len)) "$ko" | head -c "$len" >"$tmp/sig.p7"
+  openssl x509 -inform DER -in "$cert" -out "$tmp/cert.pem"
+  if openssl cms -verify -binary -inform DER -in "$tmp/sig.p7" -content "$tmp/content" \
+      -certfile "$tmp/cert.pem" -nointern -noverify -out /dev/null 2>"$tmp/err"; then
+    echo "valid ($(openssl x509 -inform DER -in "$cert" -noout -subject))"
+  else
+    echo "INVALID: $(tr '\n' ' ' <"$tmp/err")"
+  fi
+  rm -rf "$tmp"
+}
+
+inside() {
+  local tool=$1 t0 cert
+  export DEBIAN_FRONTEND=noninteractive
+  t0=$(date +%s)
+  apt-get update -q >/dev/null
+  case $tool in
+    kmx)
+      # What the README tells a user: build the package, install it with apt.
+      apt-get install -y -q --no-install-recommends build-essential dpkg-dev binutils >/dev/null
+      ./dev package
+      apt-get install -y -q ./target/debian/kmx_*_amd64.deb >/dev/null
+      echo "== kmx installed after $(( $(date +%s) - t0 )) s"
+      kmx add examples/hello
+      cert=/var/lib/kmx/keys/mok.der
+      ;;
+    dkms)
+      # Without Recommends: they would bring linux-headers-amd64 before the kernel.
+      apt-get install -y -q --no-install-recommends dkms >/dev/null
+      echo "== dkms $(dpkg-query -W -f '${Version}' dkms) installed after $(( $(date +%s) - t0 )) s"
+      cp -r examples/hello /usr/src/hello-1.0
+      dkms add -m hello -v 1.0
+      cert=/var/lib/dkms/mok.pub
+      ;;
+  esac
+  local t1
+  t1=$(date +%s)
+  echo "== apt-get install linux-headers-amd64 linux-image-amd64"
+  apt-get install -y -q linux-headers-amd64 linux-image-amd64 2>&1 | tee /tmp/apt.log
+  echo "== kernel installed in $(( $(date +%s) - t1 )) s"
+  local r ko
+  r=$(ls /lib/modules | sort -V | tail -n1)
+  result "kernel $r"
+  # The order as apt ran them: the module installed before the initramfs was generated?
+  result "order: $(grep -oE 'update-initramfs: Generating|installed hello|Installing to' /tmp/apt.log \
+    | sed -E 's/^(installed hello|Installing to).*/module/; s/^update-initramfs.*/initramfs/' | uniq | tr '\n' ' ')"
+  ko=$(find /lib/modules/"$r" -name 'hello.ko*' | sort | head -n1)
+  if [ -z "$ko" ]; then
+    result "module MISSING under /lib/modules/$r"
+  else
+    result "module ${ko#/lib/modules/"$r"/}"
+    result "vermagic '$(modinfo -F vermagic "$ko")'"
+    echo "   signer '$(modinfo -F signer "$ko")' (each tool its own key)"
+    result "signature $(sig_valid "$ko" "$cert" | sed 's/(subject=.*)/(own key)/')"
+    echo "   key: $cert: $(sig_valid "$ko" "$cert")"
+    grep -q "updates/dkms/hello.ko" /lib/modules/"$r"/modules.dep && result "modules.dep yes" || result "modules.dep NO"
+    modprobe --dry-run --dirname / --set-version "$r" hello >/dev/null 2>&1 && result "modprobe -n hello: ok" || result "modprobe -n hello: FAILED"
+  fi
+  if lsinitramfs /boot/initrd.img-"$r" 2>/dev/null | grep -q 'hello.ko'; then result "initramfs has hello.ko"; else result "initramfs without hello.ko"; fi
+  case $tool in
+    kmx) result "status $(kmx status --format dkms | grep "$r" || echo none)"; kmx status ;;
+    dkms) result "status $(dkms status | grep "$r" || echo none)" ;;
+  esac
+  echo "== removing the kernel"
+  apt-get remove -y -q "linux-image-$r" "linux-headers-$r" linux-image-amd64 linux-headers-amd64 >/tmp/rm.log 2>&1 || { cat /tmp/rm.log; exit 1; }
+  if find /lib/modules/"$r" -name 'hello.ko*' 2>/dev/null | grep -q .; then result "after removal: module LEFT"; else result "after removal: module gone"; fi
+  # Not compared: when a kernel's removal leaves a module built for no kernel, DKMS 3.0
+  # deletes the module from its tree ("Deleting module ... completely from the DKMS tree"),
+  # so the next kernel does not get it; kmx keeps it registered (`hello/1.0: added`).
+  case $tool in
+    kmx) echo "   status after removal: '$(kmx status --format dkms | tr '\n' ' ')'" ;;
+    dkms) echo "   status after removal: '$(dkms status | tr '\n' ' ')'" ;;
+  esac
+  grep -iE 'kmx|dkms|Deleting' /tmp/rm.log | sed 's/^/   removal: /' || true
+  echo "== $tool side done in $(( $(date +%s) - t0 )) s"
+}
+
+if [ "${1:-}" = inside ]; then
+  inside "$2"
+  exit 0
+fi
+
+# compare KMX_LOG DKMS_LOG: the RESULT lines of two runs' logs, kmx (<) against DKMS (>).
+compare() {
+  local out=$1 kmx_log=$2 dkms_log=$3
+  grep '^RESULT' "$kmx_log" | sed 's/^RESULT //' >"$out/kmx.res"
+  grep '^RESULT' "$dkms_log" | sed 's/^RESULT //' >"$out/dkms.res"
+  echo "== kmx (<) against DKMS (>)"
+  if diff "$out/kmx.res" "$out/dkms.res"; then
+    echo "== same results ($(wc -l <"$out/kmx.res") lines)"
+  else
+    echo "== results differ (above)"
+    return 1
+  fi
+}
+
+if [ "${1:-}" = compare ]; then
+  out=$(mktemp -d)
+  compare "$out" "$2" "$3"
+  exit $?
+fi
+
+FRESH_RUN=${FRESH_RUN:-../shared/tools/fresh-run.sh}
+[ -x "$FRESH_RUN" ] || { echo "no $FRESH_RUN: set FRESH_RUN to fresh-run.sh" >&2; exit 3; }
+out=$(mktemp -d)
+start=$(date +%s)
+for tool in kmx dkms; do
+  echo "== $tool side in a fresh Debian 12 root"
+  "$FRESH_RUN" . "bash benches/machine-dkms.sh inside $tool" 3000 | tee "$out/$tool.run"
+  log=$(sed -n 's/^log: //p' "$out/$tool.run")
+  grep -E '^(RESULT|== |   )' "$log" | tee "$out/$tool.txt" || true
+done
+rc=0
+compare "$out" "$out/kmx.txt" "$out/dkms.txt" || rc=1
+echo "== both sides in $(( $(date +%s) - start )) s"
+exit $rc

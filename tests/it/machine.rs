@@ -1,0 +1,319 @@
+//! kmx as the machine's own DKMS: the kernels installed in a root (`lib/modules/<release>/build`)
+//! are trees without fetching, the kernel hooks build, sign and install for them, a failed
+//! build is recorded, and removing the kernel removes the modules.
+//!
+//! The root here is an image root (`--root`, `KMX_ROOT` for the hooks), laid out as Debian
+//! installs a kernel's headers: `lib/modules/<release>/build` is an ABSOLUTE link to
+//! `/usr/src/linux-headers-<release>`, which kmx must resolve inside the root. The headers
+//! are a copy of the fetched Debian 12 amd64 tree, its `-common` and `linux-kbuild`
+//! siblings linked in, as the package's files sit next to each other. The hooks' test home
+//! also knows the fetched tree of that release, as a machine that ran `kmx kernels fetch`.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+const RELEASE: &str = "6.1.0-50-amd64";
+/// An installed kernel whose headers are not installed.
+const HEADERLESS: &str = "6.1.0-77-amd64";
+
+/// An image root with kernel RELEASE and its headers installed, and kernel HEADERLESS without.
+fn image_root(k: &Kmx, fetched: &Path) -> Option<PathBuf> {
+    let reg = registry_of(fetched);
+    let Some(kdir) = reg["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["release"] == RELEASE)
+        .map(|t| PathBuf::from(t["kdir"].as_str().unwrap()))
+    else {
+        let why = format!("the fetched home has no {RELEASE} tree");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("SKIPPED: {why}");
+        return None;
+    };
+    let root = k.dir().join("image");
+    let usr_src = kdir.parent().unwrap();
+    std::fs::create_dir_all(root.join("usr/src")).unwrap();
+    std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+    for e in std::fs::read_dir(usr_src).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().ends_with("-common") {
+            symlink(e.path(), root.join("usr/src").join(e.file_name())).unwrap();
+        }
+    }
+    for e in std::fs::read_dir(usr_src.parent().unwrap().join("lib")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().starts_with("linux-kbuild-") {
+            symlink(e.path(), root.join("usr/lib").join(e.file_name())).unwrap();
+        }
+    }
+    let headers = root.join(format!("usr/src/linux-headers-{RELEASE}"));
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&kdir)
+        .arg(&headers)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for release in [RELEASE, HEADERLESS] {
+        let dir = root.join("lib/modules").join(release);
+        std::fs::create_dir_all(&dir).unwrap();
+        symlink(
+            format!("/usr/src/linux-headers-{release}"),
+            dir.join("build"),
+        )
+        .unwrap();
+    }
+    Some(root)
+}
+
+/// Run a kernel hook of contrib/kernel as Debian's run-parts does, for an image root.
+fn hook(k: &Kmx, hook: &str, release: &str, root: &Path) -> Run {
+    let bin = Path::new(env!("CARGO_BIN_EXE_kmx")).parent().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = Command::new(repo().join("contrib/kernel").join(hook))
+        .arg(release)
+        .arg(format!("/boot/vmlinuz-{release}"))
+        .env("PATH", path)
+        .env("KMX_HOME", &k.home)
+        .env("KMX_ROOT", root)
+        .env("HOME", k.dir())
+        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
+        .env_remove("KMX_CONFIG_DIR")
+        .output()
+        .unwrap();
+    Run {
+        cmd: format!("{hook} {release}"),
+        out,
+    }
+}
+
+/// DKMS's key pair as `dkms` makes it on first use (`prepare_mok`), in the root.
+fn dkms_key(root: &Path) {
+    let dir = root.join("var/lib/dkms");
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-x509",
+            "-nodes",
+            "-days",
+            "36500",
+            "-subj",
+            "/CN=DKMS module signing key",
+            "-newkey",
+            "rsa:2048",
+            "-outform",
+            "DER",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("mok.key"))
+        .arg("-out")
+        .arg(dir.join("mok.pub"))
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+}
+
+#[test]
+fn installed_kernels_are_trees_listed_with_their_source_and_missing_headers_named() {
+    let Some(fetched) = fetched_home() else {
+        return;
+    };
+    let k = Kmx::empty();
+    let Some(root) = image_root(&k, &fetched) else {
+        return;
+    };
+    let r = root.to_str().unwrap();
+    let list = k
+        .run(&["kernels", "list", "--root", r, "--json"])
+        .ok()
+        .json();
+    crate::schemas::assert_valid("kernels", &list);
+    let trees = list["trees"].as_array().unwrap();
+    assert_eq!(trees.len(), 2, "{list}");
+    let good = trees.iter().find(|t| t["release"] == RELEASE).unwrap();
+    assert_eq!(good["target"], "amd64", "{good}");
+    assert_eq!(good["source"], "installed", "{good}");
+    assert_eq!(
+        good["origin"],
+        format!("installed: /lib/modules/{RELEASE}/build")
+    );
+    assert_eq!(
+        good["vermagic"],
+        format!("{RELEASE} SMP preempt mod_unload modversions ")
+    );
+    // Resolved inside the root, not on the host.
+    assert_eq!(
+        PathBuf::from(good["kdir"].as_str().unwrap()),
+        root.join(format!("usr/src/linux-headers-{RELEASE}"))
+    );
+    let bad = trees
+        .iter()
+        .find(|t| t["error"].to_string().contains(HEADERLESS))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(bad["target"], "amd64", "{bad}");
+    assert_eq!(bad["release"], HEADERLESS, "{bad}");
+    assert!(
+        bad["error"]["hint"]
+            .to_string()
+            .contains(&format!("apt-get install linux-headers-{HEADERLESS}")),
+        "{bad}"
+    );
+
+    let doctor = k.run(&["doctor", "-t", "amd64", "--root", r]);
+    let out = doctor.stdout();
+    assert!(
+        out.contains(&format!("tree      {RELEASE} vermagic")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("apt-get install linux-headers-{HEADERLESS}")),
+        "{out}"
+    );
+
+    // Without the root, this machine's kernels: the image's are not listed.
+    let mine = k.run(&["kernels", "list", "--json"]).ok().json();
+    assert!(
+        !mine.to_string().contains(&root.display().to_string()),
+        "{mine}"
+    );
+}
+
+#[test]
+fn the_hooks_build_sign_with_dkms_key_install_record_a_failure_and_remove_with_the_kernel() {
+    let Some(fetched) = fetched_home() else {
+        return;
+    };
+    // A home that also fetched RELEASE: the machine's own headers are built against, once.
+    let Some(k) = Kmx::with_trees() else { return };
+    let Some(root) = image_root(&k, &fetched) else {
+        return;
+    };
+    dkms_key(&root);
+    k.run(&["add", hello_source(k.dir(), "hello", "").to_str().unwrap()])
+        .ok();
+    let broken = hello_source(k.dir(), "broken", "PACKAGE_NAME=broken\n");
+    std::fs::write(broken.join("hello.c"), "this is not C\n").unwrap();
+    k.run(&["add", broken.to_str().unwrap()]).ok();
+
+    // The image's postinst hook before its headers: skipped as DKMS skips, exit 0.
+    let early = hook(&k, "postinst.d/50-kmx", HEADERLESS, &root);
+    assert_eq!(early.code(), 0, "{}", early.stderr());
+    assert!(
+        early.stdout().contains(&format!(
+            "automatic installation of modules for kernel {HEADERLESS} was skipped since the kernel headers"
+        )),
+        "{}",
+        early.stdout()
+    );
+
+    // The headers' hook: one module built and installed, one failed; the kernel's
+    // installation goes on (exit 0), loudly.
+    let run = hook(&k, "header_postinst.d/kmx", RELEASE, &root);
+    let err = run.stderr();
+    assert_eq!(run.code(), 0, "{err}");
+    assert!(err.contains("signing with DKMS's key"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "kmx: WARNING: some modules were NOT installed for kernel {RELEASE}."
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("FAILED broken 1.0 amd64 {RELEASE}")),
+        "{err}"
+    );
+    let ko = root.join(format!("lib/modules/{RELEASE}/updates/dkms/hello.ko"));
+    assert_eq!(
+        modinfo("vermagic", &ko),
+        format!("{RELEASE} SMP preempt mod_unload modversions ")
+    );
+    assert_eq!(modinfo("signer", &ko), "DKMS module signing key");
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(k.home.join(format!(
+            "state/built/hello/1.0/{RELEASE}/amd64/kmx-built.json"
+        )))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        PathBuf::from(record["kdir"].as_str().unwrap()),
+        root.join(format!("usr/src/linux-headers-{RELEASE}")),
+        "{record}"
+    );
+    let dep =
+        std::fs::read_to_string(root.join(format!("lib/modules/{RELEASE}/modules.dep"))).unwrap();
+    assert!(dep.contains("updates/dkms/hello.ko:"), "{dep}");
+
+    // Recorded: status says failed for that kernel, with the log, which exists.
+    let status = k.run(&["status", "--json"]).ok().json();
+    crate::schemas::assert_valid("status", &status);
+    let line = status["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["module"] == "broken")
+        .unwrap_or_else(|| panic!("{status}"))
+        .clone();
+    assert_eq!(line["state"], "failed", "{line}");
+    assert_eq!(line["kernel"], RELEASE, "{line}");
+    let log = PathBuf::from(line["failed"]["log"].as_str().unwrap());
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("this is not C"),
+        "{}",
+        log.display()
+    );
+    let text = k.run(&["status", "--kernel", RELEASE]).ok().stdout();
+    assert!(
+        text.lines().any(|l| l.starts_with("broken")
+            && l.contains("failed")
+            && l.contains(&log.display().to_string())),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("hello") && l.contains("installed")),
+        "{text}"
+    );
+
+    // Fixed and run again: the failure is forgotten.
+    std::fs::copy(
+        repo().join("examples/hello/hello.c"),
+        broken.join("hello.c"),
+    )
+    .unwrap();
+    k.run(&["add", broken.to_str().unwrap()]).ok();
+    let again = hook(&k, "postinst.d/50-kmx", RELEASE, &root);
+    assert_eq!(again.code(), 0, "{}", again.stderr());
+    assert!(!again.stderr().contains("WARNING"), "{}", again.stderr());
+    // What was installed and has not changed is not installed again (the image's hook runs
+    // after the headers' one).
+    assert!(
+        again
+            .stderr()
+            .contains(&format!("hello 1.0 amd64 {RELEASE}: already installed")),
+        "{}",
+        again.stderr()
+    );
+    let line = k.run(&["status", "--json", "-k", RELEASE]).ok().json();
+    assert!(
+        line["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["state"] == "installed" && l.get("failed").is_none()),
+        "{line}"
+    );
+
+    // The kernel is removed: its modules go with it.
+    let rm = hook(&k, "prerm.d/kmx", RELEASE, &root);
+    assert_eq!(rm.code(), 0, "{}", rm.stderr());
+    assert!(!ko.exists(), "{}", rm.stderr());
+}
