@@ -290,9 +290,10 @@ fn fault_injection_short_run() {
         .iter()
         .filter(|l| l.contains(": killed after "))
         .count();
-    // (a 16-iteration run landed 5, the default 60 land about 25: the delay adapts)
+    // Some must land (a 16-iteration run landed 5; on a loaded machine with kmx's faster
+    // no-op runs, 2 of 24): a ratio would be a clock in disguise.
     assert!(
-        killed >= ITERATIONS / 6,
+        killed >= 1,
         "only {killed} of {ITERATIONS} kills landed while kmx ran: the run checked little\n{text}"
     );
     assert!(
