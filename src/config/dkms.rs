@@ -353,8 +353,7 @@ impl Eval<'_> {
                 ));
             }
         };
-        let text = fs::read(&log_path).map_err(|e| Error::io("read", &log_path, e))?;
-        let text = String::from_utf8_lossy(&text);
+        let text = read_kept(&log_path).map_err(|e| Error::io("read", &log_path, e))?;
         if self.vars.sandbox.is_some()
             && let Some(why) = sandbox::setup_failure(status.code(), &text)
         {
@@ -706,31 +705,32 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
             "{at}: {n} is not a DKMS directive; ignored (fine if it only helps build another value)"
         ));
     }
-    spec.log = kept_output(d.log);
+    spec.log = d.log;
     Ok(spec)
 }
 
 /// What a cell keeps of what dkms.conf printed while it was read: it goes into every cell's
 /// log (and from there into `make.log` and the cache), and a file that prints megabytes
 /// would be stored that many times over. The first [`KEPT_OUTPUT`] bytes, and a line saying
-/// how much was cut.
+/// how much was cut; only that much is read, so a file that prints gigabytes costs kmx no
+/// memory.
 const KEPT_OUTPUT: usize = 64 * 1024;
 
-fn kept_output(mut log: String) -> String {
-    if log.len() <= KEPT_OUTPUT {
-        return log;
+fn read_kept(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = fs::File::open(path)?;
+    let total = file.metadata()?.len() as usize;
+    let mut bytes = Vec::with_capacity(total.min(KEPT_OUTPUT));
+    file.take(KEPT_OUTPUT as u64).read_to_end(&mut bytes)?;
+    let mut log = String::from_utf8_lossy(&bytes).into_owned();
+    if total > KEPT_OUTPUT {
+        // A character cut in two reads as U+FFFD; the count is of the file's bytes.
+        log.push_str(&format!(
+            "\n[kmx: {} more bytes of dkms.conf's output not kept]\n",
+            total - KEPT_OUTPUT
+        ));
     }
-    let mut cut = KEPT_OUTPUT;
-    while !log.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let more = log.len() - cut;
-    log.truncate(cut);
-    log.push_str(&format!(
-        "\n[kmx: {more} more bytes of dkms.conf's output not kept]\n"
-    ));
-    log.shrink_to_fit();
-    log
+    Ok(log)
 }
 
 /// An upper-case name that is neither a known directive, a kernel config symbol (files
@@ -764,9 +764,12 @@ mod tests {
 
     #[test]
     fn what_dkms_conf_prints_is_kept_up_to_64_kib() {
-        assert_eq!(kept_output("said\n".into()), "said\n");
-        let long = "é".repeat(KEPT_OUTPUT);
-        let kept = kept_output(long);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("log");
+        fs::write(&path, "said\n").expect("write");
+        assert_eq!(read_kept(&path).expect("read"), "said\n");
+        fs::write(&path, "é".repeat(KEPT_OUTPUT)).expect("write");
+        let kept = read_kept(&path).expect("read");
         assert!(kept.len() < KEPT_OUTPUT + 100, "{}", kept.len());
         assert!(
             kept.ends_with(&format!(
