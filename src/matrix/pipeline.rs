@@ -339,24 +339,19 @@ pub fn execute(
     let jobs = opts.jobs();
     let jobserver = Jobserver::for_run(jobs)?;
     let passthrough = passthrough_env();
-    let uses_ccache = plan.cells.iter().any(|c| {
-        crate::matrix::cell::launcher_names(c, opts.launcher.as_deref())
-            .iter()
-            .any(|n| n == "ccache")
-    });
-    let ccache_dir = match uses_ccache && !opts.open_sandbox {
-        true => ccache_dir(&passthrough),
-        false => None,
-    };
-    let uses_distcc = plan.cells.iter().any(|c| {
-        crate::matrix::cell::launcher_names(c, opts.launcher.as_deref())
-            .iter()
-            .any(|n| n == "distcc" || n == "pump")
-    });
-    let distcc_dir = match uses_distcc && !opts.open_sandbox {
-        true => distcc_dir(&passthrough),
-        false => None,
-    };
+    // The launchers any cell runs its compiler through, once for the run.
+    let launchers: std::collections::BTreeSet<String> = plan
+        .cells
+        .iter()
+        .flat_map(|c| crate::matrix::cell::launcher_names(c, opts.launcher.as_deref()))
+        .collect();
+    let uses = |names: &[&str]| !opts.open_sandbox && names.iter().any(|n| launchers.contains(*n));
+    let ccache_dir = uses(&["ccache"])
+        .then(|| ccache_dir(&passthrough))
+        .flatten();
+    let distcc_dir = uses(&["distcc", "pump"])
+        .then(|| distcc_dir(&passthrough))
+        .flatten();
     let env = RunEnv {
         jobserver: &jobserver,
         opts,
