@@ -267,6 +267,7 @@ impl View {
     fn args(&self, user_ns: bool, root: bool, cwd: &Path) -> Vec<OsString> {
         let policy = &self.policy;
         let confined = policy.confined;
+        let run = resolve(Path::new("/run"));
         let mut a = Args(Vec::new());
         // Root under `--sandbox open` is root as under DKMS: no user namespace.
         if (user_ns && confined) || !root {
@@ -294,7 +295,7 @@ impl View {
             a.mask_proc();
             a.at("--dev", Path::new("/dev"));
             a.at("--tmpfs", Path::new("/tmp"));
-            a.at("--tmpfs", &resolve(Path::new("/run")));
+            a.at("--tmpfs", &run);
         } else {
             // As under DKMS: root keeps its capabilities (a user keeps none in any case).
             if root {
@@ -377,7 +378,7 @@ impl View {
             // kbuild directory), the source that a first reading of dkms.conf runs in, what
             // the policy shows. The whole directory under /tmp or /run that holds each is
             // shown read-only.
-            let hidden = [PathBuf::from("/tmp"), resolve(Path::new("/run"))];
+            let hidden = [PathBuf::from("/tmp"), run];
             let mut reached = vec![kdir.clone(), self.kdir.clone()];
             if !self.known() {
                 reached.push(self.source.clone());
