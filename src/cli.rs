@@ -199,6 +199,19 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         #[arg(long, short, value_name = "DIR")]
         out: PathBuf,
     },
+    /// DKMS's command line, answered by kmx: `kmx dkms ACTION` (add, build, install,
+    /// uninstall, unbuild, remove, status, autoinstall) with `-m/-v/-k/-a/--all`, DKMS 3.0's exit codes and
+    /// `dkms status` lines, for the kernels installed in the root. `/usr/sbin/dkms` of the
+    /// kmx-dkms package runs it, so that `*-dkms` packages (dh_dkms) install through kmx.
+    #[command(
+        disable_version_flag = true,
+        after_help = "Exit codes as DKMS 3.0's: 0 done, 1 kernel headers missing, 2 bad command line \
+or no source directory, 3 not added / already added / already built, 5 already installed, \
+6 no lib/modules/RELEASE to install into, 8 bad dkms.conf, 10 build failed, 11 autoinstall: a \
+module failed, 77 BUILD_EXCLUSIVE rules the kernel out.\n\n\
+Without -k, the running kernel (uname -r). The root is / or KMX_ROOT."
+    )]
+    Dkms(DkmsArgs),
     /// Boot each target's real kernel under QEMU and load modules in it: the kernel's own
     /// verdict (loaded, refused with its message, crashed in init). Needs
     /// `kmx kernels fetch --with-image`. Exits 0 when every module loaded, 1 when one was
@@ -349,7 +362,7 @@ pub enum KeysCmd {
 }
 
 /// The signing key for installs.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct SignArgs {
     /// PEM private key to sign modules with [default: HOME/keys/mok.key, when present].
     #[arg(
@@ -438,6 +451,51 @@ pub struct UninstallArgs {
     /// Do not run depmod afterwards.
     #[arg(long)]
     pub no_depmod: bool,
+}
+
+/// `kmx dkms`: DKMS's own flags.
+#[derive(Debug, Args)]
+pub struct DkmsArgs {
+    /// The action (add, build, install, uninstall, unbuild, remove, status, autoinstall),
+    /// and MODULE/VERSION or a source directory, in any order.
+    #[arg(value_name = "ACTION|MODULE/VERSION|DIR")]
+    pub words: Vec<String>,
+    /// The module (or MODULE/VERSION).
+    #[arg(short = 'm', long = "module", value_name = "MODULE")]
+    pub module: Option<String>,
+    /// The module's version.
+    #[arg(short = 'v', long = "module-version", value_name = "VERSION")]
+    pub version: Option<String>,
+    /// A kernel release (repeatable), or RELEASE/ARCH [default: the running kernel].
+    #[arg(short = 'k', long = "kernelver", value_name = "KERNEL")]
+    pub kernel: Vec<String>,
+    /// The architecture of the -k of the same rank (DKMS's names: x86_64, aarch64, ...).
+    #[arg(short = 'a', long = "arch", value_name = "ARCH")]
+    pub arch: Vec<String>,
+    /// Every kernel (remove, unbuild).
+    #[arg(long)]
+    pub all: bool,
+    /// Build or install again even if it already is.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not run depmod.
+    #[arg(long)]
+    pub no_depmod: bool,
+    /// Accepted for DKMS's scripts; kmx prints little anyway.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Parallel jobs for a build.
+    #[arg(short = 'j', value_parser = parse_jobs)]
+    pub jobs: Option<usize>,
+    /// Where `add -m M -v V` finds the source, as M-V [default: ROOT/usr/src].
+    #[arg(long, value_name = "DIR")]
+    pub sourcetree: Option<PathBuf>,
+    /// The root whose kernels are built for and installed into.
+    #[arg(long, env = "KMX_ROOT", default_value = "/", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Print `dkms-3.0.10`, the DKMS release this follows.
+    #[arg(long = "version")]
+    pub version_flag: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //! print; commands do.
 
 pub mod build;
+mod dkms;
 mod docs;
 mod doctor;
 mod kernels;
@@ -76,6 +77,7 @@ fn run_in(cli: Cli) -> Result<i32> {
             | Cmd::Install(_)
             | Cmd::Autoinstall(_)
             | Cmd::Build(_)
+            | Cmd::Dkms(_)
             | Cmd::Provenance(_)
     ) {
         crate::process::stop_flag()?;
@@ -111,6 +113,7 @@ fn run_in(cli: Cli) -> Result<i32> {
             lifecycle::status(&ctx, &filter, format, json)
         }
         Cmd::Autoinstall(args) => lifecycle::autoinstall(&ctx, store, &args, wait),
+        Cmd::Dkms(args) => dkms::run(&ctx, store, &args, wait),
         Cmd::Keys(KeysCmd::Generate {
             dir,
             common_name,

@@ -422,6 +422,24 @@ impl Store {
         )
     }
 
+    /// Drop a built cell (DKMS's `unbuild`): renamed aside first, so a crash never leaves a
+    /// half-deleted cell that looks built.
+    pub fn delete_built(&self, k: &CellKey) -> Result<()> {
+        let dir = self.cell_dir(&k.module, &k.version, &k.release, &k.target);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let gone = dir.with_file_name(format!(".unbuilding-{}", k.target));
+        let _ = std::fs::remove_dir_all(&gone);
+        std::fs::rename(&dir, &gone).map_err(|e| Error::io("remove", &dir, e))?;
+        std::fs::remove_dir_all(&gone).map_err(|e| Error::io("remove", &gone, e))?;
+        // The release's and version's directories go with their last cell.
+        if let Some(release) = dir.parent() {
+            let _ = std::fs::remove_dir(release);
+        }
+        Ok(())
+    }
+
     /// Every built cell with a record. Directories without one (a build killed before its
     /// record was written, the build's `.work` and `logs`) are not cells.
     pub fn built_all(&self) -> Result<Vec<BuiltRecord>> {

@@ -317,3 +317,183 @@ fn the_hooks_build_sign_with_dkms_key_install_record_a_failure_and_remove_with_t
     assert_eq!(rm.code(), 0, "{}", rm.stderr());
     assert!(!ko.exists(), "{}", rm.stderr());
 }
+
+/// `kmx dkms ...` (as `/usr/sbin/dkms` of kmx-dkms runs it) with the image root as KMX_ROOT.
+fn dkms(k: &Kmx, root: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_kmx"))
+        .arg("dkms")
+        .args(args)
+        .env("KMX_HOME", &k.home)
+        .env("KMX_ROOT", root)
+        .env("HOME", k.dir())
+        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
+        .env_remove("KMX_CONFIG_DIR")
+        .output()
+        .unwrap();
+    Run {
+        cmd: format!("dkms {}", args.join(" ")),
+        out,
+    }
+}
+
+/// What dh_dkms's postinst of a `*-dkms` package runs: `common.postinst NAME VERSION
+/// /usr/share/NAME-dkms "" ""` (kmx-dkms's own, contrib/dkms/common.postinst).
+fn common_postinst(k: &Kmx, root: &Path, name: &str) -> Run {
+    let bin = Path::new(env!("CARGO_BIN_EXE_kmx")).parent().unwrap();
+    let out = Command::new(repo().join("contrib/dkms/common.postinst"))
+        .args([name, "1.0", &format!("/usr/share/{name}-dkms"), "", ""])
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("KMX_HOME", &k.home)
+        .env("KMX_ROOT", root)
+        .env("HOME", k.dir())
+        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
+        .env_remove("KMX_CONFIG_DIR")
+        .output()
+        .unwrap();
+    Run {
+        cmd: format!("common.postinst {name} 1.0"),
+        out,
+    }
+}
+
+#[test]
+fn dh_dkms_maintainer_scripts_install_and_remove_packages_through_kmx_with_dkms_exit_codes() {
+    let Some(fetched) = fetched_home() else {
+        return;
+    };
+    let k = Kmx::empty();
+    let Some(root) = image_root(&k, &fetched) else {
+        return;
+    };
+    // Three *-dkms packages' sources, where dh_dkms puts them: one that builds, one whose
+    // BUILD_EXCLUSIVE rules out every kernel here, one that does not compile.
+    let usr_src = root.join("usr/src");
+    let hello = hello_source(&usr_src, "hello-1.0", "");
+    let excluded = hello_source(
+        &usr_src,
+        "excluded-1.0",
+        "PACKAGE_NAME=excluded\nBUILD_EXCLUSIVE_ARCH=^mips\n",
+    );
+    let broken = hello_source(&usr_src, "broken-1.0", "PACKAGE_NAME=broken\n");
+    std::fs::write(broken.join("hello.c"), "this is not C\n").unwrap();
+    let _ = (&hello, &excluded);
+
+    // The package's postinst: registered, built for the kernel with headers, skipped for the
+    // one without, installed where DKMS installs (updates/dkms), exit 0.
+    let post = common_postinst(&k, &root, "hello");
+    let out = post.stdout();
+    assert_eq!(post.code(), 0, "{out}\n{}", post.stderr());
+    assert!(out.contains("Loading new hello-1.0 DKMS files..."), "{out}");
+    assert!(
+        out.contains(&format!("Building for {RELEASE}, {HEADERLESS}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "Module build for kernel {HEADERLESS} was skipped since the"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("Done."), "{out}");
+    let ko = root.join(format!("lib/modules/{RELEASE}/updates/dkms/hello.ko"));
+    assert_eq!(
+        modinfo("vermagic", &ko),
+        format!("{RELEASE} SMP preempt mod_unload modversions ")
+    );
+    let status = dkms(&k, &root, &["status"]);
+    assert_eq!(
+        status.stdout(),
+        format!("hello/1.0, {RELEASE}, x86_64: installed\n"),
+        "{}",
+        status.stderr()
+    );
+
+    // DKMS 3.0's exit codes for what scripts meet.
+    let hv = ["-m", "hello", "-v", "1.0"];
+    let code = |args: &[&str]| dkms(&k, &root, args).code();
+    assert_eq!(code(&[&["add"], &hv[..]].concat()), 3, "already added");
+    assert_eq!(
+        code(&[&["build"], &hv[..], &["-k", RELEASE]].concat()),
+        3,
+        "already built"
+    );
+    assert_eq!(
+        code(&[&["install"], &hv[..], &["-k", RELEASE]].concat()),
+        5,
+        "already installed"
+    );
+    assert_eq!(
+        code(&[&["build"], &hv[..], &["-k", HEADERLESS]].concat()),
+        1,
+        "no headers"
+    );
+    assert_eq!(
+        code(&[&["install"], &hv[..], &["-k", "6.1.0-99-amd64"]].concat()),
+        6,
+        "no kernel"
+    );
+    assert_eq!(code(&["add", "-m", "nosuch", "-v", "1.0"]), 2, "no source");
+    assert_eq!(code(&["frobnicate", "hello/1.0"]), 2, "no action");
+    assert_eq!(
+        code(&["remove", "-m", "nosuch", "-v", "1.0", "--all"]),
+        3,
+        "not added"
+    );
+    let v = dkms(&k, &root, &["--version"]);
+    assert_eq!(v.stdout(), "dkms-3.0.10\n");
+
+    // BUILD_EXCLUSIVE: the package installs (Skipped.), `dkms build` says 77.
+    let post = common_postinst(&k, &root, "excluded");
+    assert_eq!(post.code(), 0, "{}\n{}", post.stdout(), post.stderr());
+    assert!(post.stdout().contains("Skipped."), "{}", post.stdout());
+    assert_eq!(
+        code(&["build", "excluded/1.0", "-k", RELEASE]),
+        77,
+        "BUILD_EXCLUSIVE"
+    );
+    // A build that fails fails the package's configuration, with DKMS's code.
+    let post = common_postinst(&k, &root, "broken");
+    assert_eq!(post.code(), 10, "{}\n{}", post.stdout(), post.stderr());
+    assert!(
+        post.stderr().contains(&format!(
+            "Bad return status for module build on kernel: {RELEASE}"
+        )),
+        "{}",
+        post.stderr()
+    );
+    let status = dkms(&k, &root, &["status"]).stdout();
+    assert!(status.contains("broken/1.0: added"), "{status}");
+    assert!(status.contains("excluded/1.0: added"), "{status}");
+
+    // The package's prerm: `dkms status -m -v` says something, `dkms remove --all` runs;
+    // the module leaves the root and the store. Then the unbuild/remove -k path.
+    let st = dkms(&k, &root, &["status", "-m", "hello", "-v", "1.0"]).stdout();
+    assert!(!st.is_empty());
+    let rm = dkms(&k, &root, &["remove", "-m", "hello", "-v", "1.0", "--all"]);
+    assert_eq!(rm.code(), 0, "{}", rm.stderr());
+    assert!(!ko.exists(), "{}", rm.stderr());
+    let dep =
+        std::fs::read_to_string(root.join(format!("lib/modules/{RELEASE}/modules.dep"))).unwrap();
+    assert!(!dep.contains("hello.ko"), "{dep}");
+    assert!(
+        dkms(&k, &root, &["status", "-m", "hello"])
+            .stdout()
+            .is_empty()
+    );
+    // Installed again by hand, then `remove -k` of its only kernel: gone from the tree too.
+    assert_eq!(code(&["install", "hello/1.0", "-k", RELEASE]), 0);
+    assert!(ko.exists());
+    let rm = dkms(&k, &root, &["remove", "hello/1.0", "-k", RELEASE]);
+    assert_eq!(rm.code(), 0, "{}", rm.stderr());
+    assert!(
+        rm.stderr()
+            .contains("Deleting module hello-1.0 completely from the DKMS tree."),
+        "{}",
+        rm.stderr()
+    );
+    assert!(!ko.exists());
+    assert_eq!(code(&["remove", "hello/1.0", "-k", RELEASE]), 3);
+}
