@@ -6,17 +6,22 @@
 #   benches/machine-dkms.sh compare KMX_LOG DKMS_LOG   (the RESULT lines of two sides' logs)
 #
 # Each side runs in its own freshly installed Debian 12 root (../shared/tools/fresh-run.sh,
-# or $FRESH_RUN): the tool installed with apt (kmx: its own .deb, `./dev package`; DKMS:
-# Debian's `dkms`), the bundled example (examples/hello, AUTOINSTALL=yes) registered, then
-# `apt-get install linux-headers-amd64 linux-image-amd64`, exactly as a user upgrades a
-# kernel. What each left is printed as `RESULT` lines: the module's path under
-# /lib/modules, its vermagic, whether its signature verifies with that tool's own key
-# (openssl cms over the module's appended PKCS#7), modules.dep, whether the initramfs has
-# it, the `status` line (kmx status --format dkms / dkms status), the hook order, and what
-# removing the kernel leaves. The host side prints both and compares them line by line:
+# or $FRESH_RUN): the tool installed with apt (kmx: its own .deb and kmx-dkms, `./dev
+# package`; DKMS: Debian's `dkms`), the bundled example (examples/hello, AUTOINSTALL=yes)
+# registered, a real *-dkms package from Debian's archive installed with apt ($PKG, default
+# v4l2loopback-dkms: its dh_dkms maintainer scripts call `dkms`, which is kmx on the kmx
+# side), then `apt-get install linux-headers-amd64 linux-image-amd64`, exactly as a user
+# upgrades a kernel. What each left is printed as `RESULT` lines, for each module: its path
+# under /lib/modules, its vermagic, whether its signature verifies with that tool's own key
+# (openssl cms over the module's appended PKCS#7), modules.dep, `modprobe -n`, whether the
+# initramfs has it; then the `status` lines (kmx status --format dkms / dkms status), the hook
+# order, what removing the package leaves, and what removing the kernel leaves. The host side prints both and compares them line by line:
 # the keys differ by design (each tool its own), nothing else may.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PKG=${PKG:-v4l2loopback-dkms}
+# The module the package builds (its BUILT_MODULE_NAME).
+PKG_MODULE=${PKG_MODULE:-v4l2loopback}
 
 result() { echo "RESULT $*"; }
 
@@ -51,7 +56,7 @@ inside() {
       # What the README tells a user: build the package, install it with apt.
       apt-get install -y -q --no-install-recommends build-essential dpkg-dev binutils >/dev/null
       ./dev package
-      apt-get install -y -q ./target/debian/kmx_*_amd64.deb >/dev/null
+      apt-get install -y -q ./target/debian/kmx_*_amd64.deb ./target/debian/kmx-dkms_*_all.deb >/dev/null
       echo "== kmx installed after $(( $(date +%s) - t0 )) s"
       kmx add examples/hello
       cert=/var/lib/kmx/keys/mok.der
@@ -65,34 +70,49 @@ inside() {
       cert=/var/lib/dkms/mok.pub
       ;;
   esac
+  echo "== apt-get install $PKG (no kernel yet: registered only)"
+  apt-get install -y -q --no-install-recommends "$PKG" 2>&1 | tee /tmp/pkg.log
   local t1
   t1=$(date +%s)
   echo "== apt-get install linux-headers-amd64 linux-image-amd64"
   apt-get install -y -q linux-headers-amd64 linux-image-amd64 2>&1 | tee /tmp/apt.log
   echo "== kernel installed in $(( $(date +%s) - t1 )) s"
-  local r ko
+  local r ko m
   r=$(ls /lib/modules | sort -V | tail -n1)
   result "kernel $r"
-  # The order as apt ran them: the module installed before the initramfs was generated?
+  # The order as apt ran them: the modules installed before the initramfs was generated?
   result "order: $(grep -oE 'update-initramfs: Generating|installed hello|Installing to' /tmp/apt.log \
     | sed -E 's/^(installed hello|Installing to).*/module/; s/^update-initramfs.*/initramfs/' | uniq | tr '\n' ' ')"
-  ko=$(find /lib/modules/"$r" -name 'hello.ko*' | sort | head -n1)
-  if [ -z "$ko" ]; then
-    result "module MISSING under /lib/modules/$r"
-  else
-    result "module ${ko#/lib/modules/"$r"/}"
-    result "vermagic '$(modinfo -F vermagic "$ko")'"
-    echo "   signer '$(modinfo -F signer "$ko")' (each tool its own key)"
-    result "signature $(sig_valid "$ko" "$cert" | sed 's/(subject=.*)/(own key)/')"
-    echo "   key: $cert: $(sig_valid "$ko" "$cert")"
-    grep -q "updates/dkms/hello.ko" /lib/modules/"$r"/modules.dep && result "modules.dep yes" || result "modules.dep NO"
-    modprobe --dry-run --dirname / --set-version "$r" hello >/dev/null 2>&1 && result "modprobe -n hello: ok" || result "modprobe -n hello: FAILED"
-  fi
-  if lsinitramfs /boot/initrd.img-"$r" 2>/dev/null | grep -q 'hello.ko'; then result "initramfs has hello.ko"; else result "initramfs without hello.ko"; fi
+  for m in hello "$PKG_MODULE"; do
+    ko=$(find /lib/modules/"$r" -name "$m.ko*" | sort | head -n1)
+    if [ -z "$ko" ]; then
+      result "$m: MISSING under /lib/modules/$r"
+      continue
+    fi
+    result "$m: ${ko#/lib/modules/"$r"/}"
+    result "$m: vermagic '$(modinfo -F vermagic "$ko")'"
+    echo "   $m: signer '$(modinfo -F signer "$ko")' (each tool its own key)"
+    result "$m: signature $(sig_valid "$ko" "$cert" | sed 's/(subject=.*)/(own key)/')"
+    grep -q "updates/dkms/$m.ko" /lib/modules/"$r"/modules.dep && result "$m: modules.dep yes" || result "$m: modules.dep NO"
+    modprobe --dry-run --dirname / --set-version "$r" "$m" >/dev/null 2>&1 && result "$m: modprobe -n ok" || result "$m: modprobe -n FAILED"
+    if lsinitramfs /boot/initrd.img-"$r" 2>/dev/null | grep -q "/$m.ko"; then result "$m: in the initramfs"; else result "$m: not in the initramfs"; fi
+  done
+  echo "   key: $cert"
+  local status
   case $tool in
-    kmx) result "status $(kmx status --format dkms | grep "$r" || echo none)"; kmx status ;;
-    dkms) result "status $(dkms status | grep "$r" || echo none)" ;;
+    kmx) status=$(dkms status); kmx status ;;
+    dkms) status=$(dkms status) ;;
   esac
+  echo "$status" | sort | while read -r line; do result "status: $line"; done
+  # Kept for the QEMU boot: the kernel and the modules as installed.
+  mkdir -p /tmp/machine-out
+  cp /boot/vmlinuz-"$r" /tmp/machine-out/ 2>/dev/null || true
+  find /lib/modules/"$r"/updates -name '*.ko*' -exec cp {} /tmp/machine-out/ \; 2>/dev/null || true
+  echo "== apt-get remove $PKG"
+  apt-get remove -y -q "$PKG" >/tmp/pkgrm.log 2>&1 || { cat /tmp/pkgrm.log; exit 1; }
+  sed 's/^/   package removal: /' /tmp/pkgrm.log | grep -iE 'dkms|kmx|remov|uninstall' || true
+  if find /lib/modules/"$r" -name "$PKG_MODULE.ko*" 2>/dev/null | grep -q .; then result "after package removal: $PKG_MODULE LEFT"; else result "after package removal: $PKG_MODULE gone"; fi
+  result "after package removal: status '$(dkms status | grep "$PKG_MODULE" || true)'"
   echo "== removing the kernel"
   apt-get remove -y -q "linux-image-$r" "linux-headers-$r" linux-image-amd64 linux-headers-amd64 >/tmp/rm.log 2>&1 || { cat /tmp/rm.log; exit 1; }
   if find /lib/modules/"$r" -name 'hello.ko*' 2>/dev/null | grep -q .; then result "after removal: module LEFT"; else result "after removal: module gone"; fi
