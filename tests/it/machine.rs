@@ -497,3 +497,77 @@ fn dh_dkms_maintainer_scripts_install_and_remove_packages_through_kmx_with_dkms_
     assert!(!ko.exists());
     assert_eq!(code(&["remove", "hello/1.0", "-k", RELEASE]), 3);
 }
+
+/// The script of the coexistence test: in a private mount namespace, scratch directories
+/// stand for /usr/src and /var/lib/dkms; Debian's real DKMS registers the source as every
+/// installed `*-dkms` package leaves it; kmx builds that same /usr/src directory (strict
+/// sandbox, which shadows /usr/src and /var/lib/dkms); then what DKMS's tree holds is listed.
+const COEXIST: &str = r#"set -e
+mount --bind "$SCRATCH/dkms" /var/lib/dkms
+mount --bind "$SCRATCH/src" /usr/src
+dkms add -m hello -v 1.0 >/dev/null
+(cd /var/lib/dkms && find . | sort) >"$SCRATCH/before"
+"$KMX" build /usr/src/hello-1.0 -t "$TARGET" -k "$RELEASE" --out "$SCRATCH/out" --force
+(cd /var/lib/dkms && find . | sort) >"$SCRATCH/after"
+dkms status -m hello -v 1.0 >"$SCRATCH/status"
+"#;
+
+#[test]
+fn a_source_dkms_registered_builds_with_kmx_and_dkms_finds_its_tree_unchanged() {
+    let Some(k) = Kmx::with_trees() else { return };
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip_or_fail(
+            "needs root: it bind-mounts over /usr/src and /var/lib/dkms in a private mount namespace",
+        );
+    }
+    let probe = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) || !Path::new("/usr/sbin/dkms").exists() {
+        return skip_or_fail("needs `unshare -m` and Debian's dkms (/usr/sbin/dkms)");
+    }
+    let scratch = k.dir().join("coexist");
+    for d in ["dkms", "src"] {
+        std::fs::create_dir_all(scratch.join(d)).unwrap();
+    }
+    let src = scratch.join("src/hello-1.0");
+    std::fs::create_dir_all(&src).unwrap();
+    for f in ["hello.c", "Kbuild", "dkms.conf"] {
+        std::fs::copy(repo().join("examples/hello").join(f), src.join(f)).unwrap();
+    }
+    let target = "arm64".to_string();
+    let release = k.release_of(&target);
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "bash", "-c", COEXIST])
+        .env("SCRATCH", &scratch)
+        .env("KMX", env!("CARGO_BIN_EXE_kmx"))
+        .env("TARGET", &target)
+        .env("RELEASE", &release)
+        .env("KMX_HOME", &k.home)
+        .env("HOME", k.dir())
+        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
+        .env_remove("KMX_CONFIG_DIR")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 built, 0 skipped, 0 failed"), "{text}");
+    let ko = scratch.join(format!("out/hello/1.0/{release}/{target}/hello.ko"));
+    assert!(ko.is_file(), "{text}");
+    // DKMS's tree is as DKMS left it: its registration, no file of kmx's build.
+    let before = std::fs::read_to_string(scratch.join("before")).unwrap();
+    assert!(before.contains("./hello/1.0/source"), "{before}");
+    assert_eq!(
+        before,
+        std::fs::read_to_string(scratch.join("after")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("status")).unwrap(),
+        "hello/1.0: added\n"
+    );
+}
