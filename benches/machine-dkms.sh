@@ -4,6 +4,8 @@
 #   benches/machine-dkms.sh                 (on the host, as root: runs both sides, compares)
 #   benches/machine-dkms.sh inside kmx|dkms (one side, inside a fresh Debian 12 root)
 #   benches/machine-dkms.sh compare KMX_LOG DKMS_LOG   (the RESULT lines of two sides' logs)
+#   benches/machine-dkms.sh migrate         (on the host, as root: DKMS -> kmx -> DKMS in one
+#                                            fresh root, see migrate() below)
 #
 # Each side runs in its own freshly installed Debian 12 root (../shared/tools/fresh-run.sh,
 # or $FRESH_RUN): the tool installed with apt (kmx: its own .deb and kmx-dkms, `./dev
@@ -127,8 +129,56 @@ inside() {
   echo "== $tool side done in $(( $(date +%s) - t0 )) s"
 }
 
+# From DKMS to kmx and back, in one root: Debian's DKMS with $PKG and a kernel installed
+# (DKMS builds and installs its module); then kmx's packages installed with apt (kmx-dkms
+# replaces dkms, its postinst takes over DKMS's registrations: kmx builds, and replaces
+# DKMS's installed copy with its own signed one); the package removed and installed again
+# through kmx; then back to DKMS (`kmx remove` of what the package brought, `apt-get install
+# dkms`, the package reinstalled: DKMS builds and installs again). Prints MIGRATION lines.
+migrate_inside() {
+  export DEBIAN_FRONTEND=noninteractive
+  local t0 r ko
+  t0=$(date +%s)
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends dkms "$PKG" >/dev/null
+  apt-get install -y -q linux-headers-amd64 linux-image-amd64 >/tmp/k.log 2>&1 || { cat /tmp/k.log; exit 1; }
+  r=$(ls /lib/modules | sort -V | tail -n1)
+  ko() { find /lib/modules/"$r" -name "$PKG_MODULE.ko*" | sort | head -n1; }
+  say() { echo "MIGRATION $*"; }
+  say "with DKMS: $(ko | sed "s|/lib/modules/$r/||"), signer '$(modinfo -F signer "$(ko)")'; dkms status: $(dkms status | tr '\n' ' ')"
+  echo "== DKMS side ready after $(( $(date +%s) - t0 )) s; building kmx's packages"
+  apt-get install -y -q --no-install-recommends build-essential dpkg-dev binutils >/dev/null
+  ./dev package >/dev/null
+  apt-get install -y -q ./target/debian/kmx_*_amd64.deb ./target/debian/kmx-dkms_*_all.deb 2>&1 | tee /tmp/to-kmx.log | grep -E 'kmx-dkms|Removing dkms|error' || true
+  say "dkms package: $(dpkg-query -W -f '${Status}' dkms 2>/dev/null || echo 'not installed')"
+  say "to kmx: $(ko | sed "s|/lib/modules/$r/||"), signer '$(modinfo -F signer "$(ko)")'; dkms status: $(dkms status | tr '\n' ' ')"
+  grep -q "$PKG_MODULE.ko" /lib/modules/"$r"/modules.dep && say "to kmx: modules.dep has it" || say "to kmx: modules.dep LACKS it"
+  apt-get remove -y -q "$PKG" >/dev/null 2>&1
+  say "package removed under kmx: module $( [ -n "$(ko)" ] && echo LEFT || echo gone ); dkms status: '$(dkms status | tr '\n' ' ')'"
+  apt-get install -y -q --no-install-recommends "$PKG" >/dev/null 2>&1
+  say "package installed under kmx: $(ko | sed "s|/lib/modules/$r/||"), signer '$(modinfo -F signer "$(ko)")'"
+  echo "== back to DKMS"
+  kmx remove "$PKG_MODULE" --all >/dev/null 2>&1 || true
+  apt-get install -y -q --no-install-recommends dkms >/dev/null 2>&1
+  apt-get install -y -q --reinstall --no-install-recommends "$PKG" >/tmp/back.log 2>&1 || { cat /tmp/back.log; exit 1; }
+  say "back to DKMS: $(ko | sed "s|/lib/modules/$r/||"), signer '$(modinfo -F signer "$(ko)")'; dkms status: $(dkms status | tr '\n' ' ')"
+  echo "== migration done in $(( $(date +%s) - t0 )) s"
+}
+
 if [ "${1:-}" = inside ]; then
   inside "$2"
+  exit 0
+fi
+if [ "${1:-}" = migrate-inside ]; then
+  migrate_inside
+  exit 0
+fi
+if [ "${1:-}" = migrate ]; then
+  FRESH_RUN=${FRESH_RUN:-../shared/tools/fresh-run.sh}
+  out=$(mktemp -d)
+  "$FRESH_RUN" . "bash benches/machine-dkms.sh migrate-inside" 3000 | tee "$out/run"
+  log=$(sed -n 's/^log: //p' "$out/run")
+  grep -E '^(MIGRATION|== )' "$log"
   exit 0
 fi
 
