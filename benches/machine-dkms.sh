@@ -7,6 +7,11 @@
 #   benches/machine-dkms.sh migrate         (on the host, as root: DKMS -> kmx -> DKMS in one
 #                                            fresh root, see migrate() below)
 #
+# Last, that root's kernel (/boot/vmlinuz-RELEASE, as apt installed it) is booted under QEMU
+# with an initramfs holding busybox and the root's own /lib/modules/RELEASE tree (the two
+# modules, what modules.dep says they need, and depmod's files), and `modprobe NAME` loads
+# each module by name: the kernel's verdict, on both sides.
+#
 # Each side runs in its own freshly installed Debian 12 root (../shared/tools/fresh-run.sh,
 # or $FRESH_RUN): the tool installed with apt (kmx: its own .deb and kmx-dkms, `./dev
 # package`; DKMS: Debian's `dkms`), the bundled example (examples/hello, AUTOINSTALL=yes)
@@ -46,6 +51,51 @@ sig_valid() {
     echo "INVALID: $(tr '\n' ' ' <"$tmp/err")"
   fi
   rm -rf "$tmp"
+}
+
+# Boot /boot/vmlinuz-$1 under QEMU with an initramfs made of busybox and the modules of
+# /lib/modules/$1 that modprobe needs for the modules named after it (modules.dep's closure),
+# then `modprobe` each by name and print the kernel's verdict as RESULT lines.
+boot_and_modprobe() {
+  local r=$1 m dir mods line dep br=${BOOT_ROOT:-}
+  shift
+  [ -n "$br" ] || apt-get install -y -q --no-install-recommends qemu-system-x86 busybox-static >/dev/null
+  dir=$(mktemp -d)
+  mkdir -p "$dir/bin" "$dir/lib/modules/$r" "$dir/proc" "$dir/sys" "$dir/dev" "$dir/tmp"
+  cp "$br"/bin/busybox "$dir/bin/busybox"
+  for a in sh modprobe lsmod mount cat grep poweroff sleep dmesg; do ln -s busybox "$dir/bin/$a"; done
+  cp "$br"/lib/modules/"$r"/modules.* "$dir/lib/modules/$r/"
+  # Each named module and what it depends on, from modules.dep, at their own paths.
+  mods=""
+  for m in "$@"; do
+    line=$(grep -E "(^|/)$m\.ko(\.[a-z]+)?:" "$br"/lib/modules/"$r"/modules.dep || true)
+    [ -n "$line" ] && mods="$mods ${line%%:*} ${line#*:}"
+  done
+  for dep in $mods; do
+    mkdir -p "$dir/lib/modules/$r/$(dirname "$dep")"
+    cp "$br"/lib/modules/"$r"/"$dep" "$dir/lib/modules/$r/$dep"
+  done
+  cat >"$dir/init" <<INIT
+#!/bin/sh
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $*; do
+  if modprobe \$m 2>/tmp/err; then echo "KMXBOOT \$m: loaded by modprobe"; else echo "KMXBOOT \$m: REFUSED \$(cat /tmp/err)"; fi
+done
+lsmod | grep -E '^($(echo "$*" | tr ' ' '|')) ' | sed 's/^/KMXBOOT lsmod: /'
+dmesg | grep -iE 'disagrees|version magic|module verification|Unknown symbol' | sed 's/^/KMXBOOT dmesg: /'
+poweroff -f
+INIT
+  chmod 755 "$dir/init"
+  (cd "$dir" && find . | cpio -o -H newc --quiet | gzip -1) >"$dir.cpio.gz"
+  timeout 600 qemu-system-x86_64 -m 1024 -nographic -no-reboot -kernel "$br"/boot/vmlinuz-"$r" \
+    -initrd "$dir.cpio.gz" -append "console=ttyS0 panic=-1 quiet" >"$dir.log" 2>&1 || true
+  for m in "$@"; do
+    line=$(grep -ao "KMXBOOT $m:.*" "$dir.log" | head -n1 | tr -d '\r')
+    result "booted $r: ${line#KMXBOOT }"
+    [ -n "$line" ] || { result "booted $r: $m: NO VERDICT"; tail -n 20 "$dir.log"; }
+  done
+  grep -a 'KMXBOOT \(lsmod\|dmesg\)' "$dir.log" | tr -d '\r' | sed 's/^/   /'
+  rm -rf "$dir" "$dir.cpio.gz" "$dir.log"
 }
 
 inside() {
@@ -106,10 +156,7 @@ inside() {
     dkms) status=$(dkms status) ;;
   esac
   echo "$status" | sort | while read -r line; do result "status: $line"; done
-  # Kept for the QEMU boot: the kernel and the modules as installed.
-  mkdir -p /tmp/machine-out
-  cp /boot/vmlinuz-"$r" /tmp/machine-out/ 2>/dev/null || true
-  find /lib/modules/"$r"/updates -name '*.ko*' -exec cp {} /tmp/machine-out/ \; 2>/dev/null || true
+  boot_and_modprobe "$r" hello "$PKG_MODULE"
   echo "== apt-get remove $PKG"
   apt-get remove -y -q "$PKG" >/tmp/pkgrm.log 2>&1 || { cat /tmp/pkgrm.log; exit 1; }
   sed 's/^/   package removal: /' /tmp/pkgrm.log | grep -iE 'dkms|kmx|remov|uninstall' || true
@@ -165,6 +212,12 @@ migrate_inside() {
   echo "== migration done in $(( $(date +%s) - t0 )) s"
 }
 
+if [ "${1:-}" = boot ]; then
+  # boot RELEASE MODULE... (BOOT_ROOT: a root holding boot/ and lib/modules/, default /)
+  shift
+  boot_and_modprobe "$@"
+  exit 0
+fi
 if [ "${1:-}" = inside ]; then
   inside "$2"
   exit 0
