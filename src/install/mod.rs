@@ -313,12 +313,13 @@ pub fn install(
         .as_ref()
         .map(|p| p.displaced.clone())
         .unwrap_or_default();
-    let mut owned: HashSet<PathBuf> = store
+    let owned: HashSet<PathBuf> = store
         .installs_in(root)?
         .iter()
         .flat_map(|r| r.files.iter().map(|f| f.path.clone()))
         .collect();
-    owned.extend(prepared.iter().map(|p| p.rel.clone()));
+    // What is at a destination and no install of kmx's wrote (a vendor's module, a link) is
+    // moved aside like an in-tree module, not overwritten.
     let names: Vec<&str> = built.files.iter().map(|f| f.dest_name.as_str()).collect();
     for rel in find_in_tree(root, &built.release, &names, &owned)? {
         if !displaced.iter().any(|d| d.original == rel) {
@@ -516,20 +517,33 @@ fn remove_in_root(root: &Path, rel: &Path) -> Result<()> {
 }
 
 /// Move `from` to `to` (possibly across file systems), idempotently: `to` is written
-/// atomically before `from` is removed, and a missing `from` means it is already done.
+/// atomically before `from` is removed, and a missing `from` means it is already done. A
+/// symbolic link moves as a link (its target is never read), so uninstall puts back exactly
+/// what install moved aside.
 fn move_file(from: &Path, to: &Path) -> Result<()> {
-    let bytes = match std::fs::read(from) {
-        Ok(b) => b,
+    let meta = match std::fs::symlink_metadata(from) {
+        Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io("read", from, e)),
     };
-    write_atomic_mode(to, &bytes, Some(0o644))?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(from).map_err(|e| Error::io("read link", from, e))?;
+        let dir = to.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        let tmp = dir.join(format!(".kmx-link-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp).map_err(|e| Error::io("create link", &tmp, e))?;
+        std::fs::rename(&tmp, to).map_err(|e| Error::io("rename", to, e))?;
+    } else {
+        let bytes = std::fs::read(from).map_err(|e| Error::io("read", from, e))?;
+        write_atomic_mode(to, &bytes, Some(0o644))?;
+    }
     std::fs::remove_file(from).map_err(|e| Error::io("remove", from, e))
 }
 
 /// Modules named like `names` (`.ko`, `.ko.xz`, `.ko.zst`, `.ko.gz`) anywhere under
 /// `<root>/lib/modules/<release>` except the `build`/`source` links and `skip`, relative to
-/// the root. Symlinks are not followed.
+/// the root. Symlinks are not followed: a link of such a name is moved aside as a link.
 fn find_in_tree(
     root: &Path,
     release: &str,
@@ -563,7 +577,7 @@ fn find_in_tree(
                 .map_err(|e| Error::io("stat", entry.path(), e))?;
             if ft.is_dir() {
                 stack.push(child);
-            } else if ft.is_file()
+            } else if (ft.is_file() || ft.is_symlink())
                 && wanted.contains(name.to_string_lossy().as_ref())
                 && !skip.contains(&child)
             {

@@ -614,8 +614,10 @@ fn check_install(
         }
     }
     for d in &rec.displaced {
-        let at_original = rec.root.join(&d.original).is_file();
-        let saved = d.saved.is_file();
+        // A link moved aside is kept as a link: present is present, whatever it points to.
+        let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+        let at_original = present(&rec.root.join(&d.original));
+        let saved = present(&d.saved);
         if !at_original && !saved {
             problem(format!(
                 "{}: a module moved aside by the install of {} is lost (not at {} either)",

@@ -577,3 +577,55 @@ fn a_path_that_is_not_utf8_is_refused_by_name_before_anything_builds() {
     ])
     .ok();
 }
+
+#[test]
+fn a_symlink_install_replaces_is_moved_aside_as_a_link_and_restored_by_uninstall() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let (release, _, _) = k.tree_of("arm64");
+    let src = hello_source(k.dir(), "hello", "");
+    k.run(&["add", src.to_str().unwrap()]).ok();
+    let root = k.dir().join("rootfs");
+    // The image had its own hello.ko as a link (e.g. to a vendor's copy), pointing at a
+    // host file: kmx must neither follow it nor lose it.
+    let victim = victims("a_symlink_install_replaces").join("vendor-hello.ko");
+    std::fs::write(&victim, b"the vendor's module").unwrap();
+    let link = root.join(format!("lib/modules/{release}/updates/dkms/hello.ko"));
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let run = k.install_into("hello", "arm64", &release, &root).ok();
+    assert!(
+        run.stderr().contains("moved aside") && run.stderr().contains("hello.ko"),
+        "{}",
+        run.stderr()
+    );
+    // The installed module is a regular file now; the host file is untouched.
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"the vendor's module");
+    k.run(&["status", "--check"]).ok();
+    k.run(&[
+        "uninstall",
+        "hello",
+        "-t",
+        "arm64",
+        "-k",
+        &release,
+        "--root",
+        root.to_str().unwrap(),
+    ])
+    .ok();
+    // Put back as it was: the same link, to the same target.
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), victim);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"the vendor's module");
+    k.run(&["status", "--check"]).ok();
+}
