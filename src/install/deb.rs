@@ -191,7 +191,9 @@ pub fn write(
         std::fs::create_dir_all(d).map_err(|e| Error::io("create directory", d, e))?;
     }
     let mut notes = Vec::new();
-    let files = super::prepare_files(built, cell_dir, opts, &work, &mut notes)?;
+    // A Debian package: where DKMS puts modules on Debian.
+    let location = super::distribution_location("debian");
+    let files = super::prepare_files(built, cell_dir, opts, location, &work, &mut notes)?;
     let mut kib = 0;
     for f in &files {
         write_file(&root.join(&f.rel), &f.bytes, 0o644)?;

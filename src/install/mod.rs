@@ -161,6 +161,46 @@ pub fn dest_relative(
     Ok(rel)
 }
 
+/// The distribution of `root` as DKMS names it: `ID_LIKE`'s first word, else `ID`, from
+/// `ROOT/etc/os-release` (resolved inside the root), as `ubuntu` for Ubuntu; empty when
+/// the root has none (a bare image).
+pub fn os_release_id(root: &Path) -> String {
+    let Some(path) = crate::kernel::installed::resolve_in_root(root, Path::new("/etc/os-release"))
+    else {
+        return String::new();
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+            .unwrap_or_default()
+    };
+    let id = field("ID");
+    let like = field("ID_LIKE");
+    match like.split_whitespace().next() {
+        Some(first) if id != "ubuntu" => first.to_string(),
+        _ => id,
+    }
+}
+
+/// Where DKMS installs every module on the distribution `id` ([`os_release_id`]), whatever
+/// DEST_MODULE_LOCATION says: `/updates/dkms` on Debian, Ubuntu and Arch, `/extra` on
+/// Fedora and RHEL, `/updates` on SUSE (DKMS 3.0's `override_dest_module_location`); `None`
+/// elsewhere (the dkms.conf's own location).
+pub fn distribution_location(id: &str) -> Option<&'static str> {
+    let starts = |p: &[&str]| p.iter().any(|p| id.starts_with(p));
+    if starts(&["debian", "ubuntu", "arch"]) {
+        Some("/updates/dkms")
+    } else if starts(&["fedora", "rhel", "ovm"]) {
+        Some("/extra")
+    } else if starts(&["sles", "suse", "opensuse"]) {
+        Some("/updates")
+    } else {
+        None
+    }
+}
+
 /// Fail unless `path` (under `root`) stays inside `root` once symlinks are followed: its
 /// deepest existing ancestor must resolve inside the canonical root.
 pub fn check_inside(root: &Path, path: &Path) -> Result<()> {
@@ -204,20 +244,32 @@ pub struct Prepared {
 /// and read back with the module reader (right vermagic). Work files go under `stage`;
 /// nothing is written anywhere else. Notes (why a module is not signed) go to `notes`.
 /// `kmx install` writes these into a root; `kmx package` into a Debian package.
+///
+/// `location`, when given, stands for every file's DEST_MODULE_LOCATION: the directory
+/// DKMS uses on the distribution installed into ([`distribution_location`]).
 pub fn prepare_files(
     built: &BuiltRecord,
     cell_dir: &Path,
     opts: &Options,
+    location: Option<&str>,
     stage: &Path,
     notes: &mut Vec<String>,
 ) -> Result<Vec<Prepared>> {
     let ext = built.compress.as_deref();
     let mut dests = Vec::new();
     for f in &built.files {
-        dests.push(dest_relative(
+        // The module's own location is checked even where the distribution's replaces it.
+        dest_relative(
             &built.module,
             &built.release,
             &f.dest_location,
+            &f.dest_name,
+            ext,
+        )?;
+        dests.push(dest_relative(
+            &built.module,
+            &built.release,
+            location.unwrap_or(&f.dest_location),
             &f.dest_name,
             ext,
         )?);
@@ -302,7 +354,8 @@ pub fn install(
     // 1. Signed and compressed bytes, prepared off to the side; 2. their destinations,
     // checked before anything is written into the root.
     let stage = crate::state::tmp::dir_in(&store.dir)?;
-    let prepared = prepare_files(built, cell_dir, opts, stage.path(), &mut notes)?;
+    let location = distribution_location(&os_release_id(root));
+    let prepared = prepare_files(built, cell_dir, opts, location, stage.path(), &mut notes)?;
     for p in &prepared {
         check_inside(root, &root.join(&p.rel))?;
     }
@@ -647,6 +700,51 @@ pub fn run_hook(name: &str, hook: &Hook, built: &BuiltRecord, root: &Path) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_distribution_decides_the_location_as_dkms_decides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert_eq!(os_release_id(root), "");
+        assert_eq!(distribution_location(&os_release_id(root)), None);
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        // Debian's /etc/os-release is an absolute link to /usr/lib/os-release: the root's.
+        std::os::unix::fs::symlink("/usr/lib/os-release", root.join("etc/os-release")).unwrap();
+        let cases = [
+            (
+                "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\n",
+                "debian",
+                Some("/updates/dkms"),
+            ),
+            (
+                "ID=raspbian\nID_LIKE=debian\n",
+                "debian",
+                Some("/updates/dkms"),
+            ),
+            (
+                "ID=ubuntu\nID_LIKE=debian\n",
+                "ubuntu",
+                Some("/updates/dkms"),
+            ),
+            (
+                "ID=\"rocky\"\nID_LIKE=\"rhel centos fedora\"\n",
+                "rhel",
+                Some("/extra"),
+            ),
+            (
+                "ID=opensuse-leap\nID_LIKE=\"suse opensuse\"\n",
+                "suse",
+                Some("/updates"),
+            ),
+            ("ID=alpine\n", "alpine", None),
+        ];
+        for (text, id, location) in cases {
+            std::fs::write(root.join("usr/lib/os-release"), text).unwrap();
+            assert_eq!(os_release_id(root), id, "{text}");
+            assert_eq!(distribution_location(id), location, "{text}");
+        }
+    }
 
     #[test]
     fn destinations_stay_under_lib_modules() {

@@ -371,7 +371,19 @@ fn dh_dkms_maintainer_scripts_install_and_remove_packages_through_kmx_with_dkms_
     // Three *-dkms packages' sources, where dh_dkms puts them: one that builds, one whose
     // BUILD_EXCLUSIVE rules out every kernel here, one that does not compile.
     let usr_src = root.join("usr/src");
-    let hello = hello_source(&usr_src, "hello-1.0", "");
+    // Its dkms.conf says /extra; on Debian (the root's os-release) DKMS installs every
+    // module to /updates/dkms, and so must kmx.
+    let hello = hello_source(
+        &usr_src,
+        "hello-1.0",
+        "DEST_MODULE_LOCATION[0]=\"/extra\"\n",
+    );
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/os-release"),
+        "ID=debian\nVERSION_ID=\"12\"\n",
+    )
+    .unwrap();
     let excluded = hello_source(
         &usr_src,
         "excluded-1.0",
