@@ -583,3 +583,148 @@ fn a_source_dkms_registered_builds_with_kmx_and_dkms_finds_its_tree_unchanged() 
         "hello/1.0: added\n"
     );
 }
+
+#[test]
+fn kmx_dkms_package_stands_in_for_dkms_and_takes_over_dkms_registrations() {
+    let Some(fetched) = fetched_home() else {
+        return;
+    };
+    let k = Kmx::empty();
+    // The package: what it provides satisfies what real *-dkms packages depend on.
+    let out = Command::new(repo().join("contrib/debian/mkdeb-dkms"))
+        .arg(env!("CARGO_BIN_EXE_kmx"))
+        .arg(k.dir().join("debs"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deb = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let field = |name: &str| {
+        let o = Command::new("dpkg-deb")
+            .arg("--field")
+            .arg(&deb)
+            .arg(name)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(field("Package"), "kmx-dkms");
+    assert_eq!(field("Depends"), format!("kmx (= {version})"));
+    assert_eq!(field("Conflicts"), "dkms");
+    assert_eq!(field("Replaces"), "dkms");
+    let provides = field("Provides");
+    let provided = provides
+        .strip_prefix("dkms (= ")
+        .and_then(|v| v.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{provides}"));
+    // acpi-call-dkms: dkms (>= 3.0.3-4~); v4l2loopback-dkms: dkms (>= 2.1.0.0).
+    for needed in ["3.0.3-4~", "2.1.0.0"] {
+        let ok = Command::new("dpkg")
+            .args(["--compare-versions", provided, "ge", needed])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{provided} < {needed}");
+    }
+    let listing = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&deb)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for f in ["./usr/sbin/dkms", "./usr/lib/dkms/common.postinst"] {
+        assert!(listing.contains(f), "{listing}");
+    }
+
+    // Its postinst on a root where DKMS had built and installed two modules: one kmx builds
+    // (DKMS's copy replaced by kmx's), one that does not build here (DKMS's copy stays).
+    let Some(root) = image_root(&k, &fetched) else {
+        return;
+    };
+    let usr_src = root.join("usr/src");
+    hello_source(&usr_src, "hello-1.0", "");
+    let broken = hello_source(&usr_src, "broken-1.0", "PACKAGE_NAME=broken\n");
+    std::fs::write(broken.join("hello.c"), "this is not C\n").unwrap();
+    let mut dkms_copies = Vec::new();
+    for name in ["hello", "broken"] {
+        let reg = root.join(format!("var/lib/dkms/{name}/1.0"));
+        let module = reg.join(format!("{RELEASE}/x86_64/module"));
+        std::fs::create_dir_all(&module).unwrap();
+        symlink(
+            format!("../../../../../usr/src/{name}-1.0"),
+            reg.join("source"),
+        )
+        .unwrap();
+        let bytes = format!("DKMS's build of {name}").into_bytes();
+        std::fs::write(module.join(format!("{name}.ko")), &bytes).unwrap();
+        let installed = root.join(format!("lib/modules/{RELEASE}/updates/dkms/{name}.ko"));
+        std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+        std::fs::write(&installed, &bytes).unwrap();
+        dkms_copies.push((installed, bytes));
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_kmx")).parent().unwrap();
+    let post = Command::new(repo().join("contrib/dkms/postinst"))
+        .arg("configure")
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("KMX_HOME", &k.home)
+        .env("KMX_ROOT", &root)
+        .env("HOME", k.dir())
+        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
+        .env_remove("KMX_CONFIG_DIR")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&post.stdout),
+        String::from_utf8_lossy(&post.stderr)
+    );
+    assert!(post.status.success(), "{text}");
+    let (hello_ko, dkms_hello) = &dkms_copies[0];
+    assert_ne!(
+        &std::fs::read(hello_ko).unwrap(),
+        dkms_hello,
+        "{text}\n{}",
+        dkms(&k, &root, &["status"]).stdout()
+    );
+    assert_eq!(
+        modinfo("vermagic", hello_ko),
+        format!("{RELEASE} SMP preempt mod_unload modversions ")
+    );
+    let (broken_ko, dkms_broken) = &dkms_copies[1];
+    assert_eq!(&std::fs::read(broken_ko).unwrap(), dkms_broken, "{text}");
+    assert!(
+        text.contains("kmx could not build broken 1.0")
+            && text.contains("DKMS's installed copy stays"),
+        "{text}"
+    );
+    let status = dkms(&k, &root, &["status"]).stdout();
+    assert!(
+        status.contains(&format!("hello/1.0, {RELEASE}, x86_64: installed")),
+        "{status}"
+    );
+    // DKMS's tree is left as it was, for the way back.
+    assert!(
+        root.join(format!(
+            "var/lib/dkms/hello/1.0/{RELEASE}/x86_64/module/hello.ko"
+        ))
+        .is_file()
+    );
+    // Run again (an upgrade of kmx-dkms): nothing registered twice, nothing replaced again.
+    let again = Command::new(repo().join("contrib/dkms/postinst"))
+        .arg("configure")
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("KMX_HOME", &k.home)
+        .env("KMX_ROOT", &root)
+        .env("HOME", k.dir())
+        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
+        .env_remove("KMX_CONFIG_DIR")
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(!String::from_utf8_lossy(&again.stdout).contains("registering hello"));
+}
