@@ -24,7 +24,8 @@
 # at add and build; crafted archives for load-tarball (`..`, absolute, symlink, hard link,
 # FIFO, huge, 100 KB name, a record with `..`); `verify -j 100000`, `build --jobs 100000`,
 # `verify -j 1024` of one module, verify of a link to /dev/zero; an add of a source holding
-# a FIFO; two builds into one --out at once; a first install that cannot write; and the
+# a FIFO; two builds into one --out at once; a first install that cannot write; an install
+# over a link at the destination (moved aside as a link, put back by uninstall); and the
 # held cases: a step printing 200 MB, a dkms.conf printing 200 MB, one of 200 000 variables. Every victim is a
 # file outside /tmp (under /var/tmp), checked byte-identical at the end; each case must end
 # with its expected exit code, in time, under 512 MB.
@@ -467,6 +468,16 @@ PY
   hcase install-cannot-write 3 'nothing of it was left in the root' -- \
     install hello -t arm64 -k "$release" --root "$work/roroot"
   kmx status --json | grep -q '"interrupted"' && hfail install-cannot-write "status says interrupted"
+
+  # A link at the module's destination (a vendor's module pointing at a host file): moved
+  # aside as a link by install, never followed, put back by uninstall.
+  mkdir -p "$work/linkroot/$mods/updates/dkms"
+  ln -s "$victims/plant.ko" "$work/linkroot/$mods/updates/dkms/hello.ko"
+  hcase install-over-a-link 0 'moved aside' -- install hello -t arm64 -k "$release" --root "$work/linkroot"
+  hcase uninstall-restores-the-link 0 'restored 1 displaced' -- \
+    uninstall hello -t arm64 -k "$release" --root "$work/linkroot"
+  [ "$(readlink "$work/linkroot/$mods/updates/dkms/hello.ko")" = "$victims/plant.ko" ] ||
+    hfail uninstall-restores-the-link "the link was not put back"
 
   # Held cases: a build step that prints 200 MB, a dkms.conf of 200 000 variables.
   hcase output-200mb 0 '' -- build "$(hsource loud '' 'head -c 200000000 /dev/zero | tr "\0" "y"')" \
