@@ -70,25 +70,40 @@ fn image_root(k: &Kmx, fetched: &Path) -> Option<PathBuf> {
     Some(root)
 }
 
+/// `program` as root's scripts run it on the machine, for the image root `root`: kmx on the
+/// PATH, the test's KMX_HOME, KMX_ROOT = `root`.
+fn on_machine(k: &Kmx, root: &Path, program: &Path) -> Command {
+    let bin = Path::new(env!("CARGO_BIN_EXE_kmx")).parent().unwrap();
+    let mut cmd = Command::new(program);
+    cmd.env(
+        "PATH",
+        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+    )
+    .env("KMX_HOME", &k.home)
+    .env("KMX_ROOT", root)
+    .env("HOME", k.dir())
+    .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
+    .env_remove("KMX_CONFIG_DIR");
+    cmd
+}
+
+/// Run `program` with `args` [`on_machine`].
+fn run_on_machine(k: &Kmx, root: &Path, program: &Path, args: &[&str]) -> Run {
+    Run {
+        cmd: format!("{} {}", program.display(), args.join(" ")),
+        out: on_machine(k, root, program).args(args).output().unwrap(),
+    }
+}
+
 /// Run a kernel hook of contrib/kernel as Debian's run-parts does, for an image root.
 fn hook(k: &Kmx, hook: &str, release: &str, root: &Path) -> Run {
-    let bin = Path::new(env!("CARGO_BIN_EXE_kmx")).parent().unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let out = Command::new(repo().join("contrib/kernel").join(hook))
-        .arg(release)
-        .arg(format!("/boot/vmlinuz-{release}"))
-        .env("PATH", path)
-        .env("KMX_HOME", &k.home)
-        .env("KMX_ROOT", root)
-        .env("HOME", k.dir())
-        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
-        .env_remove("KMX_CONFIG_DIR")
-        .output()
-        .unwrap();
-    Run {
-        cmd: format!("{hook} {release}"),
-        out,
-    }
+    let image = format!("/boot/vmlinuz-{release}");
+    run_on_machine(
+        k,
+        root,
+        &repo().join("contrib/kernel").join(hook),
+        &[release, &image],
+    )
 }
 
 /// DKMS's key pair as `dkms` makes it on first use (`prepare_mok`), in the root.
@@ -320,43 +335,20 @@ fn the_hooks_build_sign_with_dkms_key_install_record_a_failure_and_remove_with_t
 
 /// `kmx dkms ...` (as `/usr/sbin/dkms` of kmx-dkms runs it) with the image root as KMX_ROOT.
 fn dkms(k: &Kmx, root: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_kmx"))
-        .arg("dkms")
-        .args(args)
-        .env("KMX_HOME", &k.home)
-        .env("KMX_ROOT", root)
-        .env("HOME", k.dir())
-        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
-        .env_remove("KMX_CONFIG_DIR")
-        .output()
-        .unwrap();
-    Run {
-        cmd: format!("dkms {}", args.join(" ")),
-        out,
-    }
+    let args: Vec<&str> = ["dkms"].iter().chain(args).copied().collect();
+    run_on_machine(k, root, Path::new(env!("CARGO_BIN_EXE_kmx")), &args)
 }
 
 /// What dh_dkms's postinst of a `*-dkms` package runs: `common.postinst NAME VERSION
 /// /usr/share/NAME-dkms "" ""` (kmx-dkms's own, contrib/dkms/common.postinst).
 fn common_postinst(k: &Kmx, root: &Path, name: &str) -> Run {
-    let bin = Path::new(env!("CARGO_BIN_EXE_kmx")).parent().unwrap();
-    let out = Command::new(repo().join("contrib/dkms/common.postinst"))
-        .args([name, "1.0", &format!("/usr/share/{name}-dkms"), "", ""])
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("KMX_HOME", &k.home)
-        .env("KMX_ROOT", root)
-        .env("HOME", k.dir())
-        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
-        .env_remove("KMX_CONFIG_DIR")
-        .output()
-        .unwrap();
-    Run {
-        cmd: format!("common.postinst {name} 1.0"),
-        out,
-    }
+    let share = format!("/usr/share/{name}-dkms");
+    run_on_machine(
+        k,
+        root,
+        &repo().join("contrib/dkms/common.postinst"),
+        &[name, "1.0", &share, "", ""],
+    )
 }
 
 #[test]
@@ -661,26 +653,10 @@ fn kmx_dkms_package_stands_in_for_dkms_and_takes_over_dkms_registrations() {
         std::fs::write(&installed, &bytes).unwrap();
         dkms_copies.push((installed, bytes));
     }
-    let bin = Path::new(env!("CARGO_BIN_EXE_kmx")).parent().unwrap();
-    let post = Command::new(repo().join("contrib/dkms/postinst"))
-        .arg("configure")
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("KMX_HOME", &k.home)
-        .env("KMX_ROOT", &root)
-        .env("HOME", k.dir())
-        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
-        .env_remove("KMX_CONFIG_DIR")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&post.stdout),
-        String::from_utf8_lossy(&post.stderr)
-    );
-    assert!(post.status.success(), "{text}");
+    let postinst = repo().join("contrib/dkms/postinst");
+    let post = run_on_machine(&k, &root, &postinst, &["configure"]);
+    let text = format!("{}{}", post.stdout(), post.stderr());
+    assert_eq!(post.code(), 0, "{text}");
     let (hello_ko, dkms_hello) = &dkms_copies[0];
     assert_ne!(
         &std::fs::read(hello_ko).unwrap(),
@@ -712,19 +688,7 @@ fn kmx_dkms_package_stands_in_for_dkms_and_takes_over_dkms_registrations() {
         .is_file()
     );
     // Run again (an upgrade of kmx-dkms): nothing registered twice, nothing replaced again.
-    let again = Command::new(repo().join("contrib/dkms/postinst"))
-        .arg("configure")
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("KMX_HOME", &k.home)
-        .env("KMX_ROOT", &root)
-        .env("HOME", k.dir())
-        .env("XDG_CONFIG_HOME", k.dir().join("xdg"))
-        .env_remove("KMX_CONFIG_DIR")
-        .output()
-        .unwrap();
-    assert!(again.status.success());
-    assert!(!String::from_utf8_lossy(&again.stdout).contains("registering hello"));
+    let again = run_on_machine(&k, &root, &postinst, &["configure"]);
+    assert_eq!(again.code(), 0, "{}", again.stderr());
+    assert!(!again.stdout().contains("registering hello"));
 }
