@@ -29,6 +29,8 @@ def main():
     ap.add_argument("--run", required=True)
     ap.add_argument("--dkms-secs", type=float, required=True)
     ap.add_argument("--kmx-secs", type=float, required=True)
+    ap.add_argument("--dkms-cpu", type=float)
+    ap.add_argument("--kmx-cpu", type=float)
     ap.add_argument("--jobs", default="2")
     a = ap.parse_args()
     run = a.run
@@ -152,6 +154,9 @@ def main():
     print(f"cells: {tot['agree']} agree, {tot['differ']} differ")
     print(f"wall time: DKMS {a.dkms_secs:.1f}s ({a.jobs} cells at a time), "
           f"kmx {a.kmx_secs:.1f}s (--jobs {a.jobs}): DKMS/kmx = {ratio:.2f}x")
+    if a.dkms_cpu is not None and a.kmx_cpu is not None:
+        cpu = a.dkms_cpu / a.kmx_cpu if a.kmx_cpu else float("nan")
+        print(f"CPU time: DKMS {a.dkms_cpu:.1f}s, kmx {a.kmx_cpu:.1f}s: DKMS/kmx = {cpu:.2f}x")
     return 1 if tot["differ"] else 0
 
 

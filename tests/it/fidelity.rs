@@ -420,6 +420,71 @@ fn modules_of_trees_that_make_btf_carry_it_and_stay_reproducible() {
     }
 }
 
+/// Without pahole, a cell of a tree that makes BTF fails before make, saying what to
+/// install (not after the compile with "pahole: not found" in the log); a tree that makes
+/// none builds.
+#[test]
+fn without_pahole_a_btf_tree_fails_at_once_saying_so() {
+    let Some(k) = Kmx::with_all_trees() else {
+        return;
+    };
+    // Every program of /usr/bin but pahole, outside /tmp (each step has a private one).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for e in std::fs::read_dir("/usr/bin").unwrap().flatten() {
+        if e.file_name() != "pahole" {
+            std::os::unix::fs::symlink(e.path(), bin.join(e.file_name())).unwrap();
+        }
+    }
+    let k = k.env("PATH", &format!("{}:/usr/sbin:/sbin", bin.display()));
+    let list = k.run(&["kernels", "list", "--json"]).ok().json();
+    let release = |target: &str| -> String {
+        list["trees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["target"].as_str().unwrap(),
+                    t["release"].as_str().unwrap(),
+                )
+            })
+            .find(|(t, r)| *t == target && r.starts_with("6.12"))
+            .map(|(_, r)| r.to_string())
+            .unwrap_or_else(|| panic!("no 6.12 tree for {target}: {list}"))
+    };
+    let (amd64, armhf) = (release("amd64"), release("armhf"));
+    let run = k.run(&[
+        "build",
+        &fixture("twopass-1.0"),
+        "-t",
+        "amd64,armhf",
+        "-k",
+        &amd64,
+        "-k",
+        &armhf,
+        "--json",
+        "--no-cache",
+    ]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    for c in cells(&run.json()) {
+        match c["target"].as_str().unwrap() {
+            "amd64" => {
+                assert_eq!(c["status"], "failed", "{c}");
+                let why = c.to_string();
+                assert!(
+                    why.contains(
+                        "which needs pahole, and pahole is not on PATH: apt-get install pahole"
+                    ),
+                    "{why}"
+                );
+            }
+            _ => assert_eq!(c["status"], "built", "{c}"),
+        }
+    }
+}
+
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
