@@ -291,6 +291,14 @@ pub fn make_vars(cell: &Cell, cc: &[String]) -> Vec<(String, String)> {
     if makes_btf(&cell.tree) {
         vars.push(("KBUILD_BUILD_TIMESTAMP".into(), BUILD_TIMESTAMP.into()));
     }
+    // kmx.toml's command lines are expanded by bash when they run (a dkms.conf's were when
+    // the file was sourced): its documented `$kernel_source_dir` comes from here.
+    if cell.spec.format == crate::config::manifest::Format::KmxToml {
+        vars.push((
+            "kernel_source_dir".into(),
+            cell.tree.kdir.to_string_lossy().into_owned(),
+        ));
+    }
     vars
 }
 
