@@ -3,18 +3,24 @@
 # by Debian's real DKMS (made to cross-compile, one private mount namespace per cell) and by
 # ONE `kmx build` over all of them; compares every cell and both wall times.
 #
-#   benches/dkms-corpus.sh [--jobs N] [--packages a,b] [--all]     (after ./dev setup; root)
+#   benches/dkms-corpus.sh [--jobs N] [--packages a,b] [--all] [--series S] [--targets a,b]
+#                                                                   (after ./dev setup; root)
 #   KMX=/path/to/kmx KMX_HOME=/path/to/home benches/dkms-corpus.sh
 #
 # --jobs N      DKMS cells run N at a time (xargs -P N, each DKMS make with its own -jN as
 #               DKMS does); kmx runs with --jobs N. Default 2.
 # --packages    a comma-separated subset of benches/dkms-corpus/packages.txt (slow ones too)
 # --all         also the packages tagged "slow" in the list
+# --series S    the kernel series built for: each target's tree whose release is S.x or S-x
+#               (default 6.1: Debian 12's; 6.12: bookworm-backports'); results go to
+#               target/dkms-corpus/run-S/, so the cells of each series are kept apart
+# --targets     a comma-separated subset of i386, amd64, arm64, armhf, rpi
+#               (default i386,amd64,arm64,armhf)
 #
 # Needs: root (mount namespaces), Debian's dkms (apt-get install --no-install-recommends
 # dkms), the cross compilers and kernel trees of `./dev setup`, apt (for `apt-get download`),
 # python3, modinfo, unshare. Writes only under target/dkms-corpus/ (cache/: the .debs;
-# src/: the extracted packages; run/: results, logs and table.txt); checks that /usr/src,
+# src/: the extracted packages; run-<series>/: results, logs and table.txt); checks that /usr/src,
 # /var/lib/dkms and /lib/modules are the same before and after.
 # Exit status: 0 when every cell agrees, 1 when one differs, 2 on a usage or set-up error.
 set -euo pipefail
@@ -22,7 +28,7 @@ cd "$(dirname "$0")/.."
 here=$PWD/benches/dkms-corpus
 export KMX_HOME="${KMX_HOME:-$PWD/target/kmx-home}"
 KMX="${KMX:-$PWD/target/release/kmx}"
-jobs=2 subset="" all=""
+jobs=2 subset="" all="" series=6.1 targets_wanted=i386,amd64,arm64,armhf
 while [ $# -gt 0 ]; do
   case $1 in
     --jobs) jobs=$2; shift 2 ;;
@@ -30,21 +36,27 @@ while [ $# -gt 0 ]; do
     --packages) subset=$2; shift 2 ;;
     --packages=*) subset=${1#*=}; shift ;;
     --all) all=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --series) series=$2; shift 2 ;;
+    --series=*) series=${1#*=}; shift ;;
+    --targets) targets_wanted=$2; shift 2 ;;
+    --targets=*) targets_wanted=${1#*=}; shift ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 die() { echo "dkms-corpus: $*" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || die "run as root: every DKMS cell needs a private mount namespace"
 command -v dkms >/dev/null || die "Debian's dkms is missing: apt-get install --no-install-recommends dkms"
-for c in unshare python3 modinfo apt-get dpkg-deb openssl xargs; do
+# pahole: kbuild runs it for trees that make BTF (Debian's 6.12 amd64 and arm64), for DKMS too.
+[ -x /usr/bin/time ] || die "GNU time is missing: apt-get install time"
+for c in unshare python3 modinfo apt-get dpkg-deb openssl xargs pahole; do
   command -v $c >/dev/null || die "$c is missing"
 done
 [ -x "$KMX" ] || cargo build --release --quiet
 [ -x "$KMX" ] || die "no kmx at $KMX"
 
 root=$PWD/target/dkms-corpus
-cache=$root/cache src=$root/src run=$root/run
+cache=$root/cache src=$root/src run=$root/run-$series
 mkdir -p "$cache" "$src"
 rm -rf "$run" && mkdir -p "$run"
 
@@ -95,22 +107,27 @@ for p in "${packages[@]}"; do
   sources+=("${d[0]%/}")
 done
 
-# 2. The four cells' trees, from kmx (the same trees for both builders): one per target, the
-# oldest release (Debian 12's 6.1). The DKMS side and the table key cells by target, so a
-# second kernel version of a target is left out rather than compared with the first's.
+# 2. The cells' trees, from kmx (the same trees for both builders): per target, its tree of
+# the series. DKMS's results and the table are keyed by target within run-<series>/, and the
+# series names the release, so every cell is keyed by target and release.
 "$KMX" kernels list --json >"$run/trees.json"
-python3 - "$run/trees.json" >"$run/cells" <<'PY'
+python3 - "$run/trees.json" "$series" "$targets_wanted" >"$run/cells" <<'PY'
 import json, sys
 cross = {"i386": ("x86", "i686-linux-gnu-", "i686"),
          "amd64": ("x86", "x86_64-linux-gnu-", "x86_64"),
          "arm64": ("arm64", "aarch64-linux-gnu-", "aarch64"),
-         "armhf": ("arm", "arm-linux-gnueabihf-", "armv7l")}
+         "armhf": ("arm", "arm-linux-gnueabihf-", "armv7l"),
+         "rpi": ("arm", "arm-linux-gnueabi-", "armv6l")}
 trees = json.load(open(sys.argv[1]))["trees"]
+series, wanted = sys.argv[2], sys.argv[3].split(",")
 seen = set()
 for t in sorted(trees, key=lambda t: t.get("release") or ""):
-    if t["target"] in cross and not t.get("error") and t["target"] not in seen:
+    r = t.get("release") or ""
+    in_series = r.startswith(series + ".") or r.startswith(series + "-")
+    if t["target"] in cross and t["target"] in wanted and in_series and not t.get("error") \
+            and t["target"] not in seen:
         seen.add(t["target"])
-        print(t["target"], t["release"], t["kdir"], *cross[t["target"]])
+        print(t["target"], r, t["kdir"], *cross[t["target"]])
 PY
 [ "$(wc -l <"$run/cells")" -ge 1 ] || die "no kernel tree: run ./dev setup (kmx kernels fetch)"
 targets=$(awk '{print $1}' "$run/cells" | paste -sd,)
@@ -134,21 +151,26 @@ echo "== DKMS: $ncells cells, $jobs at a time"
 t0=$(now)
 for p in "${packages[@]}"; do
   awk -v p="$p" '{ print p, $1 }' "$run/cells"
-done | xargs -P "$jobs" -L 1 "$here/dkms-cell.sh"
+done >"$run/dkms-cells"
+# CPU seconds (user + system of every process both runs wait for) from GNU time.
+/usr/bin/time -f '%U %S' -o "$run/dkms-cpu" xargs -P "$jobs" -L 1 "$here/dkms-cell.sh" <"$run/dkms-cells"
 t_dkms=$(python3 -c "print(f'{$(now) - $t0:.1f}')")
-echo "DKMS wall time: ${t_dkms}s"
+cpu_dkms=$(awk 'END { printf "%.1f", $1 + $2 }' "$run/dkms-cpu")
+echo "DKMS wall time: ${t_dkms}s, CPU ${cpu_dkms}s"
 
 # 4. kmx: one run over every source (no cache, every cell rebuilt, a private state store).
 echo "== kmx: one build of ${#sources[@]} sources x $targets, --jobs $jobs"
 t0=$(now)
 set +e
 # shellcheck disable=SC2086 # --kernel R words
-"$KMX" build "${sources[@]}" --target "$targets" $kernels --out "$run/kmx" --json --jobs "$jobs" \
+/usr/bin/time -f '%U %S' -o "$run/kmx-cpu" \
+  "$KMX" build "${sources[@]}" --target "$targets" $kernels --out "$run/kmx" --json --jobs "$jobs" \
   --force --no-cache --state-dir "$run/kmx-state" >"$run/kmx-report.json" 2>"$run/kmx-build.log"
 kmx_rc=$?
 set -e
 t_kmx=$(python3 -c "print(f'{$(now) - $t0:.1f}')")
-echo "kmx wall time: ${t_kmx}s (exit $kmx_rc)"
+cpu_kmx=$(awk 'END { printf "%.1f", $1 + $2 }' "$run/kmx-cpu")
+echo "kmx wall time: ${t_kmx}s, CPU ${cpu_kmx}s (exit $kmx_rc)"
 rm -rf "$run/kmx-state"
 
 host_state >"$run/host-after.txt"
@@ -161,7 +183,7 @@ fi
 # 5. The table.
 set +e
 python3 "$here/table.py" --run "$run" --dkms-secs "$t_dkms" --kmx-secs "$t_kmx" \
-  --jobs "$jobs" | tee "$run/table.txt"
+  --dkms-cpu "$cpu_dkms" --kmx-cpu "$cpu_kmx" --jobs "$jobs" | tee "$run/table.txt"
 rc=${PIPESTATUS[0]}
 [ $host_ok = 1 ] || rc=1
 exit $rc

@@ -88,14 +88,18 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         json: bool,
     },
     /// Register a module source (a directory with a dkms.conf or kmx.toml): it is copied
-    /// into the state store under its PACKAGE_NAME and PACKAGE_VERSION. Adding again
-    /// refreshes the copy; builds of the old copy then show as stale.
+    /// into the state store under the name and version DKMS would give it (--module-name
+    /// and --module-version, DKMS's -m and -v; else, for a directory NAME-VERSION, its
+    /// version; else PACKAGE_NAME and PACKAGE_VERSION). Adding again refreshes the copy;
+    /// builds of the old copy then show as stale.
     Add {
         /// The module source directory.
         source: PathBuf,
         /// How far its dkms.conf is confined while it is read (see `kmx build --sandbox`).
         #[arg(long, value_enum, default_value_t = SandboxMode::Strict, value_name = "MODE")]
         sandbox: SandboxMode,
+        #[command(flatten)]
+        given: GivenArgs,
     },
     /// Build a registered module for one target and kernel (with --root IMG and no --kernel:
     /// each of the image's kernels) if needed, then install its .ko
@@ -498,8 +502,22 @@ pub struct DkmsArgs {
     pub version_flag: bool,
 }
 
+/// The name and version a module is built with, as DKMS's `dkms add -m NAME -v VERSION`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GivenArgs {
+    /// Build and register the module as NAME (DKMS's -m), whatever PACKAGE_NAME says.
+    #[arg(long, value_name = "NAME")]
+    pub module_name: Option<String>,
+    /// Build and register the module as VERSION (DKMS's -v), whatever PACKAGE_VERSION says
+    /// (Debian's packages may leave a placeholder such as #MODULES_VERSION# there).
+    #[arg(long, value_name = "VERSION")]
+    pub module_version: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct BuildArgs {
+    #[command(flatten)]
+    pub given: GivenArgs,
     /// Module source directories, each with a dkms.conf or a kmx.toml; or modules
     /// registered with `kmx add`, as NAME or NAME/VERSION (built into the state store for
     /// `install`, `tarball` and `status`, like `dkms build`).

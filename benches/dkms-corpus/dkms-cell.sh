@@ -43,6 +43,11 @@ read -r -a deps < <(awk -v p="$pkg" '$1 == p { $1 = ""; print }' "$CORPUS_NEEDS"
 # may use are set the way DKMS sets them).
 read -r name version < <(cd "$src" && kernelver=$release arch=$darch kernel_source_dir=$kdir \
   dkms_tree=/var/lib/dkms source_tree=/usr/src bash -c '. ./dkms.conf >/dev/null 2>&1; echo "$PACKAGE_NAME $PACKAGE_VERSION"')
+# The version is the directory's, as dh_dkms's postinst calls `dkms add -m NAME -v VERSION`
+# for /usr/src/NAME-VERSION (a PACKAGE_VERSION placeholder such as #MODULES_VERSION#, which
+# dh_dkms leaves, is never used).
+dir=$(basename "$src")
+case $dir in "$name"-?*) version=${dir#"$name"-} ;; esac
 
 inner=$(cat <<'INNER'
 set -u

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::cli::{BuildArgs, CacheCmd};
 use crate::commands::progress::Printer;
 use crate::commands::{Context, print_json};
+use crate::config::manifest::Given;
 use crate::error::{Error, Result, exit};
 use crate::matrix::cell;
 use crate::matrix::jobserver::Jobserver;
@@ -19,7 +20,8 @@ use crate::state::cache::Cache;
 /// registered copies) into the state store, like `dkms build`.
 enum Sources {
     Dirs(Vec<PathBuf>),
-    Registered(Vec<PathBuf>),
+    /// Each registered copy with its registered name and version.
+    Registered(Vec<(PathBuf, Given)>),
 }
 
 /// Each SOURCE is a directory, or else NAME or NAME/VERSION of a registered module (the
@@ -78,7 +80,7 @@ fn resolve_sources(ctx: &Context, args: &BuildArgs) -> Result<Sources> {
                 "the registered copy is damaged: `kmx add` the source of {module} {version} again"
             ))
         })?;
-        registered.push(copy);
+        registered.push((copy, Given::both(&module, &version)));
     }
     match (dirs.is_empty(), registered.is_empty()) {
         (_, true) => Ok(Sources::Dirs(dirs)),
@@ -99,16 +101,31 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
     let sources = resolve_sources(ctx, args)?;
     // Registered modules are built into the store under its lock, as `install` does.
     let registered = matches!(sources, Sources::Registered(_));
-    let (dirs, out, _lock) = match sources {
+    let given = super::given_of(&args.given)?;
+    let (sources, out, _lock) = match sources {
         Sources::Dirs(dirs) => {
+            if given != Given::default() && dirs.len() != 1 {
+                return Err(Error::usage(
+                    "--module-name and --module-version name one module: give one source directory",
+                )
+                .hint("build each source with its own kmx build"));
+            }
             let out = args.out.clone().unwrap_or_else(|| PathBuf::from("kmx-out"));
+            let dirs = dirs.into_iter().map(|d| (d, given.clone())).collect();
             (dirs, out, None)
+        }
+        Sources::Registered(_) if given != Given::default() => {
+            return Err(Error::usage(
+                "--module-name and --module-version are for a source directory",
+            )
+            .hint("a registered module is built with the name and version it was added with"));
         }
         Sources::Registered(dirs) => {
             let lock = ctx.store.lock(wait)?;
             (dirs, ctx.store.built(), Some(lock))
         }
     };
+    let dirs: Vec<PathBuf> = sources.iter().map(|(d, _)| d.clone()).collect();
     // Paths go into make's command line, the cells' logs and the JSON report as text: one
     // that is not UTF-8 is refused here, by name, rather than mangled into a make that
     // fails with exit 125 and a report that cannot be written.
@@ -139,7 +156,7 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
     // What a killed earlier build left in the output directory (its owner is dead: no lock
     // is needed to know it is garbage).
     crate::state::tmp::sweep_output(&out);
-    let mut plan = plan::plan(&dirs, &targets, &out, args.sandbox.into())?;
+    let mut plan = plan::plan_given(&sources, &targets, &out, args.sandbox.into())?;
     if let Some(spec) = &args.shard {
         let shard: Shard = spec.parse()?;
         let costs = match &args.costs {

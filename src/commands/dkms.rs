@@ -14,6 +14,7 @@ use super::Context;
 use super::lifecycle;
 use super::progress::Printer;
 use crate::cli::{AutoinstallArgs, DkmsArgs, InstallArgs, SignArgs, UninstallArgs};
+use crate::config::manifest::Given;
 use crate::error::{Error, Kind, Result, exit, render_inline};
 use crate::install;
 use crate::kernel::installed;
@@ -288,10 +289,17 @@ impl Job<'_> {
             );
             return Ok(code::NO_SOURCE);
         }
+        // As DKMS: -m/-v name the module whatever PACKAGE_NAME/PACKAGE_VERSION say (a
+        // placeholder dh_dkms left there, say); without them, the dkms.conf's.
+        let given = Given {
+            name: req.module.clone(),
+            version: req.version.clone(),
+        };
         let spec = match crate::lifecycle::prepare::evaluate_generic(
             &src.canonicalize()
                 .map_err(|e| Error::io("open module source", &src, e))?,
             Default::default(),
+            &given,
         ) {
             Ok(s) => s,
             Err(e) => {
@@ -299,24 +307,17 @@ impl Job<'_> {
                 return Ok(code::BAD_CONF);
             }
         };
-        let (m, v) = (
-            req.module.clone().unwrap_or(spec.name.clone()),
-            req.version.clone().unwrap_or(spec.version.clone()),
-        );
-        if self.registered(&m, &v)? {
-            return Ok(already_added(&m, &v));
+        if self.registered(&spec.name, &spec.version)? {
+            return Ok(already_added(&spec.name, &spec.version));
         }
-        if (spec.name.as_str(), spec.version.as_str()) != (m.as_str(), v.as_str()) {
-            return Err(Error::config(
-                src.join("dkms.conf"),
-                format!(
-                    "it names {} {} but {m} {v} was asked for",
-                    spec.name, spec.version
-                ),
-            )
-            .hint("give the version its dkms.conf names, or fix PACKAGE_NAME/PACKAGE_VERSION"));
-        }
-        lifecycle::add(self.ctx, self.store, &src, Default::default(), self.wait)
+        lifecycle::add(
+            self.ctx,
+            self.store,
+            &src,
+            Default::default(),
+            self.wait,
+            &given,
+        )
     }
 
     /// Register MODULE/VERSION from the source tree if it is not yet, as DKMS's build and
@@ -333,7 +334,15 @@ impl Job<'_> {
             );
             return Ok(Some(code::NOT_ADDED_OR_DUPLICATE));
         }
-        match lifecycle::add(self.ctx, self.store, &src, Default::default(), self.wait)? {
+        let given = Given::both(m, v);
+        match lifecycle::add(
+            self.ctx,
+            self.store,
+            &src,
+            Default::default(),
+            self.wait,
+            &given,
+        )? {
             exit::OK => Ok(None),
             c => Ok(Some(c)),
         }

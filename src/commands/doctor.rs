@@ -177,6 +177,12 @@ const HOST_TOOLS: &[HostTool] = &[
         "installing into kernels with gzip modules",
         false,
     ),
+    tool(
+        "pahole",
+        "pahole",
+        "BTF in modules for trees with CONFIG_DEBUG_INFO_BTF_MODULES and a vmlinux (Debian's 6.12 amd64, arm64)",
+        false,
+    ),
     tool("openssl", "openssl", "kmx keys generate", false),
     tool("cpio", "cpio", "kmx smoke (the guest's initramfs)", false),
     tool("apt-get", "apt", "kmx kernels fetch", false),

@@ -46,18 +46,21 @@ fn pick_version(store: &Store, module: &str, version: Option<String>) -> Result<
     })
 }
 
+/// `kmx add DIR`: register a source under the name and version DKMS would give it: `given`
+/// (DKMS's `-m NAME -v VERSION`) where set, else as [`crate::config::dkms`] decides.
 pub fn add(
     ctx: &Context,
     store: &Store,
     source: &Path,
     mode: crate::sandbox::Mode,
     wait: bool,
+    given: &crate::config::manifest::Given,
 ) -> Result<i32> {
     let _ = ctx;
     let src = source
         .canonicalize()
         .map_err(|e| Error::io("open module source", source, e))?;
-    let spec = evaluate_generic(&src, mode)?;
+    let spec = evaluate_generic(&src, mode, given)?;
     for (what, v) in [
         ("PACKAGE_NAME", &spec.name),
         ("PACKAGE_VERSION", &spec.version),
@@ -530,7 +533,11 @@ pub fn remove_cmd(
             }
         }
         if copy.is_dir()
-            && let Ok(spec) = evaluate_generic(&copy, Default::default())
+            && let Ok(spec) = evaluate_generic(
+                &copy,
+                Default::default(),
+                &crate::config::manifest::Given::both(&module, v),
+            )
             && let Some(line) = &spec.post_remove
         {
             warn_on_failure("POST_REMOVE", line, &copy);

@@ -83,7 +83,18 @@ fn run_in(cli: Cli) -> Result<i32> {
         crate::process::stop_flag()?;
     }
     match cli.command {
-        Cmd::Add { source, sandbox } => lifecycle::add(&ctx, store, &source, sandbox.into(), wait),
+        Cmd::Add {
+            source,
+            sandbox,
+            given,
+        } => lifecycle::add(
+            &ctx,
+            store,
+            &source,
+            sandbox.into(),
+            wait,
+            &given_of(&given)?,
+        ),
         Cmd::Install(args) => lifecycle::install_cmd(&ctx, store, &args, wait),
         Cmd::Uninstall(args) => lifecycle::uninstall_cmd(store, &args, wait),
         Cmd::Remove {
@@ -190,4 +201,26 @@ pub(crate) fn print_json<T: serde::Serialize>(schema: &str, value: &T) -> Result
     writeln!(out)
         .and_then(|_| out.flush())
         .map_err(|e| crate::Error::env(format!("cannot write JSON output: {e}")))
+}
+
+/// `--module-name`/`--module-version` as a [`crate::config::manifest::Given`]; a value that
+/// cannot name a directory is a usage error.
+pub fn given_of(args: &crate::cli::GivenArgs) -> Result<crate::config::manifest::Given> {
+    for (flag, value) in [
+        ("--module-name", &args.module_name),
+        ("--module-version", &args.module_version),
+    ] {
+        if let Some(v) = value
+            && let Some(why) = crate::config::manifest::invalid_identity(v)
+        {
+            return Err(crate::error::Error::usage(format!(
+                "{flag} {v:?} cannot name a directory: {why}"
+            ))
+            .hint("use one word of letters, digits, '.', '-', '_' or '+'"));
+        }
+    }
+    Ok(crate::config::manifest::Given {
+        name: args.module_name.clone(),
+        version: args.module_version.clone(),
+    })
 }

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
+#[cfg(test)]
+use super::manifest::Given;
 use super::manifest::{self, BuiltModule, CellVars, Format, ModuleField, ModuleSpec};
 use crate::{Error, Result, process, sandbox};
 
@@ -153,16 +155,57 @@ fn evaluate_with_timeout(conf: &Path, vars: &CellVars, timeout: Duration) -> Res
     // A file that never reads $module or $module_version cannot depend on the guess.
     let text = String::from_utf8_lossy(&text);
     let uses_identity = text.contains("$module") || text.contains("${module");
-    if uses_identity && !name.is_empty() && !ver.is_empty() && (name != module || ver != version) {
-        let (name, ver) = (name.to_string(), ver.to_string());
-        dump = ctx.source(&name, &ver)?;
+    if uses_identity && !name.is_empty() && !ver.is_empty() {
+        let (name, ver) = decide_identity(vars, name, ver);
+        if name != module || ver != version {
+            dump = ctx.source(&name, &ver)?;
+        }
     }
     build_spec(conf, vars, dump)
+}
+
+/// The name and version DKMS builds with (`$module`, `$module_version`, the `<name>/<version>`
+/// of `/var/lib/dkms`), read from DKMS 3.0's own script: `-m`/`-v` when given (PACKAGE_NAME
+/// and PACKAGE_VERSION are then only checked to be set); else, for a source at
+/// `<source_tree>/<name>-<version>` (where dh_dkms's postinst calls `dkms add -m <name> -v
+/// <version>` with the directory's version, never substituting a `#MODULES_VERSION#` left in
+/// dkms.conf; kmx takes any directory `.../usr/src/<name>-<version>`, so an extracted
+/// package is built as installed), that directory's version; else PACKAGE_NAME and
+/// PACKAGE_VERSION (`dkms add DIR`).
+fn decide_identity(vars: &CellVars, package_name: &str, package_version: &str) -> (String, String) {
+    let name = vars
+        .given
+        .name
+        .clone()
+        .unwrap_or_else(|| package_name.to_string());
+    if let Some(v) = &vars.given.version {
+        return (name, v.clone());
+    }
+    let dir = vars
+        .source_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Only a package's directory: one under a `usr/src` (the machine's, or an extracted
+    // package's). A checkout named `<name>-<branch>` keeps PACKAGE_VERSION, as `dkms add DIR`.
+    let installed = vars
+        .source_dir
+        .parent()
+        .is_some_and(|p| p.ends_with("usr/src"));
+    let from_dir = dir
+        .strip_prefix(name.as_str())
+        .and_then(|r| r.strip_prefix('-'))
+        .filter(|v| installed && manifest::invalid_identity(v).is_none());
+    let version = from_dir.unwrap_or(package_version).to_string();
+    (name, version)
 }
 
 /// `$module`/`$module_version` for the first evaluation: the hint, and the rest of a
 /// `<module>-<version>` directory name.
 fn guess_identity(vars: &CellVars) -> (String, String) {
+    if let (Some(m), Some(v)) = (&vars.given.name, &vars.given.version) {
+        return (m.clone(), v.clone());
+    }
     let dir = vars
         .source_dir
         .file_name()
@@ -484,9 +527,45 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
             );
         }
     }
-    let mut spec = ModuleSpec::new(Format::DkmsConf, name.to_string(), version.to_string());
-    let w = &mut spec.warnings;
     let at = conf.display();
+    let (module, module_version) = decide_identity(vars, name, version);
+    for (what, value) in [
+        ("the module name", &module),
+        ("the module version", &module_version),
+    ] {
+        if let Some(why) = manifest::invalid_identity(value) {
+            return Err(
+                err(format!("{what} {value:?} cannot name a directory: {why}"))
+                    .hint("use one word of letters, digits, '.', '-', '_' or '+'"),
+            );
+        }
+    }
+    let mut notes = Vec::new();
+    for (key, value, used) in [
+        ("PACKAGE_NAME", name, &module),
+        ("PACKAGE_VERSION", version, &module_version),
+    ] {
+        if value != used {
+            let whose = match (&vars.given.name, &vars.given.version, key) {
+                (Some(_), _, "PACKAGE_NAME") | (_, Some(_), "PACKAGE_VERSION") => {
+                    "given".to_string()
+                }
+                _ => format!("of the directory {}", vars.source_dir.display()),
+            };
+            notes.push(format!(
+                "{at}: {key}={value:?} is not used: DKMS builds {module} {module_version} (the \
+                 {} {whose})",
+                if key == "PACKAGE_NAME" {
+                    "name"
+                } else {
+                    "version"
+                },
+            ));
+        }
+    }
+    let mut spec = ModuleSpec::new(Format::DkmsConf, module, module_version);
+    spec.warnings = notes;
+    let w = &mut spec.warnings;
 
     // Modules: the arrays may be sparse, so DKMS counts up to the highest index of any.
     const MODULE_ARRAYS: [&str; 4] = [
@@ -808,6 +887,7 @@ mod tests {
             dkms_tree: tmp.path().join("dkms"),
             module_hint: None,
             identity: None,
+            given: Default::default(),
             sandbox: None,
             mode: Default::default(),
         };
@@ -825,6 +905,50 @@ mod tests {
 
     fn conf(name: &str) -> String {
         fixture(name).join("dkms.conf").display().to_string()
+    }
+
+    #[test]
+    fn the_version_is_the_given_one_else_an_installed_directorys_else_package_version() {
+        let decide = |dir: &str, given: Given| {
+            let mut vars = CellVars::for_tests(Path::new(dir));
+            vars.given = given;
+            decide_identity(&vars, "foo", "#MODULES_VERSION#")
+        };
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        // dh_dkms: `dkms add -m foo -v 1.2` for /usr/src/foo-1.2; an extracted package too.
+        assert_eq!(
+            decide("/usr/src/foo-1.2", Given::default()),
+            pair("foo", "1.2")
+        );
+        assert_eq!(
+            decide("/x/pkg/usr/src/foo-1.2-3", Given::default()),
+            pair("foo", "1.2-3")
+        );
+        // `dkms add DIR` elsewhere: PACKAGE_VERSION, whatever the directory is called.
+        assert_eq!(
+            decide("/home/me/foo-master", Given::default()),
+            pair("foo", "#MODULES_VERSION#")
+        );
+        // Another package's name, or no version in the name.
+        assert_eq!(
+            decide("/usr/src/bar-1.2", Given::default()),
+            pair("foo", "#MODULES_VERSION#")
+        );
+        assert_eq!(
+            decide("/usr/src/foo", Given::default()),
+            pair("foo", "#MODULES_VERSION#")
+        );
+        // -m/-v win over both.
+        let given = Given {
+            name: Some("baz".into()),
+            version: Some("9".into()),
+        };
+        assert_eq!(decide("/usr/src/foo-1.2", given), pair("baz", "9"));
+        let name_only = Given {
+            name: Some("foo".into()),
+            version: None,
+        };
+        assert_eq!(decide("/usr/src/foo-1.2", name_only), pair("foo", "1.2"));
     }
 
     #[test]

@@ -296,6 +296,28 @@ pub(crate) fn trim_slashes(s: &str) -> &str {
     }
 }
 
+/// A module's name and version as its caller gives them, DKMS's `dkms add -m NAME -v VERSION`
+/// (what Debian's dh_dkms postinst runs, with the version of `/usr/src/<name>-<version>`):
+/// they are `$module`/`$module_version` while dkms.conf is read and the identity the module
+/// is built and registered with (`/var/lib/dkms/<name>/<version>/build`), whatever
+/// PACKAGE_NAME and PACKAGE_VERSION say (DKMS only checks those are not empty). `None`: as
+/// DKMS decides without `-m`/`-v` ([`super::dkms`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Given {
+    pub name: Option<String>,
+    pub version: Option<String>,
+}
+
+impl Given {
+    /// Both given (a registered module: its name and version).
+    pub fn both(name: &str, version: &str) -> Given {
+        Given {
+            name: Some(name.to_string()),
+            version: Some(version.to_string()),
+        }
+    }
+}
+
 /// The variables DKMS defines for a dkms.conf, for one cell.
 #[derive(Debug, Clone)]
 pub struct CellVars {
@@ -318,6 +340,8 @@ pub struct CellVars {
     /// PACKAGE_NAME and PACKAGE_VERSION from an earlier reading of the same file (that
     /// reading also checked its syntax): `$module` and `$module_version` are these.
     pub identity: Option<(String, String)>,
+    /// The name and version the caller gave, if any.
+    pub given: Given,
     /// Evaluate a dkms.conf inside the sandbox ([`crate::sandbox`]), where these other
     /// sources of the run are under /usr/src; `None` = on the host's paths.
     pub sandbox: Option<std::sync::Arc<Vec<crate::sandbox::Source>>>,
@@ -357,6 +381,7 @@ impl CellVars {
             dkms_tree: dir.join("dkms"),
             module_hint: None,
             identity: None,
+            given: Given::default(),
             sandbox: None,
             mode: Default::default(),
         }

@@ -24,7 +24,15 @@ use manifest::{CellVars, ModuleSpec};
 pub fn load_spec(source_dir: &Path, vars: &CellVars) -> Result<ModuleSpec> {
     let toml = source_dir.join("kmx.toml");
     if toml.is_file() {
-        return kmxtoml::load(&toml, vars);
+        // kmx.toml names its module; a name or version the caller gives wins, as in DKMS.
+        let mut spec = kmxtoml::load(&toml, vars)?;
+        if let Some(name) = &vars.given.name {
+            spec.name = name.clone();
+        }
+        if let Some(version) = &vars.given.version {
+            spec.version = version.clone();
+        }
+        return Ok(spec);
     }
     let conf = source_dir.join("dkms.conf");
     if conf.is_file() {

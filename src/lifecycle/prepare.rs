@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::manifest::{CellVars, ModuleSpec};
+use crate::config::manifest::{CellVars, Given, ModuleSpec};
 use crate::config::{Profiles, load_spec};
 use crate::error::{Error, Kind, Result};
 use crate::install::Hook;
@@ -20,8 +20,14 @@ use crate::state::store::{
     BuiltFile, BuiltRecord, CellKey, FailedRecord, Store, content_hash, now,
 };
 
-/// Evaluate a source's manifest without a kernel (for its name, version and hooks).
-pub fn evaluate_generic(src: &Path, mode: crate::sandbox::Mode) -> Result<ModuleSpec> {
+/// Evaluate a source's manifest without a kernel (for its name, version and hooks), with
+/// the name and version the caller gives, if any (DKMS's `-m NAME -v VERSION`, see
+/// [`Given`]).
+pub fn evaluate_generic(
+    src: &Path,
+    mode: crate::sandbox::Mode,
+    given: &Given,
+) -> Result<ModuleSpec> {
     let tmp = tempfile::tempdir()
         .map_err(|e| Error::env(format!("cannot create a temporary directory: {e}")))?;
     let vars = CellVars {
@@ -33,6 +39,7 @@ pub fn evaluate_generic(src: &Path, mode: crate::sandbox::Mode) -> Result<Module
         dkms_tree: tmp.path().join("dkms"),
         module_hint: None,
         identity: None,
+        given: given.clone(),
         // In the sandbox, like every reading of a dkms.conf, where it can be made.
         sandbox: crate::sandbox::available()
             .is_ok()
@@ -191,15 +198,20 @@ pub fn prepare(
         }
     }
     // One plan for all (so BUILD_DEPENDS resolve); if that fails, one per source so one
-    // broken manifest does not stop the others.
-    let all: Vec<PathBuf> = dirs.iter().map(|(_, _, d)| d.clone()).collect();
-    let plans: Vec<Plan> = match plan::plan(&all, targets, &store.built(), Default::default()) {
+    // broken manifest does not stop the others. Each registered copy is built with the
+    // name and version it was registered under, as DKMS builds `-m NAME -v VERSION`.
+    let all: Vec<(PathBuf, Given)> = dirs
+        .iter()
+        .map(|(m, v, d)| (d.clone(), Given::both(m, v)))
+        .collect();
+    let plans: Vec<Plan> = match plan::plan_given(&all, targets, &store.built(), Default::default())
+    {
         Ok(p) => vec![p],
         Err(_) => {
             let mut plans = Vec::new();
-            for (m, v, d) in &dirs {
-                match plan::plan(
-                    std::slice::from_ref(d),
+            for ((m, v, _), one) in dirs.iter().zip(&all) {
+                match plan::plan_given(
+                    std::slice::from_ref(one),
                     targets,
                     &store.built(),
                     Default::default(),

@@ -261,22 +261,75 @@ pub fn cc_words(cell: &Cell, launcher: Option<&[String]>) -> Vec<String> {
     words
 }
 
-/// Command-line variables every make of the cell must see. They travel in MAKEFLAGS, which
-/// GNU make treats as command-line definitions and hands to every sub-make, so they reach
-/// the makes inside a dkms.conf MAKE line too.
+/// The variables kmx adds to the environment of a cell's steps (MAKE, PRE_BUILD, POST_BUILD),
+/// which is otherwise the caller's, filtered ([`RunEnv::passthrough`]). It is DKMS's: DKMS
+/// exports `CC` (the tree's compiler, from `.kernelvariables`) and, because it calls its build
+/// function as `module=… module_version=… kernelver=… arch=… do_build`, those four (not
+/// `kernel_source_dir`, not `KERNELRELEASE`: DKMS puts `KERNELRELEASE=` on the command line of a
+/// MAKE line that starts with `make`, see [`make_line`]). To those, only what cross-building
+/// and reproducible bytes need: `ARCH` and `CROSS_COMPILE` (kbuild reads both from the
+/// environment), `KCFLAGS` (the path maps of [`prefix_maps`]; kbuild reads it from the
+/// environment, and a package's own `KCFLAGS` still wins), and `KBUILD_BUILD_TIMESTAMP` where
+/// the tree makes BTF (kbuild's switch for reproducible builds: pahole runs without `-j`,
+/// whose output depends on thread timing). The jobserver travels in MAKEFLAGS (see
+/// [`make_cmdline_vars`]). `tests/it/build.rs` compares this, variable by variable, with
+/// the environment real DKMS gives the same MAKE line.
 pub fn make_vars(cell: &Cell, cc: &[String]) -> Vec<(String, String)> {
-    vec![
+    let mut vars: Vec<(String, String)> = vec![
         ("ARCH".into(), cell.target.target.kernel_arch.clone()),
         (
             "CROSS_COMPILE".into(),
             cell.target.toolchain.cross_compile.clone(),
         ),
         ("CC".into(), cc.join(" ")),
-        ("KERNELRELEASE".into(), cell.tree.release.clone()),
-        // Debian trees have no vmlinux: silence "Skipping BTF generation".
-        ("CONFIG_DEBUG_INFO_BTF_MODULES".into(), String::new()),
+        ("kernelver".into(), cell.tree.release.clone()),
+        ("arch".into(), cell.target.target.dkms_arch.clone()),
+        ("module".into(), cell.spec.name.clone()),
+        ("module_version".into(), cell.spec.version.clone()),
         ("KCFLAGS".into(), prefix_maps(cell)),
-    ]
+    ];
+    if makes_btf(&cell.tree) {
+        vars.push(("KBUILD_BUILD_TIMESTAMP".into(), BUILD_TIMESTAMP.into()));
+    }
+    // kmx.toml's command lines are expanded by bash when they run (a dkms.conf's were when
+    // the file was sourced): its documented `$kernel_source_dir` comes from here.
+    if cell.spec.format == crate::config::manifest::Format::KmxToml {
+        vars.push((
+            "kernel_source_dir".into(),
+            cell.tree.kdir.to_string_lossy().into_owned(),
+        ));
+    }
+    vars
+}
+
+/// What kmx gives `KBUILD_BUILD_TIMESTAMP` when the caller does not (see [`make_vars`]).
+const BUILD_TIMESTAMP: &str = "1970-01-01 00:00:00 UTC";
+
+/// Whether kbuild adds BTF to the tree's modules (CONFIG_DEBUG_INFO_BTF_MODULES, with the
+/// tree's `vmlinux` as the base; without it kbuild prints "Skipping BTF generation").
+pub fn makes_btf(tree: &crate::kernel::KernelTree) -> bool {
+    tree.config.builtin("CONFIG_DEBUG_INFO_BTF_MODULES") && tree.kdir.join("vmlinux").is_file()
+}
+
+/// Command-line variables for every make of the cell (after `--` in MAKEFLAGS): only `CC`,
+/// and only where kmx calls another compiler than kbuild would by itself (a launcher such as
+/// ccache, a profile's `cc`, a tree without `.kernelvariables` whose kernel was built with a
+/// versioned gcc). Anything else there would override a package's own Makefile variables in
+/// every make of its MAKE line, which DKMS never does.
+pub fn make_cmdline_vars(cell: &Cell, cc: &[String]) -> Vec<(String, String)> {
+    let tc = &cell.target.toolchain;
+    let kbuild_own = match cell.tree.kdir.join(".kernelvariables").is_file() {
+        true => format!(
+            "{}{}",
+            tc.cross_compile,
+            cell.tree.compiler.as_deref().unwrap_or("gcc")
+        ),
+        false => format!("{}gcc", tc.cross_compile),
+    };
+    if cc.len() == 1 && cc[0] == kbuild_own {
+        return Vec::new();
+    }
+    vec![("CC".into(), cc.join(" "))]
 }
 
 /// Reproducible bytes wherever the tree and the cell are on the host: the compiler records
@@ -309,15 +362,27 @@ pub fn trees_dir(tree: &crate::kernel::KernelTree) -> PathBuf {
     kdir.parent().unwrap_or(Path::new("/")).to_path_buf()
 }
 
-/// The make invocation (a shell command line) for a cell.
+/// The make invocation (a shell command line) for a cell, as DKMS runs it: a line that
+/// starts with `make` gets `KERNELRELEASE=<release>` after that word (DKMS's
+/// `${make_command/#make/make -jN KERNELRELEASE=$kernelver}`, a plain prefix match, so
+/// `makefoo` is rewritten too, as in DKMS); any other line runs as written, and its makes
+/// see no KERNELRELEASE (a two-pass Makefile's `ifndef KERNELRELEASE` branch runs). DKMS's
+/// `-jN` is the jobserver here.
 pub fn make_line(cell: &Cell) -> String {
-    match &cell.spec.make {
+    let line = match &cell.spec.make {
         Some(line) => line.clone(),
         None => format!(
             "make -C {} M={} modules",
             process::quote(&cell.tree.kdir.to_string_lossy()),
             process::quote(&cell.step_dir().to_string_lossy())
         ),
+    };
+    match line.strip_prefix("make") {
+        Some(rest) => format!(
+            "make KERNELRELEASE={}{rest}",
+            process::quote(&cell.tree.release)
+        ),
+        None => line,
     }
 }
 
@@ -385,16 +450,14 @@ fn with_cell_env(mut cmd: Command, cell: &Cell, env: &RunEnv, extra_symbols: &st
     for (k, v) in &env.passthrough {
         cmd.env(k, v);
     }
-    cmd.env("LC_ALL", "C")
-        .env("kernelver", &cell.tree.release)
-        .env("kernel_source_dir", &cell.tree.kdir)
-        .env("arch", &cell.target.target.dkms_arch)
-        .env("ARCH", &cell.target.target.kernel_arch)
-        .env("CROSS_COMPILE", &cell.target.toolchain.cross_compile)
-        .env("KERNELRELEASE", &cell.tree.release)
-        // DKMS exports the compiler the tree was built with to MAKE, PRE_BUILD and
-        // POST_BUILD: scripts that run `make CC="${CC:-gcc}"` or a configure step need it.
-        .env("CC", cc_words(cell, env.opts.launcher.as_deref()).join(" "));
+    cmd.env("LC_ALL", "C");
+    let cc = cc_words(cell, env.opts.launcher.as_deref());
+    for (k, v) in make_vars(cell, &cc) {
+        // The caller's KBUILD_BUILD_TIMESTAMP wins over kmx's.
+        if !(k == "KBUILD_BUILD_TIMESTAMP" && env.passthrough.iter().any(|(p, _)| *p == k)) {
+            cmd.env(k, v);
+        }
+    }
     if !extra_symbols.is_empty() {
         cmd.env("KBUILD_EXTRA_SYMBOLS", extra_symbols);
     }
@@ -488,7 +551,7 @@ fn run_stages(
     }
 
     let cc = cc_words(cell, env.opts.launcher.as_deref());
-    let vars = make_vars(cell, &cc);
+    let cmdline_vars = make_cmdline_vars(cell, &cc);
     let _ = writeln!(log, "# kmx build of {}", cell.label());
     let _ = writeln!(log, "# kernel tree: {}", cell.tree.kdir.display());
     let _ = writeln!(
@@ -534,6 +597,27 @@ fn run_stages(
             return Err(e);
         }
     }
+    // The tree asks kbuild for BTF in its modules: without pahole that step fails after the
+    // compile, with "pahole: not found" in the middle of the log.
+    if makes_btf(&cell.tree) {
+        let path = env
+            .passthrough
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        if which::which_in("pahole", Some(&path), "/").is_err() {
+            return Err(stage_err(
+                "prepare",
+                Error::env(format!(
+                    "{} builds BTF into its modules (CONFIG_DEBUG_INFO_BTF_MODULES=y and a \
+                     vmlinux), which needs pahole, and pahole is not on PATH: apt-get install \
+                     pahole (`kmx doctor` checks it)",
+                    cell.tree.kdir.display()
+                )),
+            ));
+        }
+    }
     let mut warnings = Vec::new();
     if let Some(pre) = &cell.spec.pre_build {
         warnings.extend(build_script(cell, env, &mut log, "PRE_BUILD", pre)?);
@@ -545,18 +629,22 @@ fn run_stages(
         .map_err(|e| stage_err("make", Error::env(format!("jobserver: {e}"))))?;
     let make_result = {
         let mut cmd = shell(cell, env, command, deps_symvers, Where::Cell);
-        // The jobserver's flags (and the inherited descriptors), then kmx's variables after
-        // `--`, where make reads command-line definitions from MAKEFLAGS.
+        // The jobserver's flags (and the inherited descriptors), then kmx's command-line
+        // variables, if any, after `--`, where make reads them from MAKEFLAGS. The crate
+        // also sets CARGO_MAKEFLAGS and MFLAGS, which no make of DKMS's sees: removed.
         env.jobserver.configure_make(&mut cmd);
         let js_flags = cmd
             .get_envs()
             .find(|(k, _)| *k == "MAKEFLAGS")
             .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
             .unwrap_or_default();
-        cmd.env(
-            "MAKEFLAGS",
-            format!("{js_flags} -- {}", makeflags_vars(&vars)),
-        );
+        let makeflags = match cmdline_vars.is_empty() {
+            true => js_flags,
+            false => format!("{js_flags} -- {}", makeflags_vars(&cmdline_vars)),
+        };
+        cmd.env("MAKEFLAGS", makeflags)
+            .env_remove("CARGO_MAKEFLAGS")
+            .env_remove("MFLAGS");
         logged(&mut cmd, command, &mut log, env, "make")
     };
     drop(token);

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::load_spec;
-use crate::config::manifest::CellVars;
 use crate::config::manifest::ModuleSpec;
+use crate::config::manifest::{CellVars, Given};
 use crate::config::probe::Compiler;
 use crate::config::{Target, Toolchain};
 use crate::error::{Error, Result};
@@ -163,15 +163,36 @@ pub fn plan(
     out: &Path,
     mode: namespace::Mode,
 ) -> Result<Plan> {
+    let sources: Vec<(PathBuf, Given)> = sources
+        .iter()
+        .map(|s| (s.clone(), Given::default()))
+        .collect();
+    plan_given(&sources, targets, out, mode)
+}
+
+/// [`plan`], each source with the name and version its caller gives (a registered module's,
+/// `--module-name`/`--module-version`; see [`Given`]).
+pub fn plan_given(
+    sources: &[(PathBuf, Given)],
+    targets: &[Arc<TargetSetup>],
+    out: &Path,
+    mode: namespace::Mode,
+) -> Result<Plan> {
     use rayon::prelude::*;
     let out = std::path::absolute(out).map_err(|e| Error::io("resolve", out, e))?;
-    let sources = sources
+    let given: BTreeMap<PathBuf, Given> = sources
         .iter()
-        .map(|s| {
+        .map(|(s, g)| {
             s.canonicalize()
+                .map(|c| (c, g.clone()))
                 .map_err(|e| Error::io("open module source", s, e))
         })
-        .collect::<Result<Vec<PathBuf>>>()?;
+        .collect::<Result<_>>()?;
+    let sources: Vec<PathBuf> = sources
+        .iter()
+        .filter_map(|(s, _)| s.canonicalize().ok())
+        .collect();
+    let given = &given;
     let mut slots = Vec::new();
     for (si, source) in sources.iter().enumerate() {
         for ts in targets {
@@ -193,7 +214,8 @@ pub fn plan(
             let mut others = sources
                 .par_iter()
                 .map(|src| {
-                    let vars = cell_vars(src, ts, tree, None, Some(empty.clone()), mode);
+                    let mut vars = cell_vars(src, ts, tree, None, Some(empty.clone()), mode);
+                    vars.given = given[src].clone();
                     let spec = load_spec(src, &vars)?;
                     Ok(namespace::Source {
                         name: spec.name,
@@ -212,7 +234,10 @@ pub fn plan(
     let mut cells = slots
         .into_par_iter()
         .enumerate()
-        .map(|(index, slot)| plan_cell(index, slot, &out, sandbox.as_ref(), mode))
+        .map(|(index, slot)| {
+            let g = &given[&slot.1];
+            plan_cell(index, slot, &out, sandbox.as_ref(), mode, g)
+        })
         .collect::<Result<Vec<Cell>>>()?;
     if let Some(others) = &sandbox {
         for c in &mut cells {
@@ -272,6 +297,7 @@ fn cell_vars(
         dkms_tree,
         module_hint: None,
         identity,
+        given: Given::default(),
         sandbox,
         mode,
     }
@@ -286,6 +312,7 @@ fn plan_cell(
     out: &Path,
     sandbox: Option<&Arc<Vec<namespace::Source>>>,
     mode: namespace::Mode,
+    given: &Given,
 ) -> Result<Cell> {
     // The work dir must be known before the manifest is evaluated: dkms.conf files refer to
     // $dkms_tree/<module>/<version>/build. Name it by source, target and kernel; the spec
@@ -300,7 +327,8 @@ fn plan_cell(
         tree.release
     );
     let work_dir = out.join(".work").join(&slot);
-    let vars = cell_vars(&source, &ts, &tree, Some(&work_dir), sandbox.cloned(), mode);
+    let mut vars = cell_vars(&source, &ts, &tree, Some(&work_dir), sandbox.cloned(), mode);
+    vars.given = given.clone();
     let spec = load_spec(&source, &vars)?;
     if let Some((name, version)) = &vars.identity
         && (name, version) != (&spec.name, &spec.version)

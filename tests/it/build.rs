@@ -52,7 +52,12 @@ fn example_builds_for_the_four_targets_with_each_trees_vermagic() {
         );
         assert_eq!(cell["artifacts"][0]["sha256"].as_str().unwrap().len(), 64);
         let log = std::fs::read_to_string(cell["log"].as_str().unwrap()).unwrap();
-        assert!(log.contains("\n$ make -C "), "{log}");
+        // DKMS's words: KERNELRELEASE after the `make` that starts the line.
+        let release = tree["release"].as_str().unwrap();
+        assert!(
+            log.contains(&format!("\n$ make KERNELRELEASE={release} -C ")),
+            "{log}"
+        );
         assert!(log.contains("# make: exit status 0"), "{log}");
     }
     // The JSON report on stdout is also written next to the artifacts.
@@ -410,7 +415,12 @@ fn dry_run_prints_the_plan_and_builds_nothing() {
         )),
         "{text}"
     );
-    assert!(text.contains(&format!("  vars:    ARCH=x86 CROSS_COMPILE=i686-linux-gnu- CC=i686-linux-gnu-gcc-12 KERNELRELEASE={}", k.release_of("i386"))), "{text}");
+    let release = k.release_of("i386");
+    assert!(
+        text.contains(&format!("  make:    make KERNELRELEASE={release} -C ")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("  vars:    ARCH=x86 CROSS_COMPILE=i686-linux-gnu- CC=i686-linux-gnu-gcc-12 kernelver={release} arch=i686 module=x86only module_version=1.0 KCFLAGS=")), "{text}");
     assert!(text.ends_with("4 cells: 2 to build, 2 skipped\n"), "{text}");
     assert!(!k.dir().join("kmx-out/x86only").exists());
 }

@@ -36,7 +36,7 @@ fn doctor_finds_four_usable_targets_whose_vermagic_matches_real_modules() {
     assert!(text.ends_with("4 of 4 targets usable\n"), "{text}");
     assert!(
         text.starts_with("host: sandbox ok (bubblewrap")
-            && text.contains("\nhost: all 13 tools kmx runs are installed\n"),
+            && text.contains("\nhost: all 14 tools kmx runs are installed\n"),
         "{text}"
     );
 }
@@ -60,6 +60,7 @@ fn doctor_names_missing_host_tools_with_the_packages_to_install() {
         "host: make not found (REQUIRED): needed by every build",
         "host: patch not found: needed by PATCH directives and kmx.toml patches",
         "host: cpio not found: needed by kmx smoke (the guest's initramfs)",
+        "host: pahole not found: needed by BTF in modules for trees with CONFIG_DEBUG_INFO_BTF_MODULES and a vmlinux",
     ] {
         assert!(text.contains(line), "{line}\n{text}");
     }

@@ -500,6 +500,21 @@ fn dh_dkms_maintainer_scripts_install_and_remove_packages_through_kmx_with_dkms_
     );
     assert!(!ko.exists());
     assert_eq!(code(&["remove", "hello/1.0", "-k", RELEASE]), 3);
+
+    // A package whose dkms.conf kept dh_dkms's placeholder (`#MODULES_VERSION#`): built and
+    // registered with the version the postinst gives (`-v 1.0`), as DKMS does.
+    hello_source(
+        &usr_src,
+        "placeholder-1.0",
+        "PACKAGE_NAME=placeholder\nPACKAGE_VERSION=\"#MODULES_VERSION#\"\n",
+    );
+    let post = common_postinst(&k, &root, "placeholder");
+    assert_eq!(post.code(), 0, "{}\n{}", post.stdout(), post.stderr());
+    let status = dkms(&k, &root, &["status", "-m", "placeholder"]).stdout();
+    assert_eq!(
+        status,
+        format!("placeholder/1.0, {RELEASE}, x86_64: installed\n")
+    );
 }
 
 /// The script of the coexistence test: in a private mount namespace, scratch directories

@@ -13,6 +13,7 @@ mod differential;
 mod docs;
 mod doctor;
 mod faults;
+mod fidelity;
 mod hostile;
 mod kernels;
 mod lifecycle;
