@@ -125,6 +125,22 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
                 .hint("kmx passes paths to make and writes them into JSON reports, which need UTF-8: rename it or choose another directory"));
         }
     }
+    if !registered {
+        let out_abs = std::fs::canonicalize(&out).unwrap_or_else(|_| cwd.join(&out));
+        if let Some(d) = dirs
+            .iter()
+            .find(|d| std::fs::canonicalize(d).is_ok_and(|d| out_abs == d))
+        {
+            return Err(Error::usage(format!(
+                "the output directory {} is the module source {}",
+                out.display(),
+                d.display()
+            ))
+            .hint(
+                "choose another output directory (the default ./kmx-out inside the source is fine)",
+            ));
+        }
+    }
     let mut notes = Vec::new();
     let targets = pipeline::setup_targets(
         &ctx.profiles,
@@ -139,6 +155,11 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
     // What a killed earlier build left in the output directory (its owner is dead: no lock
     // is needed to know it is garbage).
     crate::state::tmp::sweep_output(&out);
+    // Tagged before the sources are hashed: OUT inside a source (`kmx build .`) is left out
+    // of its copy and its hash.
+    if !registered && !args.dry_run {
+        crate::digest::tag_output(&out)?;
+    }
     let mut plan = plan::plan(&dirs, &targets, &out, args.sandbox.into())?;
     if let Some(spec) = &args.shard {
         let shard: Shard = spec.parse()?;

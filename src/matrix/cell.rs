@@ -1021,17 +1021,18 @@ fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
     found
 }
 
-/// Copy a source tree (regular files, directories, symlinks), skipping VCS metadata; a
-/// FIFO, socket or device in it is an error, never opened.
+/// Copy a source tree (regular files, directories, symlinks), skipping VCS metadata and
+/// cache directories (kmx's own output: [`crate::digest::left_out_of_source`]); a FIFO,
+/// socket or device in it is an error, never opened.
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| Error::io("create directory", to, e))?;
     let entries = std::fs::read_dir(from).map_err(|e| Error::io("read directory", from, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("read directory", from, e))?;
-        let name = entry.file_name();
-        if name == ".git" || name == ".hg" || name == ".svn" {
+        if crate::digest::left_out_of_source(&entry) {
             continue;
         }
+        let name = entry.file_name();
         let src = entry.path();
         let dst = to.join(&name);
         let ft = entry.file_type().map_err(|e| Error::io("stat", &src, e))?;
