@@ -200,7 +200,10 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
         durations: Some(ctx.home.durations()),
     };
     let stop = crate::process::stop_flag()?;
-    let mut report = pipeline::execute(&plan, &opts, &stop, &mut Printer::default())?;
+    let json_lines = args.message_format == crate::cli::MessageFormat::Json;
+    let mut printer = Printer::default();
+    (printer.quiet, printer.verbose, printer.json_lines) = (args.quiet, args.verbose, json_lines);
+    let mut report = pipeline::execute(&plan, &opts, &stop, &mut printer)?;
     let mut code = report.exit_code();
     if registered {
         // Record every cell with modules in the store, as `install` would have.
@@ -228,9 +231,26 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
             .find(|c| *c == code || *c == smoke_code)
             .unwrap_or(exit::OK);
     }
-    eprint!("{}", report.render());
+    let text = report.render();
+    match args.quiet {
+        // Without the table: what follows it (failures, warnings) and the summary.
+        true => eprint!(
+            "{}",
+            text.split_once("\n\n")
+                .map_or(text.as_str(), |(_, rest)| rest)
+        ),
+        false => eprint!("{text}"),
+    }
     if args.json {
         print_json("build-report", &report)?;
+    }
+    if json_lines {
+        crate::commands::progress::json_line(&serde_json::json!({
+            "reason": "build-finished",
+            "success": code == exit::OK,
+            "exit_code": code,
+            "totals": report.totals,
+        }));
     }
     Ok(code)
 }
