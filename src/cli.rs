@@ -193,7 +193,8 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
     /// Check that targets are usable: toolchain found, kernel trees healthy. Exits 1 when a
     /// selected target is unusable.
     Doctor {
-        /// Targets to check (repeatable or comma-separated) [default: i386, amd64, arm64, armhf].
+        /// Targets to check (repeatable or comma-separated) [default: i386, amd64, arm64, armhf,
+        /// rpi].
         #[arg(long, short)]
         target: Vec<String>,
         /// Print JSON instead of text.
@@ -471,7 +472,7 @@ pub struct BuildArgs {
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<PathBuf>,
     /// Targets to build for (repeatable or comma-separated) [default: every usable one of
-    /// i386, amd64, arm64, armhf].
+    /// i386, amd64, arm64, armhf, rpi].
     #[arg(long, short)]
     pub target: Vec<String>,
     /// Only build for these kernel releases (repeatable), e.g. 6.1.0-50-arm64.

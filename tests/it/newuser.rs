@@ -377,3 +377,19 @@ fn build_has_cargos_quiet_verbose_and_streaming_json_messages() {
     let pkg = k.run(&["package", "nosuch", "--out", "debs"]).expect(2);
     assert!(pkg.stderr().contains("not registered"), "{}", pkg.stderr());
 }
+
+#[test]
+fn help_names_the_default_targets_kmx_really_uses() {
+    let k = Kmx::empty();
+    let wanted = kmx::config::load::DEFAULT_TARGETS.join(", ");
+    for cmd in ["build", "doctor", "kernels fetch"] {
+        let mut args: Vec<&str> = cmd.split(' ').collect();
+        args.push("--help");
+        let help = k.run(&args).ok().stdout().replace("\n", " ");
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            help.contains(&wanted),
+            "kmx {cmd} --help lacks [{wanted}]:\n{help}"
+        );
+    }
+}
