@@ -126,7 +126,7 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         #[arg(long, short, conflicts_with = "check")]
         kernel: Option<String>,
         /// Only this target.
-        #[arg(long, short, conflicts_with = "check")]
+        #[arg(long, short, value_parser = TargetName, hide_possible_values = true, conflicts_with = "check")]
         target: Option<String>,
         /// `table`, or `dkms`: DKMS's own lines (`hello/1.0, 6.1.0-50-arm64, aarch64:
         /// installed`), with the target's DKMS arch, for scripts written for `dkms status`.
@@ -155,7 +155,7 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         #[arg(long, short, conflicts_with = "all")]
         kernel: Option<String>,
         /// Only this target.
-        #[arg(long, short)]
+        #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
         target: Option<String>,
         /// Every kernel the module is built for.
         #[arg(long)]
@@ -173,7 +173,7 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         /// Only this module, as MODULE or MODULE/VERSION [default: every built module].
         module: Option<String>,
         /// Only these targets (repeatable or comma-separated) [default: all].
-        #[arg(long, short, value_delimiter = ',')]
+        #[arg(long, short, value_parser = TargetName, hide_possible_values = true, value_delimiter = ',')]
         target: Vec<String>,
         /// The archive to write (gzip-compressed when it ends in .gz or .tgz).
         #[arg(long, short, value_name = "FILE")]
@@ -195,7 +195,7 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
     Doctor {
         /// Targets to check (repeatable or comma-separated) [default: i386, amd64, arm64, armhf,
         /// rpi].
-        #[arg(long, short)]
+        #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
         target: Vec<String>,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -230,7 +230,7 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         /// Targets to boot (repeatable or comma-separated): each module goes to the one whose
         /// kernel release matches its vermagic, or to the only one given [default: every
         /// known target].
-        #[arg(long, short)]
+        #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
         target: Vec<String>,
         /// Give up on a boot after this many seconds.
         #[arg(long, default_value_t = SMOKE_TIMEOUT_SECS, value_name = "SECS")]
@@ -255,7 +255,7 @@ pub struct PackageArgs {
     #[arg(long, value_enum, default_value_t = PackageFormat::Deb)]
     pub format: PackageFormat,
     /// Only these targets (repeatable or comma-separated) [default: all].
-    #[arg(long, short, value_delimiter = ',')]
+    #[arg(long, short, value_parser = TargetName, hide_possible_values = true, value_delimiter = ',')]
     pub target: Vec<String>,
     /// Only these kernel releases (repeatable or comma-separated) [default: all].
     #[arg(long, short, value_delimiter = ',', value_name = "RELEASE")]
@@ -313,7 +313,7 @@ pub enum KernelsCmd {
         /// The kernel release, as `kmx kernels list` shows it (e.g. 6.1.0-50-arm64).
         release: String,
         /// Only this target's entry.
-        #[arg(long, short)]
+        #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
         target: Option<String>,
     },
     /// Remove every fetched tree older than the newest ABI of its source, for each target.
@@ -328,7 +328,7 @@ pub enum KernelsCmd {
 pub struct FetchArgs {
     /// Targets to fetch for (repeatable or comma-separated) [default: i386, amd64, arm64,
     /// armhf, rpi].
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
     pub target: Vec<String>,
     /// Pin the kernel ABI, e.g. 6.1.0-50 or 6.12.95+deb12, taken from whichever of the
     /// target's sources carries it [default: the newest of every source].
@@ -395,7 +395,7 @@ pub struct InstallArgs {
     pub module: String,
     /// The target the module is built for [default: the one whose trees provide --kernel's
     /// release; with several, the one among the default targets].
-    #[arg(long, short, required_unless_present = "kernel")]
+    #[arg(long, short, value_parser = TargetName, hide_possible_values = true, required_unless_present = "kernel")]
     pub target: Option<String>,
     /// The kernel release to install for, e.g. 6.1.0-50-arm64 [default, with --root IMG:
     /// every kernel IMG has in lib/modules that one of the target's trees provides; with
@@ -445,7 +445,7 @@ pub struct UninstallArgs {
     #[arg(required_unless_present = "all")]
     pub module: Option<String>,
     /// The target it was installed for [default: whichever it was installed for].
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
     pub target: Option<String>,
     /// Uninstall every module kmx installed for this kernel in ROOT (narrowed by MODULE and
     /// --target when given): what the kernel's prerm hook runs.
@@ -473,7 +473,7 @@ pub struct BuildArgs {
     pub sources: Vec<PathBuf>,
     /// Targets to build for (repeatable or comma-separated) [default: every usable one of
     /// i386, amd64, arm64, armhf, rpi].
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
     pub target: Vec<String>,
     /// Only build for these kernel releases (repeatable), e.g. 6.1.0-50-arm64.
     #[arg(long, short)]
@@ -621,7 +621,7 @@ pub struct VerifyArgs {
     /// module's own: the target its build record (provenance.json, beside the modules
     /// `kmx build` writes) names, else the one whose trees have the module's release and
     /// whose compiler makes its ELF identity].
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
     pub target: Option<String>,
     /// Check against the target's tree with this kernel release, e.g. 6.1.0-50-arm64.
     #[arg(long, short, value_name = "RELEASE", conflicts_with_all = ["kdir", "no_kernel"])]
@@ -702,6 +702,33 @@ fn without_env(cmd: clap::Command) -> clap::Command {
 /// A size such as `500M`, `2G` or `1048576` (bytes).
 fn size(s: &str) -> Result<u64, String> {
     crate::state::cache::parse_size(s).ok_or_else(|| "write a size such as 500M or 2G".to_string())
+}
+
+/// A `--target` value: any name (profiles of `--config-dir` and ~/.config/kmx count too, and
+/// `aarch64` stands for `arm64`; the command resolves it), with the shipped targets as the
+/// possible values shell completions offer (instead of file names).
+#[derive(Debug, Clone, Copy)]
+pub struct TargetName;
+
+impl clap::builder::TypedValueParser for TargetName {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            crate::config::load::shipped_targets().map(clap::builder::PossibleValue::new),
+        ))
+    }
 }
 
 /// `kmx build --message-format`.

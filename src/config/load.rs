@@ -16,6 +16,14 @@ use std::path::{Path, PathBuf};
 use crate::config::profile::{Target, Toolchain};
 use crate::error::{Error, Result};
 
+/// The names of the targets shipped with kmx (for shell completions).
+pub fn shipped_targets() -> impl Iterator<Item = &'static str> {
+    BUILTIN.iter().filter_map(|(path, _)| {
+        path.strip_prefix("targets/")
+            .and_then(|f| f.strip_suffix(".toml"))
+    })
+}
+
 /// Profiles shipped with kmx: (relative path, contents).
 const BUILTIN: &[(&str, &str)] = &[
     (

@@ -393,3 +393,51 @@ fn help_names_the_default_targets_kmx_really_uses() {
         );
     }
 }
+
+#[test]
+fn completion_of_target_offers_the_targets() {
+    let k = Kmx::empty();
+    let bash = k.run(&["completions", "bash"]).ok().stdout();
+    // `kmx build -t <TAB>`: the shipped targets, not file names.
+    let build = bash
+        .split("kmx__subcmd__build)")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no build section:\n{bash}"));
+    let target = build
+        .split("--target)")
+        .nth(1)
+        .and_then(|s| s.lines().nth(1))
+        .unwrap_or_else(|| panic!("no --target case:\n{build}"));
+    assert!(
+        target.contains("compgen -W \"") && target.contains("arm64") && target.contains("rpi3"),
+        "{target}"
+    );
+    // Any other name is still accepted (user profiles, architecture names), and help is
+    // unchanged.
+    let help = k.run(&["build", "--help"]).ok().stdout();
+    assert!(!help.contains("rpi3"), "{help}");
+}
+
+#[test]
+fn an_error_under_json_is_a_json_document_too() {
+    let k = Kmx::empty();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("docs/schemas/kmx.error-1.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    for args in [
+        &["verify", "nosuch.ko", "--json"][..],
+        &["--config-dir", "/nonexistent/kmx-conf", "targets", "--json"][..],
+        &["build", "nosuch-dir", "--message-format", "json"][..],
+    ] {
+        let run = k.run(args).expect(2);
+        let doc = run.json();
+        assert_eq!(doc["schema"], "kmx.error/1", "{doc}");
+        assert_eq!(doc["exit_code"], 2, "{doc}");
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}\n{doc}");
+        // The text stays on stderr.
+        assert!(run.stderr().starts_with("error: "), "{}", run.stderr());
+    }
+}

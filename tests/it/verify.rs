@@ -168,9 +168,9 @@ fn tampered_modules_are_rejected_with_the_kernels_reason() {
     let lines: Vec<String> = run.stdout().lines().map(str::to_string).collect();
     assert!(lines[0].starts_with("FAIL "), "{lines:?}");
     assert!(lines[1].starts_with("WARN "), "{lines:?}");
-    // The unsigned module's hint, once, before the totals.
+    // The unsigned modules' hint, once, before the totals.
     assert!(
-        lines[2].starts_with("hint: 1 module is unsigned: "),
+        lines[2].starts_with("hint: 2 modules are unsigned: "),
         "{lines:?}"
     );
     assert!(
