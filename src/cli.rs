@@ -130,7 +130,7 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         #[arg(long, short, conflicts_with = "check")]
         kernel: Option<String>,
         /// Only this target.
-        #[arg(long, short, conflicts_with = "check")]
+        #[arg(long, short, value_parser = TargetName, hide_possible_values = true, conflicts_with = "check")]
         target: Option<String>,
         /// `table`, or `dkms`: DKMS's own lines (`hello/1.0, 6.1.0-50-arm64, aarch64:
         /// installed`), with the target's DKMS arch, for scripts written for `dkms status`.
@@ -149,6 +149,25 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
     /// every target whose trees provide it (what the kernel hooks in /etc/kernel run).
     /// One module failing does not stop the others; exits 1 if any failed.
     Autoinstall(AutoinstallArgs),
+    /// Undo builds of a registered module, like `dkms unbuild`: its installs of those builds
+    /// are uninstalled first (from every root), then the built cells are dropped; the source
+    /// stays registered. Without --kernel or --all: the running kernel's, as DKMS does.
+    Unbuild {
+        /// The module, as MODULE or MODULE/VERSION (default: its newest registered version).
+        module: String,
+        /// Only this kernel release [default: the running kernel's, `uname -r`].
+        #[arg(long, short, conflicts_with = "all")]
+        kernel: Option<String>,
+        /// Only this target.
+        #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
+        target: Option<String>,
+        /// Every kernel the module is built for.
+        #[arg(long)]
+        all: bool,
+        /// Do not run depmod after uninstalling.
+        #[arg(long)]
+        no_depmod: bool,
+    },
     /// Module signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -158,7 +177,7 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         /// Only this module, as MODULE or MODULE/VERSION [default: every built module].
         module: Option<String>,
         /// Only these targets (repeatable or comma-separated) [default: all].
-        #[arg(long, short, value_delimiter = ',')]
+        #[arg(long, short, value_parser = TargetName, hide_possible_values = true, value_delimiter = ',')]
         target: Vec<String>,
         /// The archive to write (gzip-compressed when it ends in .gz or .tgz).
         #[arg(long, short, value_name = "FILE")]
@@ -178,8 +197,9 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
     /// Check that targets are usable: toolchain found, kernel trees healthy. Exits 1 when a
     /// selected target is unusable.
     Doctor {
-        /// Targets to check (repeatable or comma-separated) [default: i386, amd64, arm64, armhf].
-        #[arg(long, short)]
+        /// Targets to check (repeatable or comma-separated) [default: i386, amd64, arm64, armhf,
+        /// rpi].
+        #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
         target: Vec<String>,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -227,7 +247,7 @@ Without -k, the running kernel (uname -r). The root is / or KMX_ROOT."
         /// Targets to boot (repeatable or comma-separated): each module goes to the one whose
         /// kernel release matches its vermagic, or to the only one given [default: every
         /// known target].
-        #[arg(long, short)]
+        #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
         target: Vec<String>,
         /// Give up on a boot after this many seconds.
         #[arg(long, default_value_t = SMOKE_TIMEOUT_SECS, value_name = "SECS")]
@@ -252,13 +272,13 @@ pub struct PackageArgs {
     #[arg(long, value_enum, default_value_t = PackageFormat::Deb)]
     pub format: PackageFormat,
     /// Only these targets (repeatable or comma-separated) [default: all].
-    #[arg(long, short, value_delimiter = ',')]
+    #[arg(long, short, value_parser = TargetName, hide_possible_values = true, value_delimiter = ',')]
     pub target: Vec<String>,
     /// Only these kernel releases (repeatable or comma-separated) [default: all].
     #[arg(long, short, value_delimiter = ',', value_name = "RELEASE")]
     pub kernel: Vec<String>,
     /// The directory to write the packages into (created if missing).
-    #[arg(long, short, value_name = "DIR")]
+    #[arg(long, short, visible_alias = "out", value_name = "DIR")]
     pub output: PathBuf,
     /// The packages' Debian architecture [default: the target profile's `[debian] arch`].
     #[arg(long, value_name = "ARCH")]
@@ -310,7 +330,7 @@ pub enum KernelsCmd {
         /// The kernel release, as `kmx kernels list` shows it (e.g. 6.1.0-50-arm64).
         release: String,
         /// Only this target's entry.
-        #[arg(long, short)]
+        #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
         target: Option<String>,
     },
     /// Remove every fetched tree older than the newest ABI of its source, for each target.
@@ -325,7 +345,7 @@ pub enum KernelsCmd {
 pub struct FetchArgs {
     /// Targets to fetch for (repeatable or comma-separated) [default: i386, amd64, arm64,
     /// armhf, rpi].
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
     pub target: Vec<String>,
     /// Pin the kernel ABI, e.g. 6.1.0-50 or 6.12.95+deb12, taken from whichever of the
     /// target's sources carries it [default: the newest of every source].
@@ -390,9 +410,10 @@ pub struct SignArgs {
 pub struct InstallArgs {
     /// The module, as MODULE or MODULE/VERSION (default: its newest registered version).
     pub module: String,
-    /// The target the module is built for.
-    #[arg(long, short)]
-    pub target: String,
+    /// The target the module is built for [default: the one whose trees provide --kernel's
+    /// release; with several, the one among the default targets].
+    #[arg(long, short, value_parser = TargetName, hide_possible_values = true, required_unless_present = "kernel")]
+    pub target: Option<String>,
     /// The kernel release to install for, e.g. 6.1.0-50-arm64 [default, with --root IMG:
     /// every kernel IMG has in lib/modules that one of the target's trees provides; with
     /// the root /, it must be named].
@@ -417,8 +438,9 @@ pub struct InstallArgs {
 
 #[derive(Debug, Args)]
 pub struct AutoinstallArgs {
-    /// The kernel release that arrived, e.g. 6.1.0-51-arm64 [default, with --root IMG:
-    /// every kernel IMG has in lib/modules].
+    /// The kernel release that arrived, e.g. 6.1.0-51-arm64 [default: the running kernel's
+    /// (`uname -r`), as `dkms autoinstall` does; with --root IMG: every kernel IMG has in
+    /// lib/modules].
     #[arg(long, short)]
     pub kernel: Option<String>,
     /// The root to install into.
@@ -439,16 +461,18 @@ pub struct UninstallArgs {
     /// The module, as MODULE or MODULE/VERSION (default: the one installed version).
     #[arg(required_unless_present = "all")]
     pub module: Option<String>,
-    /// The target it was installed for.
-    #[arg(long, short, required_unless_present = "all")]
+    /// The target it was installed for [default: whichever it was installed for].
+    #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
     pub target: Option<String>,
     /// Uninstall every module kmx installed for this kernel in ROOT (narrowed by MODULE and
     /// --target when given): what the kernel's prerm hook runs.
     #[arg(long)]
     pub all: bool,
-    /// The kernel release it was installed for.
+    /// The kernel release it was installed for [default: the running kernel's (`uname -r`),
+    /// as `dkms uninstall` does; with --root IMG: every kernel it is installed for there, as
+    /// `kmx install --root IMG` installs for every kernel of the image].
     #[arg(long, short)]
-    pub kernel: String,
+    pub kernel: Option<String>,
     /// The root it was installed into.
     #[arg(long, default_value = "/", value_name = "DIR")]
     pub root: PathBuf,
@@ -524,15 +548,15 @@ pub struct BuildArgs {
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<PathBuf>,
     /// Targets to build for (repeatable or comma-separated) [default: every usable one of
-    /// i386, amd64, arm64, armhf].
-    #[arg(long, short)]
+    /// i386, amd64, arm64, armhf, rpi].
+    #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
     pub target: Vec<String>,
     /// Only build for these kernel releases (repeatable), e.g. 6.1.0-50-arm64.
     #[arg(long, short)]
     pub kernel: Vec<String>,
     /// Output directory: artifacts go to OUT/<module>/<version>/<kernel>/<target>/
     /// [default: kmx-out; registered modules: the state store].
-    #[arg(long, short, value_name = "OUT")]
+    #[arg(long, short, visible_alias = "output", value_name = "OUT")]
     pub out: Option<PathBuf>,
     /// Parallel jobs: the make jobserver's slots, shared by every cell [default: number of
     /// CPUs]. With a remote launcher (distcc) it may exceed the local cores.
@@ -548,8 +572,19 @@ pub struct BuildArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Print the report as JSON on stdout (progress and summary still go to stderr).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "message_format")]
     pub json: bool,
+    /// How each finished cell is reported: `human` (lines on stderr), or `json`, cargo's
+    /// convention: one JSON object per line on stdout as each cell finishes (`"reason":
+    /// "cell-finished"`), then `"reason": "build-finished"` with the totals.
+    #[arg(long, value_enum, default_value_t = MessageFormat::Human, value_name = "FMT")]
+    pub message_format: MessageFormat,
+    /// No progress lines and no table, as cargo's -q: failures and the summary only.
+    #[arg(long, short, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Also print each cell's make command line as it starts, as cargo's -v prints rustc's.
+    #[arg(long, short)]
+    pub verbose: bool,
     /// Compiler launcher put before the compiler, overriding the toolchains' (e.g. "ccache").
     #[arg(long, value_name = "WORDS", value_parser = words)]
     pub launcher: Option<Words>,
@@ -658,8 +693,11 @@ pub struct VerifyArgs {
     /// them (e.g. an extracted lib/modules/RELEASE; symlinked directories are not followed).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// The target the modules are for: its ELF identity and kernel trees.
-    #[arg(long, short, required_unless_present = "no_kernel")]
+    /// The target the modules are for: its ELF identity and kernel trees [default: each
+    /// module's own: the target its build record (provenance.json, beside the modules
+    /// `kmx build` writes) names, else the one whose trees have the module's release and
+    /// whose compiler makes its ELF identity].
+    #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
     pub target: Option<String>,
     /// Check against the target's tree with this kernel release, e.g. 6.1.0-50-arm64.
     #[arg(long, short, value_name = "RELEASE", conflicts_with_all = ["kdir", "no_kernel"])]
@@ -740,6 +778,40 @@ fn without_env(cmd: clap::Command) -> clap::Command {
 /// A size such as `500M`, `2G` or `1048576` (bytes).
 fn size(s: &str) -> Result<u64, String> {
     crate::state::cache::parse_size(s).ok_or_else(|| "write a size such as 500M or 2G".to_string())
+}
+
+/// A `--target` value: any name (profiles of `--config-dir` and ~/.config/kmx count too, and
+/// `aarch64` stands for `arm64`; the command resolves it), with the shipped targets as the
+/// possible values shell completions offer (instead of file names).
+#[derive(Debug, Clone, Copy)]
+pub struct TargetName;
+
+impl clap::builder::TypedValueParser for TargetName {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            crate::config::load::shipped_targets().map(clap::builder::PossibleValue::new),
+        ))
+    }
+}
+
+/// `kmx build --message-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MessageFormat {
+    Human,
+    Json,
 }
 
 /// `kmx status --format`.

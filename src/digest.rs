@@ -84,7 +84,52 @@ pub fn refuse_special(path: &Path, ft: &std::fs::FileType) -> Result<()> {
         .hint("a module source may hold only files, directories and symbolic links; remove it"))
 }
 
-/// The contents of a source tree (VCS metadata aside).
+/// The first bytes of a cache directory tag (<https://bford.info/cachedir/>): a directory
+/// holding a `CACHEDIR.TAG` that starts with them is a cache, not a source, for tar's
+/// `--exclude-caches`, cargo (which tags `target/`) and kmx.
+pub const CACHEDIR_SIGNATURE: &str = "Signature: 8a477f597d28d172789f06886806bc55";
+
+/// Tag `dir` (kmx's output directory) as a cache directory, so that a build of the source
+/// it lies in (`kmx build .` with the default `./kmx-out`) neither copies nor hashes it.
+pub fn tag_output(dir: &Path) -> Result<()> {
+    let tag = dir.join("CACHEDIR.TAG");
+    if is_cache_dir(dir) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    let text = format!(
+        "{CACHEDIR_SIGNATURE}\n# This file is a cache directory tag created by kmx: the \
+         directory holds kmx build output.\n# For information about cache directory tags, \
+         see https://bford.info/cachedir/\n"
+    );
+    let tmp = dir.join(".CACHEDIR.TAG.kmx-tmp");
+    std::fs::write(&tmp, text).map_err(|e| Error::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, &tag).map_err(|e| Error::io("rename", &tag, e))
+}
+
+/// Whether `dir` holds a valid cache directory tag.
+pub fn is_cache_dir(dir: &Path) -> bool {
+    use std::io::Read;
+    let Ok(f) = std::fs::File::open(dir.join("CACHEDIR.TAG")) else {
+        return false;
+    };
+    let mut head = Vec::with_capacity(CACHEDIR_SIGNATURE.len());
+    let _ = f
+        .take(CACHEDIR_SIGNATURE.len() as u64)
+        .read_to_end(&mut head);
+    head == CACHEDIR_SIGNATURE.as_bytes()
+}
+
+/// Whether a walk of a source tree (its copy and its hash) leaves this entry out: VCS
+/// metadata, and cache directories (kmx's own output, tagged by [`tag_output`]).
+pub fn left_out_of_source(entry: &std::fs::DirEntry) -> bool {
+    if matches!(entry.file_name().to_str(), Some(".git" | ".hg" | ".svn")) {
+        return true;
+    }
+    entry.file_type().is_ok_and(|t| t.is_dir()) && is_cache_dir(&entry.path())
+}
+
+/// The contents of a source tree (VCS metadata and cache directories aside).
 pub fn source_tree(dir: &Path) -> Result<String> {
     let mut fp = Fingerprint::new();
     hash_dir(dir, dir, &mut fp)?;
@@ -95,7 +140,7 @@ fn hash_dir(root: &Path, dir: &Path, fp: &mut Fingerprint) -> Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| Error::io("read directory", dir, e))?
         .filter_map(|e| e.ok())
-        .filter(|e| !matches!(e.file_name().to_str(), Some(".git" | ".hg" | ".svn")))
+        .filter(|e| !left_out_of_source(e))
         .collect();
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {

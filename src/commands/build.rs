@@ -142,6 +142,22 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
                 .hint("kmx passes paths to make and writes them into JSON reports, which need UTF-8: rename it or choose another directory"));
         }
     }
+    if !registered {
+        let out_abs = std::fs::canonicalize(&out).unwrap_or_else(|_| cwd.join(&out));
+        if let Some(d) = dirs
+            .iter()
+            .find(|d| std::fs::canonicalize(d).is_ok_and(|d| out_abs == d))
+        {
+            return Err(Error::usage(format!(
+                "the output directory {} is the module source {}",
+                out.display(),
+                d.display()
+            ))
+            .hint(
+                "choose another output directory (the default ./kmx-out inside the source is fine)",
+            ));
+        }
+    }
     let mut notes = Vec::new();
     let targets = pipeline::setup_targets(
         &ctx.profiles,
@@ -156,6 +172,11 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
     // What a killed earlier build left in the output directory (its owner is dead: no lock
     // is needed to know it is garbage).
     crate::state::tmp::sweep_output(&out);
+    // Tagged before the sources are hashed: OUT inside a source (`kmx build .`) is left out
+    // of its copy and its hash.
+    if !registered && !args.dry_run {
+        crate::digest::tag_output(&out)?;
+    }
     let mut plan = plan::plan_given(&sources, &targets, &out, args.sandbox.into())?;
     if let Some(spec) = &args.shard {
         let shard: Shard = spec.parse()?;
@@ -196,7 +217,10 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
         durations: Some(ctx.home.durations()),
     };
     let stop = crate::process::stop_flag()?;
-    let mut report = pipeline::execute(&plan, &opts, &stop, &mut Printer::default())?;
+    let json_lines = args.message_format == crate::cli::MessageFormat::Json;
+    let mut printer = Printer::default();
+    (printer.quiet, printer.verbose, printer.json_lines) = (args.quiet, args.verbose, json_lines);
+    let mut report = pipeline::execute(&plan, &opts, &stop, &mut printer)?;
     let mut code = report.exit_code();
     if registered {
         // Record every cell with modules in the store, as `install` would have.
@@ -224,9 +248,26 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
             .find(|c| *c == code || *c == smoke_code)
             .unwrap_or(exit::OK);
     }
-    eprint!("{}", report.render());
+    let text = report.render();
+    match args.quiet {
+        // Without the table: what follows it (failures, warnings) and the summary.
+        true => eprint!(
+            "{}",
+            text.split_once("\n\n")
+                .map_or(text.as_str(), |(_, rest)| rest)
+        ),
+        false => eprint!("{text}"),
+    }
     if args.json {
         print_json("build-report", &report)?;
+    }
+    if json_lines {
+        crate::commands::progress::json_line(&serde_json::json!({
+            "reason": "build-finished",
+            "success": code == exit::OK,
+            "exit_code": code,
+            "totals": report.totals,
+        }));
     }
     Ok(code)
 }

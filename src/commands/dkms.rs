@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use super::Context;
-use super::lifecycle;
+use super::lifecycle::{self, running_kernel};
 use super::progress::Printer;
 use crate::cli::{AutoinstallArgs, DkmsArgs, InstallArgs, SignArgs, UninstallArgs};
 use crate::config::manifest::Given;
@@ -161,13 +161,6 @@ pub fn interpret(args: &DkmsArgs, is_source: &dyn Fn(&Path) -> bool) -> Result<R
         source,
         kernels,
     })
-}
-
-/// The running kernel's release (`uname -r`).
-fn running_kernel() -> Result<String> {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .map_err(|e| Error::io("read", Path::new("/proc/sys/kernel/osrelease"), e))
 }
 
 /// What an action works on: its root, the request, and the command's flags.
@@ -486,7 +479,7 @@ impl Job<'_> {
         }
         let args = InstallArgs {
             module: format!("{m}/{v}"),
-            target,
+            target: Some(target),
             kernel: Some(release.to_string()),
             root: self.root.clone(),
             create: false,
@@ -520,7 +513,7 @@ impl Job<'_> {
             module: Some(format!("{m}/{v}")),
             target: None,
             all: true,
-            kernel: release.to_string(),
+            kernel: Some(release.to_string()),
             root: self.root.clone(),
             no_depmod: self.args.no_depmod,
         };

@@ -86,18 +86,41 @@ pub fn targets(ctx: &Context, json: bool) -> Result<i32> {
             .iter()
             .filter_map(|t| t.release.as_deref())
             .collect();
+        // A target with a compiler and no tree at all is not broken: its trees were not
+        // fetched (rpi3 and rpi4 use Debian's arm64 packages, fetched once for arm64).
+        let target = ctx.profiles.target(&h.target)?;
+        let unfetched = h.trees.is_empty() && h.compiler.is_some() && target.fetched_kernels;
+        let status = match (h.usable, unfetched) {
+            (true, _) => "ok",
+            (false, true) => "-",
+            (false, false) => "BROKEN",
+        };
+        let trees = if unfetched {
+            let same = target.debian.as_ref().and_then(|d| {
+                all.iter().find(|o| {
+                    o.target != h.target
+                        && !o.trees.is_empty()
+                        && ctx.profiles.target(&o.target).is_ok_and(|t| {
+                            t.debian
+                                .as_ref()
+                                .is_some_and(|od| od.arch == d.arch && od.flavour == d.flavour)
+                        })
+                })
+            });
+            format!(
+                "not fetched: run `kmx kernels fetch --target {}`{}",
+                h.target,
+                same.map(|o| format!(" (the packages target {} fetched: no download)", o.target))
+                    .unwrap_or_default()
+            )
+        } else if releases.is_empty() {
+            "none".to_string()
+        } else {
+            releases.join(", ")
+        };
         println!(
             "{:<10} {:<6} {:<22} {:<34} {:<6} {}",
-            h.target,
-            h.kernel_arch,
-            h.toolchain,
-            compiler,
-            if h.usable { "ok" } else { "BROKEN" },
-            if releases.is_empty() {
-                "none".to_string()
-            } else {
-                releases.join(", ")
-            }
+            h.target, h.kernel_arch, h.toolchain, compiler, status, trees
         );
     }
     Ok(exit::OK)

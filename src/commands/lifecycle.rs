@@ -248,7 +248,17 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
     let pause = pause_at();
     let _lock = store.lock(wait)?;
     let version = pick_version(store, &module, version)?;
-    let releases = releases_to_install(ctx, store, args, &root, &module, &version)?;
+    let target = match (&args.target, &args.kernel) {
+        (Some(t), _) => ctx.profiles.target(t)?.name.clone(),
+        (None, Some(release)) => target_of_release(ctx, store, &root, release, &module, &version)?,
+        (None, None) => {
+            return Err(Error::usage(
+                "name the target with --target or the kernel release with --kernel",
+            ));
+        }
+    };
+    let target = &target;
+    let releases = releases_to_install(ctx, store, args, target, &root, &module, &version)?;
     // One plan for every release: dkms.conf is read and the cells are built (in parallel)
     // once, then each is installed.
     let preps: Vec<(CellKey, Result<Prep>)> = if store.load_source(&module, &version)?.is_some() {
@@ -256,7 +266,7 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
         let targets = setup_targets_in(
             &ctx.profiles,
             &ctx.home,
-            std::slice::from_ref(&args.target),
+            std::slice::from_ref(target),
             &releases,
             &root,
             &mut notes,
@@ -270,8 +280,7 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
             cache: Some(Cache::new(ctx.home.cell_cache(), DEFAULT_MAX_BYTES)),
             ..Options::default()
         };
-        let want =
-            |c: &Cell| c.target.target.name == args.target && releases.contains(&c.tree.release);
+        let want = |c: &Cell| c.target.target.name == *target && releases.contains(&c.tree.release);
         let mut preps = prepare(
             store,
             &[(module.clone(), version.clone())],
@@ -292,8 +301,7 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
             .find(|r| !preps.iter().any(|(k, _)| k.release == **r))
         {
             return Err(Error::env(format!(
-                "target {} has no kernel tree with release {r}",
-                args.target
+                "target {target} has no kernel tree with release {r}"
             )));
         }
         preps
@@ -305,7 +313,7 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
                     module: module.clone(),
                     version: version.clone(),
                     release: release.clone(),
-                    target: args.target.clone(),
+                    target: target.clone(),
                 };
                 let prep = prepare_binary(&ctx.profiles, &ctx.home, store, &key);
                 (key, prep)
@@ -338,15 +346,65 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
 /// The image kernels `kmx install` installs for: `--kernel`'s (which an image root must
 /// have, unless `--create`), or every release the image has whose architecture is the
 /// target's and that one of the target's trees (or a binary-only build) provides.
+/// The target `kmx install -k RELEASE` without --target installs for: the one whose kernel
+/// trees (fetched, or installed in ROOT) or whose builds of the module provide RELEASE; of
+/// several, the only one among the default targets (`arm64` for 6.1.0-50-arm64, which the
+/// `rpi3` target builds against too).
+fn target_of_release(
+    ctx: &Context,
+    store: &Store,
+    root: &Path,
+    release: &str,
+    module: &str,
+    version: &str,
+) -> Result<String> {
+    let mut registry = crate::kernel::registry::Registry::load(&ctx.home)?;
+    registry.add_installed(&ctx.profiles, root);
+    let mut names: Vec<String> = registry
+        .trees
+        .iter()
+        .filter(|t| t.release == release)
+        .map(|t| t.target.clone())
+        .chain(
+            store
+                .built_all()?
+                .into_iter()
+                .filter(|b| b.module == module && b.version == version && b.release == release)
+                .map(|b| b.target),
+        )
+        .filter(|t| ctx.profiles.targets.contains_key(t))
+        .collect();
+    names.sort();
+    names.dedup();
+    let defaults: Vec<String> = names
+        .iter()
+        .filter(|n| crate::config::load::DEFAULT_TARGETS.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    match (names.as_slice(), defaults.as_slice()) {
+        ([one], _) | (_, [one]) => Ok(one.clone()),
+        ([], _) => Err(Error::usage(format!(
+            "no target has a kernel tree of release {release}, so kmx cannot tell which to install for"
+        ))
+        .hint("name the target with --target (`kmx kernels list` shows the releases each has)")),
+        (many, _) => Err(Error::usage(format!(
+            "several targets have a kernel tree of release {release}: {}",
+            many.join(", ")
+        ))
+        .hint("name one with --target")),
+    }
+}
+
 fn releases_to_install(
     ctx: &Context,
     store: &Store,
     args: &InstallArgs,
+    target: &str,
     root: &Path,
     module: &str,
     version: &str,
 ) -> Result<Vec<String>> {
-    let target = ctx.profiles.target(&args.target)?;
+    let target = ctx.profiles.target(target)?;
     let identity = ctx.profiles.toolchain_of(target)?.identity;
     let is_image = root != Path::new("/");
     if let Some(release) = &args.kernel {
@@ -415,6 +473,13 @@ pub fn uninstall_cmd(store: &Store, args: &UninstallArgs, wait: bool) -> Result<
         None => (None, None),
     };
     let root = install::resolve_root_for_uninstall(&args.root)?;
+    // DKMS's default kernel is the running one; an image's is every kernel it has.
+    let kernel = match &args.kernel {
+        Some(k) => Some(k.clone()),
+        None if root == Path::new("/") => Some(running_kernel()?),
+        None => None,
+    };
+    let kernel_shown = kernel.as_deref().unwrap_or("any kernel");
     let pause = pause_at();
     let _lock = store.lock(wait)?;
     let mut found: Vec<InstallRecord> = store
@@ -423,7 +488,7 @@ pub fn uninstall_cmd(store: &Store, args: &UninstallArgs, wait: bool) -> Result<
         .filter(|r| {
             module.as_ref().is_none_or(|m| *m == r.module)
                 && version.as_ref().is_none_or(|v| *v == r.version)
-                && r.release == args.kernel
+                && kernel.as_ref().is_none_or(|k| *k == r.release)
                 && args.target.as_ref().is_none_or(|t| *t == r.target)
         })
         .collect();
@@ -431,22 +496,22 @@ pub fn uninstall_cmd(store: &Store, args: &UninstallArgs, wait: bool) -> Result<
     if found.is_empty() {
         if args.all {
             eprintln!(
-                "nothing to uninstall: kmx installed nothing matching for {} in {}",
-                args.kernel,
+                "nothing to uninstall: kmx installed nothing matching for {kernel_shown} in {}",
                 root.display()
             );
             return Ok(exit::OK);
         }
         return Err(Error::usage(format!(
-            "{shown} is not installed for {} {} in {}",
+            "{shown} is not installed for {} {kernel_shown} in {}",
             args.target.as_deref().unwrap_or("any target"),
-            args.kernel,
             root.display()
         ))
         .hint("`kmx status` lists what is installed where"));
     }
-    if found.len() > 1 && !args.all {
-        let versions: Vec<&str> = found.iter().map(|r| r.version.as_str()).collect();
+    let mut versions: Vec<&str> = found.iter().map(|r| r.version.as_str()).collect();
+    versions.sort();
+    versions.dedup();
+    if versions.len() > 1 && !args.all {
         return Err(Error::usage(format!(
             "several versions of {shown} are installed there: {}",
             versions.join(", ")
@@ -472,6 +537,81 @@ pub fn uninstall_cmd(store: &Store, args: &UninstallArgs, wait: bool) -> Result<
                 String::new()
             }
         );
+    }
+    Ok(exit::OK)
+}
+
+/// The running kernel's release (`uname -r`): DKMS's default kernel.
+pub(super) fn running_kernel() -> Result<String> {
+    let path = Path::new("/proc/sys/kernel/osrelease");
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| Error::io("read the running kernel's release from", path, e))
+}
+
+/// `kmx unbuild`: like `dkms unbuild`, uninstall what was installed from the builds, then
+/// drop the builds (and records of failed builds); the source stays registered.
+pub fn unbuild_cmd(
+    store: &Store,
+    module_arg: &str,
+    kernel: Option<&str>,
+    target: Option<&str>,
+    all: bool,
+    no_depmod: bool,
+    wait: bool,
+) -> Result<i32> {
+    let (module, version) = split_module(module_arg)?;
+    let kernel = match (kernel, all) {
+        (Some(k), _) => Some(k.to_string()),
+        (None, true) => None,
+        (None, false) => Some(running_kernel()?),
+    };
+    let _lock = store.lock(wait)?;
+    let version = pick_version(store, &module, version)?;
+    let wanted = |m: &str, v: &str, r: &str, t: &str| {
+        m == module
+            && v == version
+            && kernel.as_deref().is_none_or(|k| k == r)
+            && target.is_none_or(|x| x == t)
+    };
+    let built: Vec<BuiltRecord> = store
+        .built_all()?
+        .into_iter()
+        .filter(|b| wanted(&b.module, &b.version, &b.release, &b.target))
+        .collect();
+    let failed: Vec<CellKey> = store
+        .failed_all()?
+        .into_iter()
+        .map(|f| f.key())
+        .filter(|k| wanted(&k.module, &k.version, &k.release, &k.target))
+        .collect();
+    if built.is_empty() && failed.is_empty() {
+        return Err(Error::usage(format!(
+            "{module} {version} is not built for {}{}",
+            kernel.as_deref().unwrap_or("any kernel"),
+            target.map(|t| format!(" ({t})")).unwrap_or_default()
+        ))
+        .hint("`kmx status` lists its builds; pass --kernel RELEASE or --all"));
+    }
+    for rec in store
+        .installs_all()?
+        .into_iter()
+        .filter(|r| wanted(&r.module, &r.version, &r.release, &r.target))
+    {
+        let key = rec.key();
+        let root = rec.root.clone();
+        match install::uninstall(store, rec, !no_depmod, None)? {
+            install::Uninstalled::Removed => eprintln!("uninstalled {key} from {}", root.display()),
+            install::Uninstalled::RootGone => eprintln!("{}", root_gone(&key, &root)),
+        }
+    }
+    for b in &built {
+        let key = b.key();
+        store.delete_built(&key)?;
+        eprintln!("unbuilt {key}");
+    }
+    for key in &failed {
+        store.clear_failed(key)?;
     }
     Ok(exit::OK)
 }
@@ -714,12 +854,8 @@ pub fn autoinstall(
     let _lock = store.lock(wait)?;
     let releases = match &args.kernel {
         Some(k) => vec![k.clone()],
-        None if root == Path::new("/") => {
-            return Err(
-                Error::usage("name the kernel release that arrived with --kernel")
-                    .hint("with --root IMG, kmx installs for every kernel the image has"),
-            );
-        }
+        // `dkms autoinstall` with no -k: the running kernel.
+        None if root == Path::new("/") => vec![running_kernel()?],
         None => image::releases(&root),
     };
     if releases.is_empty() {
@@ -918,6 +1054,21 @@ fn select_built(
         })
         .collect();
     if cells.is_empty() {
+        if let Some((m, v)) = &filter {
+            let versions = store.versions_of(m)?;
+            let known = match v {
+                Some(v) => versions.contains(v),
+                None => !versions.is_empty(),
+            };
+            if !known {
+                let what = v.as_ref().map_or(m.clone(), |v| format!("{m} {v}"));
+                return Err(
+                    Error::usage(format!("module `{what}` is not registered")).hint(
+                        "`kmx status` lists registered modules; register one with `kmx add DIR`",
+                    ),
+                );
+            }
+        }
         return Err(Error::usage("nothing built matches; nothing to export")
             .hint("`kmx status` lists what is built; `kmx install` builds"));
     }

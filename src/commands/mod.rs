@@ -102,6 +102,21 @@ fn run_in(cli: Cli) -> Result<i32> {
             all,
             no_depmod,
         } => lifecycle::remove_cmd(store, &module, all, no_depmod, wait),
+        Cmd::Unbuild {
+            module,
+            kernel,
+            target,
+            all,
+            no_depmod,
+        } => lifecycle::unbuild_cmd(
+            store,
+            &module,
+            kernel.as_deref(),
+            target.as_deref(),
+            all,
+            no_depmod,
+            wait,
+        ),
         Cmd::Status { check: true, .. } => lifecycle::check(store),
         Cmd::Status {
             module,

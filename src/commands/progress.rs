@@ -28,6 +28,23 @@ pub struct Printer {
     /// When each running cell started.
     started: HashMap<usize, Instant>,
     finished: Vec<bool>,
+    /// The first error of each failed cell so far, with its label: a later cell failing
+    /// with the same one says so instead of repeating it.
+    first_errors: Vec<(String, String)>,
+    /// `-q`: only failures (cargo's quiet).
+    pub quiet: bool,
+    /// `-v`: each cell's make command line as it starts.
+    pub verbose: bool,
+    /// `--message-format json`: one JSON object per finished cell on stdout.
+    pub json_lines: bool,
+}
+
+/// One line of `--message-format json` on stdout, flushed at once (a reader follows the
+/// build as it goes).
+pub fn json_line(value: &serde_json::Value) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}").and_then(|_| out.flush());
 }
 
 /// Whether stderr is a terminal that can redraw a bar (`TERM` set and not `dumb`).
@@ -81,17 +98,19 @@ impl Progress for Printer {
     fn begin(&mut self, plan: &Plan, jobs: usize, inherited: bool, estimates: &[Option<f64>]) {
         let summary = plan.summary();
         // The count is of every cell, as the `[n/N]` lines that follow.
-        eprintln!(
-            "Building {} ({} skipped by rules) with {} into {}",
-            count(summary.cells, "cell"),
-            summary.skipped,
-            if inherited {
-                format!("up to {jobs} cells on the calling make's jobserver")
-            } else {
-                format!("{jobs} jobs")
-            },
-            plan.out.display()
-        );
+        if !self.quiet {
+            eprintln!(
+                "Building {} ({} skipped by rules) with {} into {}",
+                count(summary.cells, "cell"),
+                summary.skipped,
+                if inherited {
+                    format!("up to {jobs} cells on the calling make's jobserver")
+                } else {
+                    format!("{jobs} jobs")
+                },
+                plan.out.display()
+            );
+        }
         self.total = plan.cells.len();
         self.done = 0;
         self.jobs = jobs;
@@ -110,7 +129,7 @@ impl Progress for Printer {
                 })
                 .collect()
         });
-        self.bar = bar_wanted().then(|| {
+        self.bar = (bar_wanted() && !self.quiet).then(|| {
             let b = indicatif::ProgressBar::new(self.total as u64);
             b.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -128,6 +147,14 @@ impl Progress for Printer {
         let running = match ev {
             Event::Started { cell, running } => {
                 self.started.insert(*cell, Instant::now());
+                if self.verbose {
+                    let c = &plan.cells[*cell];
+                    self.line(&format!(
+                        "     Running {}: `{}`",
+                        c.label(),
+                        crate::matrix::cell::make_line(c)
+                    ));
+                }
                 running
             }
             Event::Finished {
@@ -141,6 +168,24 @@ impl Progress for Printer {
                 }
                 self.started.remove(cell);
                 let c = &plan.cells[*cell];
+                if self.json_lines {
+                    let mut v = serde_json::json!({
+                        "reason": "cell-finished",
+                        "module": c.spec.name,
+                        "version": c.spec.version,
+                        "target": c.target.target.name,
+                        "kernel": c.tree.release,
+                        "duration_secs": result.duration.as_secs_f64(),
+                        "log": c.log,
+                    });
+                    if let (Some(fields), Ok(serde_json::Value::Object(outcome))) =
+                        (v.as_object_mut(), serde_json::to_value(&result.outcome))
+                    {
+                        fields.extend(outcome);
+                    }
+                    json_line(&v);
+                }
+                let failed = matches!(result.outcome, Outcome::Failed { .. });
                 let mut line = format!(
                     "[{}/{}] {:<11} {} ({:.1}s)",
                     self.done,
@@ -154,15 +199,28 @@ impl Progress for Printer {
                         message, errors, ..
                     } => {
                         line.push_str(&format!("\n  {message}"));
-                        for e in errors.iter().take(3) {
-                            line.push_str(&format!("\n    {e}"));
+                        let first = errors.first();
+                        match first.and_then(|f| self.first_errors.iter().find(|(e, _)| e == f)) {
+                            Some((_, label)) => {
+                                line.push_str(&format!("\n    the same first error as {label}"))
+                            }
+                            None => {
+                                if let Some(f) = first {
+                                    self.first_errors.push((f.clone(), c.label()));
+                                }
+                                for e in errors.iter().take(3) {
+                                    line.push_str(&format!("\n    {e}"));
+                                }
+                            }
                         }
                         line.push_str(&format!("\n  log: {}", c.log.display()));
                     }
                     Outcome::Skipped { reason } => line.push_str(&format!(": {reason}")),
                     _ => {}
                 }
-                self.line(&line);
+                if failed || !self.quiet {
+                    self.line(&line);
+                }
                 running
             }
         };

@@ -70,31 +70,212 @@ struct Totals {
 
 #[derive(Serialize)]
 struct JsonReport<'a> {
-    kernels: Vec<JsonKernel<'a>>,
+    kernels: Vec<JsonKernel>,
     modules: &'a [ModuleReport],
     totals: &'a Totals,
 }
 
 #[derive(Serialize)]
-struct JsonKernel<'a> {
-    release: &'a str,
-    kdir: &'a Path,
+struct JsonKernel {
+    release: String,
+    kdir: PathBuf,
     vermagic: String,
-    symvers: Option<&'a Path>,
+    symvers: Option<PathBuf>,
+}
+
+/// What checking one set of modules for one target gave.
+struct Checked {
+    reports: Vec<ModuleReport>,
+    /// The trees modules were checked against.
+    kernels: Vec<JsonKernel>,
+    /// No kernel tree was at hand (only the identity was checked).
+    no_trees: bool,
 }
 
 pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
     let started = Instant::now();
-    let target = args
-        .target
-        .as_deref()
-        .map(|t| ctx.profiles.target(t))
-        .transpose()?;
+    let mut notes = Vec::new();
+    let checked = if args.target.is_none() && args.kdir.is_none() && !args.no_kernel {
+        // No --target: each module's own (its cell's provenance.json, as `kmx build` wrote
+        // it, else the one target whose trees have its vermagic release and whose ELF
+        // identity it has), checked in one set per target.
+        let (files, found_symvers) = collect(&args.paths, &mut notes)?;
+        let mut all = Checked {
+            reports: Vec::new(),
+            kernels: Vec::new(),
+            no_trees: false,
+        };
+        for (target, files) in targets_of(ctx, &args.paths, files)? {
+            let one = check_set(
+                ctx,
+                args,
+                Some(&target),
+                Some((files, found_symvers.clone())),
+                &mut notes,
+            )?;
+            all.reports.extend(one.reports);
+            all.kernels.extend(one.kernels);
+            all.no_trees |= one.no_trees;
+        }
+        all
+    } else {
+        check_set(ctx, args, args.target.as_deref(), None, &mut notes)?
+    };
+    let Checked {
+        reports,
+        kernels,
+        no_trees,
+    } = checked;
+    let mut totals = Totals {
+        modules: reports.len(),
+        ..Totals::default()
+    };
+    for r in &reports {
+        match r.status {
+            Status::Pass => totals.passed += 1,
+            Status::Warn => totals.warned += 1,
+            Status::Fail => totals.failed += 1,
+        }
+    }
+    for n in &notes {
+        eprintln!("{n}");
+    }
+    let summary = summary_line(&reports, &totals, no_trees, started);
+    if args.json {
+        print_json(
+            "verify-report",
+            &JsonReport {
+                kernels,
+                modules: &reports,
+                totals: &totals,
+            },
+        )?;
+        eprintln!("{summary}");
+    } else {
+        print_text(&reports, args.verbose, no_trees);
+        let unsigned = reports
+            .iter()
+            .filter(|r| {
+                r.checks
+                    .iter()
+                    .any(|c| c.check == CheckKind::Signature && c.summary == checks::UNSIGNED)
+            })
+            .count();
+        if unsigned > 0 {
+            println!(
+                "hint: {} unsigned: {}",
+                if unsigned == 1 {
+                    "1 module is".to_string()
+                } else {
+                    format!("{unsigned} modules are")
+                },
+                checks::UNSIGNED_HINT
+            );
+        }
+        println!("{summary}");
+    }
+    std::mem::forget(reports);
+    Ok(if totals.failed > 0 {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
+}
+
+/// The target each module is for, when `--target` is not given: the one its cell's
+/// `provenance.json` names (in its directory or one above it, up to the path given), else
+/// the only target with a tree of the module's vermagic release and the module's ELF
+/// identity (or, when several share that tree, the first of them). Modules grouped by
+/// target, in name order; a module with none is a usage error naming it.
+fn targets_of(
+    ctx: &Context,
+    given: &[PathBuf],
+    files: Vec<PathBuf>,
+) -> Result<std::collections::BTreeMap<String, Vec<PathBuf>>> {
+    let registry = Registry::load(&ctx.home)?;
+    let mut groups: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+    for file in files {
+        let target = match recorded_target(&file, given) {
+            Some(t) if ctx.profiles.targets.contains_key(&t) => t,
+            _ => inferred_target(ctx, &registry, &file)?,
+        };
+        groups.entry(target).or_default().push(file);
+    }
+    Ok(groups)
+}
+
+/// The `target` of the `provenance.json` beside the module or in a directory above it,
+/// no higher than the path it was found under.
+fn recorded_target(file: &Path, given: &[PathBuf]) -> Option<String> {
+    let root = given.iter().find(|g| file.starts_with(g));
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        if let Ok(bytes) = std::fs::read(d.join("provenance.json")) {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+            return v["target"].as_str().map(str::to_string);
+        }
+        if root.is_none_or(|r| d == r.as_path()) {
+            return None;
+        }
+        dir = d.parent();
+    }
+    None
+}
+
+/// The target whose trees have the module's vermagic release and whose toolchain makes
+/// its ELF identity.
+fn inferred_target(ctx: &Context, registry: &Registry, file: &Path) -> Result<String> {
+    let no_target = |why: String| {
+        Error::usage(format!("no --target given, and {why}"))
+            .at(file)
+            .hint("name the target with -t TARGET (`kmx targets` lists them), or pass --kdir DIR or --no-kernel")
+    };
+    let module = Module::read(file).map_err(|e| no_target(format!("it cannot be read: {e}")))?;
+    let release = module
+        .vermagic()
+        .and_then(|v| v.split(' ').next())
+        .unwrap_or("")
+        .to_string();
+    let mut candidates: Vec<(&str, &Path)> = Vec::new();
+    for t in registry.trees.iter().filter(|t| t.release == release) {
+        let Ok(target) = ctx.profiles.target(&t.target) else {
+            continue;
+        };
+        let same = ctx
+            .profiles
+            .toolchain_of(target)
+            .is_ok_and(|tc| tc.identity == module.identity);
+        if same && !candidates.iter().any(|(n, _)| *n == t.target) {
+            candidates.push((&t.target, &t.kdir));
+        }
+    }
+    match candidates.as_slice() {
+        [] => Err(no_target(format!(
+            "no build record (provenance.json) is beside it and no target has a kernel tree of its release \"{release}\" for {}",
+            module.identity
+        ))),
+        [(first, kdir), rest @ ..] if rest.iter().all(|(_, k)| k == kdir) => Ok(first.to_string()),
+        many => Err(no_target(format!(
+            "targets {} all have a tree of its release \"{release}\"",
+            many.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// Check `files` (or, when `None`, the modules under `--paths`) for `target`.
+fn check_set(
+    ctx: &Context,
+    args: &VerifyArgs,
+    target: Option<&str>,
+    collected: Option<(Vec<PathBuf>, Vec<PathBuf>)>,
+    notes: &mut Vec<String>,
+) -> Result<Checked> {
+    let target_name = target.unwrap_or("");
+    let target = target.map(|t| ctx.profiles.target(t)).transpose()?;
     let identity = target
         .map(|t| ctx.profiles.toolchain_of(t).map(|tc| tc.identity))
         .transpose()?;
-    let mut notes = Vec::new();
-    let trees = select_trees(ctx, args, target, &mut notes)?;
+    let trees = select_trees(ctx, args, target, notes)?;
     let given_certs = if args.cert.is_empty() {
         None
     } else {
@@ -117,7 +298,10 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
                 digests.get_or_init(|| certs::DigestCache::load(&cert_cache));
             });
         }
-        collect(&args.paths, &mut notes)
+        match collected {
+            Some(c) => Ok(c),
+            None => collect(&args.paths, notes),
+        }
     })?;
 
     // Threads bounded by the work and the machine: one per module at most, and no more
@@ -142,7 +326,6 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         strict: args.strict,
         sig_enforce: args.sig_enforce,
     };
-    let target_name = args.target.as_deref().unwrap_or("");
     let ctx = Pass {
         trees: &trees,
         symbols: &symbols,
@@ -224,54 +407,22 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
     std::mem::forget(symbols);
     std::mem::forget(exports);
     std::mem::forget(others);
-    let needed = used;
-
-    let mut totals = Totals {
-        modules: reports.len(),
-        ..Totals::default()
-    };
-    for r in &reports {
-        match r.status {
-            Status::Pass => totals.passed += 1,
-            Status::Warn => totals.warned += 1,
-            Status::Fail => totals.failed += 1,
-        }
-    }
-    for n in &notes {
-        eprintln!("{n}");
-    }
-    let summary = summary_line(&reports, &totals, &trees, started);
-    if args.json {
-        let kernels = needed
-            .iter()
-            .map(|&i| {
-                let t = &trees.trees[i];
-                JsonKernel {
-                    release: &t.release,
-                    kdir: &t.kdir,
-                    vermagic: t.vermagic.to_string(),
-                    symvers: t.symvers.as_deref(),
-                }
-            })
-            .collect();
-        print_json(
-            "verify-report",
-            &JsonReport {
-                kernels,
-                modules: &reports,
-                totals: &totals,
-            },
-        )?;
-        eprintln!("{summary}");
-    } else {
-        print_text(&reports, args.verbose, trees.trees.is_empty());
-        println!("{summary}");
-    }
-    std::mem::forget(reports);
-    Ok(if totals.failed > 0 {
-        exit::FAILED
-    } else {
-        exit::OK
+    let kernels = used
+        .iter()
+        .map(|&i| {
+            let t = &trees.trees[i];
+            JsonKernel {
+                release: t.release.clone(),
+                kdir: t.kdir.clone(),
+                vermagic: t.vermagic.to_string(),
+                symvers: t.symvers.clone(),
+            }
+        })
+        .collect();
+    Ok(Checked {
+        reports,
+        kernels,
+        no_trees: trees.trees.is_empty(),
     })
 }
 
@@ -715,10 +866,10 @@ fn print_text(reports: &[ModuleReport], verbose: bool, no_kernel: bool) {
     }
 }
 
-fn summary_line(reports: &[ModuleReport], t: &Totals, trees: &Trees, started: Instant) -> String {
+fn summary_line(reports: &[ModuleReport], t: &Totals, no_trees: bool, started: Instant) -> String {
     let used: BTreeSet<&str> = reports.iter().filter_map(|r| r.kernel.as_deref()).collect();
     let against = if used.is_empty() {
-        if trees.trees.is_empty() {
+        if no_trees {
             " without a kernel tree".to_string()
         } else {
             String::new()

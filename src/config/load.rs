@@ -16,6 +16,14 @@ use std::path::{Path, PathBuf};
 use crate::config::profile::{Target, Toolchain};
 use crate::error::{Error, Result};
 
+/// The names of the targets shipped with kmx (for shell completions).
+pub fn shipped_targets() -> impl Iterator<Item = &'static str> {
+    BUILTIN.iter().filter_map(|(path, _)| {
+        path.strip_prefix("targets/")
+            .and_then(|f| f.strip_suffix(".toml"))
+    })
+}
+
 /// Profiles shipped with kmx: (relative path, contents).
 const BUILTIN: &[(&str, &str)] = &[
     (
@@ -156,11 +164,59 @@ impl Profiles {
         Ok(())
     }
 
-    /// Look a target up by name, with a "did you mean" for near misses.
+    /// The targets an architecture's other names stand for: `uname -m` (the profile's
+    /// `dkms_arch`), the Debian architecture, and what target-lexicon parses as the
+    /// toolchain triple's architecture (`aarch64` and `arm64`, `x86_64`, `i686`). Of several,
+    /// those among the default targets.
+    fn by_arch_name(&self, name: &str) -> Vec<&Target> {
+        use std::str::FromStr;
+        let arch = target_lexicon::Architecture::from_str(name).ok();
+        let matches: Vec<&Target> = self
+            .targets
+            .values()
+            .filter(|t| {
+                t.dkms_arch == name
+                    || t.debian.as_ref().is_some_and(|d| d.arch == name)
+                    || arch.is_some_and(|a| {
+                        self.toolchains.get(&t.toolchain).is_some_and(|tc| {
+                            target_lexicon::Triple::from_str(&tc.triple)
+                                .is_ok_and(|tr| tr.architecture == a)
+                        })
+                    })
+            })
+            .collect();
+        let defaults: Vec<&Target> = matches
+            .iter()
+            .copied()
+            .filter(|t| DEFAULT_TARGETS.contains(&t.name.as_str()))
+            .collect();
+        if defaults.is_empty() {
+            matches
+        } else {
+            defaults
+        }
+    }
+
+    /// Look a target up by name, or by another name of its architecture when only one
+    /// target has it (`aarch64` is `arm64`), with a "did you mean" for near misses.
     pub fn target(&self, name: &str) -> Result<&Target> {
-        self.targets.get(name).ok_or_else(|| {
+        if let Some(t) = self.targets.get(name) {
+            return Ok(t);
+        }
+        let by_arch = self.by_arch_name(name);
+        if let [one] = by_arch.as_slice() {
+            return Ok(one);
+        }
+        Err({
             let known: Vec<&str> = self.targets.keys().map(String::as_str).collect();
             let mut err = Error::usage(format!("unknown target `{name}`"));
+            if by_arch.len() > 1 {
+                let names: Vec<&str> = by_arch.iter().map(|t| t.name.as_str()).collect();
+                return Err(err.hint(format!(
+                    "`{name}` is the architecture of targets {}: name one",
+                    names.join(", ")
+                )));
+            }
             err = match closest(name, &known) {
                 Some(s) => err.hint(format!("did you mean `{s}`? Known targets: {}", known.join(", "))),
                 None => err.hint(format!(

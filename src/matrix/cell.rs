@@ -512,7 +512,12 @@ pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, Str
         Err(e) => Outcome::Failed {
             stage: e.stage.to_string(),
             message: e.message,
-            errors: first_errors(&cell.log, &cell.build_dir(), 5),
+            errors: first_errors(
+                &cell.log,
+                &[&cell.step_dir(), &cell.build_dir()],
+                &cell.source,
+                5,
+            ),
             exit_code: e.exit_code,
             build_dir: Some(cell.build_dir()).filter(|d| d.is_dir()),
         },
@@ -675,12 +680,7 @@ fn run_stages(
         if !collect::copy_out(&build, &rel, &copy).map_err(|e| stage_err("collect", e))? {
             return Err(StageError {
                 stage: "collect",
-                message: format!(
-                    "the build did not produce {} (BUILT_MODULE_NAME {}, location `{}`)",
-                    rel.display(),
-                    m.built_name,
-                    m.built_location.display()
-                ),
+                message: not_produced(&build, &rel, &m.built_name, &m.built_location),
                 exit_code: None,
                 interrupted: false,
             });
@@ -1089,6 +1089,42 @@ fn read_built(build: &Path, rel: &Path) -> Result<String> {
     Ok(text)
 }
 
+/// Why a module was not collected: the file dkms.conf named was not built, and what was
+/// (`mymod.ko`, so that a wrong BUILT_MODULE_NAME or BUILT_MODULE_LOCATION shows at once).
+fn not_produced(build: &Path, rel: &Path, name: &str, location: &Path) -> String {
+    let location = match location.as_os_str().is_empty() {
+        true => "the top of the source".to_string(),
+        false => format!("`{}`", location.display()),
+    };
+    let mut found: Vec<String> = Vec::new();
+    let mut pending = vec![build.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => pending.push(e.path()),
+                Ok(t) if t.is_file() && e.file_name().to_string_lossy().ends_with(".ko") => found
+                    .push(
+                        e.path()
+                            .strip_prefix(build)
+                            .unwrap_or(&e.path())
+                            .display()
+                            .to_string(),
+                    ),
+                _ => {}
+            }
+        }
+    }
+    found.sort();
+    let built = match found.as_slice() {
+        [] => "no .ko at all".to_string(),
+        some => format!("it built {}", some.join(", ")),
+    };
+    format!(
+        "the build did not produce {} (BUILT_MODULE_NAME {name}, BUILT_MODULE_LOCATION {location}): {built}; correct dkms.conf's BUILT_MODULE_NAME or BUILT_MODULE_LOCATION",
+        rel.display()
+    )
+}
+
 /// Every regular file called `name` under `dir` (symbolic links are not followed).
 fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -1109,17 +1145,18 @@ fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
     found
 }
 
-/// Copy a source tree (regular files, directories, symlinks), skipping VCS metadata; a
-/// FIFO, socket or device in it is an error, never opened.
+/// Copy a source tree (regular files, directories, symlinks), skipping VCS metadata and
+/// cache directories (kmx's own output: [`crate::digest::left_out_of_source`]); a FIFO,
+/// socket or device in it is an error, never opened.
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| Error::io("create directory", to, e))?;
     let entries = std::fs::read_dir(from).map_err(|e| Error::io("read directory", from, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("read directory", from, e))?;
-        let name = entry.file_name();
-        if name == ".git" || name == ".hg" || name == ".svn" {
+        if crate::digest::left_out_of_source(&entry) {
             continue;
         }
+        let name = entry.file_name();
         let src = entry.path();
         let dst = to.join(&name);
         let ft = entry.file_type().map_err(|e| Error::io("stat", &src, e))?;
@@ -1137,14 +1174,15 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The first error lines of a log, for the summary: compiler and modpost errors first
-/// (with the cell's build directory cut from paths), make's own "***" lines only when
-/// there is nothing better.
-pub fn first_errors(log: &Path, build_dir: &Path, n: usize) -> Vec<String> {
+/// The first error lines of a log, for the summary: compiler and modpost errors first, make's
+/// own "***" lines only when there is nothing better. Paths into the cell's build tree (as
+/// its steps saw it, `/var/lib/dkms/NAME/VERSION/build` in the sandbox, or on the host)
+/// name the user's own file in `source` instead: the build tree is a copy of it.
+pub fn first_errors(log: &Path, build_dirs: &[&Path], source: &Path, n: usize) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(log) else {
         return Vec::new();
     };
-    let prefix = format!("{}/", build_dir.display());
+    let source = format!("{}/", source.display());
     let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
     let strong = |l: &&&str| {
         l.contains("error:")
@@ -1163,7 +1201,11 @@ pub fn first_errors(log: &Path, build_dir: &Path, n: usize) -> Vec<String> {
     }
     picked
         .iter()
-        .map(|l| l.trim().replace(&prefix, ""))
+        .map(|l| {
+            build_dirs.iter().fold(l.trim().to_string(), |l, dir| {
+                l.replace(&format!("{}/", dir.display()), &source)
+            })
+        })
         .collect()
 }
 

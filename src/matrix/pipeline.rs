@@ -199,11 +199,33 @@ pub fn setup_targets_in(
                     Some(e) => e,
                     None if !releases.is_empty() => {
                         other_releases.push((target.name.clone(), releases.clone()));
-                        missing_release(
+                        // A release another target has (armhf's armmp asked of arm64):
+                        // name that target rather than hint to fetch what is fetched.
+                        let theirs: Vec<String> = registry
+                            .trees
+                            .iter()
+                            .filter(|t| t.target != target.name && kernels.contains(&t.release))
+                            .map(|t| format!("{} is target {}'s", t.release, t.target))
+                            .collect();
+                        let err = missing_release(
                             kernels,
                             &[(target.name.clone(), releases)],
                             Some(&target.name),
-                        )
+                        );
+                        match theirs.is_empty() {
+                            true => err,
+                            false => err.hint(format!(
+                                "{}: build it with --target {}",
+                                theirs.join(", "),
+                                registry
+                                    .trees
+                                    .iter()
+                                    .find(
+                                        |t| t.target != target.name && kernels.contains(&t.release)
+                                    )
+                                    .map_or("", |t| t.target.as_str())
+                            )),
+                        }
                     }
                     None => Error::env(format!("target `{}` has no kernel tree", target.name))
                         .hint(target.no_tree_hint()),

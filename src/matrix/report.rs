@@ -271,19 +271,39 @@ impl Report {
                 out.push_str(&format!("\nwarning {}: {w}", c.label()));
             }
         }
+        // Cells failing with the same first error (one source bug, every target): its
+        // lines once, under the first of them, and the count after.
+        let mut same: Vec<(&str, String, usize)> = Vec::new();
         for c in self.cells.iter().filter(|c| c.status.is_failed()) {
             out.push_str(&format!(
                 "\nfailed {}: {}",
                 c.label(),
                 c.reason.as_deref().unwrap_or("")
             ));
-            for e in &c.errors {
-                out.push_str(&format!("\n    {e}"));
+            let first = c.errors.first().map(String::as_str);
+            match first.and_then(|f| same.iter_mut().find(|(e, ..)| *e == f)) {
+                Some((_, label, n)) => {
+                    *n += 1;
+                    out.push_str(&format!("\n    the same first error as {label}"));
+                }
+                None => {
+                    if let Some(f) = first {
+                        same.push((f, c.label(), 1));
+                    }
+                    for e in &c.errors {
+                        out.push_str(&format!("\n    {e}"));
+                    }
+                }
             }
             out.push_str(&format!("\n    log: {}", c.log.display()));
             if let Some(dir) = &c.build_dir {
                 out.push_str(&format!("\n    build directory kept: {}", dir.display()));
             }
+        }
+        for (_, label, n) in same.iter().filter(|(_, _, n)| *n > 1) {
+            out.push_str(&format!(
+                "\n{n} cells failed with the same first error, shown under {label}"
+            ));
         }
         for c in &self.cells {
             let Some(smoke) = &c.smoke else { continue };

@@ -851,6 +851,13 @@ pub fn depends(module: &Module, kernel: Option<Kernel>, others: &Others) -> Chec
 /// - where kmx does not know the kernel's keys it says so (a warning), never "passed".
 ///
 /// A kernel without CONFIG_MODULE_SIG ignores signatures altogether.
+/// The summary of an unsigned module a kernel with CONFIG_MODULE_SIG loads tainted; what
+/// it means and what to do is [`UNSIGNED_HINT`], said once per run, not per module.
+pub const UNSIGNED: &str = "unsigned (loads tainted)";
+
+/// What [`UNSIGNED`] means and what to do about it.
+pub const UNSIGNED_HINT: &str = "the kernel (CONFIG_MODULE_SIG) loads an unsigned module tainted, and refuses it under module.sig_enforce=1 or Secure Boot: sign modules with a key the kernel trusts (`kmx keys generate` makes one; `kmx install` signs with it)";
+
 pub fn signature(module: &Module, kernel: Option<Kernel>, opts: Options) -> Check {
     let kind = CheckKind::Signature;
     let Some(k) = kernel else {
@@ -892,11 +899,7 @@ pub fn signature(module: &Module, kernel: Option<Kernel>, opts: Options) -> Chec
                 ),
             )
         } else {
-            Check::new(
-                kind,
-                Status::Warn,
-                "unsigned: the kernel (CONFIG_MODULE_SIG) loads it tainted, and refuses it under module.sig_enforce=1 or Secure Boot; sign it with a key the kernel trusts (`kmx keys generate` makes one; `kmx install` signs with it)",
-            )
+            Check::new(kind, Status::Warn, UNSIGNED)
         };
     };
     let who = format!("signed by {} ({} {})", signer_of(s), s.id_type, s.hash_algo);

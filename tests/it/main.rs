@@ -18,6 +18,7 @@ mod hostile;
 mod kernels;
 mod lifecycle;
 mod machine;
+mod newuser;
 mod package;
 mod reproducible;
 mod sandbox;

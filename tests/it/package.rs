@@ -244,8 +244,7 @@ fn package_refuses_what_it_cannot_make_with_a_clear_error() {
         .run(&["package", "ghost", "-o", out.to_str().unwrap()])
         .expect(2);
     assert!(
-        run.stderr()
-            .contains("nothing built matches; nothing to export"),
+        run.stderr().contains("module `ghost` is not registered"),
         "{}",
         run.stderr()
     );
@@ -265,6 +264,17 @@ fn package_refuses_what_it_cannot_make_with_a_clear_error() {
 fn kmx_deb_installs_into_a_fresh_root_and_runs_version_and_targets_there() {
     let k = Kmx::empty();
     let out = k.dir().join("out");
+    // A reader's view of the previous package (a hard link to it): the new one must be
+    // written beside it and renamed over it, never written into it (issue 29, item 10).
+    let arch = run_ok(Command::new("dpkg").arg("--print-architecture"));
+    let previous = out.join(format!(
+        "kmx_{}_{}.deb",
+        env!("CARGO_PKG_VERSION"),
+        arch.trim()
+    ));
+    write(&previous, "the previous package\n");
+    let reader = k.dir().join("reader.deb");
+    std::fs::hard_link(&previous, &reader).unwrap();
     let deb = run_ok(
         Command::new(repo().join("contrib/debian/mkdeb"))
             .arg(env!("CARGO_BIN_EXE_kmx"))
@@ -281,6 +291,37 @@ fn kmx_deb_installs_into_a_fresh_root_and_runs_version_and_targets_there() {
         deb.display()
     );
     assert_eq!(field(&deb, "Package"), "kmx");
+    assert!(
+        std::fs::read(&reader).unwrap() == b"the previous package\n",
+        "the new package was written into the old one's file, not renamed over it"
+    );
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        1,
+        "no temporary left"
+    );
+    // The default rpi target's compiler is recommended with the others.
+    let recommends = field(&deb, "Recommends");
+    for cc in ["gcc-arm-linux-gnueabihf", "gcc-arm-linux-gnueabi,"] {
+        assert!(recommends.contains(cc), "{recommends}");
+    }
+    // lintian's basics: DEBIAN/md5sums right for every file, and a copyright file.
+    let unpacked = k.dir().join("unpacked");
+    run_ok(Command::new("dpkg-deb").arg("-R").arg(&deb).arg(&unpacked));
+    let sums = std::fs::read_to_string(unpacked.join("DEBIAN/md5sums")).unwrap();
+    assert!(sums.contains("  usr/bin/kmx\n"), "{sums}");
+    run_ok(
+        Command::new("md5sum")
+            .args(["-c", "--quiet", "DEBIAN/md5sums"])
+            .current_dir(&unpacked),
+    );
+    let copyright = std::fs::read_to_string(unpacked.join("usr/share/doc/kmx/copyright")).unwrap();
+    assert!(
+        copyright.starts_with(
+            "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
+        ),
+        "{copyright}"
+    );
     let root = k.dir().join("fresh");
     std::fs::create_dir_all(root.join("var/lib/dpkg/info")).unwrap();
     std::fs::create_dir_all(root.join("var/lib/dpkg/updates")).unwrap();
