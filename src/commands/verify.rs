@@ -101,6 +101,8 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
         Some(certs::from_files(&args.cert)?)
     };
     let cert_cache = ctx.home.root.join("cache").join("certs");
+    // Compressed modules read before are found by content, not decompressed again.
+    crate::verify::memo::open(&ctx.home.root.join("cache").join("verify"));
     // Each tree's Module.symvers is loaded once, by the first module that needs it.
     let symbols: Vec<OnceLock<Result<Option<TreeSymbols>>>> =
         trees.trees.iter().map(|_| OnceLock::new()).collect();
@@ -193,6 +195,7 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
             reports[i] = report;
         }
     }
+    crate::verify::memo::save();
     for k in keys
         .iter()
         .filter_map(|k| k.get())
