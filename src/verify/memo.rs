@@ -38,7 +38,11 @@ fn header() -> Vec<u8> {
     let exe = std::fs::metadata("/proc/self/exe")
         .map(|m| format!("{}:{}:{}:{}", m.dev(), m.ino(), m.size(), m.mtime_nsec()))
         .unwrap_or_default();
-    format!("kmx-verify-modules-v1 {} {exe}\n", env!("CARGO_PKG_VERSION")).into_bytes()
+    format!(
+        "kmx-verify-modules-v1 {} {exe}\n",
+        env!("CARGO_PKG_VERSION")
+    )
+    .into_bytes()
 }
 
 /// Use the store in `dir` for this process (`KMX_HOME/cache/verify`). A second call changes
@@ -53,7 +57,9 @@ pub fn open(dir: &Path) {
             let mut key = [0u8; 32];
             key.copy_from_slice(&rest[..32]);
             let len = u32::from_le_bytes([rest[32], rest[33], rest[34], rest[35]]) as usize;
-            let Some(entry) = rest.get(36..36 + len) else { break };
+            let Some(entry) = rest.get(36..36 + len) else {
+                break;
+            };
             known.insert(key, entry.to_vec());
             rest = &rest[36 + len..];
         }
@@ -399,7 +405,11 @@ mod tests {
             let Ok(module) = Module::parse_with(&bytes, false) else {
                 continue;
             };
-            assert_eq!(decode(&encode(&module)).as_ref(), Some(&module), "{entry:?}");
+            assert_eq!(
+                decode(&encode(&module)).as_ref(),
+                Some(&module),
+                "{entry:?}"
+            );
             seen += 1;
         }
         assert!(seen > 100, "only {seen} modules read under {dir:?}");
@@ -409,7 +419,9 @@ mod tests {
         let mut out = Vec::new();
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&d) else { continue };
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let p = e.path();
                 if p.is_dir() {
