@@ -572,27 +572,62 @@ impl Args {
     /// directories and files bound by `bind`, symbolic links made again; sockets, FIFOs and
     /// devices are left out.
     fn rebind_entries(&mut self, dir: &Path, except: &[&str], bind: &str) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+        let Some(entries) = listing(dir) else {
             return;
         };
-        let mut entries: Vec<_> = entries.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
+        for (name, path, link) in entries.iter() {
             if except.iter().any(|x| name.as_os_str() == *x) {
                 continue;
             }
-            let path = e.path();
-            let Ok(kind) = e.file_type() else { continue };
-            if kind.is_symlink() {
-                if let Ok(target) = std::fs::read_link(&path) {
-                    self.symlink(&target, &path);
-                }
-            } else if kind.is_dir() || kind.is_file() {
-                self.mount(bind, &path, &path);
+            match link {
+                Some(target) => self.symlink(target, path),
+                None => self.mount(bind, path, path),
             }
         }
     }
+}
+
+/// One entry of a host directory a view shows again: its name, path, and the target when it
+/// is a symbolic link (directories and files are bound; other kinds are left out).
+type Entry = (std::ffi::OsString, PathBuf, Option<PathBuf>);
+
+/// The entries of host directory `dir`, sorted by name: read once per process while the
+/// directory's modification time stays the same (adding, removing or renaming an entry
+/// changes it), not for every step of every cell (`/usr/lib` alone has ~100).
+fn listing(dir: &Path) -> Option<std::sync::Arc<Vec<Entry>>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    type Seen = HashMap<PathBuf, (std::time::SystemTime, Arc<Vec<Entry>>)>;
+    static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
+    let stamp = std::fs::metadata(dir).and_then(|m| m.modified()).ok()?;
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some((at, entries)) = seen.lock().unwrap_or_else(|e| e.into_inner()).get(dir)
+        && *at == stamp
+    {
+        return Some(entries.clone());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(dir).ok()?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    let entries: Vec<Entry> = entries
+        .into_iter()
+        .filter_map(|e| {
+            let path = e.path();
+            let kind = e.file_type().ok()?;
+            if kind.is_symlink() {
+                let target = std::fs::read_link(&path).ok()?;
+                Some((e.file_name(), path, Some(target)))
+            } else if kind.is_dir() || kind.is_file() {
+                Some((e.file_name(), path, None))
+            } else {
+                None
+            }
+        })
+        .collect();
+    let entries = Arc::new(entries);
+    seen.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(dir.to_path_buf(), (stamp, entries.clone()));
+    Some(entries)
 }
 
 /// Why a step's sandbox could not be made, from what the step printed (`text`, its first
