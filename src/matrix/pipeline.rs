@@ -329,6 +329,15 @@ fn lock_out(out: &Path) -> Result<std::fs::File> {
 }
 
 /// Run every cell of `plan`, write `<out>/report.json`, and return the report.
+
+/// When the run began: set by the first call (the binary's first instruction), so the
+/// report's wall time covers planning (dkms.conf evaluations, fingerprints) as well as the
+/// cells.
+pub fn run_started() -> Instant {
+    static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(Instant::now)
+}
+
 pub fn execute(
     plan: &Plan,
     opts: &Options,
@@ -384,7 +393,7 @@ pub fn execute(
         .map(|c| durations.as_ref().and_then(|d| d.get(&c.label())))
         .collect();
     progress.begin(plan, jobs, jobserver.is_inherited(), &estimates);
-    let started = Instant::now();
+    let started = run_started();
     let results = scheduler::execute(plan, jobs, opts.fail_fast, stop, &run, &mut |ev| {
         progress.event(plan, ev)
     })?;
