@@ -77,18 +77,7 @@ pub fn key(context: &str, conf: &Path, text: &[u8], vars: &CellVars) -> String {
 fn host() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
     HOST.get_or_init(|| {
-        use std::os::unix::fs::MetadataExt;
-        let file = |p: &str| match std::fs::metadata(p) {
-            Ok(m) => format!(
-                "{p}:{}:{}:{}:{}.{}",
-                m.dev(),
-                m.ino(),
-                m.size(),
-                m.mtime(),
-                m.mtime_nsec()
-            ),
-            Err(_) => format!("{p}:absent"),
-        };
+        let file = |p: &str| format!("{p}:{}", file_identity(Path::new(p)));
         // SAFETY: uname fills the struct it is given; it is plain data.
         let uts = unsafe {
             let mut u: libc::utsname = std::mem::zeroed();
@@ -156,27 +145,32 @@ pub fn store(key: &str, dump: &[u8], log: &str) {
 /// (the file it resolves to, its inode, size, modification and change times: a package
 /// upgrade replaces the file, and no one sets a change time back).
 fn program_key(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
     let real = path.canonicalize().ok()?;
-    let m = std::fs::metadata(&real).ok()?;
     let mut fp = Fingerprint::new();
     fp.field("memo", b"program-version-v1")
         .field("path", real.as_os_str().as_encoded_bytes())
-        .field(
-            "identity",
-            format!(
-                "{} {} {} {}.{} {}.{}",
-                m.dev(),
-                m.ino(),
-                m.size(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.ctime(),
-                m.ctime_nsec()
-            )
-            .as_bytes(),
-        );
+        .field("identity", file_identity(&real).as_bytes());
     Some(fp.finish())
+}
+
+/// A file's identity without reading it: device, inode, size, modification and change times
+/// (`absent` when it cannot be read). Replacing or writing the file changes it; no one sets a
+/// change time back.
+pub fn file_identity(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "{}:{}:{}:{}.{}:{}.{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ),
+        Err(_) => "absent".into(),
+    }
 }
 
 /// The first line of `path --version` kept by an earlier run, while the program is the same

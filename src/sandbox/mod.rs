@@ -688,18 +688,7 @@ pub fn remember_probe(file: PathBuf) {
 /// kmx, the user, the boot, the namespaces kmx runs in, the root directory (a chroot), the
 /// kernel's switches for user namespaces, and the directory the probe works in.
 fn probe_key(bwrap: &Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let file = |p: &Path| match std::fs::metadata(p) {
-        Ok(m) => format!(
-            "{}:{}:{}:{}:{}",
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec()
-        ),
-        Err(_) => "absent".into(),
-    };
+    let file = crate::config::memo::file_identity;
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let link = |p: &str| {
         std::fs::read_link(p)

@@ -34,10 +34,7 @@ struct Store {
 static STORE: OnceLock<Store> = OnceLock::new();
 
 fn header() -> Vec<u8> {
-    use std::os::unix::fs::MetadataExt;
-    let exe = std::fs::metadata("/proc/self/exe")
-        .map(|m| format!("{}:{}:{}:{}", m.dev(), m.ino(), m.size(), m.mtime_nsec()))
-        .unwrap_or_default();
+    let exe = crate::config::memo::file_identity(Path::new("/proc/self/exe"));
     format!(
         "kmx-verify-modules-v1 {} {exe}\n",
         env!("CARGO_PKG_VERSION")
