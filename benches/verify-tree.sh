@@ -21,7 +21,6 @@ export KMX_HOME="${KMX_HOME:-$PWD/target/kmx-home}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --quiet --bin kmx
 KMX="$CARGO_TARGET_DIR/release/kmx"
-[ -f "$KMX_HOME/apt/apt.conf" ] || { echo "no private apt state in $KMX_HOME/apt: run kmx kernels fetch first" >&2; exit 3; }
 release="$abi-$flavour"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -32,6 +31,7 @@ fetched=$(ls -d "$KMX_HOME"/trees/*/lib/modules/"$release" 2>/dev/null | head -1
 if [ -n "$fetched" ]; then
   tree="$fetched"
 else
+  [ -f "$KMX_HOME/apt/apt.conf" ] || { echo "no private apt state in $KMX_HOME/apt: run kmx kernels fetch first" >&2; exit 3; }
   (cd "$work" && APT_CONFIG="$KMX_HOME/apt/apt.conf" apt-get download -q "$pkg" >/dev/null 2>&1) ||
     (cd "$work" && APT_CONFIG="$KMX_HOME/apt/apt.conf" apt-get download -q "linux-image-$release-unsigned:$arch" >/dev/null)
   dpkg -x "$work"/linux-image-*.deb "$work/root"
