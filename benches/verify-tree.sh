@@ -4,6 +4,7 @@
 # that kmx reports, for every module, exactly the vermagic modinfo prints.
 #
 #   [RUNS=10] benches/verify-tree.sh [ARCH] [ABI]   (default: amd64 6.1.0-50; after `kmx kernels fetch`)
+#   benches/verify-tree.sh amd64 6.12.95+deb12       (Debian 12's backports: 4,228 .ko.xz)
 #
 # Fetches linux-image-<ABI>-<flavour> with kmx's private apt state (KMX_HOME/apt), extracts
 # it to a temporary directory, and prints the median wall and CPU time of each over RUNS runs
@@ -20,15 +21,22 @@ export KMX_HOME="${KMX_HOME:-$PWD/target/kmx-home}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --quiet --bin kmx
 KMX="$CARGO_TARGET_DIR/release/kmx"
-[ -f "$KMX_HOME/apt/apt.conf" ] || { echo "no private apt state in $KMX_HOME/apt: run kmx kernels fetch first" >&2; exit 3; }
 release="$abi-$flavour"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 pkg="linux-image-$release:$arch"
-(cd "$work" && APT_CONFIG="$KMX_HOME/apt/apt.conf" apt-get download -q "$pkg" >/dev/null 2>&1) ||
-  (cd "$work" && APT_CONFIG="$KMX_HOME/apt/apt.conf" apt-get download -q "linux-image-$release-unsigned:$arch" >/dev/null)
-dpkg -x "$work"/linux-image-*.deb "$work/root"
-tree="$work/root/lib/modules/$release"
+# The modules of a tree fetched with its image (`kmx kernels fetch --with-image`) are used
+# where they are; otherwise the package is downloaded.
+fetched=$(ls -d "$KMX_HOME"/trees/*/lib/modules/"$release" 2>/dev/null | head -1 || true)
+if [ -n "$fetched" ]; then
+  tree="$fetched"
+else
+  [ -f "$KMX_HOME/apt/apt.conf" ] || { echo "no private apt state in $KMX_HOME/apt: run kmx kernels fetch first" >&2; exit 3; }
+  (cd "$work" && APT_CONFIG="$KMX_HOME/apt/apt.conf" apt-get download -q "$pkg" >/dev/null 2>&1) ||
+    (cd "$work" && APT_CONFIG="$KMX_HOME/apt/apt.conf" apt-get download -q "linux-image-$release-unsigned:$arch" >/dev/null)
+  dpkg -x "$work"/linux-image-*.deb "$work/root"
+  tree="$work/root/lib/modules/$release"
+fi
 find "$tree" -name '*.ko*' | sort > "$work/files"
 count=$(wc -l < "$work/files")
 echo "$pkg: $count modules"
@@ -39,7 +47,11 @@ echo "$pkg: $count modules"
 # (user + system) and peak memory are the kernel's accounting of the finished process.
 runs="${RUNS:-10}"
 cat $(cat "$work/files") > /dev/null
-"$KMX" verify --target "$arch" --kernel "$release" "$tree" > /dev/null 2>&1 || true
+# The cold run: no module kept from before (compressed modules are decompressed, in
+# parallel, and kept by content in KMX_HOME/cache/verify); the runs after it are warm.
+rm -f "$KMX_HOME/cache/verify/modules.bin"
+/usr/bin/time -f '%e %U %S' -o "$work/cold.time" "$KMX" verify --target "$arch" --kernel "$release" "$tree" > /dev/null 2>&1 || true
+read -r cold_wall cold_u cold_s < "$work/cold.time"
 now() { date +%s.%N; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 kmx_runs=(); modinfo_runs=(); kmx_cpu=(); modinfo_cpu=(); kmx_mem=(); ratios=()
@@ -66,6 +78,7 @@ printf 'kmx verify (all checks): %.3f s, %.3f CPU-s, peak memory %d MB (medians 
   "$(median "${kmx_runs[@]}")" "$(median "${kmx_cpu[@]}")" $(( $(median "${kmx_mem[@]}" | cut -d. -f1) / 1024 )) "$runs"
 printf 'modinfo -F vermagic:     %.3f s, %.3f CPU-s (medians of %d, one call over all files)\n' \
   "$(median "${modinfo_runs[@]}")" "$(median "${modinfo_cpu[@]}")" "$runs"
+printf 'kmx verify, cold (nothing kept): %.3f s, %.3f CPU-s\n' "$cold_wall" "$(echo "$cold_u + $cold_s" | bc)"
 printf 'ratio: kmx is %.2fx faster (median of the %d run-by-run ratios)\n' "$(median "${ratios[@]}")" "$runs"
 
 # Same vermagic for every module, in the same (sorted) order.

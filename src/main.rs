@@ -7,6 +7,8 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // The run's clock: the summary's time covers planning too.
+    kmx::matrix::pipeline::run_started();
     // Before anything opens a file: the descriptors MAKEFLAGS names are still make's.
     kmx::matrix::jobserver::capture_from_env();
     let cli = kmx::cli::parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());

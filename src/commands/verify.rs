@@ -282,6 +282,8 @@ fn check_set(
         Some(certs::from_files(&args.cert)?)
     };
     let cert_cache = ctx.home.root.join("cache").join("certs");
+    // Compressed modules read before are found by content, not decompressed again.
+    crate::verify::memo::open(&ctx.home.root.join("cache").join("verify"));
     // Each tree's Module.symvers is loaded once, by the first module that needs it.
     let symbols: Vec<OnceLock<Result<Option<TreeSymbols>>>> =
         trees.trees.iter().map(|_| OnceLock::new()).collect();
@@ -376,6 +378,7 @@ fn check_set(
             reports[i] = report;
         }
     }
+    crate::verify::memo::save();
     for k in keys
         .iter()
         .filter_map(|k| k.get())

@@ -83,15 +83,20 @@ const DEPRECATED: &[&str] = &[
 
 /// The bash that sources the file and dumps the result. `@DIRECTIVES@` is replaced by the
 /// names above (plain identifiers); paths arrive through the environment, never quoted in.
-const WRAPPER: &str = r#"__kmx_conf=$KMX_CONF __kmx_dump=$KMX_DUMP
+/// The last PID of the sandbox's PID namespace, read before and after the file (`P` record),
+/// says whether the file started any process ([`super::memo`]).
+const WRAPPER: &str = r#"__kmx_conf=$KMX_CONF __kmx_dump=$KMX_DUMP __kmx_p= __kmx_q=
 unset KMX_CONF KMX_DUMP
 export -n kernelver kernel_source_dir arch dkms_tree source_tree module module_version
 { for __kmx_n in $(compgen -v); do builtin printf 'B\0%s\0' "$__kmx_n"; done; } >"$__kmx_dump"
+builtin read -r __kmx_p </proc/sys/kernel/ns_last_pid 2>/dev/null
 set --
 . "$__kmx_conf"
+builtin read -r __kmx_q </proc/sys/kernel/ns_last_pid 2>/dev/null
 set +e +u +o pipefail
 IFS=$' \t\n'
 {
+  builtin printf 'P\0%s\0%s\0' "$__kmx_p" "$__kmx_q"
   for __kmx_n in @DIRECTIVES@; do
     eval "__kmx_keys=(\"\${!$__kmx_n[@]}\")"
     for __kmx_k in "${__kmx_keys[@]}"; do
@@ -107,11 +112,37 @@ exit 0
 
 /// Evaluate `conf` for one cell and check it the way DKMS does.
 pub fn evaluate(conf: &Path, vars: &CellVars) -> Result<ModuleSpec> {
-    evaluate_with_timeout(conf, vars, EVAL_TIMEOUT)
+    evaluate_with_timeout(conf, vars, EVAL_TIMEOUT, None)
 }
 
-fn evaluate_with_timeout(conf: &Path, vars: &CellVars, timeout: Duration) -> Result<ModuleSpec> {
+/// [`evaluate`], kept and found again ([`super::memo`]) under `context`: the caller's digest
+/// of everything else the evaluation sees (the source, the tree, the run's other sources).
+pub fn evaluate_memo(conf: &Path, vars: &CellVars, context: &str) -> Result<ModuleSpec> {
+    evaluate_with_timeout(conf, vars, EVAL_TIMEOUT, Some(context))
+}
+
+fn evaluate_with_timeout(
+    conf: &Path,
+    vars: &CellVars,
+    timeout: Duration,
+    context: Option<&str>,
+) -> Result<ModuleSpec> {
     let text = fs::read(conf).map_err(|e| Error::io("read", conf, e))?;
+    let key = context
+        .filter(|_| super::memo::dir().is_some() && vars.sandbox.is_some())
+        .map(|c| super::memo::key(c, conf, &text, vars));
+    if let Some(key) = &key
+        && let Some((raw, log)) = super::memo::lookup(key)
+    {
+        return build_spec(conf, vars, Dump::parse(&raw, log));
+    }
+    let closed = key.is_some() && super::memo::text_is_closed(&String::from_utf8_lossy(&text));
+    let keep = |dump: Dump, forked: bool| {
+        if let Some(key) = key.as_ref().filter(|_| closed && !forked && !dump.forked) {
+            super::memo::store(key, &dump.raw, &dump.log);
+        }
+        build_spec(conf, vars, dump)
+    };
     let tmp =
         tempfile::tempdir().map_err(|e| Error::io("create a temporary directory for", conf, e))?;
     // The files bash reads and writes, in one directory the sandbox shows at EVAL_DIR.
@@ -136,7 +167,7 @@ fn evaluate_with_timeout(conf: &Path, vars: &CellVars, timeout: Duration) -> Res
     // A reading that knows the identity follows one that checked the syntax.
     if let Some((module, version)) = &vars.identity {
         let dump = ctx.source(module, version)?;
-        return build_spec(conf, vars, dump);
+        return keep(dump, false);
     }
     let (status, log) = ctx.run(&["-n", "dkms.conf"], &[])?;
     if !status.success() {
@@ -155,13 +186,15 @@ fn evaluate_with_timeout(conf: &Path, vars: &CellVars, timeout: Duration) -> Res
     // A file that never reads $module or $module_version cannot depend on the guess.
     let text = String::from_utf8_lossy(&text);
     let uses_identity = text.contains("$module") || text.contains("${module");
+    let mut forked = false;
     if uses_identity && !name.is_empty() && !ver.is_empty() {
         let (name, ver) = decide_identity(vars, name, ver);
         if name != module || ver != version {
+            forked = dump.forked;
             dump = ctx.source(&name, &ver)?;
         }
     }
-    build_spec(conf, vars, dump)
+    keep(dump, forked)
 }
 
 /// The name and version DKMS builds with (`$module`, `$module_version`, the `<name>/<version>`
@@ -450,12 +483,18 @@ struct Dump {
     bad_keys: Vec<String>,
     complete: bool,
     log: String,
+    /// Whether the file may have started a process (no `P` record with equal PIDs).
+    forked: bool,
+    /// The bytes parsed, as kept by [`super::memo`].
+    raw: Vec<u8>,
 }
 
 impl Dump {
     fn parse(bytes: &[u8], log: String) -> Dump {
         let mut d = Dump {
             log,
+            forked: true,
+            raw: bytes.to_vec(),
             ..Dump::default()
         };
         let mut fields = bytes
@@ -466,6 +505,12 @@ impl Dump {
                 "B" => d.before.extend(fields.next()),
                 "A" => d.after.extend(fields.next()),
                 "E" => d.complete = true,
+                "P" => {
+                    let (Some(before), Some(after)) = (fields.next(), fields.next()) else {
+                        break;
+                    };
+                    d.forked = before.is_empty() || before != after;
+                }
                 "V" => {
                     let (Some(name), Some(key), Some(value)) =
                         (fields.next(), fields.next(), fields.next())
@@ -1213,6 +1258,7 @@ mod tests {
             &fixture("sleeps").join("dkms.conf"),
             &vars,
             Duration::from_secs(1),
+            None,
         )
         .expect_err("must time out");
         assert_eq!(

@@ -9,6 +9,7 @@ pub mod dkms;
 pub mod kmxtoml;
 pub mod load;
 pub mod manifest;
+pub mod memo;
 pub mod probe;
 pub mod profile;
 
@@ -22,6 +23,16 @@ use manifest::{CellVars, ModuleSpec};
 
 /// Load the manifest of `source_dir` for one cell: `kmx.toml` wins over `dkms.conf`.
 pub fn load_spec(source_dir: &Path, vars: &CellVars) -> Result<ModuleSpec> {
+    load_spec_memo(source_dir, vars, None)
+}
+
+/// [`load_spec`], with a dkms.conf's evaluation kept and found again under `context`
+/// ([`memo`]) when one is given.
+pub fn load_spec_memo(
+    source_dir: &Path,
+    vars: &CellVars,
+    context: Option<&str>,
+) -> Result<ModuleSpec> {
     let toml = source_dir.join("kmx.toml");
     if toml.is_file() {
         // kmx.toml names its module; a name or version the caller gives wins, as in DKMS.
@@ -36,7 +47,10 @@ pub fn load_spec(source_dir: &Path, vars: &CellVars) -> Result<ModuleSpec> {
     }
     let conf = source_dir.join("dkms.conf");
     if conf.is_file() {
-        return dkms::evaluate(&conf, vars);
+        return match context {
+            Some(context) => dkms::evaluate_memo(&conf, vars, context),
+            None => dkms::evaluate(&conf, vars),
+        };
     }
     Err(
         Error::config(source_dir, "no dkms.conf or kmx.toml in this directory")

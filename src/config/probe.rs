@@ -70,12 +70,21 @@ impl Toolchain {
                 )),
             }
         })?;
-        let out = Command::new(&path)
-            .arg("--version")
-            .output()
-            .map_err(|e| Error::env(format!("cannot run {}: {e}", path.display())))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let version_line = text.lines().next().unwrap_or("").trim().to_string();
+        let version_line = match super::memo::program_version(&path) {
+            Some(line) => line,
+            None => {
+                let out = Command::new(&path)
+                    .arg("--version")
+                    .output()
+                    .map_err(|e| Error::env(format!("cannot run {}: {e}", path.display())))?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let line = text.lines().next().unwrap_or("").trim().to_string();
+                if out.status.success() && !line.is_empty() {
+                    super::memo::keep_program_version(&path, &line);
+                }
+                line
+            }
+        };
         let version = version_line
             .split_whitespace()
             .rev()

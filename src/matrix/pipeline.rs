@@ -350,6 +350,14 @@ fn lock_out(out: &Path) -> Result<std::fs::File> {
     Ok(dir)
 }
 
+/// When the run began: set by the first call (the binary's first instruction), so the
+/// report's wall time covers planning (dkms.conf evaluations, fingerprints) as well as the
+/// cells.
+pub fn run_started() -> Instant {
+    static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(Instant::now)
+}
+
 /// Run every cell of `plan`, write `<out>/report.json`, and return the report.
 pub fn execute(
     plan: &Plan,
@@ -406,7 +414,7 @@ pub fn execute(
         .map(|c| durations.as_ref().and_then(|d| d.get(&c.label())))
         .collect();
     progress.begin(plan, jobs, jobserver.is_inherited(), &estimates);
-    let started = Instant::now();
+    let started = run_started();
     let results = scheduler::execute(plan, jobs, opts.fail_fast, stop, &run, &mut |ev| {
         progress.event(plan, ev)
     })?;
@@ -416,13 +424,18 @@ pub fn execute(
     let report = Report::new(plan, &results, started.elapsed().as_secs_f64());
     if let Some(d) = &mut durations {
         // Only cells that ran make: a reused cell's few milliseconds say nothing of a build.
+        let mut built = false;
         for (c, r) in plan.cells.iter().zip(&results) {
             if r.outcome.status() == crate::matrix::cell::CellStatus::Built {
                 d.set(&c.label(), r.duration.as_secs_f64());
+                built = true;
             }
         }
-        // An estimate lost costs nothing but the estimate.
-        let _ = d.save();
+        // An estimate lost costs nothing but the estimate; a run that built nothing has
+        // nothing new to say (and a no-op run writes only its report).
+        if built {
+            let _ = d.save();
+        }
     }
     if let Some(cache) = &opts.cache {
         cache.trim();

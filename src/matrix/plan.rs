@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::load_spec;
+use crate::config::load_spec_memo;
 use crate::config::manifest::ModuleSpec;
 use crate::config::manifest::{CellVars, Given};
 use crate::config::probe::Compiler;
@@ -201,6 +201,23 @@ pub fn plan_given(
             }
         }
     }
+    // Each source's digest and each tree's identity, once: the cells' fingerprints and the
+    // keys under which their dkms.conf evaluations are kept ([`crate::config::memo`]).
+    let digests = sources
+        .par_iter()
+        .map(|s| Ok((s.clone(), crate::digest::source_tree(s)?)))
+        .collect::<Result<BTreeMap<PathBuf, String>>>()?;
+    let mut kdirs: Vec<&Arc<KernelTree>> = targets.iter().flat_map(|t| &t.trees).collect();
+    kdirs.sort_by(|a, b| a.kdir.cmp(&b.kdir));
+    kdirs.dedup_by(|a, b| a.kdir == b.kdir);
+    let trees = kdirs
+        .par_iter()
+        .map(|t| Ok((t.kdir.clone(), fingerprint::kernel_tree(t)?)))
+        .collect::<Result<BTreeMap<PathBuf, String>>>()?;
+    let known = Known {
+        digests: &digests,
+        trees: &trees,
+    };
     let isolated = namespace::available();
     // In the sandbox, a dkms.conf sees every source of the run at /usr/src/<name>-<version>,
     // as on a machine where the packages are installed: a first reading of each source (in
@@ -216,7 +233,8 @@ pub fn plan_given(
                 .map(|src| {
                     let mut vars = cell_vars(src, ts, tree, None, Some(empty.clone()), mode);
                     vars.given = given[src].clone();
-                    let spec = load_spec(src, &vars)?;
+                    let spec =
+                        load_spec_memo(src, &vars, known.context(src, tree, &[]).as_deref())?;
                     Ok(namespace::Source {
                         name: spec.name,
                         version: spec.version,
@@ -236,7 +254,7 @@ pub fn plan_given(
         .enumerate()
         .map(|(index, slot)| {
             let g = &given[&slot.1];
-            plan_cell(index, slot, &out, sandbox.as_ref(), mode, g)
+            plan_cell(index, slot, &out, sandbox.as_ref(), mode, g, &known)
         })
         .collect::<Result<Vec<Cell>>>()?;
     if let Some(others) = &sandbox {
@@ -257,7 +275,7 @@ pub fn plan_given(
         }
     }
     resolve_dependencies(&mut cells)?;
-    fingerprint_cells(&mut cells)?;
+    fingerprint_cells(&mut cells, &digests, &trees)?;
     Ok(Plan {
         total: cells.len(),
         cells,
@@ -303,6 +321,34 @@ fn cell_vars(
     }
 }
 
+/// The digests of the run's sources and the identities of its trees, by path.
+struct Known<'a> {
+    digests: &'a BTreeMap<PathBuf, String>,
+    trees: &'a BTreeMap<PathBuf, String>,
+}
+
+impl Known<'_> {
+    /// What a dkms.conf evaluation of `source` for `tree` sees beyond its own variables: the
+    /// source, the tree, and the other sources under /usr/src, by content. `None` (nothing
+    /// kept) when evaluations are not kept in this process.
+    fn context(
+        &self,
+        source: &Path,
+        tree: &KernelTree,
+        others: &[namespace::Source],
+    ) -> Option<String> {
+        crate::config::memo::dir()?;
+        let mut fp = crate::digest::Fingerprint::new();
+        fp.field("source", self.digests.get(source)?.as_bytes())
+            .field("tree", self.trees.get(&tree.kdir)?.as_bytes());
+        for o in others {
+            fp.field("other", o.dir.as_os_str().as_encoded_bytes())
+                .field("digest", self.digests.get(&o.dir)?.as_bytes());
+        }
+        Some(fp.finish())
+    }
+}
+
 /// One slot of the matrix: the source's index, the source, the target and the tree.
 type Slot = (usize, PathBuf, Arc<TargetSetup>, Arc<KernelTree>);
 
@@ -313,6 +359,7 @@ fn plan_cell(
     sandbox: Option<&Arc<Vec<namespace::Source>>>,
     mode: namespace::Mode,
     given: &Given,
+    known: &Known,
 ) -> Result<Cell> {
     // The work dir must be known before the manifest is evaluated: dkms.conf files refer to
     // $dkms_tree/<module>/<version>/build. Name it by source, target and kernel; the spec
@@ -329,7 +376,12 @@ fn plan_cell(
     let work_dir = out.join(".work").join(&slot);
     let mut vars = cell_vars(&source, &ts, &tree, Some(&work_dir), sandbox.cloned(), mode);
     vars.given = given.clone();
-    let spec = load_spec(&source, &vars)?;
+    let others = sandbox.map(|o| o.as_slice()).unwrap_or_default();
+    let spec = load_spec_memo(
+        &source,
+        &vars,
+        known.context(&source, &tree, others).as_deref(),
+    )?;
     if let Some((name, version)) = &vars.identity
         && (name, version) != (&spec.name, &spec.version)
     {
@@ -386,17 +438,11 @@ fn plan_cell(
 /// Give every cell its fingerprint: source contents and tree identities are hashed once
 /// each, dependencies before their dependents. Paths of the work and source directories are
 /// replaced by placeholders, so the same cell in another output directory is the same cell.
-fn fingerprint_cells(cells: &mut [Cell]) -> Result<()> {
-    let mut sources: BTreeMap<PathBuf, String> = BTreeMap::new();
-    let mut trees: BTreeMap<PathBuf, String> = BTreeMap::new();
-    for c in cells.iter() {
-        if !sources.contains_key(&c.source) {
-            sources.insert(c.source.clone(), crate::digest::source_tree(&c.source)?);
-        }
-        if !trees.contains_key(&c.tree.kdir) {
-            trees.insert(c.tree.kdir.clone(), fingerprint::kernel_tree(&c.tree)?);
-        }
-    }
+fn fingerprint_cells(
+    cells: &mut [Cell],
+    sources: &BTreeMap<PathBuf, String>,
+    trees: &BTreeMap<PathBuf, String>,
+) -> Result<()> {
     let environment = provenance::environment();
     let mut done: Vec<Option<String>> = vec![None; cells.len()];
     // Dependencies form a DAG (checked above): repeat until every cell is done.

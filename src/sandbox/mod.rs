@@ -572,27 +572,62 @@ impl Args {
     /// directories and files bound by `bind`, symbolic links made again; sockets, FIFOs and
     /// devices are left out.
     fn rebind_entries(&mut self, dir: &Path, except: &[&str], bind: &str) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+        let Some(entries) = listing(dir) else {
             return;
         };
-        let mut entries: Vec<_> = entries.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
+        for (name, path, link) in entries.iter() {
             if except.iter().any(|x| name.as_os_str() == *x) {
                 continue;
             }
-            let path = e.path();
-            let Ok(kind) = e.file_type() else { continue };
-            if kind.is_symlink() {
-                if let Ok(target) = std::fs::read_link(&path) {
-                    self.symlink(&target, &path);
-                }
-            } else if kind.is_dir() || kind.is_file() {
-                self.mount(bind, &path, &path);
+            match link {
+                Some(target) => self.symlink(target, path),
+                None => self.mount(bind, path, path),
             }
         }
     }
+}
+
+/// One entry of a host directory a view shows again: its name, path, and the target when it
+/// is a symbolic link (directories and files are bound; other kinds are left out).
+type Entry = (std::ffi::OsString, PathBuf, Option<PathBuf>);
+
+/// The entries of host directory `dir`, sorted by name: read once per process while the
+/// directory's modification time stays the same (adding, removing or renaming an entry
+/// changes it), not for every step of every cell (`/usr/lib` alone has ~100).
+fn listing(dir: &Path) -> Option<std::sync::Arc<Vec<Entry>>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    type Seen = HashMap<PathBuf, (std::time::SystemTime, Arc<Vec<Entry>>)>;
+    static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
+    let stamp = std::fs::metadata(dir).and_then(|m| m.modified()).ok()?;
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some((at, entries)) = seen.lock().unwrap_or_else(|e| e.into_inner()).get(dir)
+        && *at == stamp
+    {
+        return Some(entries.clone());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(dir).ok()?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    let entries: Vec<Entry> = entries
+        .into_iter()
+        .filter_map(|e| {
+            let path = e.path();
+            let kind = e.file_type().ok()?;
+            if kind.is_symlink() {
+                let target = std::fs::read_link(&path).ok()?;
+                Some((e.file_name(), path, Some(target)))
+            } else if kind.is_dir() || kind.is_file() {
+                Some((e.file_name(), path, None))
+            } else {
+                None
+            }
+        })
+        .collect();
+    let entries = Arc::new(entries);
+    seen.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(dir.to_path_buf(), (stamp, entries.clone()));
+    Some(entries)
 }
 
 /// Why a step's sandbox could not be made, from what the step printed (`text`, its first
@@ -635,18 +670,87 @@ pub fn available() -> Result<(), String> {
 
 fn runner() -> Result<&'static Runner, String> {
     static RUNNER: OnceLock<Result<Runner, String>> = OnceLock::new();
-    RUNNER.get_or_init(probe).as_ref().map_err(Clone::clone)
+    RUNNER
+        .get_or_init(probe_or_recall)
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
-/// Find bubblewrap and whether it can make a user namespace here, by making the strict view
-/// of a cell and running a step in it that must see its build directory and tree link.
-fn probe() -> Result<Runner, String> {
+static PROBE_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Keep what a successful probe found in `file`, and trust it while nothing it depends on
+/// has changed ([`probe_key`]): a run that needs no step then starts no bubblewrap.
+pub fn remember_probe(file: PathBuf) {
+    let _ = PROBE_FILE.set(file);
+}
+
+/// What decides whether bubblewrap works here as it did: the program (by identity), this
+/// kmx, the user, the boot, the namespaces kmx runs in, the root directory (a chroot), the
+/// kernel's switches for user namespaces, and the directory the probe works in.
+fn probe_key(bwrap: &Path) -> String {
+    let file = crate::config::memo::file_identity;
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let link = |p: &str| {
+        std::fs::read_link(p)
+            .map(|l| l.display().to_string())
+            .unwrap_or_default()
+    };
+    let text = format!(
+        "bwrap {} {}|kmx {} {}|uid {} {}|boot {}|ns {} {} {}|root {}|sysctl {} {} {}|tmp {}",
+        bwrap.display(),
+        file(bwrap),
+        env!("CARGO_PKG_VERSION"),
+        file(Path::new("/proc/self/exe")),
+        // SAFETY: getuid and geteuid cannot fail.
+        unsafe { libc::getuid() },
+        unsafe { libc::geteuid() },
+        read("/proc/sys/kernel/random/boot_id").trim(),
+        link("/proc/self/ns/user"),
+        link("/proc/self/ns/mnt"),
+        link("/proc/self/ns/pid"),
+        file(Path::new("/")),
+        read("/proc/sys/kernel/unprivileged_userns_clone").trim(),
+        read("/proc/sys/user/max_user_namespaces").trim(),
+        read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").trim(),
+        std::env::temp_dir().display(),
+    );
+    let mut fp = crate::digest::Fingerprint::new();
+    fp.field("sandbox-probe", text.as_bytes());
+    fp.finish()
+}
+
+/// The probe's finding, kept from an earlier run under the same [`probe_key`], or probed
+/// now (and kept when it succeeds; a failure is probed again next time).
+fn probe_or_recall() -> Result<Runner, String> {
     let path = format!(
         "{}:/usr/sbin:/sbin",
         std::env::var("PATH").unwrap_or_default()
     );
     let bwrap = which::which_in("bwrap", Some(&path), "/")
         .map_err(|_| "bwrap not found (install bubblewrap)".to_string())?;
+    let Some(file) = PROBE_FILE.get() else {
+        return probe(bwrap);
+    };
+    let key = probe_key(&bwrap);
+    if let Ok(text) = std::fs::read_to_string(file)
+        && let Some((k, user_ns)) = text.trim().split_once(' ')
+        && k == key
+        && let Ok(user_ns) = user_ns.parse::<bool>()
+    {
+        return Ok(Runner { bwrap, user_ns });
+    }
+    let runner = probe(bwrap)?;
+    if let Some(parent) = file.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let _ =
+        crate::state::home::write_atomic(file, format!("{key} {}\n", runner.user_ns).as_bytes());
+    Ok(runner)
+}
+
+/// Whether bubblewrap at `bwrap` can make a user namespace here, by making the strict view
+/// of a cell and running a step in it that must see its build directory and tree link.
+fn probe(bwrap: PathBuf) -> Result<Runner, String> {
     let tmp = tempfile::Builder::new()
         .prefix(".kmx-probe-")
         .tempdir_in(std::env::temp_dir())

@@ -5,6 +5,7 @@ pub mod built;
 pub mod certs;
 pub mod checks;
 pub mod decompress;
+pub mod memo;
 pub mod module;
 pub mod signing;
 

@@ -477,13 +477,16 @@ impl Module {
 
     /// [`Module::parse`], with the signed bytes' digest only when `digest` is true.
     pub fn parse_with(bytes: &[u8], digest: bool) -> Result<Module, ReadError> {
+        let read = |format| {
+            let data = decompress::decompress_held(bytes, format, decompress::DEFAULT_LIMIT)?;
+            let mut module = parse_uncompressed(&data, digest)?;
+            module.compression = Some(format);
+            Ok(module)
+        };
         match Compression::detect(bytes) {
-            Some(format) => {
-                let data = decompress::decompress_held(bytes, format, decompress::DEFAULT_LIMIT)?;
-                let mut module = parse_uncompressed(&data, digest)?;
-                module.compression = Some(format);
-                Ok(module)
-            }
+            // Kept by content ([`super::memo`]) when the digest is not wanted.
+            Some(format) if !digest => super::memo::module(bytes, || read(format)),
+            Some(format) => read(format),
             None => parse_uncompressed(bytes, digest),
         }
     }
@@ -776,6 +779,20 @@ pub struct Modinfo {
 }
 
 impl Modinfo {
+    /// The text and the (key start, `=`, value end) offsets, as [`super::memo`] keeps them.
+    pub(crate) fn parts(&self) -> (&str, &[(u32, u32, u32)]) {
+        (&self.text, &self.entries)
+    }
+
+    /// [`Modinfo::parts`] back; `None` when an offset falls outside the text.
+    pub(crate) fn from_parts(text: String, entries: Vec<(u32, u32, u32)>) -> Option<Modinfo> {
+        let len = text.len() as u32;
+        entries
+            .iter()
+            .all(|&(a, b, c)| a <= b && b <= len && c <= len)
+            .then_some(Modinfo { text, entries })
+    }
+
     /// The `(key, value)` pairs in file order; the value is empty for an entry without `=`.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.entries.iter().map(|&(start, eq, end)| {

@@ -502,3 +502,85 @@ fn distcc_on_loopback_compiles_every_translation_unit() {
         }
     }
 }
+
+/// Every kept dkms.conf evaluation under `home` (the memo's entries that hold a dump).
+fn kept_evaluations(home: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(home.join("cache/eval")) else {
+        return found;
+    };
+    for d in dirs.flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            let bytes = std::fs::read(f.path()).unwrap();
+            if bytes.windows(16).any(|w| w == b"PACKAGE_VERSION\0") {
+                found.push(f.path());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_no_op_plan_reads_the_kept_evaluation_and_starts_no_bash() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let src = hello_source(k.dir(), "hello", "");
+    let src = src.to_str().unwrap();
+    let plan = |k: &Kmx| {
+        k.run(&["build", src, "-t", "amd64", "--dry-run"])
+            .ok()
+            .stdout()
+    };
+    let first = plan(&k);
+    assert!(first.contains("hello 1.0 amd64"), "{first}");
+    let kept = kept_evaluations(&k.home);
+    // The first reading (for the names of the run's sources) and the cell's own.
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    // What bash printed is replaced in every kept entry: a plan that still says hello.ko
+    // ran bash again; one that says hellx.ko read the entries.
+    for f in &kept {
+        let bytes = std::fs::read(f).unwrap();
+        let (from, to) = (
+            b"V\0BUILT_MODULE_NAME\x000\x00hello\0",
+            b"V\0BUILT_MODULE_NAME\x000\x00hellx\0",
+        );
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("the module's record");
+        let mut changed = bytes.clone();
+        changed[at..at + to.len()].copy_from_slice(to);
+        std::fs::write(f, changed).unwrap();
+    }
+    let second = plan(&k);
+    assert!(second.contains("modules: hellx.ko"), "{second}");
+    // Any change to the source is a new key: evaluated again.
+    write(&Path::new(src).join("README"), "changed\n");
+    let third = plan(&k);
+    assert!(third.contains("modules: hello.ko"), "{third}");
+}
+
+#[test]
+fn a_dkms_conf_that_reads_beyond_its_key_is_evaluated_every_time() {
+    // Outside /tmp, which every evaluation gets privately.
+    let Some(k) = Kmx::with_trees_in(Path::new("/var/tmp")) else {
+        return;
+    };
+    // The version is read from a file outside the source (shown read-only in the sandbox,
+    // in no key): once by a process (`cat`, caught by the PID check), once by bash itself
+    // (`$(<file)` starts no process, caught by the text check).
+    let version = k.dir().join("version");
+    for (name, read) in [("bycat", "$(cat {})"), ("bybash", "$(<{})")] {
+        let read = read.replace("{}", &version.display().to_string());
+        let src = hello_source(k.dir(), name, &format!("PACKAGE_VERSION=\"{read}\"\n"));
+        let src = src.to_str().unwrap();
+        for v in ["1.0", "2.0", "3.0"] {
+            write(&version, &format!("{v}\n"));
+            let plan = k
+                .run(&["build", src, "-t", "amd64", "--dry-run"])
+                .ok()
+                .stdout();
+            assert!(plan.contains(&format!("hello {v} amd64")), "{name}: {plan}");
+        }
+    }
+    assert!(kept_evaluations(&k.home).is_empty());
+}
