@@ -199,6 +199,33 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         #[arg(long, short, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Which kernels each built module loads on: for .ko files, a build output or a
+    /// registered module's builds, every kernel of the module's target that kmx knows, with
+    /// its verdict (loads; loads with a warning, e.g. another release whose symbol CRCs all
+    /// match; refused, and why: which symbol's CRC differs, which symbol is missing).
+    #[command(
+        after_help = "A module's target is the one --target names, else its build cell's \
+(<release>/<target>/ in a build output or the state store), else the first whose trees include \
+the release it was built for. The verdict follows the kernel's loader (kmx verify's checks \
+without the signature, which is the machine's policy: `kmx verify --sig-enforce`); whether \
+the module's init succeeds only loading it can tell (`kmx smoke`).\n\n\
+Exit codes: 0 the matrix was made, 2 bad command line or no modules, 3 no kernel tree."
+    )]
+    Compat {
+        /// .ko files, directories searched for them (a build output), or a registered
+        /// MODULE[/VERSION] (its builds in the state store).
+        #[arg(required = true, value_name = "PATH|MODULE")]
+        inputs: Vec<String>,
+        /// The target(s) whose kernels judge the modules (repeatable or comma-separated).
+        #[arg(long, short)]
+        target: Vec<String>,
+        /// Print JSON (schema kmx.compat/1) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Every reason of a refusal, not only the kernel's first.
+        #[arg(long, short)]
+        verbose: bool,
+    },
     /// Boot each target's real kernel under QEMU and load modules in it: the kernel's own
     /// verdict (loaded, refused with its message, crashed in init). Needs
     /// `kmx kernels fetch --with-image`. Exits 0 when every module loaded, 1 when one was
@@ -212,6 +239,10 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         /// known target].
         #[arg(long, short)]
         target: Vec<String>,
+        /// Boot this kernel release (of the targets given) for every module, whatever
+        /// release it was built for: the real kernel's verdict on a `kmx compat` cell.
+        #[arg(long, short, value_name = "RELEASE")]
+        kernel: Option<String>,
         /// Give up on a boot after this many seconds.
         #[arg(long, default_value_t = SMOKE_TIMEOUT_SECS, value_name = "SECS")]
         timeout: u64,
