@@ -302,9 +302,10 @@ pub enum PackageFormat {
 #[derive(Debug, Subcommand)]
 pub enum KernelsCmd {
     /// Download prepared kernel build trees (linux-headers packages) for targets from the
-    /// apt archives their profiles name ([[kernels.source]]: Debian 12 and bookworm-backports
-    /// for the shipped targets), the newest ABI of each, with a private apt state: the
-    /// system's dpkg configuration is never changed.
+    /// apt archives their profiles name ([[kernels.source]]: bookworm, bookworm-security and
+    /// bookworm-backports for the shipped targets), for each kernel series the newest ABI
+    /// any of a target's sources has (older ABIs stay until pruned), with a private apt
+    /// state: the system's dpkg configuration is never changed.
     Fetch(FetchArgs),
     /// List every known kernel tree with its target, release, vermagic and source: the
     /// fetched ones, the ones profiles list, and the kernels installed on the machine (or in
@@ -327,7 +328,8 @@ pub enum KernelsCmd {
         #[arg(long, short)]
         target: Option<String>,
     },
-    /// Remove every fetched tree older than the newest ABI of its source, for each target.
+    /// Remove every fetched tree older than the newest ABI of its kernel series (6.1,
+    /// 6.12+deb12, ...), for each target.
     Prune {
         /// Only say what would be removed.
         #[arg(long)]
@@ -342,7 +344,7 @@ pub struct FetchArgs {
     #[arg(long, short)]
     pub target: Vec<String>,
     /// Pin the kernel ABI, e.g. 6.1.0-50 or 6.12.95+deb12, taken from whichever of the
-    /// target's sources carries it [default: the newest of every source].
+    /// target's sources carries it [default: the newest of each kernel series].
     #[arg(long)]
     pub abi: Option<String>,
     /// Debian mirror for sources without their own `url`.

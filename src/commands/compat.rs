@@ -43,6 +43,9 @@ struct KnownKernel {
     tree: KernelTree,
     source: String,
     symbols: Option<TreeSymbols>,
+    /// The size of the kernel's `struct module`, when kmx has one of its own modules (the
+    /// image fetched with `--with-image`) or one built for it among those given.
+    struct_module: Option<u64>,
 }
 
 pub fn compat(
@@ -92,9 +95,25 @@ pub fn compat(
             kernels.insert(target.name.clone(), known_kernels(target, &registry)?);
         }
         let identity = ctx.profiles.toolchain_of(target)?.identity;
+        let own_size = this_module_size(f);
         let cells = kernels[&target.name]
             .iter()
             .map(|k| {
+                // The kernel's struct module: from its own modules, else from a module
+                // given that was built for it.
+                let kernel_size = k.struct_module.or_else(|| {
+                    modules
+                        .iter()
+                        .zip(&files)
+                        .find(|(o, _)| {
+                            o.vermagic().and_then(|v| v.split(' ').next())
+                                == Some(k.tree.release.as_str())
+                        })
+                        .and_then(|(_, of)| this_module_size(of))
+                });
+                let this_module = own_size
+                    .zip(kernel_size)
+                    .map(|(module, kernel)| compat::ThisModule { module, kernel });
                 let kernel = Kernel {
                     tree: &k.tree,
                     symbols: k.symbols.as_ref(),
@@ -103,7 +122,7 @@ pub fn compat(
                 Cell {
                     release: k.tree.release.clone(),
                     source: k.source.clone(),
-                    judgement: compat::judge(m, &identity, kernel, &others),
+                    judgement: compat::judge(m, &identity, kernel, &others, this_module),
                 }
             })
             .collect();
@@ -245,10 +264,21 @@ fn known_kernels(target: &Target, registry: &Registry) -> Result<Vec<KnownKernel
             .and_then(|t| t.source.clone())
             .unwrap_or_else(|| r.origin.clone());
         let symbols = TreeSymbols::load(&tree)?;
+        // One of the kernel's own modules (depmod's first), where its image was fetched.
+        let struct_module = registry
+            .for_target(&target.name)
+            .find(|t| t.kdir == r.kdir)
+            .and_then(|t| t.boot.as_ref())
+            .and_then(|b| {
+                let dep = std::fs::read_to_string(b.modules_dir.join("modules.dep")).ok()?;
+                let first = dep.lines().next()?.split(':').next()?.to_string();
+                this_module_size(&b.modules_dir.join(first))
+            });
         out.push(KnownKernel {
             tree,
             source,
             symbols,
+            struct_module,
         });
     }
     if out.is_empty() {
@@ -316,4 +346,20 @@ fn print_table(rows: &[Row], verbose: bool) {
             println!("{:indent$}{m}", "");
         }
     }
+}
+
+/// The size of a module file's `.gnu.linkonce.this_module` section (its `struct module`),
+/// decompressing `.ko.xz` / `.ko.zst` / `.ko.gz`; `None` when unreadable.
+fn this_module_size(path: &Path) -> Option<u64> {
+    use crate::verify::decompress::{Compression, decompress};
+    let raw = std::fs::read(path).ok()?;
+    let bytes = match Compression::detect(&raw) {
+        Some(format) => decompress(&raw, format, 256 << 20).ok()?,
+        None => raw,
+    };
+    let elf = goblin::elf::Elf::parse(&bytes).ok()?;
+    elf.section_headers
+        .iter()
+        .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".gnu.linkonce.this_module"))
+        .map(|s| s.sh_size)
 }

@@ -64,12 +64,43 @@ fn kernel_order(kind: CheckKind) -> u8 {
     }
 }
 
-/// Judge `module` against `kernel`: the load checks without the signature.
+/// The size of `struct module` on both sides: the module's `.gnu.linkonce.this_module`
+/// section, and the kernel's (read from one of its own modules).
+#[derive(Debug, Clone, Copy)]
+pub struct ThisModule {
+    pub module: u64,
+    pub kernel: u64,
+}
+
+/// Since Linux 6.4 the loader compares the size of a module's `.gnu.linkonce.this_module`
+/// with its own `struct module` while validating the ELF file, before `module_layout`'s CRC
+/// (measured under QEMU: Debian's 6.12 says so first, 6.1 says `module_layout`).
+fn checks_struct_module_size(release: &str) -> bool {
+    let mut n = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (n.next().unwrap_or(0), n.next().unwrap_or(0)) >= (6, 4)
+}
+
+/// The kernel's message when the sizes of `struct module` differ, or `None`.
+fn struct_module_reason(release: &str, this: Option<ThisModule>) -> Option<String> {
+    let this = this.filter(|t| t.module != t.kernel)?;
+    checks_struct_module_size(release).then(|| {
+        format!(
+            "identity: .gnu.linkonce.this_module section size must match the kernel's built struct module size at run time (module {} bytes, kernel {})",
+            this.module, this.kernel
+        )
+    })
+}
+
+/// Judge `module` against `kernel`: the load checks without the signature. `this_module`,
+/// when both sizes are known, adds the loader's check of `struct module`'s size.
 pub fn judge(
     module: &Module,
     identity: &ElfIdentity,
     kernel: Kernel,
     others: &Others,
+    this_module: Option<ThisModule>,
 ) -> Judgement {
     let checks = vec![
         checks::identity(module, identity, Some(kernel)),
@@ -78,7 +109,12 @@ pub fn judge(
         checks::symbols(module, kernel, others),
         checks::depends(module, Some(kernel), others),
     ];
-    let worst = checks::worst(&checks);
+    let size_reason = struct_module_reason(&kernel.tree.release, this_module);
+    let worst = if size_reason.is_some() {
+        Status::Fail
+    } else {
+        checks::worst(&checks)
+    };
     let verdict = match worst {
         Status::Pass => Verdict::Loads,
         Status::Warn => Verdict::Warns,
@@ -89,9 +125,9 @@ pub fn judge(
     let reasons = if worst == Status::Pass {
         Vec::new()
     } else {
-        telling
-            .iter()
-            .flat_map(|c| reasons_of(c))
+        size_reason
+            .into_iter()
+            .chain(telling.iter().flat_map(|c| reasons_of(c)))
             .collect::<Vec<String>>()
     };
     Judgement {
@@ -150,6 +186,28 @@ mod tests {
                 CheckKind::Symbols
             ]
         );
+    }
+
+    #[test]
+    fn struct_module_size_is_the_first_reason_from_linux_6_4_on() {
+        let differ = Some(ThisModule {
+            module: 1344,
+            kernel: 1280,
+        });
+        let same = Some(ThisModule {
+            module: 1280,
+            kernel: 1280,
+        });
+        assert_eq!(
+            struct_module_reason("6.12.118+deb12-arm64", differ).as_deref(),
+            Some(
+                "identity: .gnu.linkonce.this_module section size must match the kernel's built struct module size at run time (module 1344 bytes, kernel 1280)"
+            )
+        );
+        assert!(struct_module_reason("6.4.0-1-amd64", differ).is_some());
+        assert_eq!(struct_module_reason("6.1.0-57-arm64", differ), None);
+        assert_eq!(struct_module_reason("6.12.118+deb12-arm64", same), None);
+        assert_eq!(struct_module_reason("6.12.118+deb12-arm64", None), None);
     }
 
     #[test]
