@@ -126,7 +126,9 @@ pub fn fetch(
     let mut chosen: BTreeMap<(String, String), (String, &Want)> = BTreeMap::new();
     for wants in groups.values() {
         let source = &wants[0].source;
-        // A pinned ABI whose trees are all present needs no apt at all.
+        // A pinned ABI whose trees are all present needs no apt at all. Sources named
+        // alike share a sysroot (`debian-<ABI>`): a tree an earlier source gave is not
+        // given again under this one's name.
         if let Some(abi) = &req.abi {
             let sysroot = sysroot_of(home, source, abi);
             let present: Vec<FetchedTree> = wants
@@ -134,7 +136,14 @@ pub fn fetch(
                 .filter_map(|w| existing(&sysroot, abi, w))
                 .collect();
             if present.len() == wants.len() {
-                result.extend(present);
+                for t in present {
+                    if !result
+                        .iter()
+                        .any(|r| r.target == t.target && r.kdir == t.kdir)
+                    {
+                        result.push(t);
+                    }
+                }
                 continue;
             }
         }
@@ -157,12 +166,13 @@ pub fn fetch(
                     .unwrap_or_default(),
                 None => newest_abis(&apt, &names, k)?,
             };
-            if abis.is_empty() {
+            // A pinned ABI is looked for in every source: only a target that no source
+            // has it for is worth saying (the error below).
+            if abis.is_empty() && req.abi.is_none() {
                 say(&format!(
-                    "{}: {} has no linux-headers-{}-{}:{} package",
+                    "{}: {} has no linux-headers-<ABI>-{}:{} package",
                     w.target,
                     source.label(),
-                    req.abi.as_deref().unwrap_or("<ABI>"),
                     k.flavour,
                     k.arch
                 ));
