@@ -16,6 +16,9 @@ use crate::support::*;
 /// The targets whose pairs are booted.
 const PAIRED: [&str; 2] = ["arm64", "amd64"];
 
+/// One boot: target, kernel release, and (module name, release it was built for) loaded.
+type Boot = (String, String, Vec<(String, String)>);
+
 #[test]
 fn the_compat_matrix_agrees_with_the_booted_kernels_on_every_pair() {
     let Some(k) = Kmx::with_all_trees() else {
@@ -83,7 +86,7 @@ fn the_compat_matrix_agrees_with_the_booted_kernels_on_every_pair() {
     // Each kernel B booted once with the module built for every A, renamed apart (a name
     // is not part of what the loader compares): two boots at a time.
     let tmp = k.dir().join("renamed");
-    let boots: Vec<(String, String, Vec<(String, String)>)> = bootable
+    let boots: Vec<Boot> = bootable
         .iter()
         .map(|(target, kernel)| {
             let dir = tmp.join(kernel);
