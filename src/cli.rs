@@ -236,6 +236,33 @@ module failed, 77 BUILD_EXCLUSIVE rules the kernel out.\n\n\
 Without -k, the running kernel (uname -r). The root is / or KMX_ROOT."
     )]
     Dkms(DkmsArgs),
+    /// Which kernels each built module loads on: for .ko files, a build output or a
+    /// registered module's builds, every kernel of the module's target that kmx knows, with
+    /// its verdict (loads; loads with a warning, e.g. another release whose symbol CRCs all
+    /// match; refused, and why: which symbol's CRC differs, which symbol is missing).
+    #[command(
+        after_help = "A module's target is the one --target names, else its build cell's \
+(<release>/<target>/ in a build output or the state store), else the first whose trees include \
+the release it was built for. The verdict follows the kernel's loader (kmx verify's checks \
+without the signature, which is the machine's policy: `kmx verify --sig-enforce`); whether \
+the module's init succeeds only loading it can tell (`kmx smoke`).\n\n\
+Exit codes: 0 the matrix was made, 2 bad command line or no modules, 3 no kernel tree."
+    )]
+    Compat {
+        /// .ko files, directories searched for them (a build output), or a registered
+        /// MODULE[/VERSION] (its builds in the state store).
+        #[arg(required = true, value_name = "PATH|MODULE")]
+        inputs: Vec<String>,
+        /// The target(s) whose kernels judge the modules (repeatable or comma-separated).
+        #[arg(long, short)]
+        target: Vec<String>,
+        /// Print JSON (schema kmx.compat/1) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Every reason of a refusal, not only the kernel's first.
+        #[arg(long, short)]
+        verbose: bool,
+    },
     /// Boot each target's real kernel under QEMU and load modules in it: the kernel's own
     /// verdict (loaded, refused with its message, crashed in init). Needs
     /// `kmx kernels fetch --with-image`. Exits 0 when every module loaded, 1 when one was
@@ -249,6 +276,10 @@ Without -k, the running kernel (uname -r). The root is / or KMX_ROOT."
         /// known target].
         #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
         target: Vec<String>,
+        /// Boot this kernel release (of the targets given) for every module, whatever
+        /// release it was built for: the real kernel's verdict on a `kmx compat` cell.
+        #[arg(long, short, value_name = "RELEASE")]
+        kernel: Option<String>,
         /// Give up on a boot after this many seconds.
         #[arg(long, default_value_t = SMOKE_TIMEOUT_SECS, value_name = "SECS")]
         timeout: u64,
@@ -308,9 +339,10 @@ pub enum PackageFormat {
 #[derive(Debug, Subcommand)]
 pub enum KernelsCmd {
     /// Download prepared kernel build trees (linux-headers packages) for targets from the
-    /// apt archives their profiles name ([[kernels.source]]: Debian 12 and bookworm-backports
-    /// for the shipped targets), the newest ABI of each, with a private apt state: the
-    /// system's dpkg configuration is never changed.
+    /// apt archives their profiles name ([[kernels.source]]: bookworm, bookworm-security and
+    /// bookworm-backports for the shipped targets), for each kernel series the newest ABI
+    /// any of a target's sources has (older ABIs stay until pruned), with a private apt
+    /// state: the system's dpkg configuration is never changed.
     Fetch(FetchArgs),
     /// List every known kernel tree with its target, release, vermagic and source: the
     /// fetched ones, the ones profiles list, and the kernels installed on the machine (or in
@@ -333,7 +365,8 @@ pub enum KernelsCmd {
         #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
         target: Option<String>,
     },
-    /// Remove every fetched tree older than the newest ABI of its source, for each target.
+    /// Remove every fetched tree older than the newest ABI of its kernel series (6.1,
+    /// 6.12+deb12, ...), for each target.
     Prune {
         /// Only say what would be removed.
         #[arg(long)]
@@ -348,7 +381,7 @@ pub struct FetchArgs {
     #[arg(long, short, value_parser = TargetName, hide_possible_values = true)]
     pub target: Vec<String>,
     /// Pin the kernel ABI, e.g. 6.1.0-50 or 6.12.95+deb12, taken from whichever of the
-    /// target's sources carries it [default: the newest of every source].
+    /// target's sources carries it [default: the newest of each kernel series].
     #[arg(long)]
     pub abi: Option<String>,
     /// Debian mirror for sources without their own `url`.

@@ -26,12 +26,25 @@ pub struct TargetHealth {
 pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHealth {
     let mut trees = Vec::new();
     let mut tree_cc: Option<String> = None;
+    let mut inspected = Vec::new();
     for r in trees_of(target, registry) {
         let (health, tree) = tree_health(r, target);
-        if let Some(t) = tree {
-            tree_cc = tree_cc.or(t.compiler);
+        if let Some(t) = &tree {
+            tree_cc = tree_cc.or(t.compiler.clone());
         }
         trees.push(health);
+        inspected.push(tree);
+    }
+    // A tree calling another compiler than the one probed below (Debian 13's gcc-14 next to
+    // Debian 12's gcc-12) is refused when this machine lacks it.
+    if let Ok(tc) = ctx.profiles.toolchain_of(target) {
+        for (health, tree) in trees.iter_mut().zip(&inspected) {
+            if let Some(t) = tree.as_ref().filter(|t| t.compiler != tree_cc)
+                && let Err(e) = tc.probe_for_tree(t)
+            {
+                health.error = Some((&e).into());
+            }
+        }
     }
     let (toolchain, compiler) = match ctx.profiles.toolchain_of(target) {
         Ok(tc) => (

@@ -93,6 +93,30 @@ pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
             .for_target(&t.target)
             .find(|r| r.kdir == t.kdir && !t.new)
             .map_or_else(|| t.origin.clone(), |r| r.origin.clone());
+        // A newer ABI of a series the target already has: the older tree stays (builds
+        // keep covering it) until `kmx kernels prune`.
+        let same_series: Vec<&str> = registry
+            .for_target(&t.target)
+            .filter_map(|r| r.abi.as_deref())
+            .filter(|a| fetch::abi_series(a) == fetch::abi_series(&t.abi))
+            .collect();
+        let older: Vec<&str> = same_series
+            .iter()
+            .copied()
+            .filter(|a| fetch::abi_key(a) < fetch::abi_key(&t.abi))
+            .collect();
+        if !older.is_empty()
+            && older.len() == same_series.len()
+            && !registry.for_target(&t.target).any(|r| r.kdir == t.kdir)
+        {
+            eprintln!(
+                "{}: new kernel ABI {} from {}, newer than the registered {}: builds now include it; the older trees stay until `kmx kernels prune`",
+                t.target,
+                t.abi,
+                t.source.label(),
+                older.join(", ")
+            );
+        }
         registry.register(RegisteredTree {
             target: t.target.clone(),
             release: tree.release.clone(),
@@ -143,16 +167,19 @@ pub fn remove(ctx: &Context, release: &str, target: Option<&str>) -> Result<i32>
     forget(ctx, &mut registry, &gone)
 }
 
-/// `kmx kernels prune`: per target and source, every ABI older than the newest.
+/// `kmx kernels prune`: per target and kernel series, every ABI older than the newest.
 pub fn prune(ctx: &Context, dry_run: bool) -> Result<i32> {
     let _lock = fetch::apt_lock(&ctx.home)?;
     let mut registry = Registry::load(&ctx.home)?;
+    // Per target and kernel series, across sources: bookworm-security's 6.1.0-57
+    // supersedes bookworm's 6.1.0-50.
+    let series = |r: &RegisteredTree| r.abi.as_deref().map(fetch::abi_series);
     let newest = |t: &RegisteredTree| -> bool {
         let key = |r: &RegisteredTree| r.abi.as_deref().map(fetch::abi_key);
         registry
             .trees
             .iter()
-            .filter(|o| o.target == t.target && o.source.is_some() && o.source == t.source)
+            .filter(|o| o.target == t.target && o.source.is_some() && series(o) == series(t))
             .all(|o| key(o) <= key(t))
     };
     let old: Vec<RegisteredTree> = registry
@@ -167,7 +194,7 @@ pub fn prune(ctx: &Context, dry_run: bool) -> Result<i32> {
         registry.unregister(|t| old.contains(t))
     };
     if gone.is_empty() {
-        println!("Nothing to prune: every tree is its source's newest ABI");
+        println!("Nothing to prune: every tree is the newest ABI of its kernel series");
         return Ok(exit::OK);
     }
     if dry_run {

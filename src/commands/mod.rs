@@ -2,6 +2,7 @@
 //! print; commands do.
 
 pub mod build;
+mod compat;
 mod dkms;
 mod docs;
 mod doctor;
@@ -177,10 +178,24 @@ fn run_in(cli: Cli) -> Result<i32> {
         Cmd::Smoke {
             paths,
             target,
+            kernel,
             timeout,
             enforced,
             json,
-        } => smoke::smoke(&ctx, &paths, &enforced, &target, timeout, json),
+        } => smoke::smoke(
+            &ctx,
+            &paths,
+            &enforced,
+            (&target, kernel.as_deref()),
+            timeout,
+            json,
+        ),
+        Cmd::Compat {
+            inputs,
+            target,
+            json,
+            verbose,
+        } => compat::compat(&ctx, &inputs, &target, json, verbose),
     }
 }
 

@@ -17,7 +17,7 @@ pub fn smoke(
     ctx: &Context,
     paths: &[PathBuf],
     enforced: &[PathBuf],
-    targets: &[String],
+    (targets, kernel): (&[String], Option<&str>),
     timeout: u64,
     json: bool,
 ) -> Result<i32> {
@@ -72,7 +72,23 @@ pub fn smoke(
                 _ => None,
             }
         };
-        let tree = match matching.or_else(same_flags) {
+        // `--kernel`: that release, whatever the module was built for.
+        let forced = match kernel {
+            Some(k) => Some(
+                candidates
+                    .iter()
+                    .find_map(|t| registry.for_target(&t.name).find(|r| r.release == k))
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::usage(format!(
+                            "no kernel tree of the targets given has release `{k}`"
+                        ))
+                        .hint("`kmx kernels list` shows the known releases")
+                    })?,
+            ),
+            None => None,
+        };
+        let tree = match forced.or(matching).or_else(same_flags) {
             Some(tree) => tree,
             None if explicit && candidates.len() == 1 => {
                 let t = candidates[0];

@@ -119,9 +119,16 @@ pub fn fetch(
     }
     let mut result: Vec<FetchedTree> = Vec::new();
     let mut lock = None;
+    // Every source's apt state, prepared once; then what each (target, series) takes.
+    let mut apts: BTreeMap<String, Apt> = BTreeMap::new();
+    // (target, series) -> (ABI, want): the newest ABI of the series across the target's
+    // sources; on a tie the source listed first.
+    let mut chosen: BTreeMap<(String, String), (String, &Want)> = BTreeMap::new();
     for wants in groups.values() {
         let source = &wants[0].source;
-        // A pinned ABI whose trees are all present needs no apt at all.
+        // A pinned ABI whose trees are all present needs no apt at all. Sources named
+        // alike share a sysroot (`debian-<ABI>`): a tree an earlier source gave is not
+        // given again under this one's name.
         if let Some(abi) = &req.abi {
             let sysroot = sysroot_of(home, source, abi);
             let present: Vec<FetchedTree> = wants
@@ -129,7 +136,14 @@ pub fn fetch(
                 .filter_map(|w| existing(&sysroot, abi, w))
                 .collect();
             if present.len() == wants.len() {
-                result.extend(present);
+                for t in present {
+                    if !result
+                        .iter()
+                        .any(|r| r.target == t.target && r.kdir == t.kdir)
+                    {
+                        result.push(t);
+                    }
+                }
                 continue;
             }
         }
@@ -143,31 +157,51 @@ pub fn fetch(
         let apt = Apt::prepare(home, source, &archs)?;
         apt.update(req.refresh, say)?;
         let names = apt.pkgnames("linux-headers-")?;
-        let mut by_abi: BTreeMap<String, Vec<&Want>> = BTreeMap::new();
         for w in wants {
             let k = &w.source.kernel;
-            let abi = match &req.abi {
+            let abis = match &req.abi {
                 Some(abi) => apt
                     .show(&[format!("{}:{}", k.headers(abi), k.arch)])?
-                    .map(|_| abi.clone()),
-                None => newest_abi(&apt, &names, k)?,
+                    .map(|_| vec![abi.clone()])
+                    .unwrap_or_default(),
+                None => newest_abis(&apt, &names, k)?,
             };
-            match abi {
-                Some(abi) => by_abi.entry(abi).or_default().push(w),
-                None => say(&format!(
-                    "{}: {} has no linux-headers-{}-{}:{} package",
+            // A pinned ABI is looked for in every source: only a target that no source
+            // has it for is worth saying (the error below).
+            if abis.is_empty() && req.abi.is_none() {
+                say(&format!(
+                    "{}: {} has no linux-headers-<ABI>-{}:{} package",
                     w.target,
                     source.label(),
-                    req.abi.as_deref().unwrap_or("<ABI>"),
                     k.flavour,
                     k.arch
-                )),
+                ));
+            }
+            for abi in abis {
+                let key = (w.target.clone(), abi_series(&abi));
+                let order = |w: &Want| req.wants.iter().position(|x| std::ptr::eq(x, w));
+                let better = chosen.get(&key).is_none_or(|(a, o)| {
+                    (abi_key(&abi), std::cmp::Reverse(order(w)))
+                        > (abi_key(a), std::cmp::Reverse(order(o)))
+                });
+                if better {
+                    chosen.insert(key, (abi, *w));
+                }
             }
         }
-        for (abi, wants) in by_abi {
-            say(&format!("{}: kernel ABI {abi}", source.label()));
-            result.extend(fetch_abi(home, &apt, &abi, &wants, say)?);
-        }
+        apts.insert(source.apt_line(), apt);
+    }
+    // (source, ABI) -> the wants that take it.
+    let mut by_abi: BTreeMap<(String, String), Vec<&Want>> = BTreeMap::new();
+    for (abi, w) in chosen.into_values() {
+        by_abi
+            .entry((w.source.apt_line(), abi))
+            .or_default()
+            .push(w);
+    }
+    for ((line, abi), wants) in by_abi {
+        say(&format!("{}: kernel ABI {abi}", wants[0].source.label()));
+        result.extend(fetch_abi(home, &apts[&line], &abi, &wants, say)?);
     }
     let mut without: Vec<&str> = req
         .wants
@@ -206,20 +240,37 @@ pub fn apt_lock(home: &Home) -> Result<crate::state::store::Lock> {
     Ok(lock)
 }
 
-/// The newest ABI in this source with a headers package for the flavour and architecture.
-fn newest_abi(apt: &Apt, names: &[String], k: &DebianKernel) -> Result<Option<String>> {
+/// The kernel series of an ABI: `6.1` of `6.1.0-57`, `6.12+deb12` of `6.12.118+deb12`
+/// (Debian 13's `6.12.117+deb13` is another series: another distribution's build). A
+/// target keeps one tree per series, the newest ABI any of its sources has.
+pub fn abi_series(abi: &str) -> String {
+    let (version, build) = match abi.split_once('+') {
+        Some((v, b)) => (v, format!("+{b}")),
+        None => (abi, String::new()),
+    };
+    let major_minor: Vec<&str> = version.split(['.', '-']).take(2).collect();
+    format!("{}{build}", major_minor.join("."))
+}
+
+/// The newest ABI of each kernel series in this source with a headers package for the
+/// flavour and architecture (bookworm-security carries both 6.1 and 6.12).
+fn newest_abis(apt: &Apt, names: &[String], k: &DebianKernel) -> Result<Vec<String>> {
     let mut candidates: Vec<String> = names.iter().filter_map(|n| abi_of(n, &k.flavour)).collect();
     candidates.sort_by_key(|a| std::cmp::Reverse(abi_key(a)));
     candidates.dedup();
+    let mut found: Vec<String> = Vec::new();
     for abi in candidates {
+        if found.iter().any(|f| abi_series(f) == abi_series(&abi)) {
+            continue;
+        }
         if apt
             .show(&[format!("{}:{}", k.headers(&abi), k.arch)])?
             .is_some()
         {
-            return Ok(Some(abi));
+            found.push(abi);
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// Download and unpack one ABI's flavours (with their common part and kbuild tools) into
@@ -750,6 +801,17 @@ mod tests {
             abi_of("linux-headers-6.12.95+deb12-arm64-16k", "arm64"),
             None
         );
+    }
+
+    #[test]
+    fn a_series_is_major_minor_and_the_distributions_build() {
+        assert_eq!(abi_series("6.1.0-57"), "6.1");
+        assert_eq!(abi_series("6.1.0-50"), abi_series("6.1.0-57"));
+        assert_eq!(abi_series("6.12.118+deb12"), "6.12+deb12");
+        assert_eq!(abi_series("6.12.95+deb12"), abi_series("6.12.118+deb12"));
+        assert_ne!(abi_series("6.12.117+deb13"), abi_series("6.12.118+deb12"));
+        assert_eq!(abi_series("6.6.74+rpt"), "6.6+rpt");
+        assert_eq!(abi_series("6.8.0-45"), "6.8");
     }
 
     #[test]

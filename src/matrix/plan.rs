@@ -49,7 +49,7 @@ impl TargetSetup {
         let mut compilers = BTreeMap::new();
         for t in &trees {
             if !compilers.contains_key(&t.compiler) {
-                compilers.insert(t.compiler.clone(), toolchain.probe(t.compiler.as_deref())?);
+                compilers.insert(t.compiler.clone(), toolchain.probe_for_tree(t)?);
             }
         }
         Ok(TargetSetup {

@@ -4,6 +4,7 @@
 pub mod built;
 pub mod certs;
 pub mod checks;
+pub mod compat;
 pub mod decompress;
 pub mod memo;
 pub mod module;

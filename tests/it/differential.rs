@@ -111,7 +111,7 @@ fn sources() -> Vec<(String, String)> {
 
 /// A copy of `from` whose module name (`.modinfo` name= and the `struct module` in
 /// `.gnu.linkonce.this_module`) is `to` (not longer than the original).
-fn renamed(from: &Path, old: &str, to: &str, dir: &Path) -> PathBuf {
+pub(crate) fn renamed(from: &Path, old: &str, to: &str, dir: &Path) -> PathBuf {
     assert!(to.len() <= old.len());
     let file = dir.join(format!("{to}.ko"));
     let mut bytes = std::fs::read(from).unwrap();

@@ -330,3 +330,56 @@ fn kernels_list_puts_target_before_kernel_and_lines_up_every_column() {
         assert_eq!(&line[symvers - 2..symvers + 3], "  yes", "{text}");
     }
 }
+
+/// A tree whose kernel was built with a compiler this machine lacks (Debian 13's gcc-14 on
+/// Debian 12; here a gcc-99 no machine has) is refused by `kmx doctor` for that tree, with
+/// the compiler its kernel was built with, and by `kmx build`: never built with another gcc.
+/// The control: the target's other tree stays usable.
+#[test]
+fn a_tree_whose_compiler_is_missing_is_refused_not_built_with_another_gcc() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let kdir = k.variant_tree(
+        "arm64",
+        "6.12.117+deb13-arm64",
+        &[(
+            "CONFIG_CC_VERSION_TEXT",
+            "\"aarch64-linux-gnu-gcc-99 (Debian 99.1.0-1) 99.1.0\"",
+        )],
+    );
+    let kv = kdir.join(".kernelvariables");
+    let vars = std::fs::read_to_string(&kv)
+        .unwrap()
+        .replace("gcc-12", "gcc-99");
+    assert!(vars.contains("$(CROSS_COMPILE)gcc-99"), "{vars}");
+    std::fs::write(&kv, vars).unwrap();
+    let run = k.run(&["doctor", "-t", "arm64"]).ok();
+    let out = run.stdout();
+    assert!(
+        out.contains("aarch64-linux-gnu-gcc-99 not found: kernel 6.12.117+deb13-arm64 was built with \"aarch64-linux-gnu-gcc-99 (Debian 99.1.0-1) 99.1.0\", and kmx builds its modules with that compiler only"),
+        "{out}"
+    );
+    assert!(
+        out.contains("arm64 (AArch64, Debian arm64 kernels): ok"),
+        "{out}"
+    );
+    let built = k
+        .run(&[
+            "build",
+            repo().join("examples/hello").to_str().unwrap(),
+            "-t",
+            "arm64",
+            "-k",
+            "6.12.117+deb13-arm64",
+            "--out",
+            k.dir().join("out").to_str().unwrap(),
+        ])
+        .expect(3);
+    assert!(
+        built.stderr().contains(
+            "aarch64-linux-gnu-gcc-99 not found: kernel 6.12.117+deb13-arm64 was built with"
+        ),
+        "{}",
+        built.stderr()
+    );
+    assert!(!k.dir().join("out/hello").exists());
+}

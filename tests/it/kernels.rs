@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::support::*;
 
 /// The example builds for every default target and every fetched kernel in one run: Debian
-/// 12's 6.1 and bookworm-backports' 6.12 (which has no i386 kernel) for i386, amd64, arm64,
+/// 12's 6.1 and 6.12 (bookworm, bookworm-security, bookworm-backports; no i386 6.12) for i386, amd64, arm64,
 /// armhf and the Raspberry Pi Zero/1 target. Each .ko carries its own tree's vermagic as the
 /// tree composes it (the same source built there with plain make, read with kmod's modinfo),
 /// which is also what the kernel's own modules carry where its image was fetched, and what

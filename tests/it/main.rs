@@ -9,6 +9,7 @@ mod support;
 
 mod build;
 mod cache;
+mod compat;
 mod differential;
 mod docs;
 mod doctor;

@@ -352,7 +352,11 @@ fn build_has_cargos_quiet_verbose_and_streaming_json_messages() {
         "{}",
         run.stderr()
     );
-    assert!(run.stderr().contains(": `make KERNELRELEASE="), "{}", run.stderr());
+    assert!(
+        run.stderr().contains(": `make KERNELRELEASE="),
+        "{}",
+        run.stderr()
+    );
     // -q: no progress and no table; the summary stays.
     let quiet = k
         .run(&["build", &hello, "-t", "arm64", "--force", "-q"])

@@ -48,6 +48,7 @@ fn every_schema_file_is_named_for_an_output_and_valid() {
         [
             "kmx.build-report-1.json",
             "kmx.cache-stats-1.json",
+            "kmx.compat-1.json",
             "kmx.doctor-1.json",
             "kmx.error-1.json",
             "kmx.kernels-1.json",
