@@ -148,7 +148,7 @@ pub fn compat(
 fn resolve_input(ctx: &Context, input: &str) -> Result<Vec<PathBuf>> {
     let path = Path::new(input);
     let found = if path.exists() {
-        walk(path)?
+        crate::verify::module_files(path)?
     } else {
         let (module, version) = split_module(input).map_err(|_| {
             Error::usage(format!(
@@ -166,41 +166,13 @@ fn resolve_input(ctx: &Context, input: &str) -> Result<Vec<PathBuf>> {
             ))
             .hint(format!("build it first: `kmx build {input}`")));
         }
-        walk(&dir)?
+        crate::verify::module_files(&dir)?
     };
     if found.is_empty() {
         return Err(Error::usage(format!("no .ko files under {input}"))
             .hint("build the modules first, or pass .ko files"));
     }
     Ok(found)
-}
-
-/// Module files under `path` (itself when a file): `.ko`, `.ko.xz`, `.ko.zst`, `.ko.gz`.
-fn walk(path: &Path) -> Result<Vec<PathBuf>> {
-    if !path.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read directory", &dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
-            let p = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let ft = entry.file_type().map_err(|e| Error::io("read", &p, e))?;
-            if ft.is_dir() {
-                stack.push(p);
-            } else if [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
-                .iter()
-                .any(|x| name.ends_with(x))
-            {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// The target a module is judged for: the only one given; else the build cell's

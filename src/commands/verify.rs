@@ -33,9 +33,6 @@ use crate::verify::checks::{
 use crate::verify::module::{Compression, Module};
 use crate::verify::signing::Keyring;
 
-/// File names `kmx verify` picks up when it walks a directory.
-const MODULE_SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];
-
 /// The kernel trees modules may be checked against.
 struct Trees {
     trees: Vec<KernelTree>,
@@ -803,7 +800,7 @@ fn walk(
                     "warning: {}: skipped: a symlink loop ({e})",
                     entry.path().display()
                 )),
-                Err(e) if MODULE_SUFFIXES.iter().any(|s| name.ends_with(s)) => notes.push(format!(
+                Err(e) if crate::verify::is_module_name(&name) => notes.push(format!(
                     "warning: {}: skipped: a symlink to nothing ({e})",
                     entry.path().display()
                 )),
@@ -815,7 +812,7 @@ fn walk(
                 entry.path().display()
             ));
         } else if kind.is_file() {
-            if MODULE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+            if crate::verify::is_module_name(&name) {
                 files.push(entry.path());
             } else if name == "Module.symvers" {
                 symvers.push(entry.path());

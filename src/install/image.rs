@@ -90,9 +90,7 @@ fn first_module(dir: &Path, depth: usize) -> Option<PathBuf> {
     for e in &entries {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        let is_ko = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
-            .iter()
-            .any(|x| name.ends_with(x));
+        let is_ko = crate::verify::is_module_name(&name);
         if is_ko && e.file_type().is_ok_and(|t| t.is_file()) {
             return Some(e.path());
         }

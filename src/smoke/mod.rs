@@ -475,29 +475,14 @@ fn refusal(name: &str, log: &console::ModuleLog, rc: i32) -> String {
 
 /// The `.ko` files in `path`: the file itself, or every `.ko` under a directory (sorted).
 pub fn find_modules(path: &Path) -> crate::Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(path).map_err(|e| {
+    std::fs::metadata(path).map_err(|e| {
         Error::io("read", path, e).hint("pass .ko files or a build output directory")
     })?;
-    if !meta.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
+    let mut found = crate::verify::module_files(path)?;
+    if path.is_dir() {
+        found.retain(|p| p.extension().is_some_and(|x| x == "ko"));
     }
-    let mut out = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read directory", &dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
-            let p = entry.path();
-            let ft = entry.file_type().map_err(|e| Error::io("read", &p, e))?;
-            if ft.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "ko") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(found)
 }
 
 /// The kernel release a module was built for (the first word of its vermagic), and its
