@@ -239,7 +239,17 @@ pub fn setup_targets_in(
                     render_inline(&e)
                 ));
             }
-            TargetSetup::new(target.clone(), toolchain, trees)
+            // A tree whose kernel's compiler this machine lacks is left out, not built with
+            // another gcc; the target's other trees still build.
+            let (setup, refused) = TargetSetup::new(target.clone(), toolchain, trees)?;
+            for e in refused {
+                notes.push(format!(
+                    "warning: leaving out a kernel tree of {}: {}",
+                    target.name,
+                    render_inline(&e)
+                ));
+            }
+            Ok(setup)
         };
         match attempt() {
             Ok(t) => out.push(Arc::new(t)),

@@ -40,24 +40,49 @@ pub struct TargetSetup {
 
 impl TargetSetup {
     /// Find the compiler every tree of the target calls: the toolchain's CROSS_COMPILE with
-    /// the name the tree gives (or the profile's `cc`). One probe per distinct name.
+    /// the name the tree gives (or the profile's `cc`). One probe per distinct name. A tree
+    /// whose compiler is missing is left out, with the reason, returned beside the setup;
+    /// when no tree is left, that reason is the error.
     pub fn new(
         target: Target,
         toolchain: Toolchain,
         trees: Vec<Arc<KernelTree>>,
-    ) -> Result<TargetSetup> {
+    ) -> Result<(TargetSetup, Vec<Error>)> {
         let mut compilers = BTreeMap::new();
-        for t in &trees {
-            if !compilers.contains_key(&t.compiler) {
-                compilers.insert(t.compiler.clone(), toolchain.probe_for_tree(t)?);
+        let mut refused: BTreeMap<Option<String>, Error> = BTreeMap::new();
+        let mut usable = Vec::new();
+        let mut left_out = Vec::new();
+        for t in trees {
+            if !compilers.contains_key(&t.compiler) && !refused.contains_key(&t.compiler) {
+                match toolchain.probe_for_tree(&t) {
+                    Ok(c) => {
+                        compilers.insert(t.compiler.clone(), c);
+                    }
+                    Err(e) => {
+                        refused.insert(t.compiler.clone(), e);
+                    }
+                }
+            }
+            match refused.get(&t.compiler) {
+                Some(e) => left_out.push(e.clone()),
+                None => usable.push(t),
             }
         }
-        Ok(TargetSetup {
-            target,
-            toolchain,
-            compilers,
-            trees,
-        })
+        left_out.dedup_by(|a, b| a.message == b.message);
+        if usable.is_empty()
+            && let Some(e) = left_out.pop()
+        {
+            return Err(e);
+        }
+        Ok((
+            TargetSetup {
+                target,
+                toolchain,
+                compilers,
+                trees: usable,
+            },
+            left_out,
+        ))
     }
 }
 

@@ -382,4 +382,24 @@ fn a_tree_whose_compiler_is_missing_is_refused_not_built_with_another_gcc() {
         built.stderr()
     );
     assert!(!k.dir().join("out/hello").exists());
+    // Without -k: that tree is left out, said once; the target's other trees build.
+    let all = k
+        .run(&[
+            "build",
+            repo().join("examples/hello").to_str().unwrap(),
+            "-t",
+            "arm64",
+            "--out",
+            k.dir().join("out").to_str().unwrap(),
+        ])
+        .ok();
+    let err = all.stderr();
+    assert!(
+        err.contains(
+            "warning: leaving out a kernel tree of arm64: aarch64-linux-gnu-gcc-99 not found"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("6.12.117+deb13-arm64 (0."), "{err}");
+    assert!(k.dir().join("out/hello/1.0").is_dir(), "{err}");
 }
