@@ -14,7 +14,8 @@ fn main() {
     let cli = kmx::cli::parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     // Asked for JSON (`--json`, `--message-format json`): an error is a JSON document on
     // stdout too (`kmx.error/1`), for the program reading it.
-    let json = std::env::args().collect::<Vec<_>>().windows(2).any(|w| {
+    // (args_os: an argument that is not UTF-8, a path, must not make this panic.)
+    let json = std::env::args_os().collect::<Vec<_>>().windows(2).any(|w| {
         w[1] == "--json"
             || w[1] == "--message-format=json"
             || (w[0] == "--message-format" && w[1] == "json")

@@ -1168,7 +1168,14 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
                 .map_err(|e| Error::io("create link", &dst, e))?;
         } else {
             crate::digest::refuse_special(&src, &ft)?;
-            std::fs::copy(&src, &dst).map_err(|e| Error::io("copy", &src, e))?;
+            std::fs::copy(&src, &dst).map_err(|e| {
+                // A full or read-only destination is the destination's problem: name it.
+                use std::io::ErrorKind::{ReadOnlyFilesystem, StorageFull};
+                match e.kind() {
+                    StorageFull | ReadOnlyFilesystem => Error::io("write", &dst, e),
+                    _ => Error::io("copy", &src, e),
+                }
+            })?;
         }
     }
     Ok(())
