@@ -234,24 +234,15 @@ pub fn run(ctx: &Context, store: &Store, args: &DkmsArgs, wait: bool) -> Result<
 impl Job<'_> {
     /// MODULE and VERSION, as DKMS demands them for every action but status and autoinstall.
     fn module_version(&self, req: &Request) -> Result<(String, String)> {
+        let unspecified = || usage("Arguments <module> and <module-version> are not specified.");
         match (&req.module, &req.version) {
             (Some(m), Some(v)) => Ok((m.clone(), v.clone())),
-            (Some(m), None) => {
-                // DKMS demands the version; one registered version is unambiguous.
-                let versions = self.store.versions_of(m)?;
-                match versions.as_slice() {
-                    [v] => Ok((m.clone(), v.clone())),
-                    _ => Err(Error::new(Kind::Usage, "Arguments <module> and <module-version> are not specified.")
-                        .hint("Usage: dkms ACTION <module>/<module-version> or -m <module> -v <module-version>")),
-                }
-            }
-            _ => Err(Error::new(
-                Kind::Usage,
-                "Arguments <module> and <module-version> are not specified.",
-            )
-            .hint(
-                "Usage: dkms ACTION <module>/<module-version> or -m <module> -v <module-version>",
-            )),
+            // DKMS demands the version; one registered version is unambiguous.
+            (Some(m), None) => match self.store.versions_of(m)?.as_slice() {
+                [v] => Ok((m.clone(), v.clone())),
+                _ => Err(unspecified()),
+            },
+            _ => Err(unspecified()),
         }
     }
 
