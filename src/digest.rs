@@ -175,6 +175,42 @@ fn hash_dir(root: &Path, dir: &Path, fp: &mut Fingerprint) -> Result<()> {
     Ok(())
 }
 
+/// A file's identity without reading it: device, inode, size, modification and change times
+/// (`absent` when it cannot be read). Replacing or writing the file changes it; no one sets a
+/// change time back.
+pub fn file_identity(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "{}:{}:{}:{}.{}:{}.{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ),
+        Err(_) => "absent".into(),
+    }
+}
+
+/// Keep a cache file: written to a temporary file beside it and renamed over it, so a reader
+/// sees the old content or the new, never part of one. Best effort: a cache that cannot be
+/// kept is only work done again. (For the modules below `state`; the store's records use
+/// `state::home::write_atomic`, which also syncs and names its temporaries for the sweep.)
+pub fn keep_cache_file(path: &Path, bytes: &[u8]) {
+    let keep = || -> std::io::Result<()> {
+        use std::io::Write as _;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        tmp.write_all(bytes)?;
+        tmp.persist(path).map(|_| ()).map_err(|e| e.error)
+    };
+    let _ = keep();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,7 +40,7 @@ pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHeal
     if let Ok(tc) = ctx.profiles.toolchain_of(target) {
         for (health, tree) in trees.iter_mut().zip(&inspected) {
             if let Some(t) = tree.as_ref().filter(|t| t.compiler != tree_cc)
-                && let Err(e) = tc.probe_for_tree(t)
+                && let Err(e) = t.probe_compiler(tc)
             {
                 health.error = Some((&e).into());
             }

@@ -79,7 +79,7 @@ pub fn key(context: &str, conf: &Path, text: &[u8], vars: &CellVars) -> String {
 fn host() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
     HOST.get_or_init(|| {
-        let file = |p: &str| format!("{p}:{}", file_identity(Path::new(p)));
+        let file = |p: &str| format!("{p}:{}", crate::digest::file_identity(Path::new(p)));
         // SAFETY: uname fills the struct it is given; it is plain data.
         let uts = unsafe {
             let mut u: libc::utsname = std::mem::zeroed();
@@ -140,7 +140,7 @@ pub fn store(key: &str, dump: &[u8], log: &str) {
     bytes.extend_from_slice(&(dump.len() as u64).to_le_bytes());
     bytes.extend_from_slice(dump);
     bytes.extend_from_slice(log.as_bytes());
-    let _ = crate::state::home::write_atomic(&file, &bytes);
+    crate::digest::keep_cache_file(&file, &bytes);
 }
 
 /// The key of what program `path` prints for `--version`: the program itself by its identity
@@ -151,28 +151,8 @@ fn program_key(path: &Path) -> Option<String> {
     let mut fp = Fingerprint::new();
     fp.field("memo", b"program-version-v1")
         .field("path", real.as_os_str().as_encoded_bytes())
-        .field("identity", file_identity(&real).as_bytes());
+        .field("identity", crate::digest::file_identity(&real).as_bytes());
     Some(fp.finish())
-}
-
-/// A file's identity without reading it: device, inode, size, modification and change times
-/// (`absent` when it cannot be read). Replacing or writing the file changes it; no one sets a
-/// change time back.
-pub fn file_identity(path: &Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(path) {
-        Ok(m) => format!(
-            "{}:{}:{}:{}.{}:{}.{}",
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec()
-        ),
-        Err(_) => "absent".into(),
-    }
 }
 
 /// The first line of `path --version` kept by an earlier run, while the program is the same

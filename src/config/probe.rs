@@ -53,26 +53,6 @@ impl Toolchain {
         }
     }
 
-    /// [`Toolchain::probe`] for the compiler `tree` calls; the error names the tree and the
-    /// compiler its kernel was built with (CONFIG_CC_VERSION_TEXT): kmx builds a tree's
-    /// modules with that compiler, never silently with another.
-    pub fn probe_for_tree(&self, tree: &crate::kernel::tree::KernelTree) -> Result<Compiler> {
-        self.probe(tree.compiler.as_deref()).map_err(|e| {
-            let hint = format!(
-                "{}or forget the tree: `kmx kernels remove {}`",
-                e.hint.as_deref().map(|h| format!("{h}; ")).unwrap_or_default(),
-                tree.release
-            );
-            Error::env(format!(
-                "{}: kernel {} was built with \"{}\", and kmx builds its modules with that compiler only",
-                e.message,
-                tree.release,
-                tree.cc_version_text.as_deref().unwrap_or("an unknown compiler")
-            ))
-            .hint(hint)
-        })
-    }
-
     /// Find the compiler and read its version. The error says which package to install.
     pub fn probe(&self, tree_cc: Option<&str>) -> Result<Compiler> {
         let name = self.compiler_name(tree_cc);

@@ -392,6 +392,31 @@ fn host_identity() -> Option<ElfIdentity> {
     })
 }
 
+impl KernelTree {
+    /// [`Toolchain::probe`] for the compiler this tree calls; the error names the tree and
+    /// the compiler its kernel was built with (CONFIG_CC_VERSION_TEXT): kmx builds a tree's
+    /// modules with that compiler, never silently with another.
+    pub fn probe_compiler(
+        &self,
+        toolchain: &crate::config::Toolchain,
+    ) -> Result<crate::config::probe::Compiler> {
+        toolchain.probe(self.compiler.as_deref()).map_err(|e| {
+            let hint = format!(
+                "{}or forget the tree: `kmx kernels remove {}`",
+                e.hint.as_deref().map(|h| format!("{h}; ")).unwrap_or_default(),
+                self.release
+            );
+            Error::env(format!(
+                "{}: kernel {} was built with \"{}\", and kmx builds its modules with that compiler only",
+                e.message,
+                self.release,
+                self.cc_version_text.as_deref().unwrap_or("an unknown compiler")
+            ))
+            .hint(hint)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,7 +54,7 @@ impl TargetSetup {
         let mut left_out = Vec::new();
         for t in trees {
             if !compilers.contains_key(&t.compiler) && !refused.contains_key(&t.compiler) {
-                match toolchain.probe_for_tree(&t) {
+                match t.probe_compiler(&toolchain) {
                     Ok(c) => {
                         compilers.insert(t.compiler.clone(), c);
                     }

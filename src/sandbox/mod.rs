@@ -688,7 +688,7 @@ pub fn remember_probe(file: PathBuf) {
 /// kmx, the user, the boot, the namespaces kmx runs in, the root directory (a chroot), the
 /// kernel's switches for user namespaces, and the directory the probe works in.
 fn probe_key(bwrap: &Path) -> String {
-    let file = crate::config::memo::file_identity;
+    let file = crate::digest::file_identity;
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let link = |p: &str| {
         std::fs::read_link(p)
@@ -740,11 +740,7 @@ fn probe_or_recall() -> Result<Runner, String> {
         return Ok(Runner { bwrap, user_ns });
     }
     let runner = probe(bwrap)?;
-    if let Some(parent) = file.parent() {
-        let _ = std::fs::create_dir_all(parent);
-    }
-    let _ =
-        crate::state::home::write_atomic(file, format!("{key} {}\n", runner.user_ns).as_bytes());
+    crate::digest::keep_cache_file(file, format!("{key} {}\n", runner.user_ns).as_bytes());
     Ok(runner)
 }
 

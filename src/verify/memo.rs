@@ -34,7 +34,7 @@ struct Store {
 static STORE: OnceLock<Store> = OnceLock::new();
 
 fn header() -> Vec<u8> {
-    let exe = crate::config::memo::file_identity(Path::new("/proc/self/exe"));
+    let exe = crate::digest::file_identity(Path::new("/proc/self/exe"));
     format!(
         "kmx-verify-modules-v1 {} {exe}\n",
         env!("CARGO_PKG_VERSION")
