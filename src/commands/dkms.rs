@@ -246,6 +246,18 @@ impl Job<'_> {
         }
     }
 
+    /// `kmx add` of `src`, named as `given`, read in the strict sandbox.
+    fn register(&self, src: &Path, given: &Given) -> Result<i32> {
+        lifecycle::add(
+            self.ctx,
+            self.store,
+            src,
+            Default::default(),
+            self.wait,
+            given,
+        )
+    }
+
     fn registered(&self, m: &str, v: &str) -> Result<bool> {
         Ok(self.store.load_source(m, v)?.is_some())
     }
@@ -294,14 +306,7 @@ impl Job<'_> {
         if self.registered(&spec.name, &spec.version)? {
             return Ok(already_added(&spec.name, &spec.version));
         }
-        lifecycle::add(
-            self.ctx,
-            self.store,
-            &src,
-            Default::default(),
-            self.wait,
-            &given,
-        )
+        self.register(&src, &given)
     }
 
     /// Register MODULE/VERSION from the source tree if it is not yet, as DKMS's build and
@@ -319,14 +324,7 @@ impl Job<'_> {
             return Ok(Some(code::NOT_ADDED_OR_DUPLICATE));
         }
         let given = Given::both(m, v);
-        match lifecycle::add(
-            self.ctx,
-            self.store,
-            &src,
-            Default::default(),
-            self.wait,
-            &given,
-        )? {
+        match self.register(&src, &given)? {
             exit::OK => Ok(None),
             c => Ok(Some(c)),
         }
