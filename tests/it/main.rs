@@ -21,6 +21,7 @@ mod lifecycle;
 mod machine;
 mod newuser;
 mod package;
+mod readme;
 mod reproducible;
 mod sandbox;
 mod schemas;
