@@ -154,21 +154,37 @@ pub fn smoke(
     if json {
         print_json("smoke-report", &serde_json::json!({ "boots": reports }))?;
     } else {
-        print_text(&reports);
+        print!("{}", render_text(&reports));
     }
     Ok(crate::smoke::exit_code(&reports))
 }
 
-fn print_text(reports: &[TargetReport]) {
+/// The text report: per target, its boot and each module's verdict with the kernel's lines
+/// (each once: a refusal is the module's message, and Debian's kernels log it twice for one
+/// insmod); then the totals, counting the modules of kernels that never booted as not run,
+/// and each hint once.
+fn render_text(reports: &[TargetReport]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    // `writeln!` into a String cannot fail.
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            let _ = writeln!(out, $($arg)*);
+        }};
+    }
     let (mut loaded, mut refused, mut crashed, mut not_run) = (0, 0, 0, 0);
+    // Each hint once, however many targets it applies to.
+    let mut hinted: Vec<&str> = Vec::new();
     for r in reports {
         match r.status {
-            Status::Booted => println!(
+            Status::Booted => say!(
                 "{:<8} {:<22} booted in {:.1} s",
-                r.target, r.release, r.seconds
+                r.target,
+                r.release,
+                r.seconds
             ),
             Status::NotConfigured => {
-                println!(
+                say!(
                     "{:<8} {:<22} {}",
                     r.target,
                     r.release,
@@ -181,7 +197,7 @@ fn print_text(reports: &[TargetReport]) {
                     Status::Interrupted => "INTERRUPTED",
                     _ => "HARNESS FAILED",
                 };
-                println!(
+                say!(
                     "{:<8} {:<22} {what}: {}",
                     r.target,
                     r.release,
@@ -189,8 +205,9 @@ fn print_text(reports: &[TargetReport]) {
                 );
             }
         }
-        if let Some(hint) = &r.hint {
-            println!("  hint: {hint}");
+        if let Some(hint) = r.hint.as_deref().filter(|h| !hinted.contains(h)) {
+            say!("  hint: {hint}");
+            hinted.push(hint);
         }
         for m in &r.modules {
             let (word, count) = match m.outcome {
@@ -205,18 +222,27 @@ fn print_text(reports: &[TargetReport]) {
             } else {
                 ""
             };
-            match &m.message {
-                Some(msg) => println!("  {word:<8} {}{dep}: {msg}", m.name),
-                None => println!("  {word:<8} {}{dep}", m.name),
+            // A kernel that did not boot said why once, on its own line.
+            let message = m.message.as_ref().filter(|_| r.status == Status::Booted);
+            match message {
+                Some(msg) => say!("  {word:<8} {}{dep}: {msg}", m.name),
+                None => say!("  {word:<8} {}{dep}", m.name),
             }
             if !m.dependency {
-                for l in m.kernel_log.iter().take(SHOWN_LINES) {
-                    println!("           | {l}");
+                // The kernel's lines, each once, without the one shown as the message.
+                let mut lines: Vec<&String> = Vec::new();
+                for l in &m.kernel_log {
+                    if message != Some(l) && !lines.contains(&l) {
+                        lines.push(l);
+                    }
                 }
-                if m.kernel_log.len() > SHOWN_LINES {
-                    println!(
+                for l in lines.iter().take(SHOWN_LINES) {
+                    say!("           | {l}");
+                }
+                if lines.len() > SHOWN_LINES {
+                    say!(
                         "           | ({} more lines in {})",
-                        m.kernel_log.len() - SHOWN_LINES,
+                        lines.len() - SHOWN_LINES,
                         r.console_log
                             .as_deref()
                             .map(|p| p.display().to_string())
@@ -226,5 +252,112 @@ fn print_text(reports: &[TargetReport]) {
             }
         }
     }
-    println!("{loaded} loaded, {refused} refused, {crashed} crashed, {not_run} not run");
+    // Kernels that did not boot, by why: their modules are the "not run" above.
+    let mut unbooted: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in reports {
+        let why = match r.status {
+            Status::Booted | Status::NotConfigured => continue,
+            Status::BootFailed => "boot failed",
+            Status::Interrupted => "interrupted",
+            Status::HarnessFailed => "harness failed",
+        };
+        *unbooted.entry(why).or_default() += 1;
+    }
+    let total: usize = unbooted.values().sum();
+    let unbooted = match total {
+        0 => String::new(),
+        n => format!(
+            "; {n} kernel{} not booted ({})",
+            if n == 1 { "" } else { "s" },
+            unbooted
+                .iter()
+                .map(|(why, n)| format!("{n} {why}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    say!("{loaded} loaded, {refused} refused, {crashed} crashed, {not_run} not run{unbooted}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smoke::ModuleReport;
+
+    fn target(name: &str, status: Status, message: Option<&str>) -> TargetReport {
+        TargetReport {
+            target: name.into(),
+            release: format!("6.1.0-57-{name}"),
+            status,
+            message: message.map(str::to_string),
+            hint: None,
+            seconds: 8.04,
+            console_log: None,
+            modules: Vec::new(),
+        }
+    }
+
+    fn module(outcome: Outcome, message: Option<&str>, log: &[&str]) -> ModuleReport {
+        ModuleReport {
+            name: "hello".into(),
+            path: "hello.ko".into(),
+            dependency: false,
+            outcome,
+            message: message.map(str::to_string),
+            insmod_status: None,
+            insmod_output: Vec::new(),
+            kernel_log: log.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_printed_once() {
+        // What Debian 12's amd64 kernel logged for one insmod of a module built for another
+        // ABI (kmx smoke of e6bc50d printed the line three times).
+        let refusal = "hello: disagrees about version of symbol module_layout";
+        let mut r = target("amd64", Status::Booted, None);
+        r.modules
+            .push(module(Outcome::Refused, Some(refusal), &[refusal, refusal]));
+        assert_eq!(
+            render_text(&[r]),
+            format!(
+                "amd64    6.1.0-57-amd64         booted in 8.0 s\n  \
+                 REFUSED  hello: {refusal}\n\
+                 0 loaded, 1 refused, 0 crashed, 0 not run\n"
+            )
+        );
+    }
+
+    #[test]
+    fn kernels_that_did_not_boot_count_their_modules_and_say_what_to_do_once() {
+        let hint = "run `kmx kernels fetch --with-image`";
+        let mut reports = Vec::new();
+        for t in ["arm64", "armhf"] {
+            let why = format!("no kernel image for 6.1.0-57-{t}");
+            let mut r = target(t, Status::HarnessFailed, Some(&why));
+            r.hint = Some(hint.into());
+            r.modules.push(module(Outcome::NotRun, Some(&why), &[]));
+            reports.push(r);
+        }
+        let mut booted = target("amd64", Status::Booted, None);
+        booted.modules.push(module(
+            Outcome::Loaded,
+            None,
+            &["hello: loading out-of-tree module taints kernel."],
+        ));
+        reports.push(booted);
+        assert_eq!(
+            render_text(&reports),
+            "arm64    6.1.0-57-arm64         HARNESS FAILED: no kernel image for 6.1.0-57-arm64\n  \
+             hint: run `kmx kernels fetch --with-image`\n  \
+             not run  hello\n\
+             armhf    6.1.0-57-armhf         HARNESS FAILED: no kernel image for 6.1.0-57-armhf\n  \
+             not run  hello\n\
+             amd64    6.1.0-57-amd64         booted in 8.0 s\n  \
+             loaded   hello\n           \
+             | hello: loading out-of-tree module taints kernel.\n\
+             1 loaded, 0 refused, 0 crashed, 2 not run; 2 kernels not booted (2 harness failed)\n"
+        );
+    }
 }

@@ -197,7 +197,29 @@ impl TargetReport {
             r.message = Some(crate::error::render_inline(&err));
             r.hint = None;
         }
-        r
+        r.not_run(job)
+    }
+    /// A kernel that was never booted: the job's modules, each `not-run` (the reason is
+    /// the target's message, not repeated per module), so no count reads as "0 not run".
+    fn not_run(mut self, job: &Job) -> TargetReport {
+        self.modules = job
+            .modules
+            .iter()
+            .map(|ko| {
+                let given = guest::Given::read(ko).unwrap_or_else(|_| guest::Given::unread(ko));
+                ModuleReport {
+                    name: given.name,
+                    path: ko.clone(),
+                    dependency: false,
+                    outcome: Outcome::NotRun,
+                    message: None,
+                    insmod_status: None,
+                    insmod_output: Vec::new(),
+                    kernel_log: Vec::new(),
+                }
+            })
+            .collect();
+        self
     }
     /// Every module loaded (a not-configured target counts as success).
     pub fn all_loaded(&self) -> bool {
@@ -243,6 +265,7 @@ pub fn run(jobs: &[Job], opts: &Options, stop: &AtomicBool) -> Vec<TargetReport>
             .map(|(h, job)| {
                 h.join().unwrap_or_else(|_| {
                     TargetReport::new(job, Status::HarnessFailed, "the smoke worker panicked")
+                        .not_run(job)
                 })
             })
             .collect()
@@ -273,7 +296,7 @@ fn run_one(job: &Job, opts: &Options, stop: &AtomicBool) -> TargetReport {
             "run `kmx kernels fetch --with-image --target {}`",
             job.target
         ));
-        return r;
+        return r.not_run(job);
     };
     match prepare_and_boot(job, boot, files, opts, stop) {
         Ok(r) => r,

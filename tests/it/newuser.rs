@@ -445,3 +445,37 @@ fn an_error_under_json_is_a_json_document_too() {
         assert!(run.stderr().starts_with("error: "), "{}", run.stderr());
     }
 }
+
+#[test]
+fn smoke_without_a_kernel_image_counts_the_module_and_says_what_to_do_once() {
+    let Some(k) = Kmx::with_trees() else { return };
+    let release = k.release_of("arm64");
+    let hello = repo().join("examples/hello").display().to_string();
+    k.run(&["build", &hello, "-t", "arm64", "-k", &release, "-q"])
+        .ok();
+    k.without_images();
+    let ko = k
+        .dir()
+        .join(format!("kmx-out/hello/1.0/{release}/arm64/hello.ko"));
+    let run = k.run(&["smoke", ko.to_str().unwrap()]).expect(4);
+    // kmx of e6bc50d: the harness failure, then "0 loaded, 0 refused, 0 crashed, 0 not run".
+    assert_eq!(
+        run.stdout(),
+        format!(
+            "arm64    {release:<22} HARNESS FAILED: no kernel image for {release}\n  \
+             hint: run `kmx kernels fetch --with-image --target arm64`\n  \
+             not run  hello\n\
+             0 loaded, 0 refused, 0 crashed, 1 not run; 1 kernel not booted (1 harness failed)\n"
+        ),
+        "{}",
+        run.stderr()
+    );
+    // The JSON report lists the module too.
+    let json = k
+        .run(&["smoke", "--json", ko.to_str().unwrap()])
+        .expect(4)
+        .json();
+    let modules = &json["boots"][0]["modules"];
+    assert_eq!(modules[0]["name"], "hello", "{json:#}");
+    assert_eq!(modules[0]["outcome"], "not-run", "{json:#}");
+}
