@@ -109,9 +109,13 @@ impl RunEnv<'_> {
     }
 }
 
-/// `cell.json` in a finished cell's directory: which inputs made it, and its files.
+/// `cell.json` in a finished cell's directory: which inputs made it, and its files
+/// (`docs/schemas/kmx.cell-1.json`).
 #[derive(Debug, Serialize, serde::Deserialize)]
 struct CellRecord {
+    /// `kmx.cell/1`; records written before it was named have none, the same format.
+    #[serde(default = "cell_schema")]
+    schema: String,
     fingerprint: String,
     artifacts: Vec<Artifact>,
     /// Every file of the cell that the cache keeps (the .ko files, Module.symvers, make.log).
@@ -119,6 +123,10 @@ struct CellRecord {
     build_secs: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
+}
+
+fn cell_schema() -> String {
+    "kmx.cell/1".into()
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -754,6 +762,7 @@ fn run_stages(
             .map(|f| f.to_string()),
     );
     let record = CellRecord {
+        schema: cell_schema(),
         fingerprint: cell.fingerprint.clone(),
         artifacts: artifacts.clone(),
         files,
@@ -799,7 +808,7 @@ fn link_dkms_tree(cell: &Cell) -> Result<()> {
 pub fn provenance(cell: &Cell, artifacts: &[Artifact]) -> Option<Provenance> {
     let inputs = cell.inputs.clone()?;
     Some(Provenance {
-        schema: provenance::SCHEMA,
+        schema: provenance::SCHEMA.into(),
         kmx: env!("CARGO_PKG_VERSION").to_string(),
         module: cell.spec.name.clone(),
         version: cell.spec.version.clone(),
@@ -890,6 +899,7 @@ fn restore_entry(
         })
         .collect();
     let record = CellRecord {
+        schema: cell_schema(),
         fingerprint: cell.fingerprint.clone(),
         artifacts: artifacts.clone(),
         files: entry.files.iter().map(|f| f.name.clone()).collect(),

@@ -20,8 +20,10 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{Fingerprint, sha256};
 use crate::error::{Error, Result};
 
-/// The provenance format's version: bumped when a field changes meaning.
-pub const SCHEMA: u32 = 1;
+/// The provenance format and its version (`docs/schemas/kmx.provenance-1.json`): the
+/// version is bumped when a field changes meaning. Records written before the format was
+/// named say `"schema": 1`, the same format.
+pub const SCHEMA: &str = "kmx.provenance/1";
 
 /// The name of the record in a cell's directory.
 pub const FILE: &str = "provenance.json";
@@ -125,7 +127,8 @@ pub fn manifest_digest(text: &str) -> String {
 /// `provenance.json`: one cell's inputs and outputs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
-    pub schema: u32,
+    /// [`SCHEMA`].
+    pub schema: String,
     /// The kmx that built it.
     pub kmx: String,
     pub module: String,
@@ -148,25 +151,30 @@ impl Provenance {
     /// Read a record, refusing another schema.
     pub fn load(path: &Path) -> Result<Provenance> {
         let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
-        #[derive(Deserialize)]
-        struct Head {
-            schema: u32,
-        }
-        let head: Head = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::config(path, format!("not a kmx provenance record: {e}"))
+        let not_a_record = |why: String| {
+            Error::config(path, format!("not a kmx provenance record: {why}"))
                 .hint("give the provenance.json of a built cell (OUT/<module>/<version>/<kernel>/<target>/)")
-        })?;
-        if head.schema != SCHEMA {
+        };
+        let mut record: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| not_a_record(e.to_string()))?;
+        if record.get("schema").is_none() {
+            return Err(not_a_record("no `schema` field".into()));
+        }
+        // `1`: the same format, written before it was named.
+        if record["schema"] == 1 {
+            record["schema"] = SCHEMA.into();
+        }
+        if record["schema"] != SCHEMA {
             return Err(Error::config(
                 path,
                 format!(
-                    "provenance schema {} (this kmx reads schema {SCHEMA})",
-                    head.schema
+                    "provenance schema {} (this kmx reads {SCHEMA})",
+                    record["schema"]
                 ),
             )
             .hint("check it with the kmx version that wrote it (its `kmx` field)"));
         }
-        serde_json::from_slice(&bytes)
+        serde_json::from_value(record)
             .map_err(|e| Error::config(path, format!("cannot read this provenance record: {e}")))
     }
 
@@ -234,10 +242,28 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "{}: provenance schema 9 (this kmx reads schema 1)",
+                "{}: provenance schema 9 (this kmx reads kmx.provenance/1)",
                 path.display()
             )
         );
+        // A record written before the format was named (`"schema": 1`) is this format.
+        let record = Provenance {
+            schema: SCHEMA.into(),
+            kmx: "0.1.0".into(),
+            module: "hello".into(),
+            version: "1.0".into(),
+            target: "arm64".into(),
+            kernel: "6.1.0-50-arm64".into(),
+            fingerprint: inputs().fingerprint(),
+            inputs: inputs(),
+            outputs: Vec::new(),
+        };
+        record.write(tmp.path()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""schema": "kmx.provenance/1""#), "{text}");
+        let legacy = text.replace(r#""schema": "kmx.provenance/1""#, r#""schema": 1"#);
+        std::fs::write(&path, legacy).unwrap();
+        assert_eq!(Provenance::load(&path).unwrap(), record);
         std::fs::write(&path, "not json").unwrap();
         let err = Provenance::load(&path).expect_err("garbage");
         assert!(

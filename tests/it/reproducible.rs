@@ -111,7 +111,7 @@ fn the_same_inputs_give_the_same_bytes_wherever_and_however_they_are_built() {
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     };
     let (a, b) = (record("out-a"), record("elsewhere/out-b"));
-    assert_eq!(a["schema"], 1);
+    assert_eq!(a["schema"], "kmx.provenance/1");
     assert_eq!(a["fingerprint"], b["fingerprint"]);
     assert_eq!(a["outputs"], b["outputs"]);
     assert_ne!(a["inputs"]["source"]["dir"], b["inputs"]["source"]["dir"]);
@@ -143,7 +143,7 @@ fn a_cell_restored_from_the_cache_has_the_bytes_of_a_fresh_build() {
     assert_eq!(read("cached")["outputs"], read("fresh")["outputs"]);
     // And the report carries it.
     let cell = &run.json()["cells"][0];
-    assert_eq!(cell["provenance"]["schema"], 1, "{cell}");
+    assert_eq!(cell["provenance"]["schema"], "kmx.provenance/1", "{cell}");
 }
 
 #[test]

@@ -48,10 +48,12 @@ fn every_schema_file_is_named_for_an_output_and_valid() {
         [
             "kmx.build-report-1.json",
             "kmx.cache-stats-1.json",
+            "kmx.cell-1.json",
             "kmx.compat-1.json",
             "kmx.doctor-1.json",
             "kmx.error-1.json",
             "kmx.kernels-1.json",
+            "kmx.provenance-1.json",
             "kmx.smoke-report-1.json",
             "kmx.status-1.json",
             "kmx.targets-1.json",
@@ -77,6 +79,15 @@ fn a_schema_that_does_not_fit_is_caught() {
         "schema": "kmx.cache-stats/1", "dir": "/x", "cells": 1, "bytes": 2, "extra": "\n  hint: x"
     });
     assert!(!validator.is_valid(&bad));
+    // A provenance record in the format before it was named, and a cell record without
+    // its fingerprint.
+    let validator = jsonschema::validator_for(&schema("provenance")).unwrap();
+    assert!(!validator.is_valid(&serde_json::json!({ "schema": 1 })));
+    let validator = jsonschema::validator_for(&schema("cell")).unwrap();
+    let bad = serde_json::json!({
+        "schema": "kmx.cell/1", "artifacts": [], "files": [], "build_secs": 1.0
+    });
+    assert!(!validator.is_valid(&bad));
 }
 
 #[test]
@@ -100,6 +111,21 @@ fn real_json_outputs_validate_against_their_schemas() {
     )
     .unwrap();
     assert_valid("build-report", &saved);
+    // Each built cell's records, and the provenance the report carries per cell.
+    let mut records = 0;
+    for cell in saved["cells"].as_array().unwrap() {
+        if cell["status"] != "built" {
+            continue;
+        }
+        let dir = Path::new(cell["out_dir"].as_str().unwrap());
+        for (name, file) in [("provenance", "provenance.json"), ("cell", "cell.json")] {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            assert_valid(name, &serde_json::from_str(&text).unwrap());
+            records += 1;
+        }
+        assert_valid("provenance", &cell["provenance"]);
+    }
+    assert_eq!(records, 2 * 3, "{saved:#}");
     // Restored and fresh cells.
     let again = k
         .run(&["build", &hello, "-t", "arm64", "--out", "other", "--json"])
