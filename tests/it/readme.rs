@@ -7,7 +7,9 @@
 //! a checkout would; `KMX_HOME` is a fresh home shown as `/var/lib/kmx` whose registry holds
 //! what a fresh `kmx kernels fetch` registers (the five default targets, the newest ABI of
 //! each kernel series; the trees themselves are the fetched home's, also shown as
-//! `/var/lib/kmx`); `KMX_JOBS=2` (the README's machine has two cores). Each `$ COMMAND` line
+//! `/var/lib/kmx`); `~/kmx/rootfs` is the arm64 image of the install example (each arm64
+//! kernel's `lib/modules/<release>/kernel/lib/crc7.ko` from its fetched kernel image);
+//! `KMX_JOBS=2` (the README's machine has two cores). Each `$ COMMAND` line
 //! runs with `bash -c` (so `>` works), stderr into the same pipe as stdout, as a terminal
 //! shows them; its output is the lines up to the next `$ ` line.
 //!
@@ -188,11 +190,30 @@ impl Session {
                 .success();
             assert!(ok, "cp -a {from}");
         }
-        std::fs::write(
-            kmx_home.join("trees/registry.json"),
-            fresh_fetch_registry(fetched).to_string(),
-        )
-        .unwrap();
+        let registry = fresh_fetch_registry(fetched);
+        // `./rootfs`, the arm64 image the install example installs into: for each arm64
+        // kernel, one module of its own (crc7) where Debian's image has it.
+        for t in registry["trees"].as_array().unwrap() {
+            if t["target"] != "arm64" {
+                continue;
+            }
+            let release = t["release"].as_str().unwrap();
+            let modules = Path::new(t["boot"]["modules_dir"].as_str().unwrap_or_else(|| {
+                panic!("{release}: no kernel image (`kmx kernels fetch --with-image`)")
+            }));
+            let crc7 = ["crc7.ko", "crc7.ko.xz"]
+                .iter()
+                .map(|f| Path::new("kernel/lib").join(f))
+                .find(|f| modules.join(f).is_file())
+                .unwrap_or_else(|| panic!("{}: no kernel/lib/crc7.ko", modules.display()));
+            let dest = checkout
+                .join("rootfs/lib/modules")
+                .join(release)
+                .join(&crc7);
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(modules.join(&crc7), &dest).unwrap();
+        }
+        std::fs::write(kmx_home.join("trees/registry.json"), registry.to_string()).unwrap();
         let shown = |p: &Path| p.display().to_string();
         // Longest first: the session's home is inside the scratch directory.
         let mut paths = vec![
