@@ -8,6 +8,8 @@ pub mod compat;
 pub mod decompress;
 pub mod memo;
 pub mod module;
+pub mod pkcs7;
+pub mod read;
 pub mod signing;
 
 pub use checks::{Check, CheckKind, Status};
