@@ -6,6 +6,7 @@ pub mod certs;
 pub mod checks;
 pub mod compat;
 pub mod decompress;
+pub mod engine;
 pub mod memo;
 pub mod module;
 pub mod pkcs7;
