@@ -1,8 +1,13 @@
-//! The crate's top-level modules form layers: no import cycle between them may come back.
+//! The crate's modules form layers: no import cycle may come back, neither between top-level
+//! modules nor between the files of one folder, and commands reach the build matrix only
+//! through its front doors.
 //!
-//! Reads every `crate::<module>` path in `src/` (in `use` lines and in code) and checks that
-//! the graph of top-level modules has no cycle. `cargo test --test layers` prints the cycle
-//! it finds, with the files that make each edge.
+//! Reads every `crate::` path in `src/` (in `use` lines, grouped or not, and in code) and
+//! every top-level `super::` path, and checks three graphs: top-level modules
+//! (`src/matrix/` is `matrix`), the files of each folder (`src/matrix/cell.rs` is `cell`;
+//! a name a folder's `mod.rs` re-exports counts as the file that defines it), and what
+//! `src/commands/` names inside `matrix`. `cargo test --test layers` prints the cycle or the
+//! reach it finds, with the files that make each edge.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,113 +31,393 @@ fn owner(src: &Path, file: &Path) -> String {
     name.trim_end_matches(".rs").to_string()
 }
 
-/// Every top-level module a file's code names through `crate::` (comments, such as doc links,
-/// are not imports).
-fn imports(text: &str) -> BTreeSet<String> {
-    let code: String = text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let text = code.as_str();
-    let mut out = BTreeSet::new();
-    let ident = |s: &str| -> String {
-        s.chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect()
-    };
-    for (i, _) in text.match_indices("crate::") {
-        let rest = &text[i + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            // `use crate::{a, b::c, ...}`: the first word of each item.
-            let group = &group[..group.find('}').unwrap_or(group.len())];
-            for item in group.split(',') {
-                let name = ident(item.trim());
-                if !name.is_empty() {
-                    out.insert(name);
+/// A file's code: comments left out (doc links are not imports), and so is the unit-test
+/// module at its end (`#[cfg(test)]`), whose `super::` is the file itself.
+fn code_of(text: &str) -> String {
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let t = l.trim_start();
+        if t.starts_with("#[cfg(test)]") {
+            break;
+        }
+        if !t.starts_with("//") {
+            out.push(l);
+        }
+    }
+    out.join("\n")
+}
+
+fn ident(s: &str) -> &str {
+    let n = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    &s[..n]
+}
+
+/// The paths of one use tree that starts at `s` (`a::{b, c::{d, e}}` -> `a::b`, `a::c::d`,
+/// `a::c::e`), each as its words; `self` ends a path where it stands.
+fn use_tree(s: &str) -> Vec<Vec<String>> {
+    fn skip_ws(s: &str, at: &mut usize) {
+        while s[*at..].starts_with(char::is_whitespace) {
+            *at += s[*at..].chars().next().map_or(1, char::len_utf8);
+        }
+    }
+    fn tree(s: &str, at: &mut usize, prefix: &[String], out: &mut Vec<Vec<String>>) {
+        skip_ws(s, at);
+        if s[*at..].starts_with('{') {
+            *at += 1;
+            loop {
+                skip_ws(s, at);
+                if s[*at..].starts_with('}') {
+                    *at += 1;
+                    return;
+                }
+                tree(s, at, prefix, out);
+                skip_ws(s, at);
+                if s[*at..].starts_with(',') {
+                    *at += 1;
+                } else if s[*at..].starts_with('}') {
+                    *at += 1;
+                    return;
+                } else {
+                    // Not a use tree after all: stop reading.
+                    *at = s.len();
+                    return;
                 }
             }
-        } else {
-            let name = ident(rest);
-            if !name.is_empty() {
-                out.insert(name);
-            }
         }
+        let word = ident(&s[*at..]);
+        if word.is_empty() {
+            // `*`, or the end of what can be read.
+            if s[*at..].starts_with('*') {
+                *at += 1;
+            }
+            out.push(prefix.to_vec());
+            return;
+        }
+        *at += word.len();
+        let mut path = prefix.to_vec();
+        if word != "self" {
+            path.push(word.to_string());
+        }
+        if s[*at..].starts_with("::") {
+            *at += 2;
+            return tree(s, at, &path, out);
+        }
+        // `x as y`
+        let mut look = *at;
+        skip_ws(s, &mut look);
+        if let Some(rest) = s[look..].strip_prefix("as ") {
+            let rest = rest.trim_start();
+            *at = s.len() - rest.len() + ident(rest).len();
+        }
+        out.push(path);
+    }
+    let mut out = Vec::new();
+    tree(s, &mut 0, &[], &mut out);
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+/// Every path a file's code names from `anchor` (`crate::` or `super::`), without the anchor.
+fn paths(text: &str, anchor: &str) -> Vec<Vec<String>> {
+    let code = code_of(text);
+    let mut out = Vec::new();
+    for (i, _) in code.match_indices(anchor) {
+        // `xsuper::` or `foo_crate::` is not the anchor.
+        let before = code[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        out.extend(use_tree(&code[i + anchor.len()..]));
     }
     out
 }
 
-#[test]
-fn no_import_cycle_between_top_level_modules() {
+/// Every top-level module a file's code names through `crate::`.
+fn imports(text: &str) -> BTreeSet<String> {
+    paths(text, "crate::")
+        .into_iter()
+        .map(|p| p[0].clone())
+        .collect()
+}
+
+struct Source {
+    /// `matrix/cell.rs`
+    rel: String,
+    text: String,
+}
+
+fn sources() -> Vec<Source> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    let modules: BTreeSet<String> = files.iter().map(|f| owner(&src, f)).collect();
-    // edge (from, to) -> the files that make it
+    files.sort();
+    files
+        .iter()
+        .map(|f| Source {
+            rel: f.strip_prefix(&src).unwrap().display().to_string(),
+            text: std::fs::read_to_string(f).expect("read source"),
+        })
+        .collect()
+}
+
+/// The cycles of a graph (node -> node, with the files that make each edge): for each node
+/// not yet in a cycle found, the shortest cycle through it, as its nodes in order with the
+/// first repeated at the end.
+fn cycles(edges: &BTreeMap<(String, String), Vec<String>>) -> Vec<Vec<String>> {
+    let next = |m: &str| -> Vec<&String> {
+        edges
+            .keys()
+            .filter(|(from, _)| from == m)
+            .map(|(_, to)| to)
+            .collect()
+    };
+    let nodes: BTreeSet<&String> = edges.keys().map(|(f, _)| f).collect();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut out = Vec::new();
+    for m in nodes {
+        if seen.contains(m.as_str()) {
+            continue;
+        }
+        // Breadth first from m until m comes back.
+        let mut came_from: BTreeMap<String, String> = BTreeMap::new();
+        let mut queue = std::collections::VecDeque::from([m.clone()]);
+        let mut found = false;
+        while let Some(n) = queue.pop_front() {
+            for to in next(&n) {
+                if to == m {
+                    came_from.insert(format!("{m}\0end"), n.clone());
+                    found = true;
+                    break;
+                }
+                if !came_from.contains_key(to.as_str()) {
+                    came_from.insert(to.clone(), n.clone());
+                    queue.push_back(to.clone());
+                }
+            }
+            if found {
+                break;
+            }
+        }
+        if !found {
+            continue;
+        }
+        let mut cycle = vec![m.clone()];
+        let mut at = came_from[&format!("{m}\0end")].clone();
+        while at != *m {
+            cycle.push(at.clone());
+            at = came_from[&at].clone();
+        }
+        cycle.push(m.clone());
+        cycle.reverse();
+        seen.extend(cycle.iter().cloned());
+        out.push(cycle);
+    }
+    out
+}
+
+fn explain(cycle: &[String], edges: &BTreeMap<(String, String), Vec<String>>) -> String {
+    cycle
+        .windows(2)
+        .map(|w| {
+            let files = &edges[&(w[0].clone(), w[1].clone())];
+            let mut files = files.clone();
+            files.dedup();
+            format!("{} -> {} ({})", w[0], w[1], files.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+fn explain_all(found: &[Vec<String>], edges: &BTreeMap<(String, String), Vec<String>>) -> String {
+    found
+        .iter()
+        .map(|c| explain(c, edges))
+        .collect::<Vec<_>>()
+        .join("\n\n  ")
+}
+
+/// Edges between top-level modules.
+fn module_edges(sources: &[Source]) -> BTreeMap<(String, String), Vec<String>> {
+    let src = Path::new("");
+    let modules: BTreeSet<String> = sources
+        .iter()
+        .map(|s| owner(src, Path::new(&s.rel)))
+        .collect();
     let mut edges: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for f in &files {
-        let from = owner(&src, f);
-        let text = std::fs::read_to_string(f).expect("read source");
-        for to in imports(&text) {
+    for s in sources {
+        let from = owner(src, Path::new(&s.rel));
+        for to in imports(&s.text) {
             // `Error`/`Result` re-exported at the root belong to `error`.
             let to = match to.as_str() {
                 "Error" | "Result" => "error".to_string(),
                 _ => to,
             };
             if to != from && modules.contains(&to) {
-                let rel = f.strip_prefix(&src).unwrap().display().to_string();
-                edges.entry((from.clone(), to)).or_default().push(rel);
+                edges
+                    .entry((from.clone(), to))
+                    .or_default()
+                    .push(s.rel.clone());
             }
         }
     }
+    edges
+}
+
+/// Edges between the files of each folder, as `folder/file` (`matrix/cell`). A path into the
+/// folder names a file (`crate::matrix::cell::run`, or `super::cell::run` from a sibling), or
+/// a name the folder's `mod.rs` re-exports (`pub use load::Profiles`: `load`), or else the
+/// folder's `mod.rs` itself. `mod.rs`'s own `mod` and `pub use` lines are the folder's door,
+/// not imports.
+fn file_edges(sources: &[Source]) -> BTreeMap<(String, String), Vec<String>> {
+    // folder -> its files (without .rs)
+    let mut folders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in sources {
+        if let Some((folder, file)) = s.rel.rsplit_once('/') {
+            folders
+                .entry(folder.to_string())
+                .or_default()
+                .insert(file.trim_end_matches(".rs").to_string());
+        }
+    }
+    // folder -> re-exported name -> the file that defines it
+    let mut reexports: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for s in sources {
+        let Some(folder) = s.rel.strip_suffix("/mod.rs") else {
+            continue;
+        };
+        for line in code_of(&s.text).lines() {
+            if let Some(rest) = line.trim().strip_prefix("pub use ") {
+                for p in use_tree(rest) {
+                    if p.len() >= 2 && folders[folder].contains(&p[0]) {
+                        reexports
+                            .entry(folder.to_string())
+                            .or_default()
+                            .insert(p[p.len() - 1].clone(), p[0].clone());
+                    }
+                }
+            }
+        }
+    }
+    let mut edges: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for s in sources {
+        let Some((folder, file)) = s.rel.rsplit_once('/') else {
+            continue;
+        };
+        let file = file.trim_end_matches(".rs");
+        let is_mod = file == "mod";
+        let text: String = if is_mod {
+            code_of(&s.text)
+                .lines()
+                .filter(|l| {
+                    let t = l.trim_start();
+                    !(t.starts_with("pub use ")
+                        || t.starts_with("pub mod ")
+                        || t.starts_with("mod "))
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            s.text.clone()
+        };
+        let words: Vec<&str> = folder.split('/').collect();
+        let mut inside: Vec<Vec<String>> = paths(&text, "crate::")
+            .into_iter()
+            .filter(|p| p.len() > words.len() && p.iter().zip(&words).all(|(a, b)| a == b))
+            .map(|p| p[words.len()..].to_vec())
+            .collect();
+        if !is_mod {
+            inside.extend(paths(&text, "super::"));
+        }
+        let files = &folders[folder];
+        for p in inside {
+            let to = if files.contains(&p[0]) && p[0] != "mod" {
+                p[0].clone()
+            } else if let Some(f) = reexports.get(folder).and_then(|r| r.get(&p[0])) {
+                f.clone()
+            } else {
+                "mod".to_string()
+            };
+            if to != file && files.contains(&to) {
+                edges
+                    .entry((format!("{folder}/{file}"), format!("{folder}/{to}")))
+                    .or_default()
+                    .push(s.rel.clone());
+            }
+        }
+    }
+    edges
+}
+
+#[test]
+fn no_import_cycle_between_top_level_modules() {
+    let edges = module_edges(&sources());
     assert!(
         edges.contains_key(&("matrix".into(), "config".into())),
         "the scan must see real edges: {edges:?}"
     );
-    // Depth-first search for a back edge.
-    fn visit(
-        m: &str,
-        edges: &BTreeMap<(String, String), Vec<String>>,
-        state: &mut BTreeMap<String, u8>,
-        path: &mut Vec<String>,
-    ) -> Option<Vec<String>> {
-        match state.get(m) {
-            Some(2) => return None,
-            Some(1) => {
-                let start = path.iter().position(|p| p == m).unwrap();
-                let mut cycle = path[start..].to_vec();
-                cycle.push(m.to_string());
-                return Some(cycle);
+    let found = cycles(&edges);
+    assert!(
+        found.is_empty(),
+        "import cycles between top-level modules:\n  {}",
+        explain_all(&found, &edges)
+    );
+}
+
+#[test]
+fn no_import_cycle_between_the_files_of_a_folder() {
+    let edges = file_edges(&sources());
+    assert!(
+        edges.contains_key(&("matrix/pipeline".into(), "matrix/scheduler".into())),
+        "the scan must see real edges: {edges:?}"
+    );
+    let found = cycles(&edges);
+    assert!(
+        found.is_empty(),
+        "import cycles between the files of a folder:\n  {}",
+        explain_all(&found, &edges)
+    );
+}
+
+/// The build matrix's front doors: the pipeline (plan, run, report a build) and reproduce
+/// (rebuild a cell from its provenance, through the pipeline).
+const MATRIX_DOORS: &[&str] = &["pipeline", "reproduce"];
+
+#[test]
+fn commands_reach_the_build_matrix_only_through_its_front_doors() {
+    let mut reach: Vec<String> = Vec::new();
+    let mut through_doors = 0;
+    for s in sources() {
+        if !s.rel.starts_with("commands/") {
+            continue;
+        }
+        for p in paths(&s.text, "crate::") {
+            if p[0] != "matrix" {
+                continue;
             }
-            _ => {}
-        }
-        state.insert(m.to_string(), 1);
-        path.push(m.to_string());
-        for (_, to) in edges.keys().filter(|(from, _)| from == m) {
-            if let Some(c) = visit(to, edges, state, path) {
-                return Some(c);
+            match p.get(1) {
+                Some(m) if MATRIX_DOORS.contains(&m.as_str()) => through_doors += 1,
+                other => reach.push(format!(
+                    "{}: crate::matrix::{}",
+                    s.rel,
+                    other.map_or("", String::as_str)
+                )),
             }
         }
-        path.pop();
-        state.insert(m.to_string(), 2);
-        None
     }
-    let mut state = BTreeMap::new();
-    for m in &modules {
-        if let Some(cycle) = visit(m, &edges, &mut state, &mut Vec::new()) {
-            let why: Vec<String> = cycle
-                .windows(2)
-                .map(|w| {
-                    let files = &edges[&(w[0].clone(), w[1].clone())];
-                    format!("{} -> {} ({})", w[0], w[1], files.join(", "))
-                })
-                .collect();
-            panic!(
-                "import cycle between top-level modules:\n  {}",
-                why.join("\n  ")
-            );
-        }
-    }
+    assert!(
+        through_doors > 0,
+        "the scan must see the commands' real paths"
+    );
+    reach.sort();
+    reach.dedup();
+    assert!(
+        reach.is_empty(),
+        "commands reach past the build matrix's front doors ({}):\n  {}",
+        MATRIX_DOORS.join(", "),
+        reach.join("\n  ")
+    );
 }
 
 #[test]
@@ -145,4 +430,64 @@ fn the_scan_reads_grouped_and_plain_paths() {
         .map(String::from)
         .collect();
     assert_eq!(got, want);
+}
+
+#[test]
+fn the_scan_expands_nested_groups_and_skips_tests() {
+    let text = "use crate::matrix::{cell::{self, Outcome}, plan::Cell, report};\n\
+                use super::kconfig::{KConfig, NOT_PREPARED};\n\
+                fn f() { crate::matrix::shard::select(); }\n\
+                #[cfg(test)]\nmod tests { use super::*; use crate::matrix::scheduler; }\n";
+    let words = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let got = paths(text, "crate::");
+    assert_eq!(
+        got,
+        vec![
+            words(&["matrix", "cell"]),
+            words(&["matrix", "cell", "Outcome"]),
+            words(&["matrix", "plan", "Cell"]),
+            words(&["matrix", "report"]),
+            words(&["matrix", "shard", "select"]),
+        ]
+    );
+    assert_eq!(
+        paths(text, "super::"),
+        vec![
+            words(&["kconfig", "KConfig"]),
+            words(&["kconfig", "NOT_PREPARED"])
+        ]
+    );
+}
+
+#[test]
+fn a_cycle_between_files_is_found_and_named() {
+    let srcs = vec![
+        Source {
+            rel: "m/a.rs".into(),
+            text: "use crate::m::b::B;".into(),
+        },
+        Source {
+            rel: "m/b.rs".into(),
+            text: "use super::c::C;".into(),
+        },
+        Source {
+            rel: "m/c.rs".into(),
+            text: "fn f() { crate::m::X::new(); }".into(),
+        },
+        Source {
+            rel: "m/mod.rs".into(),
+            text: "pub mod a;\npub mod b;\npub mod c;\npub use a::X;".into(),
+        },
+    ];
+    let edges = file_edges(&srcs);
+    let found = cycles(&edges);
+    assert_eq!(
+        found,
+        [["m/a", "m/b", "m/c", "m/a"]],
+        "X is re-exported from a"
+    );
+    assert_eq!(
+        explain(&found[0], &edges),
+        "m/a -> m/b (m/a.rs)\n  m/b -> m/c (m/b.rs)\n  m/c -> m/a (m/c.rs)"
+    );
 }

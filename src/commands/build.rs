@@ -8,12 +8,7 @@ use crate::commands::progress::Printer;
 use crate::commands::{Context, print_json};
 use crate::config::manifest::Given;
 use crate::error::{Error, Result, exit};
-use crate::matrix::cell;
-use crate::matrix::jobserver::Jobserver;
-use crate::matrix::pipeline::{self, Options};
-use crate::matrix::plan::{self, Action, Plan};
-use crate::matrix::report::{Report, count};
-use crate::matrix::shard::{self, Shard};
+use crate::matrix::pipeline::{self, Action, Cell, Options, Plan, Report, Shard, count};
 use crate::state::cache::Cache;
 
 /// What `kmx build` builds: source directories into OUT, or registered modules (their
@@ -177,14 +172,10 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
     if !registered && !args.dry_run {
         crate::digest::tag_output(&out)?;
     }
-    let mut plan = plan::plan_given(&sources, &targets, &out, args.sandbox.into())?;
+    let mut plan = pipeline::plan_given(&sources, &targets, &out, args.sandbox.into())?;
     if let Some(spec) = &args.shard {
         let shard: Shard = spec.parse()?;
-        let costs = match &args.costs {
-            Some(path) => shard::costs_from(&Report::load(path)?),
-            None => Default::default(),
-        };
-        plan = shard::select(&plan, shard, &costs);
+        plan = pipeline::shard(&plan, shard, args.costs.as_deref())?;
         eprintln!(
             "Shard {shard}: {} of {}",
             plan.cells.len(),
@@ -273,22 +264,19 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
 }
 
 fn print_plan(plan: &Plan, args: &BuildArgs) {
-    let env = |c: &plan::Cell| {
-        cell::make_vars(
-            c,
-            &cell::cc_words(c, args.launcher.as_ref().map(|w| w.0.as_slice())),
-        )
-        .iter()
-        .map(|(k, v)| format!("{k}={}", crate::process::quote(v)))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let env = |c: &Cell| {
+        pipeline::make_env(c, args.launcher.as_ref().map(|w| w.0.as_slice()))
+            .iter()
+            .map(|(k, v)| format!("{k}={}", crate::process::quote(v)))
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     let jobs = Options {
         jobs: args.jobs,
         ..Options::default()
     }
     .jobs();
-    if Jobserver::inherited() {
+    if pipeline::inherits_jobserver() {
         println!("jobserver: the calling make's (MAKEFLAGS), at most {jobs} cells at once");
     } else {
         println!("jobserver: kmx's own, {jobs} slots");
@@ -312,7 +300,7 @@ fn print_plan(plan: &Plan, args: &BuildArgs) {
             Action::Build => {
                 println!("  source:  {}", c.source.display());
                 println!("  kdir:    {}", c.tree.kdir.display());
-                println!("  make:    {}", cell::make_line(c));
+                println!("  make:    {}", pipeline::make_line(c));
                 if c.view.is_some() {
                     println!(
                         "  in:      {} (private namespace: /lib/modules/{}/build is the kdir)",

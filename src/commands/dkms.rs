@@ -393,7 +393,7 @@ impl Job<'_> {
             force: self.args.force,
             ..Options::default()
         };
-        let want = |c: &crate::matrix::plan::Cell| {
+        let want = |c: &crate::matrix::pipeline::Cell| {
             c.target.target.name == target && c.tree.release == release
         };
         let preps = prepare(

@@ -15,8 +15,7 @@ use crate::cli::{
 use crate::error::{Error, Kind, Result, exit};
 use crate::install::{self, SignKey, image};
 use crate::lifecycle::prepare::{Prep, Ready, evaluate_generic, prepare, prepare_binary};
-use crate::matrix::pipeline::{Options, setup_targets_in};
-use crate::matrix::plan::Cell;
+use crate::matrix::pipeline::{Cell, Options, setup_targets_in};
 use crate::process;
 use crate::state::cache::{Cache, DEFAULT_MAX_BYTES};
 use crate::state::store::{
@@ -95,7 +94,7 @@ pub fn add(
         }
     };
     let new = dir.join(format!(".src-new-{}", std::process::id()));
-    let copied = crate::matrix::cell::copy_tree(&src, &new).and_then(|_| content_hash(&new));
+    let copied = crate::matrix::pipeline::copy_tree(&src, &new).and_then(|_| content_hash(&new));
     let hash = match copied {
         Ok(hash) => hash,
         Err(e) => {
@@ -1155,7 +1154,7 @@ pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> 
     let n = names.len();
     eprintln!(
         "wrote {} into {}",
-        crate::matrix::report::count(n, "Debian package"),
+        crate::matrix::pipeline::count(n, "Debian package"),
         args.output.display()
     );
     Ok(exit::OK)
@@ -1173,7 +1172,7 @@ pub fn load_tarball(store: &Store, file: &Path, wait: bool) -> Result<i32> {
     }
     eprintln!(
         "loaded {} from {}",
-        crate::matrix::report::count(cells.len(), "cell"),
+        crate::matrix::pipeline::count(cells.len(), "cell"),
         file.display()
     );
     Ok(exit::OK)

@@ -9,11 +9,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use crate::matrix::cell::Outcome;
-use crate::matrix::pipeline::Progress;
-use crate::matrix::plan::{Action, Plan};
-use crate::matrix::report::count;
-use crate::matrix::scheduler::Event;
+use crate::matrix::pipeline::{Action, Event, Outcome, Plan, Progress, count};
 
 #[derive(Default)]
 pub struct Printer {
@@ -152,7 +148,7 @@ impl Progress for Printer {
                     self.line(&format!(
                         "     Running {}: `{}`",
                         c.label(),
-                        crate::matrix::cell::make_line(c)
+                        crate::matrix::pipeline::make_line(c)
                     ));
                 }
                 running

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::commands::Context;
 use crate::commands::progress::Printer;
 use crate::error::{Error, Kind, Result, exit};
-use crate::matrix::provenance::Provenance;
-use crate::matrix::reproduce::{self, Verdict};
+use crate::matrix::reproduce::{self, Provenance, Verdict};
 
 pub fn check(
     ctx: &Context,

@@ -79,6 +79,26 @@ pub fn where_to_change(file: &Path) -> String {
     }
 }
 
+/// The hints that name a profile's file say where the user changes it ([`where_to_change`]):
+/// they live with the layering, which knows.
+impl Target {
+    /// What to do when the target has no kernel tree: fetch from its sources, or, when it
+    /// names none, list trees under `[kernels] paths`.
+    pub fn no_tree_hint(&self) -> String {
+        let file = where_to_change(&self.file);
+        if self.kernel_sources.is_empty() {
+            format!(
+                "list its kernel trees under [kernels] paths in {file} (it names no [[kernels.source]] to fetch from)"
+            )
+        } else {
+            format!(
+                "run `kmx kernels fetch --target {}`, or list trees under [kernels] paths in {file}",
+                self.name
+            )
+        }
+    }
+}
+
 /// The default target set: what `kmx build` builds when no `--target` is given and every
 /// one is usable.
 pub const DEFAULT_TARGETS: &[&str] = &["i386", "amd64", "arm64", "armhf", "rpi"];

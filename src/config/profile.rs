@@ -351,24 +351,6 @@ impl Target {
     }
 }
 
-impl Target {
-    /// What to do when the target has no kernel tree: fetch from its sources, or, when it
-    /// names none, list trees under `[kernels] paths`.
-    pub fn no_tree_hint(&self) -> String {
-        let file = crate::config::load::where_to_change(&self.file);
-        if self.kernel_sources.is_empty() {
-            format!(
-                "list its kernel trees under [kernels] paths in {file} (it names no [[kernels.source]] to fetch from)"
-            )
-        } else {
-            format!(
-                "run `kmx kernels fetch --target {}`, or list trees under [kernels] paths in {file}",
-                self.name
-            )
-        }
-    }
-}
-
 fn default_dkms_arch(kernel_arch: &str) -> &str {
     match kernel_arch {
         "x86" => "x86_64",

@@ -13,8 +13,9 @@ use crate::error::{Error, Kind, Result};
 use crate::install::Hook;
 use crate::kernel::registry::{Registry, trees_of};
 use crate::kernel::tree::KernelTree;
-use crate::matrix::pipeline::{self, Options, Progress};
-use crate::matrix::plan::{self, Action, Cell, Plan, TargetSetup};
+use crate::matrix::pipeline::{
+    self, Action, Artifact, Cell, CellStatus, Options, Plan, Progress, TargetSetup,
+};
 use crate::state::Home;
 use crate::state::store::{
     BuiltFile, BuiltRecord, CellKey, FailedRecord, Store, content_hash, now,
@@ -84,7 +85,7 @@ pub fn find_tree(
         .find(|tree| tree.release == release)
 }
 
-fn record_of(cell: &Cell, artifacts: &[crate::matrix::cell::Artifact], hash: &str) -> BuiltRecord {
+fn record_of(cell: &Cell, artifacts: &[Artifact], hash: &str) -> BuiltRecord {
     let files = cell
         .spec
         .modules
@@ -132,7 +133,7 @@ fn record_of(cell: &Cell, artifacts: &[crate::matrix::cell::Artifact], hash: &st
 pub fn record_built(
     store: &Store,
     cell: &Cell,
-    artifacts: &[crate::matrix::cell::Artifact],
+    artifacts: &[Artifact],
     source_hash: &str,
 ) -> Result<()> {
     store.save_built(&record_of(cell, artifacts, source_hash))?;
@@ -204,25 +205,25 @@ pub fn prepare(
         .iter()
         .map(|(m, v, d)| (d.clone(), Given::both(m, v)))
         .collect();
-    let plans: Vec<Plan> = match plan::plan_given(&all, targets, &store.built(), Default::default())
-    {
-        Ok(p) => vec![p],
-        Err(_) => {
-            let mut plans = Vec::new();
-            for ((m, v, _), one) in dirs.iter().zip(&all) {
-                match plan::plan_given(
-                    std::slice::from_ref(one),
-                    targets,
-                    &store.built(),
-                    Default::default(),
-                ) {
-                    Ok(p) => plans.push(p),
-                    Err(e) => out.push((source_key(m, v), Err(e))),
+    let plans: Vec<Plan> =
+        match pipeline::plan_given(&all, targets, &store.built(), Default::default()) {
+            Ok(p) => vec![p],
+            Err(_) => {
+                let mut plans = Vec::new();
+                for ((m, v, _), one) in dirs.iter().zip(&all) {
+                    match pipeline::plan_given(
+                        std::slice::from_ref(one),
+                        targets,
+                        &store.built(),
+                        Default::default(),
+                    ) {
+                        Ok(p) => plans.push(p),
+                        Err(e) => out.push((source_key(m, v), Err(e))),
+                    }
                 }
+                plans
             }
-            plans
-        }
-    };
+        };
     for plan in plans {
         let mut needed = Vec::new();
         let mut picked = Vec::new();
@@ -256,7 +257,7 @@ pub fn prepare(
                             if let Err(e) = record_built(store, c, &r.artifacts, source_hash(c)) {
                                 failures.insert(orig, e);
                             }
-                        } else if r.status == crate::matrix::cell::CellStatus::Interrupted {
+                        } else if r.status == CellStatus::Interrupted {
                             failures.insert(
                                 orig,
                                 Error::new(Kind::Interrupted, "interrupted: the build was stopped")

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::kernel::symvers::Symvers;
 use crate::matrix::collect;
 use crate::matrix::jobserver::Jobserver;
-use crate::matrix::pipeline::Options;
+use crate::matrix::options::Options;
 use crate::matrix::plan::Cell;
 use crate::matrix::provenance::{self, Provenance};
 use crate::process::{self, Ended};

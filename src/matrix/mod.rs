@@ -6,7 +6,9 @@
 pub mod cell;
 pub mod collect;
 pub mod fingerprint;
+pub mod inputs;
 pub mod jobserver;
+pub mod options;
 pub mod pipeline;
 pub mod plan;
 pub mod provenance;

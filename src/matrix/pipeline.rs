@@ -12,66 +12,72 @@ use std::time::{Duration, Instant};
 
 use crate::config::Profiles;
 use crate::config::load::DEFAULT_TARGETS;
+use crate::config::manifest::Given;
 use crate::error::{Error, Result, render_inline};
 use crate::kernel::KernelTree;
 use crate::kernel::registry::{RegisteredTree, Registry, installed_tree, trees_of, usable_tree};
 use crate::matrix::cell::{self, RunEnv};
 use crate::matrix::jobserver::Jobserver;
-use crate::matrix::plan::{self, Action, Plan, TargetSetup};
-use crate::matrix::report::{CellSmoke, Report};
-use crate::matrix::scheduler::{self, Dag, Event};
+use crate::matrix::report::CellSmoke;
+use crate::matrix::scheduler::{self, Dag};
+use crate::matrix::{inputs, plan, shard};
+use crate::sandbox::Mode;
 use crate::state::Home;
-use crate::state::cache::Cache;
 
-/// How to run a plan: the knobs `kmx build` exposes, for the scheduler and every cell.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Cells at once and make slots in all; `None`: the number of CPUs.
-    pub jobs: Option<usize>,
-    /// Time limit of each step of a cell.
-    pub timeout: Duration,
-    /// Start no cell after one fails.
-    pub fail_fast: bool,
-    /// Compiler launcher (`--launcher`), overriding the toolchain's.
-    pub launcher: Option<Vec<String>>,
-    /// The build cache to reuse and fill; `None` builds without it.
-    pub cache: Option<Cache>,
-    /// Rebuild cells even when they are fresh.
-    pub force: bool,
-    /// Build steps see the host writable and the network, as under DKMS
-    /// (`--sandbox open`); otherwise they are confined ([`crate::sandbox::Policy::strict`]).
-    pub open_sandbox: bool,
-    /// Keep each built cell's build tree in `<out>/.work` (`--keep-build-dir`); otherwise
-    /// only a failed cell's is kept.
-    pub keep_build_dir: bool,
-    /// Where the durations of earlier builds are kept, for the progress's estimate of the
-    /// time left ([`crate::state::durations`]); `None`: no estimate.
-    pub durations: Option<PathBuf>,
+// What the callers name of the build matrix: the types of this door's calls, and how a
+// planned cell's make runs (for `kmx build --dry-run` and the progress).
+pub use crate::matrix::cell::{Artifact, CellStatus, Outcome, copy_tree, make_line};
+pub use crate::matrix::options::Options;
+pub use crate::matrix::plan::{Action, Cell, Plan, Shard, TargetSetup};
+pub use crate::matrix::report::{Report, count};
+pub use crate::matrix::scheduler::Event;
+
+/// Plan a build: a cell for every source, target and kernel tree, dependencies linked, each
+/// with its inputs and fingerprint.
+pub fn plan(
+    sources: &[PathBuf],
+    targets: &[Arc<TargetSetup>],
+    out: &Path,
+    mode: Mode,
+) -> Result<Plan> {
+    let sources: Vec<(PathBuf, Given)> = sources
+        .iter()
+        .map(|s| (s.clone(), Given::default()))
+        .collect();
+    plan_given(&sources, targets, out, mode)
 }
 
-impl Default for Options {
-    fn default() -> Options {
-        Options {
-            jobs: None,
-            timeout: Duration::from_secs(1800),
-            fail_fast: false,
-            launcher: None,
-            cache: None,
-            force: false,
-            open_sandbox: false,
-            keep_build_dir: false,
-            durations: None,
-        }
-    }
+/// [`plan`], each source with the name and version its caller gives (see [`Given`]).
+pub fn plan_given(
+    sources: &[(PathBuf, Given)],
+    targets: &[Arc<TargetSetup>],
+    out: &Path,
+    mode: Mode,
+) -> Result<Plan> {
+    let (mut plan, digests) = plan::draft(sources, targets, out, mode)?;
+    inputs::fingerprint(&mut plan.cells, &digests);
+    Ok(plan)
 }
 
-impl Options {
-    /// The number of cells (and own jobserver slots) a run uses.
-    pub fn jobs(&self) -> usize {
-        self.jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .max(1)
-    }
+/// The share `shard` of `plan` (`--shard I/N`), the cells dealt out by the durations of an
+/// earlier report (`costs`, `--costs`) where given, else by the size of their sources.
+pub fn shard(plan: &Plan, shard: Shard, costs: Option<&Path>) -> Result<Plan> {
+    let costs = match costs {
+        Some(path) => shard::costs_from(&Report::load(path)?),
+        None => Default::default(),
+    };
+    Ok(shard::select(plan, shard, &costs))
+}
+
+/// Whether the run's makes share the calling make's jobserver (MAKEFLAGS), not kmx's own.
+pub fn inherits_jobserver() -> bool {
+    Jobserver::inherited()
+}
+
+/// The variables a planned cell's steps get ([`cell::make_vars`]), its compiler called
+/// through `launcher` (`--launcher`) where given, else through its toolchain's.
+pub fn make_env(c: &Cell, launcher: Option<&[String]>) -> Vec<(String, String)> {
+    cell::make_vars(c, &cell::cc_words(c, launcher))
 }
 
 /// Where a run reports its progress (the commands print it; tests may ignore it).

@@ -166,9 +166,43 @@ pub struct Plan {
     /// How many cells the whole plan has (more than `cells` when sharded).
     pub total: usize,
     /// The share of the plan these cells are (`--shard`).
-    pub shard: Option<crate::matrix::shard::Shard>,
+    pub shard: Option<Shard>,
     /// Why cells run without their private namespace, when they do.
     pub no_namespace: Option<String>,
+}
+
+/// The share of a plan one machine builds (`--shard I/N`, 1-based); [`crate::matrix::shard`]
+/// deals the cells out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Shard> {
+        let bad = || {
+            Error::usage(format!(
+                "--shard {s}: expected I/N with 1 <= I <= N, e.g. 2/3"
+            ))
+        };
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 /// Keep only trees whose release is one of `kernels` (all when empty).
@@ -182,27 +216,25 @@ pub fn filter_trees(trees: Vec<Arc<KernelTree>>, kernels: &[String]) -> Vec<Arc<
         .collect()
 }
 
-pub fn plan(
-    sources: &[PathBuf],
-    targets: &[Arc<TargetSetup>],
-    out: &Path,
-    mode: namespace::Mode,
-) -> Result<Plan> {
-    let sources: Vec<(PathBuf, Given)> = sources
-        .iter()
-        .map(|s| (s.clone(), Given::default()))
-        .collect();
-    plan_given(&sources, targets, out, mode)
+/// The hashed inputs the cells of a plan share, each hashed once: every source's digest and
+/// every tree's identity ([`fingerprint::kernel_tree`]), keyed by directory.
+#[derive(Debug, Default)]
+pub struct Digests {
+    pub sources: BTreeMap<PathBuf, String>,
+    pub trees: BTreeMap<PathBuf, String>,
 }
 
-/// [`plan`], each source with the name and version its caller gives (a registered module's,
-/// `--module-name`/`--module-version`; see [`Given`]).
-pub fn plan_given(
+/// The cells of every source for every target and tree, their dependencies linked, each
+/// source given the name and version its caller gives (a registered module's,
+/// `--module-name`/`--module-version`; see [`Given`]). The cells have no fingerprint yet:
+/// that is the next step ([`crate::matrix::inputs`], which needs the [`Digests`]); the
+/// pipeline's `plan` takes both.
+pub fn draft(
     sources: &[(PathBuf, Given)],
     targets: &[Arc<TargetSetup>],
     out: &Path,
     mode: namespace::Mode,
-) -> Result<Plan> {
+) -> Result<(Plan, Digests)> {
     use rayon::prelude::*;
     let out = std::path::absolute(out).map_err(|e| Error::io("resolve", out, e))?;
     let given: BTreeMap<PathBuf, Given> = sources
@@ -300,14 +332,20 @@ pub fn plan_given(
         }
     }
     resolve_dependencies(&mut cells)?;
-    fingerprint_cells(&mut cells, &digests, &trees)?;
-    Ok(Plan {
+    let plan = Plan {
         total: cells.len(),
         cells,
         out,
         shard: None,
         no_namespace: isolated.err(),
-    })
+    };
+    Ok((
+        plan,
+        Digests {
+            sources: digests,
+            trees,
+        },
+    ))
 }
 
 /// DKMS's variables for `source` built for one kernel tree: DKMS's own `$dkms_tree` and
@@ -458,77 +496,6 @@ fn plan_cell(
         fingerprint: String::new(),
         view: None,
     })
-}
-
-/// Give every cell its fingerprint: source contents and tree identities are hashed once
-/// each, dependencies before their dependents. Paths of the work and source directories are
-/// replaced by placeholders, so the same cell in another output directory is the same cell.
-fn fingerprint_cells(
-    cells: &mut [Cell],
-    sources: &BTreeMap<PathBuf, String>,
-    trees: &BTreeMap<PathBuf, String>,
-) -> Result<()> {
-    let environment = provenance::environment();
-    let mut done: Vec<Option<String>> = vec![None; cells.len()];
-    // Dependencies form a DAG (checked above): repeat until every cell is done.
-    while done.iter().any(Option::is_none) {
-        for i in 0..cells.len() {
-            if done[i].is_some() || cells[i].deps.iter().any(|&d| done[d].is_none()) {
-                continue;
-            }
-            let c = &cells[i];
-            // Where the cell's directories, its source and its tree are on this machine is
-            // not an input: the same cell elsewhere is the same cell.
-            let trees_dir = crate::matrix::cell::trees_dir(&c.tree);
-            let trees_dir = trees_dir.to_string_lossy();
-            let normalize = |text: String| {
-                text.replace(&c.work_dir.to_string_lossy().into_owned(), "<work>")
-                    .replace(&c.source.to_string_lossy().into_owned(), "<source>")
-                    .replace(&c.tree.kdir.to_string_lossy().into_owned(), "<kdir>")
-                    .replace(&format!("{trees_dir}="), "<kdir>/..=")
-            };
-            let mut spec = c.spec.clone();
-            spec.log.clear();
-            spec.warnings.clear();
-            let vars = crate::matrix::cell::make_vars(c, std::slice::from_ref(&c.compiler().name));
-            let inputs = provenance::Inputs {
-                source: provenance::SourceInput {
-                    dir: c.source.clone(),
-                    sha256: sources[&c.source].clone(),
-                },
-                kernel: provenance::KernelInput {
-                    release: c.tree.release.clone(),
-                    vermagic: c.tree.vermagic.to_string(),
-                    kdir: c.tree.kdir.clone(),
-                    identity: trees[&c.tree.kdir].clone(),
-                },
-                toolchain: c.target.toolchain.identity.to_string(),
-                compiler: provenance::CompilerInput {
-                    path: c.compiler().path.clone(),
-                    version: c.compiler().version_line.clone(),
-                },
-                make: normalize(crate::matrix::cell::make_line(c)),
-                vars: vars.into_iter().map(|(k, v)| (k, normalize(v))).collect(),
-                environment: environment.clone(),
-                manifest_sha256: provenance::manifest_digest(&normalize(format!("{spec:?}"))),
-                namespace: c.view.is_some(),
-                dependencies: c
-                    .deps
-                    .iter()
-                    .map(|&d| provenance::Dependency {
-                        module: cells[d].spec.name.clone(),
-                        fingerprint: done[d].clone().unwrap_or_default(),
-                    })
-                    .collect(),
-            };
-            done[i] = Some(inputs.fingerprint());
-            cells[i].inputs = Some(inputs);
-        }
-    }
-    for (c, fp) in cells.iter_mut().zip(done) {
-        c.fingerprint = fp.unwrap_or_default();
-    }
-    Ok(())
 }
 
 /// Link each cell to the cells of its BUILD_DEPENDS for the same target and kernel, and

@@ -15,9 +15,9 @@ use std::sync::atomic::AtomicBool;
 
 use crate::config::Profiles;
 use crate::error::{Error, Result};
-use crate::matrix::pipeline::{self, Options, Progress};
-use crate::matrix::plan::{self, TargetSetup};
-use crate::matrix::provenance::{Inputs, Provenance};
+use crate::matrix::pipeline::{self, Options, Progress, TargetSetup};
+use crate::matrix::provenance::Inputs;
+pub use crate::matrix::provenance::Provenance;
 use crate::state::Home;
 
 /// What the rebuild of one record showed.
@@ -77,7 +77,7 @@ pub fn check(
         true => vec![record.inputs.source.dir.clone()],
         false => sources.to_vec(),
     };
-    let plan = plan::plan(&sources, targets, out, Default::default())?;
+    let plan = pipeline::plan(&sources, targets, out, Default::default())?;
     let Some(cell) = plan.cells.iter().find(|c| {
         c.spec.name == record.module
             && c.target.target.name == record.target

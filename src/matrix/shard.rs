@@ -11,42 +11,8 @@
 
 use std::collections::HashMap;
 
-use crate::error::{Error, Result};
-use crate::matrix::plan::{Action, Cell, Plan};
+use crate::matrix::plan::{Action, Cell, Plan, Shard};
 use crate::matrix::report::Report;
-
-/// `I/N`, 1-based.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: usize,
-    pub count: usize,
-}
-
-impl std::str::FromStr for Shard {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Shard> {
-        let bad = || {
-            Error::usage(format!(
-                "--shard {s}: expected I/N with 1 <= I <= N, e.g. 2/3"
-            ))
-        };
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (usize, usize) = (
-            i.trim().parse().map_err(|_| bad())?,
-            n.trim().parse().map_err(|_| bad())?,
-        );
-        if count == 0 || index == 0 || index > count {
-            return Err(bad());
-        }
-        Ok(Shard { index, count })
-    }
-}
-
-impl std::fmt::Display for Shard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
-    }
-}
 
 /// Cost estimates from a previous report: (module, version, target, kernel) -> seconds.
 pub fn costs_from(report: &Report) -> HashMap<(String, String, String, String), f64> {

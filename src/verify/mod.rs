@@ -6,8 +6,11 @@ pub mod certs;
 pub mod checks;
 pub mod compat;
 pub mod decompress;
+pub mod engine;
 pub mod memo;
 pub mod module;
+pub mod pkcs7;
+pub mod read;
 pub mod signing;
 
 pub use checks::{Check, CheckKind, Status};

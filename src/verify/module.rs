@@ -11,7 +11,6 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use goblin::container::{Container, Ctx, Endian as GoblinEndian};
@@ -19,28 +18,13 @@ use goblin::elf::Elf;
 use goblin::elf::header::{self, ET_REL};
 use goblin::elf::section_header::{SHN_UNDEF, SHT_NOBITS, SHT_SYMTAB, SectionHeader};
 use goblin::elf::sym::{STB_WEAK, STT_SECTION, Sym};
-use memmap2::MmapOptions;
 use serde::Serialize;
 
 pub use super::decompress::Compression;
-use super::decompress::{self, DecompressError};
+use super::decompress::DecompressError;
+use super::pkcs7;
+pub use super::pkcs7::SignedMessage;
 use crate::config::arch::{ElfClass, ElfIdentity, Endian, machine};
-
-/// Files up to this size are read whole (one copy is cheaper than mmap + faults + munmap);
-/// larger ones are mapped, so that only the pages of the sections needed are touched.
-const READ_LIMIT: u64 = 64 << 10;
-
-/// Larger files, up to this size, are read in pieces: the sections the reader needs, at
-/// their offsets in a per-thread buffer (see [`read_sparse`]); beyond it, and to digest a
-/// whole file, they are mapped.
-const SPARSE_LIMIT: u64 = 4 << 20;
-
-thread_local! {
-    /// The buffer [`Module::read`] reads small files into, reused by each thread.
-    static READ_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-    /// The buffer [`read_sparse`] reads sections into, reused by each thread.
-    static SPARSE_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-}
 
 /// The magic string that ends a module with an appended signature.
 pub const SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
@@ -178,89 +162,6 @@ pub struct Signature {
     pub message: Option<Box<SignedMessage>>,
 }
 
-/// The parts of a PKCS#7 module signature the kernel's `pkcs7_verify` uses, and the digest
-/// of the signed bytes (the module before its signature), computed while the file was in
-/// memory so that checking it needs no second read.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SignedMessage {
-    /// The signer's issuer Name, DER-encoded as in the certificate (tag included).
-    pub issuer: Vec<u8>,
-    /// The signer's serial number: the INTEGER's content bytes.
-    pub serial: Vec<u8>,
-    /// A CMS subjectKeyIdentifier signer id instead of issuer and serial.
-    pub subject_key_id: Option<Vec<u8>>,
-    /// Digest algorithm OID (content bytes).
-    pub digest_oid: Vec<u8>,
-    /// Signature algorithm OID (content bytes), e.g. rsaEncryption.
-    pub signature_oid: Vec<u8>,
-    /// The signed attributes re-tagged as a SET (what is signed when they are present).
-    pub signed_attrs: Option<Vec<u8>>,
-    /// The messageDigest attribute, when signed attributes are present.
-    pub message_digest: Option<Vec<u8>>,
-    pub signature: Vec<u8>,
-    /// Certificates carried in the message (DER), usually none for module signatures.
-    pub certificates: Vec<Vec<u8>>,
-    /// The digest of the signed module bytes with `digest_oid`; `None` when kmx does not
-    /// implement that digest.
-    pub content_digest: Option<Vec<u8>>,
-}
-
-/// Open a file to read it without ever blocking in open(2): a FIFO with no writer would
-/// otherwise hang the whole run. The file is opened non-blocking; [`blocking_reads`] switches
-/// a file that is not a regular one back to blocking reads, after which such a FIFO reads as
-/// empty and a pipe with a writer (`<(xzcat m.ko.xz)`) reads as usual. A regular file's
-/// reads never block on O_NONBLOCK, so it is left as opened (two fewer system calls a file).
-fn open_never_blocking(path: &Path) -> Result<File, ReadError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|source| ReadError::Io { op: "open", source })
-}
-
-/// Clear O_NONBLOCK on `file` (see [`open_never_blocking`]).
-fn blocking_reads(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK status flag changes.
-    unsafe {
-        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        }
-    }
-}
-
-/// Append up to `len` bytes of `file` to `data`, reading straight into its spare capacity:
-/// one `read` for a whole small file, where `read_to_end` starts at 8 KiB and doubles, then
-/// reads once more to find the end. Fewer bytes when the file is shorter than `len`.
-fn read_into(file: &File, data: &mut Vec<u8>, len: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    data.try_reserve(len)
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
-    let end = data.len() + len;
-    while data.len() < end {
-        let missing = end - data.len();
-        let spare = data.spare_capacity_mut();
-        let want = missing.min(spare.len());
-        // SAFETY: `spare` is writable memory of at least `want` bytes owned by `data`; read(2)
-        // writes at most `want` bytes there, and exactly the `n` it reports are then marked
-        // initialised.
-        let n = unsafe { libc::read(file.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
-        match n {
-            0 => break,
-            n if n > 0 => unsafe { data.set_len(data.len() + n as usize) },
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Read into `data`, at their own offsets, exactly the parts of a plain ELF module of `len`
 /// bytes that the reader looks at without a digest: the ELF header, the section table, the
 /// section names, every section the reader may look up by name or type (.modinfo, the
@@ -274,7 +175,7 @@ fn read_into(file: &File, data: &mut Vec<u8>, len: usize) -> std::io::Result<()>
 /// then maps the whole file, whose reader gives the precise error. The bytes between the
 /// parts read are stale (the buffer is reused, not cleared): the reader never looks there,
 /// because the parts are chosen by the same names and types it uses.
-fn read_sparse(file: &File, len: usize, data: &mut Vec<u8>) -> Option<usize> {
+pub(super) fn read_sparse(file: &File, len: usize, data: &mut Vec<u8>) -> Option<usize> {
     use std::os::unix::fs::FileExt;
     const TAIL: usize = 4096;
     if data.len() < len {
@@ -385,112 +286,6 @@ pub struct Module {
 }
 
 impl Module {
-    /// Read the module at `path`. Plain files are mapped, not read, so only the pages of the
-    /// header, section table and needed sections are touched; compressed files are
-    /// decompressed into memory, at most [`decompress::DEFAULT_LIMIT`] bytes.
-    ///
-    /// Safe to call from many threads at once: it shares no state.
-    pub fn read(path: &Path) -> Result<Module, ReadError> {
-        Module::read_with(path, true)
-    }
-
-    /// [`Module::read`], computing the digest of the signed bytes (a signature's
-    /// [`SignedMessage::content_digest`], which touches every page of the file) only when
-    /// `digest` is true.
-    pub fn read_with(path: &Path, digest: bool) -> Result<Module, ReadError> {
-        Module::read_stat(path, digest).map(|(module, _)| module)
-    }
-
-    /// [`Module::read_with`], also returning the metadata of the file as it was opened
-    /// (what a cache keyed by file identity needs, without a second `stat` by path).
-    pub fn read_stat(path: &Path, digest: bool) -> Result<(Module, std::fs::Metadata), ReadError> {
-        let file = open_never_blocking(path)?;
-        let meta = file
-            .metadata()
-            .map_err(|source| ReadError::Io { op: "stat", source })?;
-        let module = Module::read_file(&file, &meta, digest)?;
-        Ok((module, meta))
-    }
-
-    fn read_file(file: &File, meta: &std::fs::Metadata, digest: bool) -> Result<Module, ReadError> {
-        if !meta.is_file() {
-            // A pipe or device cannot be mapped: read it, capped like decompression.
-            blocking_reads(file);
-            let mut data = Vec::new();
-            let limit = decompress::DEFAULT_LIMIT;
-            file.take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
-                .read_to_end(&mut data)
-                .map_err(|source| ReadError::Io { op: "read", source })?;
-            if data.len() > limit {
-                return Err(ReadError::TooLarge { limit });
-            }
-            return Module::parse_with(&data, digest);
-        }
-        if meta.len() == 0 {
-            return Err(ReadError::Empty);
-        }
-        if meta.len() <= READ_LIMIT {
-            // Small files are read into a per-thread buffer: one read is cheaper than
-            // mmap + page faults + munmap (whose TLB shootdowns stall every other thread).
-            // The read is bounded by the size just stat'ed, with room reserved for it, so
-            // that it takes one system call (no second read to find the end).
-            return READ_BUFFER.with(|buffer| {
-                let mut data = buffer.take();
-                data.clear();
-                let len = meta.len();
-                let result = read_into(file, &mut data, len as usize)
-                    .map_err(|source| ReadError::Io { op: "read", source })
-                    .and_then(|_| Module::parse_with(&data, digest));
-                if data.capacity() <= 2 * READ_LIMIT as usize {
-                    buffer.replace(data);
-                }
-                result
-            });
-        }
-        if !digest
-            && meta.len() <= SPARSE_LIMIT
-            && let Some(result) = SPARSE_BUFFER.with(|buffer| {
-                let mut data = buffer.take();
-                let result = read_sparse(file, meta.len() as usize, &mut data)
-                    .map(|len| Module::parse_with(data.get(..len).unwrap_or_default(), false));
-                buffer.replace(data);
-                result
-            })
-        {
-            return result;
-        }
-        // SAFETY: the map is read-only and private to this call. Like every mmap reader
-        // (kmod included), a concurrent truncation of the file by another process can raise
-        // SIGBUS; modules are not rewritten in place while kmx verifies them.
-        // The length is the one just stat'ed (memmap2 would stat the file again).
-        let len =
-            usize::try_from(meta.len()).map_err(|_| ReadError::TooLarge { limit: usize::MAX })?;
-        let map = unsafe { MmapOptions::new().len(len).map(file) }
-            .map_err(|source| ReadError::Io { op: "map", source })?;
-        Module::parse_with(&map, digest)
-    }
-
-    /// Parse a module held in memory (plain or compressed, signed or not).
-    pub fn parse(bytes: &[u8]) -> Result<Module, ReadError> {
-        Module::parse_with(bytes, true)
-    }
-
-    /// [`Module::parse`], with the signed bytes' digest only when `digest` is true.
-    pub fn parse_with(bytes: &[u8], digest: bool) -> Result<Module, ReadError> {
-        let read = |format| {
-            let data = decompress::decompress_held(bytes, format, decompress::DEFAULT_LIMIT)?;
-            let mut module = parse_uncompressed(&data, digest)?;
-            module.compression = Some(format);
-            Ok(module)
-        };
-        match Compression::detect(bytes) {
-            // Kept by content ([`super::memo`]) when the digest is not wanted.
-            Some(format) if !digest => super::memo::module(bytes, || read(format)),
-            Some(format) => read(format),
-            None => parse_uncompressed(bytes, digest),
-        }
-    }
-
     /// The first value of `key` in `.modinfo`.
     pub fn modinfo_get(&self, key: &str) -> Option<&str> {
         self.modinfo.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
@@ -528,7 +323,7 @@ impl Module {
 }
 
 /// Split off the signature (if any), then parse the ELF before it.
-fn parse_uncompressed(data: &[u8], digest: bool) -> Result<Module, ReadError> {
+pub(super) fn parse_uncompressed(data: &[u8], digest: bool) -> Result<Module, ReadError> {
     let (elf, signature) = split_signature(data, digest)?;
     let mut module = parse_elf(elf)?;
     module.signature = signature;
@@ -1221,317 +1016,6 @@ fn hex_colons(bytes: &[u8]) -> String {
         out.push(char::from(HEX[usize::from(b & 0xF)]));
     }
     out
-}
-
-/// A minimal DER reader for the one thing kmx needs from a module's PKCS#7 signature: the
-/// first SignerInfo's issuer common name, serial number and digest algorithm (what kmod's
-/// `modinfo` shows). Definite lengths only (DER; the kernel's sign-file writes DER).
-pub(crate) mod pkcs7 {
-    use std::fmt;
-
-    use super::SignedMessage;
-
-    pub struct SignerInfo {
-        pub signer: String,
-        pub key_id: Vec<u8>,
-        pub hash_algo: String,
-        pub message: SignedMessage,
-    }
-
-    #[derive(Debug)]
-    pub struct DerError(pub &'static str);
-
-    impl fmt::Display for DerError {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(self.0)
-        }
-    }
-
-    const SEQUENCE: u8 = 0x30;
-    const SET: u8 = 0x31;
-    const INTEGER: u8 = 0x02;
-    const OID: u8 = 0x06;
-    const OCTET_STRING: u8 = 0x04;
-    const CONTEXT_0: u8 = 0xA0;
-    const CONTEXT_0_PRIMITIVE: u8 = 0x80;
-    const CONTEXT_1: u8 = 0xA1;
-    /// 1.2.840.113549.1.7.2
-    const OID_SIGNED_DATA: &[u8] = &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x07, 0x02];
-    /// 2.5.4.3
-    const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
-    /// 1.2.840.113549.1.9.4
-    const OID_MESSAGE_DIGEST: &[u8] = &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x09, 0x04];
-
-    /// One TLV read from the front of a buffer.
-    struct Reader<'a>(&'a [u8]);
-
-    impl<'a> Reader<'a> {
-        fn is_empty(&self) -> bool {
-            self.0.is_empty()
-        }
-
-        fn peek_tag(&self) -> Option<u8> {
-            self.0.first().copied()
-        }
-
-        /// Read any element: its tag and contents.
-        fn any(&mut self) -> Result<(u8, &'a [u8]), DerError> {
-            self.any_whole().map(|(tag, contents, _)| (tag, contents))
-        }
-
-        /// Read any element: its tag, contents and the whole encoding (tag and length too).
-        fn any_whole(&mut self) -> Result<(u8, &'a [u8], &'a [u8]), DerError> {
-            let start = self.0;
-            let (&tag, rest) = self.0.split_first().ok_or(DerError("truncated element"))?;
-            if tag & 0x1F == 0x1F {
-                return Err(DerError("high tag numbers are not supported"));
-            }
-            let (&first, mut rest) = rest.split_first().ok_or(DerError("truncated length"))?;
-            let len = if first < 0x80 {
-                usize::from(first)
-            } else if first == 0x80 {
-                return Err(DerError("indefinite length (BER) is not supported"));
-            } else {
-                let n = usize::from(first & 0x7F);
-                if n > 4 {
-                    return Err(DerError("length field too long"));
-                }
-                let (bytes, tail) = rest
-                    .split_at_checked(n)
-                    .ok_or(DerError("truncated length"))?;
-                rest = tail;
-                bytes
-                    .iter()
-                    .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
-            };
-            let (contents, tail) = rest
-                .split_at_checked(len)
-                .ok_or(DerError("element extends past its container"))?;
-            self.0 = tail;
-            let whole = start
-                .get(..start.len() - tail.len())
-                .ok_or(DerError("element extends past its container"))?;
-            Ok((tag, contents, whole))
-        }
-
-        /// Read an element that must have tag `tag`.
-        fn element(&mut self, tag: u8, what: &'static str) -> Result<Reader<'a>, DerError> {
-            let (found, contents) = self.any()?;
-            if found != tag {
-                return Err(DerError(what));
-            }
-            Ok(Reader(contents))
-        }
-    }
-
-    /// The two INTEGERs of a DER `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }`,
-    /// as unsigned big-endian bytes (leading zeros stripped); `None` when it is not one, or
-    /// an integer is negative.
-    pub fn ecdsa_sig_value(der: &[u8]) -> Option<(&[u8], &[u8])> {
-        fn unsigned(int: &[u8]) -> Option<&[u8]> {
-            if int.first()? & 0x80 != 0 {
-                return None;
-            }
-            let start = int.iter().position(|&b| b != 0).unwrap_or(int.len());
-            Some(&int[start..])
-        }
-        let mut outer = Reader(der);
-        let mut seq = outer.element(SEQUENCE, "ECDSA-Sig-Value").ok()?;
-        let r = seq.element(INTEGER, "r").ok()?;
-        let s = seq.element(INTEGER, "s").ok()?;
-        (seq.is_empty() && outer.is_empty()).then_some(())?;
-        Some((unsigned(r.0)?, unsigned(s.0)?))
-    }
-
-    pub fn signer_info(der: &[u8]) -> Result<SignerInfo, DerError> {
-        let mut content_info = Reader(der).element(SEQUENCE, "ContentInfo is not a SEQUENCE")?;
-        let oid = content_info.element(OID, "ContentInfo has no content type")?;
-        if oid.0 != OID_SIGNED_DATA {
-            return Err(DerError("content type is not signedData"));
-        }
-        let mut explicit = content_info.element(CONTEXT_0, "signedData content is missing")?;
-        let mut signed_data = explicit.element(SEQUENCE, "SignedData is not a SEQUENCE")?;
-        signed_data.element(INTEGER, "SignedData has no version")?;
-        signed_data.element(SET, "SignedData has no digestAlgorithms")?;
-        signed_data.element(SEQUENCE, "SignedData has no contentInfo")?;
-        // Optional certificates [0] and crls [1], then signerInfos.
-        let mut certificates = Vec::new();
-        while matches!(signed_data.peek_tag(), Some(CONTEXT_0 | CONTEXT_1)) {
-            let (tag, contents) = signed_data.any()?;
-            if tag == CONTEXT_0 {
-                let mut certs = Reader(contents);
-                while !certs.is_empty() {
-                    let (_, _, whole) = certs.any_whole()?;
-                    certificates.push(whole.to_vec());
-                }
-            }
-        }
-        let mut signer_infos = signed_data.element(SET, "SignedData has no signerInfos")?;
-        let mut signer = signer_infos.element(SEQUENCE, "no SignerInfo")?;
-        signer.element(INTEGER, "SignerInfo has no version")?;
-        let (sid_tag, sid) = signer.any()?;
-        let mut issuer_der = Vec::new();
-        let mut serial_bytes = Vec::new();
-        let mut subject_key_id = None;
-        let (name, key_id) = match sid_tag {
-            SEQUENCE => {
-                let mut issuer_and_serial = Reader(sid);
-                let (tag, issuer, whole) = issuer_and_serial.any_whole()?;
-                if tag != SEQUENCE {
-                    return Err(DerError("issuer is not a Name"));
-                }
-                let serial = issuer_and_serial.element(INTEGER, "no serial number")?;
-                issuer_der = whole.to_vec();
-                serial_bytes = serial.0.to_vec();
-                (common_name(Reader(issuer))?, strip_leading_zeros(serial.0))
-            }
-            // CMS subjectKeyIdentifier [0]: no issuer to name; the identifier is the key id.
-            CONTEXT_0_PRIMITIVE => {
-                subject_key_id = Some(sid.to_vec());
-                (String::new(), sid.to_vec())
-            }
-            _ => return Err(DerError("SignerInfo has no signer identifier")),
-        };
-        let mut digest_algorithm = signer.element(SEQUENCE, "SignerInfo has no digestAlgorithm")?;
-        let oid = digest_algorithm.element(OID, "digestAlgorithm has no OID")?;
-        // Signed attributes [0] IMPLICIT SET OF Attribute: signed as a SET.
-        let mut signed_attrs = None;
-        let mut message_digest = None;
-        if signer.peek_tag() == Some(CONTEXT_0) {
-            let (_, contents, whole) = signer.any_whole()?;
-            let mut set = whole.to_vec();
-            if let Some(first) = set.first_mut() {
-                *first = SET;
-            }
-            signed_attrs = Some(set);
-            let mut attrs = Reader(contents);
-            while !attrs.is_empty() {
-                let mut attr = attrs.element(SEQUENCE, "signed attribute is not a SEQUENCE")?;
-                let kind = attr.element(OID, "signed attribute has no type")?;
-                let mut values = attr.element(SET, "signed attribute has no values")?;
-                if kind.0 == OID_MESSAGE_DIGEST {
-                    let value =
-                        values.element(OCTET_STRING, "messageDigest is not an OCTET STRING")?;
-                    message_digest = Some(value.0.to_vec());
-                }
-            }
-        }
-        // The encrypted digest must be there too, or this is not a signature.
-        let mut signature_algorithm =
-            signer.element(SEQUENCE, "SignerInfo has no signature algorithm")?;
-        let signature_oid = signature_algorithm.element(OID, "signature algorithm has no OID")?;
-        let signature = signer.element(OCTET_STRING, "SignerInfo has no signature")?;
-        Ok(SignerInfo {
-            signer: name,
-            key_id,
-            hash_algo: digest_name(oid.0),
-            message: SignedMessage {
-                issuer: issuer_der,
-                serial: serial_bytes,
-                subject_key_id,
-                digest_oid: oid.0.to_vec(),
-                signature_oid: signature_oid.0.to_vec(),
-                signed_attrs,
-                message_digest,
-                signature: signature.0.to_vec(),
-                certificates,
-                content_digest: None,
-            },
-        })
-    }
-
-    /// The first commonName in a Name (SEQUENCE OF SET OF {OID, value}); empty if none,
-    /// like kmod.
-    fn common_name(mut name: Reader) -> Result<String, DerError> {
-        while !name.is_empty() {
-            let mut rdn = name.element(SET, "Name entry is not a SET")?;
-            while !rdn.is_empty() {
-                let mut attr = rdn.element(SEQUENCE, "Name attribute is not a SEQUENCE")?;
-                let oid = attr.element(OID, "Name attribute has no type")?;
-                let (_, value) = attr.any()?;
-                if oid.0 == OID_COMMON_NAME {
-                    return Ok(String::from_utf8_lossy(value).into_owned());
-                }
-            }
-        }
-        Ok(String::new())
-    }
-
-    /// An INTEGER's magnitude as OpenSSL's BN_bn2bin gives it (what kmod prints).
-    fn strip_leading_zeros(bytes: &[u8]) -> Vec<u8> {
-        let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-        bytes.get(start..).unwrap_or_default().to_vec()
-    }
-
-    /// OpenSSL's short name for the digest OIDs module signing uses, else the dotted OID.
-    fn digest_name(oid: &[u8]) -> String {
-        const NIST_HASH: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02];
-        let name = match oid {
-            [0x2B, 0x0E, 0x03, 0x02, 0x1A] => Some("sha1"),
-            [0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x02, 0x05] => Some("md5"),
-            [0x2A, 0x81, 0x1C, 0xCF, 0x55, 0x01, 0x83, 0x11] => Some("sm3"),
-            _ => match oid.strip_prefix(NIST_HASH) {
-                Some([1]) => Some("sha256"),
-                Some([2]) => Some("sha384"),
-                Some([3]) => Some("sha512"),
-                Some([4]) => Some("sha224"),
-                Some([8]) => Some("sha3-256"),
-                Some([9]) => Some("sha3-384"),
-                Some([10]) => Some("sha3-512"),
-                _ => None,
-            },
-        };
-        name.map(str::to_string).unwrap_or_else(|| dotted(oid))
-    }
-
-    fn dotted(oid: &[u8]) -> String {
-        let mut arcs: Vec<u64> = Vec::new();
-        let mut value: u64 = 0;
-        for &b in oid {
-            value = value
-                .saturating_mul(128)
-                .saturating_add(u64::from(b & 0x7F));
-            if b & 0x80 == 0 {
-                if arcs.is_empty() {
-                    let first = (value / 40).min(2);
-                    arcs.push(first);
-                    arcs.push(value - first * 40);
-                } else {
-                    arcs.push(value);
-                }
-                value = 0;
-            }
-        }
-        arcs.iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(".")
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn names_digests_like_openssl() {
-            assert_eq!(
-                digest_name(&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 1]),
-                "sha256"
-            );
-            assert_eq!(digest_name(&[0x2B, 0x0E, 0x03, 0x02, 0x1A]), "sha1");
-            assert_eq!(digest_name(&[0x2A, 0x03]), "1.2.3");
-        }
-
-        #[test]
-        fn rejects_lengths_past_the_buffer() {
-            let err = signer_info(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF])
-                .err()
-                .unwrap();
-            assert_eq!(err.to_string(), "element extends past its container");
-            let err = signer_info(&[0x30, 0x80]).err().unwrap();
-            assert_eq!(err.to_string(), "indefinite length (BER) is not supported");
-        }
-    }
 }
 
 impl fmt::Display for VersionsFormat {

@@ -35,8 +35,7 @@ use sha2::Digest;
 use x509_cert::Certificate;
 use x509_cert::der::{Decode, Encode};
 
-use super::module::SignedMessage;
-use super::module::pkcs7::ecdsa_sig_value;
+use super::pkcs7::{SignedMessage, ecdsa_sig_value};
 
 /// 1.2.840.113549.1.1.1, and the sha*WithRSAEncryption OIDs (1.2.840.113549.1.1.{11,12,13,14})
 /// that sign-file also writes as the signature algorithm.
