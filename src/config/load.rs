@@ -84,7 +84,7 @@ pub fn where_to_change(file: &Path) -> String {
 pub const DEFAULT_TARGETS: &[&str] = &["i386", "amd64", "arm64", "armhf", "rpi"];
 
 /// Every target and toolchain profile, resolved.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Profiles {
     pub targets: BTreeMap<String, Target>,
     pub toolchains: BTreeMap<String, Toolchain>,

@@ -47,6 +47,9 @@ pub struct Options {
     /// Where the durations of earlier builds are kept, for the progress's estimate of the
     /// time left ([`crate::state::durations`]); `None`: no estimate.
     pub durations: Option<PathBuf>,
+    /// kmx's default compiler cache, when the plan's toolchains got it
+    /// ([`crate::config::ccache`]): its settings replace the caller's `CCACHE_*`.
+    pub compiler_cache: Option<crate::config::ccache::CompilerCache>,
 }
 
 impl Default for Options {
@@ -61,6 +64,7 @@ impl Default for Options {
             open_sandbox: false,
             keep_build_dir: false,
             durations: None,
+            compiler_cache: None,
         }
     }
 }
@@ -378,7 +382,10 @@ pub fn execute(
     let _out = lock_out(&plan.out)?;
     let jobs = opts.jobs();
     let jobserver = Jobserver::for_run(jobs)?;
-    let passthrough = passthrough_env();
+    let mut passthrough = passthrough_env();
+    if let Some(cache) = &opts.compiler_cache {
+        crate::config::ccache::with_cache_env(&mut passthrough, cache);
+    }
     // The launchers any cell runs its compiler through, once for the run.
     let launchers: std::collections::BTreeSet<String> = plan
         .cells
@@ -386,9 +393,15 @@ pub fn execute(
         .flat_map(|c| crate::matrix::cell::launcher_names(c, opts.launcher.as_deref()))
         .collect();
     let uses = |names: &[&str]| !opts.open_sandbox && names.iter().any(|n| launchers.contains(*n));
-    let ccache_dir = uses(&["ccache"])
-        .then(|| ccache_dir(&passthrough))
-        .flatten();
+    let ccache_dir = match &opts.compiler_cache {
+        // kmx's own: known without asking ccache (a no-op run starts no process).
+        Some(cache) if uses(&["ccache"]) => std::fs::create_dir_all(&cache.dir)
+            .ok()
+            .map(|()| cache.dir.clone()),
+        _ => uses(&["ccache"])
+            .then(|| ccache_dir(&passthrough))
+            .flatten(),
+    };
     let distcc_dir = uses(&["distcc", "pump"])
         .then(|| distcc_dir(&passthrough))
         .flatten();
