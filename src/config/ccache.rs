@@ -1,7 +1,8 @@
 //! The compiler cache kmx puts before every compile by default: ccache, where it is installed,
 //! in depend mode (keyed by the compiler, its arguments, the source and the content of every
-//! header the compiler's own dependency list names), with one cache directory in kmx's home
-//! shared by every cell of every target.
+//! header the compiler's own dependency list names), with one cache directory per module in
+//! kmx's home, shared by every cell of the module (every target and kernel): a build step
+//! may write its module's cache, and no other module's.
 //!
 //! It applies to the toolchains that name no launcher of their own, unless `--launcher` is
 //! given, `--no-compiler-cache` (or `KMX_NO_COMPILER_CACHE=1`) turns it off, or the
@@ -51,6 +52,24 @@ impl CompilerCache {
         Some(CompilerCache {
             dir: cache_dir.join("ccache"),
         })
+    }
+
+    /// The directory the cells of module `name` share (made when missing): one per module,
+    /// so that a build step, which may write its module's cache, cannot plant an object in
+    /// another module's compiles. A name that is not a plain file name is hashed.
+    pub fn dir_for(&self, name: &str) -> PathBuf {
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && !name.contains('/')
+            && !name.contains('\0');
+        let dir = match plain {
+            true => self.dir.join(name),
+            false => self
+                .dir
+                .join(crate::digest::sha256(name.as_bytes())),
+        };
+        let _ = std::fs::create_dir_all(&dir);
+        dir
     }
 
     /// Put ccache before the compiler of every toolchain that names no launcher and does
