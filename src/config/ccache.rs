@@ -64,9 +64,7 @@ impl CompilerCache {
             && !name.contains('\0');
         let dir = match plain {
             true => self.dir.join(name),
-            false => self
-                .dir
-                .join(crate::digest::sha256(name.as_bytes())),
+            false => self.dir.join(crate::digest::sha256(name.as_bytes())),
         };
         let _ = std::fs::create_dir_all(&dir);
         dir

@@ -407,7 +407,12 @@ fn malformed_dkms_conf_is_a_usage_error_naming_the_file() {
 fn dry_run_prints_the_plan_and_builds_nothing() {
     let Some(k) = Kmx::with_trees() else { return };
     let run = k
-        .run(&["build", &fixture("x86only"), "--dry-run", "--no-compiler-cache"])
+        .run(&[
+            "build",
+            &fixture("x86only"),
+            "--dry-run",
+            "--no-compiler-cache",
+        ])
         .ok();
     let text = run.stdout();
     assert!(

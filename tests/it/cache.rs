@@ -626,8 +626,8 @@ fn a_build_step_cannot_write_another_modules_compiler_cache() {
     let log = std::fs::read_to_string(run.json()["cells"][0]["log"].as_str().unwrap()).unwrap();
     assert!(log.contains("own: written"), "{log}");
     assert!(cache.join("evil/own").is_file(), "{log}");
-    assert!(!log.contains("planted: written"), "{log}");
-    assert!(!cache.join("hello/planted").exists());
-    assert!(!log.contains("newcomer: written"), "{log}");
-    assert!(!cache.join("newcomer").exists());
+    // Checked on the host: inside the sandbox the parent directory may be a private one
+    // (a home under /tmp is), where a write lands nowhere.
+    assert!(!cache.join("hello/planted").exists(), "{log}");
+    assert!(!cache.join("newcomer").exists(), "{log}");
 }

@@ -256,6 +256,12 @@ fn a_warm_compiler_cache_gives_the_bytes_of_a_cold_build_and_of_one_without_it()
     build("none", &["--no-compiler-cache"]);
     let none = compiler_cache_stats(&k.home, false);
     assert_eq!(none, warm, "a build without the cache used it");
-    assert_eq!(assert_same(&k.dir().join("cold"), &k.dir().join("warm")), 4 * 4);
-    assert_eq!(assert_same(&k.dir().join("cold"), &k.dir().join("none")), 4 * 4);
+    assert_eq!(
+        assert_same(&k.dir().join("cold"), &k.dir().join("warm")),
+        4 * 4
+    );
+    assert_eq!(
+        assert_same(&k.dir().join("cold"), &k.dir().join("none")),
+        4 * 4
+    );
 }
