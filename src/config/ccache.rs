@@ -33,6 +33,10 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Profiles;
 
+/// The bound of each module's cache directory (ccache drops its least recently used objects
+/// beyond it): a module's objects for every target and a few ABIs take tens of MB.
+const MAX_SIZE: &str = "256M";
+
 /// The launcher word kmx adds.
 pub const CCACHE: &str = "ccache";
 
@@ -85,10 +89,11 @@ impl CompilerCache {
 
     /// The environment of every build step of a run that uses it, in place of the caller's
     /// `CCACHE_*`: the cache directory (whose `ccache.conf` is the only configuration file
-    /// read besides the system's), depend mode (`CCACHE_DEPEND`: no preprocessor run; kbuild's
-    /// `-Wp,-MMD` dependency list names the headers whose content is hashed), and `base_dir`
-    /// off and `hash_dir` on whatever a configuration file says (`base_dir` would change the
-    /// bytes, `hash_dir = false` reuse debug information made in another directory).
+    /// read besides the system's) and its bound ([`MAX_SIZE`]), depend mode (`CCACHE_DEPEND`:
+    /// no preprocessor run; kbuild's `-Wp,-MMD` dependency list names the headers whose
+    /// content is hashed), and `base_dir` off and `hash_dir` on whatever a configuration file
+    /// says (`base_dir` would change the bytes, `hash_dir = false` reuse debug information
+    /// made in another directory).
     pub fn env(&self) -> Vec<(String, String)> {
         let dir = self.dir.to_string_lossy().into_owned();
         vec![
@@ -96,6 +101,7 @@ impl CompilerCache {
             ("CCACHE_DEPEND".into(), "1".into()),
             ("CCACHE_BASEDIR".into(), String::new()),
             ("CCACHE_HASHDIR".into(), "1".into()),
+            ("CCACHE_MAXSIZE".into(), MAX_SIZE.into()),
         ]
     }
 }
@@ -210,6 +216,7 @@ mod tests {
                 ("CCACHE_DEPEND", "1"),
                 ("CCACHE_BASEDIR", ""),
                 ("CCACHE_HASHDIR", "1"),
+                ("CCACHE_MAXSIZE", "256M"),
             ]
             .map(|(k, v)| (k.to_string(), v.to_string()))
         );
