@@ -118,17 +118,24 @@ cpu_run() {
   return $rc
 }
 
-# The compiler cache's counters over every module's directory (-z: zero them).
+# The compiler cache's counters over every module's directory: "HITS MISSES". -z zeroes them.
 ccstats() {
-  local hit=0 miss=0 h m d
+  local hit=0 miss=0 d
   for d in "$home"/cache/ccache/*/; do
     [ -d "$d" ] || continue
     if [ "${1:-}" = -z ]; then CCACHE_DIR=$d ccache -z >/dev/null; continue; fi
-    h=$(CCACHE_DIR=$d ccache --print-stats | awk -F'\t' '$1 ~ /^(direct|preprocessed)_cache_hit$/ { s += $2 } END { print s + 0 }')
-    m=$(CCACHE_DIR=$d ccache --print-stats | awk -F'\t' '$1 == "cache_miss" { print $2 }')
-    hit=$((hit + h)) miss=$((miss + ${m:-0}))
+    read -r h m < <(CCACHE_DIR=$d ccache --print-stats | awk -F'\t' '
+      $1 ~ /^(direct|preprocessed)_cache_hit$/ { h += $2 } $1 == "cache_miss" { m = $2 }
+      END { print h + 0, m + 0 }')
+    hit=$((hit + h)) miss=$((miss + m))
   done
-  echo "$hit $miss"
+  [ "${1:-}" = -z ] || echo "$hit $miss"
+}
+
+# The translation units (every .c and .mod.c kbuild compiled: its "CC [M]" lines) of a run.
+units() {
+  python3 -c 'import json, sys; [print(c["log"]) for c in json.load(open(sys.argv[1]))["cells"] if c.get("log")]' \
+    "$work/run/$1.json" | xargs cat | grep -c '^ *CC \[M\] ' || true
 }
 
 build() {
@@ -138,7 +145,7 @@ build() {
     --no-cache --json --out "$work/run/$name" "$@" >"$work/run/$name.json" 2>"$work/run/$name.log" || true
   read -r cpu wall <"$work/run/$name.cpu"
   local t
-  t=$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["totals"]; print(f"{t[\"built\"]} built, {t[\"skipped\"]} skipped, {t[\"failed\"]} failed")' "$work/run/$name.json" 2>/dev/null || echo "no report")
+  t=$(python3 -c 'import json, sys; t = json.load(open(sys.argv[1]))["totals"]; print("%d built, %d skipped, %d failed" % (t["built"], t["skipped"], t["failed"]))' "$work/run/$name.json" 2>/dev/null || echo "no report")
   printf '%-44s %7.1f CPU-s %7.1f s wall  (%s)\n' "$label" "$cpu" "$wall" "$t"
 }
 
@@ -152,9 +159,16 @@ ccstats -z
 build again-to "$to again (--force), cache warm:" "${k_to[@]}" --force
 read -r hit_again miss_again < <(ccstats)
 
-rate() { python3 -c "h, m = $1, $2; print(f'{h} hits / {h + m} ({100 * h / max(h + m, 1):.1f}%)')"; }
-echo "compiler cache, $to after $from: $(rate "$hit_to" "$miss_to")"
-echo "compiler cache, $to again:         $(rate "$hit_again" "$miss_again")"
+# Hits beyond the translation units' reuse are kbuild's compiler probes (cc-option and the
+# like, compiles of /dev/null).
+rate() {
+  local run=$1 hit=$2 miss=$3 tu
+  tu=$(units "$run")
+  python3 -c "h, m, tu = $hit, $miss, $tu
+print(f'{h} hits / {h + m} calls ({100 * h / max(h + m, 1):.1f}%); translation units: {tu}, from the cache: {max(tu - m, 0)} ({100 * max(tu - m, 0) / max(tu, 1):.1f}%)')"
+}
+echo "compiler cache, $to after $from: $(rate warm-to "$hit_to" "$miss_to")"
+echo "compiler cache, $to again: $(rate again-to "$hit_again" "$miss_again")"
 read -r c_warm _ <"$work/run/warm-to.cpu"
 read -r c_cold _ <"$work/run/cold-to.cpu"
 read -r c_again _ <"$work/run/again-to.cpu"
