@@ -2,8 +2,8 @@
 # A new kernel ABI: the real-package corpus (benches/dkms-corpus/packages.txt, the non-slow
 # lines) built by kmx for one ABI of a series, then for the next one with kmx's compiler
 # cache warm from the first, against a cold build of the second (no compiler cache); then
-# the second ABI rebuilt from a warm cache (every cell rebuilt, --force: what a new version
-# of a package whose files mostly did not change costs).
+# the second ABI rebuilt from a warm cache (every cell rebuilt, --force: what a cell the
+# build cache let go costs).
 #
 #   benches/abi-rebuild.sh [--from 6.1.0-50] [--to 6.1.0-57] [--targets a,b] [--packages a,b]
 #                          [--jobs N]                            (after ./dev setup; root)

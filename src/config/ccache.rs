@@ -19,8 +19,7 @@
 //! (`linux-headers-6.1.0-50-common/...`), and so does the debug information the linker hashes
 //! into the module's build ID, so an object of another ABI would not give a cold build's
 //! bytes. What it reuses: the same source for the same tree again (a cell rebuilt with
-//! `--force`, after the build cache let it go, or a new version of a package whose files
-//! mostly did not change), and kbuild's compiler probes (`cc-option` on `/dev/null`).
+//! `--force`, or after the build cache let it go), and kbuild's compiler probes (`cc-option` on `/dev/null`).
 //!
 //! The bytes do not change: ccache's `base_dir` would rewrite the kernel tree's `-I` and
 //! `-include` paths to relative ones, so that `-fmacro-prefix-map` no longer applies and
