@@ -647,6 +647,11 @@ pub struct BuildArgs {
     /// --force).
     #[arg(long)]
     pub no_cache: bool,
+    /// Compile without kmx's compiler cache (ccache in depend mode, used by default
+    /// where it is installed, before the compilers of toolchains that name no launcher; a
+    /// toolchain profile's `compiler_cache = false` turns it off for that toolchain).
+    #[arg(long, env = "KMX_NO_COMPILER_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_compiler_cache: bool,
     /// Build only share I of N of the matrix (e.g. 2/3), for fanning a build out over CI
     /// machines; every machine computes the same split. Combine the reports with
     /// `kmx report merge`.

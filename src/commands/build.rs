@@ -154,13 +154,14 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
         }
     }
     let mut notes = Vec::new();
-    let targets = pipeline::setup_targets(
+    // kmx's compiler cache before the toolchains' compilers that name no launcher.
+    let (profiles, compiler_cache) = crate::config::ccache::for_build(
         &ctx.profiles,
-        &ctx.home,
-        &args.target,
-        &args.kernel,
-        &mut notes,
-    )?;
+        &ctx.home.root,
+        args.launcher.is_some() || args.no_compiler_cache,
+    );
+    let targets =
+        pipeline::setup_targets(&profiles, &ctx.home, &args.target, &args.kernel, &mut notes)?;
     for n in &notes {
         eprintln!("{n}");
     }
@@ -206,6 +207,7 @@ pub fn run(ctx: &Context, args: &BuildArgs, wait: bool) -> Result<i32> {
         open_sandbox: args.sandbox == crate::cli::SandboxMode::Open,
         keep_build_dir: args.keep_build_dir,
         durations: Some(ctx.home.durations()),
+        compiler_cache,
     };
     let stop = crate::process::stop_flag()?;
     let json_lines = args.message_format == crate::cli::MessageFormat::Json;

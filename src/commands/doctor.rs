@@ -289,6 +289,10 @@ pub fn doctor(ctx: &Context, names: &[String], json: bool, root: &std::path::Pat
         if !print_host() {
             broken = all.len();
         }
+        println!(
+            "{}",
+            crate::config::ccache::doctor_line(&ctx.profiles, &ctx.home.root)
+        );
         for h in &all {
             println!(
                 "{} ({}): {}",

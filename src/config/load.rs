@@ -104,7 +104,7 @@ impl Target {
 pub const DEFAULT_TARGETS: &[&str] = &["i386", "amd64", "arm64", "armhf", "rpi"];
 
 /// Every target and toolchain profile, resolved.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Profiles {
     pub targets: BTreeMap<String, Target>,
     pub toolchains: BTreeMap<String, Toolchain>,

@@ -5,6 +5,7 @@
 //! whichever format it has.
 
 pub mod arch;
+pub mod ccache;
 pub mod dkms;
 pub mod kmxtoml;
 pub mod load;

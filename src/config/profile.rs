@@ -24,6 +24,7 @@ struct ToolchainFile {
     #[serde(default)]
     launcher: Vec<String>,
     cc: Option<String>,
+    compiler_cache: Option<bool>,
 }
 
 /// A cross toolchain: how to call the compiler for one GNU triple.
@@ -38,6 +39,9 @@ pub struct Toolchain {
     pub debian_package: Option<String>,
     /// Words put before the compiler (`ccache`, `distcc`).
     pub launcher: Vec<String>,
+    /// Whether kmx's default compiler cache may go before the compiler when `launcher` is
+    /// empty (`compiler_cache = false` turns it off; [`crate::config::ccache`]).
+    pub compiler_cache: bool,
     /// A compiler to call instead of the one the kernel tree names.
     pub cc: Option<String>,
     /// What modules built by this toolchain must say in their ELF header.
@@ -71,6 +75,7 @@ impl Toolchain {
             triple: triple_text,
             debian_package: raw.debian_package,
             launcher: raw.launcher,
+            compiler_cache: raw.compiler_cache.unwrap_or(true),
             cc: raw.cc,
             identity,
             file: file.to_path_buf(),

@@ -82,7 +82,7 @@ impl RunEnv<'_> {
             .iter()
             .any(|n| NETWORK_LAUNCHERS.contains(&n.as_str()));
         if names.iter().any(|n| n == "ccache") {
-            policy.writable.extend(self.ccache_dir.iter().cloned());
+            policy.writable.extend(self.ccache_dir_of(cell));
         }
         if names.iter().any(|n| n == "distcc" || n == "pump") {
             policy.writable.extend(self.distcc_dir.iter().cloned());
@@ -92,6 +92,15 @@ impl RunEnv<'_> {
             policy.shown.push(PathBuf::from("/run/icecc"));
         }
         policy
+    }
+
+    /// The ccache directory `cell`'s steps write: its module's own with kmx's compiler
+    /// cache, else the caller's.
+    fn ccache_dir_of(&self, cell: &Cell) -> Option<PathBuf> {
+        match &self.opts.compiler_cache {
+            Some(cache) => Some(cache.dir_for(&cell.spec.name)),
+            None => self.ccache_dir.clone(),
+        }
     }
 
     /// The parsed `Module.symvers` of `tree`, loaded once per run.
@@ -459,6 +468,9 @@ fn with_cell_env(mut cmd: Command, cell: &Cell, env: &RunEnv, extra_symbols: &st
         cmd.env(k, v);
     }
     cmd.env("LC_ALL", "C");
+    if let Some(cache) = &env.opts.compiler_cache {
+        cmd.env("CCACHE_DIR", cache.dir_for(&cell.spec.name));
+    }
     let cc = cc_words(cell, env.opts.launcher.as_deref());
     for (k, v) in make_vars(cell, &cc) {
         // The caller's KBUILD_BUILD_TIMESTAMP wins over kmx's.

@@ -30,6 +30,9 @@ pub struct Options {
     /// Where the durations of earlier builds are kept, for the progress's estimate of the
     /// time left ([`crate::state::durations`]); `None`: no estimate.
     pub durations: Option<PathBuf>,
+    /// kmx's default compiler cache, when the plan's toolchains got it
+    /// ([`crate::config::ccache`]): its settings replace the caller's `CCACHE_*`.
+    pub compiler_cache: Option<crate::config::ccache::CompilerCache>,
 }
 
 impl Default for Options {
@@ -44,6 +47,7 @@ impl Default for Options {
             open_sandbox: false,
             keep_build_dir: false,
             durations: None,
+            compiler_cache: None,
         }
     }
 }

@@ -384,7 +384,10 @@ pub fn execute(
     let _out = lock_out(&plan.out)?;
     let jobs = opts.jobs();
     let jobserver = Jobserver::for_run(jobs)?;
-    let passthrough = passthrough_env();
+    let mut passthrough = passthrough_env();
+    if let Some(cache) = &opts.compiler_cache {
+        crate::config::ccache::with_cache_env(&mut passthrough, cache);
+    }
     // The launchers any cell runs its compiler through, once for the run.
     let launchers: std::collections::BTreeSet<String> = plan
         .cells
@@ -392,9 +395,15 @@ pub fn execute(
         .flat_map(|c| crate::matrix::cell::launcher_names(c, opts.launcher.as_deref()))
         .collect();
     let uses = |names: &[&str]| !opts.open_sandbox && names.iter().any(|n| launchers.contains(*n));
-    let ccache_dir = uses(&["ccache"])
-        .then(|| ccache_dir(&passthrough))
-        .flatten();
+    let ccache_dir = match &opts.compiler_cache {
+        // kmx's own: known without asking ccache (a no-op run starts no process).
+        Some(cache) if uses(&["ccache"]) => std::fs::create_dir_all(&cache.dir)
+            .ok()
+            .map(|()| cache.dir.clone()),
+        _ => uses(&["ccache"])
+            .then(|| ccache_dir(&passthrough))
+            .flatten(),
+    };
     let distcc_dir = uses(&["distcc", "pump"])
         .then(|| distcc_dir(&passthrough))
         .flatten();

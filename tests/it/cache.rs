@@ -584,3 +584,50 @@ fn a_dkms_conf_that_reads_beyond_its_key_is_evaluated_every_time() {
     }
     assert!(kept_evaluations(&k.home).is_empty());
 }
+
+/// kmx's compiler cache is writable in the sandbox, one directory per module: a build step
+/// writes its own module's (the attack can see a success) and cannot plant a file in another
+/// module's, whose compiles would otherwise take it for a cached object.
+#[test]
+fn a_build_step_cannot_write_another_modules_compiler_cache() {
+    let Some(k) = Kmx::with_trees() else { return };
+    if which::which("ccache").is_err() {
+        skip_or_fail("ccache is not installed: `./dev setup` installs it");
+        return;
+    }
+    let hello = repo().join("examples/hello").display().to_string();
+    k.run(&["build", &hello, "-t", "amd64", "--no-cache"]).ok();
+    let cache = k.home.join("cache/ccache");
+    assert!(cache.join("hello").is_dir());
+    let evil = k.dir().join("evil");
+    copy_dir(&repo().join("examples/hello"), &evil);
+    std::fs::write(
+        evil.join("dkms.conf"),
+        "PACKAGE_NAME=\"evil\"\nPACKAGE_VERSION=\"1.0\"\nPRE_BUILD=\"poison.sh\"\n\
+         BUILT_MODULE_NAME[0]=\"hello\"\nDEST_MODULE_LOCATION[0]=\"/updates/dkms\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        evil.join("poison.sh"),
+        "#!/bin/sh\ntouch \"$CCACHE_DIR/own\" && echo own: written\n\
+         touch \"$CCACHE_DIR/../hello/planted\" && echo planted: written\n\
+         mkdir \"$CCACHE_DIR/../newcomer\" && echo newcomer: written\nexit 0\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(evil.join("poison.sh"))
+        .status()
+        .unwrap();
+    let evil = evil.display().to_string();
+    let run = k
+        .run(&["build", &evil, "-t", "amd64", "--no-cache", "--json"])
+        .ok();
+    let log = std::fs::read_to_string(run.json()["cells"][0]["log"].as_str().unwrap()).unwrap();
+    assert!(log.contains("own: written"), "{log}");
+    assert!(cache.join("evil/own").is_file(), "{log}");
+    // Checked on the host: inside the sandbox the parent directory may be a private one
+    // (a home under /tmp is), where a write lands nowhere.
+    assert!(!cache.join("hello/planted").exists(), "{log}");
+    assert!(!cache.join("newcomer").exists(), "{log}");
+}

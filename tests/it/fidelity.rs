@@ -320,6 +320,8 @@ fn make_sees_the_environment_dkms_gives_it_variable_by_variable() {
             &release,
             "--json",
             "--no-cache",
+            // DKMS calls the compiler itself, as kmx does without its compiler cache.
+            "--no-compiler-cache",
             "--out",
         ])
         .arg(t.join("kmx"))

@@ -203,3 +203,65 @@ fn provenance_check_reproduces_a_cell_and_names_what_differs() {
         run.stderr()
     );
 }
+
+/// `ccache --print-stats` counters summed over every module's directory of kmx's compiler
+/// cache in `home` (`--zero` zeroes them first and returns nothing).
+fn compiler_cache_stats(home: &Path, zero: bool) -> BTreeMap<String, u64> {
+    let mut sums = BTreeMap::new();
+    let dirs = std::fs::read_dir(home.join("cache/ccache")).expect("no compiler cache");
+    for dir in dirs.flatten().filter(|e| e.path().is_dir()) {
+        let out = Command::new("ccache")
+            .arg(if zero { "-z" } else { "--print-stats" })
+            .env("CCACHE_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((k, v)) = line.split_once('\t')
+                && let Ok(n) = v.parse::<u64>()
+            {
+                *sums.entry(k.to_string()).or_default() += n;
+            }
+        }
+    }
+    sums
+}
+
+/// kmx's compiler cache (ccache, by default where it is installed, as `./dev setup` does)
+/// gives a build from a warm cache the bytes of a cold build and of a build without it:
+/// `__FILE__` in two directories (filemacro; ccache's `base_dir` would change it) and three
+/// modules built by separate makes (xsubdir), for the four targets.
+#[test]
+fn a_warm_compiler_cache_gives_the_bytes_of_a_cold_build_and_of_one_without_it() {
+    let Some(k) = Kmx::with_trees() else { return };
+    if which::which("ccache").is_err() {
+        skip_or_fail("ccache is not installed: `./dev setup` installs it");
+        return;
+    }
+    let (filemacro, xsubdir) = (fixture("filemacro"), fixture("xsubdir"));
+    let build = |out: &str, extra: &[&str]| {
+        let mut args = vec!["build", &filemacro, &xsubdir, "--no-cache", "--out", out];
+        args.extend(extra);
+        k.run(&args).ok();
+    };
+    build("cold", &[]);
+    let cold = compiler_cache_stats(&k.home, false);
+    assert!(cold["cache_miss"] >= 4 * 4 * 2, "{cold:?}");
+    compiler_cache_stats(&k.home, true);
+    build("warm", &[]);
+    let warm = compiler_cache_stats(&k.home, false);
+    // Every translation unit (a .c and a .mod.c per module) came from the cache.
+    assert_eq!(warm["cache_miss"], 0, "{warm:?}");
+    assert!(warm["direct_cache_hit"] >= 4 * 4 * 2, "{warm:?}");
+    build("none", &["--no-compiler-cache"]);
+    let none = compiler_cache_stats(&k.home, false);
+    assert_eq!(none, warm, "a build without the cache used it");
+    assert_eq!(
+        assert_same(&k.dir().join("cold"), &k.dir().join("warm")),
+        4 * 4
+    );
+    assert_eq!(
+        assert_same(&k.dir().join("cold"), &k.dir().join("none")),
+        4 * 4
+    );
+}
