@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--kmx-cpu", type=float)
     ap.add_argument("--cpu-how", default="time")
     ap.add_argument("--jobs", default="2")
+    ap.add_argument("--src", help="the extracted packages (default: <run>/../src)")
     a = ap.parse_args()
     run = a.run
 
@@ -43,7 +44,7 @@ def main():
     release_of = {c[0]: c[1] for c in cells}
     trees = {t["target"]: t for t in json.load(open(os.path.join(run, "trees.json")))["trees"]
              if t.get("release") == release_of.get(t["target"])}
-    src_root = os.path.join(os.path.dirname(run), "src")
+    src_root = a.src or os.path.join(os.path.dirname(run), "src")
     # kmx names a cell by PACKAGE_NAME and PACKAGE_VERSION; the source directory
     # usr/src/<name>-<version> says which package that is.
     by_dir = {}
