@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Real-package corpus: real Debian 12 *-dkms packages built for i386, amd64, arm64 and armhf
-# by Debian's real DKMS (made to cross-compile, one private mount namespace per cell) and by
+# Real-package corpus: real Debian *-dkms packages (Debian 12's, or Debian 13's with --suite
+# trixie; main, contrib and non-free) built for i386, amd64, arm64 and armhf by Debian's real DKMS (made to cross-compile, one private mount namespace per cell) and by
 # ONE `kmx build` over all of them; compares every cell and both wall times.
 #
 #   benches/dkms-corpus.sh [--jobs N] [--packages a,b] [--all] [--series S] [--targets a,b]
-#                                                                   (after ./dev setup; root)
+#                          [--suite bookworm|trixie]                (after ./dev setup; root)
 #   KMX=/path/to/kmx KMX_HOME=/path/to/home benches/dkms-corpus.sh
 #
 # --jobs N      DKMS cells run N at a time (xargs -P N, each DKMS make with its own -jN as
@@ -16,11 +16,22 @@
 #               target/dkms-corpus/run-S/, so the cells of each series are kept apart
 # --targets     a comma-separated subset of i386, amd64, arm64, armhf, rpi
 #               (default i386,amd64,arm64,armhf)
+# --suite S     the Debian release whose packages are built: bookworm (default) or trixie.
+#               Packages come from S's main, contrib and non-free through a private apt
+#               state (target/dkms-corpus/apt/S/); a list line S lacks is left out. With a
+#               suite other than bookworm, a line whose version is bookworm's is left out too
+#               (it would build the same cells), unless named with --packages. Results go to
+#               run-<series>-S/ (bookworm: run-<series>/), sources to src-S/, .debs to cache-S/.
+# --reuse-dkms  keep the DKMS cells of the previous run of the same series and suite (DKMS
+#               runs only the cells it lacks; its times are then those of the earlier run):
+#               for re-running kmx while fixing a difference
 #
 # Needs: root (mount namespaces), Debian's dkms (apt-get install --no-install-recommends
-# dkms), the cross compilers and kernel trees of `./dev setup`, apt (for `apt-get download`),
-# python3, modinfo, unshare. Writes only under target/dkms-corpus/ (cache/: the .debs;
-# src/: the extracted packages; run-<series>/: results, logs and table.txt); checks that /usr/src,
+# dkms), the cross compilers and kernel trees of `./dev setup`, apt (`apt-get update` and
+# `apt-get download` in the private apt state, signed by debian-archive-keyring),
+# python3, modinfo, unshare. Writes only under target/dkms-corpus/ (apt/: the apt states;
+# cache/: the .debs; src/: the extracted packages; run-<series>/: results, logs and
+# table.txt); checks that /usr/src,
 # /var/lib/dkms and /lib/modules are the same before and after.
 # Exit status: 0 when every cell agrees, 1 when one differs, 2 on a usage or set-up error.
 set -euo pipefail
@@ -28,7 +39,7 @@ cd "$(dirname "$0")/.."
 here=$PWD/benches/dkms-corpus
 export KMX_HOME="${KMX_HOME:-$PWD/target/kmx-home}"
 KMX="${KMX:-$PWD/target/release/kmx}"
-jobs=2 subset="" all="" series=6.1 targets_wanted=i386,amd64,arm64,armhf
+jobs=2 subset="" all="" series=6.1 targets_wanted=i386,amd64,arm64,armhf suite=bookworm reuse=""
 while [ $# -gt 0 ]; do
   case $1 in
     --jobs) jobs=$2; shift 2 ;;
@@ -40,11 +51,15 @@ while [ $# -gt 0 ]; do
     --series=*) series=${1#*=}; shift ;;
     --targets) targets_wanted=$2; shift 2 ;;
     --targets=*) targets_wanted=${1#*=}; shift ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --suite) suite=$2; shift 2 ;;
+    --suite=*) suite=${1#*=}; shift ;;
+    --reuse-dkms) reuse=1; shift ;;
+    -h|--help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 die() { echo "dkms-corpus: $*" >&2; exit 2; }
+case $suite in bookworm|trixie) ;; *) die "--suite $suite: bookworm or trixie" ;; esac
 [ "$(id -u)" = 0 ] || die "run as root: every DKMS cell needs a private mount namespace"
 command -v dkms >/dev/null || die "Debian's dkms is missing: apt-get install --no-install-recommends dkms"
 # pahole: kbuild runs it for trees that make BTF (Debian's 6.12 amd64 and arm64), for DKMS too.
@@ -56,24 +71,76 @@ done
 [ -x "$KMX" ] || die "no kmx at $KMX"
 
 root=$PWD/target/dkms-corpus
-cache=$root/cache src=$root/src run=$root/run-$series
+if [ "$suite" = bookworm ]; then
+  cache=$root/cache src=$root/src run=$root/run-$series
+else
+  cache=$root/cache-$suite src=$root/src-$suite run=$root/run-$series-$suite
+fi
 mkdir -p "$cache" "$src"
-rm -rf "$run" && mkdir -p "$run"
+if [ -n "$reuse" ] && [ -d "$run/dkms" ]; then
+  find "$run" -mindepth 1 -maxdepth 1 ! -name dkms ! -name dkms-times -exec rm -rf {} +
+else
+  rm -rf "$run" && mkdir -p "$run"
+fi
 
-# The package list: every non-slow line, or the named subset.
-mapfile -t packages < <(awk -v sub_="$subset" -v all="$all" '
+# A private apt state per suite (main, contrib, non-free), refreshed once a day: the host's
+# apt sources are not read or changed. Prints the APT_CONFIG file.
+apt_state() {
+  local s=$1 d=$root/apt/$1 comps="main contrib non-free"
+  [ "$s" = bookworm ] || comps="$comps non-free-firmware"
+  mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$d/etc/apt.conf.d" "$d/etc/preferences.d" \
+    "$d/etc/sources.list.d"
+  [ -f "$d/status" ] || : >"$d/status"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $s $comps" \
+    >"$d/etc/sources.list"
+  cat >"$d/apt.conf" <<EOF
+Dir::State "$d"; Dir::State::Lists "$d/lists"; Dir::State::status "$d/status";
+Dir::Cache "$d/cache"; Dir::Etc "$d/etc"; Dir::Etc::SourceList "$d/etc/sources.list";
+Dir::Etc::SourceParts "$d/etc/sources.list.d"; Dir::Etc::Parts "$d/etc/apt.conf.d";
+Dir::Etc::PreferencesParts "$d/etc/preferences.d";
+APT::Architecture "amd64"; APT::Architectures { "amd64"; }; Acquire::Languages "none";
+Acquire::GzipIndexes "true"; APT::Sandbox::User "root"; Debug::NoLocking "true";
+EOF
+  if [ -z "$(find "$d/lists" -maxdepth 1 -name '*_Packages*' -mmin -1440 2>/dev/null)" ]; then
+    APT_CONFIG=$d/apt.conf apt-get update -qq >&2 || die "apt-get update of $s failed"
+  fi
+  echo "$d/apt.conf"
+}
+# "package version" of every *-dkms package of a suite.
+dkms_versions() {
+  APT_CONFIG=$1 apt-cache dumpavail |
+    awk '/^Package:/ { p = $2 } /^Version:/ { v = $2 } /^$/ { if (p ~ /-dkms$/) print p, v; p = "" }' | sort -u
+}
+apt_conf=$(apt_state "$suite")
+dkms_versions "$apt_conf" >"$run/available"
+if [ "$suite" != bookworm ]; then
+  dkms_versions "$(apt_state bookworm)" >"$run/bookworm-versions"
+else
+  cp "$run/available" "$run/bookworm-versions"
+fi
+
+# The package list: every non-slow line the suite has (other than bookworm: whose version
+# differs from bookworm's), or the named subset.
+mapfile -t packages < <(awk -v sub_="$subset" -v all="$all" -v suite="$suite" '
+  FILENAME == ARGV[1] { have[$1] = $2; next }
+  FILENAME == ARGV[2] { old[$1] = $2; next }
   /^[[:space:]]*(#|$)/ { next }
-  { name[NR] = $1; slow = ($3 == "slow:") }
+  !($1 in have) { if (sub_ == "") print "left out (not in " suite "): " $1 > "/dev/stderr"; next }
+  { slow = ($3 == "slow:") }
+  sub_ == "" && suite != "bookworm" && old[$1] == have[$1] {
+    print "left out (the same version as bookworm): " $1 > "/dev/stderr"; next }
   sub_ == "" && (all || !slow) { print $1 }
   sub_ != "" { n = split(sub_, want, ","); for (i = 1; i <= n; i++) if (want[i] == $1) print $1 }
-' "$here/packages.txt")
+' "$run/available" "$run/bookworm-versions" "$here/packages.txt")
 [ ${#packages[@]} -gt 0 ] || die "no package selected (see $here/packages.txt)"
 if [ -n "$subset" ]; then
   for p in ${subset//,/ }; do
+    grep -q "^$p " "$run/available" || die "$p is not in $suite (main, contrib, non-free)"
     printf '%s\n' "${packages[@]}" | grep -qx -- "$p" || die "$p is not in $here/packages.txt"
   done
 fi
-# NEEDS of the selected packages are built too (their sources must exist).
+# NEEDS of the selected packages are built too (their sources must exist), in the suite's
+# version even where it is bookworm's.
 awk '!/^[[:space:]]*(#|$)/ && $2 != "-" { print $1, $2 }' "$here/packages.txt" | tr , ' ' >"$run/needs"
 for p in "${packages[@]}"; do
   for d in $(awk -v p="$p" '$1 == p { $1 = ""; print }' "$run/needs"); do
@@ -88,22 +155,27 @@ host_state >"$run/host-before.txt"
 
 # 1. Download (cached) and extract (fresh every run).
 echo "== ${#packages[@]} packages: ${packages[*]}"
+deb_of() { # the cached .deb of the suite's version of package $1
+  local v
+  v=$(awk -v p="$1" '$1 == p { print $2 }' "$run/available")
+  compgen -G "$cache/${1}_${v//:/%3a}_*.deb" | head -n 1
+}
 missing=()
 for p in "${packages[@]}"; do
-  compgen -G "$cache/${p}_*.deb" >/dev/null || missing+=("$p")
+  [ -n "$(deb_of "$p")" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "downloading ${missing[*]}"
-  (cd "$cache" && apt-get download -o APT::Sandbox::User=root "${missing[@]}" >/dev/null) ||
-    die "apt-get download failed (run apt-get update first?)"
+  echo "downloading ${missing[*]} ($suite)"
+  (cd "$cache" && APT_CONFIG=$apt_conf apt-get download "${missing[@]}" >/dev/null) ||
+    die "apt-get download of ${missing[*]} from $suite failed"
 fi
 sources=()
 for p in "${packages[@]}"; do
-  debs=("$cache/${p}"_*.deb)
+  deb=$(deb_of "$p")
   rm -rf "${src:?}/$p" && mkdir -p "$src/$p"
-  dpkg-deb -x "${debs[-1]}" "$src/$p"
+  dpkg-deb -x "$deb" "$src/$p"
   d=("$src/$p"/usr/src/*/)
-  [ -f "${d[0]}dkms.conf" ] || die "$p: no usr/src/*/dkms.conf in ${debs[-1]}"
+  [ -f "${d[0]}dkms.conf" ] || die "$p: no usr/src/*/dkms.conf in $deb"
   sources+=("${d[0]%/}")
 done
 
@@ -182,10 +254,18 @@ echo "== DKMS: $ncells cells, $jobs at a time"
 t0=$(now)
 for p in "${packages[@]}"; do
   awk -v p="$p" '{ print p, $1 }' "$run/cells"
+done | while read -r p t; do
+  [ -n "$reuse" ] && [ -s "$run/dkms/$p/$t/status" ] || echo "$p $t"
 done >"$run/dkms-cells"
-cpu_run "$run/dkms-cpu" xargs -P "$jobs" -L 1 "$here/dkms-cell.sh" <"$run/dkms-cells"
-t_dkms=$(python3 -c "print(f'{$(now) - $t0:.1f}')")
-read -r cpu_dkms cpu_how <"$run/dkms-cpu"
+if [ -n "$reuse" ] && [ ! -s "$run/dkms-cells" ] && [ -s "$run/dkms-times" ]; then
+  read -r t_dkms cpu_dkms cpu_how <"$run/dkms-times"
+  echo "(every DKMS cell kept from the previous run, and its times)"
+else
+  cpu_run "$run/dkms-cpu" xargs -P "$jobs" -L 1 "$here/dkms-cell.sh" <"$run/dkms-cells"
+  t_dkms=$(python3 -c "print(f'{$(now) - $t0:.1f}')")
+  read -r cpu_dkms cpu_how <"$run/dkms-cpu"
+  echo "$t_dkms $cpu_dkms $cpu_how" >"$run/dkms-times"
+fi
 echo "DKMS wall time: ${t_dkms}s, CPU ${cpu_dkms}s"
 
 # 4. kmx: one run over every source (no cache, every cell rebuilt, a private state store).
@@ -212,7 +292,7 @@ fi
 
 # 5. The table.
 set +e
-python3 "$here/table.py" --run "$run" --dkms-secs "$t_dkms" --kmx-secs "$t_kmx" \
+python3 "$here/table.py" --run "$run" --src "$src" --dkms-secs "$t_dkms" --kmx-secs "$t_kmx" \
   --dkms-cpu "$cpu_dkms" --kmx-cpu "$cpu_kmx" --cpu-how "$cpu_how" --jobs "$jobs" | tee "$run/table.txt"
 rc=${PIPESTATUS[0]}
 [ $host_ok = 1 ] || rc=1

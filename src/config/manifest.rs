@@ -248,8 +248,10 @@ impl ModuleField {
 /// kmx (`add`, `build`, `load-tarball`, `install`, `package`): a name is a plain file name
 /// (not empty, no `/`, no leading `.`, no NUL, no `.ko`/`.o` suffix); BUILT_MODULE_LOCATION
 /// is a relative path without `..`; DEST_MODULE_LOCATION starts with /kernel, /updates or
-/// /extra (DKMS's rule) and has no `..`. So no value can name a file outside the cell's
-/// build directory or outside `/lib/modules/<kver>`. `Err` says what is wrong with `value`.
+/// /extra (DKMS's rule, on the value as written) and no `..` in it climbs above its start
+/// (Debian 13's mstflint-dkms has `/kernel/../misc/`, which DKMS takes: [`dest_components`]).
+/// So no value can name a file outside the cell's build directory or outside
+/// `/lib/modules/<kver>`. `Err` says what is wrong with `value`.
 pub fn check_module_field(field: ModuleField, value: &str) -> Result<(), String> {
     if value.contains('\0') {
         return Err("contains a NUL byte".into());
@@ -278,12 +280,30 @@ pub fn check_module_field(field: ModuleField, value: &str) -> Result<(), String>
             {
                 return Err("does not start with /kernel, /updates or /extra".into());
             }
-            if parent() {
-                return Err("must not contain `..`: it would leave /lib/modules/<kver>".into());
+            if dest_components(value).is_none() {
+                return Err("climbs out with `..`: it would leave /lib/modules/<kver>".into());
             }
         }
     }
     Ok(())
+}
+
+/// A DEST_MODULE_LOCATION as the directories under `/lib/modules/<kver>` it names: `.` and
+/// empty components dropped, each `..` taking back the one before it (what DKMS's `mkdir -p`
+/// and `mv` into `$install_tree/$kernelver$location` make of it); `None` when a `..` would
+/// climb above `/lib/modules/<kver>`.
+pub fn dest_components(value: &str) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    for c in value.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 /// Drop trailing slashes (but keep a lone "/").
@@ -405,6 +425,8 @@ mod tests {
             (DestLocation, "/updates/dkms"),
             (DestLocation, "/kernel/drivers/net"),
             (DestLocation, "/extra"),
+            (DestLocation, "/kernel/../misc"),
+            (DestLocation, "/kernel/.."),
         ] {
             assert_eq!(
                 check_module_field(field, value),
@@ -429,14 +451,25 @@ mod tests {
             (BuiltLocation, "../../..", "must not contain `..`"),
             (BuiltLocation, "src/../../x", "must not contain `..`"),
             (BuiltLocation, "/tmp/x", "must be relative"),
-            (DestLocation, "/updates/../../", "must not contain `..`"),
-            (DestLocation, "/kernel/..", "must not contain `..`"),
+            (DestLocation, "/updates/../../", "climbs out with `..`"),
+            (DestLocation, "/kernel/../..", "climbs out with `..`"),
+            (
+                DestLocation,
+                "/extra/a/../../../etc",
+                "climbs out with `..`",
+            ),
             (DestLocation, "/lib", "does not start with /kernel"),
             (DestLocation, "updates", "does not start with /kernel"),
         ] {
             let got = check_module_field(field, value).expect_err(value);
             assert!(got.contains(why), "{field:?} {value:?}: {got}");
         }
+        assert_eq!(dest_components("/kernel/../misc/"), Some(vec!["misc"]));
+        assert_eq!(
+            dest_components("/kernel/./a//b"),
+            Some(vec!["kernel", "a", "b"])
+        );
+        assert_eq!(dest_components("/kernel/../../x"), None);
     }
 
     #[test]

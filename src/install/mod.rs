@@ -18,7 +18,7 @@
 //! [`tarball`]: built cells carried between machines (`kmx tarball`, `kmx load-tarball`).
 
 use std::collections::HashSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::config::manifest::{ModuleField, check_module_field};
@@ -121,7 +121,7 @@ pub fn dest_relative(
         Error::usage(format!(
             "module `{module}`: {what} {value:?} {why}; refusing to install"
         ))
-        .hint("DEST_MODULE_LOCATION must start with /kernel, /updates or /extra without `..`; DEST_MODULE_NAME must be a plain file name")
+        .hint("DEST_MODULE_LOCATION must start with /kernel, /updates or /extra and stay inside it; DEST_MODULE_NAME must be a plain file name")
     };
     if !valid_component(release) {
         return Err(escape(
@@ -139,20 +139,15 @@ pub fn dest_relative(
         }
     }
     let mut rel = PathBuf::from("lib/modules").join(release);
-    for (i, c) in Path::new(location).components().enumerate() {
-        match c {
-            Component::RootDir if i == 0 => {}
-            Component::CurDir => {}
-            Component::Normal(part) => rel.push(part),
-            _ => {
-                return Err(escape(
-                    "DEST_MODULE_LOCATION",
-                    location,
-                    "is not a plain path",
-                ));
-            }
-        }
-    }
+    // `/kernel/../misc` is `misc` (the check above refused a `..` that climbs out).
+    let Some(parts) = crate::config::manifest::dest_components(location) else {
+        return Err(escape(
+            "DEST_MODULE_LOCATION",
+            location,
+            "is not a plain path",
+        ));
+    };
+    rel.extend(parts);
     let file = match ext {
         Some(ext) => format!("{name}.ko.{ext}"),
         None => format!("{name}.ko"),
@@ -755,10 +750,15 @@ mod tests {
         let err = dest_relative("m", "6.1", "/updates/../../../etc", "hello", None).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "module `m`: DEST_MODULE_LOCATION \"/updates/../../../etc\" must not contain `..`: it would leave /lib/modules/<kver>; refusing to install"
+            "module `m`: DEST_MODULE_LOCATION \"/updates/../../../etc\" climbs out with `..`: it would leave /lib/modules/<kver>; refusing to install"
         );
         assert!(dest_relative("m", "6.1", "/updates", "../x", None).is_err());
         assert!(dest_relative("m", "..", "/updates", "x", None).is_err());
+        // DKMS takes Debian 13 mstflint-dkms's `/kernel/../misc/`: the module goes to misc/.
+        assert_eq!(
+            dest_relative("m", "6.1", "/kernel/../misc", "m", None).unwrap(),
+            PathBuf::from("lib/modules/6.1/misc/m.ko")
+        );
     }
 
     #[test]

@@ -499,7 +499,9 @@ fn plan_cell(
 }
 
 /// Link each cell to the cells of its BUILD_DEPENDS for the same target and kernel, and
-/// refuse missing dependencies and cycles.
+/// refuse cycles. A dependency that is not in the build is a warning in the cell's log, and
+/// the cell builds without it, as `dkms build` does (DKMS 3.0 reads BUILD_DEPENDS only to
+/// order `autoinstall`; Debian's nvidia-fs-dkms names `nvidia-current`, often absent).
 fn resolve_dependencies(cells: &mut [Cell]) -> Result<()> {
     let mut by_key: BTreeMap<(String, String, String), usize> = BTreeMap::new();
     for c in cells.iter() {
@@ -530,16 +532,11 @@ fn resolve_dependencies(cells: &mut [Cell]) -> Result<()> {
             );
             match by_key.get(&key) {
                 Some(&j) => deps.push(j),
-                None => {
-                    return Err(Error::usage(format!(
-                        "{} depends on module `{dep}`, which is not part of this build",
-                        cell.label()
-                    ))
-                    .at(&cell.source)
-                    .hint(format!(
-                        "pass the source directory of `{dep}` to the same `kmx build`"
-                    )));
-                }
+                None => cell.spec.warnings.push(format!(
+                    "BUILD_DEPENDS names module `{dep}`, which is not part of this build: \
+                     built without it, as `dkms build` does (pass the source directory of \
+                     `{dep}` to the same `kmx build` to build it first and use its symbols)"
+                )),
             }
         }
         cell.deps = deps;

@@ -199,6 +199,45 @@ fn a_two_pass_makefile_under_a_make_line_not_starting_with_make_builds() {
     }
 }
 
+#[test]
+fn a_dest_location_whose_dotdot_stays_inside_builds_and_installs_as_dkms_does() {
+    // Debian 13's mstflint-dkms: DEST_MODULE_LOCATION="/kernel/../misc/". DKMS checks only
+    // that it starts with /kernel, /updates or /extra, and `mkdir -p` + `mv` put the module
+    // in <kver>/misc/. kmx refused the whole build (exit 2). A `..` that climbs out of
+    // /lib/modules/<kver> stays refused (hostile.rs, lifecycle.rs).
+    let Some(k) = Kmx::with_trees() else { return };
+    let (release, _, _) = k.tree_of("amd64");
+    let src = hello_source(
+        k.dir(),
+        "dotdot",
+        "PACKAGE_NAME=dotdot\nDEST_MODULE_LOCATION[0]=\"/kernel/../misc/\"\n",
+    );
+    k.run(&["add", src.to_str().unwrap()]).ok();
+    k.run(&["build", "dotdot", "-t", "amd64", "-k", &release])
+        .ok();
+    // A root without os-release: DKMS's override does not apply, the dkms.conf's place does.
+    let root = k.dir().join("rootfs");
+    std::fs::create_dir_all(root.join(format!("lib/modules/{release}"))).unwrap();
+    k.run(&[
+        "install",
+        "dotdot",
+        "-t",
+        "amd64",
+        "-k",
+        &release,
+        "--root",
+        root.to_str().unwrap(),
+    ])
+    .ok();
+    let dir = root.join(format!("lib/modules/{release}/misc"));
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("hello.ko")), "{names:?}");
+    assert!(!root.join(format!("lib/modules/{release}/kernel")).exists());
+}
+
 /// MAKEFLAGS or MFLAGS without the jobserver's words (`-j`, `-jN`, `--jobserver-auth=`,
 /// `--jobserver-fds=`): DKMS gives `-jN` to a line that starts with make only, kmx its
 /// jobserver to every make (the one thing it adds on purpose).

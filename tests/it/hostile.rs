@@ -200,7 +200,7 @@ fn module_names_and_locations_with_dotdot_are_refused_by_add_and_build() {
         ),
         (
             "DEST_MODULE_LOCATION[0]=\"/updates/../../\"\n".to_string(),
-            "DEST_MODULE_LOCATION[0]=\"/updates/../..\" must not contain `..`".to_string(),
+            "DEST_MODULE_LOCATION[0]=\"/updates/../..\" climbs out with `..`".to_string(),
         ),
     ]
     .into_iter()
@@ -345,7 +345,7 @@ fn crafted_archives_are_refused_as_bad_input_with_exit_2() {
                 t.append_data(&mut h, "built/m/1/r/t/kmx-built.json", rec.as_bytes())
                     .unwrap();
             }),
-            "DEST_MODULE_LOCATION \"/updates/../../../../x\" must not contain `..`".into(),
+            "DEST_MODULE_LOCATION \"/updates/../../../../x\" climbs out with `..`".into(),
         ),
     ];
     for (name, add, why) in cases {

@@ -542,7 +542,7 @@ fn destinations_escaping_the_root_are_refused() {
     let run = k.run(&["add", evil.to_str().unwrap()]).expect(2);
     assert!(
         run.stderr().contains(
-            r#"DEST_MODULE_LOCATION[0]="/updates/../../../../outside" must not contain `..`"#
+            r#"DEST_MODULE_LOCATION[0]="/updates/../../../../outside" climbs out with `..`"#
         ),
         "{}",
         run.stderr()
