@@ -413,7 +413,7 @@ fn fetch_abi(
     Ok(result)
 }
 
-fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
+pub(crate) fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
     process::output(
         Command::new("dpkg-deb").arg("-x").arg(deb).arg(into),
         Kind::Environment,
