@@ -29,7 +29,7 @@ pub const LINK: &str = ".kmx-toolchains";
 const STAMP: &str = ".kmx-packages";
 
 /// The first line of a root's stamp: a root made another way is made again.
-const FORMAT: &str = "kmx toolchain root 2";
+const FORMAT: &str = "kmx toolchain root 3";
 
 /// Directories every build view needs in the root (mount points for the view's own).
 const MOUNT_POINTS: &[&str] = &[
@@ -91,9 +91,9 @@ pub fn compiler_package(compiler: &str) -> Option<String> {
         .then(|| format!("gcc-{version}-{}", triple.replace('_', "-")))
 }
 
-/// Make (or reuse) the root of `compiler` for trees of `source`, with `kbuild` (the tree's
-/// `linux-kbuild-*` package) in it; link `sysroot` to the distribution's roots. Returns the
-/// root.
+/// Make (or reuse) the root of `compiler` for trees of `source`, with what `kbuild` (the
+/// tree's `linux-kbuild-*` package) depends on; link `sysroot` to the distribution's roots.
+/// Returns the root.
 pub fn provide(
     home: &Home,
     source: &KernelSource,
@@ -106,7 +106,19 @@ pub fn provide(
     let main = main_source(source, mirror);
     let roots = dir(home, &main);
     link(sysroot, &roots)?;
-    let wanted = packages(compiler, kbuild)?;
+    // The libraries the tree's host tools need: what its kbuild package depends on (read
+    // from the tree's own source, which may be the security suite).
+    let host = host_debian_arch().to_string();
+    let libraries = match kbuild {
+        Some(kbuild) => {
+            let apt = Apt::prepare(home, source, std::slice::from_ref(&host))?;
+            let info = apt.show(&[format!("{kbuild}:{host}")])?.unwrap_or_default();
+            let stanza = super::apt::stanza(&info, kbuild).unwrap_or("");
+            super::apt::depends_on(stanza, "")
+        }
+        None => Vec::new(),
+    };
+    let wanted = packages(compiler, &libraries)?;
     if let Some(root) = find(&roots, compiler) {
         let have = std::fs::read_to_string(root.join(STAMP)).unwrap_or_default();
         if have.lines().next() == Some(FORMAT)
@@ -116,7 +128,7 @@ pub fn provide(
         }
     }
     let _lock = crate::kernel::fetch::apt_lock(home)?;
-    let apt = Apt::prepare(home, &main, &[host_debian_arch().to_string()])?;
+    let apt = Apt::prepare(home, &main, &[host])?;
     apt.update(false, say)?;
     let debs = apt.dir.join("debs").join(format!("toolchain-{compiler}"));
     let _ = std::fs::remove_dir_all(&debs);
@@ -181,8 +193,9 @@ pub fn provide(
     Ok(dest)
 }
 
-/// What a root of `compiler` is made of (apt adds the dependencies).
-fn packages(compiler: &str, kbuild: Option<&str>) -> Result<Vec<String>> {
+/// What a root of `compiler` is made of, with the tree's host tools' `libraries` (apt adds
+/// the dependencies).
+fn packages(compiler: &str, libraries: &[String]) -> Result<Vec<String>> {
     let gcc = compiler_package(compiler).ok_or_else(|| {
         Error::env(format!(
             "kmx assembles toolchain roots for compilers named <triple>-gcc-<version>, not {compiler}"
@@ -205,7 +218,11 @@ fn packages(compiler: &str, kbuild: Option<&str>) -> Result<Vec<String>> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    pkgs.extend(kbuild.map(str::to_string));
+    for l in libraries {
+        if !pkgs.contains(l) {
+            pkgs.push(l.clone());
+        }
+    }
     Ok(pkgs)
 }
 
