@@ -47,10 +47,15 @@ pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHeal
         }
     }
     let (toolchain, compiler) = match ctx.profiles.toolchain_of(target) {
+        // Through the first tree that calls it: its toolchain root, or the refusal naming
+        // the compiler its kernel was built with.
         Ok(tc) => (
             tc.name.clone(),
-            tc.probe(tree_cc.as_deref())
-                .map(|c| (tc.identity.to_string(), c)),
+            match inspected.iter().flatten().find(|t| t.compiler == tree_cc) {
+                Some(t) => t.probe_compiler(tc),
+                None => tc.probe(tree_cc.as_deref()),
+            }
+            .map(|c| (tc.identity.to_string(), c)),
         ),
         Err(e) => (target.toolchain.clone(), Err(e)),
     };
@@ -298,10 +303,14 @@ pub fn doctor(ctx: &Context, names: &[String], json: bool, root: &std::path::Pat
             );
             match (&h.compiler, &h.compiler_error) {
                 (Some(c), _) => println!(
-                    "  compiler  {} ({}), builds {}",
+                    "  compiler  {} ({}), builds {}{}",
                     c.path.display(),
                     c.version,
-                    h.identity
+                    h.identity,
+                    c.root
+                        .as_ref()
+                        .map(|r| format!(", in the toolchain root {}", r.display()))
+                        .unwrap_or_default()
                 ),
                 (None, Some(e)) => println!("  compiler  {e}"),
                 _ => {}
