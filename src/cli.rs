@@ -339,10 +339,13 @@ pub enum PackageFormat {
 #[derive(Debug, Subcommand)]
 pub enum KernelsCmd {
     /// Download prepared kernel build trees (linux-headers packages) for targets from the
-    /// apt archives their profiles name ([[kernels.source]]: bookworm, bookworm-security and
-    /// bookworm-backports for the shipped targets), for each kernel series the newest ABI
-    /// any of a target's sources has (older ABIs stay until pruned), with a private apt
-    /// state: the system's dpkg configuration is never changed.
+    /// apt archives their profiles name ([[kernels.source]]: bookworm, bookworm-security,
+    /// bookworm-backports, and trixie and trixie-security for amd64, arm64 and armhf), for
+    /// each kernel series the newest ABI any of a target's sources has (older ABIs stay until
+    /// pruned), with a private apt state: the system's dpkg configuration is never changed. A
+    /// tree whose compiler this machine lacks (trixie's gcc-14) gets a toolchain root
+    /// assembled from its distribution's packages in HOME/toolchains (about 70 MB of
+    /// downloads per compiler), in which its modules are built.
     Fetch(FetchArgs),
     /// List every known kernel tree with its target, release, vermagic and source: the
     /// fetched ones, the ones profiles list, and the kernels installed on the machine (or in

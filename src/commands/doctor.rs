@@ -35,11 +35,11 @@ pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHeal
         trees.push(health);
         inspected.push(tree);
     }
-    // A tree calling another compiler than the one probed below (Debian 13's gcc-14 next to
-    // Debian 12's gcc-12) is refused when this machine lacks it.
+    // A tree whose compiler this machine lacks (Debian 13's gcc-14 without its toolchain
+    // root) is refused, naming the compiler its kernel was built with.
     if let Ok(tc) = ctx.profiles.toolchain_of(target) {
         for (health, tree) in trees.iter_mut().zip(&inspected) {
-            if let Some(t) = tree.as_ref().filter(|t| t.compiler != tree_cc)
+            if let Some(t) = tree.as_ref().filter(|_| health.error.is_none())
                 && let Err(e) = t.probe_compiler(tc)
             {
                 health.error = Some((&e).into());
@@ -47,10 +47,18 @@ pub fn assess(ctx: &Context, target: &Target, registry: &Registry) -> TargetHeal
         }
     }
     let (toolchain, compiler) = match ctx.profiles.toolchain_of(target) {
+        // In the toolchain root of the first tree that calls it, when it has one.
         Ok(tc) => (
             tc.name.clone(),
-            tc.probe(tree_cc.as_deref())
-                .map(|c| (tc.identity.to_string(), c)),
+            match inspected
+                .iter()
+                .flatten()
+                .find(|t| t.compiler == tree_cc && t.toolchains.is_some())
+            {
+                Some(t) => t.probe_compiler(tc),
+                None => tc.probe(tree_cc.as_deref()),
+            }
+            .map(|c| (tc.identity.to_string(), c)),
         ),
         Err(e) => (target.toolchain.clone(), Err(e)),
     };
@@ -302,10 +310,14 @@ pub fn doctor(ctx: &Context, names: &[String], json: bool, root: &std::path::Pat
             );
             match (&h.compiler, &h.compiler_error) {
                 (Some(c), _) => println!(
-                    "  compiler  {} ({}), builds {}",
+                    "  compiler  {} ({}), builds {}{}",
                     c.path.display(),
                     c.version,
-                    h.identity
+                    h.identity,
+                    c.root
+                        .as_ref()
+                        .map(|r| format!(", in the toolchain root {}", r.display()))
+                        .unwrap_or_default()
                 ),
                 (None, Some(e)) => println!("  compiler  {e}"),
                 _ => {}

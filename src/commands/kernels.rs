@@ -58,8 +58,36 @@ pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
     let mut registry = Registry::load(&ctx.home)?;
     let mut inspected = Vec::new();
     for t in &trees {
-        let tree = KernelTree::inspect(&t.kdir)?;
+        let mut tree = KernelTree::inspect(&t.kdir)?;
         tree.check_host_tools()?;
+        // A tree calling a compiler this machine lacks (Debian 13's gcc-14) gets a
+        // toolchain root with it, from the tree's own distribution.
+        let tc = ctx
+            .profiles
+            .toolchain_of(&ctx.profiles.targets[&t.target])?;
+        let name = tc.compiler_name(tree.compiler.as_deref());
+        if tc.cc.is_none()
+            && crate::kernel::toolroot::compiler_package(&name).is_some()
+            && tc.probe(tree.compiler.as_deref()).is_err()
+        {
+            let kbuild = std::fs::read_link(t.kdir.join("scripts"))
+                .ok()
+                .and_then(|l| {
+                    l.components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .find(|c| c.starts_with("linux-kbuild-"))
+                });
+            crate::kernel::toolroot::provide(
+                &ctx.home,
+                &t.source,
+                args.mirror.as_deref(),
+                &name,
+                kbuild.as_deref(),
+                &t.sysroot,
+                &mut |line| eprintln!("{line}"),
+            )?;
+            tree = KernelTree::inspect(&t.kdir)?;
+        }
         inspected.push(tree);
     }
     let requests: Vec<BootRequest> = trees

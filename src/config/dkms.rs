@@ -462,6 +462,7 @@ impl Eval<'_> {
                 files: self.files.to_path_buf(),
             },
             policy: self.vars.mode.policy(),
+            root: None,
         }
     }
 

@@ -19,6 +19,10 @@ pub struct Compiler {
     pub version_line: String,
     /// The version number (`12.2.0`).
     pub version: String,
+    /// The toolchain root the compiler lives in ([`crate::kernel::toolroot`]): the build
+    /// steps that call it run with that root as their view's `/`. `None`: the host's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
 }
 
 /// The Debian package of the compiler a tree calls: a versioned host package (`gcc-12`)
@@ -85,19 +89,69 @@ impl Toolchain {
                 line
             }
         };
-        let version = version_line
-            .split_whitespace()
-            .rev()
-            .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()) && w.contains('.'))
-            .unwrap_or("")
-            .to_string();
         Ok(Compiler {
             name,
             path,
+            version: version_of(&version_line),
             version_line,
-            version,
+            root: None,
         })
     }
+
+    /// The compiler a tree calls, in toolchain root `root`: asked its version inside the
+    /// root (its programs are linked against the root's C library, not the host's).
+    pub fn probe_in_root(&self, tree_cc: Option<&str>, root: &std::path::Path) -> Result<Compiler> {
+        let name = self.compiler_name(tree_cc);
+        let host_path = root.join("usr/bin").join(&name);
+        if !host_path.is_file() {
+            return Err(Error::env(format!(
+                "{name} not found in the toolchain root {}",
+                root.display()
+            ))
+            .hint("`kmx kernels fetch` assembles it again"));
+        }
+        let version_line = match super::memo::program_version(&host_path) {
+            Some(line) => line,
+            None => {
+                let out = crate::sandbox::run_in_root(root, &[&name, "--version"]).map_err(|why| {
+                    Error::env(format!(
+                        "cannot run {name} in its toolchain root {}: {why}",
+                        root.display()
+                    ))
+                    .hint("toolchain roots need bubblewrap (apt-get install bubblewrap) and user namespaces, or root")
+                })?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let line = text.lines().next().unwrap_or("").trim().to_string();
+                if !out.status.success() || line.is_empty() {
+                    return Err(Error::env(format!(
+                        "{name} in the toolchain root {} does not run: {}",
+                        root.display(),
+                        crate::process::tail(&out.stderr, 2)
+                    ))
+                    .hint("remove the root; `kmx kernels fetch` assembles it again"));
+                }
+                super::memo::keep_program_version(&host_path, &line);
+                line
+            }
+        };
+        Ok(Compiler {
+            path: std::path::Path::new("/usr/bin").join(&name),
+            name,
+            version: version_of(&version_line),
+            version_line,
+            root: Some(root.to_path_buf()),
+        })
+    }
+}
+
+/// The version number of a `--version` line (`12.2.0`).
+fn version_of(version_line: &str) -> String {
+    version_line
+        .split_whitespace()
+        .rev()
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()) && w.contains('.'))
+        .unwrap_or("")
+        .to_string()
 }
 
 #[cfg(test)]

@@ -242,6 +242,27 @@ impl Apt {
             e.hint("check the network and the archive; `kmx kernels fetch --refresh` updates the package lists")
         })
     }
+    /// Download `pkgs` and everything they depend on into `dir`: `apt-get install
+    /// --download-only` against the state's empty dpkg status resolves the whole closure
+    /// (no recommends), and nothing is installed.
+    pub fn download_closure(&self, pkgs: &[String], dir: &Path) -> Result<()> {
+        let partial = dir.join("partial");
+        std::fs::create_dir_all(&partial)
+            .map_err(|e| Error::io("create directory", &partial, e))?;
+        process::output(
+            self.cmd("apt-get")
+                .args(["-q", "-y", "--no-install-recommends", "--download-only"])
+                .arg("-o")
+                .arg(format!("Dir::Cache::archives={}", dir.display()))
+                .arg("install")
+                .args(pkgs),
+            Kind::Environment,
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            e.hint("check the network and the archive; `kmx kernels fetch --refresh` updates the package lists")
+        })
+    }
 }
 
 /// The dpkg architecture of this host (the kbuild host tools must run here).

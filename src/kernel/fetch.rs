@@ -244,8 +244,10 @@ pub fn apt_lock(home: &Home) -> Result<crate::state::store::Lock> {
 /// (Debian 13's `6.12.117+deb13` is another series: another distribution's build). A
 /// target keeps one tree per series, the newest ABI any of its sources has.
 pub fn abi_series(abi: &str) -> String {
+    // The build word without its rebuild number: trixie-security's `6.12.115+deb13.1` is
+    // of the same series as trixie's `6.12.117+deb13`.
     let (version, build) = match abi.split_once('+') {
-        Some((v, b)) => (v, format!("+{b}")),
+        Some((v, b)) => (v, format!("+{}", b.split('.').next().unwrap_or(b))),
         None => (abi, String::new()),
     };
     let major_minor: Vec<&str> = version.split(['.', '-']).take(2).collect();
@@ -413,7 +415,7 @@ fn fetch_abi(
     Ok(result)
 }
 
-fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
+pub(crate) fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
     process::output(
         Command::new("dpkg-deb").arg("-x").arg(deb).arg(into),
         Kind::Environment,
@@ -810,6 +812,7 @@ mod tests {
         assert_eq!(abi_series("6.12.118+deb12"), "6.12+deb12");
         assert_eq!(abi_series("6.12.95+deb12"), abi_series("6.12.118+deb12"));
         assert_ne!(abi_series("6.12.117+deb13"), abi_series("6.12.118+deb12"));
+        assert_eq!(abi_series("6.12.115+deb13.1"), abi_series("6.12.117+deb13"));
         assert_eq!(abi_series("6.6.74+rpt"), "6.6+rpt");
         assert_eq!(abi_series("6.8.0-45"), "6.8");
     }

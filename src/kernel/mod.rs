@@ -7,6 +7,7 @@ pub mod installed;
 pub mod kconfig;
 pub mod registry;
 pub mod symvers;
+pub mod toolroot;
 pub mod tree;
 pub mod vermagic;
 

@@ -33,6 +33,9 @@ pub struct KernelTree {
     /// How `modules_install` compresses modules; `None` for plain `.ko`.
     pub compress: Option<Compression>,
     pub host_tools: HostTools,
+    /// The toolchain roots of the tree's distribution ([`super::toolroot`]), when kmx
+    /// assembled any for it.
+    pub toolchains: Option<PathBuf>,
 }
 
 /// Module signing settings of a tree.
@@ -152,6 +155,7 @@ impl KernelTree {
             module_sig,
             compress,
             host_tools: host_tools(kdir)?,
+            toolchains: super::toolroot::roots_of_tree(kdir),
             config,
         })
     }
@@ -400,20 +404,48 @@ impl KernelTree {
         &self,
         toolchain: &crate::config::Toolchain,
     ) -> Result<crate::config::probe::Compiler> {
-        toolchain.probe(self.compiler.as_deref()).map_err(|e| {
-            let hint = format!(
-                "{}or forget the tree: `kmx kernels remove {}`",
-                e.hint.as_deref().map(|h| format!("{h}; ")).unwrap_or_default(),
-                self.release
-            );
-            Error::env(format!(
-                "{}: kernel {} was built with \"{}\", and kmx builds its modules with that compiler only",
-                e.message,
-                self.release,
-                self.cc_version_text.as_deref().unwrap_or("an unknown compiler")
-            ))
-            .hint(hint)
+        let tree_cc = self.compiler.as_deref();
+        // The root kmx assembled from the tree's own distribution comes first: it has the
+        // compiler the kernel was built with, where the host's of the same name may not.
+        if toolchain.cc.is_none()
+            && let Some(root) = self
+                .toolchains
+                .as_ref()
+                .and_then(|roots| super::toolroot::find(roots, &toolchain.compiler_name(tree_cc)))
+        {
+            return toolchain
+                .probe_in_root(tree_cc, &root)
+                .map_err(|e| self.refused(e));
+        }
+        toolchain.probe(tree_cc).map_err(|e| {
+            // A fetched tree (`<sysroot>/usr/src/<name>`) can have a root made for it.
+            let fetched = self.kdir.parent().is_some_and(|p| p.ends_with("usr/src"));
+            let assemble = super::toolroot::compiler_package(&toolchain.compiler_name(tree_cc))
+                .filter(|_| toolchain.cc.is_none() && fetched)
+                .map(|_| "`kmx kernels fetch` for its target assembles a toolchain root with that compiler from the tree's distribution; ")
+                .unwrap_or_default();
+            let hint = format!("{assemble}{}", e.hint.as_deref().unwrap_or_default());
+            self.refused(e.hint(hint))
         })
+    }
+
+    /// `e` (the compiler cannot be found or run) as the refusal of this tree.
+    fn refused(&self, e: Error) -> Error {
+        let hint = format!(
+            "{}or forget the tree: `kmx kernels remove {}`",
+            e.hint
+                .as_deref()
+                .map(|h| format!("{h}; "))
+                .unwrap_or_default(),
+            self.release
+        );
+        Error::env(format!(
+            "{}: kernel {} was built with \"{}\", and kmx builds its modules with that compiler only",
+            e.message,
+            self.release,
+            self.cc_version_text.as_deref().unwrap_or("an unknown compiler")
+        ))
+        .hint(hint)
     }
 }
 

@@ -271,6 +271,10 @@ fn stage_err(stage: &'static str, e: Error) -> StageError {
 /// The compiler command for a cell: launcher words + compiler name.
 /// `launcher` (from `--launcher`) overrides the toolchain profile's.
 pub fn cc_words(cell: &Cell, launcher: Option<&[String]>) -> Vec<String> {
+    // A toolchain root holds no launcher: its compiler runs alone.
+    if cell.compiler().root.is_some() {
+        return vec![cell.compiler().name.clone()];
+    }
     let mut words = launcher
         .map(<[String]>::to_vec)
         .unwrap_or_else(|| cell.target.toolchain.launcher.clone());

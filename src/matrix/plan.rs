@@ -328,6 +328,8 @@ pub fn draft(
                     build: c.build_dir(),
                 },
                 policy: mode.policy(),
+                // A compiler in a toolchain root builds with that root as the view's `/`.
+                root: c.compiler().root.clone(),
             });
         }
     }

@@ -207,6 +207,10 @@ pub struct View {
     pub others: std::sync::Arc<Vec<Source>>,
     pub purpose: Purpose,
     pub policy: Policy,
+    /// A toolchain root ([`crate::kernel::toolroot`]) that is the view's `/` instead of the
+    /// host's: read-only, with the tree, the cell's directories and what the policy names
+    /// placed in it at their own paths; nothing else of the host is in the view.
+    pub root: Option<PathBuf>,
 }
 
 /// How bubblewrap is run here, found once per process by [`available`].
@@ -268,7 +272,7 @@ impl View {
         let policy = &self.policy;
         let confined = policy.confined;
         let run = resolve(Path::new("/run"));
-        let mut a = Args(Vec::new());
+        let mut a = Args(Vec::new(), Vec::new());
         // Root under `--sandbox open` is root as under DKMS: no user namespace.
         if (user_ns && confined) || !root {
             a.flags(&["--unshare-user"]);
@@ -290,31 +294,61 @@ impl View {
             if !policy.network {
                 a.flags(&["--unshare-net"]);
             }
-            a.mount("--ro-bind", Path::new("/"), Path::new("/"));
-            a.at("--proc", Path::new("/proc"));
-            a.mask_proc();
-            a.at("--dev", Path::new("/dev"));
-            a.at("--tmpfs", Path::new("/tmp"));
-            a.at("--tmpfs", &run);
-        } else {
+        } else if root {
             // As under DKMS: root keeps its capabilities (a user keeps none in any case).
-            if root {
-                a.flags(&["--cap-add", "ALL"]);
+            a.flags(&["--cap-add", "ALL"]);
+        }
+        // A toolchain root's view: its paths are fixed (the root has merged /usr).
+        let mut placed: Vec<PathBuf> = Vec::new();
+        let run = match &self.root {
+            Some(_) => PathBuf::from("/run"),
+            None => run,
+        };
+        match (&self.root, confined) {
+            (Some(toolroot), _) => {
+                placed = self.placed_in_root();
+                a.place_root(toolroot, Path::new("/"), &placed);
+                a.at("--proc", Path::new("/proc"));
+                if confined {
+                    a.mask_proc();
+                    a.at("--dev", Path::new("/dev"));
+                } else {
+                    a.mount("--dev-bind", Path::new("/dev"), Path::new("/dev"));
+                }
+                a.at("--tmpfs", Path::new("/tmp"));
+                a.at("--tmpfs", &run);
+                let mut sorted = placed.clone();
+                sorted.sort_by_key(|p| p.components().count());
+                for p in &sorted {
+                    a.mount(if confined { "--ro-bind" } else { "--bind" }, p, p);
+                }
             }
-            a.mount("--dev-bind", Path::new("/"), Path::new("/"));
+            (None, true) => {
+                a.mount("--ro-bind", Path::new("/"), Path::new("/"));
+                a.at("--proc", Path::new("/proc"));
+                a.mask_proc();
+                a.at("--dev", Path::new("/dev"));
+                a.at("--tmpfs", Path::new("/tmp"));
+                a.at("--tmpfs", &run);
+            }
+            (None, false) => a.mount("--dev-bind", Path::new("/"), Path::new("/")),
         }
         let bind = if confined { "--ro-bind" } else { "--bind" };
 
         // /lib/modules/<release>/build: the cell's tree (resolved: the tree may be the
         // host's own /lib/modules/<release>/build).
-        let lib_modules = resolve(Path::new("/lib/modules"));
+        let fixed = |p: &str| match self.root {
+            Some(_) => PathBuf::from(p),
+            None => resolve(Path::new(p)),
+        };
+        let lib_modules = fixed("/usr/lib/modules");
         let kdir = self
             .kdir
             .canonicalize()
             .unwrap_or_else(|_| self.kdir.clone());
         // /usr/src and /var/lib/dkms: the host's entries, and the cell's own.
-        let source_tree = resolve(Path::new(SOURCE_TREE));
-        let dkms_tree = resolve(Path::new(DKMS_TREE));
+        let source_tree = fixed(SOURCE_TREE);
+        let dkms_tree = fixed(DKMS_TREE);
         let mut own_sources: Vec<String> = self
             .others
             .iter()
@@ -339,11 +373,18 @@ impl View {
         if !self.release.is_empty() {
             shadows.push((lib_modules.as_path(), vec![self.release.as_str()]));
         }
-        a.shadow(&shadows, bind);
+        if self.root.is_some() {
+            // The root's own (empty) directories, the view's alone.
+            for (dir, _) in &shadows {
+                a.at("--tmpfs", dir);
+            }
+        } else {
+            a.shadow(&shadows, bind);
+        }
         if !self.release.is_empty() {
             let release = lib_modules.join(&self.release);
             a.dir(&release);
-            if release.is_dir() {
+            if release.is_dir() && self.root.is_none() {
                 a.rebind_entries(&release, &["build", "source"], bind);
             }
             a.symlink(&kdir, &release.join("build"));
@@ -372,7 +413,7 @@ impl View {
                 a.mount("--ro-bind", &o.dir, &at);
             }
         }
-        if confined {
+        if confined && self.root.is_none() {
             // What the step reaches by its host path and the private /tmp and /run would
             // hide: the tree (with what its links reach: Debian's `-common` half, the
             // kbuild directory), the source that a first reading of dkms.conf runs in, what
@@ -406,12 +447,16 @@ impl View {
             a.mount("--bind", dir, dir);
         }
         if confined {
+            let inside = |p: &Path| self.root.is_none() || placed.iter().any(|d| p.starts_with(d));
             let more = MORE_SECRETS.get().map(Vec::as_slice).unwrap_or_default();
             for path in SECRETS
                 .iter()
                 .map(Path::new)
                 .chain(more.iter().map(PathBuf::as_path))
             {
+                if !inside(path) {
+                    continue;
+                }
                 match path.symlink_metadata() {
                     Ok(m) if m.is_dir() => a.at("--tmpfs", path),
                     Ok(_) => a.mount("--ro-bind", Path::new("/dev/null"), path),
@@ -419,9 +464,59 @@ impl View {
                 }
             }
         }
+        if self.root.is_some() && confined {
+            // The root's own directories made for the view's mounts: read-only once made.
+            for p in std::mem::take(&mut a.1) {
+                a.at("--remount-ro", &p);
+            }
+        }
         a.at("--chdir", cwd);
         a.0
     }
+
+    /// The host paths a toolchain root's view shows at their own path (read-only under the
+    /// strict policy): the tree's whole sysroot (its links reach the common half and the
+    /// kbuild tools), the tree as named, and the directories the policy shows.
+    fn placed_in_root(&self) -> Vec<PathBuf> {
+        let mut v = vec![crate::kernel::toolroot::sysroot_of_tree(&self.kdir)];
+        if self.kdir.is_absolute() && !v.iter().any(|p| self.kdir.starts_with(p)) {
+            v.push(self.kdir.clone());
+        }
+        for p in &self.policy.shown {
+            if p.exists() && !v.iter().any(|d| p.starts_with(d)) {
+                v.push(p.clone());
+            }
+        }
+        v
+    }
+}
+
+/// Run `args` in toolchain root `root` (as `/`, read-only, no network, no capabilities).
+pub fn run_in_root(root: &Path, args: &[&str]) -> Result<std::process::Output, String> {
+    let runner = runner()?;
+    let mut cmd = Command::new(&runner.bwrap);
+    if runner.user_ns || !crate::process::is_root() {
+        cmd.args(["--unshare-user", "--disable-userns"]);
+    }
+    cmd.args([
+        "--die-with-parent",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--ro-bind",
+    ])
+    .arg(root)
+    .args([
+        "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--",
+    ])
+    .args(args)
+    .stdin(std::process::Stdio::null());
+    cmd.output()
+        .map_err(|e| format!("cannot run {}: {e}", runner.bwrap.display()))
 }
 
 /// A pipe holding the seccomp program, for bubblewrap to read (the program is a few hundred
@@ -464,10 +559,46 @@ fn leave_the_caller() -> std::io::Result<()> {
     Ok(())
 }
 
-/// bubblewrap's argument list being written.
-struct Args(Vec<OsString>);
+/// bubblewrap's argument list being written, and the directories of a toolchain root's
+/// view it made a tmpfs of ([`Args::place_root`]).
+struct Args(Vec<OsString>, Vec<PathBuf>);
 
 impl Args {
+    /// Show toolchain root `root` at `/` (view directory `dir` of it, which is already a
+    /// directory of the view): each entry bound read-only, except the directories that lead
+    /// to a path of `placed` (the host paths shown at their own place), which become a tmpfs
+    /// holding the root's entries again, and so on down. `/tmp`, `/run`, `/proc` and `/dev`
+    /// are the view's own, mounted afterwards.
+    fn place_root(&mut self, root: &Path, dir: &Path, placed: &[PathBuf]) {
+        // bubblewrap's own new root is already an empty tmpfs.
+        let top = dir == Path::new("/");
+        self.1.push(dir.to_path_buf());
+        let here = root.join(dir.strip_prefix("/").unwrap_or(dir));
+        let Ok(entries) = std::fs::read_dir(&here) else {
+            return;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name();
+            if top && ["tmp", "run", "proc", "dev"].iter().any(|n| name == *n) {
+                continue;
+            }
+            let at = dir.join(&name);
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_symlink() {
+                if let Ok(target) = std::fs::read_link(e.path()) {
+                    self.symlink(&target, &at);
+                }
+            } else if kind.is_dir() && placed.iter().any(|p| p.starts_with(&at)) {
+                self.at("--tmpfs", &at);
+                self.place_root(root, &at, placed);
+            } else if kind.is_dir() || kind.is_file() {
+                self.mount("--ro-bind", &e.path(), &at);
+            }
+        }
+    }
+
     /// What of the new `/proc` would still reach the whole machine, covered as container
     /// runtimes do: sysctls and `/proc/fs` read-only (the kernel checks no capability for
     /// most sysctls, only that the writer is root), `/proc/sysrq-trigger` (a write reboots
@@ -766,6 +897,7 @@ fn probe(bwrap: PathBuf) -> Result<Runner, String> {
             build: dir.join("build"),
         },
         policy: Policy::strict(),
+        root: None,
     };
     let cwd = build_dir(&view.name, &view.version);
     let check = "test -L /lib/modules/0.0.0-kmx-probe/build && touch made-here";
@@ -816,6 +948,7 @@ mod tests {
             }]),
             purpose,
             policy,
+            root: None,
         }
     }
 
@@ -908,7 +1041,7 @@ mod tests {
         std::fs::create_dir(d.join("mine")).unwrap();
         std::fs::write(d.join("file"), "x").unwrap();
         std::os::unix::fs::symlink("keep", d.join("link")).unwrap();
-        let mut a = Args(Vec::new());
+        let mut a = Args(Vec::new(), Vec::new());
         a.shadow(&[(&d, vec!["mine"])], "--ro-bind");
         let a = words(&a.0);
         let p = |n: &str| d.join(n).to_string_lossy().into_owned();
@@ -919,7 +1052,7 @@ mod tests {
         assert!(!a.iter().any(|w| w == &p("mine")), "{a:?}");
         // A missing directory is made in its nearest existing parent, after every tmpfs:
         // an outer one (for the missing `new`) never covers an inner one (`keep`'s own).
-        let mut a = Args(Vec::new());
+        let mut a = Args(Vec::new(), Vec::new());
         let new = d.join("new/deeper");
         let keep = d.join("keep");
         a.shadow(&[(&keep, vec![]), (&new, vec![])], "--ro-bind");

@@ -26,4 +26,5 @@ mod reproducible;
 mod sandbox;
 mod schemas;
 mod smoke;
+mod trixie;
 mod verify;

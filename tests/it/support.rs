@@ -468,7 +468,45 @@ pub fn plain_make(target: &str, kdir: &Path, dir: &Path) {
         "armhf" => ("arm", "arm-linux-gnueabihf-"),
         other => panic!("plain_make: no compiler known for target {other}"),
     };
-    let out = Command::new("make")
+    // A Debian 13 tree calls gcc-14, which this host lacks: plain make runs in the toolchain
+    // root kmx assembled for it, entered with bubblewrap directly (the tree's sysroot and the
+    // module directory at their own paths).
+    let sysroot = kdir.join("../../..").canonicalize().unwrap();
+    let cc = std::fs::read_to_string(kdir.join(".kernelvariables"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.split_once("$(CROSS_COMPILE)")
+                .map(|(_, cc)| cc.trim().to_string())
+        })
+        .unwrap_or_else(|| "gcc".into());
+    let root = sysroot
+        .join(".kmx-toolchains")
+        .join(format!("{prefix}{cc}"));
+    let mut cmd = match root.is_dir() {
+        true => {
+            // bubblewrap's new root is a tmpfs: the root's top entries on it, then the
+            // host paths (their parents made on the tmpfs).
+            let mut c = Command::new("bwrap");
+            for e in std::fs::read_dir(&root).unwrap().flatten() {
+                let at = Path::new("/").join(e.file_name());
+                if ["/proc", "/dev", "/tmp", "/run"].contains(&at.to_str().unwrap()) {
+                    continue;
+                }
+                match std::fs::read_link(e.path()) {
+                    Ok(link) => c.arg("--symlink").arg(link).arg(&at),
+                    Err(_) => c.arg("--ro-bind").arg(e.path()).arg(&at),
+                };
+            }
+            c.arg("--ro-bind").arg(&sysroot).arg(&sysroot);
+            let dir = dir.canonicalize().unwrap();
+            c.arg("--bind").arg(&dir).arg(&dir);
+            c.args(["--proc", "/proc", "--dev", "/dev", "make"]);
+            c
+        }
+        false => Command::new("make"),
+    };
+    let out = cmd
         .arg("-C")
         .arg(kdir)
         .arg(format!("M={}", dir.display()))
