@@ -392,13 +392,15 @@ if [ "$HOSTILE" = 1 ]; then
     hfail symvers-to-secret "the secret was copied under $(grep -rlF "$marker" "$hout" "$KMX_HOME" | head -1)"
   fi
   up=$(printf '../%.0s' $(seq 20))
-  for c in "name|BUILT_MODULE_NAME[0]=\"$up${victims#/}/plant\"" \
-           'location|BUILT_MODULE_LOCATION[0]="../../.."' \
-           'dest|DEST_MODULE_LOCATION[0]="/updates/../../"'; do
-    n=${c%%|*}
-    d=$(hsource "dotdot$n" "${c#*|}")
-    hcase "dotdot-$n-add" 2 'must' -- add "$d"
-    hcase "dotdot-$n-build" 2 'must' -- build "$d" -t arm64 -o "$hout"
+  # name|what kmx says|the dkms.conf line
+  for c in "name|must|BUILT_MODULE_NAME[0]=\"$up${victims#/}/plant\"" \
+           'location|must|BUILT_MODULE_LOCATION[0]="../../.."' \
+           'dest|climbs out|DEST_MODULE_LOCATION[0]="/updates/../../"'; do
+    n=${c%%|*} rest=${c#*|}
+    says=${rest%%|*}
+    d=$(hsource "dotdot$n" "${rest#*|}")
+    hcase "dotdot-$n-add" 2 "$says" -- add "$d"
+    hcase "dotdot-$n-build" 2 "$says" -- build "$d" -t arm64 -o "$hout"
     [ -e "$state/sources/dotdot$n" ] && hfail "dotdot-$n-add" "a refused add left state/sources/dotdot$n"
   done
 

@@ -263,17 +263,31 @@ pub fn roots_of_tree(kdir: &Path) -> Option<PathBuf> {
     roots.is_dir().then_some(roots)
 }
 
-/// The tree's sysroot (`<sysroot>/usr/src/<name>`), or the tree itself.
+/// The tree's sysroot (`<sysroot>/usr/src/<name>`), or the tree itself: as `kdir` names it
+/// (a path through a link to the sysroot stays that path; see [`sysroot_paths_of_tree`]).
 pub fn sysroot_of_tree(kdir: &Path) -> PathBuf {
-    let kdir = kdir.canonicalize().unwrap_or_else(|_| kdir.to_path_buf());
     match kdir.parent() {
         Some(p) if p.ends_with("usr/src") => p
             .parent()
             .and_then(Path::parent)
             .map(Path::to_path_buf)
-            .unwrap_or(kdir.clone()),
-        _ => kdir,
+            .unwrap_or(kdir.to_path_buf()),
+        _ => kdir.to_path_buf(),
     }
+}
+
+/// Where a tree's sysroot must be seen for its links to resolve: at the path `kdir` names it
+/// by (make runs there, and Debian's flavour Makefile includes `../<abi>-common/Makefile`
+/// relative to it) and, when a link leads there, at its real path too.
+pub fn sysroot_paths_of_tree(kdir: &Path) -> Vec<PathBuf> {
+    let named = sysroot_of_tree(kdir);
+    let mut paths = vec![named.clone()];
+    if let Ok(real) = kdir.canonicalize().map(|k| sysroot_of_tree(&k)) {
+        if real != named {
+            paths.push(real);
+        }
+    }
+    paths
 }
 
 #[cfg(test)]

@@ -478,7 +478,7 @@ impl View {
     /// strict policy): the tree's whole sysroot (its links reach the common half and the
     /// kbuild tools), the tree as named, and the directories the policy shows.
     fn placed_in_root(&self) -> Vec<PathBuf> {
-        let mut v = vec![crate::kernel::toolroot::sysroot_of_tree(&self.kdir)];
+        let mut v = crate::kernel::toolroot::sysroot_paths_of_tree(&self.kdir);
         if self.kdir.is_absolute() && !v.iter().any(|p| self.kdir.starts_with(p)) {
             v.push(self.kdir.clone());
         }

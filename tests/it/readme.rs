@@ -126,7 +126,8 @@ fn matches(expected: &[String], actual: &[String]) -> bool {
 }
 
 /// The fetched registry as a fresh `kmx kernels fetch` leaves it: the five default
-/// targets, the newest ABI of each kernel series (`6.1`, `6.12`) per target.
+/// targets, the newest ABI of each kernel series (kmx's own series: `6.1`, `6.12+deb12`,
+/// `6.12+deb13`) per target.
 fn fresh_fetch_registry(fetched: &Path) -> serde_json::Value {
     let mut reg = registry_of(fetched);
     let key = |release: &str| -> Vec<u64> {
@@ -136,19 +137,17 @@ fn fresh_fetch_registry(fetched: &Path) -> serde_json::Value {
             .map(|s| s.parse().unwrap())
             .collect()
     };
+    let series = |t: &serde_json::Value| kmx::kernel::fetch::abi_series(t["abi"].as_str().unwrap());
     let trees = reg["trees"].as_array_mut().unwrap();
     let defaults = ["i386", "amd64", "arm64", "armhf", "rpi"];
     trees.retain(|t| defaults.contains(&t["target"].as_str().unwrap()));
     let all = trees.clone();
     trees.retain(|t| {
-        let (target, release) = (
-            t["target"].as_str().unwrap(),
-            t["release"].as_str().unwrap(),
-        );
-        let k = key(release);
+        let k = key(t["release"].as_str().unwrap());
         !all.iter().any(|o| {
-            let ko = key(o["release"].as_str().unwrap());
-            o["target"] == target && ko[..2] == k[..2] && ko > k
+            o["target"] == t["target"]
+                && series(o) == series(t)
+                && key(o["release"].as_str().unwrap()) > k
         })
     });
     reg
