@@ -282,10 +282,10 @@ pub fn sysroot_of_tree(kdir: &Path) -> PathBuf {
 pub fn sysroot_paths_of_tree(kdir: &Path) -> Vec<PathBuf> {
     let named = sysroot_of_tree(kdir);
     let mut paths = vec![named.clone()];
-    if let Ok(real) = kdir.canonicalize().map(|k| sysroot_of_tree(&k)) {
-        if real != named {
-            paths.push(real);
-        }
+    if let Ok(real) = kdir.canonicalize().map(|k| sysroot_of_tree(&k))
+        && real != named
+    {
+        paths.push(real);
     }
     paths
 }
