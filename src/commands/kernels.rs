@@ -170,7 +170,7 @@ pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
 
 /// `kmx kernels remove RELEASE [-t T]`.
 pub fn remove(ctx: &Context, release: &str, target: Option<&str>) -> Result<i32> {
-    let _lock = fetch::apt_lock(&ctx.home)?;
+    let _lock = crate::kernel::apt::apt_lock(&ctx.home)?;
     let mut registry = Registry::load(&ctx.home)?;
     let gone =
         registry.unregister(|t| t.release == release && target.is_none_or(|x| t.target == x));
@@ -197,7 +197,7 @@ pub fn remove(ctx: &Context, release: &str, target: Option<&str>) -> Result<i32>
 
 /// `kmx kernels prune`: per target and kernel series, every ABI older than the newest.
 pub fn prune(ctx: &Context, dry_run: bool) -> Result<i32> {
-    let _lock = fetch::apt_lock(&ctx.home)?;
+    let _lock = crate::kernel::apt::apt_lock(&ctx.home)?;
     let mut registry = Registry::load(&ctx.home)?;
     // Per target and kernel series, across sources: bookworm-security's 6.1.0-57
     // supersedes bookworm's 6.1.0-50.

@@ -312,6 +312,32 @@ pub fn depends_on(stanza: &str, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// One fetch or removal at a time per home: apt's own locking is off in the private states.
+/// Holding it, the single apt state earlier versions kept directly in `HOME/apt` (now one per
+/// source) is removed: its lists and downloads are no longer read.
+pub fn apt_lock(home: &Home) -> Result<crate::state::store::Lock> {
+    let dir = home.apt();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+    let lock = crate::state::store::lock_file(&dir.join("lock"), true, "the kernel tree cache")?;
+    for old in ["lists", "cache", "etc", "debs"] {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    for old in ["status", "apt.conf"] {
+        let _ = std::fs::remove_file(dir.join(old));
+    }
+    Ok(lock)
+}
+
+/// Unpack a .deb's files into `into` (`dpkg-deb -x`: no maintainer scripts).
+pub(crate) fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
+    process::output(
+        Command::new("dpkg-deb").arg("-x").arg(deb).arg(into),
+        Kind::Environment,
+    )
+    .map(|_| ())
+    .map_err(|e| e.hint("dpkg-deb comes with dpkg: apt-get install dpkg"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,7 +148,7 @@ pub fn fetch(
             }
         }
         if lock.is_none() {
-            lock = Some(apt_lock(home)?);
+            lock = Some(super::apt::apt_lock(home)?);
         }
         // Every state sees the architectures of the whole request, so `fetch_boot` asks the
         // same of it and reuses its lists.
@@ -222,22 +222,6 @@ pub fn fetch(
         .hint("`kmx kernels fetch --refresh` updates the package lists; omit --abi to take the newest; the sources are each target's [[kernels.source]] (`kmx targets`)"));
     }
     Ok(result)
-}
-
-/// One fetch or removal at a time per home: apt's own locking is off in the private states.
-/// Holding it, the single apt state earlier versions kept directly in `HOME/apt` (now one per
-/// source) is removed: its lists and downloads are no longer read.
-pub fn apt_lock(home: &Home) -> Result<crate::state::store::Lock> {
-    let dir = home.apt();
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-    let lock = crate::state::store::lock_file(&dir.join("lock"), true, "the kernel tree cache")?;
-    for old in ["lists", "cache", "etc", "debs"] {
-        let _ = std::fs::remove_dir_all(dir.join(old));
-    }
-    for old in ["status", "apt.conf"] {
-        let _ = std::fs::remove_file(dir.join(old));
-    }
-    Ok(lock)
 }
 
 /// The kernel series of an ABI: `6.1` of `6.1.0-57`, `6.12+deb12` of `6.12.118+deb12`
@@ -362,7 +346,7 @@ fn fetch_abi(
         .collect();
     deb_files.sort();
     for deb in &deb_files {
-        dpkg_extract(deb, staging.path())?;
+        super::apt::dpkg_extract(deb, staging.path())?;
     }
     // Shared parts first (kbuild tools, common parts), then each flavour: a flavour in the
     // sysroot implies what it needs is there.
@@ -413,15 +397,6 @@ fn fetch_abi(
         });
     }
     Ok(result)
-}
-
-pub(crate) fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
-    process::output(
-        Command::new("dpkg-deb").arg("-x").arg(deb).arg(into),
-        Kind::Environment,
-    )
-    .map(|_| ())
-    .map_err(|e| e.hint("dpkg-deb comes with dpkg: apt-get install dpkg"))
 }
 
 fn existing(sysroot: &Path, abi: &str, w: &Want) -> Option<FetchedTree> {
@@ -524,7 +499,7 @@ pub fn fetch_boot(
 ) -> Result<Vec<BootFiles>> {
     let missing: Vec<&BootRequest> = trees.iter().filter(|t| t.existing().is_none()).collect();
     if !missing.is_empty() {
-        let _lock = apt_lock(home)?;
+        let _lock = super::apt::apt_lock(home)?;
         which::which("depmod").map_err(|_| {
             Error::env("depmod not found: kmx needs it to index the kernel's modules")
                 .hint("apt-get install kmod")
@@ -709,7 +684,7 @@ fn install_boot(
         .map_err(|e| Error::io("create a directory in", parent, e))?;
     let root = staging.path();
     for deb in [image_deb, busybox_deb] {
-        dpkg_extract(deb, root)?;
+        super::apt::dpkg_extract(deb, root)?;
     }
     // Merged-/usr packages put modules under usr/lib; depmod -b looks in lib/.
     let usr_mods = root.join(format!("usr/lib/modules/{release}"));

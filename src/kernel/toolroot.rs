@@ -127,7 +127,7 @@ pub fn provide(
             return Ok(root);
         }
     }
-    let _lock = crate::kernel::fetch::apt_lock(home)?;
+    let _lock = crate::kernel::apt::apt_lock(home)?;
     let apt = Apt::prepare(home, &main, &[host])?;
     apt.update(false, say)?;
     let debs = apt.dir.join("debs").join(format!("toolchain-{compiler}"));
@@ -153,7 +153,7 @@ pub fn provide(
     files.sort();
     say(&format!("Unpacking {} packages", files.len()));
     for deb in &files {
-        crate::kernel::fetch::dpkg_extract(deb, root)?;
+        crate::kernel::apt::dpkg_extract(deb, root)?;
     }
     for p in PRUNED {
         let _ = std::fs::remove_dir_all(root.join(p));
@@ -261,33 +261,6 @@ pub fn roots_of_tree(kdir: &Path) -> Option<PathBuf> {
     let sysroot = kdir.parent()?.parent()?.parent()?;
     let roots = sysroot.join(LINK);
     roots.is_dir().then_some(roots)
-}
-
-/// The tree's sysroot (`<sysroot>/usr/src/<name>`), or the tree itself: as `kdir` names it
-/// (a path through a link to the sysroot stays that path; see [`sysroot_paths_of_tree`]).
-pub fn sysroot_of_tree(kdir: &Path) -> PathBuf {
-    match kdir.parent() {
-        Some(p) if p.ends_with("usr/src") => p
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or(kdir.to_path_buf()),
-        _ => kdir.to_path_buf(),
-    }
-}
-
-/// Where a tree's sysroot must be seen for its links to resolve: at the path `kdir` names it
-/// by (make runs there, and Debian's flavour Makefile includes `../<abi>-common/Makefile`
-/// relative to it) and, when a link leads there, at its real path too.
-pub fn sysroot_paths_of_tree(kdir: &Path) -> Vec<PathBuf> {
-    let named = sysroot_of_tree(kdir);
-    let mut paths = vec![named.clone()];
-    if let Ok(real) = kdir.canonicalize().map(|k| sysroot_of_tree(&k))
-        && real != named
-    {
-        paths.push(real);
-    }
-    paths
 }
 
 #[cfg(test)]

@@ -478,7 +478,7 @@ impl View {
     /// strict policy): the tree's whole sysroot (its links reach the common half and the
     /// kbuild tools), the tree as named, and the directories the policy shows.
     fn placed_in_root(&self) -> Vec<PathBuf> {
-        let mut v = crate::kernel::toolroot::sysroot_paths_of_tree(&self.kdir);
+        let mut v = sysroot_paths_of_tree(&self.kdir);
         if self.kdir.is_absolute() && !v.iter().any(|p| self.kdir.starts_with(p)) {
             v.push(self.kdir.clone());
         }
@@ -489,6 +489,33 @@ impl View {
         }
         v
     }
+}
+
+/// The tree's sysroot (`<sysroot>/usr/src/<name>`), or the tree itself: as `kdir` names it
+/// (a path through a link to the sysroot stays that path; see [`sysroot_paths_of_tree`]).
+fn sysroot_of_tree(kdir: &Path) -> PathBuf {
+    match kdir.parent() {
+        Some(p) if p.ends_with("usr/src") => p
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or(kdir.to_path_buf()),
+        _ => kdir.to_path_buf(),
+    }
+}
+
+/// Where a tree's sysroot must be seen for its links to resolve: at the path `kdir` names it
+/// by (make runs there, and Debian's flavour Makefile includes `../<abi>-common/Makefile`
+/// relative to it) and, when a link leads there, at its real path too.
+fn sysroot_paths_of_tree(kdir: &Path) -> Vec<PathBuf> {
+    let named = sysroot_of_tree(kdir);
+    let mut paths = vec![named.clone()];
+    if let Ok(real) = kdir.canonicalize().map(|k| sysroot_of_tree(&k))
+        && real != named
+    {
+        paths.push(real);
+    }
+    paths
 }
 
 /// Run `args` in toolchain root `root` (as `/`, read-only, no network, no capabilities).
