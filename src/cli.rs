@@ -100,6 +100,10 @@ Exit codes: 0 no module fails, 1 a module fails, 2 bad command line or no module
         sandbox: SandboxMode,
         #[command(flatten)]
         given: GivenArgs,
+        /// Also print what was registered as one JSON object on stdout
+        /// (docs/schemas/kmx.add-1.json); the messages stay on stderr.
+        #[arg(long)]
+        json: bool,
     },
     /// Build a registered module for one target and kernel (with --root IMG and no --kernel:
     /// each of the image's kernels) if needed, then install its .ko
@@ -327,6 +331,10 @@ pub struct PackageArgs {
     pub maintainer: String,
     #[command(flatten)]
     pub sign: SignArgs,
+    /// Print the packages written as one JSON object on stdout
+    /// (docs/schemas/kmx.package-1.json) instead of their paths.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `kmx package --format`.
@@ -470,6 +478,10 @@ pub struct InstallArgs {
     /// Parallel jobs for a build this needs [default: number of CPUs].
     #[arg(long, short, env = "KMX_JOBS", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
+    /// Also print what was installed (and skipped) as one JSON object on stdout
+    /// (docs/schemas/kmx.install-1.json); the messages stay on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -255,6 +255,7 @@ impl Job<'_> {
             Default::default(),
             self.wait,
             given,
+            false,
         )
     }
 
@@ -475,6 +476,7 @@ impl Job<'_> {
             no_depmod: self.args.no_depmod,
             sign: SignArgs::default(),
             jobs: self.args.jobs,
+            json: false,
         };
         match lifecycle::install_cmd(self.ctx, self.store, &args, self.wait) {
             // DKMS's "Installation aborted." (and never 1: that says the headers are missing).

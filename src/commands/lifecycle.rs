@@ -54,6 +54,7 @@ pub fn add(
     mode: crate::sandbox::Mode,
     wait: bool,
     given: &crate::config::manifest::Given,
+    json: bool,
 ) -> Result<i32> {
     let _ = ctx;
     let src = source
@@ -110,7 +111,7 @@ pub fn add(
             "{} {} is already registered with the same content",
             spec.name, spec.version
         );
-        return Ok(exit::OK);
+        return print_added(json, &spec.name, &spec.version, &src, &copy, "unchanged");
     }
     let old = dir.join(format!(".src-old-{}", std::process::id()));
     if copy.exists() {
@@ -135,13 +136,14 @@ pub fn add(
     if let Some(line) = &spec.post_add {
         warn_on_failure("POST_ADD", line, &copy);
     }
-    if previous.is_some() {
+    let action = if previous.is_some() {
         eprintln!(
             "refreshed {} {} from {}: its builds are stale until rebuilt (kmx install does)",
             spec.name,
             spec.version,
             src.display()
         );
+        "refreshed"
     } else {
         eprintln!(
             "added {} {} from {} (copied to {})",
@@ -150,6 +152,31 @@ pub fn add(
             src.display(),
             copy.display()
         );
+        "added"
+    };
+    print_added(json, &spec.name, &spec.version, &src, &copy, action)
+}
+
+/// `kmx add --json`'s object (docs/schemas/kmx.add-1.json).
+fn print_added(
+    json: bool,
+    module: &str,
+    version: &str,
+    source: &Path,
+    copy: &Path,
+    action: &str,
+) -> Result<i32> {
+    if json {
+        super::print_json(
+            "add",
+            &serde_json::json!({
+                "module": module,
+                "version": version,
+                "source": source,
+                "copy": copy,
+                "action": action,
+            }),
+        )?;
     }
     Ok(exit::OK)
 }
@@ -320,26 +347,60 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
             .collect()
     };
     let sign = sign.or_else(|| machine_sign(ctx, &root, &preps));
+    let (mut installed, mut skipped) = (Vec::new(), Vec::new());
+    let mut code = exit::OK;
     for (key, prep) in preps {
         match prep? {
             Prep::Skipped(reason) => {
                 eprintln!("nothing to install: {key} is skipped by a rule: {reason}");
+                skipped.push(serde_json::json!({ "kernel": key.release, "reason": reason }));
             }
             Prep::Ready(ready) => {
                 let inst = do_install(store, &root, &ready, !args.no_depmod, &sign, &pause)?;
                 eprintln!("{}", describe_install(&key, &inst));
+                installed.push(installed_json(&key, &inst));
                 // A signal while the root was being written: that install was finished
                 // (never left half done); the exit code still says interrupted.
                 if interrupted() {
                     eprintln!(
                         "interrupted (the install above had started and was completed first)"
                     );
-                    return Ok(exit::INTERRUPTED);
+                    code = exit::INTERRUPTED;
+                    break;
                 }
             }
         }
     }
-    Ok(exit::OK)
+    if args.json {
+        super::print_json(
+            "install",
+            &serde_json::json!({
+                "module": module,
+                "version": version,
+                "target": target,
+                "root": root,
+                "installed": installed,
+                "skipped": skipped,
+                "interrupted": code == exit::INTERRUPTED,
+            }),
+        )?;
+    }
+    Ok(code)
+}
+
+/// One install of `kmx install --json` (docs/schemas/kmx.install-1.json): what
+/// [`describe_install`] says.
+fn installed_json(key: &CellKey, inst: &install::Installed) -> serde_json::Value {
+    let root = &inst.record.root;
+    serde_json::json!({
+        "kernel": key.release,
+        "files": inst.record.files.iter().map(|f| serde_json::json!({
+            "path": root.join(&f.path),
+            "signed": f.signed,
+        })).collect::<Vec<_>>(),
+        "moved_aside": inst.record.displaced.iter().map(|d| root.join(&d.original)).collect::<Vec<_>>(),
+        "notes": inst.notes,
+    })
 }
 
 /// The image kernels `kmx install` installs for: `--kernel`'s (which an image root must
@@ -1125,6 +1186,7 @@ pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> 
     }
     std::fs::create_dir_all(&args.output)
         .map_err(|e| Error::io("create directory", &args.output, e))?;
+    let mut written = Vec::new();
     for (c, arch) in plan {
         let Prep::Ready(ready) = prepare_binary(&ctx.profiles, &ctx.home, store, &c.key())? else {
             continue;
@@ -1149,7 +1211,19 @@ pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> 
         for n in &w.notes {
             eprintln!("  note: {n}");
         }
-        println!("{}", w.file.display());
+        if args.json {
+            written.push(serde_json::json!({
+                "module": c.module,
+                "version": c.version,
+                "target": c.target,
+                "kernel": c.release,
+                "file": std::path::absolute(&w.file).unwrap_or(w.file.clone()),
+                "signed": w.signed,
+                "notes": w.notes,
+            }));
+        } else {
+            println!("{}", w.file.display());
+        }
     }
     let n = names.len();
     eprintln!(
@@ -1157,6 +1231,15 @@ pub fn package(ctx: &Context, store: &Store, args: &PackageArgs) -> Result<i32> 
         crate::matrix::pipeline::count(n, "Debian package"),
         args.output.display()
     );
+    if args.json {
+        super::print_json(
+            "package",
+            &serde_json::json!({
+                "output": std::path::absolute(&args.output).unwrap_or(args.output.clone()),
+                "packages": written,
+            }),
+        )?;
+    }
     Ok(exit::OK)
 }
 

@@ -91,6 +91,7 @@ fn run_in(cli: Cli) -> Result<i32> {
             source,
             sandbox,
             given,
+            json,
         } => lifecycle::add(
             &ctx,
             store,
@@ -98,6 +99,7 @@ fn run_in(cli: Cli) -> Result<i32> {
             sandbox.into(),
             wait,
             &given_of(&given)?,
+            json,
         ),
         Cmd::Install(args) => lifecycle::install_cmd(&ctx, store, &args, wait),
         Cmd::Uninstall(args) => lifecycle::uninstall_cmd(store, &args, wait),

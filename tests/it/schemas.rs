@@ -46,13 +46,16 @@ fn every_schema_file_is_named_for_an_output_and_valid() {
     assert_eq!(
         names,
         [
+            "kmx.add-1.json",
             "kmx.build-report-1.json",
             "kmx.cache-stats-1.json",
             "kmx.cell-1.json",
             "kmx.compat-1.json",
             "kmx.doctor-1.json",
             "kmx.error-1.json",
+            "kmx.install-1.json",
             "kmx.kernels-1.json",
+            "kmx.package-1.json",
             "kmx.provenance-1.json",
             "kmx.smoke-report-1.json",
             "kmx.status-1.json",
@@ -154,12 +157,43 @@ fn real_json_outputs_validate_against_their_schemas() {
 
     // The lifecycle: added, then built and installed.
     let src = hello_source(&k.dir().join("src"), "hello", "");
-    k.run(&["add", src.to_str().unwrap()]).ok();
+    let added = k.run(&["add", src.to_str().unwrap(), "--json"]).ok().json();
+    assert_valid("add", &added);
+    assert_eq!(added["action"], "added", "{added}");
+    let again = k.run(&["add", src.to_str().unwrap(), "--json"]).ok().json();
+    assert_valid("add", &again);
+    assert_eq!(again["action"], "unchanged", "{again}");
     assert_valid("status", &k.run(&["status", "--json"]).ok().json());
     let (arm64, _, _) = k.tree_of("arm64");
-    k.install_into("hello", "arm64", &arm64, &k.dir().join("rootfs"))
-        .ok();
+    let rootfs = k.dir().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("lib/modules").join(&arm64)).unwrap();
+    let installed = k
+        .run(&[
+            "install",
+            "hello",
+            "-t",
+            "arm64",
+            "-k",
+            &arm64,
+            "--root",
+            rootfs.to_str().unwrap(),
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_valid("install", &installed);
+    let file = installed["installed"][0]["files"][0]["path"]
+        .as_str()
+        .unwrap();
+    assert!(Path::new(file).is_file(), "{installed:#}");
     assert_valid("status", &k.run(&["status", "--json"]).ok().json());
+    let packaged = k
+        .run(&["package", "hello", "-t", "arm64", "-o", "debs", "--json"])
+        .ok()
+        .json();
+    assert_valid("package", &packaged);
+    let deb = packaged["packages"][0]["file"].as_str().unwrap();
+    assert!(Path::new(deb).is_file(), "{packaged:#}");
 
     // A smoke run that cannot boot (no kernel images): its report and hint.
     k.without_images();
