@@ -44,6 +44,8 @@ pub const CCACHE: &str = "ccache";
 pub struct CompilerCache {
     /// The cache directory (`KMX_HOME/cache/ccache`), writable inside the sandbox.
     pub dir: PathBuf,
+    /// ccache, as found on `PATH`.
+    pub ccache: PathBuf,
 }
 
 impl CompilerCache {
@@ -51,9 +53,10 @@ impl CompilerCache {
     /// without starting a process (a no-op run starts none).
     pub fn find(cache_dir: &Path) -> Option<CompilerCache> {
         let path = std::env::var_os("PATH")?;
-        which::which_in(CCACHE, Some(path), "/").ok()?;
+        let ccache = which::which_in(CCACHE, Some(path), "/").ok()?;
         Some(CompilerCache {
             dir: cache_dir.join("ccache"),
+            ccache,
         })
     }
 
@@ -71,6 +74,42 @@ impl CompilerCache {
         };
         let _ = std::fs::create_dir_all(&dir);
         dir
+    }
+
+    /// The command that runs ccache for module `name`'s compiles: a script in its cache
+    /// directory that sets kmx's settings ([`CompilerCache::env`], with the module's own
+    /// directory) and runs ccache. The settings travel with the command, not in the
+    /// environment, which a package's step may empty (falcosecurity-scap's configure probes
+    /// run the compiler under `env -i CC="$(CC)"`: ccache then looked for a cache in the
+    /// read-only home and failed every probe). Written again when it differs (a step of the
+    /// module may write its directory, so kmx does not trust what it finds there).
+    pub fn wrapper_for(&self, name: &str) -> std::io::Result<PathBuf> {
+        let dir = self.dir_for(name);
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let mut script = String::from(
+            "#!/bin/sh\n# kmx's compiler cache for one module (written by kmx at each build).\n",
+        );
+        for (k, v) in self.env() {
+            let v = if k == "CCACHE_DIR" {
+                dir.to_string_lossy().into_owned()
+            } else {
+                v
+            };
+            script.push_str(&format!("{k}={}\nexport {k}\n", quote(&v)));
+        }
+        script.push_str(&format!(
+            "exec {} \"$@\"\n",
+            quote(&self.ccache.to_string_lossy())
+        ));
+        let path = dir.join("kmx-ccache");
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(script.as_str()) {
+            use std::os::unix::fs::PermissionsExt;
+            let tmp = dir.join(format!(".kmx-ccache.{}", std::process::id()));
+            std::fs::write(&tmp, &script)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok(path)
     }
 
     /// Put ccache before the compiler of every toolchain that names no launcher and does
@@ -200,6 +239,7 @@ mod tests {
     fn the_callers_ccache_settings_give_way_to_kmxs() {
         let cache = CompilerCache {
             dir: PathBuf::from("/h/cache/ccache"),
+            ccache: PathBuf::from("/usr/bin/ccache"),
         };
         let mut vars = vec![
             ("PATH".to_string(), "/usr/bin".to_string()),

@@ -282,6 +282,20 @@ pub fn cc_words(cell: &Cell, launcher: Option<&[String]>) -> Vec<String> {
     words
 }
 
+/// [`cc_words`] as a cell runs them: kmx's compiler cache through its module's wrapper
+/// ([`crate::config::ccache::CompilerCache::wrapper_for`]), whose settings survive a step
+/// that empties the environment.
+fn run_cc_words(cell: &Cell, env: &RunEnv) -> Vec<String> {
+    let mut words = cc_words(cell, env.opts.launcher.as_deref());
+    if let Some(cache) = &env.opts.compiler_cache
+        && words.first().map(String::as_str) == Some(crate::config::ccache::CCACHE)
+        && let Ok(wrapper) = cache.wrapper_for(&cell.spec.name)
+    {
+        words[0] = wrapper.to_string_lossy().into_owned();
+    }
+    words
+}
+
 /// The variables kmx adds to the environment of a cell's steps (MAKE, PRE_BUILD, POST_BUILD),
 /// which is otherwise the caller's, filtered ([`RunEnv::passthrough`]). It is DKMS's: DKMS
 /// exports `CC` (the tree's compiler, from `.kernelvariables`) and, because it calls its build
@@ -475,7 +489,7 @@ fn with_cell_env(mut cmd: Command, cell: &Cell, env: &RunEnv, extra_symbols: &st
     if let Some(cache) = &env.opts.compiler_cache {
         cmd.env("CCACHE_DIR", cache.dir_for(&cell.spec.name));
     }
-    let cc = cc_words(cell, env.opts.launcher.as_deref());
+    let cc = run_cc_words(cell, env);
     for (k, v) in make_vars(cell, &cc) {
         // The caller's KBUILD_BUILD_TIMESTAMP wins over kmx's.
         if !(k == "KBUILD_BUILD_TIMESTAMP" && env.passthrough.iter().any(|(p, _)| *p == k)) {
@@ -579,7 +593,7 @@ fn run_stages(
         None => link_dkms_tree(cell).map_err(|e| stage_err("prepare", e))?,
     }
 
-    let cc = cc_words(cell, env.opts.launcher.as_deref());
+    let cc = run_cc_words(cell, env);
     let cmdline_vars = make_cmdline_vars(cell, &cc);
     let _ = writeln!(log, "# kmx build of {}", cell.label());
     let _ = writeln!(log, "# kernel tree: {}", cell.tree.kdir.display());

@@ -631,3 +631,72 @@ fn a_build_step_cannot_write_another_modules_compiler_cache() {
     assert!(!cache.join("hello/planted").exists(), "{log}");
     assert!(!cache.join("newcomer").exists(), "{log}");
 }
+
+/// kmx's compiler cache keeps working for a step that empties the environment: real
+/// packages probe the compiler under `env -i CC="$(CC)" PATH="$(PATH)"`
+/// (falcosecurity-scap's configure), and a probe that fails silently changes the module.
+/// kmx's settings travel with the compiler command (its module's wrapper), not in the
+/// environment. The control: `--launcher ccache` (the caller's ccache, configured by the
+/// environment alone) fails the same probe, so the test sees the failure it guards against.
+#[test]
+fn a_compiler_probe_under_env_i_compiles_through_the_compiler_cache() {
+    let Some(k) = Kmx::with_trees() else { return };
+    if which::which("ccache").is_err() {
+        skip_or_fail("ccache is not installed: `./dev setup` installs it");
+        return;
+    }
+    let src = k.dir().join("envi");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("dkms.conf"),
+        "PACKAGE_NAME=\"envi\"\nPACKAGE_VERSION=\"1.0\"\n\
+         BUILT_MODULE_NAME[0]=\"envi\"\nDEST_MODULE_LOCATION[0]=\"/updates/dkms\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("Kbuild"),
+        "obj-m := envi.o\n\
+         PROBE := $(shell printf 'int probe;\\n' >/tmp/kmx-probe.c && \
+         env -i CC=\"$(CC)\" PATH=\"$(PATH)\" sh -c '$(CC) -c /tmp/kmx-probe.c -o /tmp/kmx-probe.o' \
+         >/dev/null 2>&1 && echo ok)\n\
+         ifeq ($(PROBE),ok)\nccflags-y += -DPROBE_OK\nendif\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("envi.c"),
+        "#include <linux/module.h>\n#ifndef PROBE_OK\n\
+         #error the compiler probe failed under env -i\n#endif\nMODULE_LICENSE(\"GPL\");\n",
+    )
+    .unwrap();
+    let src = src.display().to_string();
+    let built = k.run(&[
+        "build",
+        &src,
+        "-t",
+        "amd64",
+        "--no-cache",
+        "--out",
+        "cached",
+    ]);
+    built.ok();
+    assert!(k.home.join("cache/ccache/envi/kmx-ccache").is_file());
+    let control = k.run(&[
+        "build",
+        &src,
+        "-t",
+        "amd64",
+        "--no-cache",
+        "--out",
+        "caller",
+        "--launcher",
+        "ccache",
+    ]);
+    let control = control.expect(1);
+    assert!(
+        control
+            .stderr()
+            .contains("the compiler probe failed under env -i"),
+        "{}",
+        control.stderr()
+    );
+}
