@@ -726,10 +726,14 @@ fn dkms_shaped_packages_build_for_four_targets_in_one_run_without_touching_the_h
             );
         }
         if c["module"] == "ccscript" && c["target"] == "arm64" {
-            // kmx's compiler cache goes before the compiler where ccache is installed.
+            // kmx's compiler cache goes before the compiler where ccache is installed: its
+            // module's wrapper, which carries the cache's settings.
             let cc = match which::which("ccache") {
-                Ok(_) => "'ccache aarch64-linux-gnu-gcc-12'",
-                Err(_) => "aarch64-linux-gnu-gcc-12",
+                Ok(_) => format!(
+                    "'{}/cache/ccache/ccscript/kmx-ccache aarch64-linux-gnu-gcc-12'",
+                    k.home.display()
+                ),
+                Err(_) => "aarch64-linux-gnu-gcc-12".to_string(),
             };
             assert!(log.contains(&format!("#   CC={cc}\n")), "{log}");
         }
