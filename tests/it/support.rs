@@ -485,21 +485,34 @@ pub fn plain_make(target: &str, kdir: &Path, dir: &Path) {
         .join(format!("{prefix}{cc}"));
     let mut cmd = match root.is_dir() {
         true => {
-            // bubblewrap's new root is a tmpfs: the root's top entries on it, then the
-            // host paths (their parents made on the tmpfs).
+            // bubblewrap's new root is a tmpfs: the root's entries on it, then the host
+            // paths. A directory of the root that leads to a host path (`/root` for a home
+            // under /root) is a tmpfs holding the root's entries again, and so on down.
             let mut c = Command::new("bwrap");
-            for e in std::fs::read_dir(&root).unwrap().flatten() {
-                let at = Path::new("/").join(e.file_name());
-                if ["/proc", "/dev", "/tmp", "/run"].contains(&at.to_str().unwrap()) {
-                    continue;
-                }
-                match std::fs::read_link(e.path()) {
-                    Ok(link) => c.arg("--symlink").arg(link).arg(&at),
-                    Err(_) => c.arg("--ro-bind").arg(e.path()).arg(&at),
-                };
-            }
-            c.arg("--ro-bind").arg(&sysroot).arg(&sysroot);
             let dir = dir.canonicalize().unwrap();
+            let placed = [sysroot.clone(), dir.clone()];
+            fn place(c: &mut Command, root: &Path, at: &Path, placed: &[PathBuf]) {
+                let here = root.join(at.strip_prefix("/").unwrap());
+                for e in std::fs::read_dir(&here).unwrap().flatten() {
+                    let to = at.join(e.file_name());
+                    if ["/proc", "/dev", "/tmp", "/run"].contains(&to.to_str().unwrap()) {
+                        continue;
+                    }
+                    let kind = e.file_type().unwrap();
+                    if kind.is_symlink() {
+                        c.arg("--symlink")
+                            .arg(std::fs::read_link(e.path()).unwrap())
+                            .arg(&to);
+                    } else if kind.is_dir() && placed.iter().any(|p| p.starts_with(&to)) {
+                        c.arg("--tmpfs").arg(&to);
+                        place(c, root, &to, placed);
+                    } else {
+                        c.arg("--ro-bind").arg(e.path()).arg(&to);
+                    }
+                }
+            }
+            place(&mut c, &root, Path::new("/"), &placed);
+            c.arg("--ro-bind").arg(&sysroot).arg(&sysroot);
             c.arg("--bind").arg(&dir).arg(&dir);
             c.args(["--proc", "/proc", "--dev", "/dev", "make"]);
             c
