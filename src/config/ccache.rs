@@ -104,7 +104,11 @@ impl CompilerCache {
         let path = dir.join("kmx-ccache");
         if std::fs::read_to_string(&path).ok().as_deref() != Some(script.as_str()) {
             use std::os::unix::fs::PermissionsExt;
-            let tmp = dir.join(format!(".kmx-ccache.{}", std::process::id()));
+            // Cells of one module run at once: each writes its own temporary file, and
+            // the renames of identical scripts race harmlessly.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = dir.join(format!(".kmx-ccache.{}.{n}", std::process::id()));
             std::fs::write(&tmp, &script)?;
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
             std::fs::rename(&tmp, &path)?;

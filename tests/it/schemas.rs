@@ -165,20 +165,14 @@ fn real_json_outputs_validate_against_their_schemas() {
     assert_eq!(again["action"], "unchanged", "{again}");
     assert_valid("status", &k.run(&["status", "--json"]).ok().json());
     let (arm64, _, _) = k.tree_of("arm64");
-    let rootfs = k.dir().join("rootfs");
-    std::fs::create_dir_all(rootfs.join("lib/modules").join(&arm64)).unwrap();
     let installed = k
-        .run(&[
-            "install",
+        .install_into_with(
             "hello",
-            "-t",
             "arm64",
-            "-k",
             &arm64,
-            "--root",
-            rootfs.to_str().unwrap(),
-            "--json",
-        ])
+            &k.dir().join("rootfs"),
+            &["--json"],
+        )
         .ok()
         .json();
     assert_valid("install", &installed);

@@ -274,12 +274,26 @@ impl Kmx {
 
     /// `kmx install MODULE -t TARGET -k RELEASE --root ROOT`, ROOT made first.
     pub fn install_into(&self, module: &str, target: &str, release: &str, root: &Path) -> Run {
+        self.install_into_with(module, target, release, root, &[])
+    }
+
+    /// [`Kmx::install_into`] with more arguments (`--json`, ...).
+    pub fn install_into_with(
+        &self,
+        module: &str,
+        target: &str,
+        release: &str,
+        root: &Path,
+        more: &[&str],
+    ) -> Run {
         // An image that runs that kernel: kmx never creates a kernel's directory in a root.
         std::fs::create_dir_all(root.join("lib/modules").join(release)).unwrap();
         let root = root.to_str().unwrap();
-        self.run(&[
+        let mut args = vec![
             "install", module, "-t", target, "-k", release, "--root", root,
-        ])
+        ];
+        args.extend_from_slice(more);
+        self.run(&args)
     }
 
     /// Forget the kernel images of every tree (as after a `kmx kernels fetch` without
@@ -661,4 +675,14 @@ pub fn run_bench(script: &str, args: &[&str], envs: &[(&str, &std::ffi::OsStr)])
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// Whether ccache is installed (kmx's compiler cache uses it); says SKIPPED (or fails under
+/// KMX_TEST_HOME) when not.
+pub fn has_ccache() -> bool {
+    let found = which::which("ccache").is_ok();
+    if !found {
+        skip_or_fail("ccache is not installed: `./dev setup` installs it");
+    }
+    found
 }
