@@ -205,6 +205,17 @@ fn render_text(reports: &[TargetReport]) -> String {
                 );
             }
         }
+        if let Some(first) = &r.first_boot {
+            let log = first
+                .console_log
+                .as_ref()
+                .map(|p| format!(" (console log: {})", p.display()))
+                .unwrap_or_default();
+            say!(
+                "  note: booted a second time: on the first boot, {}{log}",
+                first.message
+            );
+        }
         if let Some(hint) = r.hint.as_deref().filter(|h| !hinted.contains(h)) {
             say!("  hint: {hint}");
             hinted.push(hint);
@@ -294,6 +305,8 @@ mod tests {
             hint: None,
             seconds: 8.04,
             console_log: None,
+            first_boot: None,
+            hung_before_init: false,
             modules: Vec::new(),
         }
     }
@@ -358,6 +371,24 @@ mod tests {
              loaded   hello\n           \
              | hello: loading out-of-tree module taints kernel.\n\
              1 loaded, 0 refused, 0 crashed, 2 not run; 2 kernels not booted (2 harness failed)\n"
+        );
+    }
+
+    #[test]
+    fn a_second_boot_says_how_the_first_one_failed() {
+        let mut r = target("rpi", Status::Booted, None);
+        r.first_boot = Some(crate::smoke::FirstBoot {
+            message: "the kernel did not reach /init within 120 s".into(),
+            console_log: Some("/h/smoke/rpi-6.1.0-57-rpi.first-boot.console.log".into()),
+        });
+        r.modules.push(module(Outcome::Loaded, None, &[]));
+        assert_eq!(
+            render_text(&[r]),
+            "rpi      6.1.0-57-rpi           booted in 8.0 s\n  \
+             note: booted a second time: on the first boot, the kernel did not reach /init \
+             within 120 s (console log: /h/smoke/rpi-6.1.0-57-rpi.first-boot.console.log)\n  \
+             loaded   hello\n\
+             1 loaded, 0 refused, 0 crashed, 0 not run\n"
         );
     }
 }

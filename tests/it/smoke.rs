@@ -427,6 +427,61 @@ fn target_without_boot_table_is_not_configured_not_failed() {
     );
 }
 
+/// A real kernel that stalls before kmx's `/init` without a word (the kernel runs busybox
+/// `sleep` as its init, after `--` on its command line) is booted a second time, and the
+/// report says how the first boot ended; the same profile without the stall boots once.
+#[test]
+fn a_kernel_that_stalls_before_init_is_booted_a_second_time_and_the_report_says_so() {
+    let Some(k) = with_images() else { return };
+    let b = built(&k);
+    let arm64 = &b.dirs.iter().find(|(t, _)| t == "arm64").unwrap().1;
+    let ko = arm64.join("hello.ko");
+    let shipped = std::fs::read_to_string(repo().join("targets/arm64.toml")).unwrap();
+    assert!(
+        !shipped.contains("append"),
+        "the test adds its own append line"
+    );
+    let smoke_with = |name: &str, append: &str| {
+        let cfg = k.dir().join(name);
+        write(
+            &cfg.join("targets/arm64.toml"),
+            &format!("{shipped}append = \"{append}\"\n"),
+        );
+        run_booting(
+            &k,
+            &[
+                "--config-dir",
+                cfg.to_str().unwrap(),
+                "smoke",
+                "--json",
+                "--timeout",
+                "20",
+                ko.to_str().unwrap(),
+            ],
+        )
+    };
+    // loglevel=7: the kernel's own lines show it started (quiet would hide them).
+    let stalled = smoke_with("stall", "loglevel=7 rdinit=/bin/busybox -- sleep 600").expect(4);
+    let t = &stalled.json()["boots"][0];
+    assert_eq!(t["status"], "boot-failed", "{t:#}");
+    assert_eq!(
+        t["first_boot"]["message"], "the kernel did not reach /init within 20 s",
+        "{t:#}"
+    );
+    for log in [&t["first_boot"]["console_log"], &t["console_log"]] {
+        let text = std::fs::read_to_string(log.as_str().unwrap()).unwrap();
+        assert!(text.contains("Run /bin/busybox as init process"), "{text}");
+    }
+    assert_ne!(t["first_boot"]["console_log"], t["console_log"]);
+    assert_eq!(t["modules"][0]["outcome"], "not-run", "{t:#}");
+
+    let control = smoke_with("no-stall", "loglevel=7").ok();
+    let t = &control.json()["boots"][0];
+    assert_eq!(t["status"], "booted", "{t:#}");
+    assert!(t["first_boot"].is_null(), "{t:#}");
+    assert_eq!(t["modules"][0]["outcome"], "loaded", "{t:#}");
+}
+
 #[test]
 fn module_for_an_unknown_kernel_says_which_release_and_what_to_do() {
     let Some(k) = with_images() else { return };
