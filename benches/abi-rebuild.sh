@@ -10,7 +10,8 @@
 #
 # Prints, per run, the CPU seconds of every process it started (from a cgroup: kmx's build
 # steps run under bubblewrap, whose monitor does not reap its PID namespace's init, so no
-# rusage sees them) and its wall time; the compiler cache's hits and misses of the rebuilds;
+# rusage sees them) and its wall time; the compiler cache's hits and misses of the rebuilds,
+# and the translation units it served (from ccache's per-call stats_log);
 # and whether every module of the warm build of the second ABI is byte-identical to the
 # cold one's.
 #
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
     --targets) targets=$2; shift 2 ;;
     --packages) subset=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
