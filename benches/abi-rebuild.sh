@@ -10,7 +10,8 @@
 #
 # Prints, per run, the CPU seconds of every process it started (from a cgroup: kmx's build
 # steps run under bubblewrap, whose monitor does not reap its PID namespace's init, so no
-# rusage sees them) and its wall time; the compiler cache's hits and misses of the rebuilds;
+# rusage sees them) and its wall time; the compiler cache's hits and misses of the rebuilds,
+# and the translation units it served (from ccache's per-call stats_log);
 # and whether every module of the warm build of the second ABI is byte-identical to the
 # cold one's.
 #
@@ -123,7 +124,12 @@ ccstats() {
   local hit=0 miss=0 d
   for d in "$home"/cache/ccache/*/; do
     [ -d "$d" ] || continue
-    if [ "${1:-}" = -z ]; then CCACHE_DIR=$d ccache -z >/dev/null; continue; fi
+    if [ "${1:-}" = -z ]; then
+      # and log each call's input and result (ccache's stats_log: a line each, read by units)
+      CCACHE_DIR=$d ccache -z >/dev/null
+      rm -f "$d/calls.log" && printf 'stats_log = %s\n' "$d/calls.log" >"$d/ccache.conf"
+      continue
+    fi
     read -r h m < <(CCACHE_DIR=$d ccache --print-stats | awk -F'\t' '
       $1 ~ /^(direct|preprocessed)_cache_hit$/ { h += $2 } $1 == "cache_miss" { m = $2 }
       END { print h + 0, m + 0 }')
@@ -132,10 +138,16 @@ ccstats() {
   [ "${1:-}" = -z ] || echo "$hit $miss"
 }
 
-# The translation units (every .c and .mod.c kbuild compiled: its "CC [M]" lines) of a run.
+# The compiles of the module's files since ccstats -z, and how many were hits: "UNITS HITS",
+# from the calls ccache logged: each compile is a hit or a miss (kbuild's compiler probes,
+# compiles of /dev/null or in its .tmp_ directories, left out; so are calls ccache does not
+# cache: preprocessing only, a failed compile).
 units() {
-  python3 -c 'import json, sys; [print(c["log"]) for c in json.load(open(sys.argv[1]))["cells"] if c.get("log")]' \
-    "$work/run/$1.json" | xargs cat | grep -c '^ *CC \[M\] ' || true
+  cat "$home"/cache/ccache/*/calls.log 2>/dev/null | awk '
+    /^# / { f = substr($0, 3); unit = (f != "" && f != "/dev/null" && f !~ /\/\.tmp_/); next }
+    unit && /^(direct_|preprocessed_)cache_hit$/ { n++; h++ }
+    unit && /^cache_miss$/ { n++ }
+    END { print n + 0, h + 0 }'
 }
 
 build() {
@@ -154,21 +166,21 @@ build cold-from "$from, compiler cache empty:" "${k_from[@]}"
 ccstats -z
 build warm-to "$to, compiler cache warm from $from:" "${k_to[@]}"
 read -r hit_to miss_to < <(ccstats)
+read -r tu_to tuhit_to < <(units)
 build cold-to "$to, no compiler cache (cold):" "${k_to[@]}" --no-compiler-cache
 ccstats -z
 build again-to "$to again (--force), cache warm:" "${k_to[@]}" --force
 read -r hit_again miss_again < <(ccstats)
+read -r tu_again tuhit_again < <(units)
 
 # Hits beyond the translation units' reuse are kbuild's compiler probes (cc-option and the
 # like, compiles of /dev/null).
 rate() {
-  local run=$1 hit=$2 miss=$3 tu
-  tu=$(units "$run")
-  python3 -c "h, m, tu = $hit, $miss, $tu
-print(f'{h} hits / {h + m} calls ({100 * h / max(h + m, 1):.1f}%); translation units: {tu}, from the cache: {max(tu - m, 0)} ({100 * max(tu - m, 0) / max(tu, 1):.1f}%)')"
+  python3 -c "h, m, tu, th = $1, $2, $3, $4
+print(f'{h} hits / {h + m} calls ({100 * h / max(h + m, 1):.1f}%); translation units: {tu}, from the cache: {th} ({100 * th / max(tu, 1):.1f}%)')"
 }
-echo "compiler cache, $to after $from: $(rate warm-to "$hit_to" "$miss_to")"
-echo "compiler cache, $to again: $(rate again-to "$hit_again" "$miss_again")"
+echo "compiler cache, $to after $from: $(rate "$hit_to" "$miss_to" "$tu_to" "$tuhit_to")"
+echo "compiler cache, $to again: $(rate "$hit_again" "$miss_again" "$tu_again" "$tuhit_again")"
 read -r c_warm _ <"$work/run/warm-to.cpu"
 read -r c_cold _ <"$work/run/cold-to.cpu"
 read -r c_again _ <"$work/run/again-to.cpu"

@@ -14,12 +14,16 @@
 //! CPU seconds from a cgroup), preprocessor mode costs 28-47% more CPU than no cache on a
 //! cold build (ccache runs the preprocessor, then the compiler on the source) and a warm
 //! rebuild still takes 45% of a cold one; depend mode costs nothing measurable cold and a
-//! warm rebuild takes 13%. Neither reuses an object across two ABIs of a kernel series: the
-//! preprocessed text names every header by its path in the tree
-//! (`linux-headers-6.1.0-50-common/...`), and so does the debug information the linker hashes
-//! into the module's build ID, so an object of another ABI would not give a cold build's
-//! bytes. What it reuses: the same source for the same tree again (a cell rebuilt with
-//! `--force`, or after the build cache let it go), and kbuild's compiler probes (`cc-option` on `/dev/null`).
+//! warm rebuild takes 13%. No cache reuses a compilation across two ABIs of a Debian kernel
+//! series, in either mode: a new ABI is a new upstream stable release (6.1.0-50 is 6.1.176,
+//! 6.1.0-57 6.1.192), and headers every translation unit reads change between them
+//! (`compiler_attributes.h`, which kbuild's `-include compiler_types.h` puts in every unit,
+//! `list.h`, the tree's `autoconf.h`). With both trees shown at the same ABI-free paths,
+//! `benches/abi-reuse.sh` finds no unit of the example or the corpus whose preprocessed text
+//! is the same for both ABIs, so kmx leaves the trees at their paths (the debug information
+//! names `/usr/src/linux-headers-<abi>-common/...`, as a DKMS build's does). What it reuses:
+//! the same source for the same tree again (a cell rebuilt with `--force`, or after the build
+//! cache let it go), and kbuild's compiler probes (`cc-option` on `/dev/null`).
 //!
 //! The bytes do not change: ccache's `base_dir` would rewrite the kernel tree's `-I` and
 //! `-include` paths to relative ones, so that `-fmacro-prefix-map` no longer applies and
