@@ -306,11 +306,6 @@ fn check_set(
         .build()
         .map_err(|e| Error::env(format!("cannot start worker threads: {e}")))?;
 
-    // Build Module.symvers files given or found next to the modules: out-of-tree CRCs.
-    let mut others = Others::default();
-    for file in found_symvers.iter().chain(&args.symvers) {
-        others.add_symvers(&Symvers::load(file)?);
-    }
     // Each tree's trusted keys are read once, by the first signed module that needs them.
     let keys: Vec<OnceLock<std::result::Result<Keyring, String>>> =
         trees.trees.iter().map(|_| OnceLock::new()).collect();
@@ -346,7 +341,7 @@ fn check_set(
             if e.needs_others {
                 again.push(i);
             }
-            exports.push(e);
+            exports.push((i, e));
         }
         reports.push(report);
     }
@@ -354,14 +349,21 @@ fn check_set(
     // again, now that every module's exports are known. The index of those exports is
     // built only then: over a whole distribution tree, whose Module.symvers lists every
     // in-tree module's exports, no module needs it.
+    let others = if again.is_empty() {
+        OthersByKernel::default()
+    } else {
+        OthersByKernel::index(&exports, &found_symvers, &args.symvers)?
+    };
     if !again.is_empty() {
-        for e in &exports {
-            others.add_module(&e.name, &e.exported);
-        }
         let second: Vec<(usize, ModuleReport)> = pool.install(|| {
             again
                 .par_iter()
-                .map(|&i| (i, ctx.check(&files[i], &others).0))
+                .map(|&i| {
+                    (
+                        i,
+                        ctx.check(&files[i], others.of(exports_of(&exports, i))).0,
+                    )
+                })
                 .collect()
         });
         for (i, report) in second {
@@ -539,9 +541,91 @@ fn choose_tree(
 struct Exports {
     name: String,
     exported: Vec<String>,
+    /// The directory the module is in (a build's `Module.symvers` there is its CRCs).
+    dir: PathBuf,
+    /// The tree (index into the run's trees) it was checked against: its exports count
+    /// only for modules checked against the same kernel. A module built for 6.1.0-50 and
+    /// one built for 6.1.0-57 both export `foo`, each with its own CRC.
+    tree: Option<usize>,
     /// The module uses a symbol or names a dependency the kernel does not provide: check it
     /// again once the other modules' exports are known.
     needs_others: bool,
+}
+
+/// The exports of the run's other modules, one index per kernel tree they were checked
+/// against: what the modules built for one kernel export, with the CRCs of the build
+/// `Module.symvers` beside them, and those of `--symvers` for every kernel.
+#[derive(Default)]
+struct OthersByKernel {
+    by_tree: std::collections::HashMap<Option<usize>, Others>,
+    none: Others,
+}
+
+impl OthersByKernel {
+    fn index(
+        exports: &[(usize, Exports)],
+        found_symvers: &[PathBuf],
+        given_symvers: &[PathBuf],
+    ) -> Result<OthersByKernel> {
+        let mut index = OthersByKernel::default();
+        let mut all: Vec<Option<usize>> = exports.iter().map(|(_, e)| e.tree).collect();
+        all.sort();
+        all.dedup();
+        // Later CRCs win: a build's Module.symvers, then `--symvers`; a module's own
+        // exports only add what neither gave.
+        for file in found_symvers {
+            let symvers = Symvers::load(file)?;
+            let dir = file.parent().unwrap_or(Path::new(""));
+            // A build's Module.symvers belongs to the kernel of the modules beside it; of
+            // a directory without modules, to every kernel.
+            let mut trees: Vec<Option<usize>> = exports
+                .iter()
+                .filter(|(_, e)| e.dir == dir)
+                .map(|(_, e)| e.tree)
+                .collect();
+            trees.dedup();
+            if trees.is_empty() {
+                trees.clone_from(&all);
+                index.none.add_symvers(&symvers);
+            }
+            for tree in trees {
+                index.by_tree.entry(tree).or_default().add_symvers(&symvers);
+            }
+        }
+        for file in given_symvers {
+            let symvers = Symvers::load(file)?;
+            index.none.add_symvers(&symvers);
+            for tree in &all {
+                index
+                    .by_tree
+                    .entry(*tree)
+                    .or_default()
+                    .add_symvers(&symvers);
+            }
+        }
+        for (_, e) in exports {
+            index
+                .by_tree
+                .entry(e.tree)
+                .or_default()
+                .add_module(&e.name, &e.exported);
+        }
+        Ok(index)
+    }
+
+    /// The index for the kernel module `e` was checked against.
+    fn of(&self, e: Option<&Exports>) -> &Others {
+        e.and_then(|e| self.by_tree.get(&e.tree))
+            .unwrap_or(&self.none)
+    }
+}
+
+/// The exports pass 1 kept of file `i`.
+fn exports_of(exports: &[(usize, Exports)], i: usize) -> Option<&Exports> {
+    exports
+        .binary_search_by_key(&i, |(j, _)| *j)
+        .ok()
+        .map(|k| &exports[k].1)
 }
 
 /// Everything a worker needs to check one module; shared read-only by every thread.
@@ -639,6 +723,7 @@ impl Pass<'_> {
             }
         };
         let mut kernel = None;
+        let mut chosen = None;
         let checks = match choose_tree(self.trees, module_release(&module), self.target) {
             Err(why) => {
                 let mut c: Vec<Check> = self
@@ -650,6 +735,7 @@ impl Pass<'_> {
                 c
             }
             Ok(choice) => {
+                chosen = choice;
                 let mut load_failed = None;
                 if let Some(i) = choice {
                     let tree = &self.trees.trees[i];
@@ -683,6 +769,8 @@ impl Pass<'_> {
         };
         let name = module_name(&module, path);
         let exports = Exports {
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            tree: chosen,
             needs_others: kernel.is_some_and(|k| checks::needs_others(&module, k)),
             name: name.clone(),
             exported: std::mem::take(&mut module.exported),

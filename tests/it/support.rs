@@ -318,6 +318,20 @@ impl Kmx {
             .to_string()
     }
 
+    /// Every release of `target` this home knows whose release starts with `prefix` (`6.1.`:
+    /// Debian 12's point release and its security kernel), as fetched.
+    pub fn releases_of(&self, target: &str, prefix: &str) -> Vec<String> {
+        fetched_registry(&self.home)["trees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["target"] == target)
+            .filter_map(|t| t["release"].as_str())
+            .filter(|r| r.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The kernel ABI of this home's trees of the four `TARGETS` (`6.1.0-50`: the release
     /// without its flavour), as fetched.
     pub fn abi(&self) -> String {
