@@ -225,6 +225,13 @@ pub fn fetch(
     Ok(result)
 }
 
+/// A (target, kernel series) of a fetch: `("rpi", "6.12+deb13")`.
+pub type SeriesKey = (String, String);
+
+/// How [`resolve`] tries one (source, ABI) for some wants (indices into `req.wants`).
+pub type Attempt<'a, T> =
+    dyn FnMut(&str, &[usize], &mut dyn FnMut(&str)) -> Result<Vec<Outcome<T>>> + 'a;
+
 /// An ABI a target's kernel series can take, from the source of `req.wants[want]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -234,8 +241,8 @@ pub struct Candidate {
 
 /// Each (target, series)'s candidates in the order they are tried: the newest ABI first; of
 /// one ABI in two sources, the source listed first (its want comes first).
-pub fn rank(found: Vec<(String, Candidate)>) -> BTreeMap<(String, String), Vec<Candidate>> {
-    let mut ranked: BTreeMap<(String, String), Vec<Candidate>> = BTreeMap::new();
+pub fn rank(found: Vec<(String, Candidate)>) -> BTreeMap<SeriesKey, Vec<Candidate>> {
+    let mut ranked: BTreeMap<SeriesKey, Vec<Candidate>> = BTreeMap::new();
     for (target, c) in found {
         ranked
             .entry((target, abi_series(&c.abi)))
@@ -270,16 +277,16 @@ pub enum Outcome<T> {
 /// A series whose every candidate failed is said, and left without a tree; any other
 /// failure of `attempt` ends the fetch.
 pub fn resolve<T>(
-    mut ranked: BTreeMap<(String, String), Vec<Candidate>>,
+    mut ranked: BTreeMap<SeriesKey, Vec<Candidate>>,
     line: &dyn Fn(usize) -> String,
     label: &dyn Fn(usize) -> String,
-    attempt: &mut dyn FnMut(&str, &[usize], &mut dyn FnMut(&str)) -> Result<Vec<Outcome<T>>>,
+    attempt: &mut Attempt<T>,
     say: &mut dyn FnMut(&str),
 ) -> Result<Vec<T>> {
     let mut got = Vec::new();
     loop {
         // (source, ABI) -> the (target, series) keys whose head candidate it is.
-        let mut round: BTreeMap<(String, String), Vec<((String, String), usize)>> = BTreeMap::new();
+        let mut round: BTreeMap<(String, String), Vec<(SeriesKey, usize)>> = BTreeMap::new();
         for (key, cands) in &ranked {
             if let Some(c) = cands.first() {
                 round
@@ -1048,12 +1055,13 @@ mod tests {
         assert_eq!(ranked.len(), 3);
     }
 
+    /// What each (target, series) got (want, ABI), what was said, and the (ABI, wants) tried.
+    type Resolved = (Vec<(usize, String)>, Vec<String>, Vec<(String, Vec<usize>)>);
+
     /// Runs [`resolve`] over the trixie candidates with an archive that does not serve the
     /// (ABI, want) pairs in `withheld`: what each (target, series) got, what was said, and
     /// the groups tried.
-    fn resolve_with(
-        withheld: &[(&str, usize)],
-    ) -> (Vec<(usize, String)>, Vec<String>, Vec<(String, Vec<usize>)>) {
+    fn resolve_with(withheld: &[(&str, usize)]) -> Resolved {
         let line =
             |i: usize| ["trixie", "trixie-security", "trixie-security", "bookworm"][i].to_string();
         let label = |i: usize| format!("debian {}", line(i));
