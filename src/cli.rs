@@ -348,8 +348,9 @@ pub enum PackageFormat {
 pub enum KernelsCmd {
     /// Download prepared kernel build trees (linux-headers packages) for targets from the
     /// apt archives their profiles name ([[kernels.source]]: bookworm, bookworm-security,
-    /// bookworm-backports, and trixie and trixie-security for amd64, arm64 and armhf), for
-    /// each kernel series the newest ABI any of a target's sources has (older ABIs stay until
+    /// bookworm-backports, and trixie and trixie-security for amd64, arm64, armhf and rpi), for
+    /// each kernel series the newest ABI any of a target's sources has whose packages download
+    /// (an ABI the archive does not serve is skipped, and said; older ABIs stay until
     /// pruned), with a private apt state: the system's dpkg configuration is never changed. A
     /// tree whose compiler this machine lacks (trixie's gcc-14) gets a toolchain root
     /// assembled from its distribution's packages in HOME/toolchains (about 70 MB of

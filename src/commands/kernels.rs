@@ -53,6 +53,7 @@ pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
         wants,
         abi: args.abi.clone(),
         refresh: args.refresh,
+        with_image: args.with_image,
     };
     let trees = fetch::fetch(&ctx.home, &req, &mut |line| eprintln!("{line}"))?;
     let mut registry = Registry::load(&ctx.home)?;

@@ -242,6 +242,31 @@ impl Apt {
             e.hint("check the network and the archive; `kmx kernels fetch --refresh` updates the package lists")
         })
     }
+    /// `apt-get download pkgs` into `dir`, telling the packages the archive did not serve
+    /// (HTTP 404 or 410, or a file that does not match its index: the index names a file the
+    /// pool lacks) from a failure to reach the archive at all. Returns each package not
+    /// served with what the archive answered; any other failure is an error.
+    pub fn download_served(&self, pkgs: &[String], dir: &Path) -> Result<Vec<(String, String)>> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        let mut cmd = self.cmd("apt-get");
+        cmd.args(["-q", "download"]).args(pkgs).current_dir(dir);
+        let out = cmd.output().map_err(|e| process::spawn_error(&cmd, e))?;
+        if out.status.success() {
+            return Ok(Vec::new());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match not_served(&stderr) {
+            Some(missing) => Ok(missing),
+            None => Err(Error::env(format!(
+                "`{}` failed: {}",
+                process::display_args(&cmd),
+                process::describe_status(out.status)
+            ))
+            .caused_by(process::tail(&out.stderr, 4))
+            .hint("check the network and the archive; `kmx kernels fetch --refresh` updates the package lists")),
+        }
+    }
+
     /// Download `pkgs` and everything they depend on into `dir`: `apt-get install
     /// --download-only` against the state's empty dpkg status resolves the whole closure
     /// (no recommends), and nothing is installed.
@@ -263,6 +288,34 @@ impl Apt {
             e.hint("check the network and the archive; `kmx kernels fetch --refresh` updates the package lists")
         })
     }
+}
+
+/// The packages apt's `E: Failed to fetch <url>  <answer>` lines name, with the answer, when
+/// every failure is the archive's answer for one file (not found, gone, or not the file its
+/// index describes); `None` when apt failed otherwise (no network, a refused connection,
+/// no failure line at all).
+pub fn not_served(stderr: &str) -> Option<Vec<(String, String)>> {
+    let mut missing = Vec::new();
+    for line in stderr.lines().filter(|l| l.starts_with("E: ")) {
+        let rest = line.strip_prefix("E: Failed to fetch ")?;
+        let (url, answer) = rest.split_once(char::is_whitespace)?;
+        let answer = answer.split(" [IP:").next().unwrap_or("").trim();
+        let answer = answer.split_whitespace().collect::<Vec<_>>().join(" ");
+        let archive_said = ["404 ", "410 "].iter().any(|c| answer.starts_with(c))
+            || answer.starts_with("Hash Sum mismatch")
+            || answer.starts_with("File has unexpected size");
+        if !archive_said {
+            return None;
+        }
+        let file = url
+            .rsplit('/')
+            .next()?
+            .replace("%2b", "+")
+            .replace("%2B", "+");
+        let package = file.split('_').next()?.to_string();
+        missing.push((package, answer));
+    }
+    (!missing.is_empty()).then_some(missing)
 }
 
 /// The dpkg architecture of this host (the kbuild host tools must run here).
@@ -341,6 +394,33 @@ pub(crate) fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_the_archive_did_not_serve_are_told_from_a_network_failure() {
+        // apt-get download's stderr on this mirror (2026-12-07), one file found, two not.
+        let err = "E: Failed to fetch http://deb.debian.org/debian-security/pool/updates/main/l/linux/linux-headers-6.12.117%2bdeb13-rpi_6.12.117-1_armel.deb  404  Not Found [IP: 203.0.113.80 80]\n\
+                   E: Failed to fetch http://deb.debian.org/debian-security/pool/updates/main/l/linux/linux-image-6.12.116%2Bdeb13-rpi_6.12.116-1_armel.deb  Hash Sum mismatch\n";
+        assert_eq!(
+            not_served(err).unwrap(),
+            [
+                (
+                    "linux-headers-6.12.117+deb13-rpi".to_string(),
+                    "404 Not Found".to_string()
+                ),
+                (
+                    "linux-image-6.12.116+deb13-rpi".to_string(),
+                    "Hash Sum mismatch".to_string()
+                )
+            ]
+        );
+        // No archive answered: not a reason to take an older ABI.
+        let down = "E: Failed to fetch http://deb.debian.org/debian/pool/main/l/linux/linux-kbuild-6.1_6.1.176-1_amd64.deb  Could not connect to deb.debian.org:80 (203.0.113.80), connection timed out\n";
+        assert_eq!(not_served(down), None);
+        // One file missing and the network lost for another: an error, not a fallback.
+        assert_eq!(not_served(&format!("{err}{down}")), None);
+        assert_eq!(not_served("E: Unable to locate package x\n"), None);
+        assert_eq!(not_served(""), None);
+    }
 
     #[test]
     fn dependencies_are_read_from_the_right_stanza() {

@@ -48,6 +48,9 @@ pub struct FetchRequest {
     pub abi: Option<String>,
     /// Refresh the package lists even if they are recent.
     pub refresh: bool,
+    /// The trees' kernel images are wanted too (`--with-image`): an ABI whose image does not
+    /// download is passed over like one whose headers do not.
+    pub with_image: bool,
 }
 
 /// A tree that is now on disk, ready to be inspected and registered.
@@ -106,26 +109,27 @@ pub fn sysroot_of(home: &Home, source: &KernelSource, abi: &str) -> PathBuf {
 }
 
 /// Fetch (or find already fetched) trees for every requested (target, source). `say`
-/// receives progress lines. A source without a tree for a target is said, not an error; a
-/// target that gets no tree from any of its sources is an error.
+/// receives progress lines. A source without a tree for a target is said, not an error; so
+/// is an ABI whose packages the archive does not serve (its index names files its pool
+/// lacks, as a mirror between two syncs does): the target takes the next newest ABI of that
+/// series that downloads ([`resolve`]). A target that gets no tree from any of its sources
+/// is an error.
 pub fn fetch(
     home: &Home,
     req: &FetchRequest,
     say: &mut dyn FnMut(&str),
 ) -> Result<Vec<FetchedTree>> {
-    let mut groups: BTreeMap<String, Vec<&Want>> = BTreeMap::new();
-    for w in &req.wants {
-        groups.entry(w.source.apt_line()).or_default().push(w);
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, w) in req.wants.iter().enumerate() {
+        groups.entry(w.source.apt_line()).or_default().push(i);
     }
     let mut result: Vec<FetchedTree> = Vec::new();
     let mut lock = None;
-    // Every source's apt state, prepared once; then what each (target, series) takes.
+    // Every source's apt state, prepared once; then the ABIs each (target, series) can take.
     let mut apts: BTreeMap<String, Apt> = BTreeMap::new();
-    // (target, series) -> (ABI, want): the newest ABI of the series across the target's
-    // sources; on a tie the source listed first.
-    let mut chosen: BTreeMap<(String, String), (String, &Want)> = BTreeMap::new();
+    let mut found: Vec<(String, Candidate)> = Vec::new();
     for wants in groups.values() {
-        let source = &wants[0].source;
+        let source = &req.wants[wants[0]].source;
         // A pinned ABI whose trees are all present needs no apt at all. Sources named
         // alike share a sysroot (`debian-<ABI>`): a tree an earlier source gave is not
         // given again under this one's name.
@@ -133,7 +137,7 @@ pub fn fetch(
             let sysroot = sysroot_of(home, source, abi);
             let present: Vec<FetchedTree> = wants
                 .iter()
-                .filter_map(|w| existing(&sysroot, abi, w))
+                .filter_map(|&i| existing(&sysroot, abi, &req.wants[i]))
                 .collect();
             if present.len() == wants.len() {
                 for t in present {
@@ -157,14 +161,15 @@ pub fn fetch(
         let apt = Apt::prepare(home, source, &archs)?;
         apt.update(req.refresh, say)?;
         let names = apt.pkgnames("linux-headers-")?;
-        for w in wants {
+        for &i in wants {
+            let w = &req.wants[i];
             let k = &w.source.kernel;
             let abis = match &req.abi {
                 Some(abi) => apt
                     .show(&[format!("{}:{}", k.headers(abi), k.arch)])?
                     .map(|_| vec![abi.clone()])
                     .unwrap_or_default(),
-                None => newest_abis(&apt, &names, k)?,
+                None => indexed_abis(&apt, &names, k)?,
             };
             // A pinned ABI is looked for in every source: only a target that no source
             // has it for is worth saying (the error below).
@@ -177,32 +182,28 @@ pub fn fetch(
                     k.arch
                 ));
             }
-            for abi in abis {
-                let key = (w.target.clone(), abi_series(&abi));
-                let order = |w: &Want| req.wants.iter().position(|x| std::ptr::eq(x, w));
-                let better = chosen.get(&key).is_none_or(|(a, o)| {
-                    (abi_key(&abi), std::cmp::Reverse(order(w)))
-                        > (abi_key(a), std::cmp::Reverse(order(o)))
-                });
-                if better {
-                    chosen.insert(key, (abi, *w));
-                }
-            }
+            found.extend(
+                abis.into_iter()
+                    .map(|abi| (w.target.clone(), Candidate { abi, want: i })),
+            );
         }
         apts.insert(source.apt_line(), apt);
     }
-    // (source, ABI) -> the wants that take it.
-    let mut by_abi: BTreeMap<(String, String), Vec<&Want>> = BTreeMap::new();
-    for (abi, w) in chosen.into_values() {
-        by_abi
-            .entry((w.source.apt_line(), abi))
-            .or_default()
-            .push(w);
-    }
-    for ((line, abi), wants) in by_abi {
-        say(&format!("{}: kernel ABI {abi}", wants[0].source.label()));
-        result.extend(fetch_abi(home, &apts[&line], &abi, &wants, say)?);
-    }
+    let label = |i: usize| req.wants[i].source.label();
+    let line = |i: usize| req.wants[i].source.apt_line();
+    let fetched = resolve(
+        rank(found),
+        &line,
+        &label,
+        &mut |abi, wants, say| {
+            let wants: Vec<&Want> = wants.iter().map(|&i| &req.wants[i]).collect();
+            say(&format!("{}: kernel ABI {abi}", wants[0].source.label()));
+            let apt = &apts[&wants[0].source.apt_line()];
+            fetch_abi(home, apt, abi, &wants, req.with_image, say)
+        },
+        say,
+    )?;
+    result.extend(fetched);
     let mut without: Vec<&str> = req
         .wants
         .iter()
@@ -216,12 +217,123 @@ pub fn fetch(
             None => "any kernel".into(),
         };
         return Err(Error::env(format!(
-            "no source of {} has {what}",
+            "no source of {} has {what} whose packages download",
             without.join(", ")
         ))
         .hint("`kmx kernels fetch --refresh` updates the package lists; omit --abi to take the newest; the sources are each target's [[kernels.source]] (`kmx targets`)"));
     }
     Ok(result)
+}
+
+/// A (target, kernel series) of a fetch: `("rpi", "6.12+deb13")`.
+pub type SeriesKey = (String, String);
+
+/// How [`resolve`] tries one (source, ABI) for some wants (indices into `req.wants`).
+pub type Attempt<'a, T> =
+    dyn FnMut(&str, &[usize], &mut dyn FnMut(&str)) -> Result<Vec<Outcome<T>>> + 'a;
+
+/// An ABI a target's kernel series can take, from the source of `req.wants[want]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub abi: String,
+    pub want: usize,
+}
+
+/// Each (target, series)'s candidates in the order they are tried: the newest ABI first; of
+/// one ABI in two sources, the source listed first (its want comes first).
+pub fn rank(found: Vec<(String, Candidate)>) -> BTreeMap<SeriesKey, Vec<Candidate>> {
+    let mut ranked: BTreeMap<SeriesKey, Vec<Candidate>> = BTreeMap::new();
+    for (target, c) in found {
+        ranked
+            .entry((target, abi_series(&c.abi)))
+            .or_default()
+            .push(c);
+    }
+    for cands in ranked.values_mut() {
+        cands.sort_by(|a, b| {
+            abi_key(&b.abi)
+                .cmp(&abi_key(&a.abi))
+                .then(a.want.cmp(&b.want))
+        });
+        cands.dedup();
+    }
+    ranked
+}
+
+/// What became of one want's attempt at an ABI.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    /// The tree is there.
+    Got(T),
+    /// The ABI's packages did not download, and why (the archive's answer per file).
+    NotServed(String),
+}
+
+/// Take, for each (target, series), the first of its ranked candidates whose packages
+/// download. Each round tries the head candidate of every (target, series) still open,
+/// grouped by source (`line`) and ABI, with `attempt(abi, wants, say)`; a candidate whose
+/// packages the archive did not serve is said (which target, which ABI of which source, the
+/// archive's answer, and what is tried next) and the next one is tried in the next round.
+/// A series whose every candidate failed is said, and left without a tree; any other
+/// failure of `attempt` ends the fetch.
+pub fn resolve<T>(
+    mut ranked: BTreeMap<SeriesKey, Vec<Candidate>>,
+    line: &dyn Fn(usize) -> String,
+    label: &dyn Fn(usize) -> String,
+    attempt: &mut Attempt<T>,
+    say: &mut dyn FnMut(&str),
+) -> Result<Vec<T>> {
+    let mut got = Vec::new();
+    loop {
+        // (source, ABI) -> the (target, series) keys whose head candidate it is.
+        let mut round: BTreeMap<(String, String), Vec<(SeriesKey, usize)>> = BTreeMap::new();
+        for (key, cands) in &ranked {
+            if let Some(c) = cands.first() {
+                round
+                    .entry((line(c.want), c.abi.clone()))
+                    .or_default()
+                    .push((key.clone(), c.want));
+            }
+        }
+        if round.is_empty() {
+            return Ok(got);
+        }
+        for ((_, abi), members) in round {
+            let wants: Vec<usize> = members.iter().map(|(_, w)| *w).collect();
+            let outcomes = attempt(&abi, &wants, say)?;
+            for ((key, want), outcome) in members.into_iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Got(t) => {
+                        got.push(t);
+                        ranked.remove(&key);
+                    }
+                    Outcome::NotServed(why) => {
+                        let cands = ranked.get_mut(&key).expect("a ranked key");
+                        cands.remove(0);
+                        let next = match cands.first() {
+                            Some(c) => {
+                                format!("taking the next newest, {} from {}", c.abi, label(c.want))
+                            }
+                            None => {
+                                format!(
+                                    "no other ABI of the {} series is left: none fetched",
+                                    key.1
+                                )
+                            }
+                        };
+                        say(&format!(
+                            "{}: skipping kernel ABI {abi} from {}: its packages do not download ({why}); {next}",
+                            key.0,
+                            label(want)
+                        ));
+                        if cands.is_empty() {
+                            ranked.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The kernel series of an ABI: `6.1` of `6.1.0-57`, `6.12+deb12` of `6.12.118+deb12`
@@ -238,17 +350,15 @@ pub fn abi_series(abi: &str) -> String {
     format!("{}{build}", major_minor.join("."))
 }
 
-/// The newest ABI of each kernel series in this source with a headers package for the
-/// flavour and architecture (bookworm-security carries both 6.1 and 6.12).
-fn newest_abis(apt: &Apt, names: &[String], k: &DebianKernel) -> Result<Vec<String>> {
+/// Every ABI of this source with a headers package for the flavour and architecture, newest
+/// first (bookworm-security carries several of both 6.1 and 6.12): [`rank`] orders them with
+/// the other sources' and [`resolve`] takes the first that downloads.
+fn indexed_abis(apt: &Apt, names: &[String], k: &DebianKernel) -> Result<Vec<String>> {
     let mut candidates: Vec<String> = names.iter().filter_map(|n| abi_of(n, &k.flavour)).collect();
     candidates.sort_by_key(|a| std::cmp::Reverse(abi_key(a)));
     candidates.dedup();
     let mut found: Vec<String> = Vec::new();
     for abi in candidates {
-        if found.iter().any(|f| abi_series(f) == abi_series(&abi)) {
-            continue;
-        }
         if apt
             .show(&[format!("{}:{}", k.headers(&abi), k.arch)])?
             .is_some()
@@ -260,26 +370,33 @@ fn newest_abis(apt: &Apt, names: &[String], k: &DebianKernel) -> Result<Vec<Stri
 }
 
 /// Download and unpack one ABI's flavours (with their common part and kbuild tools) into
-/// the source's sysroot for that ABI; trees already there are reused.
+/// the source's sysroot for that ABI; trees already there are reused. Each want's own
+/// packages (its flavour's headers, and with `images` its kernel image, which
+/// [`fetch_boot`] then finds downloaded) are downloaded first: a want whose packages the
+/// archive does not serve is [`Outcome::NotServed`], and costs the others nothing. One
+/// outcome per want, in order.
 fn fetch_abi(
     home: &Home,
     apt: &Apt,
     abi: &str,
     wants: &[&Want],
+    images: bool,
     say: &mut dyn FnMut(&str),
-) -> Result<Vec<FetchedTree>> {
+) -> Result<Vec<Outcome<FetchedTree>>> {
     let source = &wants[0].source;
     let sysroot = sysroot_of(home, source, abi);
-    let mut result = Vec::new();
-    let mut missing: Vec<&Want> = Vec::new();
-    for w in wants {
-        match existing(&sysroot, abi, w) {
-            Some(tree) => result.push(tree),
-            None => missing.push(w),
-        }
-    }
+    let mut outcomes: Vec<Option<Outcome<FetchedTree>>> = wants
+        .iter()
+        .map(|w| existing(&sysroot, abi, w).map(Outcome::Got))
+        .collect();
+    let missing: Vec<&Want> = wants
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| o.is_none())
+        .map(|(w, _)| *w)
+        .collect();
     if missing.is_empty() {
-        return Ok(result);
+        return Ok(outcomes.into_iter().flatten().collect());
     }
     let host = host_debian_arch();
     let flavours: Vec<String> = missing
@@ -299,9 +416,12 @@ fn fetch_abi(
         ))
         .hint("run with --refresh, or pick an ABI that exists (omit --abi to let kmx choose)")
     })?;
-    let mut pkgs = qualified.clone();
+    // What each missing want needs of its own, and what they share.
+    let mut own: Vec<Vec<String>> = Vec::new();
+    let mut shared: Vec<String> = Vec::new();
     let mut versions = BTreeMap::new();
-    for p in &flavours {
+    let mut why_not: Vec<Option<String>> = vec![None; missing.len()];
+    for (j, (w, p)) in missing.iter().zip(&flavours).enumerate() {
         let stanza = apt::stanza(&info, p).unwrap_or("");
         versions.insert(
             p.clone(),
@@ -316,40 +436,138 @@ fn fetch_abi(
             .into_iter()
             .chain(kbuild.into_iter().map(|k| format!("{k}:{host}")))
         {
-            if !pkgs.contains(&dep) {
-                pkgs.push(dep);
+            if !shared.contains(&dep) {
+                shared.push(dep);
             }
         }
+        let mut mine = vec![qualified[j].clone()];
+        if images {
+            let k = &w.source.kernel;
+            match image_package(apt, abi, k)? {
+                Some(image) => mine.push(format!("{image}:{}", k.arch)),
+                None => {
+                    why_not[j] = Some(format!(
+                        "the index has no linux-image-{abi}-{}:{}",
+                        k.flavour, k.arch
+                    ))
+                }
+            }
+        }
+        own.push(mine);
     }
     let debs = apt.dir.join("debs").join(abi);
     // Only this download's packages: an older upload of the same ABI must not be unpacked.
     let _ = std::fs::remove_dir_all(&debs);
+    let theirs: Vec<String> = own
+        .iter()
+        .zip(&why_not)
+        .filter(|(_, why)| why.is_none())
+        .flat_map(|(mine, _)| mine.iter().cloned())
+        .collect();
     say(&format!(
         "Downloading {} packages: {}",
-        pkgs.len(),
-        pkgs.join(" ")
+        theirs.len(),
+        theirs.join(" ")
     ));
-    apt.download(&pkgs, &debs)?;
+    let not_served = apt.download_served(&theirs, &debs)?;
+    let answers = |pkgs: &[String]| -> Option<String> {
+        let bare = |p: &String| p.split(':').next().unwrap_or(p).to_string();
+        let said: Vec<String> = not_served
+            .iter()
+            .filter(|(p, _)| pkgs.iter().any(|q| bare(q) == *p))
+            .map(|(p, answer)| format!("{p}: {answer}"))
+            .collect();
+        (!said.is_empty()).then(|| said.join(", "))
+    };
+    for (j, mine) in own.iter().enumerate() {
+        if why_not[j].is_none() {
+            why_not[j] = answers(mine);
+        }
+    }
+    let served: Vec<usize> = (0..missing.len())
+        .filter(|j| why_not[*j].is_none())
+        .collect();
+    if !served.is_empty() {
+        say(&format!(
+            "Downloading {} packages: {}",
+            shared.len(),
+            shared.join(" ")
+        ));
+        let not_served = apt.download_served(&shared, &debs)?;
+        if let Some(why) = (!not_served.is_empty()).then(|| {
+            let said: Vec<String> = not_served
+                .iter()
+                .map(|(p, answer)| format!("{p}: {answer}"))
+                .collect();
+            said.join(", ")
+        }) {
+            for j in &served {
+                why_not[*j] = Some(why.clone());
+            }
+        } else {
+            // Only the headers are unpacked here (the images wait in `debs` for `fetch_boot`).
+            let headers: Vec<String> = qualified
+                .iter()
+                .chain(&shared)
+                .map(|p| p.split(':').next().unwrap_or(p).to_string())
+                .collect();
+            let theirs: Vec<String> = served.iter().map(|j| flavours[*j].clone()).collect();
+            say("Unpacking");
+            unpack_trees(home, &sysroot, &debs, &headers, &theirs)?;
+        }
+    }
+    let mut fresh = missing
+        .iter()
+        .zip(&flavours)
+        .zip(why_not)
+        .map(|((w, p), why)| match why {
+            Some(why) => Outcome::NotServed(why),
+            None => Outcome::Got(FetchedTree {
+                target: w.target.clone(),
+                origin: format!("{} {p} {}", source.label(), versions[p]),
+                kdir: sysroot.join("usr/src").join(p),
+                new: true,
+                abi: abi.to_string(),
+                sysroot: sysroot.clone(),
+                source: w.source.clone(),
+            }),
+        });
+    for o in outcomes.iter_mut().filter(|o| o.is_none()) {
+        *o = fresh.next();
+    }
+    Ok(outcomes.into_iter().flatten().collect())
+}
 
-    // Unpack everything into a staging dir next to the sysroot, then move trees into place.
+/// Unpack the downloaded `debs` of `packages` into a staging directory next to `sysroot`,
+/// then move the shared parts (kbuild tools, common parts), then each of `flavours`' trees,
+/// into place: a flavour in the sysroot implies what it needs is there.
+fn unpack_trees(
+    home: &Home,
+    sysroot: &Path,
+    debs: &Path,
+    packages: &[String],
+    flavours: &[String],
+) -> Result<()> {
     let trees = home.trees();
     std::fs::create_dir_all(&trees).map_err(|e| Error::io("create directory", &trees, e))?;
     let staging = tempfile::Builder::new()
         .prefix(".staging-")
         .tempdir_in(&trees)
         .map_err(|e| Error::io("create a directory in", &trees, e))?;
-    say("Unpacking");
-    let mut deb_files: Vec<PathBuf> = std::fs::read_dir(&debs)
-        .map_err(|e| Error::io("read directory", &debs, e))?
+    // `<package>_<version>_<arch>.deb`, as apt-get download names them.
+    let mut deb_files: Vec<PathBuf> = std::fs::read_dir(debs)
+        .map_err(|e| Error::io("read directory", debs, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            packages.iter().any(|k| name.split('_').next() == Some(k))
+        })
         .collect();
     deb_files.sort();
     for deb in &deb_files {
         super::apt::dpkg_extract(deb, staging.path())?;
     }
-    // Shared parts first (kbuild tools, common parts), then each flavour: a flavour in the
-    // sysroot implies what it needs is there.
     let mut shared: Vec<PathBuf> = Vec::new();
     for dir in ["usr/lib", "usr/src"] {
         if let Ok(entries) = std::fs::read_dir(staging.path().join(dir)) {
@@ -378,7 +596,7 @@ fn fetch_abi(
         }
         std::fs::rename(&from, &to).map_err(|e| Error::io("move into place", &to, e))?;
     }
-    for (w, p) in missing.iter().zip(&flavours) {
+    for p in flavours {
         let kdir = sysroot.join("usr/src").join(p);
         if !kdir.join("Makefile").exists() {
             return Err(Error::env(format!(
@@ -386,17 +604,8 @@ fn fetch_abi(
                 kdir.display()
             )));
         }
-        result.push(FetchedTree {
-            target: w.target.clone(),
-            origin: format!("{} {p} {}", source.label(), versions[p]),
-            kdir,
-            new: true,
-            abi: abi.to_string(),
-            sysroot: sysroot.clone(),
-            source: w.source.clone(),
-        });
     }
-    Ok(result)
+    Ok(())
 }
 
 fn existing(sysroot: &Path, abi: &str, w: &Want) -> Option<FetchedTree> {
@@ -531,18 +740,7 @@ pub fn fetch_boot(
             };
             let abi = &t.tree.abi;
             let d = &source.kernel;
-            // The signed image is what users run; some architectures (armhf) only have that
-            // name, others also ship `-unsigned` with the same kernel.
-            let signed = format!("linux-image-{abi}-{}", d.flavour);
-            let unsigned = format!("{signed}-unsigned");
-            let mut image_pkg = None;
-            for p in [signed, unsigned] {
-                if apt.show(&[format!("{p}:{}", d.arch)])?.is_some() {
-                    image_pkg = Some(p);
-                    break;
-                }
-            }
-            let image_pkg = image_pkg.ok_or_else(|| {
+            let image_pkg = image_package(apt, abi, d)?.ok_or_else(|| {
                 Error::env(format!(
                     "{} has no linux-image-{abi}-{} package for {}",
                     source.label(),
@@ -571,6 +769,20 @@ pub fn fetch_boot(
             })
         })
         .collect()
+}
+
+/// The image package of an ABI's flavour in the index, if any: the signed image is what users
+/// run; some architectures (armhf) only have that name, others also ship `-unsigned` with the
+/// same kernel.
+fn image_package(apt: &Apt, abi: &str, d: &DebianKernel) -> Result<Option<String>> {
+    let signed = format!("linux-image-{abi}-{}", d.flavour);
+    let unsigned = format!("{signed}-unsigned");
+    for p in [signed, unsigned] {
+        if apt.show(&[format!("{p}:{}", d.arch)])?.is_some() {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
 }
 
 /// A downloaded `pkg:arch` in the source's `debs/<dir>`, downloading it if needed.
@@ -790,6 +1002,180 @@ mod tests {
         assert_eq!(abi_series("6.12.115+deb13.1"), abi_series("6.12.117+deb13"));
         assert_eq!(abi_series("6.6.74+rpt"), "6.6+rpt");
         assert_eq!(abi_series("6.8.0-45"), "6.8");
+    }
+
+    /// The ABIs of the rpi flavour in trixie (want 0) and trixie-security (want 1) as this
+    /// machine's mirror had them on 2026-12-07, and armhf's in trixie-security (want 2).
+    fn trixie_candidates() -> Vec<(String, Candidate)> {
+        let c = |t: &str, abi: &str, want: usize| {
+            (
+                t.to_string(),
+                Candidate {
+                    abi: abi.to_string(),
+                    want,
+                },
+            )
+        };
+        vec![
+            c("rpi", "6.12.117+deb13", 0),
+            c("rpi", "6.12.107+deb13", 0),
+            c("rpi", "6.12.118+deb13", 1),
+            c("rpi", "6.12.117+deb13", 1),
+            c("rpi", "6.12.116+deb13", 1),
+            c("rpi", "6.12.115+deb13.1", 1),
+            c("rpi", "6.12.113+deb13", 1),
+            c("rpi", "6.1.0-50", 3),
+            c("armhf", "6.12.118+deb13", 2),
+        ]
+    }
+
+    #[test]
+    fn candidates_rank_newest_first_and_the_first_listed_source_on_a_tie() {
+        let ranked = rank(trixie_candidates());
+        let order: Vec<(String, usize)> = ranked[&("rpi".to_string(), "6.12+deb13".to_string())]
+            .iter()
+            .map(|c| (c.abi.clone(), c.want))
+            .collect();
+        let want = [
+            ("6.12.118+deb13", 1),
+            ("6.12.117+deb13", 0),
+            ("6.12.117+deb13", 1),
+            ("6.12.116+deb13", 1),
+            ("6.12.115+deb13.1", 1),
+            ("6.12.113+deb13", 1),
+            ("6.12.107+deb13", 0),
+        ];
+        assert_eq!(
+            order,
+            want.map(|(a, w)| (a.to_string(), w)).to_vec(),
+            "{ranked:?}"
+        );
+        // Another series of the same target, and another target, are ranked apart.
+        assert_eq!(ranked[&("rpi".to_string(), "6.1".to_string())].len(), 1);
+        assert_eq!(ranked.len(), 3);
+    }
+
+    /// What each (target, series) got (want, ABI), what was said, and the (ABI, wants) tried.
+    type Resolved = (Vec<(usize, String)>, Vec<String>, Vec<(String, Vec<usize>)>);
+
+    /// Runs [`resolve`] over the trixie candidates with an archive that does not serve the
+    /// (ABI, want) pairs in `withheld`: what each (target, series) got, what was said, and
+    /// the groups tried.
+    fn resolve_with(withheld: &[(&str, usize)]) -> Resolved {
+        let line =
+            |i: usize| ["trixie", "trixie-security", "trixie-security", "bookworm"][i].to_string();
+        let label = |i: usize| format!("debian {}", line(i));
+        let mut tried = Vec::new();
+        let mut said = Vec::new();
+        let got = resolve(
+            rank(trixie_candidates()),
+            &line,
+            &label,
+            &mut |abi, wants, _| {
+                tried.push((abi.to_string(), wants.to_vec()));
+                Ok(wants
+                    .iter()
+                    .map(|&w| {
+                        if withheld.contains(&(abi, w)) {
+                            Outcome::NotServed(format!("linux-headers-{abi}-x: 404 Not Found"))
+                        } else {
+                            Outcome::Got((w, abi.to_string()))
+                        }
+                    })
+                    .collect())
+            },
+            &mut |l| said.push(l.to_string()),
+        )
+        .unwrap();
+        (got, said, tried)
+    }
+
+    #[test]
+    fn an_abi_that_does_not_download_gives_way_to_the_next_newest_and_is_said() {
+        // This mirror: trixie-security's 118, 117, 116 and 115.1 and trixie's 117 of the rpi
+        // flavour 404; armhf's 118, in the same group as rpi's, downloads.
+        let withheld = [
+            ("6.12.118+deb13", 1),
+            ("6.12.117+deb13", 0),
+            ("6.12.117+deb13", 1),
+            ("6.12.116+deb13", 1),
+            ("6.12.115+deb13.1", 1),
+        ];
+        let (mut got, said, tried) = resolve_with(&withheld);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                (1, "6.12.113+deb13".to_string()),
+                (2, "6.12.118+deb13".to_string()),
+                (3, "6.1.0-50".to_string())
+            ]
+        );
+        // rpi and armhf shared one attempt at trixie-security's 118; only rpi moved on.
+        assert!(
+            tried
+                .iter()
+                .any(|(a, w)| a == "6.12.118+deb13" && w.len() == 2),
+            "{tried:?}"
+        );
+        assert_eq!(said.len(), 5, "{said:?}");
+        assert_eq!(
+            said[0],
+            "rpi: skipping kernel ABI 6.12.118+deb13 from debian trixie-security: its packages do not download (linux-headers-6.12.118+deb13-x: 404 Not Found); taking the next newest, 6.12.117+deb13 from debian trixie"
+        );
+        assert!(
+            said[4].contains("6.12.115+deb13.1 from debian trixie-security")
+                && said[4].ends_with(
+                    "taking the next newest, 6.12.113+deb13 from debian trixie-security"
+                ),
+            "{said:?}"
+        );
+        // Nothing older than the ABI taken was tried.
+        assert!(
+            !tried.iter().any(|(a, _)| a == "6.12.107+deb13"),
+            "{tried:?}"
+        );
+    }
+
+    #[test]
+    fn a_series_none_of_whose_abis_downloads_is_said_and_left_out() {
+        let every: Vec<(&str, usize)> = trixie_candidates()
+            .iter()
+            .filter(|(t, c)| t == "rpi" && c.abi.contains("deb13"))
+            .map(|(_, c)| (Box::leak(c.abi.clone().into_boxed_str()) as &str, c.want))
+            .collect();
+        let (mut got, said, _) = resolve_with(&every);
+        got.sort();
+        // The rpi target keeps its 6.1 tree; armhf is not held back by rpi.
+        assert_eq!(
+            got,
+            [
+                (2, "6.12.118+deb13".to_string()),
+                (3, "6.1.0-50".to_string())
+            ]
+        );
+        assert_eq!(said.len(), 7, "{said:?}");
+        assert!(
+            said[6].ends_with("no other ABI of the 6.12+deb13 series is left: none fetched"),
+            "{said:?}"
+        );
+        // With nothing withheld, the newest of each series, and nothing said.
+        let (mut got, said, _) = resolve_with(&[]);
+        got.sort();
+        assert_eq!(got[0], (1, "6.12.118+deb13".to_string()));
+        assert!(said.is_empty(), "{said:?}");
+    }
+
+    #[test]
+    fn a_failure_other_than_the_archives_answer_ends_the_fetch() {
+        let err = resolve::<()>(
+            rank(trixie_candidates()),
+            &|i| i.to_string(),
+            &|i| i.to_string(),
+            &mut |_, _, _| Err(Error::env("no network")),
+            &mut |_| {},
+        );
+        assert!(err.is_err());
     }
 
     #[test]

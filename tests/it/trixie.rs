@@ -1,7 +1,7 @@
 //! Debian 13 (trixie) kernels from this Debian 12 host: their trees call gcc-14, which the
 //! host lacks; `kmx kernels fetch` assembled a toolchain root from trixie's own packages
-//! (under `./dev test`, for amd64 and arm64 among the fetched targets), and a cell of a trixie
-//! tree builds with that root as its view's `/`. Checked against the real things: the
+//! (under `./dev test`, for amd64, arm64 and the Raspberry Pi Zero/1's rpi flavour among the
+//! fetched targets), and a cell of a trixie tree builds with that root as its view's `/`. Checked against the real things: the
 //! compiler identity GCC writes into each `.ko` (`readelf -p .comment`), kmod's vermagic, and
 //! the real trixie kernels booted under QEMU loading the module. A trixie tree without its
 //! root is refused, never built with the host's gcc-12; and a hostile build step in the
@@ -57,14 +57,15 @@ fn comment(ko: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The example built for trixie's amd64 and arm64 kernels carries gcc-14's identity and the
-/// trees' vermagic, passes `kmx verify`, and loads on the real kernels booted under QEMU.
+/// The example built for trixie's amd64, arm64 and rpi (armel, ARMv6) kernels carries
+/// gcc-14's identity and the trees' vermagic, passes `kmx verify`, and loads on the real
+/// kernels booted under QEMU (rpi's on the raspi0 board).
 #[test]
 fn the_example_builds_with_trixies_gcc_14_and_loads_on_trixies_kernels() {
     let Some(k) = Kmx::with_all_trees() else {
         return;
     };
-    let Some(trees) = trixie_trees(&k, &["amd64", "arm64"]) else {
+    let Some(trees) = trixie_trees(&k, &["amd64", "arm64", "rpi"]) else {
         return;
     };
     let out = k.dir().join("out");
@@ -72,7 +73,7 @@ fn the_example_builds_with_trixies_gcc_14_and_loads_on_trixies_kernels() {
         "build".to_string(),
         repo().join("examples/hello").display().to_string(),
         "-t".into(),
-        "amd64,arm64".into(),
+        "amd64,arm64,rpi".into(),
         "--out".into(),
         out.display().to_string(),
     ];
@@ -82,7 +83,7 @@ fn the_example_builds_with_trixies_gcc_14_and_loads_on_trixies_kernels() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let built = k.run(&args).ok();
     assert!(
-        built.stderr().contains("2 built, 0 skipped, 0 failed"),
+        built.stderr().contains("3 built, 0 skipped, 0 failed"),
         "{}",
         built.stderr()
     );
@@ -101,15 +102,23 @@ fn the_example_builds_with_trixies_gcc_14_and_loads_on_trixies_kernels() {
         verified.stderr()
     );
     let smoke = k
-        .run(&["smoke", out.to_str().unwrap(), "-t", "amd64,arm64"])
+        .run(&["smoke", out.to_str().unwrap(), "-t", "amd64,arm64,rpi"])
         .ok();
     let text = format!("{}{}", smoke.stdout(), smoke.stderr());
-    assert!(text.contains("2 loaded, 0 refused"), "{text}");
+    assert!(text.contains("3 loaded, 0 refused"), "{text}");
     assert_eq!(
         text.matches("hello: hello, world (built by kmx)").count(),
-        2,
+        3,
         "{text}"
     );
+    for (target, release, _, _) in &trees {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{target:<8} {release} "))
+                    && l.contains("booted in")),
+            "{target} {release}: {text}"
+        );
+    }
 }
 
 /// A trixie tree without its toolchain root (its sysroot copied, without the link kmx made)
@@ -353,4 +362,222 @@ echo "PAYLOAD-RAN $ctx"
     // The root never changed, whatever ran.
     assert_eq!(std::fs::read(&gcc).unwrap(), gcc_before);
     eprintln!("{}", report.join("\n"));
+}
+
+/// An HTTP relay to Debian's security archive that answers 404 for the files whose names
+/// start with one of `withheld` (as a mirror between two syncs does: its index names files its
+/// pool lacks) and relays every other request; it logs each file asked for with the status
+/// it answered.
+struct Relay {
+    port: u16,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Relay {
+    fn start(upstream: &str, withheld: Vec<String>) -> Relay {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (upstream, logged) = (upstream.to_string(), log.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (upstream, withheld, log) =
+                    (upstream.clone(), withheld.clone(), logged.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(&client);
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut l = String::new();
+                        if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                            break;
+                        }
+                    }
+                    let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let file = path
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or("")
+                        .replace("%2b", "+")
+                        .replace("%2B", "+");
+                    let mut out = &client;
+                    if withheld.iter().any(|w| file.starts_with(w.as_str())) {
+                        log.lock().unwrap().push((file, "404 (withheld)".into()));
+                        let _ = out.write_all(
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                        return;
+                    }
+                    let Ok(mut up) = std::net::TcpStream::connect(format!("{upstream}:80")) else {
+                        return;
+                    };
+                    let _ = write!(
+                        up,
+                        "GET {path} HTTP/1.1\r\nHost: {upstream}\r\nConnection: close\r\n\r\n"
+                    );
+                    let mut up = BufReader::new(up);
+                    let mut status = String::new();
+                    let _ = up.read_line(&mut status);
+                    let mut head = status.clone();
+                    loop {
+                        let mut l = String::new();
+                        if up.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                            break;
+                        }
+                        let name = l.to_ascii_lowercase();
+                        if !name.starts_with("connection:") && !name.starts_with("keep-alive:") {
+                            head.push_str(&l);
+                        }
+                    }
+                    head.push_str("Connection: close\r\n\r\n");
+                    let code = status.split_whitespace().nth(1).unwrap_or("?").to_string();
+                    log.lock().unwrap().push((file, code));
+                    let _ = out.write_all(head.as_bytes());
+                    let mut body = Vec::new();
+                    let _ = up.read_to_end(&mut body);
+                    let _ = out.write_all(&body);
+                });
+            }
+        });
+        Relay { port, log }
+    }
+}
+
+/// An ABI whose packages the archive does not serve gives way to the next newest of its
+/// series that downloads, and kmx says which and why. The rpi target fetches from
+/// trixie-security through a relay that withholds the rpi flavour of every ABI in the index
+/// newer than the trixie rpi tree `./dev test` fetched (the mirror itself may 404 on some of
+/// them: they count the same); that tree is given to this home (hard links, with its
+/// toolchain root), so the fallback costs only the lists and the refused requests. The
+/// fetch must succeed, say a skip with the archive's 404 for each newer ABI (each one the
+/// relay saw asked for and answered 404), and register exactly the fetched tree's ABI.
+#[test]
+fn a_fetch_passes_over_abis_whose_packages_do_not_download() {
+    let Some(fetched) = fetched_home() else {
+        return;
+    };
+    let registry = fetched_registry(&fetched);
+    let Some(tree) = registry["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["target"] == "rpi" && t["abi"].as_str().unwrap_or("").contains("+deb13"))
+        .max_by_key(|t| kmx::kernel::fetch::abi_key(t["abi"].as_str().unwrap()))
+    else {
+        skip_or_fail("no trixie rpi tree: `kmx kernels fetch -t rpi` (./dev test does)");
+        return;
+    };
+    let abi = tree["abi"].as_str().unwrap().to_string();
+    // The index's rpi ABIs, from the fetched home's own trixie-security lists.
+    let state = fetched.join("apt/deb.debian.org_debian-security_trixie-security_main");
+    let names = Command::new("apt-cache")
+        .args(["pkgnames", "linux-headers-"])
+        .env("APT_CONFIG", state.join("apt.conf"))
+        .output()
+        .unwrap();
+    let newer: Vec<String> = String::from_utf8_lossy(&names.stdout)
+        .lines()
+        .filter_map(|n| kmx::kernel::fetch::abi_of(n, "rpi"))
+        .filter(|a| kmx::kernel::fetch::abi_series(a) == kmx::kernel::fetch::abi_series(&abi))
+        .filter(|a| kmx::kernel::fetch::abi_key(a) > kmx::kernel::fetch::abi_key(&abi))
+        .collect();
+    if newer.is_empty() {
+        skip_or_fail(&format!(
+            "{abi} is the newest trixie-security rpi ABI: no newer one to withhold"
+        ));
+        return;
+    }
+    let withheld: Vec<String> = newer
+        .iter()
+        .map(|a| format!("linux-headers-{a}-rpi_"))
+        .collect();
+    let relay = Relay::start("deb.debian.org", withheld);
+    let k = Kmx::empty();
+    for part in [
+        format!("trees/debian-{abi}"),
+        "toolchains/debian-trixie/arm-linux-gnueabi-gcc-14".to_string(),
+    ] {
+        let to = k.home.join(&part);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let st = Command::new("cp")
+            .arg("-al")
+            .arg(fetched.join(&part))
+            .arg(&to)
+            .status()
+            .unwrap();
+        assert!(st.success(), "cp -al {part}");
+    }
+    let conf = k.dir().join("conf");
+    let profile = std::fs::read_to_string(repo().join("targets/rpi.toml")).unwrap();
+    let head = &profile[..profile.find("[[kernels.source]]").unwrap()];
+    let boot = &profile[profile.find("[boot]").unwrap()..];
+    write(
+        &conf.join("targets/rpi.toml"),
+        &format!(
+            "{head}[[kernels.source]]\nurl = \"http://127.0.0.1:{}/debian-security\"\nsuite = \"trixie-security\"\nkeyring = \"/usr/share/keyrings/debian-archive-keyring.gpg\"\nname = \"debian\"\n\n{boot}",
+            relay.port
+        ),
+    );
+    let run = k.run(&[
+        "--config-dir",
+        conf.to_str().unwrap(),
+        "kernels",
+        "fetch",
+        "-t",
+        "rpi",
+    ]);
+    let said = run.stderr();
+    assert_eq!(run.code(), 0, "{said}");
+    let log = relay.log.lock().unwrap().clone();
+    for a in &newer {
+        let file = format!("linux-headers-{a}-rpi_");
+        assert!(
+            log.iter()
+                .any(|(f, code)| f.starts_with(&file) && code.starts_with("404")),
+            "{a}: the relay did not refuse it: {log:?}\n{said}"
+        );
+        assert!(
+            said.lines().any(|l| l.starts_with(&format!(
+                "rpi: skipping kernel ABI {a} from debian trixie-security: its packages do not download (linux-headers-{a}-rpi: 404 Not Found"
+            ))),
+            "{a}: not said\n{said}"
+        );
+    }
+    assert_eq!(
+        said.matches("skipping kernel ABI").count(),
+        newer.len(),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "taking the next newest, {abi} from debian trixie-security"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("rpi      present") && l.contains(&format!(" {abi}-rpi "))),
+        "{said}"
+    );
+    let list = k
+        .run(&[
+            "--config-dir",
+            conf.to_str().unwrap(),
+            "kernels",
+            "list",
+            "--json",
+        ])
+        .ok()
+        .json();
+    let releases: Vec<&str> = list["trees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["target"] == "rpi")
+        .filter_map(|t| t["release"].as_str())
+        .collect();
+    assert_eq!(releases, [format!("{abi}-rpi")], "{list}");
 }
