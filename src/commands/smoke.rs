@@ -306,7 +306,6 @@ mod tests {
             seconds: 8.04,
             console_log: None,
             first_boot: None,
-            hung_before_init: false,
             modules: Vec::new(),
         }
     }

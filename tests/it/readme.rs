@@ -89,7 +89,8 @@ fn prompt(line: &str) -> Option<&str> {
 /// What varies between two runs of the same example, and only that: the scratch paths
 /// (shown as the README's `/home/me` and `/var/lib/kmx`), durations, the order of
 /// `[i/N]` progress lines, and the note of a boot that `kmx smoke` ran a second time
-/// because the first hung before `/init` (an emulated board's rare hang on a loaded host).
+/// because the first hung or died before `/init` (an emulated board's rare failure on a
+/// loaded host).
 fn normalise(text: &str, paths: &[(&str, &str)]) -> Vec<String> {
     let mut text = text.to_string();
     for (from, to) in paths {
