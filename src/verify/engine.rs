@@ -21,6 +21,7 @@ use crate::config::arch::ElfIdentity;
 use crate::config::{Profiles, Target};
 use crate::error::{Error, Result};
 use crate::kernel::registry::{Registry, trees_of};
+use crate::kernel::select::{self, Purpose};
 use crate::kernel::symvers::Symvers;
 use crate::kernel::tree::KernelTree;
 use crate::state::Home;
@@ -475,17 +476,13 @@ fn select_trees(
         }
     }
     if let Some(release) = &args.kernel {
-        trees.retain(|t| &t.release == release);
-        if trees.is_empty() {
-            return Err(Error::env(format!(
-                "target `{}` has no kernel tree with release {release}",
-                target.name
-            ))
-            .hint(format!(
-                "`kmx kernels list` shows the releases kmx knows; fetch with `kmx kernels fetch --target {}`, or pass --kdir DIR",
-                target.name
-            )));
-        }
+        let mut trees = select::of_release(
+            &target.name,
+            trees,
+            std::slice::from_ref(release),
+            Purpose::Verify,
+        )
+        .map_err(|e| e.elsewhere_in(&registry))?;
         trees.truncate(1);
         let images = trees.iter().map(|t| image_of(&t.kdir)).collect();
         return Ok(Trees {
