@@ -45,6 +45,9 @@ impl<T: HasRelease> HasRelease for &T {
 pub enum Purpose {
     Build,
     Verify,
+    /// The release a module was built for, among the trees of a `kmx verify` run: said in
+    /// that module's kernel check (one line, its own advice), not as an error.
+    ModuleRelease,
     Boot,
     Install,
     Remove,
@@ -185,7 +188,7 @@ impl NoSuchTree {
                 .collect();
             let verb = match self.purpose {
                 Purpose::Build => "build it",
-                Purpose::Verify => "check against it",
+                Purpose::Verify | Purpose::ModuleRelease => "check against it",
                 Purpose::Boot => "boot it",
                 Purpose::Install => "install for it",
                 Purpose::Remove => "remove it",
@@ -224,7 +227,7 @@ impl NoSuchTree {
         }
         let verb = match self.purpose {
             Purpose::Build => "build for",
-            Purpose::Verify => "check against",
+            Purpose::Verify | Purpose::ModuleRelease => "check against",
             Purpose::Boot => "boot",
             Purpose::Install => "install for",
             Purpose::Remove => "remove",
@@ -240,6 +243,16 @@ impl NoSuchTree {
 
 impl fmt::Display for NoSuchTree {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.purpose == Purpose::ModuleRelease {
+            let trees: Vec<&str> = self.have.iter().map(|h| h.release.as_str()).collect();
+            return write!(
+                f,
+                "no kernel tree of target {} has the module's release \"{}\" (trees: {}); pass --kernel RELEASE or --kdir DIR",
+                self.target.as_deref().unwrap_or("given"),
+                self.releases.join(" or "),
+                trees.join(", ")
+            );
+        }
         match &self.target {
             Some(t) => write!(f, "target `{t}` has no kernel tree")?,
             None => write!(f, "no target has a kernel tree")?,
@@ -460,6 +473,7 @@ mod tests {
         for (purpose, code) in [
             (Purpose::Build, exit::ENVIRONMENT),
             (Purpose::Verify, exit::ENVIRONMENT),
+            (Purpose::ModuleRelease, exit::ENVIRONMENT),
             (Purpose::Boot, exit::ENVIRONMENT),
             (Purpose::Install, exit::ENVIRONMENT),
             (Purpose::Remove, exit::USAGE),

@@ -511,25 +511,20 @@ fn choose_tree(
     trees: &Trees,
     release: &str,
     target: &str,
-) -> std::result::Result<Option<usize>, String> {
+) -> std::result::Result<Option<usize>, select::NoSuchTree> {
     if trees.trees.is_empty() {
         return Ok(None);
     }
     if trees.fixed || trees.trees.len() == 1 {
         return Ok(Some(0));
     }
-    match trees.trees.iter().position(|t| t.release == release) {
-        Some(i) => Ok(Some(i)),
-        None => Err(format!(
-            "no kernel tree of target {target} has the module's release \"{release}\" (trees: {}); pass --kernel RELEASE or --kdir DIR",
-            trees
-                .trees
-                .iter()
-                .map(|t| t.release.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
+    let picked = select::of_release(
+        target,
+        trees.trees.iter().collect(),
+        &[release.to_string()],
+        Purpose::ModuleRelease,
+    )?;
+    Ok(trees.trees.iter().position(|t| std::ptr::eq(t, picked[0])))
 }
 
 /// What a module's exports contribute to the run, from pass 1.
@@ -643,7 +638,7 @@ impl Pass<'_> {
                     .map(|i| checks::identity(&module, i, None))
                     .into_iter()
                     .collect();
-                c.push(Check::new(CheckKind::Kernel, Status::Fail, why));
+                c.push(Check::new(CheckKind::Kernel, Status::Fail, why.to_string()));
                 c
             }
             Ok(choice) => {
@@ -863,7 +858,7 @@ mod tests {
     fn among_several_trees_none_of_the_release_is_an_error_naming_them() {
         let two = trees(&["amd64", "arm64"], false);
         assert_eq!(
-            choose_tree(&two, "6.1.0-9-amd64", "amd64"),
+            choose_tree(&two, "6.1.0-9-amd64", "amd64").map_err(|e| e.to_string()),
             Err(
                 "no kernel tree of target amd64 has the module's release \"6.1.0-9-amd64\" \
                  (trees: 6.1.0-50-amd64, 6.1.0-50-arm64); pass --kernel RELEASE or --kdir DIR"
