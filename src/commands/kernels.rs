@@ -10,6 +10,7 @@ use crate::kernel::fetch::{self, BootRequest, FetchRequest, Want};
 use crate::kernel::registry::{
     BootFiles, RegisteredTree, Registry, TreeHealth, tree_health, trees_of,
 };
+use crate::kernel::select::{self, Purpose};
 use crate::kernel::tree::KernelTree;
 
 pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
@@ -173,26 +174,10 @@ pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
 pub fn remove(ctx: &Context, release: &str, target: Option<&str>) -> Result<i32> {
     let _lock = crate::kernel::apt::apt_lock(&ctx.home)?;
     let mut registry = Registry::load(&ctx.home)?;
+    let targets: Vec<&str> = target.into_iter().collect();
+    select::registered(&registry, &targets, release, Purpose::Remove)?;
     let gone =
         registry.unregister(|t| t.release == release && target.is_none_or(|x| t.target == x));
-    if gone.is_empty() {
-        let known: Vec<String> = registry
-            .trees
-            .iter()
-            .map(|t| format!("{} ({})", t.release, t.target))
-            .collect();
-        return Err(Error::usage(format!(
-            "no fetched tree of release {release}{}",
-            target
-                .map(|t| format!(" for target {t}"))
-                .unwrap_or_default()
-        ))
-        .hint(if known.is_empty() {
-            "no tree is fetched: `kmx kernels list` shows the known ones".to_string()
-        } else {
-            format!("fetched: {}", known.join(", "))
-        }));
-    }
     forget(ctx, &mut registry, &gone)
 }
 

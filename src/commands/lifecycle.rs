@@ -14,6 +14,7 @@ use crate::cli::{
 };
 use crate::error::{Error, Kind, Result, exit};
 use crate::install::{self, SignKey, image};
+use crate::kernel::select::{self, Purpose};
 use crate::lifecycle::prepare::{Prep, Ready, evaluate_generic, prepare, prepare_binary};
 use crate::matrix::pipeline::{Cell, Options, setup_targets_in};
 use crate::process;
@@ -322,13 +323,15 @@ pub fn install_cmd(ctx: &Context, store: &Store, args: &InstallArgs, wait: bool)
         {
             return Err(e);
         }
-        if let Some(r) = releases
-            .iter()
-            .find(|r| !preps.iter().any(|(k, _)| k.release == **r))
-        {
-            return Err(Error::env(format!(
-                "target {target} has no kernel tree with release {r}"
-            )));
+        // Each release asked for has a tree (`setup_targets_in` holds one of them).
+        let trees: Vec<_> = targets.iter().flat_map(|t| t.trees.iter()).collect();
+        for r in &releases {
+            select::of_release(
+                target,
+                trees.clone(),
+                std::slice::from_ref(r),
+                Purpose::Install,
+            )?;
         }
         preps
     } else {
@@ -971,7 +974,7 @@ fn autoinstall_release(
         for n in notes
             .iter()
             // Targets with no tree of this release (or none at all) are not news here.
-            .filter(|n| !n.contains("has no kernel tree"))
+            .filter(|n| !n.is_missing_tree())
         {
             eprintln!("{n}");
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::commands::{Context, print_json};
 use crate::error::{Error, Result};
 use crate::kernel::registry::{RegisteredTree, Registry};
+use crate::kernel::select::{self, Purpose};
 use crate::kernel::tree::KernelTree;
 use crate::smoke::{self, Job, Outcome, Status, TargetReport};
 
@@ -74,18 +75,15 @@ pub fn smoke(
         };
         // `--kernel`: that release, whatever the module was built for.
         let forced = match kernel {
-            Some(k) => Some(
+            Some(k) => {
+                let names: Vec<&str> = candidates.iter().map(|t| t.name.as_str()).collect();
+                let found = select::registered(&registry, &names, k, Purpose::Boot)?;
+                // In the order the targets were given.
                 candidates
                     .iter()
-                    .find_map(|t| registry.for_target(&t.name).find(|r| r.release == k))
-                    .cloned()
-                    .ok_or_else(|| {
-                        Error::usage(format!(
-                            "no kernel tree of the targets given has release `{k}`"
-                        ))
-                        .hint("`kmx kernels list` shows the known releases")
-                    })?,
-            ),
+                    .find_map(|t| found.iter().find(|r| r.target == t.name))
+                    .map(|r| (*r).clone())
+            }
             None => None,
         };
         let tree = match forced.or(matching).or_else(same_flags) {

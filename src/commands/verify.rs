@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::cli::VerifyArgs;
 use crate::commands::{Context, print_json};
 use crate::error::{Result, exit};
-use crate::verify::checks::{self, CheckKind, Status};
+use crate::verify::checks::{self, Status};
 use crate::verify::engine::{self, Env, KernelUsed, ModuleReport, Request, Totals};
 
 #[derive(Serialize)]
@@ -71,7 +71,7 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<i32> {
             .filter(|r| {
                 r.checks
                     .iter()
-                    .any(|c| c.check == CheckKind::Signature && c.summary == checks::UNSIGNED)
+                    .any(|c| c.finding == Some(checks::Finding::Unsigned))
             })
             .count();
         if unsigned > 0 {

@@ -6,6 +6,7 @@ pub mod fetch;
 pub mod installed;
 pub mod kconfig;
 pub mod registry;
+pub mod select;
 pub mod symvers;
 pub mod toolroot;
 pub mod tree;

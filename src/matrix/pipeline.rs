@@ -16,6 +16,7 @@ use crate::config::manifest::Given;
 use crate::error::{Error, Result, render_inline};
 use crate::kernel::KernelTree;
 use crate::kernel::registry::{RegisteredTree, Registry, installed_tree, trees_of, usable_tree};
+use crate::kernel::select::{self, NoSuchTree, Purpose};
 use crate::matrix::cell::{self, RunEnv};
 use crate::matrix::jobserver::Jobserver;
 use crate::matrix::report::CellSmoke;
@@ -142,6 +143,58 @@ fn ccache_dir(passthrough: &[(String, String)]) -> Option<PathBuf> {
     Some(dir)
 }
 
+/// What setting up the targets left out, and why: the commands show these before the run.
+#[derive(Debug)]
+pub enum SetupNote {
+    /// A tree of the target could not be read; its other trees build.
+    BrokenTree { target: String, error: Error },
+    /// A tree whose kernel's compiler this machine lacks; its other trees build.
+    NoCompiler { target: String, error: Error },
+    /// A target of the default set that cannot build; `missing_tree`: for want of a kernel
+    /// tree (of the release asked for, or any).
+    LeftOut {
+        target: String,
+        error: Error,
+        missing_tree: bool,
+    },
+}
+
+impl SetupNote {
+    /// A default target left out for want of a tree: no news where the caller asked for a
+    /// release only some targets have (`kmx autoinstall -k`).
+    pub fn is_missing_tree(&self) -> bool {
+        matches!(
+            self,
+            SetupNote::LeftOut {
+                missing_tree: true,
+                ..
+            }
+        )
+    }
+}
+
+impl std::fmt::Display for SetupNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetupNote::BrokenTree { target, error } => write!(
+                f,
+                "warning: skipping a broken kernel tree of {target}: {}",
+                render_inline(error)
+            ),
+            SetupNote::NoCompiler { target, error } => write!(
+                f,
+                "warning: leaving out a kernel tree of {target}: {}",
+                render_inline(error)
+            ),
+            SetupNote::LeftOut { target, error, .. } => write!(
+                f,
+                "note: leaving out target {target}: {}",
+                render_inline(error)
+            ),
+        }
+    }
+}
+
 /// Resolve the targets to build for. Explicitly named targets must be usable; from the
 /// default set, unusable ones are left out with a note (in `notes`) saying why.
 pub fn setup_targets(
@@ -149,7 +202,7 @@ pub fn setup_targets(
     home: &Home,
     names: &[String],
     kernels: &[String],
-    notes: &mut Vec<String>,
+    notes: &mut Vec<SetupNote>,
 ) -> Result<Vec<Arc<TargetSetup>>> {
     setup_targets_in(profiles, home, names, kernels, Path::new("/"), notes)
 }
@@ -163,7 +216,7 @@ pub fn setup_targets_in(
     names: &[String],
     kernels: &[String],
     root: &Path,
-    notes: &mut Vec<String>,
+    notes: &mut Vec<SetupNote>,
 ) -> Result<Vec<Arc<TargetSetup>>> {
     let explicit = !names.is_empty();
     let mut registry = Registry::load(home)?;
@@ -172,8 +225,9 @@ pub fn setup_targets_in(
     }
     let mut out = Vec::new();
     // The releases of the targets that have trees, but none with a release of --kernel.
-    let mut other_releases: Vec<(String, Vec<String>)> = Vec::new();
+    let mut other_releases: Vec<NoSuchTree> = Vec::new();
     for target in profiles.select(names)? {
+        let mut missing_tree = false;
         let mut attempt = || -> Result<TargetSetup> {
             let toolchain = profiles.toolchain_of(target)?.clone();
             let mut trees = Vec::new();
@@ -198,78 +252,56 @@ pub fn setup_targets_in(
                     Err(e) => broken.push(e),
                 }
             }
-            let releases: Vec<String> = trees.iter().map(|t| t.release.clone()).collect();
-            let trees = plan::filter_trees(trees, kernels);
-            if trees.is_empty() {
-                let err = match broken.into_iter().next() {
-                    Some(e) => e,
-                    None if !releases.is_empty() => {
-                        other_releases.push((target.name.clone(), releases.clone()));
-                        // A release another target has (armhf's armmp asked of arm64):
-                        // name that target rather than hint to fetch what is fetched.
-                        let theirs: Vec<String> = registry
-                            .trees
-                            .iter()
-                            .filter(|t| t.target != target.name && kernels.contains(&t.release))
-                            .map(|t| format!("{} is target {}'s", t.release, t.target))
-                            .collect();
-                        let err = missing_release(
-                            kernels,
-                            &[(target.name.clone(), releases)],
-                            Some(&target.name),
-                        );
-                        match theirs.is_empty() {
-                            true => err,
-                            false => err.hint(format!(
-                                "{}: build it with --target {}",
-                                theirs.join(", "),
-                                registry
-                                    .trees
-                                    .iter()
-                                    .find(
-                                        |t| t.target != target.name && kernels.contains(&t.release)
-                                    )
-                                    .map_or("", |t| t.target.as_str())
-                            )),
-                        }
-                    }
-                    None => Error::env(format!("target `{}` has no kernel tree", target.name))
-                        .hint(target.no_tree_hint()),
-                };
-                return Err(err);
-            }
-            for e in broken {
-                notes.push(format!(
-                    "warning: skipping a broken kernel tree of {}: {}",
-                    target.name,
-                    render_inline(&e)
-                ));
+            let trees = match select::of_release(&target.name, trees, kernels, Purpose::Build) {
+                Ok(trees) if !trees.is_empty() => trees,
+                // None of the release asked for, or none at all: a broken tree's error
+                // says more than that there is none.
+                _ if !broken.is_empty() => return Err(broken.remove(0)),
+                Err(missing) if !missing.have.is_empty() => {
+                    other_releases.push(missing.clone());
+                    missing_tree = true;
+                    return Err(missing.elsewhere_in(&registry).into());
+                }
+                _ => {
+                    missing_tree = true;
+                    return Err(
+                        Error::env(format!("target `{}` has no kernel tree", target.name))
+                            .hint(target.no_tree_hint()),
+                    );
+                }
+            };
+            for error in broken {
+                notes.push(SetupNote::BrokenTree {
+                    target: target.name.clone(),
+                    error,
+                });
             }
             // A tree whose kernel's compiler this machine lacks is left out, not built with
             // another gcc; the target's other trees still build.
             let (setup, refused) = TargetSetup::new(target.clone(), toolchain, trees)?;
-            for e in refused {
-                notes.push(format!(
-                    "warning: leaving out a kernel tree of {}: {}",
-                    target.name,
-                    render_inline(&e)
-                ));
+            for error in refused {
+                notes.push(SetupNote::NoCompiler {
+                    target: target.name.clone(),
+                    error,
+                });
             }
             Ok(setup)
         };
         match attempt() {
             Ok(t) => out.push(Arc::new(t)),
             Err(e) if explicit => return Err(e),
-            Err(e) => notes.push(format!(
-                "note: leaving out target {}: {}",
-                target.name,
-                render_inline(&e)
-            )),
+            Err(error) => notes.push(SetupNote::LeftOut {
+                target: target.name.clone(),
+                error,
+                missing_tree,
+            }),
         }
     }
-    if out.is_empty() && !other_releases.is_empty() {
+    if out.is_empty()
+        && let Some(missing) = NoSuchTree::across(other_releases)
+    {
         // Every target has trees, just not of the release asked for: say which exist.
-        return Err(missing_release(kernels, &other_releases, None));
+        return Err(missing.into());
     }
     if out.is_empty() {
         return Err(Error::env(format!(
@@ -279,50 +311,6 @@ pub fn setup_targets_in(
         .hint("`kmx doctor` says what each target lacks"));
     }
     Ok(out)
-}
-
-/// No tree has a release of `kernels` (`--kernel`): the error names the releases each
-/// target has, and the hint how to fetch Debian's trees of the release asked for.
-fn missing_release(
-    kernels: &[String],
-    have: &[(String, Vec<String>)],
-    target: Option<&str>,
-) -> Error {
-    let known: Vec<String> = have
-        .iter()
-        .flat_map(|(t, rs)| rs.iter().map(move |r| format!("{r} ({t})")))
-        .collect();
-    let whose = match target {
-        Some(t) => format!("target `{t}` has no kernel tree"),
-        None => "no target has a kernel tree".to_string(),
-    };
-    let abis: Vec<String> = kernels.iter().filter_map(|k| debian_abi(k)).collect();
-    let fetch = match (abis.first(), target) {
-        (Some(abi), Some(t)) => format!(
-            ", or fetch Debian's {abi} trees with `kmx kernels fetch --abi {abi} --target {t}`"
-        ),
-        (Some(abi), None) => {
-            format!(", or fetch Debian's {abi} trees with `kmx kernels fetch --abi {abi}`")
-        }
-        (None, _) => ", or list its tree under [kernels] paths in a target profile".into(),
-    };
-    Error::env(format!(
-        "{whose} with release {}; kmx has {}",
-        kernels.join(" or "),
-        known.join(", ")
-    ))
-    .hint(format!(
-        "build for one of those (`kmx kernels list` shows them){fetch}"
-    ))
-}
-
-/// The Debian kernel ABI of a Debian release (`6.1.0-51` of `6.1.0-51-arm64`), if it is one.
-fn debian_abi(release: &str) -> Option<String> {
-    let mut parts = release.splitn(3, '-');
-    let (version, abi, _flavour) = (parts.next()?, parts.next()?, parts.next()?);
-    let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
-    (version.split('.').count() == 3 && version.split('.').all(numeric) && numeric(abi))
-        .then(|| format!("{version}-{abi}"))
 }
 
 impl Dag for Plan {
@@ -550,4 +538,46 @@ pub fn smoke(
     }
     report.save(&plan.out)?;
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_notes_render_as_before_and_say_which_are_for_want_of_a_tree() {
+        let error = || Error::env("no arm-linux-gnueabihf-gcc-12").hint("apt-get install gcc-12");
+        let notes = [
+            SetupNote::BrokenTree {
+                target: "arm64".into(),
+                error: error(),
+            },
+            SetupNote::NoCompiler {
+                target: "armhf".into(),
+                error: error(),
+            },
+            SetupNote::LeftOut {
+                target: "rpi".into(),
+                error: Error::env("target `rpi` has no kernel tree"),
+                missing_tree: true,
+            },
+            SetupNote::LeftOut {
+                target: "i386".into(),
+                error: error(),
+                missing_tree: false,
+            },
+        ];
+        let shown: Vec<String> = notes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "warning: skipping a broken kernel tree of arm64: no arm-linux-gnueabihf-gcc-12\n  hint: apt-get install gcc-12",
+                "warning: leaving out a kernel tree of armhf: no arm-linux-gnueabihf-gcc-12\n  hint: apt-get install gcc-12",
+                "note: leaving out target rpi: target `rpi` has no kernel tree",
+                "note: leaving out target i386: no arm-linux-gnueabihf-gcc-12\n  hint: apt-get install gcc-12",
+            ]
+        );
+        let missing: Vec<bool> = notes.iter().map(SetupNote::is_missing_tree).collect();
+        assert_eq!(missing, [false, false, true, false]);
+    }
 }

@@ -205,17 +205,6 @@ impl std::fmt::Display for Shard {
     }
 }
 
-/// Keep only trees whose release is one of `kernels` (all when empty).
-pub fn filter_trees(trees: Vec<Arc<KernelTree>>, kernels: &[String]) -> Vec<Arc<KernelTree>> {
-    if kernels.is_empty() {
-        return trees;
-    }
-    trees
-        .into_iter()
-        .filter(|t| kernels.iter().any(|k| *k == t.release))
-        .collect()
-}
-
 /// The hashed inputs the cells of a plan share, each hashed once: every source's digest and
 /// every tree's identity ([`fingerprint::kernel_tree`]), keyed by directory.
 #[derive(Debug, Default)]

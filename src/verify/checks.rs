@@ -92,6 +92,17 @@ pub struct Check {
     pub status: Status,
     pub summary: String,
     pub evidence: Vec<String>,
+    /// What the check found, where a caller acts on it (the summary is for people).
+    #[serde(skip)]
+    pub finding: Option<Finding>,
+}
+
+/// A finding of a check that the commands act on beyond printing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finding {
+    /// The module is unsigned and the kernel loads it tainted ([`UNSIGNED`]): the run
+    /// ends with [`UNSIGNED_HINT`], once.
+    Unsigned,
 }
 
 impl Check {
@@ -101,6 +112,7 @@ impl Check {
             status,
             summary: summary.into(),
             evidence: Vec::new(),
+            finding: None,
         }
     }
 
@@ -899,7 +911,10 @@ pub fn signature(module: &Module, kernel: Option<Kernel>, opts: Options) -> Chec
                 ),
             )
         } else {
-            Check::new(kind, Status::Warn, UNSIGNED)
+            Check {
+                finding: Some(Finding::Unsigned),
+                ..Check::new(kind, Status::Warn, UNSIGNED)
+            }
         };
     };
     let who = format!("signed by {} ({} {})", signer_of(s), s.id_type, s.hash_algo);

@@ -21,6 +21,7 @@ use crate::config::arch::ElfIdentity;
 use crate::config::{Profiles, Target};
 use crate::error::{Error, Result};
 use crate::kernel::registry::{Registry, trees_of};
+use crate::kernel::select::{self, Purpose};
 use crate::kernel::symvers::Symvers;
 use crate::kernel::tree::KernelTree;
 use crate::state::Home;
@@ -477,17 +478,13 @@ fn select_trees(
         }
     }
     if let Some(release) = &args.kernel {
-        trees.retain(|t| &t.release == release);
-        if trees.is_empty() {
-            return Err(Error::env(format!(
-                "target `{}` has no kernel tree with release {release}",
-                target.name
-            ))
-            .hint(format!(
-                "`kmx kernels list` shows the releases kmx knows; fetch with `kmx kernels fetch --target {}`, or pass --kdir DIR",
-                target.name
-            )));
-        }
+        let mut trees = select::of_release(
+            &target.name,
+            trees,
+            std::slice::from_ref(release),
+            Purpose::Verify,
+        )
+        .map_err(|e| e.elsewhere_in(&registry))?;
         trees.truncate(1);
         let images = trees.iter().map(|t| image_of(&t.kdir)).collect();
         return Ok(Trees {
@@ -516,25 +513,20 @@ fn choose_tree(
     trees: &Trees,
     release: &str,
     target: &str,
-) -> std::result::Result<Option<usize>, String> {
+) -> std::result::Result<Option<usize>, select::NoSuchTree> {
     if trees.trees.is_empty() {
         return Ok(None);
     }
     if trees.fixed || trees.trees.len() == 1 {
         return Ok(Some(0));
     }
-    match trees.trees.iter().position(|t| t.release == release) {
-        Some(i) => Ok(Some(i)),
-        None => Err(format!(
-            "no kernel tree of target {target} has the module's release \"{release}\" (trees: {}); pass --kernel RELEASE or --kdir DIR",
-            trees
-                .trees
-                .iter()
-                .map(|t| t.release.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
+    let picked = select::of_release(
+        target,
+        trees.trees.iter().collect(),
+        &[release.to_string()],
+        Purpose::ModuleRelease,
+    )?;
+    Ok(trees.trees.iter().position(|t| std::ptr::eq(t, picked[0])))
 }
 
 /// What a module's exports contribute to the run, from pass 1.
@@ -731,7 +723,7 @@ impl Pass<'_> {
                     .map(|i| checks::identity(&module, i, None))
                     .into_iter()
                     .collect();
-                c.push(Check::new(CheckKind::Kernel, Status::Fail, why));
+                c.push(Check::new(CheckKind::Kernel, Status::Fail, why.to_string()));
                 c
             }
             Ok(choice) => {
@@ -954,7 +946,7 @@ mod tests {
     fn among_several_trees_none_of_the_release_is_an_error_naming_them() {
         let two = trees(&["amd64", "arm64"], false);
         assert_eq!(
-            choose_tree(&two, "6.1.0-9-amd64", "amd64"),
+            choose_tree(&two, "6.1.0-9-amd64", "amd64").map_err(|e| e.to_string()),
             Err(
                 "no kernel tree of target amd64 has the module's release \"6.1.0-9-amd64\" \
                  (trees: 6.1.0-50-amd64, 6.1.0-50-arm64); pass --kernel RELEASE or --kdir DIR"
