@@ -326,6 +326,13 @@ fn check_set(
         opts,
     };
 
+    // `--symvers` files are read now, so that a bad one is an error whether or not a
+    // module turns out to need them.
+    let given_symvers: Vec<Symvers> = args
+        .symvers
+        .iter()
+        .map(|f| Symvers::load(f))
+        .collect::<Result<_>>()?;
     // Pass 1: read and check every module against the kernel alone, keeping only its
     // report and exports, so that memory stays flat however many modules there are.
     let first: Vec<(ModuleReport, Option<Exports>)> = pool.install(|| {
@@ -353,7 +360,7 @@ fn check_set(
     let others = if again.is_empty() {
         OthersByKernel::default()
     } else {
-        OthersByKernel::index(&exports, &found_symvers, &args.symvers)?
+        OthersByKernel::index(&exports, &found_symvers, &given_symvers)?
     };
     if !again.is_empty() {
         let second: Vec<(usize, ModuleReport)> = pool.install(|| {
@@ -557,7 +564,7 @@ impl OthersByKernel {
     fn index(
         exports: &[(usize, Exports)],
         found_symvers: &[PathBuf],
-        given_symvers: &[PathBuf],
+        given_symvers: &[Symvers],
     ) -> Result<OthersByKernel> {
         let mut index = OthersByKernel::default();
         let mut all: Vec<Option<usize>> = exports.iter().map(|(_, e)| e.tree).collect();
@@ -584,15 +591,10 @@ impl OthersByKernel {
                 index.by_tree.entry(tree).or_default().add_symvers(&symvers);
             }
         }
-        for file in given_symvers {
-            let symvers = Symvers::load(file)?;
-            index.none.add_symvers(&symvers);
+        for symvers in given_symvers {
+            index.none.add_symvers(symvers);
             for tree in &all {
-                index
-                    .by_tree
-                    .entry(*tree)
-                    .or_default()
-                    .add_symvers(&symvers);
+                index.by_tree.entry(*tree).or_default().add_symvers(symvers);
             }
         }
         for (_, e) in exports {
