@@ -341,17 +341,20 @@ fn prepare_and_boot(
             job.target, job.release
         ))
     };
-    let mut report = boot_once(
-        job,
-        boot,
-        files,
-        opts,
-        stop,
-        &order,
-        &dir,
-        &initramfs,
-        &kept(""),
-    )?;
+    let boot_it = || {
+        boot_once(
+            job,
+            boot,
+            files,
+            opts,
+            stop,
+            &order,
+            &dir,
+            &initramfs,
+            &kept(""),
+        )
+    };
+    let mut report = boot_it()?;
     if report.status == Status::BootFailed {
         // A kernel that started and then hung or died before `/init` has not met the
         // modules yet (they load from `/init`). Emulated boards do this now and then on a
@@ -365,17 +368,7 @@ fn prepare_and_boot(
                 std::fs::rename(log, &to).ok().map(|()| to)
             }),
         };
-        report = boot_once(
-            job,
-            boot,
-            files,
-            opts,
-            stop,
-            &order,
-            &dir,
-            &initramfs,
-            &kept(""),
-        )?;
+        report = boot_it()?;
         report.first_boot = Some(first);
     }
     Ok(report)

@@ -347,9 +347,9 @@ fn check_set(
     for (i, (report, e)) in first.into_iter().enumerate() {
         if let Some(e) = e {
             if e.needs_others {
-                again.push(i);
+                again.push((i, e.tree));
             }
-            exports.push((i, e));
+            exports.push(e);
         }
         reports.push(report);
     }
@@ -357,21 +357,13 @@ fn check_set(
     // again, now that every module's exports are known. The index of those exports is
     // built only then: over a whole distribution tree, whose Module.symvers lists every
     // in-tree module's exports, no module needs it.
-    let others = if again.is_empty() {
-        OthersByKernel::default()
-    } else {
-        OthersByKernel::index(&exports, &found_symvers, &given_symvers)?
-    };
+    let mut others = OthersByKernel::default();
     if !again.is_empty() {
+        others = OthersByKernel::index(&exports, &found_symvers, &given_symvers)?;
         let second: Vec<(usize, ModuleReport)> = pool.install(|| {
             again
                 .par_iter()
-                .map(|&i| {
-                    (
-                        i,
-                        ctx.check(&files[i], others.of(exports_of(&exports, i))).0,
-                    )
-                })
+                .map(|&(i, tree)| (i, ctx.check(&files[i], others.of(tree)).0))
                 .collect()
         });
         for (i, report) in second {
@@ -557,17 +549,18 @@ struct Exports {
 #[derive(Default)]
 struct OthersByKernel {
     by_tree: std::collections::HashMap<Option<usize>, Others>,
-    none: Others,
+    /// For a kernel no module was checked against: nothing.
+    empty: Others,
 }
 
 impl OthersByKernel {
     fn index(
-        exports: &[(usize, Exports)],
+        exports: &[Exports],
         found_symvers: &[PathBuf],
         given_symvers: &[Symvers],
     ) -> Result<OthersByKernel> {
         let mut index = OthersByKernel::default();
-        let mut all: Vec<Option<usize>> = exports.iter().map(|(_, e)| e.tree).collect();
+        let mut all: Vec<Option<usize>> = exports.iter().map(|e| e.tree).collect();
         all.sort();
         all.dedup();
         // Later CRCs win: a build's Module.symvers, then `--symvers`; a module's own
@@ -579,25 +572,23 @@ impl OthersByKernel {
             // a directory without modules, to every kernel.
             let mut trees: Vec<Option<usize>> = exports
                 .iter()
-                .filter(|(_, e)| e.dir == dir)
-                .map(|(_, e)| e.tree)
+                .filter(|e| e.dir == dir)
+                .map(|e| e.tree)
                 .collect();
             trees.dedup();
             if trees.is_empty() {
                 trees.clone_from(&all);
-                index.none.add_symvers(&symvers);
             }
             for tree in trees {
                 index.by_tree.entry(tree).or_default().add_symvers(&symvers);
             }
         }
         for symvers in given_symvers {
-            index.none.add_symvers(symvers);
             for tree in &all {
                 index.by_tree.entry(*tree).or_default().add_symvers(symvers);
             }
         }
-        for (_, e) in exports {
+        for e in exports {
             index
                 .by_tree
                 .entry(e.tree)
@@ -607,19 +598,10 @@ impl OthersByKernel {
         Ok(index)
     }
 
-    /// The index for the kernel module `e` was checked against.
-    fn of(&self, e: Option<&Exports>) -> &Others {
-        e.and_then(|e| self.by_tree.get(&e.tree))
-            .unwrap_or(&self.none)
+    /// The index for modules checked against `tree`.
+    fn of(&self, tree: Option<usize>) -> &Others {
+        self.by_tree.get(&tree).unwrap_or(&self.empty)
     }
-}
-
-/// The exports pass 1 kept of file `i`.
-fn exports_of(exports: &[(usize, Exports)], i: usize) -> Option<&Exports> {
-    exports
-        .binary_search_by_key(&i, |(j, _)| *j)
-        .ok()
-        .map(|k| &exports[k].1)
 }
 
 /// Everything a worker needs to check one module; shared read-only by every thread.
