@@ -372,9 +372,10 @@ hsource() {   # hsource NAME DKMS-LINES [POST_BUILD-BODY]
 
 if [ "$HOSTILE" = 1 ]; then
   echo "hostile input: victims in $victims"
+  # Each build is one cell (the run's arm64 kernel): what is checked is what one cell does.
   hout=$work/hostile-out
   # Victims: an unstripped arm64 module (strip would shrink it), a secret, a planted module.
-  kmx build "$(hsource plain 'STRIP[0]=no')" -t arm64 -o "$work/plain-out" >/dev/null 2>&1
+  kmx build "$(hsource plain 'STRIP[0]=no')" -t arm64 -k "$release" -o "$work/plain-out" >/dev/null 2>&1
   cp "$(find "$work/plain-out" -name hello.ko | head -1)" "$victims/victim.ko" 2>/dev/null \
     || hfail setup "the unstripped build made no module"
   marker="root:kmx-hostile-secret-$$:19000:0:99999:7:::"
@@ -384,10 +385,10 @@ if [ "$HOSTILE" = 1 ]; then
 
   hcase symlinked-ko 1 'hello.ko in the build directory is a symbolic link to' -- \
     build "$(hsource hko '' "rm -f hello.ko; ln -s $victims/victim.ko hello.ko")" \
-    -t arm64 --no-cache -o "$hout"
+    -t arm64 -k "$release" --no-cache -o "$hout"
   hcase symvers-to-secret 1 'Module.symvers in the build directory is a symbolic link to' -- \
     build "$(hsource hsym '' "rm -f Module.symvers; ln -s $victims/shadow Module.symvers")" \
-    -t arm64 --no-cache -o "$hout"
+    -t arm64 -k "$release" --no-cache -o "$hout"
   if grep -rqF "$marker" "$hout" "$KMX_HOME" 2>/dev/null; then
     hfail symvers-to-secret "the secret was copied under $(grep -rlF "$marker" "$hout" "$KMX_HOME" | head -1)"
   fi
@@ -455,12 +456,12 @@ PY
 
   # Two builds into one --out at once: both succeed, the second after the first.
   d=$(hsource twice '' 'sleep 2')
-  HOME=$mark "$KMX" build "$d" -t arm64 -o "$work/twice-out" > "$work/twice-1" 2>&1 &
+  HOME=$mark "$KMX" build "$d" -t arm64 -k "$release" -o "$work/twice-out" > "$work/twice-1" 2>&1 &
   first=$!
   pids+=("$first")
   sleep 1
   hcase two-builds-one-out 0 'waiting for another kmx building into' -- \
-    build "$d" -t arm64 -o "$work/twice-out"
+    build "$d" -t arm64 -k "$release" -o "$work/twice-out"
   wait "$first" || hfail two-builds-one-out "the first build failed: $(tail -2 "$work/twice-1")"
 
   # A first install that cannot write: undone, not recorded as interrupted.
@@ -483,19 +484,19 @@ PY
 
   # Held cases: a build step that prints 200 MB, a dkms.conf of 200 000 variables.
   hcase output-200mb 0 '' -- build "$(hsource loud '' 'head -c 200000000 /dev/zero | tr "\0" "y"')" \
-    -t arm64 --no-cache -o "$hout"
+    -t arm64 -k "$release" --no-cache -o "$hout"
   # Known: the evaluation reads what dkms.conf printed whole before keeping 64 KiB of it
   # (the reading is being rewritten with the sandbox, issue 22), so its peak is about four
   # times the output, per cell read at once; bounded here at 1 GB for 200 MB.
   d=$(hsource loudconf '')
   echo 'head -c 200000000 /dev/zero | tr "\0" "y"' >> "$d/dkms.conf"
-  HLIMIT_MB=1024 hcase dkms-conf-prints-200mb 0 '' -- build "$d" -t arm64 --no-cache -o "$work/loud-out"
+  HLIMIT_MB=1024 hcase dkms-conf-prints-200mb 0 '' -- build "$d" -t arm64 -k "$release" --no-cache -o "$work/loud-out"
   if [ "$(du -sm "$work/loud-out" | cut -f1)" -gt 50 ]; then
     hfail dkms-conf-prints-200mb "its output was stored: $(du -sh "$work/loud-out")"
   fi
   d=$(hsource manyvars '')
   seq 200000 | sed 's/.*/X_&="yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"/' >> "$d/dkms.conf"
-  hcase dkms-conf-200000-variables 2 'within 10 s' -- build "$d" -t arm64 --dry-run
+  hcase dkms-conf-200000-variables 2 'within 10 s' -- build "$d" -t arm64 -k "$release" --dry-run
 
   if ! (cd "$victims" && sha256sum --quiet -c "$work/victims.sha256"); then
     hfail victims "a host file changed"

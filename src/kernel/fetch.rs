@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
+use rayon::prelude::*;
+
 use crate::config::profile::{DebianKernel, KernelSource};
 use crate::error::{Error, Kind, Result};
 use crate::kernel::apt::{self, Apt, host_debian_arch};
@@ -726,9 +728,19 @@ pub fn fetch_boot(
         );
         let busybox_apt = Apt::prepare(home, &busybox_source, &archs)?;
         busybox_apt.update(false, say)?;
-        // One state per source, prepared once.
+        // One state per source, prepared once. The downloads go one after the other (apt
+        // and the lock are one); the unpacking (dpkg-deb's xz, depmod: CPU) runs in parallel
+        // below, once per image: trees of two targets on one kernel (rpi3 on arm64's) share
+        // its files.
         let mut apts: BTreeMap<String, Apt> = BTreeMap::new();
+        let mut unpacks: Vec<(&BootRequest, PathBuf, PathBuf)> = Vec::new();
         for t in missing {
+            if unpacks
+                .iter()
+                .any(|(u, _, _)| u.tree.sysroot == t.tree.sysroot && u.release == t.release)
+            {
+                continue;
+            }
             let source = &t.tree.source;
             let apt = match apts.entry(source.apt_line()) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
@@ -752,8 +764,15 @@ pub fn fetch_boot(
             let image = get_deb(apt, &image_pkg, &d.arch, abi, say)?;
             let busybox = get_deb(&busybox_apt, "busybox-static", &d.arch, "busybox", say)?;
             say(&format!("Unpacking {image_pkg}:{} and busybox", d.arch));
-            install_boot(&t.tree.sysroot, &t.release, &d.arch, &image, &busybox)?;
+            unpacks.push((t, image, busybox));
         }
+        unpacks
+            .par_iter()
+            .map(|(t, image, busybox)| {
+                let arch = &t.tree.source.kernel.arch;
+                install_boot(&t.tree.sysroot, &t.release, arch, image, busybox)
+            })
+            .collect::<Result<Vec<()>>>()?;
     }
     trees
         .iter()

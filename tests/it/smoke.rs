@@ -507,8 +507,11 @@ fn module_for_an_unknown_kernel_says_which_release_and_what_to_do() {
 fn build_with_smoke_puts_each_kernels_verdict_into_the_report() {
     let Some(k) = with_images() else { return };
     let hello = repo().join("examples/hello").display().to_string();
-    let run = run_booting(&k, &["build", &hello, "--smoke", "--json"]).ok();
+    // One target: the four kernels boot with the same module in
+    // `hello_loads_on_all_four_real_kernels`; what this adds is the build's report.
+    let run = run_booting(&k, &["build", &hello, "-t", "armhf", "--smoke", "--json"]).ok();
     let report = run.json();
+    assert_eq!(report["cells"].as_array().unwrap().len(), 1, "{report}");
     for c in report["cells"].as_array().unwrap() {
         let smoke = &c["smoke"];
         assert_eq!(smoke["status"], "booted", "{c}");
@@ -533,10 +536,11 @@ fn build_with_smoke_puts_each_kernels_verdict_into_the_report() {
 }
 
 /// Issue 12, item 4: the second kernel version and the Raspberry Pi boards. The example is
-/// built by `kmx build` and loaded by the real kernels: Debian's 6.12 for amd64, arm64 and
-/// armhf; both Raspberry Pi Zero/1 kernels (armel, ARMv6) on QEMU's raspi0 board with the
-/// device tree from their image package; Debian's arm64 kernels on QEMU's raspi3b board (the
-/// rpi3 target, which `./dev test` fetches too).
+/// built by `kmx build` and loaded by the real kernels: Debian's 6.12 for amd64 and armhf;
+/// both Raspberry Pi Zero/1 kernels (armel, ARMv6) on QEMU's raspi0 board with the device
+/// tree from their image package; Debian's arm64 kernels on QEMU's raspi3b board (the rpi3
+/// target, which `./dev test` fetches too: the same 6.12 arm64 kernel, also booted by
+/// compat.rs on QEMU's virt board, which this test therefore leaves out).
 #[test]
 fn the_example_loads_on_6_12_kernels_and_on_emulated_raspberry_pi_boards() {
     if with_images().is_none() {
@@ -558,7 +562,7 @@ fn the_example_loads_on_6_12_kernels_and_on_emulated_raspberry_pi_boards() {
             // Debian 13's rpi kernel is trixie.rs's (with its gcc-14 toolchain root).
             (t == "rpi" && !r.contains("+deb13"))
                 || t == "rpi3"
-                || (["amd64", "arm64", "armhf"].contains(&t.as_str()) && r.starts_with("6.12."))
+                || (["amd64", "armhf"].contains(&t.as_str()) && r.starts_with("6.12."))
         })
         .collect();
     // The newest 6.12 of each target: a home that followed new ABIs keeps older ones.
@@ -578,7 +582,7 @@ fn the_example_loads_on_6_12_kernels_and_on_emulated_raspberry_pi_boards() {
     cells.sort();
     let count = |t: &str| cells.iter().filter(|c| c.0 == t).count();
     assert!(
-        count("amd64") == 1 && count("arm64") == 1 && count("armhf") == 1 && count("rpi") == 2,
+        count("amd64") == 1 && count("armhf") == 1 && count("rpi") == 2,
         "{cells:?}"
     );
     if count("rpi3") == 0 {
