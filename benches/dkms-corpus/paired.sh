@@ -8,8 +8,10 @@
 #
 # RUN_DIR: a run directory of dkms-corpus.sh (its cells, needs and tools; the packages must
 # be extracted in its src-* directory). PKG: package names. HARNESS: the timing command,
-# given `-- A` and `--vs 'B'` (for example `hyperfine`-like tools that pair two commands).
-# Writes only under RUN_DIR/paired/.
+# given `-- A` and `--vs 'B'` (a harness that pairs two commands). Both builds are cold:
+# every DKMS cell starts from nothing, and kmx's compiler cache (KMX_HOME/cache/ccache) is
+# emptied before each kmx run, so give kmx a home of its own (`cp -al HOME COPY`, then
+# KMX_HOME=COPY). Writes only under RUN_DIR/paired/ and that cache.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 run=$(cd "$1" && pwd)
@@ -41,7 +43,7 @@ exec $here/../reap-all.py xargs -P 2 -L 1 $here/dkms-cell.sh <$out/dkms-cells
 SH
 cat >"$out/kmx.sh" <<SH
 #!/bin/sh
-rm -rf $out/kmx-state
+rm -rf $out/kmx-state "$KMX_HOME/cache/ccache"
 KMX_HOME=$KMX_HOME exec $here/../reap-all.py $KMX build ${sources[*]} --target $targets $kernels --out $out/kmx \
   --force --no-cache --jobs 2 --state-dir $out/kmx-state
 SH
