@@ -22,6 +22,13 @@
 #               suite other than bookworm, a line whose version is bookworm's is left out too
 #               (it would build the same cells), unless named with --packages. Results go to
 #               run-<series>-S/ (bookworm: run-<series>/), sources to src-S/, .debs to cache-S/.
+# --steps HZ    also say where each tool's CPU goes, step by step (planning, sandbox set-up,
+#               kbuild, compile, modpost, BTF, strip, signing, DKMS's make clean, each tool's
+#               own process): both runs are sampled system-wide by `perf record -a -F HZ`
+#               (perf, from linux-perf) and steps.py charges every sample of the run's process
+#               tree to a step by the process's name and its ancestors'; the table is in
+#               run-.../steps.txt. Sampling costs CPU too: take the whole-run figures from a
+#               run without --steps
 # --reuse-dkms  keep the DKMS cells of the previous run of the same series and suite (DKMS
 #               runs only the cells it lacks; its times are then those of the earlier run):
 #               for re-running kmx while fixing a difference
@@ -39,7 +46,7 @@ cd "$(dirname "$0")/.."
 here=$PWD/benches/dkms-corpus
 export KMX_HOME="${KMX_HOME:-$PWD/target/kmx-home}"
 KMX="${KMX:-$PWD/target/release/kmx}"
-jobs=2 subset="" all="" series=6.1 targets_wanted=i386,amd64,arm64,armhf suite=bookworm reuse=""
+jobs=2 subset="" all="" series=6.1 targets_wanted=i386,amd64,arm64,armhf suite=bookworm reuse="" steps_hz=""
 while [ $# -gt 0 ]; do
   case $1 in
     --jobs) jobs=$2; shift 2 ;;
@@ -54,7 +61,9 @@ while [ $# -gt 0 ]; do
     --suite) suite=$2; shift 2 ;;
     --suite=*) suite=${1#*=}; shift ;;
     --reuse-dkms) reuse=1; shift ;;
-    -h|--help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --steps) steps_hz=$2; shift 2 ;;
+    --steps=*) steps_hz=${1#*=}; shift ;;
+    -h|--help) sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -67,6 +76,7 @@ command -v dkms >/dev/null || die "Debian's dkms is missing: apt-get install --n
 for c in unshare python3 modinfo apt-get dpkg-deb openssl xargs pahole; do
   command -v $c >/dev/null || die "$c is missing"
 done
+[ -z "$steps_hz" ] || command -v perf >/dev/null || die "--steps needs perf: apt-get install linux-perf"
 [ -x "$KMX" ] || cargo build --release --quiet
 [ -x "$KMX" ] || die "no kmx at $KMX"
 
@@ -240,7 +250,15 @@ cpu_run() {
     awk 'END { printf "%.1f time\n", $1 + $2 }' "$out.time" >"$out"
     return $rc
   fi
-  bash -c 'echo $$ > "$1/cgroup.procs" 2>/dev/null || echo $$ > "$1/tasks"; shift; exec "$@"' _ "$cg" "$@" || rc=$?
+  local perf=""
+  if [ -n "$steps_hz" ]; then
+    perf record -q -a -e cpu-clock -F "$steps_hz" -o "$out.perf" 2>"$out.perf.log" &
+    perf=$!
+    sleep 1 # perf has opened its events
+  fi
+  bash -c 'echo $$ > "$2"; echo $$ > "$1/cgroup.procs" 2>/dev/null || echo $$ > "$1/tasks"; shift 2; exec "$@"' \
+    _ "$cg" "$out.pid" "$@" || rc=$?
+  if [ -n "$perf" ]; then kill -INT "$perf" && wait "$perf" || true; fi
   if [ -f "$cg/cpuacct.usage" ]; then
     awk '{ printf "%.1f cgroup\n", $1 / 1e9 }' "$cg/cpuacct.usage" >"$out"
   else
@@ -295,5 +313,12 @@ set +e
 python3 "$here/table.py" --run "$run" --src "$src" --dkms-secs "$t_dkms" --kmx-secs "$t_kmx" \
   --dkms-cpu "$cpu_dkms" --kmx-cpu "$cpu_kmx" --cpu-how "$cpu_how" --jobs "$jobs" | tee "$run/table.txt"
 rc=${PIPESTATUS[0]}
+if [ -n "$steps_hz" ]; then
+  for tool in dkms kmx; do
+    [ -s "$run/$tool-cpu.perf" ] || continue
+    python3 "$here/steps.py" --perf "$run/$tool-cpu.perf" --root "$(cat "$run/$tool-cpu.pid")" \
+      --hz "$steps_hz" --cells "$ncells" --label "$tool" || rc=1
+  done | tee "$run/steps.txt"
+fi
 [ $host_ok = 1 ] || rc=1
 exit $rc
