@@ -168,7 +168,7 @@ pub struct Plan {
     /// The share of the plan these cells are (`--shard`).
     pub shard: Option<Shard>,
     /// Why cells run without their private namespace, when they do.
-    pub no_namespace: Option<String>,
+    pub no_namespace: Option<namespace::Unavailable>,
 }
 
 /// The share of a plan one machine builds (`--shard I/N`, 1-based); [`crate::matrix::shard`]
