@@ -25,13 +25,15 @@ use crate::verify::signing::{Keyring, TrustedKey, scan_certificates, scan_keyrin
 /// Largest kernel image kmx decompresses (a vmlinux is a few tens of MiB).
 const IMAGE_LIMIT: usize = 512 << 20;
 
+pub use xz::XzError;
+
 /// Why the certificates of a kernel image could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImageError {
     #[error(transparent)]
     Decompress(#[from] decompress::DecompressError),
     #[error(transparent)]
-    Xz(#[from] xz::XzError),
+    Xz(#[from] XzError),
     /// Neither the image nor any stream in it has the keyring, and no stream inflated.
     #[error("no compressed kernel inside the image")]
     NoCompressedKernel,

@@ -710,7 +710,7 @@ fn no_version(symbol: &str, empty: bool) -> String {
 
 /// Why the kernel's `check_version` refuses one `__versions` entry (or a symbol without one).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
-enum Mismatch<'a> {
+pub(crate) enum Mismatch<'a> {
     #[error(
         "disagrees about version of symbol {symbol} (module {module_crc:#010x}, {exporter} {kernel_crc:#010x})"
     )]
