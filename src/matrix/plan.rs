@@ -617,3 +617,25 @@ impl Plan {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_is_i_of_n_and_reads_back_as_written() {
+        for (text, index, count) in [("1/1", 1, 1), ("2/3", 2, 3), (" 3 / 3 ", 3, 3)] {
+            let s: Shard = text.parse().unwrap();
+            assert_eq!((s.index, s.count), (index, count), "{text}");
+        }
+        assert_eq!("2/3".parse::<Shard>().unwrap().to_string(), "2/3");
+        for text in ["0/3", "4/3", "1/0", "3", "a/b", "-1/2", "1/2/3", ""] {
+            let err = text.parse::<Shard>().unwrap_err();
+            assert_eq!(err.code(), crate::error::exit::USAGE, "{text}");
+            assert_eq!(
+                err.to_string(),
+                format!("--shard {text}: expected I/N with 1 <= I <= N, e.g. 2/3")
+            );
+        }
+    }
+}
