@@ -33,6 +33,8 @@ pub mod install;
 pub mod kernel;
 pub mod lifecycle;
 pub mod matrix;
+#[cfg(test)]
+mod messages;
 pub mod process;
 pub mod sandbox;
 pub mod smoke;

@@ -134,6 +134,21 @@ fn paths(text: &str, anchor: &str) -> Vec<Vec<String>> {
     out
 }
 
+/// The paths a folder's `mod.rs` names starting with its file `file` (`file::x`), not as part
+/// of a longer path (`crate::kernel::file::x` is another folder's).
+fn child_paths(text: &str, file: &str) -> Vec<Vec<String>> {
+    let anchor = format!("{file}::");
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices(&anchor) {
+        let before = text[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        out.extend(use_tree(&text[i..]));
+    }
+    out
+}
+
 /// Every top-level module a file's code names through `crate::`.
 fn imports(text: &str) -> BTreeSet<String> {
     paths(text, "crate::")
@@ -265,6 +280,15 @@ fn module_edges(sources: &[Source]) -> BTreeMap<(String, String), Vec<String>> {
     edges
 }
 
+/// What a `mod.rs` line re-exports (`pub use x::Y;`, `pub(crate) use x::{Y, z};`), if it
+/// is such a line.
+fn reexport(line: &str) -> Option<&str> {
+    let t = line.trim_start();
+    ["pub use ", "pub(crate) use ", "pub(super) use "]
+        .iter()
+        .find_map(|p| t.strip_prefix(p))
+}
+
 /// Edges between the files of each folder, as `folder/file` (`matrix/cell`). A path into the
 /// folder names a file (`crate::matrix::cell::run`, or `super::cell::run` from a sibling), or
 /// a name the folder's `mod.rs` re-exports (`pub use load::Profiles`: `load`), or else the
@@ -288,7 +312,7 @@ fn file_edges(sources: &[Source]) -> BTreeMap<(String, String), Vec<String>> {
             continue;
         };
         for line in code_of(&s.text).lines() {
-            if let Some(rest) = line.trim().strip_prefix("pub use ") {
+            if let Some(rest) = reexport(line) {
                 for p in use_tree(rest) {
                     if p.len() >= 2 && folders[folder].contains(&p[0]) {
                         reexports
@@ -312,9 +336,7 @@ fn file_edges(sources: &[Source]) -> BTreeMap<(String, String), Vec<String>> {
                 .lines()
                 .filter(|l| {
                     let t = l.trim_start();
-                    !(t.starts_with("pub use ")
-                        || t.starts_with("pub mod ")
-                        || t.starts_with("mod "))
+                    !(reexport(t).is_some() || t.starts_with("pub mod ") || t.starts_with("mod "))
                 })
                 .collect::<Vec<_>>()
                 .join("\n")
@@ -327,10 +349,16 @@ fn file_edges(sources: &[Source]) -> BTreeMap<(String, String), Vec<String>> {
             .filter(|p| p.len() > words.len() && p.iter().zip(&words).all(|(a, b)| a == b))
             .map(|p| p[words.len()..].to_vec())
             .collect();
-        if !is_mod {
+        let files = &folders[folder];
+        if is_mod {
+            // mod.rs names its files by their own names (`a::f()`, `use self::a::X`).
+            inside.extend(paths(&text, "self::"));
+            for f in files.iter().filter(|f| *f != "mod") {
+                inside.extend(child_paths(&text, f));
+            }
+        } else {
             inside.extend(paths(&text, "super::"));
         }
-        let files = &folders[folder];
         for p in inside {
             let to = if files.contains(&p[0]) && p[0] != "mod" {
                 p[0].clone()
@@ -384,11 +412,12 @@ fn no_import_cycle_between_the_files_of_a_folder() {
 /// (rebuild a cell from its provenance, through the pipeline).
 const MATRIX_DOORS: &[&str] = &["pipeline", "reproduce"];
 
-#[test]
-fn commands_reach_the_build_matrix_only_through_its_front_doors() {
+/// What the files of `src/commands/` name inside `crate::matrix` past its front doors (each
+/// as `file: crate::matrix::name`), and how many paths go through the doors.
+fn reaches_past_the_doors(sources: &[Source]) -> (Vec<String>, usize) {
     let mut reach: Vec<String> = Vec::new();
     let mut through_doors = 0;
-    for s in sources() {
+    for s in sources {
         if !s.rel.starts_with("commands/") {
             continue;
         }
@@ -406,18 +435,62 @@ fn commands_reach_the_build_matrix_only_through_its_front_doors() {
             }
         }
     }
+    reach.sort();
+    reach.dedup();
+    (reach, through_doors)
+}
+
+#[test]
+fn commands_reach_the_build_matrix_only_through_its_front_doors() {
+    let (reach, through_doors) = reaches_past_the_doors(&sources());
     assert!(
         through_doors > 0,
         "the scan must see the commands' real paths"
     );
-    reach.sort();
-    reach.dedup();
     assert!(
         reach.is_empty(),
         "commands reach past the build matrix's front doors ({}):\n  {}",
         MATRIX_DOORS.join(", "),
         reach.join("\n  ")
     );
+}
+
+#[test]
+fn a_command_reaching_past_the_front_door_is_named() {
+    let srcs = vec![
+        Source {
+            rel: "commands/build.rs".into(),
+            text: "use crate::matrix::pipeline::{self, Plan};\n\
+                   use crate::matrix::{cell::Outcome, pipeline::Report};\n\
+                   fn f() { crate::matrix::shard::deal(); }\n\
+                   #[cfg(test)]\nmod tests { use crate::matrix::plan; }\n"
+                .into(),
+        },
+        Source {
+            rel: "commands/provenance.rs".into(),
+            text: "use crate::matrix::reproduce;".into(),
+        },
+        // Not a command: the matrix's own files reach wherever they like.
+        Source {
+            rel: "matrix/pipeline.rs".into(),
+            text: "use crate::matrix::cell;".into(),
+        },
+    ];
+    let (reach, through_doors) = reaches_past_the_doors(&srcs);
+    assert_eq!(
+        reach,
+        [
+            "commands/build.rs: crate::matrix::cell",
+            "commands/build.rs: crate::matrix::shard"
+        ]
+    );
+    assert_eq!(through_doors, 4);
+    // The same commands through the doors alone: nothing to name.
+    let clean = vec![Source {
+        rel: "commands/build.rs".into(),
+        text: "use crate::matrix::pipeline::{self, Outcome, Plan};".into(),
+    }];
+    assert_eq!(reaches_past_the_doors(&clean), (Vec::new(), 3));
 }
 
 #[test]
@@ -456,6 +529,38 @@ fn the_scan_expands_nested_groups_and_skips_tests() {
             words(&["kconfig", "KConfig"]),
             words(&["kconfig", "NOT_PREPARED"])
         ]
+    );
+}
+
+#[test]
+fn a_cycle_through_a_folders_mod_rs_is_found() {
+    let srcs = vec![
+        Source {
+            rel: "m/mod.rs".into(),
+            text: "pub mod a;\npub mod b;\npub(crate) use b::B;\n\
+                   pub const LIMIT: usize = a::limit();\n"
+                .into(),
+        },
+        Source {
+            rel: "m/a.rs".into(),
+            text: "pub const fn limit() -> usize { super::DEFAULT }\n".into(),
+        },
+        Source {
+            rel: "m/b.rs".into(),
+            text: "pub struct B;\nfn f() { crate::other::a::g(); }\n".into(),
+        },
+    ];
+    let edges = file_edges(&srcs);
+    let found = cycles(&edges);
+    assert_eq!(found, [["m/a", "m/mod", "m/a"]]);
+    // `pub(crate) use b::B` is the folder's door, and `crate::other::a` another folder's file.
+    assert!(
+        !edges.contains_key(&("m/mod".into(), "m/b".into())),
+        "{edges:?}"
+    );
+    assert!(
+        !edges.contains_key(&("m/b".into(), "m/a".into())),
+        "{edges:?}"
     );
 }
 

@@ -14,7 +14,7 @@ use crate::error::{Error, Result, exit};
 use crate::kernel::registry::{Registry, trees_of, usable_tree};
 use crate::kernel::symvers::Symvers;
 use crate::kernel::tree::KernelTree;
-use crate::verify::checks::{Kernel, Keys, Others, TreeSymbols};
+use crate::verify::checks::{Kernel, Keys, KeysUnknown, Others, TreeSymbols};
 use crate::verify::compat::{self, Judgement, Verdict};
 use crate::verify::module::Module;
 
@@ -117,7 +117,8 @@ pub fn compat(
                 let kernel = Kernel {
                     tree: &k.tree,
                     symbols: k.symbols.as_ref(),
-                    keys: Keys::Unknown("not part of the verdict"),
+                    // Not part of the verdict.
+                    keys: Keys::Unknown(&KeysUnknown::NotAsked),
                 };
                 Cell {
                     release: k.tree.release.clone(),

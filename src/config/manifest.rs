@@ -252,25 +252,25 @@ impl ModuleField {
 /// (Debian 13's mstflint-dkms has `/kernel/../misc/`, which DKMS takes: [`dest_components`]).
 /// So no value can name a file outside the cell's build directory or outside
 /// `/lib/modules/<kver>`. `Err` says what is wrong with `value`.
-pub fn check_module_field(field: ModuleField, value: &str) -> Result<(), String> {
+pub fn check_module_field(field: ModuleField, value: &str) -> Result<(), BadField> {
     if value.contains('\0') {
-        return Err("contains a NUL byte".into());
+        return Err(BadField::Nul);
     }
     let parent = || value.split('/').any(|c| c == "..");
     match field {
         ModuleField::BuiltName | ModuleField::DestName => {
             if value.is_empty() || value.contains('/') || value.starts_with('.') {
-                return Err("must be a plain file name (no `/`, not starting with `.`)".into());
+                return Err(BadField::NotPlainName);
             }
             if value.ends_with(".ko") || value.ends_with(".o") {
-                return Err("must not end in .o or .ko: name the module without its suffix".into());
+                return Err(BadField::ObjectSuffix);
             }
         }
         ModuleField::BuiltLocation if value.starts_with('/') => {
-            return Err("must be relative to the build directory".into());
+            return Err(BadField::Absolute);
         }
         ModuleField::BuiltLocation if parent() => {
-            return Err("must not contain `..`: it would leave the build directory".into());
+            return Err(BadField::LeavesBuildDir);
         }
         ModuleField::BuiltLocation => {}
         ModuleField::DestLocation => {
@@ -278,14 +278,34 @@ pub fn check_module_field(field: ModuleField, value: &str) -> Result<(), String>
                 .iter()
                 .any(|p| value.starts_with(p))
             {
-                return Err("does not start with /kernel, /updates or /extra".into());
+                return Err(BadField::DestOutsideTrees);
             }
             if dest_components(value).is_none() {
-                return Err("climbs out with `..`: it would leave /lib/modules/<kver>".into());
+                return Err(BadField::ClimbsOut);
             }
         }
     }
     Ok(())
+}
+
+/// What is wrong with a module's name or place ([`check_module_field`]); its text follows
+/// the field and its value in the caller's message (`DEST_MODULE_NAME "x.o" must not ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadField {
+    #[error("contains a NUL byte")]
+    Nul,
+    #[error("must be a plain file name (no `/`, not starting with `.`)")]
+    NotPlainName,
+    #[error("must not end in .o or .ko: name the module without its suffix")]
+    ObjectSuffix,
+    #[error("must be relative to the build directory")]
+    Absolute,
+    #[error("must not contain `..`: it would leave the build directory")]
+    LeavesBuildDir,
+    #[error("does not start with /kernel, /updates or /extra")]
+    DestOutsideTrees,
+    #[error("climbs out with `..`: it would leave /lib/modules/<kver>")]
+    ClimbsOut,
 }
 
 /// A DEST_MODULE_LOCATION as the directories under `/lib/modules/<kver>` it names: `.` and
@@ -435,34 +455,29 @@ mod tests {
             );
         }
         for (field, value, why) in [
-            (BuiltName, "", "must be a plain file name"),
-            (
-                BuiltName,
-                "../../../../tmp/x/plant",
-                "must be a plain file name",
-            ),
-            (BuiltName, "a/b", "must be a plain file name"),
-            (BuiltName, "..", "must be a plain file name"),
-            (BuiltName, ".hidden", "must be a plain file name"),
-            (BuiltName, "hello.ko", "must not end in .o or .ko"),
-            (DestName, "x.o", "must not end in .o or .ko"),
-            (DestName, "../x", "must be a plain file name"),
-            (BuiltName, "a\0b", "contains a NUL byte"),
-            (BuiltLocation, "../../..", "must not contain `..`"),
-            (BuiltLocation, "src/../../x", "must not contain `..`"),
-            (BuiltLocation, "/tmp/x", "must be relative"),
-            (DestLocation, "/updates/../../", "climbs out with `..`"),
-            (DestLocation, "/kernel/../..", "climbs out with `..`"),
-            (
-                DestLocation,
-                "/extra/a/../../../etc",
-                "climbs out with `..`",
-            ),
-            (DestLocation, "/lib", "does not start with /kernel"),
-            (DestLocation, "updates", "does not start with /kernel"),
+            (BuiltName, "", BadField::NotPlainName),
+            (BuiltName, "../../../../tmp/x/plant", BadField::NotPlainName),
+            (BuiltName, "a/b", BadField::NotPlainName),
+            (BuiltName, "..", BadField::NotPlainName),
+            (BuiltName, ".hidden", BadField::NotPlainName),
+            (BuiltName, "hello.ko", BadField::ObjectSuffix),
+            (DestName, "x.o", BadField::ObjectSuffix),
+            (DestName, "../x", BadField::NotPlainName),
+            (BuiltName, "a\0b", BadField::Nul),
+            (BuiltLocation, "../../..", BadField::LeavesBuildDir),
+            (BuiltLocation, "src/../../x", BadField::LeavesBuildDir),
+            (BuiltLocation, "/tmp/x", BadField::Absolute),
+            (DestLocation, "/updates/../../", BadField::ClimbsOut),
+            (DestLocation, "/kernel/../..", BadField::ClimbsOut),
+            (DestLocation, "/extra/a/../../../etc", BadField::ClimbsOut),
+            (DestLocation, "/lib", BadField::DestOutsideTrees),
+            (DestLocation, "updates", BadField::DestOutsideTrees),
         ] {
-            let got = check_module_field(field, value).expect_err(value);
-            assert!(got.contains(why), "{field:?} {value:?}: {got}");
+            assert_eq!(
+                check_module_field(field, value),
+                Err(why),
+                "{field:?} {value:?}"
+            );
         }
         assert_eq!(dest_components("/kernel/../misc/"), Some(vec!["misc"]));
         assert_eq!(

@@ -181,11 +181,11 @@ impl KernelSource {
     fn resolve(
         raw: SourceFile,
         debian: Option<&DebianKernel>,
-    ) -> std::result::Result<Self, String> {
+    ) -> std::result::Result<Self, BadSource> {
         let arch = raw.arch.or_else(|| debian.map(|d| d.arch.clone()));
         let flavour = raw.flavour.or_else(|| debian.map(|d| d.flavour.clone()));
         let (Some(arch), Some(flavour)) = (arch, flavour) else {
-            return Err("a kernel source needs `arch` and `flavour` (or a [debian] table to take them from)".into());
+            return Err(BadSource::NoKernel);
         };
         let kernel = DebianKernel { arch, flavour };
         let Some(url) = raw.url else {
@@ -199,9 +199,7 @@ impl KernelSource {
             return Ok(s);
         };
         let Some(keyring) = raw.keyring else {
-            return Err(format!(
-                "the kernel source {url} needs `keyring`: the file its archive is signed with"
-            ));
+            return Err(BadSource::NoKeyring { url });
         };
         let host = url
             .split("://")
@@ -219,9 +217,7 @@ impl KernelSource {
             },
         );
         if name.is_empty() || name.contains(['/', ' ']) || name.starts_with('.') {
-            return Err(format!(
-                "`name = \"{name}\"` must be a plain word: it names a directory"
-            ));
+            return Err(BadSource::Name { name });
         }
         Ok(KernelSource {
             name,
@@ -232,6 +228,17 @@ impl KernelSource {
             kernel,
         })
     }
+}
+
+/// What is wrong with a `[[kernels.source]]` of a target profile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadSource {
+    #[error("a kernel source needs `arch` and `flavour` (or a [debian] table to take them from)")]
+    NoKernel,
+    #[error("the kernel source {url} needs `keyring`: the file its archive is signed with")]
+    NoKeyring { url: String },
+    #[error("`name = \"{name}\"` must be a plain word: it names a directory")]
+    Name { name: String },
 }
 
 /// Where Debian publishes this target's kernels: the dpkg architecture and flavour, as in
@@ -328,7 +335,7 @@ impl Target {
             let source = KernelSource::resolve(spanned.get_ref().clone(), raw.debian.as_ref())
                 .map_err(|why| {
                     let (line, col) = line_col(text, spanned.span().start);
-                    Error::config(file, why).line(line, col)
+                    Error::config(file, why.to_string()).line(line, col)
                 })?;
             kernel_sources.push(source);
         }

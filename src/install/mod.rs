@@ -135,7 +135,7 @@ pub fn dest_relative(
         (ModuleField::DestLocation, location),
     ] {
         if let Err(why) = check_module_field(field, value) {
-            return Err(escape(field.dkms_name(), value, &why));
+            return Err(escape(field.dkms_name(), value, &why.to_string()));
         }
     }
     let mut rel = PathBuf::from("lib/modules").join(release);

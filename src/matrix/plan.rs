@@ -168,7 +168,7 @@ pub struct Plan {
     /// The share of the plan these cells are (`--shard`).
     pub shard: Option<Shard>,
     /// Why cells run without their private namespace, when they do.
-    pub no_namespace: Option<String>,
+    pub no_namespace: Option<namespace::Unavailable>,
 }
 
 /// The share of a plan one machine builds (`--shard I/N`, 1-based); [`crate::matrix::shard`]
@@ -614,6 +614,28 @@ impl Plan {
             cells: self.cells.len(),
             to_build: self.cells.len() - skipped,
             skipped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_is_i_of_n_and_reads_back_as_written() {
+        for (text, index, count) in [("1/1", 1, 1), ("2/3", 2, 3), (" 3 / 3 ", 3, 3)] {
+            let s: Shard = text.parse().unwrap();
+            assert_eq!((s.index, s.count), (index, count), "{text}");
+        }
+        assert_eq!("2/3".parse::<Shard>().unwrap().to_string(), "2/3");
+        for text in ["0/3", "4/3", "1/0", "3", "a/b", "-1/2", "1/2/3", ""] {
+            let err = text.parse::<Shard>().unwrap_err();
+            assert_eq!(err.code(), crate::error::exit::USAGE, "{text}");
+            assert_eq!(
+                err.to_string(),
+                format!("--shard {text}: expected I/N with 1 <= I <= N, e.g. 2/3")
+            );
         }
     }
 }

@@ -55,7 +55,38 @@ pub fn assign(
     count: usize,
     costs: &HashMap<(String, String, String, String), f64>,
 ) -> Vec<usize> {
-    let n = plan.cells.len();
+    let mut source_cost: HashMap<&std::path::Path, f64> = HashMap::new();
+    let cost: Vec<f64> = plan
+        .cells
+        .iter()
+        .map(|c| {
+            let key = (
+                c.spec.name.clone(),
+                c.spec.version.clone(),
+                c.target.target.name.clone(),
+                c.tree.release.clone(),
+            );
+            match c.action {
+                Action::Skip(_) => 0.0,
+                Action::Build => match costs.get(&key) {
+                    Some(&secs) => secs,
+                    None => *source_cost
+                        .entry(&c.source)
+                        .or_insert_with(|| source_bytes(c) / 1e4),
+                },
+            }
+        })
+        .collect();
+    let deps: Vec<&[usize]> = plan.cells.iter().map(|c| c.deps.as_slice()).collect();
+    deal(&cost, &deps, count)
+}
+
+/// Deal cells out to `count` shards: each cell (`cost[i]`, depending on the cells `deps[i]`)
+/// goes with everything it is linked to by dependencies, and the groups go largest first to
+/// the least loaded shard (the lowest-numbered among equals; equal groups in the order of
+/// their first cell). The shard (0-based) of every cell.
+fn deal(cost: &[f64], deps: &[&[usize]], count: usize) -> Vec<usize> {
+    let n = cost.len();
     // Union-find over dependency edges.
     let mut parent: Vec<usize> = (0..n).collect();
     fn find(p: &mut [usize], mut i: usize) -> usize {
@@ -65,39 +96,23 @@ pub fn assign(
         }
         i
     }
-    for (i, c) in plan.cells.iter().enumerate() {
-        for &d in &c.deps {
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds.iter() {
             let (a, b) = (find(&mut parent, i), find(&mut parent, d));
             if a != b {
                 parent[a.max(b)] = a.min(b);
             }
         }
     }
-    let mut source_cost: HashMap<&std::path::Path, f64> = HashMap::new();
     let mut groups: Vec<(f64, usize, Vec<usize>)> = Vec::new(); // (cost, first index, members)
     let mut group_of: HashMap<usize, usize> = HashMap::new();
-    for (i, c) in plan.cells.iter().enumerate() {
+    for (i, &c) in cost.iter().enumerate() {
         let root = find(&mut parent, i);
-        let key = (
-            c.spec.name.clone(),
-            c.spec.version.clone(),
-            c.target.target.name.clone(),
-            c.tree.release.clone(),
-        );
-        let cost = match c.action {
-            Action::Skip(_) => 0.0,
-            Action::Build => match costs.get(&key) {
-                Some(&secs) => secs,
-                None => *source_cost
-                    .entry(&c.source)
-                    .or_insert_with(|| source_bytes(c) / 1e4),
-            },
-        };
         let g = *group_of.entry(root).or_insert_with(|| {
             groups.push((0.0, i, Vec::new()));
             groups.len() - 1
         });
-        groups[g].0 += cost;
+        groups[g].0 += c;
         groups[g].2.push(i);
     }
     groups.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -131,4 +146,46 @@ pub fn select(
     let mut share = plan.subset(&keep);
     share.shard = Some(shard);
     share
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_go_first_to_the_least_loaded_shard() {
+        // 5 to shard 0, 4 to 1, 3 to 1 (4 < 5), 2 to 0 (5 < 7), 1 to 0 (7 = 7: the first).
+        let cost = [3.0, 5.0, 1.0, 4.0, 2.0];
+        let none: [&[usize]; 5] = [&[]; 5];
+        assert_eq!(deal(&cost, &none, 2), [1, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn a_cell_goes_with_what_it_depends_on_and_what_depends_on_it() {
+        // 0 <- 2 <- 4 (a chain) weighs 3 as one group; 1 and 3 weigh 2 each.
+        let cost = [1.0, 2.0, 1.0, 2.0, 1.0];
+        let deps: [&[usize]; 5] = [&[], &[], &[0], &[], &[2]];
+        let got = deal(&cost, &deps, 2);
+        assert_eq!(got[0], got[2]);
+        assert_eq!(got[2], got[4]);
+        assert_eq!(got, [0, 1, 0, 1, 0]);
+        // Without the links the same costs split differently.
+        let none: [&[usize]; 5] = [&[]; 5];
+        assert_ne!(deal(&cost, &none, 2), got);
+    }
+
+    #[test]
+    fn equal_costs_deal_in_plan_order_and_every_cell_lands_once() {
+        let cost = [0.0; 7];
+        let none: [&[usize]; 7] = [&[]; 7];
+        // Skipped cells weigh nothing: no shard is less loaded than the first.
+        assert_eq!(deal(&cost, &none, 3), [0, 0, 0, 0, 0, 0, 0]);
+        let cost = [1.0; 7];
+        let got = deal(&cost, &none, 3);
+        assert_eq!(got, [0, 1, 2, 0, 1, 2, 0]);
+        // One shard, or none asked: everything in shard 0.
+        assert_eq!(deal(&cost, &none, 1), [0; 7]);
+        assert_eq!(deal(&cost, &none, 0), [0; 7]);
+        assert_eq!(deal(&[], &[], 4), Vec::<usize>::new());
+    }
 }

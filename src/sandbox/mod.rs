@@ -213,6 +213,30 @@ pub struct View {
     pub root: Option<PathBuf>,
 }
 
+/// Why the sandbox cannot be made here ([`available`]), or a program could not be run in a
+/// toolchain root ([`run_in_root`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    /// No `bwrap` on `PATH`, `/usr/sbin` or `/sbin`.
+    #[error("bwrap not found (install bubblewrap)")]
+    NoBubblewrap,
+    /// The probe's own directory (`what`: "a temporary directory", "build", "src").
+    #[error("cannot create {what}: {source}")]
+    Create {
+        what: &'static str,
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// `bwrap` could not be started.
+    #[error("cannot run {}: {source}", bwrap.display())]
+    Run {
+        bwrap: PathBuf,
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// bubblewrap ran and could not make the view: its last line on stderr.
+    #[error("{said}")]
+    Refused { said: String },
+}
+
 /// How bubblewrap is run here, found once per process by [`available`].
 #[derive(Debug, Clone)]
 struct Runner {
@@ -256,7 +280,7 @@ impl View {
             }
             Err(why) => {
                 let mut cmd = Command::new("bash");
-                cmd.args(["-c", "echo \"bwrap: $0\" >&2; exit 1", &why]);
+                cmd.args(["-c", "echo \"bwrap: $0\" >&2; exit 1", &why.to_string()]);
                 cmd
             }
         }
@@ -519,7 +543,7 @@ fn sysroot_paths_of_tree(kdir: &Path) -> Vec<PathBuf> {
 }
 
 /// Run `args` in toolchain root `root` (as `/`, read-only, no network, no capabilities).
-pub fn run_in_root(root: &Path, args: &[&str]) -> Result<std::process::Output, String> {
+pub fn run_in_root(root: &Path, args: &[&str]) -> Result<std::process::Output, Unavailable> {
     let runner = runner()?;
     let mut cmd = Command::new(&runner.bwrap);
     if runner.user_ns || !crate::process::is_root() {
@@ -542,8 +566,10 @@ pub fn run_in_root(root: &Path, args: &[&str]) -> Result<std::process::Output, S
     ])
     .args(args)
     .stdin(std::process::Stdio::null());
-    cmd.output()
-        .map_err(|e| format!("cannot run {}: {e}", runner.bwrap.display()))
+    cmd.output().map_err(|e| Unavailable::Run {
+        bwrap: runner.bwrap.clone(),
+        source: e.into(),
+    })
 }
 
 /// A pipe holding the seccomp program, for bubblewrap to read (the program is a few hundred
@@ -822,12 +848,12 @@ fn resolve(path: &Path) -> PathBuf {
 }
 
 /// Whether cells get their sandbox here: `Err` says why not. Probed once per process.
-pub fn available() -> Result<(), String> {
+pub fn available() -> Result<(), Unavailable> {
     runner().map(|_| ())
 }
 
-fn runner() -> Result<&'static Runner, String> {
-    static RUNNER: OnceLock<Result<Runner, String>> = OnceLock::new();
+fn runner() -> Result<&'static Runner, Unavailable> {
+    static RUNNER: OnceLock<Result<Runner, Unavailable>> = OnceLock::new();
     RUNNER
         .get_or_init(probe_or_recall)
         .as_ref()
@@ -879,13 +905,13 @@ fn probe_key(bwrap: &Path) -> String {
 
 /// The probe's finding, kept from an earlier run under the same [`probe_key`], or probed
 /// now (and kept when it succeeds; a failure is probed again next time).
-fn probe_or_recall() -> Result<Runner, String> {
+fn probe_or_recall() -> Result<Runner, Unavailable> {
     let path = format!(
         "{}:/usr/sbin:/sbin",
         std::env::var("PATH").unwrap_or_default()
     );
-    let bwrap = which::which_in("bwrap", Some(&path), "/")
-        .map_err(|_| "bwrap not found (install bubblewrap)".to_string())?;
+    let bwrap =
+        which::which_in("bwrap", Some(&path), "/").map_err(|_| Unavailable::NoBubblewrap)?;
     let Some(file) = PROBE_FILE.get() else {
         return probe(bwrap);
     };
@@ -904,14 +930,20 @@ fn probe_or_recall() -> Result<Runner, String> {
 
 /// Whether bubblewrap at `bwrap` can make a user namespace here, by making the strict view
 /// of a cell and running a step in it that must see its build directory and tree link.
-fn probe(bwrap: PathBuf) -> Result<Runner, String> {
+fn probe(bwrap: PathBuf) -> Result<Runner, Unavailable> {
     let tmp = tempfile::Builder::new()
         .prefix(".kmx-probe-")
         .tempdir_in(std::env::temp_dir())
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        .map_err(|e| Unavailable::Create {
+            what: "a temporary directory",
+            source: e.into(),
+        })?;
     let dir = tmp.path();
     for d in ["build", "src"] {
-        std::fs::create_dir(dir.join(d)).map_err(|e| format!("cannot create {d}: {e}"))?;
+        std::fs::create_dir(dir.join(d)).map_err(|e| Unavailable::Create {
+            what: d,
+            source: e.into(),
+        })?;
     }
     let view = View {
         release: "0.0.0-kmx-probe".into(),
@@ -941,7 +973,10 @@ fn probe(bwrap: PathBuf) -> Result<Runner, String> {
             .args(["bash", "-c", check])
             .stdin(std::process::Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run {}: {e}", bwrap.display()))?;
+            .map_err(|e| Unavailable::Run {
+                bwrap: bwrap.clone(),
+                source: e.into(),
+            })?;
         if out.status.success() && made.is_file() {
             return Ok(Runner { bwrap, user_ns });
         }
@@ -954,7 +989,7 @@ fn probe(bwrap: PathBuf) -> Result<Runner, String> {
             .trim()
             .to_string();
     }
-    Err(last)
+    Err(Unavailable::Refused { said: last })
 }
 
 #[cfg(test)]

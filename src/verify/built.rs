@@ -11,7 +11,9 @@ use std::path::Path;
 use crate::config::arch::ElfIdentity;
 use crate::error::{Error, Result};
 use crate::kernel::tree::KernelTree;
-use crate::verify::checks::{self, CheckKind, Kernel, Keys, Options, Others, Status, TreeSymbols};
+use crate::verify::checks::{
+    self, CheckKind, Kernel, Keys, KeysUnknown, Options, Others, Status, TreeSymbols,
+};
 use crate::verify::module::Module;
 
 /// Fail, with the first failing check's reason, unless the module at `path` would load on
@@ -29,7 +31,8 @@ pub fn check(
     let kernel = Kernel {
         tree,
         symbols,
-        keys: Keys::Unknown("builds are not signed"),
+        // Builds are not signed.
+        keys: Keys::Unknown(&KeysUnknown::NotAsked),
     };
     let opts = Options {
         strict: true,

@@ -25,6 +25,20 @@ use crate::verify::signing::{Keyring, TrustedKey, scan_certificates, scan_keyrin
 /// Largest kernel image kmx decompresses (a vmlinux is a few tens of MiB).
 const IMAGE_LIMIT: usize = 512 << 20;
 
+pub use xz::XzError;
+
+/// Why the certificates of a kernel image could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Decompress(#[from] decompress::DecompressError),
+    #[error(transparent)]
+    Xz(#[from] XzError),
+    /// Neither the image nor any stream in it has the keyring, and no stream inflated.
+    #[error("no compressed kernel inside the image")]
+    NoCompressedKernel,
+}
+
 /// The certificates built into `image`, from the cache in `cache_dir` when it is fresh.
 /// A cache that cannot be written is not an error (the home may be read-only).
 pub fn builtin(image: &Path, cache_dir: &Path) -> Result<Keyring> {
@@ -250,7 +264,7 @@ fn hex(bytes: &[u8]) -> String {
 /// when it is compressed whole (arm64's gzip `vmlinuz`) or not compressed, else in the
 /// first compressed stream inside it (a bzImage's or zImage's payload) that has them.
 /// Empty when the kernel has none.
-pub fn extract(data: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
+pub fn extract(data: &[u8]) -> std::result::Result<Vec<Vec<u8>>, ImageError> {
     if let Some(format) = Compression::detect(data) {
         let inner = inflate(data, format)?;
         return Ok(scan_keyring(&inner));
@@ -284,18 +298,18 @@ pub fn extract(data: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
     }
     match (inflated, last_error) {
         (0, Some(e)) => Err(e),
-        (0, None) => Err("no compressed kernel inside the image".to_string()),
+        (0, None) => Err(ImageError::NoCompressedKernel),
         _ => Ok(Vec::new()),
     }
 }
 
 /// Decompress one stream, keeping what came out before trailing data (a zImage's piggy
 /// data is followed by its size; a bzImage's payload by the rest of the image).
-fn inflate(data: &[u8], format: Compression) -> std::result::Result<Vec<u8>, String> {
-    match format {
-        Compression::Xz => xz::decompress(data, IMAGE_LIMIT),
-        _ => decompress::decompress_prefix(data, format, IMAGE_LIMIT).map_err(|e| e.to_string()),
-    }
+fn inflate(data: &[u8], format: Compression) -> std::result::Result<Vec<u8>, ImageError> {
+    Ok(match format {
+        Compression::Xz => xz::decompress(data, IMAGE_LIMIT)?,
+        _ => decompress::decompress_prefix(data, format, IMAGE_LIMIT)?,
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -312,17 +326,45 @@ mod xz {
     const FILTER_ARM: u64 = 0x07;
     const FILTER_LZMA2: u64 = 0x21;
 
-    pub fn decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    /// What is wrong with a kernel image's xz stream.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum XzError {
+        #[error("truncated xz stream header")]
+        TruncatedStreamHeader,
+        #[error("truncated xz block")]
+        TruncatedBlock,
+        #[error("xz stream has no block")]
+        NoBlock,
+        #[error("truncated xz block header")]
+        TruncatedBlockHeader,
+        #[error("bad xz filter")]
+        BadFilter,
+        #[error("truncated xz filter properties")]
+        TruncatedFilterProperties,
+        #[error("xz block does not end with the LZMA2 filter")]
+        NotLzma2,
+        /// Nothing came out of LZMA2: the decoder's words, if it said any.
+        #[error("corrupt xz stream: {}", decoder.as_deref().unwrap_or("empty"))]
+        Corrupt { decoder: Option<String> },
+        #[error("xz filter {0:#x} is not supported")]
+        UnsupportedFilter(u64),
+        #[error("truncated xz varint")]
+        TruncatedVarint,
+        #[error("xz varint too long")]
+        VarintTooLong,
+    }
+
+    pub fn decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, XzError> {
         // Stream header: magic (6), flags (2), CRC32 (4).
-        let block = data.get(12..).ok_or("truncated xz stream header")?;
-        let header_size = (usize::from(*block.first().ok_or("truncated xz block")?) + 1) * 4;
+        let block = data.get(12..).ok_or(XzError::TruncatedStreamHeader)?;
+        let header_size = (usize::from(*block.first().ok_or(XzError::TruncatedBlock)?) + 1) * 4;
         if header_size == 4 {
-            return Err("xz stream has no block".to_string());
+            return Err(XzError::NoBlock);
         }
         let header = block
             .get(1..header_size)
-            .ok_or("truncated xz block header")?;
-        let flags = *header.first().ok_or("truncated xz block header")?;
+            .ok_or(XzError::TruncatedBlockHeader)?;
+        let flags = *header.first().ok_or(XzError::TruncatedBlockHeader)?;
         let mut rest = header.get(1..).unwrap_or_default();
         if flags & 0x40 != 0 {
             varint(&mut rest)?;
@@ -333,14 +375,16 @@ mod xz {
         let mut filters = Vec::new();
         for _ in 0..=(flags & 3) {
             let id = varint(&mut rest)?;
-            let props = usize::try_from(varint(&mut rest)?).map_err(|_| "bad xz filter")?;
-            rest = rest.get(props..).ok_or("truncated xz filter properties")?;
+            let props = usize::try_from(varint(&mut rest)?).map_err(|_| XzError::BadFilter)?;
+            rest = rest
+                .get(props..)
+                .ok_or(XzError::TruncatedFilterProperties)?;
             filters.push(id);
         }
         if filters.last() != Some(&FILTER_LZMA2) {
-            return Err("xz block does not end with the LZMA2 filter".to_string());
+            return Err(XzError::NotLzma2);
         }
-        let mut input = block.get(header_size..).ok_or("truncated xz block")?;
+        let mut input = block.get(header_size..).ok_or(XzError::TruncatedBlock)?;
         let mut out = Vec::new();
         let mut capped = Capped {
             out: &mut out,
@@ -348,16 +392,15 @@ mod xz {
         };
         let result = lzma_rs::lzma2_decompress(&mut input, &mut capped);
         if out.is_empty() {
-            return Err(format!(
-                "corrupt xz stream: {}",
-                result.err().map_or("empty".to_string(), |e| e.to_string())
-            ));
+            return Err(XzError::Corrupt {
+                decoder: result.err().map(|e| e.to_string()),
+            });
         }
         for &filter in filters.iter().rev().skip(1) {
             match filter {
                 FILTER_X86 => bcj_x86(&mut out),
                 FILTER_ARM => bcj_arm(&mut out),
-                other => return Err(format!("xz filter {other:#x} is not supported")),
+                other => return Err(XzError::UnsupportedFilter(other)),
             }
         }
         Ok(out)
@@ -381,17 +424,17 @@ mod xz {
         }
     }
 
-    fn varint(bytes: &mut &[u8]) -> Result<u64, String> {
+    fn varint(bytes: &mut &[u8]) -> Result<u64, XzError> {
         let mut value = 0u64;
         for i in 0..9 {
-            let (&b, rest) = bytes.split_first().ok_or("truncated xz varint")?;
+            let (&b, rest) = bytes.split_first().ok_or(XzError::TruncatedVarint)?;
             *bytes = rest;
             value |= u64::from(b & 0x7F) << (7 * i);
             if b & 0x80 == 0 {
                 return Ok(value);
             }
         }
-        Err("xz varint too long".to_string())
+        Err(XzError::VarintTooLong)
     }
 
     fn test_msbyte(b: u8) -> bool {
@@ -512,7 +555,7 @@ mod tests {
     fn an_image_without_certificates_or_streams_says_so() {
         assert_eq!(
             extract(b"MZ just some bytes").unwrap_err(),
-            "no compressed kernel inside the image"
+            ImageError::NoCompressedKernel
         );
     }
 }

@@ -95,6 +95,10 @@ pub struct Check {
     /// What the check found, where a caller acts on it (the summary is for people).
     #[serde(skip)]
     pub finding: Option<Finding>,
+    /// The items of `evidence` that are why the kernel refuses the module, one per symbol
+    /// (modversions); the others are notes (a CRC not known here, a symbol accepted).
+    #[serde(skip)]
+    pub refusals: Vec<String>,
 }
 
 /// A finding of a check that the commands act on beyond printing it.
@@ -113,6 +117,7 @@ impl Check {
             summary: summary.into(),
             evidence: Vec::new(),
             finding: None,
+            refusals: Vec::new(),
         }
     }
 
@@ -178,7 +183,24 @@ pub enum Keys<'a> {
     /// Its built-in certificates and/or those given with `--cert`.
     Known(&'a Keyring),
     /// Not known, and why (no kernel image fetched, unreadable image).
-    Unknown(&'a str),
+    Unknown(&'a KeysUnknown),
+}
+
+/// Why kmx does not know the keys a kernel trusts (so signatures are not checked).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeysUnknown {
+    /// Not asked for: the module is not signed, the kernel does not check signatures, or
+    /// the caller judges loading without the signature (a build's own check, `kmx compat`).
+    #[error("not asked for")]
+    NotAsked,
+    /// No image of the kernel was fetched, and no `--cert` given.
+    #[error(
+        "kmx has no certificate of kernel {release} (fetch its image with `kmx kernels fetch --with-image`, or pass --cert FILE)"
+    )]
+    NoCertificate { release: String },
+    /// The kernel image's built-in certificates could not be read.
+    #[error("{}", crate::error::render_inline(.0))]
+    Image(crate::Error),
 }
 
 impl Kernel<'_> {
@@ -546,7 +568,11 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
                 "the kernel tree has no Module.symvers: the other CRCs are not checked".into(),
             );
         }
-        return Check::new(kind, Status::Fail, why[0].clone()).with(why);
+        let refusals = vec![why[0].clone()];
+        return Check {
+            refusals,
+            ..Check::new(kind, Status::Fail, why[0].clone()).with(why)
+        };
     }
     let Some(symbols) = kernel.symbols else {
         return Check::new(
@@ -569,11 +595,17 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
     // once and goes on; kmx follows the kernels it fetches.
     if let Some(layout) = symbols.symvers.get(MODULE_LAYOUT) {
         match module.versions.iter().find(|v| v.name == MODULE_LAYOUT) {
-            Some(v) if v.crc != layout.crc => {
-                bad.push(disagrees(MODULE_LAYOUT, v.crc, layout.crc, "vmlinux"))
-            }
+            Some(v) if v.crc != layout.crc => bad.push(Mismatch::Disagrees {
+                symbol: MODULE_LAYOUT,
+                module_crc: v.crc,
+                kernel_crc: layout.crc,
+                exporter: "vmlinux",
+            }),
             Some(_) => checked += 1,
-            None => bad.push(no_version(MODULE_LAYOUT, module.versions.is_empty())),
+            None => bad.push(Mismatch::NoVersion {
+                symbol: MODULE_LAYOUT,
+                empty: module.versions.is_empty(),
+            }),
         }
     }
     for name in &module.undefined {
@@ -583,7 +615,10 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
         let has_crc = symbols.symvers.get(name).is_some()
             || others.get(name).is_some_and(|o| o.crc.is_some());
         if has_crc {
-            bad.push(no_version(name, false));
+            bad.push(Mismatch::NoVersion {
+                symbol: name,
+                empty: false,
+            });
         }
     }
     for v in &module.versions {
@@ -594,12 +629,22 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
             if e.crc == v.crc {
                 checked += 1;
             } else {
-                bad.push(disagrees(&v.name, v.crc, e.crc, &e.module));
+                bad.push(Mismatch::Disagrees {
+                    symbol: &v.name,
+                    module_crc: v.crc,
+                    kernel_crc: e.crc,
+                    exporter: &e.module,
+                });
             }
         } else if let Some(o) = others.get(&v.name) {
             match o.crc {
                 Some(crc) if crc == v.crc => checked += 1,
-                Some(crc) => bad.push(disagrees(&v.name, v.crc, crc, &o.module)),
+                Some(crc) => bad.push(Mismatch::Disagrees {
+                    symbol: &v.name,
+                    module_crc: v.crc,
+                    kernel_crc: crc,
+                    exporter: &o.module,
+                }),
                 None => notes.push(format!(
                     "{}: exported by {}, whose CRC is not known here (pass its build's Module.symvers with --symvers); accepted",
                     v.name, o.module
@@ -615,7 +660,7 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
     let total = module.versions.len();
     if !bad.is_empty() {
         let summary = if bad.len() == 1 {
-            bad[0].clone()
+            bad[0].to_string()
         } else if module.versions.is_empty() {
             format!(
                 "__versions is empty (built against a tree without Module.symvers?): no symbol version for {} symbols; the kernel refuses it (\"no symbol version for module_layout\")",
@@ -626,15 +671,18 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
                 "{} of {total} symbols disagree or have no version: {}",
                 bad.len(),
                 bad.iter()
-                    .map(|b| b.trim_start_matches("disagrees about version of symbol "))
-                    .map(|b| b.trim_start_matches("no symbol version for "))
-                    .map(|b| b.split(' ').next().unwrap_or(b))
+                    .map(Mismatch::symbol)
                     .collect::<Vec<_>>()
                     .join(", ")
             )
         };
-        bad.extend(notes);
-        return Check::new(kind, Status::Fail, summary).with(bad);
+        let refusals: Vec<String> = bad.iter().map(Mismatch::to_string).collect();
+        let mut evidence = refusals.clone();
+        evidence.extend(notes);
+        return Check {
+            refusals,
+            ..Check::new(kind, Status::Fail, summary).with(evidence)
+        };
     }
     let format = match module.versions_format {
         VersionsFormat::Extended => " (extended modversions)",
@@ -660,10 +708,28 @@ fn no_version(symbol: &str, empty: bool) -> String {
     }
 }
 
-fn disagrees(symbol: &str, module_crc: u32, kernel_crc: u32, exporter: &str) -> String {
-    format!(
+/// Why the kernel's `check_version` refuses one `__versions` entry (or a symbol without one).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub(crate) enum Mismatch<'a> {
+    #[error(
         "disagrees about version of symbol {symbol} (module {module_crc:#010x}, {exporter} {kernel_crc:#010x})"
-    )
+    )]
+    Disagrees {
+        symbol: &'a str,
+        module_crc: u32,
+        kernel_crc: u32,
+        exporter: &'a str,
+    },
+    #[error("{}", no_version(symbol, *empty))]
+    NoVersion { symbol: &'a str, empty: bool },
+}
+
+impl<'a> Mismatch<'a> {
+    fn symbol(&self) -> &'a str {
+        match *self {
+            Mismatch::Disagrees { symbol, .. } | Mismatch::NoVersion { symbol, .. } => symbol,
+        }
+    }
 }
 
 /// Without a kernel: how many CRCs, and `module_layout`'s.
@@ -1041,7 +1107,7 @@ mod tests {
         Kernel {
             tree,
             symbols: None,
-            keys: Keys::Unknown("no keys in this test"),
+            keys: Keys::Unknown(&KeysUnknown::NotAsked),
         }
     }
 
@@ -1060,6 +1126,54 @@ mod tests {
             c.summary.contains("refuses it (Exec format error)"),
             "{c:?}"
         );
+    }
+
+    #[test]
+    fn modversions_refuses_for_the_mismatches_and_notes_the_rest() {
+        let mut m = hello();
+        m.undefined.clear();
+        m.versions = [("module_layout", 1), ("printk", 5), ("foo", 7)]
+            .into_iter()
+            .map(|(name, crc)| crate::verify::module::SymbolVersion {
+                name: name.into(),
+                crc,
+            })
+            .collect();
+        m.versions_format = VersionsFormat::Classic;
+        let t = tree("CONFIG_MODVERSIONS=y\n");
+        let symbols = TreeSymbols {
+            symvers: Symvers::parse(
+                "0x00000002\tmodule_layout\tvmlinux\tEXPORT_SYMBOL\t\n\
+                 0x00000005\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n",
+                std::path::Path::new("Module.symvers"),
+            )
+            .unwrap(),
+            modules: Default::default(),
+        };
+        let k = Kernel {
+            symbols: Some(&symbols),
+            ..kernel(&t)
+        };
+        let c = modversions(&m, k, &Others::default());
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        let refusal = "disagrees about version of symbol module_layout (module 0x00000001, vmlinux 0x00000002)";
+        assert_eq!(c.summary, refusal);
+        assert_eq!(c.refusals, [refusal]);
+        assert_eq!(
+            c.evidence,
+            [
+                refusal,
+                "foo: exported by no known module, not checked (see symbols)"
+            ]
+        );
+        // Two refusals: the summary names their symbols, from the typed mismatches.
+        m.versions[1].crc = 6;
+        let c = modversions(&m, k, &Others::default());
+        assert_eq!(
+            c.summary,
+            "2 of 3 symbols disagree or have no version: module_layout, printk"
+        );
+        assert_eq!(c.refusals.len(), 2);
     }
 
     #[test]

@@ -137,28 +137,17 @@ pub fn judge(
     }
 }
 
-/// A check's reasons: its evidence items that name a problem, else its summary; each
-/// prefixed with the check (`modversions: disagrees about version of symbol X (...)`).
+/// A check's reasons: the evidence items it refuses the module for, one per symbol
+/// (modversions), else its summary; each prefixed with the check (`modversions: disagrees
+/// about version of symbol X (...)`).
 fn reasons_of(c: &Check) -> Vec<String> {
-    let problems: Vec<&String> = c
-        .evidence
-        .iter()
-        .filter(|e| {
-            !e.starts_with("module \"")
-                && !e.contains("not checked")
-                && !e.contains("accepted")
-                && !e.contains("is not known here")
-        })
-        .collect();
-    // modversions' evidence is one line per symbol (module_layout first); the others'
-    // summaries already say it in one line.
-    if c.check == CheckKind::Modversions && !problems.is_empty() {
-        problems
-            .into_iter()
+    if c.refusals.is_empty() {
+        vec![format!("{}: {}", c.check, c.summary)]
+    } else {
+        c.refusals
+            .iter()
             .map(|e| format!("{}: {e}", c.check))
             .collect()
-    } else {
-        vec![format!("{}: {}", c.check, c.summary)]
     }
 }
 
@@ -217,11 +206,13 @@ mod tests {
             Status::Fail,
             "2 of 3 symbols disagree or have no version: module_layout, param_ops_charp",
         );
-        c.evidence = vec![
+        c.refusals = vec![
             "disagrees about version of symbol module_layout (module 0xb47ce167, vmlinux 0x0c1ad2e4)".into(),
             "disagrees about version of symbol param_ops_charp (module 0x1, vmlinux 0x2)".into(),
-            "foo: exported by no known module, not checked (see symbols)".into(),
         ];
+        c.evidence = c.refusals.clone();
+        c.evidence
+            .push("foo: exported by no known module, not checked (see symbols)".into());
         assert_eq!(
             reasons_of(&c),
             [

@@ -78,10 +78,39 @@ impl Compression {
 pub enum DecompressError {
     /// The stream is not valid for its format (corrupt, truncated, bad checksum).
     #[error("corrupt {format} stream: {detail}")]
-    Corrupt { format: Compression, detail: String },
+    Corrupt {
+        format: Compression,
+        detail: Corruption,
+    },
     /// The stream inflates to more than the limit.
     #[error("{format} stream decompresses to more than {limit} bytes")]
     TooLarge { format: Compression, limit: usize },
+}
+
+/// What is wrong with a stream kmx could not inflate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Corruption {
+    /// The framing ends before it says it does.
+    #[error("truncated stream")]
+    Truncated,
+    /// An xz stream's LZMA2 chunk starts with a control byte the format does not have.
+    #[error("LZMA2 invalid status {0}")]
+    Lzma2Status(u8),
+    /// A zstd file of no bytes.
+    #[error("empty stream")]
+    Empty,
+    /// The output's expected size could not be allocated.
+    #[error("out of memory")]
+    OutOfMemory,
+    /// The decoder's own words (lzma-rs, ruzstd, flate2).
+    #[error("{0}")]
+    Decoder(String),
+}
+
+impl Corruption {
+    fn decoder(e: impl fmt::Display) -> Corruption {
+        Corruption::Decoder(e.to_string())
+    }
 }
 
 /// Bytes in flight shared by the decompressions that run at once (see the module docs).
@@ -270,7 +299,7 @@ fn inflate<'a>(
     limit: usize,
     whole: bool,
     budget: &'a Budget,
-) -> Result<(CappedWriter<'a>, Result<(), String>), DecompressError> {
+) -> Result<(CappedWriter<'a>, Result<(), Corruption>), DecompressError> {
     let estimate = match format {
         Compression::Xz => {
             let size =
@@ -316,7 +345,7 @@ fn inflate_once<'a>(
     whole: bool,
     share: Share<'a>,
     estimate: Estimate,
-) -> (CappedWriter<'a>, Result<(), String>) {
+) -> (CappedWriter<'a>, Result<(), Corruption>) {
     // The expected size up front: no doubling (and copying) on the way there. A large one
     // is mapped for the whole limit (pages are only used as they are written, and given
     // back to the system as soon as it is dropped: a run of bombs does not leave the
@@ -339,27 +368,27 @@ fn inflate_once<'a>(
     if let Buf::Heap(v) = &mut out.buf
         && v.try_reserve_exact(estimate.size).is_err()
     {
-        return (out, Err("out of memory".to_string()));
+        return (out, Err(Corruption::OutOfMemory));
     }
     let result = match format {
         Compression::Xz => {
             let mut input = data;
-            lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| e.to_string())
+            lzma_rs::xz_decompress(&mut input, &mut out).map_err(Corruption::decoder)
         }
         Compression::Zstd if whole => zstd_frames(data, &mut out),
         Compression::Zstd => {
             let mut input = data;
             ruzstd::decoding::StreamingDecoder::new(&mut input)
-                .map_err(|e| e.to_string())
-                .and_then(|mut d| copy(&mut d, &mut out).map_err(|e| e.to_string()))
+                .map_err(Corruption::decoder)
+                .and_then(|mut d| copy(&mut d, &mut out).map_err(Corruption::decoder))
         }
         Compression::Gzip if whole => {
             let mut decoder = flate2::read::MultiGzDecoder::new(data);
-            copy(&mut decoder, &mut out).map_err(|e| e.to_string())
+            copy(&mut decoder, &mut out).map_err(Corruption::decoder)
         }
         Compression::Gzip => {
             let mut decoder = flate2::read::GzDecoder::new(data);
-            copy(&mut decoder, &mut out).map_err(|e| e.to_string())
+            copy(&mut decoder, &mut out).map_err(Corruption::decoder)
         }
     };
     (out, result.map(|_| ()))
@@ -368,8 +397,8 @@ fn inflate_once<'a>(
 /// The exact size an xz stream inflates to, from its LZMA2 chunk headers, which the decoder
 /// holds each chunk to: read without decoding anything. An error for framing the decoder
 /// would refuse too (truncation, a bad chunk control byte).
-fn xz_size(data: &[u8]) -> Result<u64, String> {
-    let truncated = || "truncated stream".to_string();
+fn xz_size(data: &[u8]) -> Result<u64, Corruption> {
+    let truncated = || Corruption::Truncated;
     let flags = data.get(7).ok_or_else(truncated)?;
     let check_len = match flags & 0x0F {
         0 => 0,
@@ -393,7 +422,7 @@ fn xz_size(data: &[u8]) -> Result<u64, String> {
         loop {
             let control = *data.get(at).ok_or_else(truncated)?;
             at += 1;
-            let be16 = |i: usize| -> Result<u64, String> {
+            let be16 = |i: usize| -> Result<u64, Corruption> {
                 let b = data.get(i..i + 2).ok_or_else(truncated)?;
                 Ok(u64::from(u16::from_be_bytes([b[0], b[1]])))
             };
@@ -410,7 +439,7 @@ fn xz_size(data: &[u8]) -> Result<u64, String> {
                     let props = usize::from(control >= 0xC0);
                     at += 4 + props + packed as usize;
                 }
-                other => return Err(format!("LZMA2 invalid status {other}")),
+                other => return Err(Corruption::Lzma2Status(other)),
             }
         }
         // Block padding to a multiple of four, then the check.
@@ -491,15 +520,15 @@ fn gzip_stated(data: &[u8]) -> Option<usize> {
 }
 
 /// Decode every frame of a zstd stream (the `zstd` tool writes one; concatenations are legal).
-fn zstd_frames(data: &[u8], out: &mut CappedWriter) -> Result<(), String> {
+fn zstd_frames(data: &[u8], out: &mut CappedWriter) -> Result<(), Corruption> {
     let mut input = data;
     if input.is_empty() {
-        return Err("empty stream".to_string());
+        return Err(Corruption::Empty);
     }
     while !input.is_empty() {
         let mut decoder =
-            ruzstd::decoding::StreamingDecoder::new(&mut input).map_err(|e| e.to_string())?;
-        copy(&mut decoder, out).map_err(|e| e.to_string())?;
+            ruzstd::decoding::StreamingDecoder::new(&mut input).map_err(Corruption::decoder)?;
+        copy(&mut decoder, out).map_err(Corruption::decoder)?;
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ use crate::kernel::tree::KernelTree;
 use crate::state::Home;
 use crate::verify::certs;
 use crate::verify::checks::{
-    self, Check, CheckKind, Kernel, Keys, Options, Others, Status, TreeSymbols,
+    self, Check, CheckKind, Kernel, Keys, KeysUnknown, Options, Others, Status, TreeSymbols,
 };
 use crate::verify::module::{Compression, Module};
 use crate::verify::signing::Keyring;
@@ -308,7 +308,7 @@ fn check_set(
         .map_err(|e| Error::env(format!("cannot start worker threads: {e}")))?;
 
     // Each tree's trusted keys are read once, by the first signed module that needs them.
-    let keys: Vec<OnceLock<std::result::Result<Keyring, String>>> =
+    let keys: Vec<OnceLock<std::result::Result<Keyring, KeysUnknown>>> =
         trees.trees.iter().map(|_| OnceLock::new()).collect();
     let opts = Options {
         strict: args.strict,
@@ -608,7 +608,7 @@ impl OthersByKernel {
 struct Pass<'a> {
     trees: &'a Trees,
     symbols: &'a [OnceLock<Result<Option<TreeSymbols>>>],
-    keys: &'a [OnceLock<std::result::Result<Keyring, String>>],
+    keys: &'a [OnceLock<std::result::Result<Keyring, KeysUnknown>>],
     digests: &'a OnceLock<certs::DigestCache>,
     given_certs: Option<&'a Keyring>,
     cert_cache: &'a Path,
@@ -654,10 +654,10 @@ impl Pass<'_> {
 
     /// The keys tree `i`'s kernel trusts: its image's built-in certificates and `--cert`.
     /// An `Err` says why kmx does not know them (then signatures are not checked).
-    fn load_keys(&self, i: usize) -> std::result::Result<Keyring, String> {
-        let from_image = self.trees.images[i].as_ref().map(|image| {
-            certs::builtin(image, self.cert_cache).map_err(|e| crate::error::render_inline(&e))
-        });
+    fn load_keys(&self, i: usize) -> std::result::Result<Keyring, KeysUnknown> {
+        let from_image = self.trees.images[i]
+            .as_ref()
+            .map(|image| certs::builtin(image, self.cert_cache).map_err(KeysUnknown::Image));
         let mut keyring = match (from_image, self.given_certs) {
             (Some(Ok(mut k)), Some(given)) => {
                 k.keys.extend(given.keys.iter().cloned());
@@ -668,10 +668,9 @@ impl Pass<'_> {
             (_, Some(given)) => given.clone(),
             (Some(Err(why)), None) => return Err(why),
             (None, None) => {
-                return Err(format!(
-                    "kmx has no certificate of kernel {} (fetch its image with `kmx kernels fetch --with-image`, or pass --cert FILE)",
-                    self.trees.trees[i].release
-                ));
+                return Err(KeysUnknown::NoCertificate {
+                    release: self.trees.trees[i].release.clone(),
+                });
             }
         };
         certs::load_verified(&mut keyring, self.cert_cache);
@@ -726,7 +725,7 @@ impl Pass<'_> {
                                     Err(why) => Keys::Unknown(why),
                                 }
                             } else {
-                                Keys::Unknown("not needed")
+                                Keys::Unknown(&KeysUnknown::NotAsked)
                             };
                             kernel = Some(Kernel {
                                 tree,
