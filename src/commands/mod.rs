@@ -93,7 +93,6 @@ fn run_in(cli: Cli) -> Result<i32> {
             given,
             json,
         } => lifecycle::add(
-            &ctx,
             store,
             &source,
             sandbox.into(),
@@ -101,7 +100,7 @@ fn run_in(cli: Cli) -> Result<i32> {
             &given_of(&given)?,
             json,
         ),
-        Cmd::Install(args) => lifecycle::install_cmd(&ctx, store, &args, wait),
+        Cmd::Install(args) => lifecycle::install_cmd(&ctx, &args, wait),
         Cmd::Uninstall(args) => lifecycle::uninstall_cmd(store, &args, wait),
         Cmd::Remove {
             module,
@@ -144,7 +143,7 @@ fn run_in(cli: Cli) -> Result<i32> {
             };
             lifecycle::status(&ctx, &filter, format, json)
         }
-        Cmd::Autoinstall(args) => lifecycle::autoinstall(&ctx, store, &args, wait),
+        Cmd::Autoinstall(args) => lifecycle::autoinstall_cmd(&ctx, &args, wait),
         Cmd::Dkms(args) => dkms::run(&ctx, store, &args, wait),
         Cmd::Keys(KeysCmd::Generate {
             dir,
@@ -156,7 +155,7 @@ fn run_in(cli: Cli) -> Result<i32> {
             target,
             output,
         } => lifecycle::tarball(store, module.as_deref(), &target, &output),
-        Cmd::Package(args) => lifecycle::package(&ctx, store, &args),
+        Cmd::Package(args) => lifecycle::package(&ctx, &args),
         Cmd::Completions { shell } => docs::completions(shell),
         Cmd::Man { out } => docs::man(&out),
         Cmd::LoadTarball { file } => lifecycle::load_tarball(store, &file, wait),

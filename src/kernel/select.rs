@@ -27,6 +27,13 @@ impl HasRelease for crate::kernel::KernelTree {
     }
 }
 
+/// A release by itself (one a build of a module provides).
+impl HasRelease for String {
+    fn release(&self) -> &str {
+        self
+    }
+}
+
 impl<T: HasRelease> HasRelease for std::sync::Arc<T> {
     fn release(&self) -> &str {
         (**self).release()
