@@ -269,23 +269,7 @@ mod tests {
     }
 
     fn built(module: &str, release: &str, autoinstall: bool) -> BuiltRecord {
-        BuiltRecord {
-            module: module.into(),
-            version: "1.0".into(),
-            release: release.into(),
-            target: "amd64".into(),
-            vermagic: format!("{release} SMP mod_unload "),
-            kdir: PathBuf::new(),
-            source_hash: None,
-            files: Vec::new(),
-            compress: None,
-            sig_enabled: false,
-            sig_force: false,
-            sig_hash: None,
-            autoinstall,
-            origin: "tarball hello.tar".into(),
-            built_at: 0,
-        }
+        crate::lifecycle::built_fixture(module, "1.0", release, "amd64", autoinstall)
     }
 
     #[test]

@@ -170,3 +170,31 @@ pub fn choose_key(
         KeyChoice::NoKey(_) => None,
     }
 }
+
+/// A built cell for the use cases' unit tests.
+#[cfg(test)]
+pub(crate) fn built_fixture(
+    module: &str,
+    version: &str,
+    release: &str,
+    target: &str,
+    autoinstall: bool,
+) -> crate::state::store::BuiltRecord {
+    crate::state::store::BuiltRecord {
+        module: module.into(),
+        version: version.into(),
+        release: release.into(),
+        target: target.into(),
+        vermagic: format!("{release} SMP mod_unload "),
+        kdir: std::path::PathBuf::new(),
+        source_hash: None,
+        files: Vec::new(),
+        compress: None,
+        sig_enabled: false,
+        sig_force: false,
+        sig_hash: None,
+        autoinstall,
+        origin: "build".into(),
+        built_at: 0,
+    }
+}

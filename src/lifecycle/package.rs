@@ -182,23 +182,7 @@ mod tests {
     use super::*;
 
     fn built(module: &str, version: &str, release: &str, target: &str) -> BuiltRecord {
-        BuiltRecord {
-            module: module.into(),
-            version: version.into(),
-            release: release.into(),
-            target: target.into(),
-            vermagic: format!("{release} SMP mod_unload "),
-            kdir: PathBuf::new(),
-            source_hash: None,
-            files: Vec::new(),
-            compress: None,
-            sig_enabled: false,
-            sig_force: false,
-            sig_hash: None,
-            autoinstall: true,
-            origin: "build".into(),
-            built_at: 0,
-        }
+        crate::lifecycle::built_fixture(module, version, release, target, true)
     }
 
     #[test]
