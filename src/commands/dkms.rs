@@ -18,11 +18,10 @@ use crate::config::manifest::Given;
 use crate::error::{Error, Kind, Result, exit, render_inline};
 use crate::install;
 use crate::kernel::installed;
-use crate::lifecycle::prepare::{Prep, prepare};
+use crate::lifecycle::prepare::Prep;
 use crate::lifecycle::remove::{self as rm, UninstallRequest};
 use crate::lifecycle::status::{StatusLine, dkms_line};
 use crate::lifecycle::{Run, install as inst, running_kernel};
-use crate::matrix::pipeline::setup_targets_in;
 use crate::state::store::{CellKey, Store, valid_component};
 
 /// The DKMS release whose command line and exit codes this follows.
@@ -380,29 +379,14 @@ impl Job<'_> {
             );
             return Ok(code::NOT_ADDED_OR_DUPLICATE);
         }
-        let _lock = self.store.lock(self.run.wait)?;
-        let mut notes = Vec::new();
-        let targets = setup_targets_in(
-            &self.ctx.profiles,
-            &self.ctx.home,
-            std::slice::from_ref(&target),
-            &[release.to_string()],
+        let preps = inst::build(
+            self.ctx.env(),
+            &key,
             &self.root,
-            &mut notes,
-        )?;
-        let mut exec = self.run.build_options(&self.ctx.home);
-        exec.force = self.force;
-        let want = |c: &crate::matrix::pipeline::Cell| {
-            c.target.target.name == target && c.tree.release == release
-        };
-        let preps = prepare(
-            self.store,
-            &[(m.to_string(), v.to_string())],
-            &targets,
-            &want,
-            &exec,
+            &self.run,
+            self.force,
             &mut Printer::default(),
-        );
+        )?;
         for (key, prep) in preps {
             match prep {
                 Ok(Prep::Skipped(reason)) => {

@@ -177,6 +177,40 @@ pub fn install(
     Ok(out)
 }
 
+/// Build the one cell `key` (DKMS's `build`: for a kernel installed in `root`), under the
+/// store's lock; `force`: build it again even when it is built and current. The setup's
+/// notes are not news there (the target and kernel were found installed).
+pub fn build(
+    env: Env,
+    key: &CellKey,
+    root: &Path,
+    run: &Run,
+    force: bool,
+    progress: &mut dyn Progress,
+) -> Result<Vec<(CellKey, Result<Prep>)>> {
+    let _lock = env.store.lock(run.wait)?;
+    let mut notes = Vec::new();
+    let targets = setup_targets_in(
+        env.profiles,
+        env.home,
+        std::slice::from_ref(&key.target),
+        std::slice::from_ref(&key.release),
+        root,
+        &mut notes,
+    )?;
+    let mut exec = run.build_options(env.home);
+    exec.force = force;
+    let want = |c: &Cell| c.target.target.name == key.target && c.tree.release == key.release;
+    Ok(prepare(
+        env.store,
+        &[(key.module.clone(), key.version.clone())],
+        &targets,
+        &want,
+        &exec,
+        progress,
+    ))
+}
+
 /// The target `kmx install -k RELEASE` without --target installs for: the one whose kernel
 /// trees (fetched, or installed in ROOT) or whose builds of the module provide RELEASE; of
 /// several, the only one among the default targets (`arm64` for 6.1.0-50-arm64, which the
