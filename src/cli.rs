@@ -830,8 +830,8 @@ fn without_env(cmd: clap::Command) -> clap::Command {
 }
 
 /// A size such as `500M`, `2G` or `1048576` (bytes).
-fn size(s: &str) -> Result<u64, String> {
-    crate::state::cache::parse_size(s).ok_or_else(|| "write a size such as 500M or 2G".to_string())
+fn size(s: &str) -> Result<u64, BadValue> {
+    crate::state::cache::parse_size(s).ok_or(BadValue::NotASize)
 }
 
 /// A `--target` value: any name (profiles of `--config-dir` and ~/.config/kmx count too, and
@@ -895,7 +895,7 @@ impl From<SandboxMode> for crate::sandbox::Mode {
 #[derive(Debug, Clone)]
 pub struct Words(pub Vec<String>);
 
-fn words(s: &str) -> Result<Words, String> {
+fn words(s: &str) -> Result<Words, std::convert::Infallible> {
     Ok(Words(s.split_whitespace().map(str::to_string).collect()))
 }
 
@@ -904,15 +904,27 @@ fn words(s: &str) -> Result<Words, String> {
 /// many slots (a pipe holding one byte each: Linux refuses past 64 KiB).
 pub const MAX_JOBS: usize = 1024;
 
+/// Why a flag's value is refused: clap prints it after the flag and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadValue {
+    #[error("must be at least 1")]
+    NoJobs,
+    #[error(
+        "must be at most {MAX_JOBS}: kmx runs one thread per cell or module it works on at once, never more than the work needs"
+    )]
+    TooManyJobs,
+    #[error("{0}")]
+    NotANumber(#[from] std::num::ParseIntError),
+    #[error("write a size such as 500M or 2G")]
+    NotASize,
+}
+
 /// `--jobs`: a whole number from 1 (0 jobs would build nothing, forever) to [`MAX_JOBS`].
-fn parse_jobs(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) if n > MAX_JOBS => Err(format!(
-            "must be at most {MAX_JOBS}: kmx runs one thread per cell or module it works on at once, never more than the work needs"
-        )),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
+fn parse_jobs(s: &str) -> Result<usize, BadValue> {
+    match s.parse::<usize>()? {
+        0 => Err(BadValue::NoJobs),
+        n if n > MAX_JOBS => Err(BadValue::TooManyJobs),
+        n => Ok(n),
     }
 }
 
@@ -957,7 +969,17 @@ mod tests {
             Some(vec!["ccache".to_string(), "distcc".to_string()])
         );
         assert_eq!(args.cache_size, 500 << 20);
-        assert!(Cli::try_parse_from(["kmx", "build", "x", "--cache-size", "lots"]).is_err());
+        let err = Cli::try_parse_from(["kmx", "build", "x", "--cache-size", "lots"])
+            .expect_err("a size that is not one must be refused");
+        assert!(
+            err.to_string().contains("write a size such as 500M or 2G"),
+            "{err}"
+        );
+        assert_eq!(
+            parse_jobs("x"),
+            Err(BadValue::NotANumber("x".parse::<usize>().unwrap_err()))
+        );
+        assert_eq!(parse_jobs("1025"), Err(BadValue::TooManyJobs));
     }
 
     #[test]

@@ -11,17 +11,17 @@
 use std::path::{Path, PathBuf};
 
 use super::Context;
-use super::lifecycle::{self, running_kernel};
+use super::lifecycle;
 use super::progress::Printer;
-use crate::cli::{AutoinstallArgs, DkmsArgs, InstallArgs, SignArgs, UninstallArgs};
+use crate::cli::DkmsArgs;
 use crate::config::manifest::Given;
 use crate::error::{Error, Kind, Result, exit, render_inline};
 use crate::install;
 use crate::kernel::installed;
-use crate::lifecycle::prepare::{Prep, prepare};
+use crate::lifecycle::prepare::Prep;
+use crate::lifecycle::remove::{self as rm, UninstallRequest};
 use crate::lifecycle::status::{StatusLine, dkms_line};
-use crate::matrix::pipeline::{Options, setup_targets_in};
-use crate::state::cache::{Cache, DEFAULT_MAX_BYTES};
+use crate::lifecycle::{Run, install as inst, running_kernel};
 use crate::state::store::{CellKey, Store, valid_component};
 
 /// The DKMS release whose command line and exit codes this follows.
@@ -163,15 +163,17 @@ pub fn interpret(args: &DkmsArgs, is_source: &dyn Fn(&Path) -> bool) -> Result<R
     })
 }
 
-/// What an action works on: its root, the request, and the command's flags.
+/// What an action works on: its root and the command's flags, resolved.
 struct Job<'a> {
     ctx: &'a Context,
     store: &'a Store,
-    args: &'a DkmsArgs,
     root: PathBuf,
     /// Where registered sources come from: `--sourcetree`, else ROOT/usr/src.
     sources: PathBuf,
-    wait: bool,
+    /// `--force`: build and install again what is built and installed.
+    force: bool,
+    /// `-j`, `--no-depmod`, kmx's own signing key and the lock: as `kmx install` runs.
+    run: Run,
 }
 
 pub fn run(ctx: &Context, store: &Store, args: &DkmsArgs, wait: bool) -> Result<i32> {
@@ -188,13 +190,13 @@ pub fn run(ctx: &Context, store: &Store, args: &DkmsArgs, wait: bool) -> Result<
     let job = Job {
         ctx,
         store,
-        args,
         sources: args
             .sourcetree
             .clone()
             .unwrap_or_else(|| root.join("usr/src")),
         root,
-        wait,
+        force: args.force,
+        run: lifecycle::run_of(ctx, args.jobs, !args.no_depmod, wait)?,
     };
     match req.action {
         Action::Status => job.status(&req),
@@ -249,11 +251,10 @@ impl Job<'_> {
     /// `kmx add` of `src`, named as `given`, read in the strict sandbox.
     fn register(&self, src: &Path, given: &Given) -> Result<i32> {
         lifecycle::add(
-            self.ctx,
             self.store,
             src,
             Default::default(),
-            self.wait,
+            self.run.wait,
             given,
             false,
         )
@@ -372,39 +373,20 @@ impl Job<'_> {
             Err(c) => return Ok(c),
         };
         let key = Self::key(m, v, release, &target);
-        if self.store.load_built(&key)?.is_some() && !self.args.force {
+        if self.store.load_built(&key)?.is_some() && !self.force {
             eprintln!(
                 "Error! This module/version has already been built on: {release}\nUse `dkms remove` (or --force) before building again."
             );
             return Ok(code::NOT_ADDED_OR_DUPLICATE);
         }
-        let _lock = self.store.lock(self.wait)?;
-        let mut notes = Vec::new();
-        let targets = setup_targets_in(
-            &self.ctx.profiles,
-            &self.ctx.home,
-            std::slice::from_ref(&target),
-            &[release.to_string()],
+        let preps = inst::build(
+            self.ctx.env(),
+            &key,
             &self.root,
-            &mut notes,
-        )?;
-        let exec = Options {
-            jobs: self.args.jobs,
-            cache: Some(Cache::new(self.ctx.home.cell_cache(), DEFAULT_MAX_BYTES)),
-            force: self.args.force,
-            ..Options::default()
-        };
-        let want = |c: &crate::matrix::pipeline::Cell| {
-            c.target.target.name == target && c.tree.release == release
-        };
-        let preps = prepare(
-            self.store,
-            &[(m.to_string(), v.to_string())],
-            &targets,
-            &want,
-            &exec,
+            &self.run,
+            self.force,
             &mut Printer::default(),
-        );
+        )?;
         for (key, prep) in preps {
             match prep {
                 Ok(Prep::Skipped(reason)) => {
@@ -454,7 +436,7 @@ impl Job<'_> {
             Err(c) => return Ok(c),
         };
         let key = Self::key(m, v, release, &target);
-        if self.installed_here(&key)? && !self.args.force {
+        if self.installed_here(&key)? && !self.force {
             eprintln!(
                 "Error! This module/version combo is already installed for kernel {release} ({target})."
             );
@@ -467,18 +449,15 @@ impl Job<'_> {
                 c => return Ok(c),
             }
         }
-        let args = InstallArgs {
-            module: format!("{m}/{v}"),
+        let req = inst::Request {
+            module: m.to_string(),
+            version: Some(v.to_string()),
             target: Some(target),
             kernel: Some(release.to_string()),
             root: self.root.clone(),
             create: false,
-            no_depmod: self.args.no_depmod,
-            sign: SignArgs::default(),
-            jobs: self.args.jobs,
-            json: false,
         };
-        match lifecycle::install_cmd(self.ctx, self.store, &args, self.wait) {
+        match lifecycle::install(self.ctx, &req, &self.run, false) {
             // DKMS's "Installation aborted." (and never 1: that says the headers are missing).
             Err(e) if e.kind != Kind::Interrupted => {
                 eprintln!("{}", crate::error::render(&e));
@@ -489,26 +468,35 @@ impl Job<'_> {
         }
     }
 
-    fn uninstall(&self, m: &str, v: &str, release: &str) -> Result<i32> {
-        let here: Vec<_> = self
+    /// The installs of MODULE/VERSION for `release` in this root.
+    fn installs_here(
+        &self,
+        m: &str,
+        v: &str,
+        release: &str,
+    ) -> Result<Vec<crate::state::store::InstallRecord>> {
+        Ok(self
             .store
             .installs_in(&self.root)?
             .into_iter()
             .filter(|r| r.module == m && r.version == v && r.release == release)
-            .collect();
-        if here.is_empty() {
+            .collect())
+    }
+
+    fn uninstall(&self, m: &str, v: &str, release: &str) -> Result<i32> {
+        if self.installs_here(m, v, release)?.is_empty() {
             eprintln!("Module {m} {v} is not installed for kernel {release}. Skipping...");
             return Ok(exit::OK);
         }
-        let args = UninstallArgs {
-            module: Some(format!("{m}/{v}")),
+        let req = UninstallRequest {
+            module: Some(m.to_string()),
+            version: Some(v.to_string()),
             target: None,
             all: true,
             kernel: Some(release.to_string()),
             root: self.root.clone(),
-            no_depmod: self.args.no_depmod,
         };
-        lifecycle::uninstall_cmd(self.store, &args, self.wait)
+        lifecycle::uninstall(self.store, &req, self.run.depmod, self.run.wait)
     }
 
     /// Uninstall from this kernel, then drop the builds for it (DKMS's `unbuild`, and
@@ -518,18 +506,23 @@ impl Job<'_> {
             eprintln!("Error! The module/version combo: {m}-{v} is not located in the DKMS tree.");
             return Ok(code::NOT_ADDED_OR_DUPLICATE);
         }
-        let c = self.uninstall(m, v, release)?;
-        if c != exit::OK {
-            return Ok(c);
+        let _lock = self.store.lock(self.run.wait)?;
+        let here = self.installs_here(m, v, release)?;
+        if here.is_empty() {
+            eprintln!("Module {m} {v} is not installed for kernel {release}. Skipping...");
         }
         let built = self.built_for(m, v, Some(release))?;
+        rm::unbuild(
+            self.store,
+            here,
+            &built,
+            &[],
+            self.run.depmod,
+            self.run.pause_at.as_deref(),
+            &mut |e| lifecycle::print_down(e, true),
+        )?;
         if built.is_empty() {
             eprintln!("Module {m} {v} is not built for kernel {release}. Skipping...");
-        }
-        let _lock = self.store.lock(self.wait)?;
-        for key in built {
-            self.store.delete_built(&key)?;
-            eprintln!("unbuilt {key}");
         }
         Ok(exit::OK)
     }
@@ -557,8 +550,8 @@ impl Job<'_> {
                 self.store,
                 &format!("{m}/{v}"),
                 false,
-                self.args.no_depmod,
-                self.wait,
+                !self.run.depmod,
+                self.run.wait,
             );
         }
         let mut releases: Vec<String> = self
@@ -582,7 +575,7 @@ impl Job<'_> {
             .any(|r| r.module == m && r.version == v);
         if self.built_for(m, v, None)?.is_empty() && !installed_anywhere {
             eprintln!("Deleting module {m}-{v} completely from the DKMS tree.");
-            lifecycle::remove_cmd(self.store, &format!("{m}/{v}"), false, true, self.wait)?;
+            lifecycle::remove_cmd(self.store, &format!("{m}/{v}"), false, true, self.run.wait)?;
         }
         Ok(())
     }
@@ -594,14 +587,7 @@ impl Job<'_> {
         };
         let mut worst = exit::OK;
         for k in kernels {
-            let args = AutoinstallArgs {
-                kernel: Some(k),
-                root: self.root.clone(),
-                no_depmod: self.args.no_depmod,
-                sign: SignArgs::default(),
-                jobs: self.args.jobs,
-            };
-            match lifecycle::autoinstall(self.ctx, self.store, &args, self.wait)? {
+            match lifecycle::autoinstall(self.ctx, &self.root, Some(&k), &self.run)? {
                 exit::OK => {}
                 exit::INTERRUPTED => return Ok(exit::INTERRUPTED),
                 _ => worst = code::AUTOINSTALL_FAILED,

@@ -67,7 +67,6 @@ fn run_in(cli: Cli) -> Result<i32> {
             given,
             json,
         } => lifecycle::add(
-            &ctx,
             store,
             &source,
             sandbox.into(),
@@ -75,7 +74,7 @@ fn run_in(cli: Cli) -> Result<i32> {
             &given_of(&given)?,
             json,
         ),
-        Cmd::Install(args) => lifecycle::install_cmd(&ctx, store, &args, wait),
+        Cmd::Install(args) => lifecycle::install_cmd(&ctx, &args, wait),
         Cmd::Uninstall(args) => lifecycle::uninstall_cmd(store, &args, wait),
         Cmd::Remove {
             module,
@@ -118,7 +117,7 @@ fn run_in(cli: Cli) -> Result<i32> {
             };
             lifecycle::status(&ctx, &filter, format, json)
         }
-        Cmd::Autoinstall(args) => lifecycle::autoinstall(&ctx, store, &args, wait),
+        Cmd::Autoinstall(args) => lifecycle::autoinstall_cmd(&ctx, &args, wait),
         Cmd::Dkms(args) => dkms::run(&ctx, store, &args, wait),
         Cmd::Keys(KeysCmd::Generate {
             dir,
@@ -130,7 +129,7 @@ fn run_in(cli: Cli) -> Result<i32> {
             target,
             output,
         } => lifecycle::tarball(store, module.as_deref(), &target, &output),
-        Cmd::Package(args) => lifecycle::package(&ctx, store, &args),
+        Cmd::Package(args) => lifecycle::package(&ctx, &args),
         Cmd::Completions { shell } => docs::completions(shell),
         Cmd::Man { out } => docs::man(&out),
         Cmd::LoadTarball { file } => lifecycle::load_tarball(store, &file, wait),

@@ -7,8 +7,9 @@ use std::time::Duration;
 use crate::commands::{Context, print_json};
 use crate::error::{Error, Result};
 use crate::kernel::registry::{RegisteredTree, Registry};
-use crate::kernel::select::{self, Purpose};
+use crate::kernel::select::{self, NoSuchTree, Purpose};
 use crate::kernel::tree::KernelTree;
+use crate::kernel::vermagic::Vermagic;
 use crate::smoke::{self, Job, Outcome, Status, TargetReport};
 
 /// Lines of a module's kernel log shown in text output; the rest is in the console log.
@@ -48,12 +49,18 @@ pub fn smoke(
     let mut groups: BTreeMap<(String, PathBuf), Group> = BTreeMap::new();
     for (ko, enforce) in kos {
         let (vermagic, _) = smoke::module_vermagic(&ko)?;
-        let (release, flags) = vermagic.split_once(' ').unwrap_or((&vermagic, ""));
-        let matching = candidates.iter().find_map(|t| {
-            registry
-                .for_target(&t.name)
-                .find(|r| r.release == release)
-                .cloned()
+        let vermagic = Vermagic::parse(&vermagic).unwrap_or(Vermagic {
+            release: vermagic,
+            flags: String::new(),
+        });
+        let names: Vec<&str> = candidates.iter().map(|t| t.name.as_str()).collect();
+        // The module's own release, of the first target (in the order given) that has it.
+        let own = select::registered(&registry, &names, &vermagic.release, Purpose::BootModule);
+        let matching = own.as_ref().ok().and_then(|found| {
+            candidates
+                .iter()
+                .find_map(|t| found.iter().find(|r| r.target == t.name))
+                .map(|r| (*r).clone())
         });
         // Another release with the same flags: the kernel accepts that from a module with
         // modversions, so boot it on the one kernel whose vermagic has those flags.
@@ -62,10 +69,7 @@ pub fn smoke(
                 .iter()
                 .flat_map(|t| registry.for_target(&t.name))
                 .filter(|r| {
-                    KernelTree::inspect(&r.kdir).is_ok_and(|k| {
-                        let v = k.vermagic.to_string();
-                        v.split_once(' ').map(|(_, f)| f) == Some(flags)
-                    })
+                    KernelTree::inspect(&r.kdir).is_ok_and(|k| k.vermagic.flags == vermagic.flags)
                 })
                 .collect();
             match fitting.as_slice() {
@@ -76,7 +80,6 @@ pub fn smoke(
         // `--kernel`: that release, whatever the module was built for.
         let forced = match kernel {
             Some(k) => {
-                let names: Vec<&str> = candidates.iter().map(|t| t.name.as_str()).collect();
                 let found = select::registered(&registry, &names, k, Purpose::Boot)?;
                 // In the order the targets were given.
                 candidates
@@ -99,23 +102,15 @@ pub fn smoke(
                 })?
             }
             None => {
-                let known: Vec<String> = registry
-                    .trees
-                    .iter()
-                    .map(|r| format!("{} ({})", r.release, r.target))
-                    .collect();
-                return Err(Error::usage(format!(
-                    "no known kernel tree has release `{release}`, which the module was built for"
-                ))
-                .at(&ko)
-                .hint(if known.is_empty() {
-                    "fetch kernels with `kmx kernels fetch --with-image`".to_string()
-                } else {
-                    format!(
-                        "pass --target to boot it anyway; known releases: {}",
-                        known.join(", ")
-                    )
-                }));
+                // No tree of the module's release (a tree of it would have matched).
+                return Err(Error::from(own.err().unwrap_or_else(|| NoSuchTree {
+                    releases: vec![vermagic.release.clone()],
+                    target: None,
+                    have: Vec::new(),
+                    elsewhere: Vec::new(),
+                    purpose: Purpose::BootModule,
+                }))
+                .at(&ko));
             }
         };
         let group = groups

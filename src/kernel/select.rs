@@ -27,6 +27,13 @@ impl HasRelease for crate::kernel::KernelTree {
     }
 }
 
+/// A release by itself (one a build of a module provides).
+impl HasRelease for String {
+    fn release(&self) -> &str {
+        self
+    }
+}
+
 impl<T: HasRelease> HasRelease for std::sync::Arc<T> {
     fn release(&self) -> &str {
         (**self).release()
@@ -49,6 +56,9 @@ pub enum Purpose {
     /// that module's kernel check (one line, its own advice), not as an error.
     ModuleRelease,
     Boot,
+    /// The release a module given to `kmx smoke` was built for, among every target's
+    /// trees: said as the module's error (`--target` boots it anyway).
+    BootModule,
     Install,
     Remove,
 }
@@ -180,6 +190,21 @@ impl NoSuchTree {
     /// What to do: use one of the trees there are, take the other target's, or fetch
     /// Debian's trees of the release asked for.
     pub fn hint(&self) -> String {
+        if self.purpose == Purpose::BootModule {
+            return if self.have.is_empty() {
+                "fetch kernels with `kmx kernels fetch --with-image`".to_string()
+            } else {
+                let known: Vec<String> = self
+                    .have
+                    .iter()
+                    .map(|h| format!("{} ({})", h.release, h.target))
+                    .collect();
+                format!(
+                    "pass --target to boot it anyway; known releases: {}",
+                    known.join(", ")
+                )
+            };
+        }
         if let Some(first) = self.elsewhere.first() {
             let theirs: Vec<String> = self
                 .elsewhere
@@ -189,7 +214,7 @@ impl NoSuchTree {
             let verb = match self.purpose {
                 Purpose::Build => "build it",
                 Purpose::Verify | Purpose::ModuleRelease => "check against it",
-                Purpose::Boot => "boot it",
+                Purpose::Boot | Purpose::BootModule => "boot it",
                 Purpose::Install => "install for it",
                 Purpose::Remove => "remove it",
             };
@@ -228,7 +253,7 @@ impl NoSuchTree {
         let verb = match self.purpose {
             Purpose::Build => "build for",
             Purpose::Verify | Purpose::ModuleRelease => "check against",
-            Purpose::Boot => "boot",
+            Purpose::Boot | Purpose::BootModule => "boot",
             Purpose::Install => "install for",
             Purpose::Remove => "remove",
         };
@@ -243,6 +268,13 @@ impl NoSuchTree {
 
 impl fmt::Display for NoSuchTree {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.purpose == Purpose::BootModule {
+            return write!(
+                f,
+                "no known kernel tree has release `{}`, which the module was built for",
+                self.releases.join(" or ")
+            );
+        }
         if self.purpose == Purpose::ModuleRelease {
             let trees: Vec<&str> = self.have.iter().map(|h| h.release.as_str()).collect();
             return write!(
@@ -273,11 +305,12 @@ impl fmt::Display for NoSuchTree {
 impl std::error::Error for NoSuchTree {}
 
 /// A missing kernel tree is the machine lacking something (exit 3); one asked to be
-/// removed is a wrong argument (exit 2): there is nothing to remove.
+/// removed is a wrong argument (exit 2): there is nothing to remove, and so is a module
+/// given to smoke for a kernel kmx does not know (`--target` boots it anyway).
 impl From<NoSuchTree> for Error {
     fn from(e: NoSuchTree) -> Error {
         let kind = match e.purpose {
-            Purpose::Remove => crate::error::Kind::Usage,
+            Purpose::Remove | Purpose::BootModule => crate::error::Kind::Usage,
             _ => crate::error::Kind::Environment,
         };
         Error::new(kind, e.to_string()).hint(e.hint())
@@ -343,6 +376,38 @@ mod tests {
         let picked = of_release("arm64", of, &asked, Purpose::Build).unwrap();
         let releases: Vec<&str> = picked.iter().map(|t| t.release.as_str()).collect();
         assert_eq!(releases, ["6.1.0-50-arm64", "6.1.0-57-arm64"]);
+    }
+
+    #[test]
+    fn a_module_for_an_unknown_kernel_names_its_release_and_the_known_ones() {
+        let none = NoSuchTree {
+            releases: vec!["6.1.0-40-arm64".into()],
+            target: None,
+            have: vec![],
+            elsewhere: vec![],
+            purpose: Purpose::BootModule,
+        };
+        assert_eq!(
+            none.to_string(),
+            "no known kernel tree has release `6.1.0-40-arm64`, which the module was built for"
+        );
+        assert_eq!(
+            none.hint(),
+            "fetch kernels with `kmx kernels fetch --with-image`"
+        );
+        let some = NoSuchTree {
+            have: vec![Have {
+                release: "6.1.0-57-arm64".into(),
+                target: "arm64".into(),
+            }],
+            ..none
+        };
+        assert_eq!(
+            some.hint(),
+            "pass --target to boot it anyway; known releases: 6.1.0-57-arm64 (arm64)"
+        );
+        // A wrong argument (exit 2), not a machine lacking something.
+        assert_eq!(Error::from(some).kind, crate::error::Kind::Usage);
     }
 
     #[test]
