@@ -203,37 +203,22 @@ fn kernel_log(m: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// The example's source, built by plain make, loads on the four real kernels: read from the
+/// one boot per kernel that also loads the tampered modules below (the text report of a boot
+/// is pinned by the README's `kmx smoke` example).
 #[test]
 fn hello_loads_on_all_four_real_kernels() {
-    let Some(k) = with_images() else { return };
-    let b = built(&k);
-    let hellos: Vec<String> = b
-        .dirs
-        .iter()
-        .map(|(_, d)| d.join("hello.ko").display().to_string())
-        .collect();
-    let mut args = vec!["smoke", "--timeout", "120"];
-    args.extend(hellos.iter().map(String::as_str));
-    let run = run_booting(&k, &args).ok();
-    let text = run.stdout();
+    let Some(report) = everything() else { return };
     for t in TARGETS {
+        let m = module(report, t, "hello");
+        assert_eq!(m["outcome"], "loaded", "{t}: {m:#}");
         assert!(
-            text.lines()
-                .any(|l| l.starts_with(&format!("{t:<8} {} ", k.release_of(t)))
-                    && l.contains(" booted in ")),
-            "{text}"
+            kernel_log(m)
+                .iter()
+                .any(|l| l == "hello: hello, world (built by kmx)"),
+            "{t}: {m:#}"
         );
     }
-    assert_eq!(
-        text.matches("           | hello: hello, world (built by kmx)\n")
-            .count(),
-        4,
-        "{text}"
-    );
-    assert!(
-        text.ends_with("4 loaded, 0 refused, 0 crashed, 0 not run\n"),
-        "{text}"
-    );
 }
 
 #[test]
@@ -537,10 +522,11 @@ fn build_with_smoke_puts_each_kernels_verdict_into_the_report() {
 
 /// Issue 12, item 4: the second kernel version and the Raspberry Pi boards. The example is
 /// built by `kmx build` and loaded by the real kernels: Debian's 6.12 for amd64 and armhf;
-/// both Raspberry Pi Zero/1 kernels (armel, ARMv6) on QEMU's raspi0 board with the device
-/// tree from their image package; Debian's arm64 kernels on QEMU's raspi3b board (the rpi3
-/// target, which `./dev test` fetches too: the same 6.12 arm64 kernel, also booted by
-/// compat.rs on QEMU's virt board, which this test therefore leaves out).
+/// Debian's arm64 kernels on QEMU's raspi3b board with the device tree from their image
+/// package (the rpi3 target, which `./dev test` fetches too). Booted elsewhere, so left out
+/// here: the 6.12 arm64 kernel on QEMU's virt board (compat.rs), the Raspberry Pi Zero/1
+/// kernels (armel, ARMv6) on the raspi0 board (the README's `kmx smoke -t rpi` example, which
+/// readme.rs runs, and trixie.rs for Debian 13's).
 #[test]
 fn the_example_loads_on_6_12_kernels_and_on_emulated_raspberry_pi_boards() {
     if with_images().is_none() {
@@ -559,10 +545,7 @@ fn the_example_loads_on_6_12_kernels_and_on_emulated_raspberry_pi_boards() {
             )
         })
         .filter(|(t, r)| {
-            // Debian 13's rpi kernel is trixie.rs's (with its gcc-14 toolchain root).
-            (t == "rpi" && !r.contains("+deb13"))
-                || t == "rpi3"
-                || (["amd64", "armhf"].contains(&t.as_str()) && r.starts_with("6.12."))
+            t == "rpi3" || (["amd64", "armhf"].contains(&t.as_str()) && r.starts_with("6.12."))
         })
         .collect();
     // The newest 6.12 of each target: a home that followed new ABIs keeps older ones.
@@ -581,10 +564,7 @@ fn the_example_loads_on_6_12_kernels_and_on_emulated_raspberry_pi_boards() {
     });
     cells.sort();
     let count = |t: &str| cells.iter().filter(|c| c.0 == t).count();
-    assert!(
-        count("amd64") == 1 && count("armhf") == 1 && count("rpi") == 2,
-        "{cells:?}"
-    );
+    assert!(count("amd64") == 1 && count("armhf") == 1, "{cells:?}");
     if count("rpi3") == 0 {
         skip_or_fail(
             "no rpi3 trees (its part skipped): `./dev test` fetches them (kmx kernels fetch -t rpi3 --with-image)",
