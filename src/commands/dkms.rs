@@ -196,7 +196,13 @@ pub fn run(ctx: &Context, store: &Store, args: &DkmsArgs, wait: bool) -> Result<
             .unwrap_or_else(|| root.join("usr/src")),
         root,
         force: args.force,
-        run: lifecycle::run_of(ctx, args.jobs, !args.no_depmod, wait)?,
+        run: lifecycle::run_of(
+            ctx,
+            args.jobs,
+            !args.no_depmod,
+            &crate::cli::SignArgs::default(),
+            wait,
+        )?,
     };
     match req.action {
         Action::Status => job.status(&req),

@@ -57,13 +57,19 @@ fn sign_key(ctx: &Context, args: &SignArgs) -> Result<Option<SignKey>> {
     Ok((key.is_file() && cert.is_file()).then_some(SignKey { key, cert }))
 }
 
-/// How an install runs: `jobs`, `depmod`, the key of kmx's home (no flags name one), the
+/// How an install runs: `jobs`, `depmod`, the key `sign` names (else kmx's home's), the
 /// test hook, and whether to wait for the store's lock.
-pub(super) fn run_of(ctx: &Context, jobs: Option<usize>, depmod: bool, wait: bool) -> Result<Run> {
+pub(super) fn run_of(
+    ctx: &Context,
+    jobs: Option<usize>,
+    depmod: bool,
+    sign: &SignArgs,
+    wait: bool,
+) -> Result<Run> {
     Ok(Run {
         jobs,
         depmod,
-        sign: sign_key(ctx, &SignArgs::default())?,
+        sign: sign_key(ctx, sign)?,
         pause_at: pause_at(),
         wait,
     })
@@ -149,8 +155,7 @@ fn describe_install(key: &CellKey, inst: &install::Installed) -> String {
 pub fn install_cmd(ctx: &Context, args: &InstallArgs, wait: bool) -> Result<i32> {
     let (module, version) = split_module(&args.module)?;
     let root = install::resolve_root(&args.root)?;
-    let mut run = run_of(ctx, args.jobs, !args.no_depmod, wait)?;
-    run.sign = sign_key(ctx, &args.sign)?;
+    let run = run_of(ctx, args.jobs, !args.no_depmod, &args.sign, wait)?;
     let target = match &args.target {
         Some(t) => Some(ctx.profiles.target(t)?.name.clone()),
         None => None,
@@ -489,8 +494,7 @@ pub fn check(store: &Store) -> Result<i32> {
 
 pub fn autoinstall_cmd(ctx: &Context, args: &AutoinstallArgs, wait: bool) -> Result<i32> {
     let root = install::resolve_root(&args.root)?;
-    let mut run = run_of(ctx, args.jobs, !args.no_depmod, wait)?;
-    run.sign = sign_key(ctx, &args.sign)?;
+    let run = run_of(ctx, args.jobs, !args.no_depmod, &args.sign, wait)?;
     autoinstall(ctx, &root, args.kernel.as_deref(), &run)
 }
 

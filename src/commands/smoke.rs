@@ -47,13 +47,25 @@ pub fn smoke(
     // (target, tree) -> modules, in the order given.
     type Group = (RegisteredTree, Vec<PathBuf>, Vec<PathBuf>);
     let mut groups: BTreeMap<(String, PathBuf), Group> = BTreeMap::new();
+    let names: Vec<&str> = candidates.iter().map(|t| t.name.as_str()).collect();
+    // `--kernel`: that release for every module, whatever it was built for; of the first
+    // target (in the order given) that has it.
+    let forced = match kernel {
+        Some(k) => {
+            let found = select::registered(&registry, &names, k, Purpose::Boot)?;
+            candidates
+                .iter()
+                .find_map(|t| found.iter().find(|r| r.target == t.name))
+                .map(|r| (*r).clone())
+        }
+        None => None,
+    };
     for (ko, enforce) in kos {
         let (vermagic, _) = smoke::module_vermagic(&ko)?;
         let vermagic = Vermagic::parse(&vermagic).unwrap_or(Vermagic {
             release: vermagic,
             flags: String::new(),
         });
-        let names: Vec<&str> = candidates.iter().map(|t| t.name.as_str()).collect();
         // The module's own release, of the first target (in the order given) that has it.
         let own = select::registered(&registry, &names, &vermagic.release, Purpose::BootModule);
         let matching = own.as_ref().ok().and_then(|found| {
@@ -77,19 +89,7 @@ pub fn smoke(
                 _ => None,
             }
         };
-        // `--kernel`: that release, whatever the module was built for.
-        let forced = match kernel {
-            Some(k) => {
-                let found = select::registered(&registry, &names, k, Purpose::Boot)?;
-                // In the order the targets were given.
-                candidates
-                    .iter()
-                    .find_map(|t| found.iter().find(|r| r.target == t.name))
-                    .map(|r| (*r).clone())
-            }
-            None => None,
-        };
-        let tree = match forced.or(matching).or_else(same_flags) {
+        let tree = match forced.clone().or(matching).or_else(same_flags) {
             Some(tree) => tree,
             None if explicit && candidates.len() == 1 => {
                 let t = candidates[0];

@@ -95,10 +95,11 @@ pub struct Check {
     /// What the check found, where a caller acts on it (the summary is for people).
     #[serde(skip)]
     pub finding: Option<Finding>,
-    /// The items of `evidence` that are why the kernel refuses the module, one per symbol
-    /// (modversions); the others are notes (a CRC not known here, a symbol accepted).
+    /// How many of the first items of `evidence` are why the kernel refuses the module, one
+    /// per symbol (modversions); the rest are notes (a CRC not known here, a symbol
+    /// accepted). See [`Check::refusals`].
     #[serde(skip)]
-    pub refusals: Vec<String>,
+    pub refused: usize,
 }
 
 /// A finding of a check that the commands act on beyond printing it.
@@ -110,6 +111,11 @@ pub enum Finding {
 }
 
 impl Check {
+    /// The evidence items that are why the kernel refuses the module.
+    pub fn refusals(&self) -> &[String] {
+        &self.evidence[..self.refused.min(self.evidence.len())]
+    }
+
     pub fn new(check: CheckKind, status: Status, summary: impl Into<String>) -> Check {
         Check {
             check,
@@ -117,7 +123,7 @@ impl Check {
             summary: summary.into(),
             evidence: Vec::new(),
             finding: None,
-            refusals: Vec::new(),
+            refused: 0,
         }
     }
 
@@ -568,9 +574,8 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
                 "the kernel tree has no Module.symvers: the other CRCs are not checked".into(),
             );
         }
-        let refusals = vec![why[0].clone()];
         return Check {
-            refusals,
+            refused: 1,
             ..Check::new(kind, Status::Fail, why[0].clone()).with(why)
         };
     }
@@ -676,11 +681,10 @@ pub fn modversions(module: &Module, kernel: Kernel, others: &Others) -> Check {
                     .join(", ")
             )
         };
-        let refusals: Vec<String> = bad.iter().map(Mismatch::to_string).collect();
-        let mut evidence = refusals.clone();
+        let mut evidence: Vec<String> = bad.iter().map(Mismatch::to_string).collect();
         evidence.extend(notes);
         return Check {
-            refusals,
+            refused: bad.len(),
             ..Check::new(kind, Status::Fail, summary).with(evidence)
         };
     }
@@ -1158,7 +1162,7 @@ mod tests {
         assert_eq!(c.status, Status::Fail, "{c:?}");
         let refusal = "disagrees about version of symbol module_layout (module 0x00000001, vmlinux 0x00000002)";
         assert_eq!(c.summary, refusal);
-        assert_eq!(c.refusals, [refusal]);
+        assert_eq!(c.refusals(), [refusal]);
         assert_eq!(
             c.evidence,
             [
@@ -1173,7 +1177,7 @@ mod tests {
             c.summary,
             "2 of 3 symbols disagree or have no version: module_layout, printk"
         );
-        assert_eq!(c.refusals.len(), 2);
+        assert_eq!(c.refusals().len(), 2);
     }
 
     #[test]

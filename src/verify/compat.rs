@@ -141,10 +141,10 @@ pub fn judge(
 /// (modversions), else its summary; each prefixed with the check (`modversions: disagrees
 /// about version of symbol X (...)`).
 fn reasons_of(c: &Check) -> Vec<String> {
-    if c.refusals.is_empty() {
+    if c.refusals().is_empty() {
         vec![format!("{}: {}", c.check, c.summary)]
     } else {
-        c.refusals
+        c.refusals()
             .iter()
             .map(|e| format!("{}: {e}", c.check))
             .collect()
@@ -206,13 +206,12 @@ mod tests {
             Status::Fail,
             "2 of 3 symbols disagree or have no version: module_layout, param_ops_charp",
         );
-        c.refusals = vec![
+        c.evidence = vec![
             "disagrees about version of symbol module_layout (module 0xb47ce167, vmlinux 0x0c1ad2e4)".into(),
             "disagrees about version of symbol param_ops_charp (module 0x1, vmlinux 0x2)".into(),
+            "foo: exported by no known module, not checked (see symbols)".into(),
         ];
-        c.evidence = c.refusals.clone();
-        c.evidence
-            .push("foo: exported by no known module, not checked (see symbols)".into());
+        c.refused = 2;
         assert_eq!(
             reasons_of(&c),
             [
