@@ -828,14 +828,17 @@ fn peak_compiles(events: &Path) -> usize {
 }
 
 /// A launcher that logs each compile's start and end (and makes each last a while, so that
-/// compiles that may overlap do).
+/// compiles that may overlap do). Only compiles of a source count: kbuild also calls the
+/// compiler while it reads its makefiles (`--version`, the `cc-option` probes of
+/// `/dev/null`), from `$(shell)`, outside the jobserver.
 fn counting_launcher(dir: &Path) -> (PathBuf, PathBuf) {
     let events = dir.join("events");
     let launcher = dir.join("count-cc");
     std::fs::write(
         &launcher,
         format!(
-            "#!/bin/sh\necho start >> {e}\nsleep 0.5\n\"$@\"\nrc=$?\necho end >> {e}\nexit $rc\n",
+            "#!/bin/sh\ncase \" $* \" in */dev/null*) exec \"$@\" ;; *\" -c \"*) ;; *) exec \"$@\" ;; esac\n\
+             echo start >> {e}\nsleep 1\n\"$@\"\nrc=$?\necho end >> {e}\nexit $rc\n",
             e = events.display()
         ),
     )
