@@ -28,8 +28,7 @@ use serde::Serialize;
 pub const DEFAULT_LIMIT: usize = 256 * 1024 * 1024;
 
 /// The bytes of decompressed data (and decoder state) all threads together may hold: room
-/// for one stream at the limit inside lzma-rs (which keeps a whole xz block before handing
-/// it over) plus its copy, and some to spare.
+/// for one stream at the limit with the dictionary its decoder fills, and some to spare.
 pub const DEFAULT_BUDGET: usize = 2 * DEFAULT_LIMIT + (16 << 20);
 
 /// The process's budget, shared by every decompression that does not bring its own.
@@ -102,7 +101,7 @@ pub enum Corruption {
     /// The output's expected size could not be allocated.
     #[error("out of memory")]
     OutOfMemory,
-    /// The decoder's own words (lzma-rs, ruzstd, flate2).
+    /// The decoder's own words (liblzma, ruzstd, flate2).
     #[error("{0}")]
     Decoder(String),
 }
@@ -286,7 +285,8 @@ struct Estimate {
     /// The bytes it is expected to inflate to (exact for xz, an upper bound for zstd, the
     /// stated size for gzip), at most the limit.
     size: usize,
-    /// Memory the decoder holds besides the output: lzma-rs keeps a whole xz block.
+    /// Memory the decoder holds besides the output: an xz decoder's dictionary, which it
+    /// fills up to the stream's size at most.
     decoder: usize,
 }
 
@@ -371,10 +371,7 @@ fn inflate_once<'a>(
         return (out, Err(Corruption::OutOfMemory));
     }
     let result = match format {
-        Compression::Xz => {
-            let mut input = data;
-            lzma_rs::xz_decompress(&mut input, &mut out).map_err(Corruption::decoder)
-        }
+        Compression::Xz => xz_stream(data, whole, &mut out),
         Compression::Zstd if whole => zstd_frames(data, &mut out),
         Compression::Zstd => {
             let mut input = data;
@@ -392,6 +389,29 @@ fn inflate_once<'a>(
         }
     };
     (out, result.map(|_| ()))
+}
+
+/// The most memory liblzma may take to decode one xz stream (its dictionary above all: 64 MiB
+/// for `xz -9`, 1 MiB for the kernel's own `.ko.xz`); a stream that asks for more is refused
+/// before its dictionary is allocated. Only as much of the dictionary as the stream fills is
+/// ever touched, so what a stream holds is counted as its output's size again
+/// ([`Estimate::decoder`]).
+const XZ_MEMLIMIT: u64 = 128 << 20;
+
+/// Decode the xz stream in `data` with liblzma (as kmod does), into `out`. `whole`: streams
+/// may follow each other (with padding), as kmod reads a module; otherwise the first one
+/// counts.
+fn xz_stream(data: &[u8], whole: bool, out: &mut CappedWriter) -> Result<(), Corruption> {
+    let flags = if whole {
+        liblzma::stream::CONCATENATED
+    } else {
+        0
+    };
+    let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, flags)
+        .map_err(Corruption::decoder)?;
+    let mut decoder = liblzma::write::XzDecoder::new_stream(out, stream);
+    decoder.write_all(data).map_err(Corruption::decoder)?;
+    decoder.finish().map(|_| ()).map_err(Corruption::decoder)
 }
 
 /// The exact size an xz stream inflates to, from its LZMA2 chunk headers, which the decoder
