@@ -823,6 +823,60 @@ mod tests {
         );
     }
 
+    /// Streams as kmod reads a module: one after another, with stream padding between them.
+    /// A stream whose dictionary asks for more than [`XZ_MEMLIMIT`] (4 GiB here, in a block
+    /// header otherwise valid) is refused by the decoder, and the same stream with its own
+    /// dictionary decodes.
+    #[test]
+    fn xz_streams_follow_each_other_and_a_huge_dictionary_is_refused() {
+        let (a, b) = (b"first ".repeat(300), b"second ".repeat(300));
+        let mut two = xz(&a);
+        two.extend_from_slice(&[0; 4]);
+        two.extend_from_slice(&xz(&b));
+        assert_eq!(
+            decompress(&two, Compression::Xz, DEFAULT_LIMIT).unwrap(),
+            [a.as_slice(), b.as_slice()].concat()
+        );
+        // The block header starts after the 12-byte stream header: its size, its flags, the
+        // sizes its flags announce, then the LZMA2 filter (0x21, one byte of properties: the
+        // dictionary size) and, last, the header's CRC32.
+        let packed = xz(&a);
+        let len = (usize::from(packed[12]) + 1) * 4;
+        let flags = packed[13];
+        let mut at = 14;
+        for present in [flags & 0x40 != 0, flags & 0x80 != 0] {
+            while present && packed[at] & 0x80 != 0 {
+                at += 1;
+            }
+            at += usize::from(present);
+        }
+        assert_eq!(packed[at..at + 2], [0x21, 0x01], "not an LZMA2 filter");
+        let with_dictionary = |code: u8| {
+            let mut packed = packed.clone();
+            packed[at + 2] = code;
+            let mut crc = flate2::Crc::new();
+            crc.update(&packed[12..12 + len - 4]);
+            packed[12 + len - 4..12 + len].copy_from_slice(&crc.sum().to_le_bytes());
+            packed
+        };
+        assert_eq!(
+            decompress(
+                &with_dictionary(packed[at + 2]),
+                Compression::Xz,
+                DEFAULT_LIMIT
+            )
+            .unwrap(),
+            a
+        );
+        match decompress(&with_dictionary(40), Compression::Xz, DEFAULT_LIMIT) {
+            Err(DecompressError::Corrupt {
+                detail: Corruption::Decoder(words),
+                ..
+            }) => assert!(words.contains("emory"), "{words}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn cap_is_enforced_while_streaming() {
         let data = vec![0u8; 1 << 20];
