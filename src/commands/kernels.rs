@@ -11,6 +11,7 @@ use crate::kernel::registry::{
     BootFiles, RegisteredTree, Registry, TreeHealth, tree_health, trees_of,
 };
 use crate::kernel::select::{self, Purpose};
+use crate::kernel::toolroot::{self, RootRequest};
 use crate::kernel::tree::KernelTree;
 
 pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
@@ -59,38 +60,35 @@ pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
     let trees = fetch::fetch(&ctx.home, &req, &mut |line| eprintln!("{line}"))?;
     let mut registry = Registry::load(&ctx.home)?;
     let mut inspected = Vec::new();
+    // The trees that need a toolchain root (their index in `trees`), and what they need.
+    let (mut rooted, mut root_requests) = (Vec::new(), Vec::new());
     for t in &trees {
-        let mut tree = KernelTree::inspect(&t.kdir)?;
+        let tree = KernelTree::inspect(&t.kdir)?;
         tree.check_host_tools()?;
         // A tree calling a compiler this machine lacks (Debian 13's gcc-14) gets a
         // toolchain root with it, from the tree's own distribution.
         let tc = ctx
             .profiles
             .toolchain_of(&ctx.profiles.targets[&t.target])?;
-        let name = tc.compiler_name(tree.compiler.as_deref());
-        if tc.cc.is_none()
-            && crate::kernel::toolroot::compiler_package(&name).is_some()
-            && tc.probe(tree.compiler.as_deref()).is_err()
-        {
-            let kbuild = std::fs::read_link(t.kdir.join("scripts"))
-                .ok()
-                .and_then(|l| {
-                    l.components()
-                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                        .find(|c| c.starts_with("linux-kbuild-"))
-                });
-            crate::kernel::toolroot::provide(
-                &ctx.home,
-                &t.source,
-                args.mirror.as_deref(),
-                &name,
-                kbuild.as_deref(),
-                &t.sysroot,
-                &mut |line| eprintln!("{line}"),
-            )?;
-            tree = KernelTree::inspect(&t.kdir)?;
+        if let Some(compiler) = toolroot::needed(tc, &tree) {
+            rooted.push(inspected.len());
+            root_requests.push(RootRequest {
+                source: &t.source,
+                compiler,
+                kbuild: toolroot::kbuild_of(&t.kdir),
+                sysroot: &t.sysroot,
+            });
         }
         inspected.push(tree);
+    }
+    toolroot::provide(
+        &ctx.home,
+        &root_requests,
+        args.mirror.as_deref(),
+        &mut |line| eprintln!("{line}"),
+    )?;
+    for i in rooted {
+        inspected[i] = KernelTree::inspect(&trees[i].kdir)?;
     }
     let requests: Vec<BootRequest> = trees
         .iter()

@@ -16,9 +16,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::profile::KernelSource;
+use rayon::prelude::*;
+
+use crate::config::profile::{KernelSource, Toolchain};
 use crate::error::{Error, Result};
 use crate::kernel::apt::{Apt, host_debian_arch};
+use crate::kernel::tree::KernelTree;
 use crate::state::Home;
 
 /// The link in a tree's sysroot to its distribution's toolchain roots.
@@ -91,106 +94,192 @@ pub fn compiler_package(compiler: &str) -> Option<String> {
         .then(|| format!("gcc-{version}-{}", triple.replace('_', "-")))
 }
 
-/// Make (or reuse) the root of `compiler` for trees of `source`, with what `kbuild` (the
-/// tree's `linux-kbuild-*` package) depends on; link `sysroot` to the distribution's roots.
-/// Returns the root.
+/// One tree's need of a toolchain root: the compiler it calls, its distribution and the
+/// `linux-kbuild-*` package its host tools come from.
+pub struct RootRequest<'a> {
+    pub source: &'a KernelSource,
+    pub compiler: String,
+    pub kbuild: Option<String>,
+    /// The tree's sysroot, linked to its distribution's roots.
+    pub sysroot: &'a Path,
+}
+
+/// The compiler `tree` calls when `toolchain` cannot give it on this machine and kmx can
+/// assemble a root with it (Debian 13's `gcc-14` on a Debian 12 host); `None` when the
+/// host's compiler does, or the profile names its own `cc`.
+pub fn needed(toolchain: &Toolchain, tree: &KernelTree) -> Option<String> {
+    let name = toolchain.compiler_name(tree.compiler.as_deref());
+    (toolchain.cc.is_none()
+        && compiler_package(&name).is_some()
+        && toolchain.probe(tree.compiler.as_deref()).is_err())
+    .then_some(name)
+}
+
+/// The tree's `linux-kbuild-*` package, from where its `scripts` link points.
+pub fn kbuild_of(kdir: &Path) -> Option<String> {
+    std::fs::read_link(kdir.join("scripts")).ok().and_then(|l| {
+        l.components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .find(|c| c.starts_with("linux-kbuild-"))
+    })
+}
+
+/// A root to make: its packages are downloaded, its files not yet unpacked.
+struct Pending {
+    label: String,
+    compiler: String,
+    roots: PathBuf,
+    wanted: Vec<String>,
+    debs: PathBuf,
+}
+
+/// Make (or reuse) the roots `requests` need and link each tree's sysroot to its
+/// distribution's roots. A root several trees need is made once, with what every one of
+/// their kbuild packages depends on. The packages are resolved and downloaded one root after
+/// another (apt's private state is one per distribution), then the roots are unpacked at
+/// once; the home's apt lock is held throughout.
 pub fn provide(
     home: &Home,
-    source: &KernelSource,
+    requests: &[RootRequest],
     mirror: Option<&str>,
-    compiler: &str,
-    kbuild: Option<&str>,
-    sysroot: &Path,
     say: &mut dyn FnMut(&str),
-) -> Result<PathBuf> {
-    let main = main_source(source, mirror);
-    let roots = dir(home, &main);
-    link(sysroot, &roots)?;
-    // The libraries the tree's host tools need: what its kbuild package depends on (read
-    // from the tree's own source, which may be the security suite).
+) -> Result<()> {
     let host = host_debian_arch().to_string();
-    let libraries = match kbuild {
-        Some(kbuild) => {
-            let apt = Apt::prepare(home, source, std::slice::from_ref(&host))?;
-            let info = apt.show(&[format!("{kbuild}:{host}")])?.unwrap_or_default();
-            let stanza = super::apt::stanza(&info, kbuild).unwrap_or("");
-            super::apt::depends_on(stanza, "")
-        }
-        None => Vec::new(),
-    };
-    let wanted = packages(compiler, &libraries)?;
-    if let Some(root) = find(&roots, compiler) {
-        let have = std::fs::read_to_string(root.join(STAMP)).unwrap_or_default();
-        if have.lines().next() == Some(FORMAT)
-            && wanted.iter().all(|p| have.lines().any(|l| l == p))
+    // Each root once: (its distribution's main source, its compiler) -> what it holds.
+    let mut wanted: Vec<(KernelSource, String, Vec<String>)> = Vec::new();
+    for r in requests {
+        let main = main_source(r.source, mirror);
+        link(r.sysroot, &dir(home, &main))?;
+        // The libraries the tree's host tools need: what its kbuild package depends on
+        // (read from the tree's own source, which may be the security suite).
+        let libraries = match &r.kbuild {
+            Some(kbuild) => {
+                let apt = Apt::prepare(home, r.source, std::slice::from_ref(&host))?;
+                let info = apt.show(&[format!("{kbuild}:{host}")])?.unwrap_or_default();
+                let stanza = super::apt::stanza(&info, kbuild).unwrap_or("");
+                super::apt::depends_on(stanza, "")
+            }
+            None => Vec::new(),
+        };
+        let pkgs = packages(&r.compiler, &libraries)?;
+        match wanted
+            .iter_mut()
+            .find(|(m, c, _)| dir(home, m) == dir(home, &main) && *c == r.compiler)
         {
-            return Ok(root);
+            Some((_, _, have)) => {
+                for p in pkgs {
+                    if !have.contains(&p) {
+                        have.push(p);
+                    }
+                }
+            }
+            None => wanted.push((main, r.compiler.clone(), pkgs)),
         }
     }
-    let _lock = crate::kernel::apt::apt_lock(home)?;
-    let apt = Apt::prepare(home, &main, &[host])?;
-    apt.update(false, say)?;
-    let debs = apt.dir.join("debs").join(format!("toolchain-{compiler}"));
-    let _ = std::fs::remove_dir_all(&debs);
-    say(&format!(
-        "{}: assembling the toolchain root of {compiler} from {} ({})",
-        main.label(),
-        main.label(),
-        wanted.join(" ")
-    ));
-    apt.download_closure(&wanted, &debs)?;
-    std::fs::create_dir_all(&roots).map_err(|e| Error::io("create directory", &roots, e))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".staging-")
-        .tempdir_in(&roots)
-        .map_err(|e| Error::io("create a directory in", &roots, e))?;
-    let root = staging.path();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&debs)
-        .map_err(|e| Error::io("read directory", &debs, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-        .collect();
-    files.sort();
-    say(&format!("Unpacking {} packages", files.len()));
-    for deb in &files {
-        crate::kernel::apt::dpkg_extract(deb, root)?;
-    }
-    for p in PRUNED {
-        let _ = std::fs::remove_dir_all(root.join(p));
-    }
-    // Merged /usr: trixie's base-files ships the links; a suite without them gets them here.
-    for (name, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")] {
-        let at = root.join(name);
-        if at.symlink_metadata().is_err() && root.join(target).is_dir() {
-            std::os::unix::fs::symlink(target, &at).map_err(|e| Error::io("create", &at, e))?;
+    let mut lock = None;
+    let mut pending = Vec::new();
+    for (main, compiler, wanted) in wanted {
+        let roots = dir(home, &main);
+        if let Some(root) = find(&roots, &compiler) {
+            let have = std::fs::read_to_string(root.join(STAMP)).unwrap_or_default();
+            if have.lines().next() == Some(FORMAT)
+                && wanted.iter().all(|p| have.lines().any(|l| l == p))
+            {
+                continue;
+            }
         }
+        if lock.is_none() {
+            lock = Some(crate::kernel::apt::apt_lock(home)?);
+        }
+        let apt = Apt::prepare(home, &main, std::slice::from_ref(&host))?;
+        apt.update(false, say)?;
+        let debs = apt.dir.join("debs").join(format!("toolchain-{compiler}"));
+        let _ = std::fs::remove_dir_all(&debs);
+        say(&format!(
+            "{}: assembling the toolchain root of {compiler} from {} ({})",
+            main.label(),
+            main.label(),
+            wanted.join(" ")
+        ));
+        apt.download_closure(&wanted, &debs)?;
+        pending.push(Pending {
+            label: main.label(),
+            compiler,
+            roots,
+            wanted,
+            debs,
+        });
     }
-    // What maintainer scripts would have made with update-alternatives.
-    let awk = root.join("usr/bin/awk");
-    if awk.symlink_metadata().is_err() && root.join("usr/bin/mawk").is_file() {
-        std::os::unix::fs::symlink("mawk", &awk).map_err(|e| Error::io("create", &awk, e))?;
+    if pending.is_empty() {
+        return Ok(());
     }
-    for d in MOUNT_POINTS {
-        let p = root.join(d);
-        std::fs::create_dir_all(&p).map_err(|e| Error::io("create directory", &p, e))?;
+    say(&format!("Unpacking {} toolchain roots", pending.len()));
+    let made: Vec<PathBuf> = pending
+        .par_iter()
+        .map(Pending::assemble)
+        .collect::<Result<_>>()?;
+    for root in made {
+        say(&format!("toolchain root {}", root.display()));
     }
-    if !root.join("usr/bin").join(compiler).is_file() {
-        return Err(Error::env(format!(
-            "the packages of {} did not provide usr/bin/{compiler}",
-            main.label()
-        ))
-        .at(root)
-        .hint("check that the suite has the compiler the tree was built with"));
+    Ok(())
+}
+
+impl Pending {
+    /// Unpack the downloaded packages into a staging directory beside the roots, complete
+    /// it, and rename it into place.
+    fn assemble(&self) -> Result<PathBuf> {
+        let (roots, compiler) = (&self.roots, &self.compiler);
+        std::fs::create_dir_all(roots).map_err(|e| Error::io("create directory", roots, e))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempdir_in(roots)
+            .map_err(|e| Error::io("create a directory in", roots, e))?;
+        let root = staging.path();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.debs)
+            .map_err(|e| Error::io("read directory", &self.debs, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+            .collect();
+        files.sort();
+        for deb in &files {
+            crate::kernel::apt::dpkg_extract(deb, root)?;
+        }
+        for p in PRUNED {
+            let _ = std::fs::remove_dir_all(root.join(p));
+        }
+        // Merged /usr: trixie's base-files ships the links; a suite without them gets them here.
+        for (name, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")] {
+            let at = root.join(name);
+            if at.symlink_metadata().is_err() && root.join(target).is_dir() {
+                std::os::unix::fs::symlink(target, &at).map_err(|e| Error::io("create", &at, e))?;
+            }
+        }
+        // What maintainer scripts would have made with update-alternatives.
+        let awk = root.join("usr/bin/awk");
+        if awk.symlink_metadata().is_err() && root.join("usr/bin/mawk").is_file() {
+            std::os::unix::fs::symlink("mawk", &awk).map_err(|e| Error::io("create", &awk, e))?;
+        }
+        for d in MOUNT_POINTS {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(|e| Error::io("create directory", &p, e))?;
+        }
+        if !root.join("usr/bin").join(compiler).is_file() {
+            return Err(Error::env(format!(
+                "the packages of {} did not provide usr/bin/{compiler}",
+                self.label
+            ))
+            .at(root)
+            .hint("check that the suite has the compiler the tree was built with"));
+        }
+        let stamp = root.join(STAMP);
+        std::fs::write(&stamp, format!("{FORMAT}\n{}\n", self.wanted.join("\n")))
+            .map_err(|e| Error::io("write", &stamp, e))?;
+        let dest = roots.join(compiler);
+        let staged = staging.keep();
+        crate::state::home::replace_dir(&staged, &dest)?;
+        let _ = std::fs::remove_dir_all(&self.debs);
+        Ok(dest)
     }
-    let stamp = root.join(STAMP);
-    std::fs::write(&stamp, format!("{FORMAT}\n{}\n", wanted.join("\n")))
-        .map_err(|e| Error::io("write", &stamp, e))?;
-    let dest = roots.join(compiler);
-    let staged = staging.keep();
-    crate::state::home::replace_dir(&staged, &dest)?;
-    let _ = std::fs::remove_dir_all(&debs);
-    say(&format!("toolchain root {}", dest.display()));
-    Ok(dest)
 }
 
 /// What a root of `compiler` is made of, with the tree's host tools' `libraries` (apt adds
