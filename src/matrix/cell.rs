@@ -291,9 +291,9 @@ impl std::fmt::Display for Stage {
 struct StageError {
     stage: Stage,
     message: String,
-    /// How it ended, without the stage in front (`exit status 2`): what a PRE_BUILD or
-    /// POST_BUILD warning says.
-    ended: String,
+    /// How a step that exited ended, without the stage in front (`exit status 2`): what a
+    /// PRE_BUILD or POST_BUILD warning says. `None` for a step that did not exit.
+    ended: Option<String>,
     exit_code: Option<i32>,
     interrupted: bool,
 }
@@ -306,7 +306,7 @@ fn test_pause(point: &'static str, stage: Stage) -> Result<(), StageError> {
         true => Err(StageError {
             stage,
             message: format!("interrupted at {point}"),
-            ended: "interrupted".into(),
+            ended: None,
             exit_code: None,
             interrupted: true,
         }),
@@ -315,11 +315,10 @@ fn test_pause(point: &'static str, stage: Stage) -> Result<(), StageError> {
 }
 
 fn stage_err(stage: Stage, e: Error) -> StageError {
-    let message = crate::error::render_inline(&e);
     StageError {
         stage,
-        ended: message.clone(),
-        message,
+        message: crate::error::render_inline(&e),
+        ended: None,
         exit_code: None,
         interrupted: false,
     }
@@ -773,11 +772,10 @@ fn run_stages(
         let rel = m.built_location.join(format!("{}.ko", m.built_name));
         let copy = stage.join(format!("{}.ko", m.built_name));
         if !collect::copy_out(&build, &rel, &copy).map_err(|e| stage_err(Stage::Collect, e))? {
-            let message = not_produced(&build, &rel, &m.built_name, &m.built_location);
             return Err(StageError {
                 stage: Stage::Collect,
-                ended: message.clone(),
-                message,
+                message: not_produced(&build, &rel, &m.built_name, &m.built_location),
+                ended: None,
                 exit_code: None,
                 interrupted: false,
             });
@@ -1035,10 +1033,13 @@ fn build_script(
         process::quote(&cell.step_dir().to_string_lossy())
     );
     match step(cell, env, log, stage, &line, Where::Cell) {
-        Err(e) if e.exit_code.is_some() && !cell.spec.strict_scripts => {
+        Err(StageError {
+            exit_code: Some(_),
+            ended: Some(ended),
+            ..
+        }) if !cell.spec.strict_scripts => {
             let warning = format!(
-                "{stage} ended with {}: the build went on, as under DKMS (see the log)",
-                e.ended
+                "{stage} ended with {ended}: the build went on, as under DKMS (see the log)"
             );
             let _ = writeln!(log, "# warning: {warning}");
             Ok(Some(warning))
@@ -1151,7 +1152,7 @@ fn logged(
             Err(StageError {
                 stage,
                 message,
-                ended,
+                ended: Some(ended),
                 exit_code: status.code(),
                 interrupted: false,
             })
@@ -1162,14 +1163,13 @@ fn logged(
                 "# {stage}: killed after the {}s time limit",
                 limit.as_secs()
             );
-            let message = format!(
-                "{stage} timed out after {}s (raise it with --timeout)",
-                limit.as_secs()
-            );
             Err(StageError {
                 stage,
-                ended: message.clone(),
-                message,
+                message: format!(
+                    "{stage} timed out after {}s (raise it with --timeout)",
+                    limit.as_secs()
+                ),
+                ended: None,
                 exit_code: None,
                 interrupted: false,
             })
@@ -1179,7 +1179,7 @@ fn logged(
             Err(StageError {
                 stage,
                 message: "interrupted".into(),
-                ended: "interrupted".into(),
+                ended: None,
                 exit_code: None,
                 interrupted: true,
             })
