@@ -17,6 +17,8 @@
 //! - [`lifecycle`]: DKMS's lifecycle over the store: preparing registered modules for
 //!   installation (building what is missing or stale), status lines.
 //! - [`install`]: installing built modules into a root and uninstalling them.
+//! - [`modfile`]: what a module file carries that several layers name (its compression,
+//!   its vermagic), on the ground floor.
 //! - [`digest`]: hashing on the ground floor (hex, file hashes, fingerprints).
 //! - [`error`]: the one error type and the exit codes.
 
@@ -35,6 +37,7 @@ pub mod lifecycle;
 pub mod matrix;
 #[cfg(test)]
 mod messages;
+pub mod modfile;
 pub mod process;
 pub mod sandbox;
 pub mod smoke;

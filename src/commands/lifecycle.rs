@@ -13,11 +13,12 @@ use crate::cli::{
 };
 use crate::error::{Error, Result, exit, render_inline};
 use crate::install::{self, SignKey};
+use crate::lifecycle::status::{LineState, RootState};
 use crate::lifecycle::{
     Env, KeyChoice, Run, autoinstall as auto, install as inst, package as pkg, register,
     remove as rm, running_kernel,
 };
-use crate::state::store::{CellKey, Store};
+use crate::state::store::{CellKey, Origin, Store};
 
 impl Context {
     /// What the lifecycle's use cases work in.
@@ -400,12 +401,12 @@ pub fn status(
     let rows: Vec<[String; 5]> = out
         .iter()
         .map(|l| {
-            let mut st = l.state.clone();
+            let mut st = l.state.to_string();
             let roots: Vec<String> = l
                 .installed
                 .iter()
-                .map(|i| match i.state.as_str() {
-                    "installed" => i.root.display().to_string(),
+                .map(|i| match i.state {
+                    RootState::Installed => i.root.display().to_string(),
                     other => format!(
                         "{} ({other}: re-run kmx install or uninstall)",
                         i.root.display()
@@ -416,8 +417,7 @@ pub fn status(
                 st.push_str(&format!(" in {}", roots.join(", ")));
             }
             if l.built
-                && let Some(from) = &l.built_from
-                && from != "build"
+                && let Some(from @ Origin::Tarball(_)) = &l.built_from
             {
                 st.push_str(&format!(" (from {from})"));
             }
@@ -425,10 +425,11 @@ pub fn status(
                 st.push_str(" [stale: source changed since the build]");
             }
             if !l.broken.is_empty() {
-                st.push_str(&format!(" [broken: {}]", l.broken.join("; ")));
+                let broken: Vec<String> = l.broken.iter().map(|b| b.to_string()).collect();
+                st.push_str(&format!(" [broken: {}]", broken.join("; ")));
             }
             if let Some(f) = &l.failed {
-                if l.state != "failed" {
+                if l.state != LineState::Failed {
                     st.push_str(" [last build failed]");
                 }
                 st.push_str(&format!(": {} (log: {})", f.reason, f.log.display()));

@@ -24,6 +24,7 @@ use std::process::Command;
 use crate::config::manifest::{ModuleField, check_module_field};
 use crate::digest::sha256;
 use crate::error::{Error, Kind, Result};
+use crate::modfile::{Compression, Vermagic};
 use crate::process;
 use crate::state::store::{
     BuiltRecord, Displaced, InstallRecord, InstallState, InstalledFile, Store, now, valid_component,
@@ -115,7 +116,7 @@ pub fn dest_relative(
     release: &str,
     location: &str,
     name: &str,
-    ext: Option<&str>,
+    compress: Option<Compression>,
 ) -> Result<PathBuf> {
     let escape = |what: &str, value: &str, why: &str| {
         Error::usage(format!(
@@ -148,8 +149,8 @@ pub fn dest_relative(
         ));
     };
     rel.extend(parts);
-    let file = match ext {
-        Some(ext) => format!("{name}.ko.{ext}"),
+    let file = match compress {
+        Some(c) => format!("{name}.ko.{}", c.extension()),
         None => format!("{name}.ko"),
     };
     rel.push(file);
@@ -250,7 +251,7 @@ pub fn prepare_files(
     stage: &Path,
     notes: &mut Vec<String>,
 ) -> Result<Vec<Prepared>> {
-    let ext = built.compress.as_deref();
+    let ext = built.compress;
     let mut dests = Vec::new();
     for f in &built.files {
         // The module's own location is checked even where the distribution's replaces it.
@@ -312,15 +313,15 @@ pub fn prepare_files(
         let plain = std::fs::read(&staged).map_err(|e| Error::io("read", &staged, e))?;
         let bytes = match ext {
             None => plain,
-            Some(ext) => compress(ext, &staged)?,
+            Some(c) => compress(c, &staged)?,
         };
         // Read back what will be installed with the module reader: right kernel, signed.
         let module = Module::parse(&bytes).map_err(|e| e.into_error(&src))?;
-        if module.vermagic() != Some(built.vermagic.as_str()) {
+        if module.vermagic().and_then(Vermagic::parse).as_ref() != Some(&built.vermagic) {
             return Err(Error::failed(format!(
                 "vermagic {:?} differs from the recorded {:?}",
                 module.vermagic().unwrap_or(""),
-                built.vermagic
+                built.vermagic.to_string()
             ))
             .at(&src)
             .hint("the built cell was changed after it was built; rebuild it"));
@@ -638,20 +639,16 @@ fn find_in_tree(
 }
 
 /// Compress `file` as `modules_install` does for CONFIG_MODULE_COMPRESS_*.
-fn compress(ext: &str, file: &Path) -> Result<Vec<u8>> {
-    let (prog, args, package): (&str, &[&str], &str) = match ext {
-        "xz" => (
+fn compress(c: Compression, file: &Path) -> Result<Vec<u8>> {
+    let ext = c.extension();
+    let (prog, args, package): (&str, &[&str], &str) = match c {
+        Compression::Xz => (
             "xz",
             &["--check=crc32", "--lzma2=dict=1MiB", "-c"],
             "xz-utils",
         ),
-        "zst" => ("zstd", &["-q", "-c"], "zstd"),
-        "gz" => ("gzip", &["-n", "-c"], "gzip"),
-        other => {
-            return Err(Error::failed(format!(
-                "unknown module compression `{other}`"
-            )));
-        }
+        Compression::Zstd => ("zstd", &["-q", "-c"], "zstd"),
+        Compression::Gzip => ("gzip", &["-n", "-c"], "gzip"),
     };
     let mut cmd = Command::new(prog);
     cmd.args(args).arg(file);
@@ -744,7 +741,14 @@ mod tests {
     #[test]
     fn destinations_stay_under_lib_modules() {
         assert_eq!(
-            dest_relative("m", "6.1.0-50-arm64", "/updates/dkms", "hello", Some("xz")).unwrap(),
+            dest_relative(
+                "m",
+                "6.1.0-50-arm64",
+                "/updates/dkms",
+                "hello",
+                Some(Compression::Xz)
+            )
+            .unwrap(),
             PathBuf::from("lib/modules/6.1.0-50-arm64/updates/dkms/hello.ko.xz")
         );
         let err = dest_relative("m", "6.1", "/updates/../../../etc", "hello", None).unwrap_err();

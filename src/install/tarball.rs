@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::manifest::{ModuleField, check_module_field};
 use crate::digest::sha256;
 use crate::error::{Error, Result};
-use crate::state::store::{BUILT_RECORD, BuiltRecord, Store, valid_component};
+use crate::modfile::Vermagic;
+use crate::state::store::{BUILT_RECORD, BuiltRecord, Origin, Store, valid_component};
 use crate::verify::module::Module;
 
 const MANIFEST: &str = "kmx-tarball.json";
@@ -305,11 +306,10 @@ pub fn load(store: &Store, file: &Path) -> Result<Vec<BuiltRecord>> {
             }
         }
     }
-    let origin = format!(
-        "tarball {}",
+    let origin = Origin::Tarball(
         file.file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+            .unwrap_or_default(),
     );
     let mut out = Vec::new();
     for (dir, mut rec) in cells {
@@ -382,13 +382,13 @@ fn check_cell(file: &Path, base: &Path, dir: &Path) -> Result<BuiltRecord> {
             .hint("the archive is damaged; make it again with `kmx tarball`"));
         }
         let module = Module::parse(&data).map_err(|e| e.into_error(&path))?;
-        if module.vermagic() != Some(rec.vermagic.as_str()) {
+        if module.vermagic().and_then(Vermagic::parse).as_ref() != Some(&rec.vermagic) {
             return Err(Error::usage(format!(
                 "{}/{} has vermagic {:?}, its record says {:?}",
                 rel.display(),
                 f.file,
                 module.vermagic().unwrap_or(""),
-                rec.vermagic
+                rec.vermagic.to_string()
             ))
             .at(file));
         }

@@ -51,23 +51,7 @@ pub struct SigConfig {
     pub hash: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    Gzip,
-    Xz,
-    Zstd,
-}
-
-impl Compression {
-    /// The suffix installed modules get: `.ko.xz` etc.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gz",
-            Compression::Xz => "xz",
-            Compression::Zstd => "zst",
-        }
-    }
-}
+pub use crate::modfile::Compression;
 
 /// Whether the tree's host programs (`scripts/basic/fixdep`, `scripts/mod/modpost`) can run
 /// here. Builds fail with "wrong ELF class" or "Exec format error" when they cannot.

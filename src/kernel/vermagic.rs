@@ -5,40 +5,10 @@
 //! caller supplies the release and, for CONFIG_RANDSTRUCT kernels, the layout hash.
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use super::kconfig::KConfig;
 
-/// A vermagic string split at its first space: `release + " " + flags`. `flags` is kept
-/// byte for byte (x86 and arm strings end in a space, arm64 ones do not).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Vermagic {
-    pub release: String,
-    pub flags: String,
-}
-
-impl Vermagic {
-    /// Split a vermagic string at its first space. `None` when there is no space or no
-    /// release before it.
-    pub fn parse(s: &str) -> Option<Vermagic> {
-        let (release, flags) = s.split_once(' ')?;
-        (!release.is_empty()).then(|| Vermagic {
-            release: release.to_string(),
-            flags: flags.to_string(),
-        })
-    }
-
-    /// The flag tokens ("SMP", "preempt", "aarch64", ...), order and spacing dropped.
-    pub fn tokens(&self) -> BTreeSet<&str> {
-        self.flags.split_whitespace().collect()
-    }
-}
-
-impl fmt::Display for Vermagic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.release, self.flags)
-    }
-}
+pub use crate::modfile::Vermagic;
 
 /// The vermagic a kernel built from `config` stamps on its modules.
 ///

@@ -185,7 +185,10 @@ pub(crate) fn built_fixture(
         version: version.into(),
         release: release.into(),
         target: target.into(),
-        vermagic: format!("{release} SMP mod_unload "),
+        vermagic: crate::modfile::Vermagic {
+            release: release.into(),
+            flags: "SMP mod_unload ".into(),
+        },
         kdir: std::path::PathBuf::new(),
         source_hash: None,
         files: Vec::new(),
@@ -194,7 +197,7 @@ pub(crate) fn built_fixture(
         sig_force: false,
         sig_hash: None,
         autoinstall,
-        origin: "build".into(),
+        origin: crate::state::store::Origin::Build,
         built_at: 0,
     }
 }

@@ -14,11 +14,11 @@ use crate::install::Hook;
 use crate::kernel::registry::{Registry, trees_of};
 use crate::kernel::tree::KernelTree;
 use crate::matrix::pipeline::{
-    self, Action, Artifact, Cell, CellStatus, Options, Plan, Progress, TargetSetup,
+    self, Action, Artifact, Cell, CellReport, CellStatus, Options, Plan, Progress, TargetSetup,
 };
 use crate::state::Home;
 use crate::state::store::{
-    BuiltFile, BuiltRecord, CellKey, FailedRecord, Store, content_hash, now,
+    BuiltFile, BuiltRecord, CellKey, FailedRecord, Origin, Store, content_hash, now,
 };
 
 /// Evaluate a source's manifest without a kernel (for its name, version and hooks), with
@@ -114,16 +114,16 @@ fn record_of(cell: &Cell, artifacts: &[Artifact], hash: &str) -> BuiltRecord {
         version: cell.spec.version.clone(),
         release: cell.tree.release.clone(),
         target: cell.target.target.name.clone(),
-        vermagic: cell.tree.vermagic.to_string(),
+        vermagic: cell.tree.vermagic.clone(),
         kdir: cell.tree.kdir.clone(),
         source_hash: Some(hash.to_string()),
         files,
-        compress: cell.tree.compress.map(|c| c.extension().to_string()),
+        compress: cell.tree.compress,
         sig_enabled: cell.tree.module_sig.enabled,
         sig_force: cell.tree.module_sig.force,
         sig_hash: cell.tree.module_sig.hash.clone(),
         autoinstall: cell.spec.autoinstall,
-        origin: "build".to_string(),
+        origin: Origin::Build,
         built_at: now(),
     }
 }
@@ -157,6 +157,34 @@ fn source_key(module: &str, version: &str) -> CellKey {
         release: "-".into(),
         target: "-".into(),
     }
+}
+
+/// The error a cell the run did not build ends with, and, unless it was interrupted (a
+/// stopped build is no failure to keep), the one line `kmx status` keeps of it: what failed
+/// and the first error (the log has the rest).
+fn failure(r: &CellReport) -> (Error, Option<String>) {
+    if r.status == CellStatus::Interrupted {
+        let e = Error::new(Kind::Interrupted, "interrupted: the build was stopped");
+        return (e, None);
+    }
+    let mut e = Error::failed(format!(
+        "build {}: {}",
+        r.status.word(),
+        r.reason.clone().unwrap_or_default()
+    ));
+    for line in &r.errors {
+        e = e.caused_by(line);
+    }
+    let what = r
+        .reason
+        .clone()
+        .unwrap_or_else(|| r.status.word().to_string());
+    let reason = [what]
+        .into_iter()
+        .chain(r.errors.first().cloned())
+        .collect::<Vec<_>>()
+        .join("; ");
+    (e, Some(reason))
 }
 
 /// Whether a built record is usable for the source with `hash`: same source, files there.
@@ -257,36 +285,17 @@ pub fn prepare(
                             if let Err(e) = record_built(store, c, &r.artifacts, source_hash(c)) {
                                 failures.insert(orig, e);
                             }
-                        } else if r.status == CellStatus::Interrupted {
-                            failures.insert(
-                                orig,
-                                Error::new(Kind::Interrupted, "interrupted: the build was stopped")
-                                    .hint(format!("see the log: {}", r.log.display())),
-                            );
-                        } else {
-                            let mut e = Error::failed(format!(
-                                "build {}: {}",
-                                r.status.word(),
-                                r.reason.clone().unwrap_or_default()
-                            ));
-                            for line in &r.errors {
-                                e = e.caused_by(line);
-                            }
-                            // Recorded for `kmx status`: a hook's build has no one watching.
+                            continue;
+                        }
+                        let (mut e, reason) = failure(r);
+                        // Recorded for `kmx status`: a hook's build has no one watching.
+                        if let Some(reason) = reason {
                             let failed = FailedRecord {
                                 module: c.spec.name.clone(),
                                 version: c.spec.version.clone(),
                                 release: c.tree.release.clone(),
                                 target: c.target.target.name.clone(),
-                                // One line: what failed and the first error; the log has the rest.
-                                reason: [r
-                                    .reason
-                                    .clone()
-                                    .unwrap_or_else(|| r.status.word().to_string())]
-                                .into_iter()
-                                .chain(r.errors.first().cloned())
-                                .collect::<Vec<_>>()
-                                .join("; "),
+                                reason,
                                 log: r.log.clone(),
                                 failed_at: now(),
                             };
@@ -296,9 +305,8 @@ pub fn prepare(
                                     crate::error::render_inline(&err)
                                 ));
                             }
-                            failures
-                                .insert(orig, e.hint(format!("see the log: {}", r.log.display())));
                         }
+                        failures.insert(orig, e.hint(format!("see the log: {}", r.log.display())));
                     }
                 }
                 // The run could not start (no jobserver, no threads, ...): every cell it
@@ -364,4 +372,91 @@ pub fn prepare_binary(
         post_install: None,
         sign_file,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(status: CellStatus, reason: Option<&str>, errors: &[&str]) -> CellReport {
+        CellReport {
+            index: 0,
+            module: "hello".into(),
+            version: "1.0".into(),
+            target: "arm64".into(),
+            kernel: "6.1.0-50-arm64".into(),
+            status,
+            reason: reason.map(String::from),
+            stage: None,
+            exit_code: None,
+            errors: errors.iter().map(|e| e.to_string()).collect(),
+            duration_secs: 1.0,
+            command: "make".into(),
+            log: "/out/logs/hello.log".into(),
+            out_dir: "/out/hello".into(),
+            build_dir: None,
+            artifacts: Vec::new(),
+            warnings: Vec::new(),
+            smoke: None,
+            provenance: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_build_is_an_error_with_its_compiler_errors_and_one_line_for_status() {
+        let r = report(
+            CellStatus::Failed,
+            Some("make failed: exit status 2"),
+            &["hello.c:3:1: error: expected ';'", "hello.c:9:1: error: x"],
+        );
+        let (e, reason) = failure(&r);
+        assert_eq!(e.code(), crate::error::exit::FAILED);
+        assert_eq!(e.message, "build FAILED: make failed: exit status 2");
+        assert_eq!(e.causes, r.errors);
+        assert_eq!(
+            reason.as_deref(),
+            Some("make failed: exit status 2; hello.c:3:1: error: expected ';'")
+        );
+        // A cell whose dependency failed says so; with no reason, the status word stands.
+        let r = report(CellStatus::DependencyFailed, None, &[]);
+        let (e, reason) = failure(&r);
+        assert_eq!(e.message, "build dep-failed: ");
+        assert_eq!(reason.as_deref(), Some("dep-failed"));
+    }
+
+    #[test]
+    fn a_stopped_build_is_interrupted_and_not_recorded_as_failed() {
+        let (e, reason) = failure(&report(CellStatus::Interrupted, None, &[]));
+        assert_eq!(e.kind, Kind::Interrupted);
+        assert_eq!(e.message, "interrupted: the build was stopped");
+        assert_eq!(reason, None);
+    }
+
+    #[test]
+    fn a_built_record_is_fresh_for_the_same_source_with_all_its_files() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store {
+            dir: d.path().to_path_buf(),
+        };
+        let mut rec =
+            crate::lifecycle::built_fixture("hello", "1.0", "6.1.0-50-arm64", "arm64", true);
+        rec.source_hash = Some("abc".into());
+        rec.files.push(BuiltFile {
+            file: "hello.ko".into(),
+            sha256: String::new(),
+            dest_name: "hello".into(),
+            dest_location: "/updates/dkms".into(),
+        });
+        let dir = store.cell_dir("hello", "1.0", "6.1.0-50-arm64", "arm64");
+        std::fs::create_dir_all(&dir).unwrap();
+        // The module is not there yet.
+        assert!(!fresh(&store, &rec, "abc"));
+        std::fs::write(dir.join("hello.ko"), b"\x7fELF").unwrap();
+        assert!(fresh(&store, &rec, "abc"));
+        // The source changed since the build, or its hash was never known.
+        assert!(!fresh(&store, &rec, "abd"));
+        rec.source_hash = None;
+        assert!(!fresh(&store, &rec, "abc"));
+        assert!(!fresh(&store, &rec, ""));
+    }
 }

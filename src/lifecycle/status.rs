@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::state::store::{CellKey, InstallState, Store, content_hash};
+use crate::state::store::{CellKey, InstallState, Origin, Store, content_hash};
 
 /// One line of `kmx status`.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -17,14 +17,13 @@ pub struct StatusLine {
     pub version: String,
     pub kernel: Option<String>,
     pub target: Option<String>,
-    /// added, built, installed, failed (the last build failed; nothing installed)
-    pub state: String,
+    pub state: LineState,
     pub added: bool,
     pub built: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub built_from: Option<String>,
+    pub built_from: Option<Origin>,
     pub stale: bool,
-    pub broken: Vec<String>,
+    pub broken: Vec<Broken>,
     pub installed: Vec<StatusInstall>,
     /// An install moved a kernel module of the same name aside (DKMS's `original_module`).
     pub original_module: bool,
@@ -42,9 +41,150 @@ pub struct StatusFailure {
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusInstall {
     pub root: PathBuf,
-    /// installed, interrupted (re-run the command), in_progress
-    pub state: String,
+    pub state: RootState,
     pub files: Vec<PathBuf>,
+}
+
+/// Where a status line's cell stands, most advanced first: installed somewhere, else its
+/// last build failed, else built, else only registered, else an install began before
+/// anything was built. Its word (`installed`, ...) is its JSON and what `kmx status` shows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineState {
+    #[default]
+    Added,
+    Built,
+    Installed,
+    /// An install is recorded (interrupted or under way) and nothing was built.
+    Installing,
+    /// The last build failed; nothing installed.
+    Failed,
+}
+
+impl LineState {
+    pub fn word(self) -> &'static str {
+        match self {
+            LineState::Added => "added",
+            LineState::Built => "built",
+            LineState::Installed => "installed",
+            LineState::Installing => "installing",
+            LineState::Failed => "failed",
+        }
+    }
+
+    /// The state of a line from what the store holds for its cell.
+    fn of(l: &StatusLine) -> LineState {
+        if l.installed.iter().any(|i| i.state == RootState::Installed) {
+            LineState::Installed
+        } else if l.failed.is_some() {
+            LineState::Failed
+        } else if l.built {
+            LineState::Built
+        } else if l.installed.is_empty() {
+            LineState::Added
+        } else {
+            LineState::Installing
+        }
+    }
+}
+
+/// How an install into one root stands ([`InstallState`] as `status` sees it: an install
+/// not finished is under way while another kmx holds the store's lock, else interrupted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootState {
+    Installed,
+    /// Stopped before it finished: re-run the command.
+    Interrupted,
+    InProgress,
+}
+
+impl RootState {
+    pub fn word(self) -> &'static str {
+        match self {
+            RootState::Installed => "installed",
+            RootState::Interrupted => "interrupted",
+            RootState::InProgress => "in_progress",
+        }
+    }
+
+    /// The state of an install record whose store is locked by another kmx (`busy`) or not.
+    fn of(state: InstallState, busy: bool) -> RootState {
+        match (state, busy) {
+            (InstallState::Installed, _) => RootState::Installed,
+            (_, true) => RootState::InProgress,
+            (_, false) => RootState::Interrupted,
+        }
+    }
+}
+
+impl std::fmt::Display for LineState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+impl std::fmt::Display for RootState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+// The words as text, for src/commands/dkms.rs only, which compares and assigns them
+// (`l.state == "installed"`, `"built".into()`) and which another change of issue 28 moves
+// into `lifecycle/`: there the comparisons become the variants' and these go. A word no
+// state has reads as the first state.
+impl PartialEq<&str> for LineState {
+    fn eq(&self, word: &&str) -> bool {
+        self.word() == *word
+    }
+}
+impl PartialEq<&str> for RootState {
+    fn eq(&self, word: &&str) -> bool {
+        self.word() == *word
+    }
+}
+impl From<&str> for LineState {
+    fn from(word: &str) -> LineState {
+        [
+            LineState::Built,
+            LineState::Installed,
+            LineState::Installing,
+            LineState::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.word() == word)
+        .unwrap_or(LineState::Added)
+    }
+}
+impl From<&str> for RootState {
+    fn from(word: &str) -> RootState {
+        [RootState::Interrupted, RootState::InProgress]
+            .into_iter()
+            .find(|s| s.word() == word)
+            .unwrap_or(RootState::Installed)
+    }
+}
+
+/// What is wrong with a cell the store records; its JSON is its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broken {
+    /// A file the record lists is gone (a built module, or one installed into a root).
+    Missing(PathBuf),
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::Missing(p) => write!(f, "missing {}", p.display()),
+        }
+    }
+}
+
+impl Serialize for Broken {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// The status line of one (module, version, kernel, target), created on first use.
@@ -88,8 +228,7 @@ pub fn lines(store: &Store) -> Result<Vec<StatusLine>> {
         }
         for f in &b.files {
             if !dir.join(&f.file).is_file() {
-                line.broken
-                    .push(format!("missing {}", dir.join(&f.file).display()));
+                line.broken.push(Broken::Missing(dir.join(&f.file)));
             }
         }
     }
@@ -98,22 +237,18 @@ pub fn lines(store: &Store) -> Result<Vec<StatusLine>> {
         let line = line_of(&mut lines, &k);
         line.added |= hashes.contains_key(&(k.module.clone(), k.version.clone()));
         line.original_module |= !r.displaced.is_empty();
-        let state = match r.state {
-            InstallState::Installed => "installed",
-            _ if busy => "in_progress",
-            _ => "interrupted",
-        };
-        if r.state == InstallState::Installed {
+        let state = RootState::of(r.state, busy);
+        if state == RootState::Installed {
             for f in &r.files {
                 let p = r.root.join(&f.path);
                 if !p.is_file() {
-                    line.broken.push(format!("missing {}", p.display()));
+                    line.broken.push(Broken::Missing(p));
                 }
             }
         }
         line.installed.push(StatusInstall {
             root: r.root.clone(),
-            state: state.to_string(),
+            state,
             files: r.files.iter().map(|f| f.path.clone()).collect(),
         });
     }
@@ -146,18 +281,7 @@ pub fn lines(store: &Store) -> Result<Vec<StatusLine>> {
     }
     let mut out: Vec<StatusLine> = lines.into_values().collect();
     for l in &mut out {
-        l.state = if l.installed.iter().any(|i| i.state == "installed") {
-            "installed"
-        } else if l.failed.is_some() {
-            "failed"
-        } else if l.built {
-            "built"
-        } else if l.installed.is_empty() {
-            "added"
-        } else {
-            "installing"
-        }
-        .to_string();
+        l.state = LineState::of(l);
     }
     Ok(out)
 }
@@ -196,7 +320,7 @@ impl Filter {
                 kept.push(StatusLine {
                     module: m,
                     version: v,
-                    state: "added".into(),
+                    state: LineState::Added,
                     added: true,
                     ..StatusLine::default()
                 });
@@ -218,20 +342,20 @@ impl Filter {
 /// failed. `None` for a line DKMS has no word for (an install interrupted before anything
 /// was built).
 pub fn dkms_line(l: &StatusLine, arch: &str) -> Option<String> {
-    let (Some(kernel), true) = (&l.kernel, l.built || l.state == "installed") else {
+    let (Some(kernel), true) = (&l.kernel, l.built || l.state == LineState::Installed) else {
         // A registered module whose build failed is, to DKMS, just added.
-        return (l.added && (l.kernel.is_none() || l.state == "failed"))
+        return (l.added && (l.kernel.is_none() || l.state == LineState::Failed))
             .then(|| format!("{}/{}: added", l.module, l.version));
     };
-    let state = match l.state.as_str() {
-        "installed" => "installed",
-        _ => "built",
+    let state = match l.state {
+        LineState::Installed => LineState::Installed,
+        _ => LineState::Built,
     };
     let mut line = format!("{}/{}, {kernel}, {arch}: {state}", l.module, l.version);
     if l.original_module {
         line.push_str(" (original_module exists)");
     }
-    if l.broken.iter().any(|b| b.starts_with("missing ")) {
+    if l.broken.iter().any(|b| matches!(b, Broken::Missing(_))) {
         line.push_str(" (WARNING! Missing some built modules!)");
     }
     Some(line)
@@ -241,22 +365,30 @@ pub fn dkms_line(l: &StatusLine, arch: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn line(state: &str, kernel: Option<&str>) -> StatusLine {
+    fn line(state: LineState, kernel: Option<&str>) -> StatusLine {
         StatusLine {
             module: "hello".into(),
             version: "1.0".into(),
             kernel: kernel.map(String::from),
             target: kernel.map(|_| "arm64".into()),
-            state: state.into(),
+            state,
             added: true,
-            built: state != "added",
+            built: state != LineState::Added,
             ..StatusLine::default()
+        }
+    }
+
+    fn install(state: RootState) -> StatusInstall {
+        StatusInstall {
+            root: "/".into(),
+            state,
+            files: Vec::new(),
         }
     }
 
     #[test]
     fn a_failed_build_reads_as_added_to_dkms() {
-        let mut l = line("failed", Some("6.1.0-50-amd64"));
+        let mut l = line(LineState::Failed, Some("6.1.0-50-amd64"));
         l.built = false;
         assert_eq!(dkms_line(&l, "x86_64").as_deref(), Some("hello/1.0: added"));
     }
@@ -264,15 +396,15 @@ mod tests {
     #[test]
     fn dkms_lines_have_dkms_shape() {
         assert_eq!(
-            dkms_line(&line("added", None), "aarch64").as_deref(),
+            dkms_line(&line(LineState::Added, None), "aarch64").as_deref(),
             Some("hello/1.0: added")
         );
         assert_eq!(
-            dkms_line(&line("built", Some("6.1.0-50-arm64")), "aarch64").as_deref(),
+            dkms_line(&line(LineState::Built, Some("6.1.0-50-arm64")), "aarch64").as_deref(),
             Some("hello/1.0, 6.1.0-50-arm64, aarch64: built")
         );
-        let mut broken = line("installed", Some("6.1.0-50-arm64"));
-        broken.broken.push("missing /x/hello.ko".into());
+        let mut broken = line(LineState::Installed, Some("6.1.0-50-arm64"));
+        broken.broken.push(Broken::Missing("/x/hello.ko".into()));
         broken.original_module = true;
         assert_eq!(
             dkms_line(&broken, "aarch64").as_deref(),
@@ -281,13 +413,86 @@ mod tests {
                  (WARNING! Missing some built modules!)"
             )
         );
+        // An install that began before anything was built: DKMS has no word for it.
+        let mut installing = line(LineState::Installing, Some("6.1.0-50-arm64"));
+        installing.built = false;
+        assert_eq!(dkms_line(&installing, "aarch64"), None);
+    }
+
+    #[test]
+    fn a_line_s_state_is_the_most_advanced_the_store_shows() {
+        let mut l = line(LineState::Added, Some("6.1.0-50-arm64"));
+        l.built = false;
+        assert_eq!(LineState::of(&l), LineState::Added);
+        l.installed.push(install(RootState::Interrupted));
+        assert_eq!(LineState::of(&l), LineState::Installing);
+        l.built = true;
+        assert_eq!(LineState::of(&l), LineState::Built);
+        l.failed = Some(StatusFailure {
+            reason: "make failed".into(),
+            log: "/x/make.log".into(),
+        });
+        assert_eq!(LineState::of(&l), LineState::Failed);
+        // Installed in one root outweighs a later failed build and an interrupted install.
+        l.installed.push(install(RootState::Installed));
+        assert_eq!(LineState::of(&l), LineState::Installed);
+    }
+
+    #[test]
+    fn an_unfinished_install_is_in_progress_only_while_the_store_is_locked() {
+        use InstallState::*;
+        for (state, busy, want) in [
+            (Installed, false, RootState::Installed),
+            (Installed, true, RootState::Installed),
+            (Installing, false, RootState::Interrupted),
+            (Installing, true, RootState::InProgress),
+            (Removing, false, RootState::Interrupted),
+            (Removing, true, RootState::InProgress),
+        ] {
+            assert_eq!(RootState::of(state, busy), want, "{state:?} {busy}");
+        }
+    }
+
+    #[test]
+    fn states_and_problems_are_their_words_in_json_and_on_screen() {
+        let mut l = line(LineState::Installed, Some("6.1.0-50-arm64"));
+        l.installed.push(install(RootState::InProgress));
+        l.broken.push(Broken::Missing("/x/hello.ko".into()));
+        l.built_from = Some(Origin::Tarball("m.tar.gz".into()));
+        let json = serde_json::to_value(&l).unwrap();
+        assert_eq!(json["state"], "installed");
+        assert_eq!(json["installed"][0]["state"], "in_progress");
+        assert_eq!(json["broken"][0], "missing /x/hello.ko");
+        assert_eq!(json["built_from"], "tarball m.tar.gz");
+        for s in [
+            LineState::Added,
+            LineState::Built,
+            LineState::Installed,
+            LineState::Installing,
+            LineState::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.word());
+            assert_eq!(s.to_string(), s.word());
+            // The text forms commands/dkms.rs still uses read back.
+            assert_eq!(LineState::from(s.word()), s);
+            assert!(s == s.word());
+        }
+        for s in [
+            RootState::Installed,
+            RootState::Interrupted,
+            RootState::InProgress,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.word());
+            assert_eq!(RootState::from(s.word()), s);
+            assert!(s == s.word());
+        }
     }
 
     #[test]
     fn a_filter_keeps_an_added_line_for_a_module_with_no_cell_left() {
         let lines = vec![
-            line("built", Some("6.1.0-50-arm64")),
-            line("built", Some("6.1.0-50-amd64")),
+            line(LineState::Built, Some("6.1.0-50-arm64")),
+            line(LineState::Built, Some("6.1.0-50-amd64")),
         ];
         let f = Filter {
             kernel: Some("6.1.0-50-amd64".into()),
@@ -302,7 +507,7 @@ mod tests {
         };
         let kept = f.apply(lines.clone());
         assert_eq!(kept.len(), 1);
-        assert_eq!(kept[0].state, "added");
+        assert_eq!(kept[0].state, LineState::Added);
         let f = Filter {
             module: Some("other".into()),
             ..Filter::default()

@@ -161,7 +161,7 @@ pub enum Outcome {
         reason: String,
     },
     Failed {
-        stage: String,
+        stage: Stage,
         message: String,
         errors: Vec<String>,
         exit_code: Option<i32>,
@@ -237,21 +237,76 @@ impl CellStatus {
     }
 }
 
+/// The step of a cell's build that failed: its word is the report's `stage`, the log's
+/// `# <stage>:` lines and the start of the cell's error (`make failed: exit status 2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Stage {
+    /// Work directory, log, source copy, and what the build needs on the host.
+    #[serde(rename = "prepare")]
+    Prepare,
+    #[serde(rename = "patch")]
+    Patch,
+    #[serde(rename = "PRE_BUILD")]
+    PreBuild,
+    #[serde(rename = "make")]
+    Make,
+    #[serde(rename = "POST_BUILD")]
+    PostBuild,
+    #[serde(rename = "strip")]
+    Strip,
+    /// The modules' load checks against the kernel and their symbols.
+    #[serde(rename = "check")]
+    Check,
+    /// Modules copied out of the build tree, hashed, and the cell moved into place.
+    #[serde(rename = "collect")]
+    Collect,
+    /// kmx itself failed (a worker panicked).
+    #[serde(rename = "internal")]
+    Internal,
+}
+
+impl Stage {
+    pub fn word(self) -> &'static str {
+        match self {
+            Stage::Prepare => "prepare",
+            Stage::Patch => "patch",
+            Stage::PreBuild => "PRE_BUILD",
+            Stage::Make => "make",
+            Stage::PostBuild => "POST_BUILD",
+            Stage::Strip => "strip",
+            Stage::Check => "check",
+            Stage::Collect => "collect",
+            Stage::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
 /// A failed stage: what failed, and whether the log holds compiler errors worth showing.
 struct StageError {
-    stage: &'static str,
+    stage: Stage,
     message: String,
+    /// How a step that exited ended, without the stage in front (`exit status 2`): what a
+    /// PRE_BUILD or POST_BUILD warning says. `None` for a step that did not exit.
+    ended: Option<String>,
     exit_code: Option<i32>,
     interrupted: bool,
 }
 
-/// The test hook ([`process::pause_for_tests`]): after the pause the cell ends interrupted.
-fn test_pause(point: &'static str) -> Result<(), StageError> {
+/// The test hook ([`process::pause_for_tests`]): after the pause at `point`, before
+/// `stage`, the cell ends interrupted.
+fn test_pause(point: &'static str, stage: Stage) -> Result<(), StageError> {
     let asked = std::env::var("KMX_TEST_PAUSE_AT").ok();
     match process::pause_for_tests(asked.as_deref(), point) {
         true => Err(StageError {
-            stage: point,
+            stage,
             message: format!("interrupted at {point}"),
+            ended: None,
             exit_code: None,
             interrupted: true,
         }),
@@ -259,10 +314,11 @@ fn test_pause(point: &'static str) -> Result<(), StageError> {
     }
 }
 
-fn stage_err(stage: &'static str, e: Error) -> StageError {
+fn stage_err(stage: Stage, e: Error) -> StageError {
     StageError {
         stage,
         message: crate::error::render_inline(&e),
+        ended: None,
         exit_code: None,
         interrupted: false,
     }
@@ -548,7 +604,7 @@ pub fn run(cell: &Cell, env: &RunEnv, deps_symvers: &[PathBuf]) -> (Outcome, Str
         }
         Err(e) if e.interrupted => Outcome::Interrupted,
         Err(e) => Outcome::Failed {
-            stage: e.stage.to_string(),
+            stage: e.stage,
             message: e.message,
             errors: first_errors(
                 &cell.log,
@@ -575,22 +631,22 @@ fn run_stages(
     let _ = std::fs::remove_dir_all(&cell.work_dir);
     let mk = |p: &Path| {
         std::fs::create_dir_all(p)
-            .map_err(|e| stage_err("prepare", Error::io("create directory", p, e)))
+            .map_err(|e| stage_err(Stage::Prepare, Error::io("create directory", p, e)))
     };
     mk(&cell.work_dir)?;
     if let Some(parent) = cell.log.parent() {
         mk(parent)?;
     }
     let mut log = File::create(&cell.log)
-        .map_err(|e| stage_err("prepare", Error::io("create", &cell.log, e)))?;
-    copy_tree(&cell.source, &cell.build_dir()).map_err(|e| stage_err("prepare", e))?;
+        .map_err(|e| stage_err(Stage::Prepare, Error::io("create", &cell.log, e)))?;
+    copy_tree(&cell.source, &cell.build_dir()).map_err(|e| stage_err(Stage::Prepare, e))?;
     match &cell.view {
         // The namespace shows a copy of its own at /usr/src/<name>-<version>.
         Some(view) => {
-            copy_tree(&cell.source, &view.source).map_err(|e| stage_err("prepare", e))?;
+            copy_tree(&cell.source, &view.source).map_err(|e| stage_err(Stage::Prepare, e))?;
         }
         // No namespace: $dkms_tree/<module>/<version>/build links to the build directory.
-        None => link_dkms_tree(cell).map_err(|e| stage_err("prepare", e))?,
+        None => link_dkms_tree(cell).map_err(|e| stage_err(Stage::Prepare, e))?,
     }
 
     let cc = run_cc_words(cell, env);
@@ -625,7 +681,7 @@ fn run_stages(
             process::quote(&file.to_string_lossy())
         );
         let start = log.metadata().map_or(0, |m| m.len());
-        if let Err(mut e) = step(cell, env, &mut log, "patch", &line, Where::Cell) {
+        if let Err(mut e) = step(cell, env, &mut log, Stage::Patch, &line, Where::Cell) {
             // Say what patch said ("Hunk #1 FAILED", "can't find file to patch"), not only
             // its exit status.
             let said = patch_output(&cell.log, start);
@@ -651,7 +707,7 @@ fn run_stages(
             .unwrap_or_default();
         if which::which_in("pahole", Some(&path), "/").is_err() {
             return Err(stage_err(
-                "prepare",
+                Stage::Prepare,
                 Error::env(format!(
                     "{} builds BTF into its modules (CONFIG_DEBUG_INFO_BTF_MODULES=y and a \
                      vmlinux), which needs pahole, and pahole is not on PATH: apt-get install \
@@ -663,13 +719,13 @@ fn run_stages(
     }
     let mut warnings = Vec::new();
     if let Some(pre) = &cell.spec.pre_build {
-        warnings.extend(build_script(cell, env, &mut log, "PRE_BUILD", pre)?);
+        warnings.extend(build_script(cell, env, &mut log, Stage::PreBuild, pre)?);
     }
     // make: one jobserver token stands for make's own implicit slot.
     let token = env
         .jobserver
         .acquire()
-        .map_err(|e| stage_err("make", Error::env(format!("jobserver: {e}"))))?;
+        .map_err(|e| stage_err(Stage::Make, Error::env(format!("jobserver: {e}"))))?;
     let make_result = {
         let mut cmd = shell(cell, env, command, deps_symvers, Where::Cell);
         // The jobserver's flags (and the inherited descriptors), then kmx's command-line
@@ -688,20 +744,20 @@ fn run_stages(
         cmd.env("MAKEFLAGS", makeflags)
             .env_remove("CARGO_MAKEFLAGS")
             .env_remove("MFLAGS");
-        logged(&mut cmd, command, &mut log, env, "make")
+        logged(&mut cmd, command, &mut log, env, Stage::Make)
     };
     drop(token);
     make_result?;
     if let Some(post) = &cell.spec.post_build {
-        warnings.extend(build_script(cell, env, &mut log, "POST_BUILD", post)?);
+        warnings.extend(build_script(cell, env, &mut log, Stage::PostBuild, post)?);
     }
 
-    test_pause("before-strip")?;
+    test_pause("before-strip", Stage::Strip)?;
     // Collect, strip and check every expected module: it must load on the cell's kernel,
     // its symbols resolved by the kernel, this cell's own exports or its dependencies'.
     let tree_symbols = env
         .symbols_of(&cell.tree)
-        .map_err(|e| stage_err("check", e))?;
+        .map_err(|e| stage_err(Stage::Check, e))?;
     // The finished cell is staged beside the build tree and renamed into place: the output
     // directory holds the modules, Module.symvers, cell.json, provenance.json and make.log,
     // never the build tree (which stays in the work directory). The package wrote the build
@@ -715,10 +771,11 @@ fn run_stages(
     for m in &cell.spec.modules {
         let rel = m.built_location.join(format!("{}.ko", m.built_name));
         let copy = stage.join(format!("{}.ko", m.built_name));
-        if !collect::copy_out(&build, &rel, &copy).map_err(|e| stage_err("collect", e))? {
+        if !collect::copy_out(&build, &rel, &copy).map_err(|e| stage_err(Stage::Collect, e))? {
             return Err(StageError {
-                stage: "collect",
+                stage: Stage::Collect,
                 message: not_produced(&build, &rel, &m.built_name, &m.built_location),
+                ended: None,
                 exit_code: None,
                 interrupted: false,
             });
@@ -730,7 +787,7 @@ fn run_stages(
                 process::quote(&strip),
                 process::quote(&copy.to_string_lossy())
             );
-            step(cell, env, &mut log, "strip", &line, Where::Host)?;
+            step(cell, env, &mut log, Stage::Strip, &line, Where::Host)?;
         }
         built.push((m, copy));
     }
@@ -740,13 +797,13 @@ fn run_stages(
     // the modules themselves say what they export even where no Module.symvers does).
     let mut others = Others::default();
     for file in deps_symvers.iter().filter(|f| f.is_file()) {
-        let symvers = Symvers::load(file).map_err(|e| stage_err("check", e))?;
+        let symvers = Symvers::load(file).map_err(|e| stage_err(Stage::Check, e))?;
         others.add_symvers(&symvers);
     }
     for file in find_files(&build, "Module.symvers") {
         let rel = file.strip_prefix(&build).unwrap_or(&file);
-        let text = read_built(&build, rel).map_err(|e| stage_err("check", e))?;
-        let symvers = Symvers::parse(&text, &file).map_err(|e| stage_err("check", e))?;
+        let text = read_built(&build, rel).map_err(|e| stage_err(Stage::Check, e))?;
+        let symvers = Symvers::parse(&text, &file).map_err(|e| stage_err(Stage::Check, e))?;
         others.add_symvers(&symvers);
     }
     for (m, path) in &built {
@@ -763,10 +820,10 @@ fn run_stages(
             tree_symbols.as_deref(),
             &others,
         )
-        .map_err(|e| stage_err("check", e))?;
+        .map_err(|e| stage_err(Stage::Check, e))?;
         artifacts.push(Artifact {
             file: cell.out_dir.join(format!("{}.ko", m.built_name)),
-            sha256: sha256_file(path).map_err(|e| stage_err("collect", e))?,
+            sha256: sha256_file(path).map_err(|e| stage_err(Stage::Collect, e))?,
         });
     }
     collect::copy_out(
@@ -774,7 +831,7 @@ fn run_stages(
         Path::new("Module.symvers"),
         &stage.join("Module.symvers"),
     )
-    .map_err(|e| stage_err("collect", e))?;
+    .map_err(|e| stage_err(Stage::Collect, e))?;
     let build_secs = started.elapsed().as_secs_f64();
     let _ = writeln!(log, "# built in {build_secs:.1}s");
     drop(log);
@@ -799,7 +856,7 @@ fn run_stages(
         build_secs,
         warnings: warnings.clone(),
     };
-    write_record(cell, &record).map_err(|e| stage_err("collect", e))?;
+    write_record(cell, &record).map_err(|e| stage_err(Stage::Collect, e))?;
     if let Some(cache) = &env.opts.cache {
         // A cache that cannot be written costs a rebuild later, not this build.
         if let Err(e) = cache.store(
@@ -812,7 +869,7 @@ fn run_stages(
             let _ = append_log(&cell.log, &format!("# warning: not cached: {e}"));
         }
     }
-    crate::state::replace_dir(&stage, &cell.out_dir).map_err(|e| stage_err("collect", e))?;
+    crate::state::replace_dir(&stage, &cell.out_dir).map_err(|e| stage_err(Stage::Collect, e))?;
     Ok((artifacts, warnings))
 }
 
@@ -955,7 +1012,7 @@ fn build_script(
     cell: &Cell,
     env: &RunEnv,
     log: &mut File,
-    stage: &'static str,
+    stage: Stage,
     script: &str,
 ) -> Result<Option<String>, StageError> {
     let program = script.split_whitespace().next().unwrap_or("");
@@ -976,10 +1033,13 @@ fn build_script(
         process::quote(&cell.step_dir().to_string_lossy())
     );
     match step(cell, env, log, stage, &line, Where::Cell) {
-        Err(e) if e.exit_code.is_some() && !cell.spec.strict_scripts => {
+        Err(StageError {
+            exit_code: Some(_),
+            ended: Some(ended),
+            ..
+        }) if !cell.spec.strict_scripts => {
             let warning = format!(
-                "{stage} ended with {}: the build went on, as under DKMS (see the log)",
-                e.message.trim_start_matches(&format!("{stage} failed: "))
+                "{stage} ended with {ended}: the build went on, as under DKMS (see the log)"
             );
             let _ = writeln!(log, "# warning: {warning}");
             Ok(Some(warning))
@@ -1011,7 +1071,7 @@ fn step(
     cell: &Cell,
     env: &RunEnv,
     log: &mut File,
-    stage: &'static str,
+    stage: Stage,
     line: &str,
     where_: Where,
 ) -> Result<(), StageError> {
@@ -1036,7 +1096,7 @@ fn logged(
     line: &str,
     log: &mut File,
     env: &RunEnv,
-    stage: &'static str,
+    stage: Stage,
 ) -> Result<(), StageError> {
     let _ = writeln!(log, "\n# environment:");
     for (k, v) in cmd.get_envs() {
@@ -1074,17 +1134,25 @@ fn logged(
                 true => namespace_failure(log, start, status.code()),
                 false => None,
             };
+            let (message, ended) = match namespace {
+                Some(why) => {
+                    let m = format!("{stage}: kmx could not make the cell's sandbox: {why}");
+                    (m.clone(), m)
+                }
+                None => {
+                    let ended = match status.code() {
+                        Some(127) => format!(
+                            "{what} (a command was not found: `kmx doctor` lists the host tools kmx needs)"
+                        ),
+                        _ => what,
+                    };
+                    (format!("{stage} failed: {ended}"), ended)
+                }
+            };
             Err(StageError {
                 stage,
-                message: match namespace {
-                    Some(why) => {
-                        format!("{stage}: kmx could not make the cell's sandbox: {why}")
-                    }
-                    None if status.code() == Some(127) => format!(
-                        "{stage} failed: {what} (a command was not found: `kmx doctor` lists the host tools kmx needs)"
-                    ),
-                    None => format!("{stage} failed: {what}"),
-                },
+                message,
+                ended: Some(ended),
                 exit_code: status.code(),
                 interrupted: false,
             })
@@ -1101,6 +1169,7 @@ fn logged(
                     "{stage} timed out after {}s (raise it with --timeout)",
                     limit.as_secs()
                 ),
+                ended: None,
                 exit_code: None,
                 interrupted: false,
             })
@@ -1110,6 +1179,7 @@ fn logged(
             Err(StageError {
                 stage,
                 message: "interrupted".into(),
+                ended: None,
                 exit_code: None,
                 interrupted: true,
             })
@@ -1259,6 +1329,31 @@ pub fn first_errors(log: &Path, build_dirs: &[&Path], source: &Path, n: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stage_is_its_word_in_json_on_screen_and_read_back() {
+        let all = [
+            (Stage::Prepare, "prepare"),
+            (Stage::Patch, "patch"),
+            (Stage::PreBuild, "PRE_BUILD"),
+            (Stage::Make, "make"),
+            (Stage::PostBuild, "POST_BUILD"),
+            (Stage::Strip, "strip"),
+            (Stage::Check, "check"),
+            (Stage::Collect, "collect"),
+            (Stage::Internal, "internal"),
+        ];
+        for (stage, word) in all {
+            assert_eq!(stage.word(), word);
+            assert_eq!(stage.to_string(), word);
+            let json = serde_json::to_value(stage).unwrap();
+            assert_eq!(json, word);
+            assert_eq!(serde_json::from_value::<Stage>(json).unwrap(), stage);
+        }
+        // A report's stage reads back only as one of these words.
+        assert!(serde_json::from_str::<Stage>("\"Make\"").is_err());
+        assert!(serde_json::from_str::<Stage>("\"pre_build\"").is_err());
+    }
 
     fn log_with(before: &str, step: &str) -> (tempfile::NamedTempFile, u64) {
         let mut f = tempfile::NamedTempFile::new().expect("temp file");

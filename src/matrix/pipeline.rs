@@ -30,7 +30,7 @@ use crate::state::Home;
 pub use crate::matrix::cell::{Artifact, CellStatus, Outcome, copy_tree, make_line};
 pub use crate::matrix::options::Options;
 pub use crate::matrix::plan::{Action, Cell, Plan, Shard, TargetSetup};
-pub use crate::matrix::report::{Report, count};
+pub use crate::matrix::report::{CellReport, Report, count};
 pub use crate::matrix::scheduler::Event;
 
 /// Plan a build: a cell for every source, target and kernel tree, dependencies linked, each

@@ -416,18 +416,10 @@ fn plan_cell(
     known: &Known,
 ) -> Result<Cell> {
     // The work dir must be known before the manifest is evaluated: dkms.conf files refer to
-    // $dkms_tree/<module>/<version>/build. Name it by source, target and kernel; the spec
-    // may rename the module.
-    let slot = format!(
-        "{si}-{}-{}-{}",
-        source
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("module"),
-        ts.target.name,
-        tree.release
-    );
-    let work_dir = out.join(".work").join(&slot);
+    // $dkms_tree/<module>/<version>/build. The spec may rename the module.
+    let work_dir = out
+        .join(".work")
+        .join(slot_name(si, &source, &ts.target.name, &tree.release));
     let mut vars = cell_vars(&source, &ts, &tree, Some(&work_dir), sandbox.cloned(), mode);
     vars.given = given.clone();
     let others = sandbox.map(|o| o.as_slice()).unwrap_or_default();
@@ -448,30 +440,13 @@ fn plan_cell(
             "a module has one name and version for every kernel: set them without $kernelver or $arch",
         ));
     }
-    // DKMS's $arch first, then kmx's target name and the kernel's ARCH, each once.
-    let mut arch_names: Vec<&str> = Vec::new();
-    for name in [
-        &ts.target.dkms_arch,
-        &ts.target.name,
-        &ts.target.kernel_arch,
-    ] {
-        if !arch_names.contains(&name.as_str()) {
-            arch_names.push(name);
-        }
-    }
+    let t = &ts.target;
+    let arch_names = arch_names([&t.dkms_arch, &t.name, &t.kernel_arch]);
     let action = match spec.exclusion(&tree.release, &arch_names, &|c| tree.config.enabled(c)) {
         Some(reason) => Action::Skip(reason),
         None => Action::Build,
     };
-    let out_dir = out
-        .join(&spec.name)
-        .join(&spec.version)
-        .join(&tree.release)
-        .join(&ts.target.name);
-    let log = out.join("logs").join(format!(
-        "{}-{}-{}-{}.log",
-        spec.name, spec.version, tree.release, ts.target.name
-    ));
+    let (out_dir, log) = cell_paths(out, &spec.name, &spec.version, &tree.release, &t.name);
     Ok(Cell {
         index,
         source,
@@ -489,96 +464,177 @@ fn plan_cell(
     })
 }
 
-/// Link each cell to the cells of its BUILD_DEPENDS for the same target and kernel, and
-/// refuse cycles. A dependency that is not in the build is a warning in the cell's log, and
-/// the cell builds without it, as `dkms build` does (DKMS 3.0 reads BUILD_DEPENDS only to
-/// order `autoinstall`; Debian's nvidia-fs-dkms names `nvidia-current`, often absent).
-fn resolve_dependencies(cells: &mut [Cell]) -> Result<()> {
-    let mut by_key: BTreeMap<(String, String, String), usize> = BTreeMap::new();
-    for c in cells.iter() {
-        let key = (
-            c.spec.name.clone(),
-            c.target.target.name.clone(),
-            c.tree.release.clone(),
-        );
-        if let Some(other) = by_key.insert(key, c.index) {
-            let first = &cells[other];
+/// The name of a cell's work directory, `<source position>-<source dir>-<target>-<release>`:
+/// known before its dkms.conf is read (which may rename the module), unique in the plan.
+fn slot_name(si: usize, source: &Path, target: &str, release: &str) -> String {
+    let dir = source
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("module");
+    format!("{si}-{dir}-{target}-{release}")
+}
+
+/// Where a finished cell lives under `out`, `<module>/<version>/<release>/<target>`, and its
+/// build log, `logs/<module>-<version>-<release>-<target>.log`.
+fn cell_paths(
+    out: &Path,
+    module: &str,
+    version: &str,
+    release: &str,
+    target: &str,
+) -> (PathBuf, PathBuf) {
+    let out_dir = out.join(module).join(version).join(release).join(target);
+    let log = out
+        .join("logs")
+        .join(format!("{module}-{version}-{release}-{target}.log"));
+    (out_dir, log)
+}
+
+/// The names a dkms.conf's BUILD_EXCLUSIVE_ARCH matches for a target, given as DKMS's
+/// `$arch`, kmx's target name and the kernel's ARCH: in that order, each once.
+fn arch_names(names: [&str; 3]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for name in names {
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// What linking a cell to its dependencies knows of it.
+struct Node<'a> {
+    name: &'a str,
+    version: &'a str,
+    source: &'a Path,
+    target: &'a str,
+    release: &'a str,
+    /// Its BUILD_DEPENDS.
+    depends: &'a [String],
+}
+
+/// For each cell (by position), the cells its BUILD_DEPENDS names for the same target and
+/// kernel, and the names it gives that no cell builds. A module built twice for one target
+/// and kernel (from two sources) is an error.
+fn link(nodes: &[Node]) -> Result<Vec<(Vec<usize>, Vec<String>)>> {
+    let mut by_key: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
+    for (i, c) in nodes.iter().enumerate() {
+        if let Some(other) = by_key.insert((c.name, c.target, c.release), i) {
             return Err(Error::usage(format!(
                 "module {} {} comes from both {} and {}",
-                c.spec.name,
-                c.spec.version,
-                first.source.display(),
+                c.name,
+                c.version,
+                nodes[other].source.display(),
                 c.source.display()
             ))
             .hint("build each module once: give each source directory once, with its own PACKAGE_NAME"));
         }
     }
-    for cell in cells.iter_mut() {
-        let mut deps = Vec::new();
-        for dep in &cell.spec.build_depends {
-            let key = (
-                dep.clone(),
-                cell.target.target.name.clone(),
-                cell.tree.release.clone(),
-            );
-            match by_key.get(&key) {
-                Some(&j) => deps.push(j),
-                None => cell.spec.warnings.push(format!(
-                    "BUILD_DEPENDS names module `{dep}`, which is not part of this build: \
-                     built without it, as `dkms build` does (pass the source directory of \
-                     `{dep}` to the same `kmx build` to build it first and use its symbols)"
-                )),
+    Ok(nodes
+        .iter()
+        .map(|c| {
+            let (mut deps, mut absent) = (Vec::new(), Vec::new());
+            for dep in c.depends {
+                match by_key.get(&(dep.as_str(), c.target, c.release)) {
+                    Some(&j) => deps.push(j),
+                    None => absent.push(dep.clone()),
+                }
             }
-        }
-        cell.deps = deps;
-    }
-    // Cycle check: depth-first search with colours.
-    fn visit(i: usize, cells: &[Cell], colour: &mut [u8], stack: &mut Vec<usize>) -> Result<()> {
+            (deps, absent)
+        })
+        .collect())
+}
+
+/// A cycle among the cells' dependencies, as positions with the first repeated at the end
+/// (depth-first from each cell in order); `None` when there is none.
+fn cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
+    // 0: not seen, 1: on the current path, 2: done.
+    fn visit(
+        i: usize,
+        deps: &[Vec<usize>],
+        colour: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         match colour[i] {
-            2 => return Ok(()),
+            2 => return None,
             1 => {
                 let start = stack.iter().position(|&s| s == i).unwrap_or(0);
-                let names: Vec<&str> = stack[start..]
-                    .iter()
-                    .chain(std::iter::once(&i))
-                    .map(|&c| cells[c].spec.name.as_str())
-                    .collect();
-                return Err(Error::usage(format!(
-                    "BUILD_DEPENDS form a cycle: {}",
-                    names.join(" -> ")
-                ))
-                .hint("remove one of these dependencies"));
+                return Some(stack[start..].iter().copied().chain([i]).collect());
             }
             _ => {}
         }
         colour[i] = 1;
         stack.push(i);
-        for &d in &cells[i].deps {
-            visit(d, cells, colour, stack)?;
+        for &d in &deps[i] {
+            if let Some(found) = visit(d, deps, colour, stack) {
+                return Some(found);
+            }
         }
         stack.pop();
         colour[i] = 2;
-        Ok(())
+        None
     }
-    let mut colour = vec![0u8; cells.len()];
-    for i in 0..cells.len() {
-        visit(i, cells, &mut colour, &mut Vec::new())?;
+    let mut colour = vec![0u8; deps.len()];
+    (0..deps.len()).find_map(|i| visit(i, deps, &mut colour, &mut Vec::new()))
+}
+
+/// Link each cell to the cells of its BUILD_DEPENDS for the same target and kernel, and
+/// refuse cycles. A dependency that is not in the build is a warning in the cell's log, and
+/// the cell builds without it, as `dkms build` does (DKMS 3.0 reads BUILD_DEPENDS only to
+/// order `autoinstall`; Debian's nvidia-fs-dkms names `nvidia-current`, often absent).
+fn resolve_dependencies(cells: &mut [Cell]) -> Result<()> {
+    let nodes: Vec<Node> = cells
+        .iter()
+        .map(|c| Node {
+            name: &c.spec.name,
+            version: &c.spec.version,
+            source: &c.source,
+            target: &c.target.target.name,
+            release: &c.tree.release,
+            depends: &c.spec.build_depends,
+        })
+        .collect();
+    let links = link(&nodes)?;
+    for (cell, (deps, absent)) in cells.iter_mut().zip(links) {
+        for dep in absent {
+            cell.spec.warnings.push(format!(
+                "BUILD_DEPENDS names module `{dep}`, which is not part of this build: \
+                 built without it, as `dkms build` does (pass the source directory of \
+                 `{dep}` to the same `kmx build` to build it first and use its symbols)"
+            ));
+        }
+        cell.deps = deps;
+    }
+    let deps: Vec<Vec<usize>> = cells.iter().map(|c| c.deps.clone()).collect();
+    if let Some(found) = cycle(&deps) {
+        let names: Vec<&str> = found.iter().map(|&c| cells[c].spec.name.as_str()).collect();
+        return Err(Error::usage(format!(
+            "BUILD_DEPENDS form a cycle: {}",
+            names.join(" -> ")
+        ))
+        .hint("remove one of these dependencies"));
     }
     Ok(())
+}
+
+/// The cells `needed` (positions) and everything they depend on, directly or not, marked.
+fn with_their_dependencies(deps: &[&[usize]], needed: &[usize]) -> Vec<bool> {
+    let mut keep = vec![false; deps.len()];
+    let mut stack: Vec<usize> = needed.to_vec();
+    while let Some(i) = stack.pop() {
+        if !keep[i] {
+            keep[i] = true;
+            stack.extend(deps[i].iter().copied());
+        }
+    }
+    keep
 }
 
 impl Plan {
     /// The cells at positions `needed`, plus everything they depend on, as a plan of its own.
     pub fn with_dependencies(&self, needed: &[usize]) -> Plan {
-        let mut keep = vec![false; self.cells.len()];
-        let mut stack: Vec<usize> = needed.to_vec();
-        while let Some(i) = stack.pop() {
-            if !keep[i] {
-                keep[i] = true;
-                stack.extend(self.cells[i].deps.iter().copied());
-            }
-        }
-        self.subset(&keep)
+        let deps: Vec<&[usize]> = self.cells.iter().map(|c| c.deps.as_slice()).collect();
+        self.subset(&with_their_dependencies(&deps, needed))
     }
 
     /// The cells `keep` marks, as a plan of its own: dependencies are remapped to the new
@@ -637,5 +693,129 @@ mod tests {
                 format!("--shard {text}: expected I/N with 1 <= I <= N, e.g. 2/3")
             );
         }
+    }
+
+    fn node<'a>(
+        name: &'a str,
+        target: &'a str,
+        release: &'a str,
+        depends: &'a [String],
+    ) -> Node<'a> {
+        Node {
+            name,
+            version: "1.0",
+            source: Path::new(name),
+            target,
+            release,
+            depends,
+        }
+    }
+
+    #[test]
+    fn a_dependency_links_to_the_same_module_for_the_same_target_and_kernel_only() {
+        let on_base = vec!["base".to_string()];
+        let nodes = [
+            node("base", "arm64", "6.1.0-50-arm64", &[]),
+            node("base", "amd64", "6.1.0-50-amd64", &[]),
+            node("user", "amd64", "6.1.0-50-amd64", &on_base),
+            node("user", "arm64", "6.1.0-50-arm64", &on_base),
+            // No base for this kernel: built without it, the name kept for the warning.
+            node("user", "arm64", "6.1.0-57-arm64", &on_base),
+        ];
+        let links = link(&nodes).unwrap();
+        let deps: Vec<&[usize]> = links.iter().map(|(d, _)| d.as_slice()).collect();
+        assert_eq!(deps, [&[][..], &[], &[1], &[0], &[]]);
+        let absent: Vec<&[String]> = links.iter().map(|(_, a)| a.as_slice()).collect();
+        assert_eq!(absent, [&[][..], &[], &[], &[], &on_base[..]]);
+    }
+
+    #[test]
+    fn one_module_from_two_sources_for_one_kernel_is_refused() {
+        let mut nodes = [
+            node("hello", "arm64", "6.1.0-50-arm64", &[]),
+            node("hello", "arm64", "6.1.0-50-arm64", &[]),
+        ];
+        nodes[0].source = Path::new("/src/a");
+        nodes[1].source = Path::new("/src/b");
+        let err = link(&nodes).unwrap_err();
+        assert_eq!(err.code(), crate::error::exit::USAGE);
+        assert_eq!(
+            err.message,
+            "module hello 1.0 comes from both /src/a and /src/b"
+        );
+        // The control: the same module for another kernel is another cell.
+        nodes[1].release = "6.1.0-57-arm64";
+        assert!(link(&nodes).is_ok());
+    }
+
+    #[test]
+    fn a_cycle_is_found_with_its_path_and_a_chain_is_not_one() {
+        // 0 -> 1 -> 2 and 3 -> 0: no cycle.
+        let chain = [vec![1], vec![2], vec![], vec![0]];
+        assert_eq!(cycle(&chain), None);
+        // A diamond (two paths to one cell) is no cycle either.
+        assert_eq!(cycle(&[vec![1, 2], vec![3], vec![3], vec![]]), None);
+        // 3 -> 1 closes 1 -> 2 -> 3 -> 1: reported from where it closes.
+        let looped = [vec![1], vec![2], vec![3], vec![1]];
+        assert_eq!(cycle(&looped), Some(vec![1, 2, 3, 1]));
+        assert_eq!(cycle(&[vec![0]]), Some(vec![0, 0]));
+        assert_eq!(cycle(&[]), None);
+    }
+
+    #[test]
+    fn a_subset_holds_what_was_asked_and_all_it_depends_on() {
+        // 4 -> 2 -> 0, 3 -> 1; 5 alone.
+        let deps: [&[usize]; 6] = [&[], &[], &[0], &[1], &[2], &[]];
+        assert_eq!(
+            with_their_dependencies(&deps, &[4]),
+            [true, false, true, false, true, false]
+        );
+        assert_eq!(
+            with_their_dependencies(&deps, &[3, 5]),
+            [false, true, false, true, false, true]
+        );
+        // What depends on an asked cell is not pulled in.
+        assert_eq!(
+            with_their_dependencies(&deps, &[0]),
+            [true, false, false, false, false, false]
+        );
+        assert_eq!(with_their_dependencies(&deps, &[]), [false; 6]);
+    }
+
+    #[test]
+    fn arch_names_are_dkms_s_then_kmx_s_then_the_kernel_s_each_once() {
+        assert_eq!(
+            arch_names(["aarch64", "arm64", "arm64"]),
+            ["aarch64", "arm64"]
+        );
+        assert_eq!(
+            arch_names(["x86_64", "amd64", "x86"]),
+            ["x86_64", "amd64", "x86"]
+        );
+        assert_eq!(
+            arch_names(["armv7l", "armhf", "arm"]),
+            ["armv7l", "armhf", "arm"]
+        );
+        assert_eq!(arch_names(["i686", "i686", "x86"]), ["i686", "x86"]);
+    }
+
+    #[test]
+    fn a_cell_lives_under_module_version_release_target_and_works_in_its_slot() {
+        let out = Path::new("/out");
+        let (dir, log) = cell_paths(out, "hello", "1.0", "6.1.0-50-arm64", "arm64");
+        assert_eq!(dir, Path::new("/out/hello/1.0/6.1.0-50-arm64/arm64"));
+        assert_eq!(
+            log,
+            Path::new("/out/logs/hello-1.0-6.1.0-50-arm64-arm64.log")
+        );
+        assert_eq!(
+            slot_name(2, Path::new("/src/hello-dkms"), "arm64", "6.1.0-50-arm64"),
+            "2-hello-dkms-arm64-6.1.0-50-arm64"
+        );
+        // A source whose directory has no name a path can hold (`/`) is `module`.
+        assert_eq!(
+            slot_name(0, Path::new("/"), "amd64", "6.1"),
+            "0-module-amd64-6.1"
+        );
     }
 }

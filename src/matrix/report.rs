@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::exit;
-use crate::matrix::cell::{CellStatus, Outcome};
+use crate::matrix::cell::{CellStatus, Outcome, Stage};
 use crate::matrix::plan::Plan;
 use crate::matrix::scheduler::CellResult;
 
@@ -31,7 +31,7 @@ pub struct CellReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stage: Option<String>,
+    pub stage: Option<Stage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -178,7 +178,7 @@ impl Report {
                     } => {
                         totals.failed += 1;
                         rep.build_dir = build_dir.clone();
-                        rep.stage = Some(stage.clone());
+                        rep.stage = Some(*stage);
                         rep.reason = Some(message.clone());
                         rep.errors = errors.clone();
                         rep.exit_code = *exit_code;

@@ -25,7 +25,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::matrix::cell::Outcome;
+use crate::matrix::cell::{Outcome, Stage};
 
 /// What the scheduler needs to know of the cells: their dependencies, whether a rule
 /// excludes them, and a name for messages.
@@ -240,7 +240,7 @@ pub fn execute(
                             .or_else(|| panic.downcast_ref::<String>().cloned())
                             .unwrap_or_default();
                         let outcome = Outcome::Failed {
-                            stage: "internal".into(),
+                            stage: Stage::Internal,
                             message: format!("kmx bug: the cell's worker panicked: {what}"),
                             errors: Vec::new(),
                             exit_code: None,
@@ -341,7 +341,7 @@ mod tests {
 
     fn failed() -> (Outcome, String) {
         let outcome = Outcome::Failed {
-            stage: "make".into(),
+            stage: Stage::Make,
             message: "make failed".into(),
             errors: Vec::new(),
             exit_code: Some(2),

@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::digest::hex;
 use crate::error::{Error, Result};
+use crate::modfile::{Compression, Vermagic};
 use crate::state::{Home, write_atomic};
 
 /// File name of a built cell's record inside its directory.
@@ -74,22 +75,60 @@ pub struct BuiltRecord {
     pub version: String,
     pub release: String,
     pub target: String,
-    pub vermagic: String,
+    pub vermagic: Vermagic,
     /// The kernel tree it was built against (on the machine that built it).
     pub kdir: PathBuf,
     /// Content hash of the registered source at build time; None when unknown.
     pub source_hash: Option<String>,
     pub files: Vec<BuiltFile>,
-    /// CONFIG_MODULE_COMPRESS_*: `gz`, `xz`, `zst`, or None.
-    pub compress: Option<String>,
+    /// CONFIG_MODULE_COMPRESS_*, kept as its suffix: `gz`, `xz`, `zst`, or null.
+    #[serde(with = "crate::modfile::by_extension")]
+    pub compress: Option<Compression>,
     /// CONFIG_MODULE_SIG of the tree, and its CONFIG_MODULE_SIG_HASH.
     pub sig_enabled: bool,
     pub sig_force: bool,
     pub sig_hash: Option<String>,
     pub autoinstall: bool,
-    /// `build`, or `tarball <file name>`.
-    pub origin: String,
+    pub origin: Origin,
     pub built_at: u64,
+}
+
+/// Where a built cell came from; kept as `build` or `tarball <file name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Origin {
+    /// Built on this machine.
+    Build,
+    /// Imported by `kmx load-tarball` from the archive of this file name.
+    Tarball(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Build => f.write_str("build"),
+            Origin::Tarball(file) => write!(f, "tarball {file}"),
+        }
+    }
+}
+
+impl From<Origin> for String {
+    fn from(o: Origin) -> String {
+        o.to_string()
+    }
+}
+
+impl TryFrom<String> for Origin {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Origin, String> {
+        match (s.as_str(), s.strip_prefix("tarball ")) {
+            ("build", _) => Ok(Origin::Build),
+            (_, Some(file)) => Ok(Origin::Tarball(file.to_string())),
+            _ => Err(format!(
+                "origin {s:?} is neither `build` nor `tarball <file name>`"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -785,6 +824,150 @@ pub fn content_hash(dir: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two built records as kmx 0.x (d101abb) wrote them, byte for byte: one built here with
+    /// no compression, one imported from a tarball with xz.
+    const BUILT_TODAY: [&str; 2] = [
+        r#"{
+  "module": "hello",
+  "version": "1.0",
+  "release": "6.1.0-50-amd64",
+  "target": "amd64",
+  "vermagic": "6.1.0-50-amd64 SMP preempt mod_unload modversions ",
+  "kdir": "/home/u/.local/share/kmx/kernels/amd64/6.1.0-50-amd64",
+  "source_hash": "5d41402abc4b2a76b9719d911017c592",
+  "files": [
+    {
+      "file": "hello.ko",
+      "sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+      "dest_name": "hello",
+      "dest_location": "/updates/dkms"
+    }
+  ],
+  "compress": null,
+  "sig_enabled": true,
+  "sig_force": false,
+  "sig_hash": "sha256",
+  "autoinstall": true,
+  "origin": "build",
+  "built_at": 1765170000
+}
+"#,
+        r#"{
+  "module": "vpoll",
+  "version": "0.2",
+  "release": "6.12.118+deb13-arm64",
+  "target": "arm64",
+  "vermagic": "6.12.118+deb13-arm64 SMP preempt mod_unload modversions aarch64",
+  "kdir": "/srv/trees/6.12.118+deb13-arm64",
+  "source_hash": null,
+  "files": [],
+  "compress": "xz",
+  "sig_enabled": false,
+  "sig_force": false,
+  "sig_hash": null,
+  "autoinstall": false,
+  "origin": "tarball vpoll modules.tar.gz",
+  "built_at": 0
+}
+"#,
+    ];
+
+    #[test]
+    fn a_built_record_written_today_loads_typed_and_is_written_back_byte_for_byte() {
+        let old = tempfile::tempdir().unwrap();
+        let new = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            Store {
+                dir: old.path().to_path_buf(),
+            },
+            Store {
+                dir: new.path().to_path_buf(),
+            },
+        );
+        let mut loaded = Vec::new();
+        for text in BUILT_TODAY {
+            let rec: BuiltRecord = serde_json::from_str(text).unwrap();
+            let k = rec.key();
+            let path = old
+                .cell_dir(&k.module, &k.version, &k.release, &k.target)
+                .join(BUILT_RECORD);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+            let rec = old.load_built(&k).unwrap().unwrap();
+            new.save_built(&rec).unwrap();
+            let written = std::fs::read_to_string(
+                new.cell_dir(&k.module, &k.version, &k.release, &k.target)
+                    .join(BUILT_RECORD),
+            )
+            .unwrap();
+            assert_eq!(written, text);
+            loaded.push(rec);
+        }
+        assert_eq!(loaded[0].compress, None);
+        assert_eq!(loaded[0].origin, Origin::Build);
+        assert_eq!(loaded[0].vermagic.release, "6.1.0-50-amd64");
+        assert_eq!(
+            loaded[0].vermagic.flags,
+            "SMP preempt mod_unload modversions "
+        );
+        assert_eq!(loaded[1].compress, Some(Compression::Xz));
+        assert_eq!(
+            loaded[1].origin,
+            Origin::Tarball("vpoll modules.tar.gz".into())
+        );
+        assert_eq!(
+            loaded[1].vermagic.flags.split(' ').next_back(),
+            Some("aarch64")
+        );
+    }
+
+    #[test]
+    fn a_built_record_with_an_unknown_compression_or_origin_is_an_error_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store {
+            dir: d.path().to_path_buf(),
+        };
+        let k = CellKey {
+            module: "hello".into(),
+            version: "1.0".into(),
+            release: "6.1.0-50-amd64".into(),
+            target: "amd64".into(),
+        };
+        let path = store
+            .cell_dir(&k.module, &k.version, &k.release, &k.target)
+            .join(BUILT_RECORD);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        for (from, to, says) in [
+            (
+                r#""compress": null"#,
+                r#""compress": "zstd""#,
+                "unknown module compression `zstd`",
+            ),
+            (
+                r#""origin": "build""#,
+                r#""origin": "copied""#,
+                "neither `build` nor `tarball",
+            ),
+            (
+                r#""vermagic": "6.1.0-50-amd64 SMP preempt mod_unload modversions ""#,
+                r#""vermagic": "6.1.0-50-amd64""#,
+                "is not a kernel release, a space and flags",
+            ),
+        ] {
+            assert!(BUILT_TODAY[0].contains(from), "{from}");
+            std::fs::write(&path, BUILT_TODAY[0].replace(from, to)).unwrap();
+            let err = store.load_built(&k).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{}: cannot parse", path.display())),
+                "{err}"
+            );
+            assert!(err.contains(says), "{err}");
+        }
+        // The control: the same file unchanged loads.
+        std::fs::write(&path, BUILT_TODAY[0]).unwrap();
+        assert!(store.load_built(&k).unwrap().is_some());
+    }
 
     #[test]
     fn content_hash_changes_with_content_names_and_files() {

@@ -21,8 +21,6 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use serde::Serialize;
-
 /// The decompressed size above which a module is rejected: the largest real modules are a
 /// few tens of MiB with debug info, so 256 MiB is generous and still bounded.
 pub const DEFAULT_LIMIT: usize = 256 * 1024 * 1024;
@@ -38,24 +36,7 @@ const XZ_MAGIC: &[u8] = &[0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xB5, 0x2F, 0xFD];
 const GZIP_MAGIC: &[u8] = &[0x1F, 0x8B];
 
-/// A compression format a module file may be stored in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Xz,
-    Zstd,
-    Gzip,
-}
-
-impl fmt::Display for Compression {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Compression::Xz => "xz",
-            Compression::Zstd => "zstd",
-            Compression::Gzip => "gzip",
-        })
-    }
-}
+pub use crate::modfile::Compression;
 
 impl Compression {
     /// The format whose magic bytes start `data`, if any.
