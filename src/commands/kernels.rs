@@ -70,7 +70,7 @@ pub fn fetch(ctx: &Context, args: &FetchArgs) -> Result<i32> {
         let tc = ctx
             .profiles
             .toolchain_of(&ctx.profiles.targets[&t.target])?;
-        if let Some(compiler) = toolroot::needed(tc, &tree) {
+        if let Some(compiler) = toolroot::needed(tc, tree.compiler.as_deref()) {
             rooted.push(inspected.len());
             root_requests.push(RootRequest {
                 source: &t.source,

@@ -21,7 +21,6 @@ use rayon::prelude::*;
 use crate::config::profile::{KernelSource, Toolchain};
 use crate::error::{Error, Result};
 use crate::kernel::apt::{Apt, host_debian_arch};
-use crate::kernel::tree::KernelTree;
 use crate::state::Home;
 
 /// The link in a tree's sysroot to its distribution's toolchain roots.
@@ -104,14 +103,14 @@ pub struct RootRequest<'a> {
     pub sysroot: &'a Path,
 }
 
-/// The compiler `tree` calls when `toolchain` cannot give it on this machine and kmx can
-/// assemble a root with it (Debian 13's `gcc-14` on a Debian 12 host); `None` when the
-/// host's compiler does, or the profile names its own `cc`.
-pub fn needed(toolchain: &Toolchain, tree: &KernelTree) -> Option<String> {
-    let name = toolchain.compiler_name(tree.compiler.as_deref());
+/// The compiler a tree built with `tree_cc` calls when `toolchain` cannot give it on this
+/// machine and kmx can assemble a root with it (Debian 13's `gcc-14` on a Debian 12 host);
+/// `None` when the host's compiler does, or the profile names its own `cc`.
+pub fn needed(toolchain: &Toolchain, tree_cc: Option<&str>) -> Option<String> {
+    let name = toolchain.compiler_name(tree_cc);
     (toolchain.cc.is_none()
         && compiler_package(&name).is_some()
-        && toolchain.probe(tree.compiler.as_deref()).is_err())
+        && toolchain.probe(tree_cc).is_err())
     .then_some(name)
 }
 
