@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::config::manifest::BadField;
 use crate::config::profile::BadSource;
+use crate::lifecycle::dkms::{Notice, Refusal};
 use crate::sandbox::Unavailable;
 use crate::verify::certs::{ImageError, XzError};
 use crate::verify::checks::{KeysUnknown, Mismatch};
@@ -249,6 +250,135 @@ fn table() -> Vec<(&'static str, String, &'static str)> {
         covered_source(&value);
         row("kernel source", &value, text);
     }
+
+    // What `kmx dkms` refuses, in DKMS 3.0.10's words (its exit code: Refusal::code).
+    let made = || crate::Error::failed("make failed: exit status 2").at("/var/lib/kmx/log");
+    let conf = || crate::Error::config("/usr/src/hello-1.0/dkms.conf", "MAKE[0] is empty");
+    for (value, text) in [
+        (
+            Refusal::Unspecified,
+            "error: Arguments <module> and <module-version> are not specified.\n  hint: usage as DKMS's: dkms ACTION [MODULE/VERSION] [-m MODULE] [-v VERSION] [-k KERNEL[/ARCH]] [-a ARCH] [--all]",
+        ),
+        (
+            Refusal::AlreadyAdded {
+                module: "hello".into(),
+                version: "1.0".into(),
+            },
+            "Error! DKMS tree already contains: hello-1.0\nYou cannot add the same module/version combo more than once.",
+        ),
+        (
+            Refusal::NoSource {
+                dir: "/usr/src/hello-1.0".into(),
+            },
+            "Error! Could not find module source directory.\nDirectory: /usr/src/hello-1.0 does not exist (or has no dkms.conf).",
+        ),
+        (
+            Refusal::BadConf { error: conf() },
+            "Error! Bad conf file: /usr/src/hello-1.0/dkms.conf: MAKE[0] is empty",
+        ),
+        (
+            Refusal::NotAdded {
+                module: "hello".into(),
+                version: "1.0".into(),
+                source: None,
+            },
+            "Error! The module/version combo: hello-1.0 is not located in the DKMS tree.",
+        ),
+        (
+            Refusal::NotAdded {
+                module: "hello".into(),
+                version: "1.0".into(),
+                source: Some("/usr/src/hello-1.0".into()),
+            },
+            "Error! The module/version combo: hello-1.0 is not located in the DKMS tree (and /usr/src/hello-1.0 has no dkms.conf).",
+        ),
+        (
+            Refusal::NoHeaders {
+                release: "6.1.0-57-amd64".into(),
+            },
+            "Error! Your kernel headers for kernel 6.1.0-57-amd64 cannot be found at /lib/modules/6.1.0-57-amd64/build or /lib/modules/6.1.0-57-amd64/source.\nPlease install the linux-headers-6.1.0-57-amd64 package (apt-get install linux-headers-6.1.0-57-amd64).",
+        ),
+        (
+            Refusal::AlreadyBuilt {
+                release: "6.1.0-57-amd64".into(),
+            },
+            "Error! This module/version has already been built on: 6.1.0-57-amd64\nUse `dkms remove` (or --force) before building again.",
+        ),
+        (
+            Refusal::Excluded {
+                module: "hello".into(),
+                reason: r#"BUILD_EXCLUSIVE_ARCH="^mips" does not match x86_64 (target amd64)"#
+                    .into(),
+            },
+            "Error! The dkms.conf for module hello includes a BUILD_EXCLUSIVE directive which does not match this kernel/arch/config (BUILD_EXCLUSIVE_ARCH=\"^mips\" does not match x86_64 (target amd64)).\nThis indicates that it should not be built.",
+        ),
+        (
+            Refusal::BuildFailed {
+                release: "6.1.0-57-amd64".into(),
+                target: "amd64".into(),
+                error: made(),
+            },
+            "error: /var/lib/kmx/log: make failed: exit status 2\nError! Bad return status for module build on kernel: 6.1.0-57-amd64 (amd64)",
+        ),
+        (
+            Refusal::BadBuildConf { error: conf() },
+            "error: /usr/src/hello-1.0/dkms.conf: MAKE[0] is empty",
+        ),
+        (
+            Refusal::NoKernel {
+                dir: "/lib/modules/6.1.0-99-amd64".into(),
+            },
+            "Error! The directory /lib/modules/6.1.0-99-amd64 doesn't exist.\nYou cannot install a module onto a non-existant kernel.",
+        ),
+        (
+            Refusal::AlreadyInstalled {
+                release: "6.1.0-57-amd64".into(),
+                target: "amd64".into(),
+            },
+            "Error! This module/version combo is already installed for kernel 6.1.0-57-amd64 (amd64).",
+        ),
+        (
+            Refusal::InstallAborted {
+                error: crate::Error::failed("depmod failed").hint("run depmod -a"),
+            },
+            "error: depmod failed\n  hint: run depmod -a\nError! Installation aborted.",
+        ),
+        (
+            Refusal::AutoinstallFailed,
+            "Error! One or more modules failed to install during autoinstall.\nRefer to previous errors for more information.",
+        ),
+    ] {
+        covered_refusal(&value);
+        row("dkms refusal", &value, text);
+    }
+    for (value, text) in [
+        (
+            Notice::NotInstalled {
+                module: "hello".into(),
+                version: "1.0".into(),
+                release: "6.1.0-57-amd64".into(),
+            },
+            "Module hello 1.0 is not installed for kernel 6.1.0-57-amd64. Skipping...",
+        ),
+        (
+            Notice::NotBuilt {
+                module: "hello".into(),
+                version: "1.0".into(),
+                release: "6.1.0-57-amd64".into(),
+            },
+            "Module hello 1.0 is not built for kernel 6.1.0-57-amd64. Skipping...",
+        ),
+        (
+            Notice::Deleting {
+                module: "hello".into(),
+                version: "1.0".into(),
+            },
+            "Deleting module hello-1.0 completely from the DKMS tree.",
+        ),
+    ] {
+        covered_notice(&value);
+        row("dkms notice", &value, text);
+    }
     rows
 }
 
@@ -261,7 +391,7 @@ fn every_message_reads_as_pinned() {
         .map(|(what, got, want)| format!("{what}:\n  got:  {got}\n  want: {want}"))
         .collect();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    assert_eq!(rows.len(), 42, "a row was added or lost");
+    assert_eq!(rows.len(), 60, "a row was added or lost");
 }
 
 // One `match` per kind, without a wildcard: a new variant needs a row above.
@@ -340,5 +470,30 @@ fn covered_field(e: &BadField) {
 fn covered_source(e: &BadSource) {
     match e {
         BadSource::NoKernel | BadSource::NoKeyring { .. } | BadSource::Name { .. } => {}
+    }
+}
+
+fn covered_refusal(e: &Refusal) {
+    match e {
+        Refusal::Unspecified
+        | Refusal::AlreadyAdded { .. }
+        | Refusal::NoSource { .. }
+        | Refusal::BadConf { .. }
+        | Refusal::NotAdded { .. }
+        | Refusal::NoHeaders { .. }
+        | Refusal::AlreadyBuilt { .. }
+        | Refusal::Excluded { .. }
+        | Refusal::BuildFailed { .. }
+        | Refusal::BadBuildConf { .. }
+        | Refusal::NoKernel { .. }
+        | Refusal::AlreadyInstalled { .. }
+        | Refusal::InstallAborted { .. }
+        | Refusal::AutoinstallFailed => {}
+    }
+}
+
+fn covered_notice(e: &Notice) {
+    match e {
+        Notice::NotInstalled { .. } | Notice::NotBuilt { .. } | Notice::Deleting { .. } => {}
     }
 }

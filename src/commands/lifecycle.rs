@@ -2,7 +2,7 @@
 //! `status`, `autoinstall`, `keys generate`, `package`, `tarball`, `load-tarball`. Each
 //! resolves its arguments into a request once, takes nothing else from the command line,
 //! calls its use case in [`crate::lifecycle`], and prints what it says (text on stderr, or
-//! `--json` on stdout). `kmx dkms` calls the same printing runners with its own requests.
+//! `--json` on stdout). `kmx dkms` prints its steps with the same printers.
 
 use std::path::{Path, PathBuf};
 
@@ -87,6 +87,25 @@ pub fn add(
     json: bool,
 ) -> Result<i32> {
     let a = register::add(store, source, mode, wait, given)?;
+    print_added(&a);
+    if json {
+        // docs/schemas/kmx.add-1.json
+        print_json(
+            "add",
+            &serde_json::json!({
+                "module": a.module,
+                "version": a.version,
+                "source": a.source,
+                "copy": a.copy,
+                "action": a.action.word(),
+            }),
+        )?;
+    }
+    Ok(exit::OK)
+}
+
+/// What an add did.
+pub(super) fn print_added(a: &register::Added) {
     let (m, v) = (&a.module, &a.version);
     if let Some(h) = &a.hook_failed {
         eprintln!("warning: {}: {}", h.name, render_inline(&h.error));
@@ -105,20 +124,6 @@ pub fn add(
             a.copy.display()
         ),
     }
-    if json {
-        // docs/schemas/kmx.add-1.json
-        print_json(
-            "add",
-            &serde_json::json!({
-                "module": m,
-                "version": v,
-                "source": a.source,
-                "copy": a.copy,
-                "action": a.action.word(),
-            }),
-        )?;
-    }
-    Ok(exit::OK)
 }
 
 /// What an install says of the machine's signing key.
@@ -173,25 +178,13 @@ pub fn install_cmd(ctx: &Context, args: &InstallArgs, wait: bool) -> Result<i32>
 }
 
 /// Install as `req` asks, and print what was done.
-pub(super) fn install(ctx: &Context, req: &inst::Request, run: &Run, json: bool) -> Result<i32> {
+fn install(ctx: &Context, req: &inst::Request, run: &Run, json: bool) -> Result<i32> {
     let out = inst::install(
         ctx.env(),
         req,
         run,
         &mut Printer::default(),
-        &mut |e| match e {
-            inst::Event::Note(n) => eprintln!("{n}"),
-            inst::Event::Key(k) => print_key(k),
-            inst::Event::Skipped { key, reason } => {
-                eprintln!("nothing to install: {key} is skipped by a rule: {reason}")
-            }
-            inst::Event::Installed { key, installed } => {
-                eprintln!("{}", describe_install(key, installed))
-            }
-            inst::Event::Interrupted => {
-                eprintln!("interrupted (the install above had started and was completed first)")
-            }
-        },
+        &mut print_install,
     )?;
     if json {
         let installed: Vec<serde_json::Value> = out
@@ -222,6 +215,23 @@ pub(super) fn install(ctx: &Context, req: &inst::Request, run: &Run, json: bool)
     } else {
         exit::OK
     })
+}
+
+/// What an install says of a step.
+pub(super) fn print_install(e: inst::Event) {
+    match e {
+        inst::Event::Note(n) => eprintln!("{n}"),
+        inst::Event::Key(k) => print_key(k),
+        inst::Event::Skipped { key, reason } => {
+            eprintln!("nothing to install: {key} is skipped by a rule: {reason}")
+        }
+        inst::Event::Installed { key, installed } => {
+            eprintln!("{}", describe_install(key, installed))
+        }
+        inst::Event::Interrupted => {
+            eprintln!("interrupted (the install above had started and was completed first)")
+        }
+    }
 }
 
 /// One install of `kmx install --json` (docs/schemas/kmx.install-1.json): what
@@ -297,12 +307,7 @@ fn uninstall_request(args: &UninstallArgs) -> Result<rm::UninstallRequest> {
 }
 
 /// Uninstall as `req` asks, and print what was done.
-pub(super) fn uninstall(
-    store: &Store,
-    req: &rm::UninstallRequest,
-    depmod: bool,
-    wait: bool,
-) -> Result<i32> {
+fn uninstall(store: &Store, req: &rm::UninstallRequest, depmod: bool, wait: bool) -> Result<i32> {
     let pause = pause_at();
     let n = rm::uninstall(store, req, depmod, pause.as_deref(), wait, &mut |e| {
         print_down(e, true)
@@ -501,53 +506,14 @@ pub fn autoinstall_cmd(ctx: &Context, args: &AutoinstallArgs, wait: bool) -> Res
 
 /// Autoinstall into `root` for `kernel` (`None`: the running one, or an image's every
 /// kernel), and print what was done.
-pub(super) fn autoinstall(
-    ctx: &Context,
-    root: &Path,
-    kernel: Option<&str>,
-    run: &Run,
-) -> Result<i32> {
+fn autoinstall(ctx: &Context, root: &Path, kernel: Option<&str>, run: &Run) -> Result<i32> {
     let out = auto::autoinstall(
         ctx.env(),
         root,
         kernel,
         run,
         &mut Printer::default(),
-        &mut |e| match e {
-            auto::Event::NoKernel(root) => eprintln!(
-                "nothing to install: the image {} has no kernel in lib/modules",
-                root.display()
-            ),
-            auto::Event::Note(n) => eprintln!("{n}"),
-            auto::Event::Nothing(release) => eprintln!(
-                "nothing to install for {release}: no registered module has AUTOINSTALL=yes"
-            ),
-            auto::Event::Key(k) => print_key(k),
-            auto::Event::Skipped { key, reason } => eprintln!("skipped {key}: {reason}"),
-            auto::Event::AlreadyInstalled(key) => eprintln!("{key}: already installed"),
-            auto::Event::Installed { key, installed } => {
-                eprintln!("{}", describe_install(key, installed))
-            }
-            auto::Event::Failed { key, error } => {
-                eprintln!("FAILED {key}: {}", render_inline(error))
-            }
-            auto::Event::Done(s) => {
-                let failed: Vec<String> = s.failed.iter().map(CellKey::to_string).collect();
-                eprintln!(
-                    "\nautoinstall for {} into {}: {} installed, {} skipped, {} failed{}",
-                    s.release,
-                    s.root.display(),
-                    s.installed,
-                    s.skipped,
-                    failed.len(),
-                    if failed.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", failed.join("; "))
-                    }
-                )
-            }
-        },
+        &mut print_auto,
     )?;
     Ok(if out.interrupted {
         exit::INTERRUPTED
@@ -556,6 +522,45 @@ pub(super) fn autoinstall(
     } else {
         exit::OK
     })
+}
+
+/// What an autoinstall says of a step.
+pub(super) fn print_auto(e: auto::Event) {
+    match e {
+        auto::Event::NoKernel(root) => eprintln!(
+            "nothing to install: the image {} has no kernel in lib/modules",
+            root.display()
+        ),
+        auto::Event::Note(n) => eprintln!("{n}"),
+        auto::Event::Nothing(release) => {
+            eprintln!("nothing to install for {release}: no registered module has AUTOINSTALL=yes")
+        }
+        auto::Event::Key(k) => print_key(k),
+        auto::Event::Skipped { key, reason } => eprintln!("skipped {key}: {reason}"),
+        auto::Event::AlreadyInstalled(key) => eprintln!("{key}: already installed"),
+        auto::Event::Installed { key, installed } => {
+            eprintln!("{}", describe_install(key, installed))
+        }
+        auto::Event::Failed { key, error } => {
+            eprintln!("FAILED {key}: {}", render_inline(error))
+        }
+        auto::Event::Done(s) => {
+            let failed: Vec<String> = s.failed.iter().map(CellKey::to_string).collect();
+            eprintln!(
+                "\nautoinstall for {} into {}: {} installed, {} skipped, {} failed{}",
+                s.release,
+                s.root.display(),
+                s.installed,
+                s.skipped,
+                failed.len(),
+                if failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", failed.join("; "))
+                }
+            )
+        }
+    }
 }
 
 pub fn keys_generate(ctx: &Context, dir: Option<PathBuf>, cn: &str, force: bool) -> Result<i32> {

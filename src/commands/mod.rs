@@ -118,7 +118,7 @@ fn run_in(cli: Cli) -> Result<i32> {
             lifecycle::status(&ctx, &filter, format, json)
         }
         Cmd::Autoinstall(args) => lifecycle::autoinstall_cmd(&ctx, &args, wait),
-        Cmd::Dkms(args) => dkms::run(&ctx, store, &args, wait),
+        Cmd::Dkms(args) => dkms::run(&ctx, &args, wait),
         Cmd::Keys(KeysCmd::Generate {
             dir,
             common_name,

@@ -1,14 +1,16 @@
 //! The lifecycle's domain, DKMS's words over kmx's state store, one file a use case:
 //! [`register`] (`add`), [`install`], [`autoinstall`], [`remove`] (`uninstall`, `unbuild`,
-//! `remove`, over one shared unbuild) and [`package`] (`package`, `tarball`,
-//! `load-tarball`); [`prepare`] makes registered modules ready to install (building what is
-//! missing or stale), [`status`] reads the store into status lines. Use cases take resolved
+//! `remove`, over one shared unbuild), [`package`] (`package`, `tarball`,
+//! `load-tarball`) and [`dkms`] (DKMS's command line, with DKMS's refusals); [`prepare`]
+//! makes registered modules ready to install (building what is missing or stale),
+//! [`status`] reads the store into status lines. Use cases take resolved
 //! requests (no command-line type reaches here), never print, and return typed outcomes or
 //! hand each step to the caller's `on` as it happens (so what the commands print comes in
 //! the order the work is done); `src/commands/lifecycle.rs` and `src/commands/dkms.rs`
 //! resolve the arguments, call these and print.
 
 pub mod autoinstall;
+pub mod dkms;
 pub mod install;
 pub mod package;
 pub mod prepare;

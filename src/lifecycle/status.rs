@@ -130,42 +130,6 @@ impl std::fmt::Display for RootState {
     }
 }
 
-// The words as text, for src/commands/dkms.rs only, which compares and assigns them
-// (`l.state == "installed"`, `"built".into()`) and which another change of issue 28 moves
-// into `lifecycle/`: there the comparisons become the variants' and these go. A word no
-// state has reads as the first state.
-impl PartialEq<&str> for LineState {
-    fn eq(&self, word: &&str) -> bool {
-        self.word() == *word
-    }
-}
-impl PartialEq<&str> for RootState {
-    fn eq(&self, word: &&str) -> bool {
-        self.word() == *word
-    }
-}
-impl From<&str> for LineState {
-    fn from(word: &str) -> LineState {
-        [
-            LineState::Built,
-            LineState::Installed,
-            LineState::Installing,
-            LineState::Failed,
-        ]
-        .into_iter()
-        .find(|s| s.word() == word)
-        .unwrap_or(LineState::Added)
-    }
-}
-impl From<&str> for RootState {
-    fn from(word: &str) -> RootState {
-        [RootState::Interrupted, RootState::InProgress]
-            .into_iter()
-            .find(|s| s.word() == word)
-            .unwrap_or(RootState::Installed)
-    }
-}
-
 /// What is wrong with a cell the store records; its JSON is its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Broken {
@@ -473,9 +437,6 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(s).unwrap(), s.word());
             assert_eq!(s.to_string(), s.word());
-            // The text forms commands/dkms.rs still uses read back.
-            assert_eq!(LineState::from(s.word()), s);
-            assert!(s == s.word());
         }
         for s in [
             RootState::Installed,
@@ -483,8 +444,7 @@ mod tests {
             RootState::InProgress,
         ] {
             assert_eq!(serde_json::to_value(s).unwrap(), s.word());
-            assert_eq!(RootState::from(s.word()), s);
-            assert!(s == s.word());
+            assert_eq!(s.to_string(), s.word());
         }
     }
 
