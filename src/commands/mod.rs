@@ -44,6 +44,7 @@ fn run_in(cli: Cli) -> Result<i32> {
     // dkms.conf evaluations and the sandbox probe, kept for the next run.
     crate::config::memo::use_dir(ctx.home.root.join("cache").join("eval"));
     crate::sandbox::remember_probe(ctx.home.root.join("cache").join("sandbox-probe"));
+    crate::matrix::fingerprint::use_dir(ctx.home.root.join("cache").join("trees"));
     let wait = !cli.global.no_wait;
     let store = &ctx.store;
     // Commands that evaluate dkms.conf or build handle Ctrl-C, SIGTERM and SIGHUP from the
