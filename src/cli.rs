@@ -631,7 +631,8 @@ pub struct BuildArgs {
     /// No progress lines and no table, as cargo's -q: failures and the summary only.
     #[arg(long, short, conflicts_with = "verbose")]
     pub quiet: bool,
-    /// Also print each cell's make command line as it starts, as cargo's -v prints rustc's.
+    /// Also print each cell's make command line as it starts, as cargo's -v prints rustc's;
+    /// with --dry-run, each cell's sandbox command (bwrap's words, without its seccomp filter).
     #[arg(long, short)]
     pub verbose: bool,
     /// Compiler launcher put before the compiler, overriding the toolchains' (e.g. "ccache").

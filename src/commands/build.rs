@@ -310,6 +310,26 @@ fn print_plan(plan: &Plan, args: &BuildArgs) {
                         c.tree.release
                     );
                 }
+                if let Some(root) = &c.compiler().root {
+                    println!(
+                        "  root:    {} (the view's /: the toolchain root)",
+                        root.display()
+                    );
+                }
+                // The plan's view: the run adds what a launcher needs (ccache's directory
+                // writable, distcc's network), which benches/noop-rebuild.sh does without.
+                if let Some(words) = c
+                    .view
+                    .as_ref()
+                    .filter(|_| args.verbose)
+                    .and_then(|v| v.words(&c.step_dir(), &pipeline::make_line(c)))
+                {
+                    let words: Vec<String> = words
+                        .iter()
+                        .map(|w| crate::process::quote(&w.to_string_lossy()))
+                        .collect();
+                    println!("  view:    {}", words.join(" "));
+                }
                 println!("  vars:    {}", env(c));
                 for p in &c.spec.patches {
                     println!("  patch:   {}", p.display());

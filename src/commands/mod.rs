@@ -41,9 +41,10 @@ fn run_in(cli: Cli) -> Result<i32> {
     let ctx = Context::load(&cli)?;
     // kmx's own signing keys are a secret of the machine wherever its home is.
     crate::sandbox::hide_also(vec![ctx.home.root.join("keys")]);
-    // dkms.conf evaluations and the sandbox probe, kept for the next run.
+    // dkms.conf evaluations, the sandbox probe and the trees' identities, kept for the next run.
     crate::config::memo::use_dir(ctx.home.root.join("cache").join("eval"));
     crate::sandbox::remember_probe(ctx.home.root.join("cache").join("sandbox-probe"));
+    crate::matrix::pipeline::keep_tree_identities_in(ctx.home.root.join("cache").join("trees"));
     let wait = !cli.global.no_wait;
     let store = &ctx.store;
     // Commands that evaluate dkms.conf or build handle Ctrl-C, SIGTERM and SIGHUP from the

@@ -28,6 +28,8 @@ use crate::state::Home;
 // What the callers name of the build matrix: the types of this door's calls, and how a
 // planned cell's make runs (for `kmx build --dry-run` and the progress).
 pub use crate::matrix::cell::{Artifact, CellStatus, Outcome, copy_tree, make_line};
+// Where kernel trees' identities are kept between runs (`KMX_HOME/cache/trees`).
+pub use crate::matrix::fingerprint::use_dir as keep_tree_identities_in;
 pub use crate::matrix::options::Options;
 pub use crate::matrix::plan::{Action, Cell, Plan, Shard, TargetSetup};
 pub use crate::matrix::report::{CellReport, Report, count};

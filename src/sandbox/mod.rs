@@ -286,6 +286,19 @@ impl View {
         }
     }
 
+    /// The command [`View::command`] runs, as words (`kmx build --dry-run -v` prints them
+    /// for benches/noop-rebuild.sh to run a cell's make as kmx does): bubblewrap, its
+    /// arguments and `bash -c line`, without the seccomp filter (bubblewrap reads it from a
+    /// descriptor kmx passes) and what kmx does between fork and exec, which a shell cannot
+    /// repeat. `None` where the sandbox cannot be made.
+    pub fn words(&self, cwd: &Path, line: &str) -> Option<Vec<OsString>> {
+        let runner = runner().ok()?;
+        let mut words = vec![runner.bwrap.clone().into_os_string()];
+        words.extend(self.args(runner.user_ns, crate::process::is_root(), cwd));
+        words.extend(["bash", "-c", line].map(OsString::from));
+        Some(words)
+    }
+
     fn known(&self) -> bool {
         !self.name.is_empty() && !self.version.is_empty()
     }
