@@ -10,6 +10,7 @@ use crate::config::manifest::BadField;
 use crate::config::profile::BadSource;
 use crate::lifecycle::dkms::{Notice, Refusal};
 use crate::sandbox::Unavailable;
+use crate::state::store::BadOrigin;
 use crate::verify::certs::{ImageError, XzError};
 use crate::verify::checks::{KeysUnknown, Mismatch};
 use crate::verify::decompress::{Compression, Corruption, DecompressError};
@@ -251,6 +252,13 @@ fn table() -> Vec<(&'static str, String, &'static str)> {
         row("kernel source", &value, text);
     }
 
+    // A built record of the state store (`kmx status`, `install`, ...).
+    row(
+        "state record",
+        &BadOrigin("tarball".into()),
+        "origin \"tarball\" is neither `build` nor `tarball <file name>`",
+    );
+
     // What `kmx dkms` refuses, in DKMS 3.0.10's words (its exit code: Refusal::code).
     let made = || crate::Error::failed("make failed: exit status 2").at("/var/lib/kmx/log");
     let conf = || crate::Error::config("/usr/src/hello-1.0/dkms.conf", "MAKE[0] is empty");
@@ -391,7 +399,7 @@ fn every_message_reads_as_pinned() {
         .map(|(what, got, want)| format!("{what}:\n  got:  {got}\n  want: {want}"))
         .collect();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    assert_eq!(rows.len(), 60, "a row was added or lost");
+    assert_eq!(rows.len(), 61, "a row was added or lost");
 }
 
 // One `match` per kind, without a wildcard: a new variant needs a row above.

@@ -118,15 +118,18 @@ impl From<Origin> for String {
     }
 }
 
+/// A built record's origin that is neither of [`Origin`]'s forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("origin {0:?} is neither `build` nor `tarball <file name>`")]
+pub struct BadOrigin(pub String);
+
 impl TryFrom<String> for Origin {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Origin, String> {
+    type Error = BadOrigin;
+    fn try_from(s: String) -> std::result::Result<Origin, BadOrigin> {
         match (s.as_str(), s.strip_prefix("tarball ")) {
             ("build", _) => Ok(Origin::Build),
             (_, Some(file)) => Ok(Origin::Tarball(file.to_string())),
-            _ => Err(format!(
-                "origin {s:?} is neither `build` nor `tarball <file name>`"
-            )),
+            _ => Err(BadOrigin(s)),
         }
     }
 }
