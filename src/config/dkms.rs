@@ -557,6 +557,21 @@ impl Dump {
 
 /// DKMS's `read_conf` + `read_conf_strict` on the dumped values.
 fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
+    let (module, module_version, notes) = identity(conf, vars, &d)?;
+    let mut spec = ModuleSpec::new(Format::DkmsConf, module, module_version);
+    spec.warnings = notes;
+    modules(conf, &d, &mut spec)?;
+    make_and_patches(conf, vars, &d, &mut spec)?;
+    exclusions(conf, &d, &mut spec)?;
+    scripts_and_flags(conf, &d, &mut spec)?;
+    directive_warnings(conf, &d, &mut spec);
+    spec.log = d.log;
+    Ok(spec)
+}
+
+/// The package's name and version as DKMS builds it (checked to name a directory), and a
+/// note for each of PACKAGE_NAME and PACKAGE_VERSION it does not use.
+fn identity(conf: &Path, vars: &CellVars, d: &Dump) -> Result<(String, String, Vec<String>)> {
     let err = |msg: String| Error::config(conf, msg);
     let name = d.scalar("PACKAGE_NAME");
     let version = d.scalar("PACKAGE_VERSION");
@@ -609,11 +624,15 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
             ));
         }
     }
-    let mut spec = ModuleSpec::new(Format::DkmsConf, module, module_version);
-    spec.warnings = notes;
-    let w = &mut spec.warnings;
+    Ok((module, module_version, notes))
+}
 
-    // Modules: the arrays may be sparse, so DKMS counts up to the highest index of any.
+/// The module arrays (BUILT_MODULE_NAME, ..., STRIP), as DKMS reads them: sparse, up to the
+/// highest index of any.
+fn modules(conf: &Path, d: &Dump, spec: &mut ModuleSpec) -> Result<()> {
+    let err = |msg: String| Error::config(conf, msg);
+    let at = conf.display();
+    let name = d.scalar("PACKAGE_NAME");
     const MODULE_ARRAYS: [&str; 4] = [
         "BUILT_MODULE_NAME",
         "BUILT_MODULE_LOCATION",
@@ -691,11 +710,19 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
         });
     }
     if num == 0 {
-        w.push(format!(
+        spec.warnings.push(format!(
             "{at}: no BUILT_MODULE_NAME: zero modules specified"
         ));
     }
 
+    Ok(())
+}
+
+/// MAKE and PATCH for this cell's kernel (their *_MATCH rules).
+fn make_and_patches(conf: &Path, vars: &CellVars, d: &Dump, spec: &mut ModuleSpec) -> Result<()> {
+    let err = |msg: String| Error::config(conf, msg);
+    let at = conf.display();
+    let w = &mut spec.warnings;
     // MAKE / PATCH: DKMS walks indexes below the element count, so elements past a gap are
     // never looked at; say so instead of silently differing from DKMS.
     let matches = |key: &str, i: usize, re: &str, text: &str| -> Result<bool> {
@@ -743,7 +770,14 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
         }
     }
 
-    // Exclusion rules: the global ones; OBSOLETE_BY caps the kernel when no MAX is set.
+    Ok(())
+}
+
+/// The global BUILD_EXCLUSIVE_* rules and OBSOLETE_BY (which caps the kernel when no MAX is
+/// set); the per-module ones are warned about.
+fn exclusions(conf: &Path, d: &Dump, spec: &mut ModuleSpec) -> Result<()> {
+    let err = |msg: String| Error::config(conf, msg);
+    let at = conf.display();
     spec.obsolete_by = d.opt("OBSOLETE_BY");
     let ex = &mut spec.exclusive;
     ex.kernel = d.opt("BUILD_EXCLUSIVE_KERNEL");
@@ -770,12 +804,19 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
         .filter(|k| k.starts_with("BUILD_EXCLUSIVE_"))
     {
         for i in d.indexes(key).into_iter().filter(|&i| i > 0) {
-            w.push(format!(
+            spec.warnings.push(format!(
                 "{at}: {key}[{i}] (a per-module rule) is not supported by kmx; ignored"
             ));
         }
     }
 
+    Ok(())
+}
+
+/// The scripts DKMS runs around a build and an install, BUILD_DEPENDS, and the yes/no
+/// directives.
+fn scripts_and_flags(conf: &Path, d: &Dump, spec: &mut ModuleSpec) -> Result<()> {
+    let err = |msg: String| Error::config(conf, msg);
     spec.clean = d.opt("CLEAN");
     spec.pre_build = d.opt("PRE_BUILD");
     spec.post_build = d.opt("POST_BUILD");
@@ -802,6 +843,13 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
     spec.no_weak_modules = yes_no("NO_WEAK_MODULES")?;
     yes_no("BUILD_DEPENDS_REBUILD")?;
 
+    Ok(())
+}
+
+/// Warnings for what kmx ignores: deprecated directives, elements that are not indexed, and
+/// names that look like directives and are not.
+fn directive_warnings(conf: &Path, d: &Dump, spec: &mut ModuleSpec) {
+    let at = conf.display();
     let w = &mut spec.warnings;
     for key in DEPRECATED {
         let value = d.scalar(key);
@@ -830,8 +878,6 @@ fn build_spec(conf: &Path, vars: &CellVars, d: Dump) -> Result<ModuleSpec> {
             "{at}: {n} is not a DKMS directive; ignored (fine if it only helps build another value)"
         ));
     }
-    spec.log = d.log;
-    Ok(spec)
 }
 
 /// What a cell keeps of what dkms.conf printed while it was read: it goes into every cell's

@@ -627,17 +627,45 @@ fn run_stages(
     notes: &[String],
 ) -> Result<(Vec<Artifact>, Vec<String>), StageError> {
     let started = Instant::now();
-    // Fresh work dir and log.
-    let _ = std::fs::remove_dir_all(&cell.work_dir);
-    let mk = |p: &Path| {
-        std::fs::create_dir_all(p)
-            .map_err(|e| stage_err(Stage::Prepare, Error::io("create directory", p, e)))
-    };
-    mk(&cell.work_dir)?;
-    if let Some(parent) = cell.log.parent() {
-        mk(parent)?;
+    let mut log = prepare_work(cell)?;
+    let cc = run_cc_words(cell, env);
+    let cmdline_vars = make_cmdline_vars(cell, &cc);
+    log_header(&mut log, cell, &cc, notes);
+    apply_patches(cell, env, &mut log)?;
+    require_pahole(cell, env)?;
+    let mut warnings = Vec::new();
+    if let Some(pre) = &cell.spec.pre_build {
+        warnings.extend(build_script(cell, env, &mut log, Stage::PreBuild, pre)?);
     }
-    let mut log = File::create(&cell.log)
+    run_make(cell, env, &mut log, command, deps_symvers, &cmdline_vars)?;
+    if let Some(post) = &cell.spec.post_build {
+        warnings.extend(build_script(cell, env, &mut log, Stage::PostBuild, post)?);
+    }
+    test_pause("before-strip", Stage::Strip)?;
+    let stage = cell.stage_dir();
+    let artifacts = collect_and_check(cell, env, &mut log, deps_symvers, &stage)?;
+    let build_secs = started.elapsed().as_secs_f64();
+    let _ = writeln!(log, "# built in {build_secs:.1}s");
+    drop(log);
+    let _ = std::fs::copy(&cell.log, stage.join("make.log"));
+    finish(cell, env, &stage, &artifacts, &warnings, build_secs)?;
+    Ok((artifacts, warnings))
+}
+
+fn create_dir(p: &Path) -> Result<(), StageError> {
+    std::fs::create_dir_all(p)
+        .map_err(|e| stage_err(Stage::Prepare, Error::io("create directory", p, e)))
+}
+
+/// A fresh work directory holding a copy of the source, DKMS's tree in it (a copy at
+/// `/usr/src/<name>-<version>` for the namespace, or links without one), and a new log.
+fn prepare_work(cell: &Cell) -> Result<File, StageError> {
+    let _ = std::fs::remove_dir_all(&cell.work_dir);
+    create_dir(&cell.work_dir)?;
+    if let Some(parent) = cell.log.parent() {
+        create_dir(parent)?;
+    }
+    let log = File::create(&cell.log)
         .map_err(|e| stage_err(Stage::Prepare, Error::io("create", &cell.log, e)))?;
     copy_tree(&cell.source, &cell.build_dir()).map_err(|e| stage_err(Stage::Prepare, e))?;
     match &cell.view {
@@ -648,9 +676,12 @@ fn run_stages(
         // No namespace: $dkms_tree/<module>/<version>/build links to the build directory.
         None => link_dkms_tree(cell).map_err(|e| stage_err(Stage::Prepare, e))?,
     }
+    Ok(log)
+}
 
-    let cc = run_cc_words(cell, env);
-    let cmdline_vars = make_cmdline_vars(cell, &cc);
+/// The log's first lines: the cell, its tree and compiler, what the manifest's evaluation
+/// said, the run's notes and the manifest's warnings.
+fn log_header(log: &mut File, cell: &Cell, cc: &[String], notes: &[String]) {
     let _ = writeln!(log, "# kmx build of {}", cell.label());
     let _ = writeln!(log, "# kernel tree: {}", cell.tree.kdir.display());
     let _ = writeln!(
@@ -672,7 +703,10 @@ fn run_stages(
     for w in &cell.spec.warnings {
         let _ = writeln!(log, "# warning: {w}");
     }
+}
 
+/// The manifest's patches, in order, as DKMS applies them.
+fn apply_patches(cell: &Cell, env: &RunEnv, log: &mut File) -> Result<(), StageError> {
     for patch in &cell.spec.patches {
         // Where the step sees it: the build directory is DKMS's path in the sandbox.
         let file = cell.step_dir().join("patches").join(patch);
@@ -681,7 +715,7 @@ fn run_stages(
             process::quote(&file.to_string_lossy())
         );
         let start = log.metadata().map_or(0, |m| m.len());
-        if let Err(mut e) = step(cell, env, &mut log, Stage::Patch, &line, Where::Cell) {
+        if let Err(mut e) = step(cell, env, log, Stage::Patch, &line, Where::Cell) {
             // Say what patch said ("Hunk #1 FAILED", "can't find file to patch"), not only
             // its exit status.
             let said = patch_output(&cell.log, start);
@@ -696,77 +730,90 @@ fn run_stages(
             return Err(e);
         }
     }
-    // The tree asks kbuild for BTF in its modules: without pahole that step fails after the
-    // compile, with "pahole: not found" in the middle of the log.
-    if makes_btf(&cell.tree) {
-        let path = env
-            .passthrough
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        if which::which_in("pahole", Some(&path), "/").is_err() {
-            return Err(stage_err(
-                Stage::Prepare,
-                Error::env(format!(
-                    "{} builds BTF into its modules (CONFIG_DEBUG_INFO_BTF_MODULES=y and a \
-                     vmlinux), which needs pahole, and pahole is not on PATH: apt-get install \
-                     pahole (`kmx doctor` checks it)",
-                    cell.tree.kdir.display()
-                )),
-            ));
-        }
+    Ok(())
+}
+
+/// The tree asks kbuild for BTF in its modules: without pahole that step fails after the
+/// compile, with "pahole: not found" in the middle of the log. Refused before it starts.
+fn require_pahole(cell: &Cell, env: &RunEnv) -> Result<(), StageError> {
+    if !makes_btf(&cell.tree) {
+        return Ok(());
     }
-    let mut warnings = Vec::new();
-    if let Some(pre) = &cell.spec.pre_build {
-        warnings.extend(build_script(cell, env, &mut log, Stage::PreBuild, pre)?);
+    let path = env
+        .passthrough
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    if which::which_in("pahole", Some(&path), "/").is_ok() {
+        return Ok(());
     }
-    // make: one jobserver token stands for make's own implicit slot.
-    let token = env
+    Err(stage_err(
+        Stage::Prepare,
+        Error::env(format!(
+            "{} builds BTF into its modules (CONFIG_DEBUG_INFO_BTF_MODULES=y and a \
+             vmlinux), which needs pahole, and pahole is not on PATH: apt-get install \
+             pahole (`kmx doctor` checks it)",
+            cell.tree.kdir.display()
+        )),
+    ))
+}
+
+/// The manifest's make command, on one jobserver token (make's own implicit slot).
+fn run_make(
+    cell: &Cell,
+    env: &RunEnv,
+    log: &mut File,
+    command: &str,
+    deps_symvers: &[PathBuf],
+    cmdline_vars: &[(String, String)],
+) -> Result<(), StageError> {
+    let _token = env
         .jobserver
         .acquire()
         .map_err(|e| stage_err(Stage::Make, Error::env(format!("jobserver: {e}"))))?;
-    let make_result = {
-        let mut cmd = shell(cell, env, command, deps_symvers, Where::Cell);
-        // The jobserver's flags (and the inherited descriptors), then kmx's command-line
-        // variables, if any, after `--`, where make reads them from MAKEFLAGS. The crate
-        // also sets CARGO_MAKEFLAGS and MFLAGS, which no make of DKMS's sees: removed.
-        env.jobserver.configure_make(&mut cmd);
-        let js_flags = cmd
-            .get_envs()
-            .find(|(k, _)| *k == "MAKEFLAGS")
-            .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
-            .unwrap_or_default();
-        let makeflags = match cmdline_vars.is_empty() {
-            true => js_flags,
-            false => format!("{js_flags} -- {}", makeflags_vars(&cmdline_vars)),
-        };
-        cmd.env("MAKEFLAGS", makeflags)
-            .env_remove("CARGO_MAKEFLAGS")
-            .env_remove("MFLAGS");
-        logged(&mut cmd, command, &mut log, env, Stage::Make)
+    let mut cmd = shell(cell, env, command, deps_symvers, Where::Cell);
+    // The jobserver's flags (and the inherited descriptors), then kmx's command-line
+    // variables, if any, after `--`, where make reads them from MAKEFLAGS. The crate
+    // also sets CARGO_MAKEFLAGS and MFLAGS, which no make of DKMS's sees: removed.
+    env.jobserver.configure_make(&mut cmd);
+    let js_flags = cmd
+        .get_envs()
+        .find(|(k, _)| *k == "MAKEFLAGS")
+        .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let makeflags = match cmdline_vars.is_empty() {
+        true => js_flags,
+        false => format!("{js_flags} -- {}", makeflags_vars(cmdline_vars)),
     };
-    drop(token);
-    make_result?;
-    if let Some(post) = &cell.spec.post_build {
-        warnings.extend(build_script(cell, env, &mut log, Stage::PostBuild, post)?);
-    }
+    cmd.env("MAKEFLAGS", makeflags)
+        .env_remove("CARGO_MAKEFLAGS")
+        .env_remove("MFLAGS");
+    logged(&mut cmd, command, log, env, Stage::Make)
+}
 
-    test_pause("before-strip", Stage::Strip)?;
-    // Collect, strip and check every expected module: it must load on the cell's kernel,
-    // its symbols resolved by the kernel, this cell's own exports or its dependencies'.
+/// Collect, strip and check every expected module into the cell's stage: it must load on
+/// the cell's kernel, its symbols resolved by the kernel, this cell's own exports or its
+/// dependencies'. Returns the modules as they will be in the output directory.
+///
+/// The finished cell is staged beside the build tree and renamed into place ([`finish`]):
+/// the output directory holds the modules, Module.symvers, cell.json, provenance.json and
+/// make.log, never the build tree (which stays in the work directory). The package wrote the
+/// build tree: every file is taken out of it without following a link ([`collect`]), and
+/// strip, the checks and the cache work on kmx's own copy in the stage.
+fn collect_and_check(
+    cell: &Cell,
+    env: &RunEnv,
+    log: &mut File,
+    deps_symvers: &[PathBuf],
+    stage: &Path,
+) -> Result<Vec<Artifact>, StageError> {
     let tree_symbols = env
         .symbols_of(&cell.tree)
         .map_err(|e| stage_err(Stage::Check, e))?;
-    // The finished cell is staged beside the build tree and renamed into place: the output
-    // directory holds the modules, Module.symvers, cell.json, provenance.json and make.log,
-    // never the build tree (which stays in the work directory). The package wrote the build
-    // tree: every file is taken out of it without following a link ([`collect`]), and
-    // strip, the checks and the cache work on kmx's own copy in the stage.
-    let stage = cell.stage_dir();
     let build = cell.build_dir();
-    let _ = std::fs::remove_dir_all(&stage);
-    mk(&stage)?;
+    let _ = std::fs::remove_dir_all(stage);
+    create_dir(stage)?;
     let mut built = Vec::new();
     for m in &cell.spec.modules {
         let rel = m.built_location.join(format!("{}.ko", m.built_name));
@@ -787,7 +834,7 @@ fn run_stages(
                 process::quote(&strip),
                 process::quote(&copy.to_string_lossy())
             );
-            step(cell, env, &mut log, Stage::Strip, &line, Where::Host)?;
+            step(cell, env, log, Stage::Strip, &line, Where::Host)?;
         }
         built.push((m, copy));
     }
@@ -832,10 +879,19 @@ fn run_stages(
         &stage.join("Module.symvers"),
     )
     .map_err(|e| stage_err(Stage::Collect, e))?;
-    let build_secs = started.elapsed().as_secs_f64();
-    let _ = writeln!(log, "# built in {build_secs:.1}s");
-    drop(log);
-    let _ = std::fs::copy(&cell.log, stage.join("make.log"));
+    Ok(artifacts)
+}
+
+/// The stage's record (cell.json), a copy in the cache, and the stage renamed into the
+/// output directory.
+fn finish(
+    cell: &Cell,
+    env: &RunEnv,
+    stage: &Path,
+    artifacts: &[Artifact],
+    warnings: &[String],
+    build_secs: f64,
+) -> Result<(), StageError> {
     let mut files: Vec<String> = cell
         .spec
         .modules
@@ -851,10 +907,10 @@ fn run_stages(
     let record = CellRecord {
         schema: cell_schema(),
         fingerprint: cell.fingerprint.clone(),
-        artifacts: artifacts.clone(),
+        artifacts: artifacts.to_vec(),
         files,
         build_secs,
-        warnings: warnings.clone(),
+        warnings: warnings.to_vec(),
     };
     write_record(cell, &record).map_err(|e| stage_err(Stage::Collect, e))?;
     if let Some(cache) = &env.opts.cache {
@@ -862,15 +918,14 @@ fn run_stages(
         if let Err(e) = cache.store(
             &cell.fingerprint,
             &cell.label(),
-            &stage,
+            stage,
             &record.files,
             build_secs,
         ) {
             let _ = append_log(&cell.log, &format!("# warning: not cached: {e}"));
         }
     }
-    crate::state::replace_dir(&stage, &cell.out_dir).map_err(|e| stage_err(Stage::Collect, e))?;
-    Ok((artifacts, warnings))
+    crate::state::replace_dir(stage, &cell.out_dir).map_err(|e| stage_err(Stage::Collect, e))
 }
 
 /// `$dkms_tree/<name>/<version>/{build,source}` as links to the cell's build directory and
