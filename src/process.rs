@@ -319,8 +319,21 @@ pub fn run_supervised_until(
         .map_err(|e| Error::env(format!("cannot share the log file: {e}")))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .process_group(0);
+        .stderr(Stdio::from(err));
+    // A session of its own, without a terminal (nothing it starts can reach kmx's with
+    // TIOCSTI), whose process group is the one stopped below: a sandbox stays in it (bwrap
+    // is not asked for a new session), so its inner process is stopped with the group even
+    // when bwrap is stopped while it sets up, before the inner one asked to die with it.
+    // SAFETY: setsid is async-signal-safe; the child is not a group leader yet, so it
+    // succeeds.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     die_with_kmx(cmd);
     // The guardian first (its first use starts it), so the group is known to it as soon
     // as it exists.

@@ -43,8 +43,9 @@
 //!   socket of the host), unless the step's compiler launcher needs the network (distcc,
 //!   icecc, sccache);
 //! - a minimal `/dev` (null, zero, full, random, urandom, tty, pts, shm), an empty private
-//!   `/tmp` and `/run` (no host socket under `/run` or `/tmp`), a new session (no `TIOCSTI`
-//!   into kmx's terminal);
+//!   `/tmp` and `/run` (no host socket under `/run` or `/tmp`), a session of its own
+//!   without a terminal, made by kmx ([`crate::process::run_supervised`]: no `TIOCSTI` into
+//!   kmx's terminal; bwrap keeps the step in that session's process group, which kmx stops);
 //! - the machine's secrets hidden ([`SECRETS`]: shadow files, SSH keys, module-signing
 //!   keys).
 //!
@@ -324,7 +325,6 @@ impl View {
                 "--unshare-ipc",
                 "--unshare-uts",
                 "--unshare-cgroup-try",
-                "--new-session",
                 "--cap-drop",
                 "ALL",
             ]);
@@ -1052,7 +1052,6 @@ mod tests {
             "--disable-userns",
             "--unshare-pid",
             "--unshare-net",
-            "--new-session",
             "--die-with-parent",
         ] {
             assert!(a.iter().any(|w| w == flag), "{flag} missing: {a:?}");

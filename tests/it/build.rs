@@ -466,6 +466,21 @@ fn ctrl_c_stops_every_make_and_reports_what_finished() {
         PATIENCE,
         "the slow build never started",
     );
+    // Each sandboxed step is one process group, the one kmx stops: bwrap's inner process
+    // (PID 1 of the step's namespace) stays in the group of the bwrap kmx started, in a
+    // session without a terminal. With a session of the inner's own, a SIGINT that came
+    // while bwrap was setting up left the inner running (its parent gone before it asked to
+    // die with it, and out of the group kmx killed).
+    let bwraps = bwrap_processes(k.dir());
+    assert!(!bwraps.is_empty(), "no bwrap of this build found");
+    let kmx = child.id() as i32;
+    for b in &bwraps {
+        let leader = bwraps.iter().find(|o| o.pid == b.pgrp);
+        assert!(
+            leader.is_some_and(|o| o.ppid == kmx) && b.tty == 0,
+            "{b:?} is not in the group of a bwrap kmx started, without a terminal: {bwraps:?}"
+        );
+    }
     // SAFETY: sending SIGINT to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let mut child = child;
@@ -487,6 +502,46 @@ fn ctrl_c_stops_every_make_and_reports_what_finished() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["totals"]["interrupted"], 4, "{report}");
+}
+
+/// A bwrap process of a test's run, from `/proc/<pid>/stat`.
+#[derive(Debug)]
+struct Proc {
+    pid: i32,
+    ppid: i32,
+    pgrp: i32,
+    tty: i32,
+}
+
+/// The bwrap processes of the run whose HOME or working directory is `dir`.
+fn bwrap_processes(dir: &Path) -> Vec<Proc> {
+    let home = format!("HOME={}", dir.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let ours = std::fs::read(entry.path().join("environ"))
+            .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == home.as_bytes()));
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if !ours || !stat.contains("(bwrap)") {
+            continue;
+        }
+        // pid (comm) state ppid pgrp session tty_nr ...
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        let f: Vec<i32> = rest
+            .split_whitespace()
+            .skip(1)
+            .take(5)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        found.push(Proc {
+            pid: head.split(' ').next().unwrap().parse().unwrap(),
+            ppid: f[0],
+            pgrp: f[1],
+            tty: f[3],
+        });
+    }
+    found
 }
 
 #[test]
