@@ -144,41 +144,51 @@ pub fn provide(
     say: &mut dyn FnMut(&str),
 ) -> Result<()> {
     let host = host_debian_arch().to_string();
-    // Each root once: (its distribution's main source, its compiler) -> what it holds.
-    let mut wanted: Vec<(KernelSource, String, Vec<String>)> = Vec::new();
+    // Each root once (its distribution's roots and its compiler), with the main source and
+    // what it holds. The trees of one ABI share their kbuild package: asked of apt once.
+    let mut wanted: Vec<(PathBuf, KernelSource, String, Vec<String>)> = Vec::new();
+    let mut libraries_of: Vec<((String, String), Vec<String>)> = Vec::new();
     for r in requests {
         let main = main_source(r.source, mirror);
-        link(r.sysroot, &dir(home, &main))?;
+        let roots = dir(home, &main);
+        link(r.sysroot, &roots)?;
         // The libraries the tree's host tools need: what its kbuild package depends on
         // (read from the tree's own source, which may be the security suite).
         let libraries = match &r.kbuild {
             Some(kbuild) => {
-                let apt = Apt::prepare(home, r.source, std::slice::from_ref(&host))?;
-                let info = apt.show(&[format!("{kbuild}:{host}")])?.unwrap_or_default();
-                let stanza = super::apt::stanza(&info, kbuild).unwrap_or("");
-                super::apt::depends_on(stanza, "")
+                let key = (r.source.label(), kbuild.clone());
+                match libraries_of.iter().find(|(k, _)| *k == key) {
+                    Some((_, known)) => known.clone(),
+                    None => {
+                        let apt = Apt::prepare(home, r.source, std::slice::from_ref(&host))?;
+                        let info = apt.show(&[format!("{kbuild}:{host}")])?.unwrap_or_default();
+                        let stanza = super::apt::stanza(&info, kbuild).unwrap_or("");
+                        let found = super::apt::depends_on(stanza, "");
+                        libraries_of.push((key, found.clone()));
+                        found
+                    }
+                }
             }
             None => Vec::new(),
         };
         let pkgs = packages(&r.compiler, &libraries)?;
         match wanted
             .iter_mut()
-            .find(|(m, c, _)| dir(home, m) == dir(home, &main) && *c == r.compiler)
+            .find(|(d, _, c, _)| *d == roots && *c == r.compiler)
         {
-            Some((_, _, have)) => {
+            Some((_, _, _, have)) => {
                 for p in pkgs {
                     if !have.contains(&p) {
                         have.push(p);
                     }
                 }
             }
-            None => wanted.push((main, r.compiler.clone(), pkgs)),
+            None => wanted.push((roots, main, r.compiler.clone(), pkgs)),
         }
     }
     let mut lock = None;
     let mut pending = Vec::new();
-    for (main, compiler, wanted) in wanted {
-        let roots = dir(home, &main);
+    for (roots, main, compiler, wanted) in wanted {
         if let Some(root) = find(&roots, &compiler) {
             let have = std::fs::read_to_string(root.join(STAMP)).unwrap_or_default();
             if have.lines().next() == Some(FORMAT)
